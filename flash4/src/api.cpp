@@ -1,0 +1,113 @@
+// The C ABI entry points: defaults, validation, backend choice, and the guarantee that
+// no exception crosses the ABI (every one becomes a status and a message).
+#include <cstring>
+#include <exception>
+#include <new>
+#include <string>
+
+#include "backends.hpp"
+#include "validate.hpp"
+
+namespace {
+
+using flash4::detail::set_last_backend;
+using flash4::detail::set_last_error;
+
+// Runs `body` and converts whatever escapes it into a status with a message. On success
+// the last error is cleared.
+template <class Body>
+flash4_status guarded(const char* entry_point, Body&& body) noexcept {
+  try {
+    set_last_error("");
+    flash4_status status = body();
+    return status;
+  } catch (const flash4::detail::InvalidArgument& e) {
+    set_last_error(e.what());
+    return FLASH4_INVALID_ARGUMENT;
+  } catch (const std::bad_alloc&) {
+    set_last_error(std::string(entry_point) + ": out of host memory");
+    return FLASH4_INTERNAL;
+  } catch (const std::exception& e) {
+    set_last_error(std::string(entry_point) + ": internal error: " + e.what());
+    return FLASH4_INTERNAL;
+  } catch (...) {
+    set_last_error(std::string(entry_point) + ": internal error (unknown exception)");
+    return FLASH4_INTERNAL;
+  }
+}
+
+flash4_status no_cuda_implementation() {
+  set_last_error("flash4: no CUDA implementation built");
+  return FLASH4_UNSUPPORTED;
+}
+
+flash4_status hopper_not_built() {
+  set_last_error("flash4: the Hopper (sm90a) backend is not built; use FLASH4_BACKEND_AUTO or FLASH4_BACKEND_PORTABLE");
+  return FLASH4_UNSUPPORTED;
+}
+
+template <class Args, class Reference, class Portable>
+flash4_status dispatch(const Args& args, Reference reference, Portable portable) {
+  if (args.device == FLASH4_CPU) {
+    // validate_* has rejected PORTABLE / HOPPER on the CPU: AUTO and REFERENCE land here.
+    flash4_status status = reference(args);
+    if (status == FLASH4_OK) set_last_backend("reference");
+    return status;
+  }
+  if (args.backend == FLASH4_BACKEND_HOPPER) return hopper_not_built();
+  return portable(args);
+}
+
+}  // namespace
+
+extern "C" void flash4_forward_args_init(flash4_forward_args* args) {
+  if (args == nullptr) return;
+  std::memset(args, 0, sizeof(*args));
+  args->device = FLASH4_CPU;
+  args->backend = FLASH4_BACKEND_AUTO;
+  args->options.window_left = -1;
+  args->options.window_right = -1;
+}
+
+extern "C" void flash4_backward_args_init(flash4_backward_args* args) {
+  if (args == nullptr) return;
+  std::memset(args, 0, sizeof(*args));
+  args->device = FLASH4_CPU;
+  args->backend = FLASH4_BACKEND_AUTO;
+  args->options.window_left = -1;
+  args->options.window_right = -1;
+}
+
+extern "C" flash4_status flash4_forward(const flash4_forward_args* args) {
+  return guarded("flash4_forward", [&]() -> flash4_status {
+    if (args == nullptr) throw flash4::detail::InvalidArgument("flash4_forward: args is NULL");
+    flash4::detail::validate_forward(*args);
+    return dispatch(*args, flash4::detail::reference_forward, [](const flash4_forward_args& a) {
+#if defined(FLASH4_WITH_CUDA) && defined(FLASH4_HAVE_PORTABLE)
+      flash4_status status = flash4::detail::portable_forward(a);
+      if (status == FLASH4_OK) set_last_backend("portable");
+      return status;
+#else
+      (void)a;
+      return no_cuda_implementation();
+#endif
+    });
+  });
+}
+
+extern "C" flash4_status flash4_backward(const flash4_backward_args* args) {
+  return guarded("flash4_backward", [&]() -> flash4_status {
+    if (args == nullptr) throw flash4::detail::InvalidArgument("flash4_backward: args is NULL");
+    flash4::detail::validate_backward(*args);
+    return dispatch(*args, flash4::detail::reference_backward, [](const flash4_backward_args& a) {
+#if defined(FLASH4_WITH_CUDA) && defined(FLASH4_HAVE_PORTABLE)
+      flash4_status status = flash4::detail::portable_backward(a);
+      if (status == FLASH4_OK) set_last_backend("portable");
+      return status;
+#else
+      (void)a;
+      return no_cuda_implementation();
+#endif
+    });
+  });
+}
