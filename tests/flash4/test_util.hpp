@@ -114,7 +114,9 @@ inline std::vector<double> random_values(std::mt19937_64& rng, int64_t n, double
 // --- Independent naive attention -------------------------------------------------------
 // One sequence: q[Sq][Hq][Dqk], k[Sk][Hkv][Dqk], v[Sk][Hkv][Dv] (row-major doubles).
 // Returns out[Sq][Hq][Dv] and lse[Hq][Sq]. Builds the whole score matrix, masks it
-// explicitly, and takes the softmax with the sink as an extra zero-value column.
+// explicitly, and takes the softmax with the sink as an extra zero-value column. The sink
+// logits come from `sink` ([Hq] doubles, or NULL), not from o.sink, so finite
+// differences can perturb them in float64.
 struct NaiveOutput {
   std::vector<double> out;
   std::vector<double> lse;
@@ -129,7 +131,8 @@ inline bool naive_visible(int64_t i, int64_t j, int64_t Sq, int64_t Sk, const fl
 }
 
 inline NaiveOutput naive_attention(const double* q, const double* k, const double* v, int64_t Sq, int64_t Sk,
-                                   int64_t Hq, int64_t Hkv, int64_t Dqk, int64_t Dv, const flash4_options& o) {
+                                   int64_t Hq, int64_t Hkv, int64_t Dqk, int64_t Dv, const flash4_options& o,
+                                   const double* sink = nullptr) {
   const double inf = std::numeric_limits<double>::infinity();
   const double scale = o.softmax_scale != 0 ? double(o.softmax_scale) : 1.0 / std::sqrt(double(Dqk));
   NaiveOutput r{std::vector<double>(Sq * Hq * Dv, 0.0), std::vector<double>(Hq * Sq, -inf)};
@@ -147,10 +150,10 @@ inline NaiveOutput naive_attention(const double* q, const double* k, const doubl
         S[i * Sk + j] = s;
       }
     for (int64_t i = 0; i < Sq; ++i) {
-      double m = o.sink ? double(o.sink[h]) : -inf;
+      double m = sink ? sink[h] : -inf;
       for (int64_t j = 0; j < Sk; ++j) m = std::max(m, S[i * Sk + j]);
       if (m == -inf) continue;  // no key, no sink: out 0, lse -inf
-      double z = o.sink ? std::exp(double(o.sink[h]) - m) : 0.0;
+      double z = sink ? std::exp(sink[h] - m) : 0.0;
       for (int64_t j = 0; j < Sk; ++j) z += std::exp(S[i * Sk + j] - m);
       r.lse[h * Sq + i] = m + std::log(z);
       for (int64_t j = 0; j < Sk; ++j) {
@@ -168,14 +171,15 @@ inline NaiveOutput naive_attention(const double* q, const double* k, const doubl
 inline NaiveOutput naive_varlen(const std::vector<double>& q, const std::vector<double>& k,
                                 const std::vector<double>& v, const std::vector<int32_t>& cu_q,
                                 const std::vector<int32_t>& cu_k, const std::vector<int32_t>& used_k, int64_t Tq,
-                                int64_t Hq, int64_t Hkv, int64_t Dqk, int64_t Dv, const flash4_options& o) {
+                                int64_t Hq, int64_t Hkv, int64_t Dqk, int64_t Dv, const flash4_options& o,
+                                const double* sink = nullptr) {
   NaiveOutput r{std::vector<double>(Tq * Hq * Dv, 0.0),
                 std::vector<double>(Hq * Tq, -std::numeric_limits<double>::infinity())};
   for (size_t b = 0; b + 1 < cu_q.size(); ++b) {
     const int64_t Sq = cu_q[b + 1] - cu_q[b];
     const int64_t Sk = used_k.empty() ? cu_k[b + 1] - cu_k[b] : used_k[b];
     NaiveOutput s = naive_attention(q.data() + cu_q[b] * Hq * Dqk, k.data() + cu_k[b] * Hkv * Dqk,
-                                    v.data() + cu_k[b] * Hkv * Dv, Sq, Sk, Hq, Hkv, Dqk, Dv, o);
+                                    v.data() + cu_k[b] * Hkv * Dv, Sq, Sk, Hq, Hkv, Dqk, Dv, o, sink);
     for (int64_t i = 0; i < Sq; ++i)
       for (int64_t h = 0; h < Hq; ++h) {
         r.lse[h * Tq + cu_q[b] + i] = s.lse[h * Sq + i];
