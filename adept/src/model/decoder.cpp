@@ -18,6 +18,14 @@ constexpr flash4_dtype flash4_type() {
 
 }  // namespace
 
+std::vector<int> layer_tensor_indices(const LayerParams& p) {
+  std::vector<int> out;
+  for (int i : {p.input_norm, p.q, p.k, p.v, p.o, p.q_bias, p.k_bias, p.v_bias, p.o_bias, p.q_norm, p.k_norm,
+                p.post_norm, p.gate, p.up, p.down})
+    if (i >= 0) out.push_back(i);
+  return out;
+}
+
 template <typename T>
 Decoder<T>::Decoder(ModelConfig config) : config_(std::move(config)) {
   config_.finalize_and_validate();
@@ -246,10 +254,8 @@ void Decoder<T>::backward() {
 
   // Layers below the lowest one holding a trainable tensor need no gradient at all.
   auto layer_trainable = [&](int64_t l) {
-    const LayerParams& lp = layers_[l];
-    for (int i : {lp.input_norm, lp.q, lp.k, lp.v, lp.o, lp.q_bias, lp.k_bias, lp.v_bias, lp.o_bias, lp.q_norm,
-                  lp.k_norm, lp.post_norm, lp.gate, lp.up, lp.down})
-      if (i >= 0 && P.grad(i)) return true;
+    for (int i : layer_tensor_indices(layers_[l]))
+      if (P.grad(i)) return true;
     return false;
   };
   int64_t lowest = P.grad(embed_) ? -1 : L;

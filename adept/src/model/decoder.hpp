@@ -21,6 +21,10 @@ struct LayerParams {
   int post_norm = -1, gate = -1, up = -1, down = -1;
 };
 
+// The index of every tensor of a layer, in a fixed order (same order for every layer of
+// one config, so tensors of two layers pair up by position).
+std::vector<int> layer_tensor_indices(const LayerParams& layer);
+
 // One batch of B rows of S tokens. targets[b][s] is the next token (or ignore_index).
 // documents, if given, splits the B·S packed tokens into documents by offsets
 // (cu_seqlens: 0 = d0 < d1 < ... = B·S); by default each row is one document.
