@@ -8,16 +8,22 @@
  * ------------------
  * Tensors are non-owning views: a data pointer, a dtype, a rank and per-dimension
  * shape and stride, strides counted in ELEMENTS (not bytes). The last dimension (the
- * head dimension) must be contiguous (stride 1). Any other stride is allowed, so both
- * BSHD ([batch, seq, head, dim]) and BHSD memory orders are described by the same
- * logical shape [B, S, H, D] with different strides.
+ * head dimension; for lse the sequence) must be contiguous (stride 1). Any other
+ * stride is allowed, so both BSHD ([batch, seq, head, dim]) and BHSD memory orders
+ * are described by the same logical shape [B, S, H, D] with different strides.
  *
  *   dense:   q [B, Sq, Hq, Dqk]   k [B, Sk, Hkv, Dqk]   v [B, Sk, Hkv, Dv]
  *            out [B, Sq, Hq, Dv]  lse [B, Hq, Sq] (fp32)
  *   varlen:  (cu_seqlens_q != NULL) sequences are packed along one token axis:
  *            q [Tq, Hq, Dqk]  k [Tk, Hkv, Dqk]  v [Tk, Hkv, Dv]  out [Tq, Hq, Dv]
  *            lse [Hq, Tq]; sequence b spans tokens cu_seqlens_q[b] .. cu_seqlens_q[b+1].
- *            seqused_k (optional) limits sequence b to its first seqused_k[b] keys.
+ *            cu_seqlens start at >= 0 and never decrease; tokens past cu_seqlens[batch]
+ *            belong to no sequence (forward leaves their out/lse untouched).
+ *            max_seqlen_q/k bound the sequence lengths (0 = not given; the CPU checks
+ *            nonzero bounds, CUDA backends may require them).
+ *   seqused_k (optional, dense or varlen) limits sequence b to its first seqused_k[b]
+ *            keys, and that count is the Sk of the causal / window alignment. With dense
+ *            tensors varlen.batch must then be 0 or B.
  *   paged:   (page_table != NULL, forward only) k, v [num_pages, page_size, Hkv, D];
  *            page_table [B, max_pages_per_seq]; sequence b's key j lives in page
  *            page_table[b][j / page_size] at slot j % page_size; its key count is
@@ -32,7 +38,11 @@
  *           window side meaning unbounded), keys past the sequence's length.
  *   p_ij = exp(s_ij) / (sum_j' exp(s_ij') + [sink] exp(sink_h))
  *   out_i = sum_j p_ij v_j;  lse_i = log(sum_j exp(s_ij) + [sink] exp(sink_h))
- *   A row with no visible key and no sink has out = 0 and lse = -inf.
+ *   A row with no visible key and no sink has out = 0 and lse = -inf (and zero gradients);
+ *   with a sink it has out = 0 and lse = sink_h.
+ *   Backward: dq, dk, dv are overwritten (never accumulated), every element of them:
+ *   keys past seqused_k and tokens of no sequence get 0. dK/dV of a KV head sum over
+ *   the query heads that share it.
  *
  * Devices: FLASH4_CPU runs the float64-accumulating reference (all dtypes: fp64, fp32,
  * fp16, bf16). FLASH4_CUDA takes device pointers (tensors, cu_seqlens, page table, sink) and
@@ -135,7 +145,9 @@ typedef struct flash4_backward_args {
   flash4_tensor q, k, v, out, dout;
   flash4_tensor lse; /* required: the forward's LSE */
   flash4_tensor dq, dk, dv;
-  float* dsink; /* [Hq] fp32, written (not accumulated) when options.sink != NULL */
+  float* dsink; /* [Hq] fp32, written (not accumulated); NULL skips it; must be NULL
+                  when options.sink is NULL. dsink_h = -sum_i exp(sink_h - lse_i) D_i over
+                  every row i of head h (all batches), D_i = dout_i . out_i */
   flash4_options options;
   flash4_varlen varlen;
   int deterministic; /* bit-identical results across runs */
