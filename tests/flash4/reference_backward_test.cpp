@@ -71,6 +71,16 @@ TEST_F(ReferenceBackward, SinkGradientsAndDsinkMatchFiniteDifferences) {
   expect_matches_finite_differences(p);
 }
 
+TEST_F(ReferenceBackward, SoftcapSinkAndWindowTogetherMatchFiniteDifferences) {
+  DenseProblem p;
+  p.Sq = 5, p.Sk = 8, p.Dqk = 6, p.Dv = 4;
+  p.options.softmax_scale = 1.5f, p.options.softcap = 2.0f;
+  p.options.causal = 1, p.options.window_left = 3;
+  p.seqused_k = {8, 6};
+  p.sink = random_sink(rng_, p.Hq);
+  expect_matches_finite_differences(p);
+}
+
 TEST_F(ReferenceBackward, SequsedKMatchesFiniteDifferencesAndGivesUnusedKeysZeroGradients) {
   DenseProblem p;
   p.B = 3, p.Sq = 3, p.Sk = 6;

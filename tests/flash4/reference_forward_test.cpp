@@ -92,6 +92,20 @@ TEST_F(ReferenceForward, CausalSlidingWindowMatchesNaiveFormula) {
   expect_matches_naive(p);
 }
 
+TEST_F(ReferenceForward, ZeroWindowOnBothSidesSeesOnlyTheDiagonalKey) {
+  DenseProblem p;
+  p.Sq = p.Sk = 6;
+  p.options.window_left = p.options.window_right = 0;
+  expect_matches_naive(p);
+  // One visible key: out is exactly that key's value row, lse its score.
+  const DenseInputs in = random_inputs(p, rng_);
+  const ForwardResult r = run_forward(p, in);
+  for (int64_t i = 0; i < p.Sq; ++i)
+    for (int64_t h = 0; h < p.Hq; ++h)
+      for (int64_t d = 0; d < p.Dv; ++d)
+        EXPECT_DOUBLE_EQ(r.out[((0 * p.Sq + i) * p.Hq + h) * p.Dv + d], in.v[((0 * p.Sk + i) * p.Hkv + h / 2) * p.Dv + d]);
+}
+
 TEST_F(ReferenceForward, SoftcapMatchesNaiveFormula) {
   DenseProblem p;
   p.options.softmax_scale = 2.0f;  // large scores, so the cap bends them
