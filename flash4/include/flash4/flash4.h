@@ -160,7 +160,8 @@ void flash4_backward_args_init(flash4_backward_args* args);
 flash4_status flash4_forward(const flash4_forward_args* args);
 flash4_status flash4_backward(const flash4_backward_args* args);
 
-/* Message of the last failed call on this thread ("" if none). */
+/* Message of the last call on this thread if it failed; "" if it succeeded (each
+ * call clears it) or if there was none. */
 const char* flash4_last_error(void);
 
 /* Name of the implementation the last successful call on this thread ran
