@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: builds the CPU engine and trains a tiny
-# Llama-style decoder on the bundled corpus (about a minute on 2 cores), printing the
-# progress, the loss curve and the held-out loss. Extra arguments go to `adept train`.
+# The main job on the embedded default: builds the CPU engine and runs `adept run`, the
+# whole study — a tiny Llama-style decoder pretrained on general English, its layers
+# probed, then adapted to a legal-text domain by ADEPT, full CPT and LLaMA-Pro with the
+# same budget — ending with the report table (a few minutes on 2 cores). Extra arguments
+# go to `adept run` (e.g. a config file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
@@ -9,4 +11,4 @@ bash scripts/install_deps.sh
 cmake -S . -B build/quickstart -G Ninja -DCMAKE_BUILD_TYPE=Release -DADEPT_CUDA=OFF -DADEPT_TESTS=OFF \
       -DADEPT_BENCH=OFF >/dev/null
 cmake --build build/quickstart --target adept -j"$(nproc)"
-exec build/quickstart/bin/adept train "$@"
+exec build/quickstart/bin/adept run "$@"

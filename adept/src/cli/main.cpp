@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
                "adept"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "adept 0.1.0");
+  adept::cli::add_run_command(app);
   adept::cli::add_train_command(app);
   adept::cli::add_config_command(app);
   try {

@@ -1,11 +1,8 @@
 #include "train/run_config.hpp"
 
-#include <toml++/toml.h>
-
-#include <set>
-
 #include "core/embedded.hpp"
 #include "core/error.hpp"
+#include "core/toml_table_reader.hpp"
 
 namespace adept {
 
@@ -13,68 +10,41 @@ namespace {
 
 constexpr const char* kDefaultConfig = "configs/tiny.toml";
 
-// Reads typed values out of one TOML table, remembering which keys were consumed so
-// that any other key can be reported as unknown.
-class TableReader {
- public:
-  TableReader(const toml::table& root, std::string section, std::string source)
-      : source_(std::move(source)), section_(std::move(section)) {
-    if (const toml::node* node = root.get(section_)) {
-      table_ = node->as_table();
-      if (!table_) fail("{}: [{}] must be a table", source_, section_);
-    }
-  }
-
-  template <typename T>
-  void read(const char* key, T& out) {
-    used_.insert(key);
-    if (!table_) return;
-    const toml::node* node = table_->get(key);
-    if (!node) return;
-    if constexpr (std::is_same_v<T, bool>) {
-      if (auto v = node->value<bool>()) return void(out = *v);
-    } else if constexpr (std::is_integral_v<T>) {
-      if (auto v = node->value<int64_t>()) {
-        if constexpr (std::is_unsigned_v<T>)
-          if (*v < 0) fail("{}: {}.{} must not be negative, got {}", source_, section_, key, *v);
-        return void(out = T(*v));
-      }
-    } else if constexpr (std::is_floating_point_v<T>) {
-      if (auto v = node->value<double>()) return void(out = T(*v));
-    } else {
-      if (auto v = node->value<std::string>()) return void(out = *v);
-    }
-    fail("{}: {}.{} has the wrong type (expected {})", source_, section_, key, type_name<T>());
-  }
-
-  // Call after all reads: any key not read is a mistake in the file.
-  void reject_unknown_keys() const {
-    if (!table_) return;
-    for (const auto& [key, value] : *table_)
-      if (!used_.count(std::string(key.str())))
-        fail("{}: unknown key {}.{}", source_, section_, std::string(key.str()));
-  }
-
- private:
-  template <typename T>
-  static const char* type_name() {
-    if constexpr (std::is_same_v<T, bool>) return "a boolean";
-    else if constexpr (std::is_integral_v<T>) return "an integer";
-    else if constexpr (std::is_floating_point_v<T>) return "a number";
-    else return "a string";
-  }
-
-  std::string source_, section_;
-  const toml::table* table_ = nullptr;
-  std::set<std::string> used_;
-};
+void read_train(const toml::table& root, const char* section, const std::string& source, TrainConfig& t) {
+  TomlTableReader r(root, section, source);
+  r.read("backend", t.backend);
+  r.read("seq_len", t.seq_len);
+  r.read("batch_size", t.batch_size);
+  r.read("grad_accum", t.grad_accum);
+  r.read("steps", t.steps);
+  r.read("lr", t.lr);
+  r.read("min_lr_ratio", t.min_lr_ratio);
+  r.read("warmup_steps", t.warmup_steps);
+  r.read("weight_decay", t.weight_decay);
+  r.read("beta1", t.beta1);
+  r.read("beta2", t.beta2);
+  r.read("eps", t.eps);
+  r.read("grad_clip", t.grad_clip);
+  r.read("seed", t.seed);
+  r.read("eval_every", t.eval_every);
+  r.read("eval_batches", t.eval_batches);
+  r.read("out_dir", t.out_dir);
+  r.reject_unknown_keys();
+}
 
 void apply(const toml::table& root, const std::string& source, RunConfig& c) {
-  for (const auto& [key, value] : root) {
-    std::string k(key.str());
-    if (k != "model" && k != "data" && k != "train") fail("{}: unknown section [{}]", source, k);
-  }
-  TableReader model(root, "model", source);
+  static const std::set<std::string> sections = {"run",   "model",  "data",  "pretrain", "train",
+                                                 "probe", "expand", "adept", "freeze",   "eval"};
+  for (const auto& [key, value] : root)
+    if (!sections.count(std::string(key.str()))) fail("{}: unknown section [{}]", source, std::string(key.str()));
+
+  TomlTableReader run(root, "run", source);
+  run.read("methods", c.run.methods);
+  run.read("base", c.run.base);
+  run.read("out_dir", c.run.out_dir);
+  run.reject_unknown_keys();
+
+  TomlTableReader model(root, "model", source);
   ModelConfig& m = c.model;
   model.read("model_type", m.model_type);
   model.read("vocab_size", m.vocab_size);
@@ -92,32 +62,45 @@ void apply(const toml::table& root, const std::string& source, RunConfig& c) {
   model.read("init_std", c.init_std);
   model.reject_unknown_keys();
 
-  TableReader data(root, "data", source);
+  TomlTableReader data(root, "data", source);
   data.read("train", c.data.train);
+  data.read("general", c.data.general);
+  data.read("domain", c.data.domain);
   data.read("tokenizer", c.data.tokenizer);
   data.read("holdout_fraction", c.data.holdout_fraction);
   data.reject_unknown_keys();
 
-  TableReader train(root, "train", source);
-  TrainConfig& t = c.train;
-  train.read("backend", t.backend);
-  train.read("seq_len", t.seq_len);
-  train.read("batch_size", t.batch_size);
-  train.read("grad_accum", t.grad_accum);
-  train.read("steps", t.steps);
-  train.read("lr", t.lr);
-  train.read("min_lr_ratio", t.min_lr_ratio);
-  train.read("warmup_steps", t.warmup_steps);
-  train.read("weight_decay", t.weight_decay);
-  train.read("beta1", t.beta1);
-  train.read("beta2", t.beta2);
-  train.read("eps", t.eps);
-  train.read("grad_clip", t.grad_clip);
-  train.read("seed", t.seed);
-  train.read("eval_every", t.eval_every);
-  train.read("eval_batches", t.eval_batches);
-  train.read("out_dir", t.out_dir);
-  train.reject_unknown_keys();
+  read_train(root, "pretrain", source, c.pretrain);
+  read_train(root, "train", source, c.train);
+
+  TomlTableReader probe(root, "probe", source);
+  probe.read("method", c.probe.method);
+  probe.read("batches", c.probe.batches);
+  probe.read("batch_size", c.probe.batch_size);
+  probe.reject_unknown_keys();
+
+  TomlTableReader expand(root, "expand", source);
+  expand.read("layers", c.expand.layers);
+  expand.read("after", c.expand.after);
+  expand.reject_unknown_keys();
+
+  TomlTableReader adept(root, "adept", source);
+  adept.read("reestimate_every", c.adept.reestimate_every);
+  adept.read("probe_batches", c.adept.probe_batches);
+  adept.read("probe_batch_size", c.adept.probe_batch_size);
+  adept.read("granularity", c.adept.granularity);
+  adept.read("inverted", c.adept.inverted);
+  adept.read("decoupled", c.adept.decoupled);
+  adept.reject_unknown_keys();
+
+  TomlTableReader freeze(root, "freeze", source);
+  freeze.read("layers", c.freeze.layers);
+  freeze.reject_unknown_keys();
+
+  TomlTableReader eval(root, "eval", source);
+  eval.read("batches", c.eval.batches);
+  eval.read("batch_size", c.eval.batch_size);
+  eval.reject_unknown_keys();
 }
 
 toml::table parse(const std::string& text, const std::string& source) {
@@ -129,11 +112,9 @@ toml::table parse(const std::string& text, const std::string& source) {
   }
 }
 
-void validate(const RunConfig& c) {
-  const std::string& s = c.source;
-  const TrainConfig& t = c.train;
+void validate_train(const std::string& s, const char* section, const TrainConfig& t, const ModelConfig& model) {
   auto positive = [&](const char* key, double v) {
-    if (!(v > 0)) fail("{}: train.{} must be positive, got {}", s, key, v);
+    if (!(v > 0)) fail("{}: {}.{} must be positive, got {}", s, section, key, v);
   };
   positive("seq_len", double(t.seq_len));
   positive("batch_size", double(t.batch_size));
@@ -141,17 +122,40 @@ void validate(const RunConfig& c) {
   positive("steps", double(t.steps));
   positive("lr", t.lr);
   positive("eval_batches", double(t.eval_batches));
-  if (t.warmup_steps < 0) fail("{}: train.warmup_steps must not be negative, got {}", s, t.warmup_steps);
-  if (t.min_lr_ratio < 0 || t.min_lr_ratio > 1) fail("{}: train.min_lr_ratio must be in [0, 1], got {}", s, t.min_lr_ratio);
-  if (t.beta1 < 0 || t.beta1 >= 1) fail("{}: train.beta1 must be in [0, 1), got {}", s, t.beta1);
-  if (t.beta2 < 0 || t.beta2 >= 1) fail("{}: train.beta2 must be in [0, 1), got {}", s, t.beta2);
-  if (t.backend != "cpu") fail("{}: train.backend '{}' is not available (available: cpu)", s, t.backend);
+  if (t.warmup_steps < 0) fail("{}: {}.warmup_steps must not be negative, got {}", s, section, t.warmup_steps);
+  if (t.min_lr_ratio < 0 || t.min_lr_ratio > 1)
+    fail("{}: {}.min_lr_ratio must be in [0, 1], got {}", s, section, t.min_lr_ratio);
+  if (t.beta1 < 0 || t.beta1 >= 1) fail("{}: {}.beta1 must be in [0, 1), got {}", s, section, t.beta1);
+  if (t.beta2 < 0 || t.beta2 >= 1) fail("{}: {}.beta2 must be in [0, 1), got {}", s, section, t.beta2);
+  if (t.backend != "cpu") fail("{}: {}.backend '{}' is not available (available: cpu)", s, section, t.backend);
+  if (t.seq_len > model.max_position_embeddings)
+    fail("{}: {}.seq_len ({}) exceeds model.max_position_embeddings ({})", s, section, t.seq_len,
+         model.max_position_embeddings);
+}
+
+void validate(const RunConfig& c) {
+  const std::string& s = c.source;
+  validate_train(s, "pretrain", c.pretrain, c.model);
+  validate_train(s, "train", c.train, c.model);
   if (c.data.tokenizer != "bytes") fail("{}: data.tokenizer '{}' is not supported (supported: bytes)", s, c.data.tokenizer);
   if (c.data.holdout_fraction < 0 || c.data.holdout_fraction >= 1)
     fail("{}: data.holdout_fraction must be in [0, 1), got {}", s, c.data.holdout_fraction);
-  if (c.model.vocab_size < 256) fail("{}: model.vocab_size must be at least 256 for the byte tokenizer, got {}", s, c.model.vocab_size);
-  if (t.seq_len > c.model.max_position_embeddings)
-    fail("{}: train.seq_len ({}) exceeds model.max_position_embeddings ({})", s, t.seq_len, c.model.max_position_embeddings);
+  if (c.model.vocab_size < 256)
+    fail("{}: model.vocab_size must be at least 256 for the byte tokenizer, got {}", s, c.model.vocab_size);
+  for (const std::string& m : c.run.methods)
+    if (m != "adept" && m != "full" && m != "llama-pro" && m != "freeze")
+      fail("{}: run.methods: '{}' is unknown (known: adept, full, llama-pro, freeze)", s, m);
+  if (c.expand.layers < 1 && c.expand.after.empty()) fail("{}: expand.layers must be at least 1", s);
+  if (c.adept.reestimate_every < 1) fail("{}: adept.reestimate_every must be at least 1", s);
+  if (c.adept.probe_batches < 1) fail("{}: adept.probe_batches must be at least 1", s);
+  if (c.probe.batches < 1 || c.probe.batch_size < 1) fail("{}: probe.batches and probe.batch_size must be at least 1", s);
+  if (c.eval.batches < 1 || c.eval.batch_size < 1) fail("{}: eval.batches and eval.batch_size must be at least 1", s);
+  if (c.adept.granularity != "tensor" && c.adept.granularity != "row")
+    fail("{}: adept.granularity '{}' is unknown (known: tensor, row)", s, c.adept.granularity);
+  static const std::set<std::string> probes = {"masking_out", "cumulative_gradient", "rank_aggregation", "fisher"};
+  if (!probes.count(c.probe.method))
+    fail("{}: probe.method '{}' is unknown (known: masking_out, cumulative_gradient, rank_aggregation, fisher)", s,
+         c.probe.method);
 }
 
 }  // namespace

@@ -84,11 +84,12 @@ TrainResult train(Decoder<float>& model, const TrainConfig& config, const Window
     log({{"event", "eval"}, {"step", e.step}, {"heldout_loss", e.loss}});
   };
 
-  ProgressBar bar("train", config.steps);
+  ProgressBar bar(options.label, config.steps);
   auto start = std::chrono::steady_clock::now();
   run_eval(0);
   double smoothed = NAN;
   for (int64_t step = 0; step < config.steps; ++step) {
+    if (options.before_step) options.before_step(step);
     std::vector<TokenBatch> micro;
     for (int64_t m = 0; m < config.grad_accum; ++m) micro.push_back(train_data.random_batch(config.batch_size, step, m));
     StepRecord r = train_step(model, optimizer, micro, config, step);

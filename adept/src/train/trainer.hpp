@@ -46,7 +46,10 @@ double evaluate(Decoder<float>& model, const WindowSampler& holdout, int64_t bat
 
 struct TrainOptions {
   bool show_progress = true;
-  std::string metrics_path;  // JSONL, one line per step and per evaluation; empty = none
+  std::string label = "train";  // progress bar label
+  std::string metrics_path;     // JSONL, one line per step and per evaluation; empty = none
+  // Called before each optimizer step (ADEPT re-estimates its learning rates here).
+  std::function<void(int64_t step)> before_step;
 };
 
 TrainResult train(Decoder<float>& model, const TrainConfig& config, const WindowSampler& train_data,

@@ -1,0 +1,44 @@
+// `adept run [config.toml]`: probe → expand → train → evaluate for ADEPT and the chosen
+// baselines, ending with the report table (no config: the embedded tiny study).
+#include <fmt/format.h>
+
+#include "cli/commands.hpp"
+#include "core/error.hpp"
+#include "pipeline/run_pipeline.hpp"
+#include "train/run_config.hpp"
+
+namespace adept::cli {
+
+void add_run_command(CLI::App& app) {
+  struct Args {
+    std::string config_path, out_dir;
+    std::vector<std::string> methods;
+    int64_t steps = 0, pretrain_steps = 0;
+    bool quiet = false;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand(
+      "run", "The full study: base model, layer-importance probe, ADEPT and baselines, evaluation, report");
+  cmd->add_option("config", args->config_path, "TOML run config, laid over the embedded default (configs/tiny.toml)");
+  cmd->add_option("--methods", args->methods, "Override run.methods (adept, full, llama-pro, freeze)");
+  cmd->add_option("--steps", args->steps, "Override train.steps (continual pretraining)");
+  cmd->add_option("--pretrain-steps", args->pretrain_steps, "Override pretrain.steps");
+  cmd->add_option("--out", args->out_dir, "Override run.out_dir");
+  cmd->add_flag("--quiet", args->quiet, "No progress bars");
+  cmd->callback([args] {
+    RunConfig rc = load_run_config(args->config_path);
+    if (!args->methods.empty()) rc.run.methods = args->methods;
+    if (args->steps > 0) rc.train.steps = args->steps;
+    if (args->pretrain_steps > 0) rc.pretrain.steps = args->pretrain_steps;
+    if (!args->out_dir.empty()) rc.run.out_dir = args->out_dir;
+    for (const std::string& m : rc.run.methods)
+      if (m != "adept" && m != "full" && m != "llama-pro" && m != "freeze")
+        throw adept::Error(fmt::format("--methods: '{}' is unknown (known: adept, full, llama-pro, freeze)", m));
+    PipelineOptions options;
+    options.show_progress = !args->quiet;
+    std::string report = run_pipeline(rc, options);
+    fmt::print("wrote    {} (with results.json, loss_curves.svg, layer_importance.svg, *.metrics.jsonl)\n", report);
+  });
+}
+
+}  // namespace adept::cli

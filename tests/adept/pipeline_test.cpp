@@ -1,0 +1,82 @@
+// `adept run` end to end on a few steps: every stage runs, every artefact is written,
+// and the report compares every method against the base.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "common/random.hpp"
+#include "core/embedded.hpp"
+#include "core/error.hpp"
+#include "pipeline/run_pipeline.hpp"
+
+namespace adept {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string write_temp(const fs::path& dir, const std::string& name, const std::string& text) {
+  fs::path p = dir / name;
+  std::ofstream(p) << text;
+  return p.string();
+}
+
+TEST(Pipeline, RunsEveryMethodAndWritesTheReport) {
+  auto rng = testing_support::make_rng(41);
+  fs::path dir = fs::temp_directory_path() / ("adept-pipeline-" + std::to_string(rng()));
+  fs::create_directories(dir);
+  std::string corpus = read_text_source("embedded:data/tiny/corpus.txt");
+  RunConfig rc = load_run_config("");
+  rc.data.general = {write_temp(dir, "general.txt", corpus.substr(0, corpus.size() / 2))};
+  rc.data.domain = {write_temp(dir, "domain.txt", corpus.substr(corpus.size() / 2))};
+  rc.run.methods = {"adept", "full", "llama-pro", "freeze"};
+  rc.run.out_dir = (dir / "run").string();
+  rc.model.num_hidden_layers = 3;
+  rc.model.hidden_size = 32;
+  rc.model.intermediate_size = 48;
+  for (TrainConfig* t : {&rc.pretrain, &rc.train}) t->steps = 4, t->seq_len = 16, t->batch_size = 2, t->eval_every = 2;
+  rc.adept.reestimate_every = 2;
+  rc.probe.batches = 2;
+  rc.eval.batches = 2;
+  PipelineOptions quiet;
+  quiet.show_progress = false;
+  std::string report = run_pipeline(rc, quiet);
+
+  for (const char* f : {"report.md", "results.json", "loss_curves.svg", "layer_importance.svg", "lr_multipliers.svg",
+                        "layer_importance.json", "adept.lr_multipliers.jsonl", "pretrain.metrics.jsonl"})
+    EXPECT_TRUE(fs::exists(dir / "run" / f)) << f;
+  std::ifstream in(dir / "run" / "results.json");
+  nlohmann::json results = nlohmann::json::parse(in);
+  for (const char* m : {"adept", "full", "llama-pro", "freeze"}) {
+    ASSERT_TRUE(results["methods"].contains(m)) << m;
+    EXPECT_TRUE(std::isfinite(results["methods"][m]["domain_loss"].get<double>())) << m;
+  }
+  // ADEPT and LLaMA-Pro train only the inserted layers; full trains everything.
+  EXPECT_EQ(results["methods"]["full"]["trainable_params"], results["methods"]["full"]["total_params"]);
+  EXPECT_LT(results["methods"]["adept"]["trainable_params"].get<int64_t>(),
+            results["methods"]["adept"]["total_params"].get<int64_t>());
+  std::ifstream md(report);
+  std::string text((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
+  for (const char* row : {"| base |", "| adept |", "| full |", "| llama-pro |", "| freeze |"})
+    EXPECT_NE(text.find(row), std::string::npos) << row;
+  fs::remove_all(dir);
+}
+
+TEST(Pipeline, MissingCorpusFileIsAClearError) {
+  RunConfig rc = load_run_config("");
+  rc.data.general = {"/nonexistent/general.txt"};
+  rc.run.out_dir = (fs::temp_directory_path() / "adept-missing").string();
+  PipelineOptions quiet;
+  quiet.show_progress = false;
+  try {
+    run_pipeline(rc, quiet);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/general.txt"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace adept
