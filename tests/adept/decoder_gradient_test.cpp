@@ -161,3 +161,30 @@ TEST(Decoder, OutOfVocabularyTokenIsAClearError) {
 
 }  // namespace
 }  // namespace adept
+
+namespace adept {
+namespace {
+
+TEST(Decoder, CachedDecodingEqualsTheFullForward) {
+  auto rng = testing_support::make_rng(18);
+  for (const char* type : {"llama", "qwen3"}) {
+    ModelConfig c = tiny(type);
+    Decoder<double> model(c);
+    model.init_random(rng(), 0.5);
+    std::vector<int32_t> tokens = {3, 1, 4, 1, 5, 9, 2}, targets(7, 0);
+    model.forward(Batch{1, 7, tokens.data(), targets.data(), nullptr});
+    std::vector<double> full = model.logits();
+    auto cache = model.make_cache(16);
+    // A prompt of 4 tokens at once, then one token at a time.
+    std::vector<double> last = model.forward_cached(tokens.data(), 4, cache);
+    for (int64_t v = 0; v < c.vocab_size; ++v) EXPECT_NEAR(last[v], full[3 * c.vocab_size + v], 1e-9) << type;
+    for (int64_t i = 4; i < 7; ++i) {
+      last = model.forward_cached(tokens.data() + i, 1, cache);
+      for (int64_t v = 0; v < c.vocab_size; ++v) EXPECT_NEAR(last[v], full[i * c.vocab_size + v], 1e-9) << type;
+    }
+    EXPECT_EQ(cache.length, 7);
+  }
+}
+
+}  // namespace
+}  // namespace adept

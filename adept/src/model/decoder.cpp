@@ -134,10 +134,113 @@ void Decoder<T>::attention_backward(LayerActivations& a, int64_t N, const T* dat
 }
 
 template <typename T>
+void Decoder<T>::attention_inputs(LayerActivations& a, const LayerParams& P, const T* x, int64_t N,
+                                  const int32_t* positions) {
+  const ModelConfig& c = config_;
+  const int64_t C = c.hidden_size, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+  auto bias = [&](int i) -> const T* { return i < 0 ? nullptr : params_.value(i); };
+  a.h1.resize(N * C);
+  a.rstd1.resize(N);
+  cpu::rmsnorm_forward(a.h1.data(), a.rstd1.data(), x, params_.value(P.input_norm), N, C, c.rms_norm_eps);
+  a.q.resize(N * Hq * D);
+  a.k.resize(N * Hkv * D);
+  a.v.resize(N * Hkv * D);
+  cpu::linear_forward(a.q.data(), a.h1.data(), params_.value(P.q), bias(P.q_bias), N, C, Hq * D);
+  cpu::linear_forward(a.k.data(), a.h1.data(), params_.value(P.k), bias(P.k_bias), N, C, Hkv * D);
+  cpu::linear_forward(a.v.data(), a.h1.data(), params_.value(P.v), bias(P.v_bias), N, C, Hkv * D);
+  if (c.has_qk_norm()) {  // Qwen3: RMSNorm over each head's vector, before RoPE
+    a.q_raw = a.q;
+    a.k_raw = a.k;
+    a.rstd_q.resize(N * Hq);
+    a.rstd_k.resize(N * Hkv);
+    cpu::rmsnorm_forward(a.q.data(), a.rstd_q.data(), a.q_raw.data(), params_.value(P.q_norm), N * Hq, D,
+                         c.rms_norm_eps);
+    cpu::rmsnorm_forward(a.k.data(), a.rstd_k.data(), a.k_raw.data(), params_.value(P.k_norm), N * Hkv, D,
+                         c.rms_norm_eps);
+  }
+  cpu::rope_forward(a.q.data(), positions, rope_, N, Hq, D);
+  cpu::rope_forward(a.k.data(), positions, rope_, N, Hkv, D);
+}
+
+template <typename T>
+void Decoder<T>::layer_output(LayerActivations& a, const LayerParams& P, std::vector<T>& x, int64_t N) {
+  const ModelConfig& c = config_;
+  const int64_t C = c.hidden_size, I = c.intermediate_size, HqD = c.q_dim();
+  std::vector<T> tmp(N * C);
+  cpu::linear_forward(tmp.data(), a.attn.data(), params_.value(P.o), P.o_bias < 0 ? nullptr : params_.value(P.o_bias),
+                      N, HqD, C);
+  cpu::add_inplace(x.data(), tmp.data(), N * C);
+  a.x2 = x;
+  a.h2.resize(N * C);
+  a.rstd2.resize(N);
+  cpu::rmsnorm_forward(a.h2.data(), a.rstd2.data(), x.data(), params_.value(P.post_norm), N, C, c.rms_norm_eps);
+  a.gate.resize(N * I);
+  a.up.resize(N * I);
+  a.act.resize(N * I);
+  cpu::linear_forward(a.gate.data(), a.h2.data(), params_.value(P.gate), (const T*)nullptr, N, C, I);
+  cpu::linear_forward(a.up.data(), a.h2.data(), params_.value(P.up), (const T*)nullptr, N, C, I);
+  cpu::swiglu_forward(a.act.data(), a.gate.data(), a.up.data(), N, I);
+  cpu::linear_forward(tmp.data(), a.act.data(), params_.value(P.down), (const T*)nullptr, N, I, C);
+  cpu::add_inplace(x.data(), tmp.data(), N * C);
+}
+
+template <typename T>
+typename Decoder<T>::KVCache Decoder<T>::make_cache(int64_t capacity) const {
+  if (capacity > config_.max_position_embeddings)
+    fail("KV cache of {} positions exceeds max_position_embeddings ({})", capacity, config_.max_position_embeddings);
+  KVCache cache;
+  cache.capacity = capacity;
+  cache.k.assign(config_.num_hidden_layers, std::vector<T>(capacity * config_.kv_dim()));
+  cache.v.assign(config_.num_hidden_layers, std::vector<T>(capacity * config_.kv_dim()));
+  return cache;
+}
+
+template <typename T>
+std::vector<T> Decoder<T>::forward_cached(const int32_t* tokens, int64_t n, KVCache& cache) {
+  const ModelConfig& c = config_;
+  const int64_t C = c.hidden_size, V = c.vocab_size, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
+  const int64_t D = c.head_dim, KV = c.kv_dim();
+  if (n <= 0) fail("forward_cached needs at least one token");
+  if (cache.length + n > cache.capacity)
+    fail("KV cache full: {} cached + {} new tokens exceed its {} positions", cache.length, n, cache.capacity);
+  for (int64_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= V) fail("token id {} is outside the vocabulary [0, {})", tokens[i], V);
+  std::vector<int32_t> positions(n);
+  for (int64_t i = 0; i < n; ++i) positions[i] = int32_t(cache.length + i);
+  const int64_t Sk = cache.length + n;
+  std::vector<T> x(n * C);
+  cpu::embedding_forward(x.data(), tokens, params_.value(embed_), n, C);
+  LayerActivations a;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    attention_inputs(a, layers_[l], x.data(), n, positions.data());
+    std::copy(a.k.begin(), a.k.end(), cache.k[l].begin() + cache.length * KV);
+    std::copy(a.v.begin(), a.v.end(), cache.v[l].begin() + cache.length * KV);
+    a.attn.resize(n * Hq * D);
+    // New queries against every cached key: causal, bottom-right aligned (Sq = n ≤ Sk).
+    flash4::ForwardArgs f = flash4::forward_args();
+    f.device = FLASH4_CPU;
+    f.q = flash4::contiguous(a.q.data(), flash4_type<T>(), {1, n, Hq, D});
+    f.k = flash4::contiguous(cache.k[l].data(), flash4_type<T>(), {1, Sk, Hkv, D});
+    f.v = flash4::contiguous(cache.v[l].data(), flash4_type<T>(), {1, Sk, Hkv, D});
+    f.out = flash4::contiguous(a.attn.data(), flash4_type<T>(), {1, n, Hq, D});
+    f.options.causal = 1;
+    f.options.softmax_scale = float(1.0 / std::sqrt(double(D)));
+    if (c.sliding_window > 0) f.options.window_left = int(c.sliding_window - 1);
+    flash4::forward(f);
+    layer_output(a, layers_[l], x, n);
+  }
+  cache.length = Sk;
+  std::vector<T> h(C), rstd(1), logits(V);
+  cpu::rmsnorm_forward(h.data(), rstd.data(), x.data() + (n - 1) * C, params_.value(final_norm_), 1, C, c.rms_norm_eps);
+  cpu::linear_forward(logits.data(), h.data(), params_.value(lm_head_), (const T*)nullptr, 1, C, V);
+  return logits;
+}
+
+template <typename T>
 cpu::CrossEntropyResult Decoder<T>::forward(const Batch& batch, const ForwardOptions& options) {
   const ModelConfig& c = config_;
-  const int64_t N = batch.B * batch.S, C = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
-  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+  const int64_t N = batch.B * batch.S, C = c.hidden_size, V = c.vocab_size;
+  const int64_t Hq = c.num_attention_heads, D = c.head_dim;
   const int64_t L = c.num_hidden_layers;
   if (N <= 0) fail("batch is empty (B={}, S={})", batch.B, batch.S);
   N_ = N;
@@ -172,52 +275,17 @@ cpu::CrossEntropyResult Decoder<T>::forward(const Batch& batch, const ForwardOpt
   skip_.resize(L, false);
 
   acts_.resize(L);
-  std::vector<T> x(N * C), tmp(N * C);
+  std::vector<T> x(N * C);
   cpu::embedding_forward(x.data(), tokens_.data(), params_.value(embed_), N, C);
   for (int64_t l = 0; l < L; ++l) {
     if (skip_[l]) continue;
-    const LayerParams& P = layers_[l];
     LayerActivations& a = acts_[l];
-    auto bias = [&](int i) -> const T* { return i < 0 ? nullptr : params_.value(i); };
     a.x = x;
-    a.h1.resize(N * C);
-    a.rstd1.resize(N);
-    cpu::rmsnorm_forward(a.h1.data(), a.rstd1.data(), x.data(), params_.value(P.input_norm), N, C, c.rms_norm_eps);
-    a.q.resize(N * Hq * D);
-    a.k.resize(N * Hkv * D);
-    a.v.resize(N * Hkv * D);
-    cpu::linear_forward(a.q.data(), a.h1.data(), params_.value(P.q), bias(P.q_bias), N, C, Hq * D);
-    cpu::linear_forward(a.k.data(), a.h1.data(), params_.value(P.k), bias(P.k_bias), N, C, Hkv * D);
-    cpu::linear_forward(a.v.data(), a.h1.data(), params_.value(P.v), bias(P.v_bias), N, C, Hkv * D);
-    if (c.has_qk_norm()) {  // Qwen3: RMSNorm over each head's vector, before RoPE
-      a.q_raw = a.q;
-      a.k_raw = a.k;
-      a.rstd_q.resize(N * Hq);
-      a.rstd_k.resize(N * Hkv);
-      cpu::rmsnorm_forward(a.q.data(), a.rstd_q.data(), a.q_raw.data(), params_.value(P.q_norm), N * Hq, D,
-                           c.rms_norm_eps);
-      cpu::rmsnorm_forward(a.k.data(), a.rstd_k.data(), a.k_raw.data(), params_.value(P.k_norm), N * Hkv, D,
-                           c.rms_norm_eps);
-    }
-    cpu::rope_forward(a.q.data(), positions_.data(), rope_, N, Hq, D);
-    cpu::rope_forward(a.k.data(), positions_.data(), rope_, N, Hkv, D);
+    attention_inputs(a, layers_[l], x.data(), N, positions_.data());
     a.attn.resize(N * Hq * D);
     a.lse.resize(Hq * N);
     attention_forward(a, N);
-    cpu::linear_forward(tmp.data(), a.attn.data(), params_.value(P.o), bias(P.o_bias), N, Hq * D, C);
-    cpu::add_inplace(x.data(), tmp.data(), N * C);
-    a.x2 = x;
-    a.h2.resize(N * C);
-    a.rstd2.resize(N);
-    cpu::rmsnorm_forward(a.h2.data(), a.rstd2.data(), x.data(), params_.value(P.post_norm), N, C, c.rms_norm_eps);
-    a.gate.resize(N * I);
-    a.up.resize(N * I);
-    a.act.resize(N * I);
-    cpu::linear_forward(a.gate.data(), a.h2.data(), params_.value(P.gate), (const T*)nullptr, N, C, I);
-    cpu::linear_forward(a.up.data(), a.h2.data(), params_.value(P.up), (const T*)nullptr, N, C, I);
-    cpu::swiglu_forward(a.act.data(), a.gate.data(), a.up.data(), N, I);
-    cpu::linear_forward(tmp.data(), a.act.data(), params_.value(P.down), (const T*)nullptr, N, I, C);
-    cpu::add_inplace(x.data(), tmp.data(), N * C);
+    layer_output(a, layers_[l], x, N);
   }
   x_final_ = std::move(x);
   h_final_.resize(N * C);

@@ -73,6 +73,16 @@ class Decoder {
   // logits[B·S][V] of the last forward.
   const std::vector<T>& logits() const { return logits_; }
 
+  // Incremental decoding: keys and values of every layer for the positions seen so far.
+  struct KVCache {
+    int64_t length = 0, capacity = 0;
+    std::vector<std::vector<T>> k, v;  // per layer [capacity][Hkv·D], after RoPE
+  };
+  KVCache make_cache(int64_t capacity) const;
+  // Runs n new tokens at positions cache.length.. (one document), appends their keys
+  // and values, and returns the logits [V] of the last of them.
+  std::vector<T> forward_cached(const int32_t* tokens, int64_t n, KVCache& cache);
+
  private:
   struct LayerActivations {
     std::vector<T> x;                 // layer input (residual stream) [N][C]
@@ -87,6 +97,10 @@ class Decoder {
     std::vector<T> gate, up, act;     // MLP
   };
 
+  // h1 = norm(x); q, k, v projected, q/k-normed (qwen3) and rotated.
+  void attention_inputs(LayerActivations& a, const LayerParams& P, const T* x, int64_t N, const int32_t* positions);
+  // Given a.attn: x += o(attn); x += down(swiglu(gate, up)(norm(x))).
+  void layer_output(LayerActivations& a, const LayerParams& P, std::vector<T>& x, int64_t N);
   void attention_forward(LayerActivations& a, int64_t N);
   void attention_backward(LayerActivations& a, int64_t N, const T* dattn, T* dq, T* dk, T* dv);
 
