@@ -40,6 +40,13 @@ TEST(Pipeline, RunsEveryMethodAndWritesTheReport) {
   rc.adept.reestimate_every = 2;
   rc.probe.batches = 2;
   rc.eval.batches = 2;
+  rc.eval.general_mc = write_temp(dir, "mc.jsonl",
+                                  "{\"question\": \"q1\", \"choices\": [\"yes\", \"no\"], \"answer\": 0}\n"
+                                  "{\"question\": \"q2\", \"choices\": [\"a\", \"b\", \"c\"], \"answer\": \"C\"}\n");
+  rc.eval.domain_qa = write_temp(dir, "qa.jsonl", "{\"question\": \"1+1?\", \"answer\": \"#### 2\"}\n"
+                                                  "{\"question\": \"2+2?\", \"answer\": \"#### 4\"}\n");
+  rc.eval.shots = 1;
+  rc.eval.max_new_tokens = 4;
   PipelineOptions quiet;
   quiet.show_progress = false;
   std::string report = run_pipeline(rc, quiet);
@@ -52,6 +59,8 @@ TEST(Pipeline, RunsEveryMethodAndWritesTheReport) {
   for (const char* m : {"adept", "full", "llama-pro", "freeze"}) {
     ASSERT_TRUE(results["methods"].contains(m)) << m;
     EXPECT_TRUE(std::isfinite(results["methods"][m]["domain_loss"].get<double>())) << m;
+    EXPECT_TRUE(results["methods"][m].contains("general_mc_acc")) << m;
+    EXPECT_TRUE(results["methods"][m].contains("domain_qa_exact_match")) << m;
   }
   // ADEPT and LLaMA-Pro train only the inserted layers; full trains everything.
   EXPECT_EQ(results["methods"]["full"]["trainable_params"], results["methods"]["full"]["total_params"]);
@@ -59,6 +68,7 @@ TEST(Pipeline, RunsEveryMethodAndWritesTheReport) {
             results["methods"]["adept"]["total_params"].get<int64_t>());
   std::ifstream md(report);
   std::string text((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("general MC acc"), std::string::npos);
   for (const char* row : {"| base |", "| adept |", "| full |", "| llama-pro |", "| freeze |"})
     EXPECT_NE(text.find(row), std::string::npos) << row;
   fs::remove_all(dir);

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "core/atomic_file.hpp"
+#include "eval/benchmarks.hpp"
 #include "method/decoupled_lr.hpp"
 #include "method/expand.hpp"
 #include "method/layer_importance.hpp"
@@ -23,8 +24,44 @@ namespace adept {
 namespace {
 
 struct HeldOut {
-  double general = NAN, domain = NAN;
+  double general = NAN, domain = NAN;            // held-out loss
+  double general_mc = NAN, domain_mc = NAN;      // multiple-choice accuracy
+  double domain_qa = NAN;                        // exact match
 };
+
+// Benchmark items, split into k-shot examples and the evaluated rest.
+struct Benchmarks {
+  std::vector<MultipleChoiceItem> general_mc, domain_mc;
+  std::vector<GenerationItem> domain_qa;
+};
+
+std::vector<int32_t> encode_bytes(const std::string& text) {
+  std::vector<int32_t> ids(text.size());
+  for (size_t i = 0; i < text.size(); ++i) ids[i] = static_cast<unsigned char>(text[i]);
+  return ids;
+}
+
+std::string decode_bytes(const std::vector<int32_t>& ids) {
+  std::string s;
+  for (int32_t id : ids) s += char(id);
+  return s;
+}
+
+Benchmarks load_benchmarks(const EvalConfig& e) {
+  Benchmarks b;
+  auto check = [&](size_t n, const std::string& path) {
+    if (int64_t(n) <= e.shots) fail("{}: {} items, but eval.shots = {} leaves none to evaluate", path, n, e.shots);
+  };
+  if (!e.general_mc.empty()) b.general_mc = load_multiple_choice_jsonl(e.general_mc), check(b.general_mc.size(), e.general_mc);
+  if (!e.domain_mc.empty()) b.domain_mc = load_multiple_choice_jsonl(e.domain_mc), check(b.domain_mc.size(), e.domain_mc);
+  if (!e.domain_qa.empty()) b.domain_qa = load_generation_jsonl(e.domain_qa), check(b.domain_qa.size(), e.domain_qa);
+  return b;
+}
+
+template <typename Item>
+std::pair<std::vector<Item>, std::vector<Item>> split_shots(const std::vector<Item>& items, int64_t shots) {
+  return {std::vector<Item>(items.begin() + shots, items.end()), std::vector<Item>(items.begin(), items.begin() + shots)};
+}
 
 struct MethodResult {
   std::string name;
@@ -42,12 +79,46 @@ double peak_rss_mb() {
   return double(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
-HeldOut evaluate_both(Decoder<float>& model, const TextCorpus& general, const TextCorpus& domain,
-                      const EvalConfig& eval) {
+HeldOut evaluate_all(Decoder<float>& model, const TextCorpus& general, const TextCorpus& domain,
+                     const EvalConfig& eval, const Benchmarks& bench) {
   HeldOut h;
   if (general.holdout) h.general = evaluate(model, *general.holdout, eval.batch_size, eval.batches);
   if (domain.holdout) h.domain = evaluate(model, *domain.holdout, eval.batch_size, eval.batches);
+  const int shots = int(eval.shots);
+  if (!bench.general_mc.empty()) {
+    auto [items, examples] = split_shots(bench.general_mc, shots);
+    h.general_mc = evaluate_multiple_choice(model, items, examples, shots, encode_bytes).acc;
+  }
+  if (!bench.domain_mc.empty()) {
+    auto [items, examples] = split_shots(bench.domain_mc, shots);
+    h.domain_mc = evaluate_multiple_choice(model, items, examples, shots, encode_bytes).acc;
+  }
+  if (!bench.domain_qa.empty()) {
+    auto [items, examples] = split_shots(bench.domain_qa, shots);
+    h.domain_qa = evaluate_exact_match(model, items, examples, shots, eval.max_new_tokens, encode_bytes, decode_bytes, -1)
+                      .exact_match;
+  }
   return h;
+}
+
+nlohmann::json held_out_json(const HeldOut& h) {
+  nlohmann::json j = {{"general_loss", h.general}, {"domain_loss", h.domain}};
+  if (std::isfinite(h.general_mc)) j["general_mc_acc"] = h.general_mc;
+  if (std::isfinite(h.domain_mc)) j["domain_mc_acc"] = h.domain_mc;
+  if (std::isfinite(h.domain_qa)) j["domain_qa_exact_match"] = h.domain_qa;
+  return j;
+}
+
+// Extra report columns for the benchmarks that were run.
+std::string benchmark_cells(const HeldOut& h, const Benchmarks& b) {
+  std::string s;
+  auto cell = [&](bool present, double v) {
+    if (present) s += std::isfinite(v) ? fmt::format(" {:.1f}% |", 100.0 * v) : std::string(" — |");
+  };
+  cell(!b.general_mc.empty(), h.general_mc);
+  cell(!b.domain_mc.empty(), h.domain_mc);
+  cell(!b.domain_qa.empty(), h.domain_qa);
+  return s;
 }
 
 std::vector<TokenBatch> probe_batches(const TextCorpus& general, int64_t batches, int64_t batch_size, int64_t salt) {
@@ -63,8 +134,8 @@ std::string layer_list(const std::vector<int64_t>& layers) {
 }
 
 MethodResult run_method(const std::string& method, const Decoder<float>& base, const LayerImportance& importance,
-                        const TextCorpus& general, const TextCorpus& domain, const RunConfig& rc,
-                        const std::string& out_dir, const PipelineOptions& options) {
+                        const TextCorpus& general, const TextCorpus& domain, const Benchmarks& bench,
+                        const RunConfig& rc, const std::string& out_dir, const PipelineOptions& options) {
   const int64_t L = base.config().num_hidden_layers;
   const int64_t k = rc.expand.after.empty() ? rc.expand.layers : int64_t(rc.expand.after.size());
   MethodResult r;
@@ -122,7 +193,7 @@ MethodResult run_method(const std::string& method, const Decoder<float>& base, c
     };
   }
   r.train = train(model, rc.train, *domain.train, domain.holdout ? &*domain.holdout : nullptr, to);
-  r.after = evaluate_both(model, general, domain, rc.eval);
+  r.after = evaluate_all(model, general, domain, rc.eval, bench);
   r.peak_rss_mb = peak_rss_mb();
   return r;
 }
@@ -163,7 +234,8 @@ std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
   po.label = " pretrain";
   po.metrics_path = out + "/pretrain.metrics.jsonl";
   TrainResult pretrain = train(base, rc.pretrain, *general.train, general.holdout ? &*general.holdout : nullptr, po);
-  HeldOut before = evaluate_both(base, general, domain, rc.eval);
+  Benchmarks bench = load_benchmarks(rc.eval);
+  HeldOut before = evaluate_all(base, general, domain, rc.eval, bench);
   fmt::print("base     held-out loss: general {:.3f}, domain {:.3f}\n", before.general, before.domain);
 
   // Stage 2: layer importance on general probe data.
@@ -182,7 +254,7 @@ std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
   // Stage 3: each method, same domain data and token budget.
   std::vector<MethodResult> results;
   for (const std::string& method : rc.run.methods) {
-    results.push_back(run_method(method, base, importance, general, domain, rc, out, options));
+    results.push_back(run_method(method, base, importance, general, domain, bench, rc, out, options));
     const MethodResult& r = results.back();
     fmt::print("{:>9} held-out loss: general {:.3f}, domain {:.3f}\n", method, r.after.general, r.after.domain);
     std::fflush(stdout);
@@ -196,15 +268,23 @@ std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
                     rc.source, base.config().model_type, base.config().num_hidden_layers,
                     double(base.params().total_numel()) / 1e6, rc.pretrain.steps, rc.train.steps,
                     rc.train.batch_size * rc.train.grad_accum, rc.train.seq_len);
-  md += "| method | trained | trainable params | general ppl (forgetting) | domain ppl (gain) | wall time | tokens/s | peak RSS |\n";
-  md += "|---|---|---|---|---|---|---|---|\n";
-  md += fmt::format("| base | — | — | {} | {} | {:.1f} s (pretrain) | {:.0f} | — |\n", format_ppl(before.general, NAN),
-                    format_ppl(before.domain, NAN), pretrain.seconds, double(pretrain.tokens) / pretrain.seconds);
+  std::string extra_head, extra_rule;
+  for (auto [present, name] : {std::pair{!bench.general_mc.empty(), "general MC acc"},
+                               std::pair{!bench.domain_mc.empty(), "domain MC acc"},
+                               std::pair{!bench.domain_qa.empty(), "domain exact match"}})
+    if (present) extra_head += fmt::format(" {} |", name), extra_rule += "---|";
+  md += "| method | trained | trainable params | general ppl (forgetting) | domain ppl (gain) |" + extra_head +
+        " wall time | tokens/s | peak RSS |\n";
+  md += "|---|---|---|---|---|" + extra_rule + "---|---|---|\n";
+  md += fmt::format("| base | — | — | {} | {} |{} {:.1f} s (pretrain) | {:.0f} | — |\n", format_ppl(before.general, NAN),
+                    format_ppl(before.domain, NAN), benchmark_cells(before, bench), pretrain.seconds,
+                    double(pretrain.tokens) / pretrain.seconds);
   for (const MethodResult& r : results)
-    md += fmt::format("| {} | {} | {:.1f}% of {:.2f}M | {} | {} | {:.1f} s | {:.0f} | {:.0f} MB |\n", r.name, r.layers,
-                      100.0 * double(r.trainable) / double(r.total), double(r.total) / 1e6,
+    md += fmt::format("| {} | {} | {:.1f}% of {:.2f}M | {} | {} |{} {:.1f} s | {:.0f} | {:.0f} MB |\n", r.name,
+                      r.layers, 100.0 * double(r.trainable) / double(r.total), double(r.total) / 1e6,
                       format_ppl(r.after.general, before.general), format_ppl(r.after.domain, before.domain),
-                      r.train.seconds, double(r.train.tokens) / r.train.seconds, r.peak_rss_mb);
+                      benchmark_cells(r.after, bench), r.train.seconds, double(r.train.tokens) / r.train.seconds,
+                      r.peak_rss_mb);
   md += "\nPeak RSS is the process's high-water mark when the method finished (methods run in order).\n\n";
   md += "![domain training loss](loss_curves.svg)\n![layer importance](layer_importance.svg)\n";
 
@@ -231,12 +311,18 @@ std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
     }
 
   nlohmann::json results_json;
-  results_json["base"] = {{"general_loss", before.general}, {"domain_loss", before.domain}, {"pretrain", train_result_json(pretrain)}};
+  results_json["base"] = held_out_json(before);
+  results_json["base"]["pretrain"] = train_result_json(pretrain);
   for (const MethodResult& r : results)
-    results_json["methods"][r.name] = {{"trained", r.layers},         {"trainable_params", r.trainable},
-                                       {"total_params", r.total},     {"general_loss", r.after.general},
-                                       {"domain_loss", r.after.domain}, {"train", train_result_json(r.train)},
-                                       {"peak_rss_mb", r.peak_rss_mb}};
+  {
+    nlohmann::json j = held_out_json(r.after);
+    j["trained"] = r.layers;
+    j["trainable_params"] = r.trainable;
+    j["total_params"] = r.total;
+    j["train"] = train_result_json(r.train);
+    j["peak_rss_mb"] = r.peak_rss_mb;
+    results_json["methods"][r.name] = j;
+  }
   results_json["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   write_file_atomic(out + "/results.json", results_json.dump(2) + "\n");
   write_file_atomic(out + "/report.md", md);

@@ -100,6 +100,11 @@ void apply(const toml::table& root, const std::string& source, RunConfig& c) {
   TomlTableReader eval(root, "eval", source);
   eval.read("batches", c.eval.batches);
   eval.read("batch_size", c.eval.batch_size);
+  eval.read("general_mc", c.eval.general_mc);
+  eval.read("domain_mc", c.eval.domain_mc);
+  eval.read("domain_qa", c.eval.domain_qa);
+  eval.read("shots", c.eval.shots);
+  eval.read("max_new_tokens", c.eval.max_new_tokens);
   eval.reject_unknown_keys();
 }
 
@@ -150,6 +155,8 @@ void validate(const RunConfig& c) {
   if (c.adept.probe_batches < 1) fail("{}: adept.probe_batches must be at least 1", s);
   if (c.probe.batches < 1 || c.probe.batch_size < 1) fail("{}: probe.batches and probe.batch_size must be at least 1", s);
   if (c.eval.batches < 1 || c.eval.batch_size < 1) fail("{}: eval.batches and eval.batch_size must be at least 1", s);
+  if (c.eval.shots < 0 || c.eval.max_new_tokens < 1)
+    fail("{}: eval.shots must not be negative and eval.max_new_tokens must be at least 1", s);
   if (c.adept.granularity != "tensor" && c.adept.granularity != "row")
     fail("{}: adept.granularity '{}' is unknown (known: tensor, row)", s, c.adept.granularity);
   static const std::set<std::string> probes = {"masking_out", "cumulative_gradient", "rank_aggregation", "fisher"};

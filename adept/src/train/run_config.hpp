@@ -80,8 +80,14 @@ struct FreezeConfig {
 };
 
 struct EvalConfig {
-  int64_t batches = 8;
+  int64_t batches = 8;      // held-out perplexity: windows per corpus
   int64_t batch_size = 4;
+  // Optional benchmark files (JSONL; see eval/benchmarks.hpp). Empty: not run.
+  std::string general_mc;   // multiple choice, general domain (MMLU-style)
+  std::string domain_mc;    // multiple choice, target domain (MedQA-style)
+  std::string domain_qa;    // generated answers scored by exact match (GSM8K-style)
+  int64_t shots = 0;        // k-shot: the first k items of each file are the examples
+  int64_t max_new_tokens = 64;
 };
 
 struct RunConfig {
