@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 
+#include "train/trainer.hpp"
+
 namespace adept {
 
 UnitGranularity parse_unit_granularity(const std::string& name) {
@@ -22,12 +24,8 @@ std::vector<UnitEstimate> estimate_unit_importance(Decoder<float>& model, const 
   ParameterStore<float>& P = model.params();
   std::vector<float> saved = P.gradients();
   std::vector<double> mean_abs_grad(saved.size(), 0.0);
-  ForwardOptions fo;
-  fo.keep_activations = true;
   for (const TokenBatch& b : probe) {
-    P.zero_gradients();
-    model.forward(Batch{b.B, b.S, b.tokens.data(), b.targets.data(), nullptr}, fo);
-    model.backward();
+    batch_gradient(model, b);
     const std::vector<float>& g = P.gradients();
     for (size_t j = 0; j < g.size(); ++j) mean_abs_grad[j] += std::abs(double(g[j])) / double(probe.size());
   }

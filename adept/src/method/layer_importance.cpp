@@ -5,6 +5,8 @@
 #include <map>
 #include <numeric>
 
+#include "train/trainer.hpp"
+
 namespace adept {
 
 ImportanceMethod parse_importance_method(const std::string& name) {
@@ -54,12 +56,8 @@ std::vector<double> tensor_gradient_scores(Decoder<float>& model, const std::vec
   P.allocate_gradients();
 
   std::vector<double> score(P.size(), 0.0);
-  ForwardOptions fo;
-  fo.keep_activations = true;
   for (const TokenBatch& b : probe) {
-    P.zero_gradients();
-    model.forward(Batch{b.B, b.S, b.tokens.data(), b.targets.data(), nullptr}, fo);
-    model.backward();
+    batch_gradient(model, b);
     for (int i = 0; i < P.size(); ++i) {
       const float* w = P.value(i);
       const float* g = P.grad(i);

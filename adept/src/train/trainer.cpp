@@ -47,6 +47,15 @@ StepRecord train_step(Decoder<float>& model, AdamW& optimizer, const std::vector
   return r;
 }
 
+double batch_gradient(Decoder<float>& model, const TokenBatch& b) {
+  model.params().zero_gradients();
+  ForwardOptions fo;
+  fo.keep_activations = true;
+  double loss = model.forward(Batch{b.B, b.S, b.tokens.data(), b.targets.data(), nullptr}, fo).loss;
+  model.backward();
+  return loss;
+}
+
 double evaluate(Decoder<float>& model, const WindowSampler& holdout, int64_t batch_size, int64_t batches) {
   double loss_sum = 0.0;
   int64_t count = 0;

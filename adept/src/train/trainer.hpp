@@ -41,6 +41,10 @@ struct TrainResult {
 StepRecord train_step(Decoder<float>& model, AdamW& optimizer, const std::vector<TokenBatch>& micro_batches,
                       const TrainConfig& config, int64_t step);
 
+// Overwrites the trainable tensors' gradients with the gradient of `batch`'s mean loss
+// (probes use this between optimizer steps). Returns the loss.
+double batch_gradient(Decoder<float>& model, const TokenBatch& batch);
+
 // Mean loss over `batches` consecutive held-out windows.
 double evaluate(Decoder<float>& model, const WindowSampler& holdout, int64_t batch_size, int64_t batches);
 
