@@ -1,0 +1,901 @@
+#include "backend/cuda/cuda_decoder.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <functional>
+#include <map>
+
+#include "backend/cuda/attention.hpp"
+#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/device_arena.hpp"
+#include "backend/cuda/gemm.hpp"
+#include "core/error.hpp"
+#include "ops/cuda/ops.hpp"
+
+namespace adept {
+
+using cuda::bf16;
+
+namespace {
+
+constexpr int64_t kAdamWChunk = 32768;                 // elements per AdamW block
+constexpr size_t kGemmWorkspace = size_t(32) << 20;    // cuBLASLt's Hopper kernels want 32 MiB
+constexpr size_t kLogitsBudget = size_t(512) << 20;    // fp32 logits of one chunk
+constexpr size_t kMaxGraphs = 16;
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// One parameter tensor: where its bf16 weights and (when trainable) its fp32 master,
+// gradient and moments live.
+struct Tensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t numel = 0;
+  bool weight_decay = true;
+  bool trainable = true;
+  int64_t weight_offset = 0;  // elements into the bf16 weights
+  int64_t state_offset = -1;  // elements into master / grads / m / v; -1 = frozen
+  int64_t row_multiplier_offset = -1;
+  float lr_multiplier = 1.0f;
+  std::vector<float> row_multiplier;
+};
+
+// Tensor indices of one layer (-1 when absent), as Decoder's LayerParams.
+struct Layer {
+  int input_norm = -1, q = -1, k = -1, v = -1, o = -1;
+  int q_bias = -1, k_bias = -1, v_bias = -1, o_bias = -1;
+  int q_norm = -1, k_norm = -1;
+  int post_norm = -1, gate = -1, up = -1, down = -1;
+  std::vector<int> all() const {
+    std::vector<int> out;
+    for (int i : {input_norm, q, k, v, o, q_bias, k_bias, v_bias, o_bias, q_norm, k_norm, post_norm, gate, up, down})
+      if (i >= 0) out.push_back(i);
+    return out;
+  }
+};
+
+// Saved activations of one layer (x, its input, is the previous layer's output).
+struct LayerActivations {
+  bf16* x2 = nullptr;       // residual after attention [N][C]
+  bf16* h1 = nullptr;       // input_layernorm output [N][C] (shared scratch when recomputing)
+  bf16* h2 = nullptr;       // post_attention_layernorm output [N][C] (idem)
+  bf16* qkv = nullptr;      // attention inputs after q/k norm and RoPE [N][Q+2KV]
+  bf16* qkv_raw = nullptr;  // projections before q/k norm (Qwen3 only)
+  bf16* attn = nullptr;     // attention output [N][Q]
+  bf16* gateup = nullptr;   // gate|up projection [N][2I]
+  bf16* act = nullptr;      // SwiGLU output [N][I] (shared scratch when recomputing)
+  float* rstd1 = nullptr;
+  float* rstd2 = nullptr;
+  float* rstd_qk = nullptr;  // [N][Hq+Hkv] (Qwen3 only)
+  float* lse = nullptr;      // [Hq][N]
+};
+
+// A micro-batch's host data, copied to the device in one transfer (offsets in bytes).
+struct BatchLayout {
+  size_t tokens, targets, positions, cu_seqlens, sorted_tokens, segment_start, segment_id, num_segments, grad_scale,
+      bytes;
+  explicit BatchLayout(int64_t N) {
+    size_t at = 0;
+    auto take = [&](int64_t count) {
+      size_t offset = at;
+      at = size_t(round_up(int64_t(at + size_t(count) * 4), 16));
+      return offset;
+    };
+    tokens = take(N), targets = take(N), positions = take(N), cu_seqlens = take(N + 1);
+    sorted_tokens = take(N), segment_start = take(N + 1), segment_id = take(N), num_segments = take(1);
+    grad_scale = take(1);
+    bytes = at;
+  }
+};
+
+struct LossAccumulator {
+  double loss_sum;
+  int64_t count;
+};
+
+}  // namespace
+
+struct CudaDecoder::Impl {
+  ModelConfig c;
+  CudaDecoderOptions opt;
+  int64_t N_max = 0, S_max = 0, C = 0, Q = 0, KV = 0, QKV = 0, I = 0, V = 0, L = 0, Hq = 0, Hkv = 0, D = 0;
+  std::vector<Tensor> tensors;
+  std::vector<Layer> layers;
+  int embed = -1, final_norm = -1, lm_head = -1;
+  int64_t weights_numel = 0, state_numel = 0, row_multiplier_numel = 0, trainable_count = 0;
+
+  cuda::DeviceArena arena;
+  std::vector<std::function<void()>> fixups;  // pointer resolution after allocate()
+  cudaStream_t stream = nullptr;
+  cudaEvent_t upload_done = nullptr;
+  std::unique_ptr<cuda::Gemm> gemm;
+  std::unique_ptr<cuda::Attention> attention;
+  cuda::AttentionImpl attention_prefer = cuda::AttentionImpl::flash4;
+  bool plan_fallback = false;
+
+  // Device memory (arena).
+  bf16* weights = nullptr;
+  float *master = nullptr, *grads = nullptr, *adam_m = nullptr, *adam_v = nullptr, *row_multipliers = nullptr;
+  cuda::AdamWTensor* adam_tensors = nullptr;
+  cuda::AdamWChunk* adam_chunks = nullptr;
+  int64_t num_chunks = 0;
+  cuda::StepState* state = nullptr;
+  double* norm_partials = nullptr;
+  float *rope_cos = nullptr, *rope_sin = nullptr;
+  unsigned char* batch_device = nullptr;
+  std::vector<bf16*> x;  // residual stream: x[l] is layer l's input, x[L] the last output
+  std::vector<LayerActivations> acts;
+  bf16* h_final = nullptr;
+  float* rstd_final = nullptr;
+  bf16 *dx = nullptr, *dh = nullptr, *dattn = nullptr, *dqkv = nullptr, *dact = nullptr, *dgateup = nullptr;
+  float* logits = nullptr;
+  bf16* dlogits = nullptr;
+  float* loss_rows = nullptr;
+  int64_t logits_chunk = 0;
+  LossAccumulator* forward_loss = nullptr;
+  float* partials = nullptr;
+  unsigned char* gemm_workspace = nullptr;
+  bf16 *h1_shared_ptr = nullptr, *h2_shared_ptr = nullptr, *act_shared_ptr = nullptr;  // with recompute
+  cuda::AttentionScratch attention_scratch;
+
+  // Pinned host mirrors.
+  unsigned char* batch_host = nullptr;
+  cuda::StepState* state_host = nullptr;
+  LossAccumulator* forward_loss_host = nullptr;
+  BatchLayout batch_layout{0};
+
+  // The current micro-batch.
+  int64_t N = 0;
+  cuda::AttentionDocuments docs;
+  std::vector<bool> skip;
+  bool have_activations = false;
+  int64_t skipped_steps = 0;
+  int64_t steps_taken = 0;
+
+  // CUDA graphs of a training micro-step, by shape and documents.
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+  };
+  std::map<std::vector<int64_t>, Graph> graphs;
+  bool graphs_ok = true;
+  bool graph_replayed = false;
+
+  ~Impl() {
+    for (auto& [key, g] : graphs)
+      if (g.exec) cudaGraphExecDestroy(g.exec);
+    attention.reset();
+    gemm.reset();
+    if (upload_done) cudaEventDestroy(upload_done);
+    if (stream) cudaStreamDestroy(stream);
+    if (batch_host) cudaFreeHost(batch_host);
+    if (state_host) cudaFreeHost(state_host);
+    if (forward_loss_host) cudaFreeHost(forward_loss_host);
+  }
+
+  // ---- construction -------------------------------------------------------------
+  void describe(const ModelConfig& config, const CudaDecoderOptions& options) {
+    c = config;
+    c.finalize_and_validate();
+    opt = options;
+    C = c.hidden_size, I = c.intermediate_size, V = c.vocab_size, L = c.num_hidden_layers;
+    Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+    Q = c.q_dim(), KV = c.kv_dim(), QKV = Q + 2 * KV;
+    if (C % 8 != 0 || I % 8 != 0)
+      fail("the CUDA backend needs hidden_size and intermediate_size divisible by 8 (got {} and {})", C, I);
+    if (c.has_qk_norm() && D > 256) fail("the CUDA backend's q/k norm supports head_dim <= 256, got {}", D);
+    N_max = opt.max_tokens;
+    if (N_max <= 0) fail("CudaDecoderOptions.max_tokens must be positive, got {}", N_max);
+    S_max = opt.max_seq_len > 0 ? opt.max_seq_len : std::min(N_max, c.max_position_embeddings);
+    S_max = std::min({S_max, N_max, c.max_position_embeddings});
+
+    auto add = [&](const std::string& name, std::vector<int64_t> shape, bool weight_decay) {
+      Tensor t;
+      t.name = name;
+      t.numel = 1;
+      for (int64_t s : shape) t.numel *= s;
+      t.shape = std::move(shape);
+      t.weight_decay = weight_decay;
+      tensors.push_back(std::move(t));
+      return int(tensors.size()) - 1;
+    };
+    // Names, shapes and decay flags exactly as Decoder registers them.
+    embed = add("model.embed_tokens.weight", {V, C}, true);
+    for (int64_t l = 0; l < L; ++l) {
+      std::string p = "model.layers." + std::to_string(l) + ".";
+      Layer y;
+      y.input_norm = add(p + "input_layernorm.weight", {C}, false);
+      y.q = add(p + "self_attn.q_proj.weight", {Q, C}, true);
+      y.k = add(p + "self_attn.k_proj.weight", {KV, C}, true);
+      y.v = add(p + "self_attn.v_proj.weight", {KV, C}, true);
+      y.o = add(p + "self_attn.o_proj.weight", {C, Q}, true);
+      if (c.has_qkv_bias()) {
+        y.q_bias = add(p + "self_attn.q_proj.bias", {Q}, false);
+        y.k_bias = add(p + "self_attn.k_proj.bias", {KV}, false);
+        y.v_bias = add(p + "self_attn.v_proj.bias", {KV}, false);
+      }
+      if (c.has_o_bias()) y.o_bias = add(p + "self_attn.o_proj.bias", {C}, false);
+      if (c.has_qk_norm()) {
+        y.q_norm = add(p + "self_attn.q_norm.weight", {D}, false);
+        y.k_norm = add(p + "self_attn.k_norm.weight", {D}, false);
+      }
+      y.post_norm = add(p + "post_attention_layernorm.weight", {C}, false);
+      y.gate = add(p + "mlp.gate_proj.weight", {I, C}, true);
+      y.up = add(p + "mlp.up_proj.weight", {I, C}, true);
+      y.down = add(p + "mlp.down_proj.weight", {C, I}, true);
+      layers.push_back(y);
+    }
+    final_norm = add("model.norm.weight", {C}, false);
+    lm_head = c.tie_word_embeddings ? embed : add("lm_head.weight", {V, C}, true);
+  }
+
+  // Weights in the order the fused GEMMs read them: q|k|v, their biases, and gate|up are
+  // each one contiguous matrix. Trainable tensors' fp32 state follows the same order, so
+  // a fused group whose members all train has one contiguous gradient too.
+  void lay_out() {
+    int64_t w = 0, s = 0, r = 0;
+    auto place = [&](std::initializer_list<int> group) {
+      w = round_up(w, 128);
+      s = round_up(s, 64);
+      for (int i : group) {
+        if (i < 0) continue;
+        Tensor& t = tensors[i];
+        t.weight_offset = w;
+        w += t.numel;
+        t.state_offset = t.trainable ? s : -1;
+        if (t.trainable) s += t.numel;
+      }
+    };
+    place({embed});
+    for (const Layer& y : layers) {
+      place({y.input_norm});
+      place({y.q, y.k, y.v});
+      place({y.q_bias, y.k_bias, y.v_bias});
+      place({y.o});
+      place({y.o_bias});
+      place({y.q_norm});
+      place({y.k_norm});
+      place({y.post_norm});
+      place({y.gate, y.up});
+      place({y.down});
+    }
+    place({final_norm});
+    if (lm_head != embed) place({lm_head});
+    weights_numel = round_up(w, 128);
+    state_numel = round_up(s, 64);
+    trainable_count = 0;
+    for (Tensor& t : tensors) {
+      if (!t.trainable) continue;
+      ++trainable_count;
+      t.row_multiplier_offset = r;
+      r += t.shape[0];
+    }
+    row_multiplier_numel = r;
+  }
+
+  template <typename T>
+  void plan(T*& ptr, const std::string& what, int64_t count) {
+    size_t offset = arena.reserve_array<T>(what, std::max<int64_t>(count, 1));
+    fixups.push_back([this, &ptr, offset] { ptr = arena.at<T>(offset); });
+  }
+
+  void plan_memory() {
+    const int64_t N = N_max;
+    plan(weights, "weights (bf16)", weights_numel);
+    plan(master, "master weights (fp32)", state_numel);
+    plan(grads, "gradients (fp32)", state_numel);
+    plan(adam_m, "AdamW moments (fp32)", state_numel);
+    plan(adam_v, "AdamW moments (fp32)", state_numel);
+    plan(row_multipliers, "optimizer tables", row_multiplier_numel);
+    num_chunks = 0;
+    for (const Tensor& t : tensors)
+      if (t.trainable) num_chunks += (t.numel + kAdamWChunk - 1) / kAdamWChunk;
+    plan(adam_tensors, "optimizer tables", trainable_count);
+    plan(adam_chunks, "optimizer tables", num_chunks);
+    plan(state, "optimizer tables", 1);
+    plan(norm_partials, "optimizer tables", cuda::kReduceBlocks);
+    plan(rope_cos, "rope tables", S_max * (D / 2));
+    plan(rope_sin, "rope tables", S_max * (D / 2));
+    batch_layout = BatchLayout(N);
+    plan(batch_device, "batch", int64_t(batch_layout.bytes));
+
+    x.assign(L + 1, nullptr);
+    acts.assign(L, LayerActivations{});
+    for (int64_t l = 0; l <= L; ++l) plan(x[l], "act: residual stream", N * C);
+    for (int64_t l = 0; l < L; ++l) {
+      LayerActivations& a = acts[l];
+      plan(a.x2, "act: residual stream", N * C);
+      plan(a.rstd1, "act: rmsnorm stats", N);
+      plan(a.rstd2, "act: rmsnorm stats", N);
+      if (!opt.recompute) {
+        plan(a.h1, "act: rmsnorm outputs", N * C);
+        plan(a.h2, "act: rmsnorm outputs", N * C);
+        plan(a.act, "act: swiglu", N * I);
+      }
+      plan(a.qkv, "act: qkv", N * QKV);
+      if (c.has_qk_norm()) {
+        plan(a.qkv_raw, "act: qkv before q/k norm", N * QKV);
+        plan(a.rstd_qk, "act: rmsnorm stats", N * (Hq + Hkv));
+      }
+      plan(a.attn, "act: attention out", N * Q);
+      plan(a.lse, "act: attention lse", Hq * N);
+      plan(a.gateup, "act: gate|up", N * 2 * I);
+    }
+    if (opt.recompute) {
+      plan(h1_shared_ptr, "recompute scratch", N * C);
+      plan(h2_shared_ptr, "recompute scratch", N * C);
+      plan(act_shared_ptr, "recompute scratch", N * I);
+    }
+    plan(h_final, "act: final norm", N * C);
+    plan(rstd_final, "act: rmsnorm stats", N);
+    plan(dx, "backward scratch", N * C);
+    plan(dh, "backward scratch", N * C);
+    plan(dattn, "backward scratch", N * Q);
+    plan(dqkv, "backward scratch", N * QKV);
+    plan(dact, "backward scratch", N * I);
+    plan(dgateup, "backward scratch", N * 2 * I);
+    logits_chunk = opt.logits_chunk_tokens > 0 ? opt.logits_chunk_tokens
+                                               : std::max<int64_t>(1, int64_t(kLogitsBudget / (size_t(V) * 4)));
+    logits_chunk = std::min(logits_chunk, N);
+    plan(logits, "cross-entropy chunk", logits_chunk * V);
+    plan(dlogits, "cross-entropy chunk", logits_chunk * V);
+    plan(loss_rows, "cross-entropy chunk", N);
+    plan(forward_loss, "cross-entropy chunk", 1);
+    plan(partials, "reduction partials", cuda::kReduceBlocks * std::max({C, QKV, 2 * D}));
+    plan(gemm_workspace, "cuBLASLt workspace", int64_t(kGemmWorkspace));
+    cuda::AttentionShape shape = attention_shape();
+    if (plan_fallback) {
+      cuda::AttentionScratchSize z = cuda::attention_scratch_size(shape, N, S_max);
+      plan(attention_scratch.scores, "attention fallback scratch", z.scores_floats);
+      plan(attention_scratch.probs, "attention fallback scratch", z.probs_elems);
+      plan(attention_scratch.dk, "attention fallback scratch", z.dkv_floats);
+      plan(attention_scratch.dv, "attention fallback scratch", z.dkv_floats);
+      plan(attention_scratch.delta, "attention fallback scratch", z.delta_floats);
+    }
+    arena.allocate();
+    for (auto& f : fixups) f();
+    fixups.clear();
+    if (opt.recompute)
+      for (LayerActivations& a : acts) a.h1 = h1_shared_ptr, a.h2 = h2_shared_ptr, a.act = act_shared_ptr;
+    gemm = std::make_unique<cuda::Gemm>(gemm_workspace, kGemmWorkspace);
+    attention = std::make_unique<cuda::Attention>(shape, *gemm, attention_scratch, attention_prefer);
+  }
+
+  cuda::AttentionShape attention_shape() const {
+    cuda::AttentionShape s;
+    s.Hq = Hq, s.Hkv = Hkv, s.D = D;
+    s.softmax_scale = float(1.0 / std::sqrt(double(D)));
+    // transformers' sliding window W lets a query see itself and the W - 1 keys before it.
+    s.window_left = c.sliding_window > 0 ? int(c.sliding_window - 1) : -1;
+    return s;
+  }
+
+  void choose_attention() {
+    if (opt.attention == "fallback") {
+      attention_prefer = cuda::AttentionImpl::fallback;
+      plan_fallback = true;
+    } else if (opt.attention == "flash4") {
+      attention_prefer = cuda::AttentionImpl::flash4;
+      plan_fallback = false;
+    } else if (opt.attention == "auto") {
+      std::string why;
+      if (cuda::flash4_cuda_supports(attention_shape(), &why)) {
+        attention_prefer = cuda::AttentionImpl::flash4;
+        plan_fallback = false;
+      } else {
+        spdlog::info("CUDA decoder: flash4 cannot run this attention on the GPU ({}); using the {}", why,
+                     cuda::attention_impl_name(cuda::AttentionImpl::fallback));
+        attention_prefer = cuda::AttentionImpl::fallback;
+        plan_fallback = true;
+      }
+    } else {
+      fail("CudaDecoderOptions.attention must be auto, flash4 or fallback, got '{}'", opt.attention);
+    }
+  }
+
+  void start() {
+    ADEPT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    ADEPT_CUDA_CHECK(cudaEventCreateWithFlags(&upload_done, cudaEventDisableTiming));
+    choose_attention();
+    lay_out();
+    plan_memory();
+    ADEPT_CUDA_CHECK(cudaMallocHost(&batch_host, batch_layout.bytes));
+    ADEPT_CUDA_CHECK(cudaMallocHost(&state_host, sizeof(cuda::StepState)));
+    ADEPT_CUDA_CHECK(cudaMallocHost(&forward_loss_host, sizeof(LossAccumulator)));
+    ADEPT_CUDA_CHECK(cudaEventRecord(upload_done, stream));
+    *state_host = cuda::StepState{};
+    ADEPT_CUDA_CHECK(cudaMemcpyAsync(state, state_host, sizeof(cuda::StepState), cudaMemcpyHostToDevice, stream));
+
+    cpu::RopeSpec spec;
+    spec.head_dim = D;
+    spec.theta = c.rope_theta;
+    spec.scaling_type = c.rope_scaling.type;
+    spec.factor = c.rope_scaling.factor;
+    spec.low_freq_factor = c.rope_scaling.low_freq_factor;
+    spec.high_freq_factor = c.rope_scaling.high_freq_factor;
+    spec.original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings;
+    cpu::RopeTable table = cpu::rope_table(spec, S_max);  // the CPU reference's own table
+    std::vector<float> cos(table.cos.begin(), table.cos.end()), sin(table.sin.begin(), table.sin.end());
+    ADEPT_CUDA_CHECK(cudaMemcpy(rope_cos, cos.data(), cos.size() * 4, cudaMemcpyHostToDevice));
+    ADEPT_CUDA_CHECK(cudaMemcpy(rope_sin, sin.data(), sin.size() * 4, cudaMemcpyHostToDevice));
+    upload_optimizer_tables();
+  }
+
+  void upload_optimizer_tables() {
+    std::vector<cuda::AdamWTensor> table;
+    std::vector<cuda::AdamWChunk> chunks;
+    std::vector<float> rows(size_t(std::max<int64_t>(row_multiplier_numel, 1)), 1.0f);
+    for (const Tensor& t : tensors) {
+      if (!t.trainable) continue;
+      cuda::AdamWTensor a;
+      a.weight_offset = t.weight_offset;
+      a.state_offset = t.state_offset;
+      a.numel = t.numel;
+      a.row_len = t.numel / t.shape[0];
+      a.lr_multiplier = t.lr_multiplier;
+      a.weight_decay = t.weight_decay ? float(opt.adamw.weight_decay) : 0.0f;
+      if (!t.row_multiplier.empty()) {
+        if (int64_t(t.row_multiplier.size()) != t.shape[0])
+          fail("{}: {} row multipliers for {} rows", t.name, t.row_multiplier.size(), t.shape[0]);
+        a.row_multiplier_offset = t.row_multiplier_offset;
+        std::copy(t.row_multiplier.begin(), t.row_multiplier.end(), rows.begin() + t.row_multiplier_offset);
+      }
+      for (int64_t b = 0; b < t.numel; b += kAdamWChunk)
+        chunks.push_back({int32_t(table.size()), b, std::min(t.numel, b + kAdamWChunk)});
+      table.push_back(a);
+    }
+    ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (!table.empty())
+      ADEPT_CUDA_CHECK(cudaMemcpy(adam_tensors, table.data(), table.size() * sizeof(table[0]), cudaMemcpyHostToDevice));
+    if (!chunks.empty())
+      ADEPT_CUDA_CHECK(cudaMemcpy(adam_chunks, chunks.data(), chunks.size() * sizeof(chunks[0]), cudaMemcpyHostToDevice));
+    ADEPT_CUDA_CHECK(cudaMemcpy(row_multipliers, rows.data(), rows.size() * 4, cudaMemcpyHostToDevice));
+  }
+
+  void read_multipliers(const ParameterStore<float>& host) {
+    for (Tensor& t : tensors) {
+      const ParameterInfo& p = host.info(host.index(t.name));
+      t.lr_multiplier = p.lr_multiplier;
+      t.row_multiplier = p.row_multiplier;
+    }
+  }
+
+  void upload_weights(const ParameterStore<float>& host) {
+    for (const Tensor& t : tensors) {
+      int i = host.index(t.name);
+      if (host.info(i).numel != t.numel) fail("{}: host tensor has {} values, expected {}", t.name, host.info(i).numel, t.numel);
+      const float* src = host.value(i);
+      if (t.trainable) {
+        ADEPT_CUDA_CHECK(cudaMemcpy(master + t.state_offset, src, size_t(t.numel) * 4, cudaMemcpyHostToDevice));
+        cuda::convert_f32_to_bf16(weights + t.weight_offset, master + t.state_offset, t.numel, stream);
+      } else {
+        std::vector<bf16> b(size_t(t.numel));
+        for (int64_t j = 0; j < t.numel; ++j) b[j] = __float2bfloat16(src[j]);
+        ADEPT_CUDA_CHECK(cudaMemcpy(weights + t.weight_offset, b.data(), b.size() * 2, cudaMemcpyHostToDevice));
+      }
+    }
+    ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  void init_weights(uint64_t seed, double init_std) {
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const Tensor& t = tensors[i];
+      float* m = t.trainable ? master + t.state_offset : nullptr;
+      bool is_norm = t.name.find("norm") != std::string::npos;
+      bool is_bias = t.name.size() > 5 && t.name.compare(t.name.size() - 5, 5, ".bias") == 0;
+      if (is_norm || is_bias)
+        cuda::fill_constant(weights + t.weight_offset, m, t.numel, is_norm ? 1.0f : 0.0f, stream);
+      else
+        cuda::fill_normal(weights + t.weight_offset, m, t.numel, seed + 0x9E3779B97F4A7C15ull * (i + 1),
+                          float(init_std), stream);
+    }
+    ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  // ---- helpers ------------------------------------------------------------------
+  const bf16* W(int i) const { return i < 0 ? nullptr : weights + tensors[i].weight_offset; }
+  float* G(int i) const { return (i < 0 || tensors[i].state_offset < 0) ? nullptr : grads + tensors[i].state_offset; }
+  const int32_t* batch_i32(size_t offset) const { return reinterpret_cast<const int32_t*>(batch_device + offset); }
+  const int32_t* tokens() const { return batch_i32(batch_layout.tokens); }
+  const int32_t* targets() const { return batch_i32(batch_layout.targets); }
+  const int32_t* positions() const { return batch_i32(batch_layout.positions); }
+
+  // Runs of adjacent trainable members of a fused group (rows stacked in order, columns
+  // of dout at the same offsets): one call per run whose gradients are contiguous.
+  template <typename Fn>
+  void for_each_trainable_run(std::initializer_list<int> members, Fn fn) const {
+    int64_t col = 0, run_col = 0, run_rows = 0;
+    int first = -1, last = -1;
+    auto flush = [&] {
+      if (first >= 0) fn(first, run_col, run_rows);
+      first = -1, run_rows = 0;
+    };
+    for (int i : members) {
+      if (i < 0) continue;
+      const Tensor& t = tensors[i];
+      if (!t.trainable) {
+        flush();
+      } else if (first >= 0 && tensors[last].state_offset + tensors[last].numel == t.state_offset) {
+        run_rows += t.shape[0];
+        last = i;
+      } else {
+        flush();
+        first = last = i, run_col = col, run_rows = t.shape[0];
+      }
+      col += t.shape[0];
+    }
+    flush();
+  }
+
+  // dW[group] += doutᵀ · in   (dout [N][ld_dout] holds the group's output columns)
+  void group_weight_gradient(std::initializer_list<int> members, const bf16* dout, int64_t ld_dout, const bf16* in,
+                             int64_t IC) {
+    for_each_trainable_run(members, [&](int first, int64_t col, int64_t rows) {
+      cuda::linear_backward_weight(*gemm, G(first), dout + col, ld_dout, in, IC, N, IC, rows, stream);
+    });
+  }
+
+  void group_bias_gradient(std::initializer_list<int> members, const bf16* dout, int64_t ld_dout) {
+    for_each_trainable_run(members, [&](int first, int64_t col, int64_t rows) {
+      cuda::bias_backward(G(first), partials, dout + col, N, rows, ld_dout, stream);
+    });
+  }
+
+  // ---- one micro-batch ----------------------------------------------------------
+  void prepare_batch(const Batch& b, const ForwardOptions& fo, bool train) {
+    const int64_t n_tokens = b.B * b.S;
+    if (n_tokens <= 0) fail("batch is empty (B={}, S={})", b.B, b.S);
+    if (n_tokens > N_max) fail("batch of {} tokens exceeds the CUDA decoder's planned {} (max_tokens)", n_tokens, N_max);
+    N = n_tokens;
+    std::vector<int32_t>& cu = docs.cu_seqlens;
+    if (b.documents) {
+      cu = *b.documents;
+      if (cu.size() < 2 || cu.front() != 0 || cu.back() != N)
+        fail("batch documents must run from 0 to B*S={} in increasing offsets", N);
+    } else {
+      cu.resize(b.B + 1);
+      for (int64_t r = 0; r <= b.B; ++r) cu[r] = int32_t(r * b.S);
+    }
+    // Wait until the previous upload has left the pinned buffer.
+    ADEPT_CUDA_CHECK(cudaEventSynchronize(upload_done));
+    auto host_i32 = [&](size_t offset) { return reinterpret_cast<int32_t*>(batch_host + offset); };
+    int32_t* pos = host_i32(batch_layout.positions);
+    docs.max_len = 0;
+    for (size_t d = 0; d + 1 < cu.size(); ++d) {
+      int32_t len = cu[d + 1] - cu[d];
+      if (len <= 0) fail("batch document {} is empty or out of order", d);
+      if (len > c.max_position_embeddings)
+        fail("document of {} tokens exceeds max_position_embeddings ({})", len, c.max_position_embeddings);
+      if (len > S_max) fail("document of {} tokens exceeds the CUDA decoder's planned max_seq_len ({})", len, S_max);
+      docs.max_len = std::max(docs.max_len, len);
+      for (int32_t i = 0; i < len; ++i) pos[cu[d] + i] = i;
+    }
+    int64_t count = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      if (b.tokens[n] < 0 || b.tokens[n] >= V)
+        fail("token id {} at position {} is outside the vocabulary [0, {})", b.tokens[n], n, V);
+      int32_t t = b.targets[n];
+      if (t != kIgnoreIndex && (t < 0 || t >= V))
+        fail("target id {} at position {} is outside the vocabulary [0, {})", t, n, V);
+      count += t != kIgnoreIndex;
+    }
+    std::memcpy(host_i32(batch_layout.tokens), b.tokens, size_t(N) * 4);
+    std::memcpy(host_i32(batch_layout.targets), b.targets, size_t(N) * 4);
+    std::memcpy(host_i32(batch_layout.cu_seqlens), cu.data(), cu.size() * 4);
+    cuda::EmbeddingSegments seg = cuda::embedding_segments(b.tokens, N);
+    std::memcpy(host_i32(batch_layout.sorted_tokens), seg.sorted_tokens.data(), seg.sorted_tokens.size() * 4);
+    std::memcpy(host_i32(batch_layout.segment_start), seg.segment_start.data(), seg.segment_start.size() * 4);
+    std::memcpy(host_i32(batch_layout.segment_id), seg.segment_id.data(), seg.segment_id.size() * 4);
+    *host_i32(batch_layout.num_segments) = int32_t(seg.segment_id.size());
+    double scale = fo.grad_scale;
+    if (train && scale == 0.0) scale = count ? 1.0 / double(count) : 0.0;
+    *reinterpret_cast<float*>(batch_host + batch_layout.grad_scale) = float(scale);
+    ADEPT_CUDA_CHECK(cudaMemcpyAsync(batch_device, batch_host, batch_layout.bytes, cudaMemcpyHostToDevice, stream));
+    ADEPT_CUDA_CHECK(cudaEventRecord(upload_done, stream));
+    docs.cu_seqlens_device = batch_i32(batch_layout.cu_seqlens);
+    skip = fo.skip_layers;
+    skip.resize(L, false);
+  }
+
+  void enqueue_forward(bool train) {
+    ADEPT_CUDA_CHECK(cudaMemsetAsync(forward_loss, 0, sizeof(LossAccumulator), stream));
+    cuda::embedding_forward(x[0], tokens(), W(embed), N, C, stream);
+    for (int64_t l = 0; l < L; ++l) {
+      if (skip[l]) {
+        ADEPT_CUDA_CHECK(cudaMemcpyAsync(x[l + 1], x[l], size_t(N * C) * 2, cudaMemcpyDeviceToDevice, stream));
+        continue;
+      }
+      const Layer& y = layers[l];
+      LayerActivations& a = acts[l];
+      cuda::rmsnorm_forward(a.h1, a.rstd1, x[l], W(y.input_norm), N, C, c.rms_norm_eps, stream);
+      bf16* projected = c.has_qk_norm() ? a.qkv_raw : a.qkv;
+      cuda::linear_forward(*gemm, projected, QKV, a.h1, C, W(y.q), W(y.q_bias), nullptr, N, C, QKV, stream);
+      if (c.has_qk_norm())
+        cuda::qk_norm_rope_forward(a.qkv, a.rstd_qk, a.qkv_raw, W(y.q_norm), W(y.k_norm), positions(), rope_cos,
+                                   rope_sin, N, QKV, Hq, Hkv, D, c.rms_norm_eps, stream);
+      else
+        cuda::rope_forward(a.qkv, positions(), rope_cos, rope_sin, N, QKV, Hq, Hkv, D, stream);
+      attention->forward(a.attn, a.lse, a.qkv, QKV, N, docs, stream);
+      // x2 = x + attn · Woᵀ (+ bo): the residual add is the GEMM's beta = 1.
+      cuda::linear_forward(*gemm, a.x2, C, a.attn, Q, W(y.o), W(y.o_bias), x[l], N, Q, C, stream);
+      cuda::rmsnorm_forward(a.h2, a.rstd2, a.x2, W(y.post_norm), N, C, c.rms_norm_eps, stream);
+      cuda::linear_forward(*gemm, a.gateup, 2 * I, a.h2, C, W(y.gate), nullptr, nullptr, N, C, 2 * I, stream);
+      cuda::swiglu_forward(a.act, a.gateup, N, I, stream);
+      cuda::linear_forward(*gemm, x[l + 1], C, a.act, I, W(y.down), nullptr, a.x2, N, I, C, stream);
+    }
+    cuda::rmsnorm_forward(h_final, rstd_final, x[L], W(final_norm), N, C, c.rms_norm_eps, stream);
+    const float* grad_scale = reinterpret_cast<const float*>(batch_device + batch_layout.grad_scale);
+    for (int64_t c0 = 0; c0 < N; c0 += logits_chunk) {
+      const int64_t n = std::min(logits_chunk, N - c0);
+      cuda::GemmArgs g;  // logits[n][V] = h[c0..][C] · W_headᵀ, fp32
+      g.M = n, g.N = V, g.K = C;
+      g.A = h_final + c0 * C, g.lda = C;
+      g.B = W(lm_head), g.trans_b = true, g.ldb = C;
+      g.D = logits, g.d_type = cuda::DType::f32, g.ldd = V;
+      gemm->run(g, stream);
+      cuda::cross_entropy_forward_backward(train ? dlogits : nullptr, loss_rows + c0, logits, targets() + c0, n, V,
+                                           kIgnoreIndex, grad_scale, stream);
+      if (!train) continue;
+      // The head's backward for this chunk, while its dlogits exist: dh = dlogits · W,
+      // dW += dlogitsᵀ · h.
+      cuda::linear_backward_input(*gemm, dh + c0 * C, C, dlogits, V, W(lm_head), n, C, V, 0.0f, stream);
+      if (G(lm_head))
+        cuda::linear_backward_weight(*gemm, G(lm_head), dlogits, V, h_final + c0 * C, C, n, C, V, stream);
+    }
+    cuda::loss_accumulate(&forward_loss->loss_sum, &forward_loss->count, loss_rows, targets(), N, kIgnoreIndex, stream);
+    if (train) cuda::loss_accumulate(&state->loss_sum, &state->count, loss_rows, targets(), N, kIgnoreIndex, stream);
+  }
+
+  bool layer_trainable(int64_t l) const {
+    for (int i : layers[l].all())
+      if (tensors[i].trainable) return true;
+    return false;
+  }
+
+  void enqueue_backward() {
+    // Layers below the lowest one holding a trainable tensor need no gradient at all.
+    int64_t lowest = tensors[embed].trainable ? -1 : L;
+    for (int64_t l = 0; l < L && lowest == L; ++l)
+      if (!skip[l] && layer_trainable(l)) lowest = l;
+
+    // dh holds d(h_final), written by the chunked cross-entropy.
+    cuda::rmsnorm_backward(dx, G(final_norm), partials, dh, x[L], W(final_norm), rstd_final, nullptr, N, C, stream);
+    for (int64_t l = L - 1; l >= 0 && l >= lowest; --l) {
+      if (skip[l]) continue;
+      const Layer& y = layers[l];
+      LayerActivations& a = acts[l];
+      // x3 = x2 + down(swiglu(gate(h2), up(h2))),  h2 = norm(x2)
+      cuda::linear_backward_input(*gemm, dact, I, dx, C, W(y.down), N, I, C, 0.0f, stream);
+      if (opt.recompute) cuda::swiglu_forward(a.act, a.gateup, N, I, stream);
+      if (G(y.down)) cuda::linear_backward_weight(*gemm, G(y.down), dx, C, a.act, I, N, I, C, stream);
+      cuda::swiglu_backward(dgateup, dact, a.gateup, N, I, stream);
+      cuda::linear_backward_input(*gemm, dh, C, dgateup, 2 * I, W(y.gate), N, C, 2 * I, 0.0f, stream);
+      if (opt.recompute && (G(y.gate) || G(y.up)))
+        cuda::rmsnorm_forward(a.h2, a.rstd2, a.x2, W(y.post_norm), N, C, c.rms_norm_eps, stream);
+      group_weight_gradient({y.gate, y.up}, dgateup, 2 * I, a.h2, C);
+      // dx ← d(x2): the residual's gradient plus the norm's, in one pass.
+      cuda::rmsnorm_backward(dx, G(y.post_norm), partials, dh, a.x2, W(y.post_norm), a.rstd2, dx, N, C, stream);
+
+      // x2 = x + o(attention(rope(norm_qk(qkv(h1))))),  h1 = norm(x)
+      cuda::linear_backward_input(*gemm, dattn, Q, dx, C, W(y.o), N, Q, C, 0.0f, stream);
+      if (G(y.o)) cuda::linear_backward_weight(*gemm, G(y.o), dx, C, a.attn, Q, N, Q, C, stream);
+      if (G(y.o_bias)) cuda::bias_backward(G(y.o_bias), partials, dx, N, C, C, stream);
+      attention->backward(dqkv, a.qkv, QKV, a.attn, dattn, a.lse, N, docs, stream);
+      if (c.has_qk_norm())
+        cuda::qk_norm_rope_backward(dqkv, G(y.q_norm), G(y.k_norm), partials, a.qkv_raw, W(y.q_norm), W(y.k_norm),
+                                    a.rstd_qk, positions(), rope_cos, rope_sin, N, QKV, Hq, Hkv, D, stream);
+      else
+        cuda::rope_backward(dqkv, positions(), rope_cos, rope_sin, N, QKV, Hq, Hkv, D, stream);
+      cuda::linear_backward_input(*gemm, dh, C, dqkv, QKV, W(y.q), N, C, QKV, 0.0f, stream);
+      if (opt.recompute && (G(y.q) || G(y.k) || G(y.v)))
+        cuda::rmsnorm_forward(a.h1, a.rstd1, x[l], W(y.input_norm), N, C, c.rms_norm_eps, stream);
+      group_weight_gradient({y.q, y.k, y.v}, dqkv, QKV, a.h1, C);
+      group_bias_gradient({y.q_bias, y.k_bias, y.v_bias}, dqkv, QKV);
+      cuda::rmsnorm_backward(dx, G(y.input_norm), partials, dh, x[l], W(y.input_norm), a.rstd1, dx, N, C, stream);
+    }
+    if (G(embed)) {
+      auto* b = batch_device;
+      const BatchLayout& bl = batch_layout;
+      cuda::embedding_backward(G(embed), dx, reinterpret_cast<const int32_t*>(b + bl.sorted_tokens),
+                               reinterpret_cast<const int32_t*>(b + bl.segment_start),
+                               reinterpret_cast<const int32_t*>(b + bl.segment_id),
+                               reinterpret_cast<const int32_t*>(b + bl.num_segments), N, C, stream);
+    }
+  }
+
+  // Forward + backward of the prepared micro-batch: replayed from a CUDA graph when this
+  // shape and document layout has been seen before.
+  void run_training_micro_batch() {
+    if (!opt.cuda_graphs || !graphs_ok) {
+      enqueue_forward(true);
+      enqueue_backward();
+      return;
+    }
+    std::vector<int64_t> key{N};
+    key.insert(key.end(), docs.cu_seqlens.begin(), docs.cu_seqlens.end());
+    for (bool s : skip) key.push_back(s);
+    auto it = graphs.find(key);
+    if (it == graphs.end()) {
+      // First sight: run eagerly (this also settles the attention backend and fills the
+      // GEMM plan cache, so the capture below records only launches).
+      if (graphs.size() < kMaxGraphs) graphs.emplace(key, Graph{});
+      enqueue_forward(true);
+      enqueue_backward();
+      return;
+    }
+    if (!it->second.exec) {
+      cudaGraph_t graph = nullptr;
+      ADEPT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      std::string why;
+      try {
+        enqueue_forward(true);
+        enqueue_backward();
+      } catch (const std::exception& e) {
+        why = e.what();
+      }
+      cudaError_t end = cudaStreamEndCapture(stream, &graph);
+      cudaGraphExec_t exec = nullptr;
+      if (why.empty() && end == cudaSuccess && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess) {
+        it->second.exec = exec;
+      } else {
+        if (why.empty()) why = cudaGetErrorString(end != cudaSuccess ? end : cudaGetLastError());
+        cudaGetLastError();  // clear the capture's error
+        spdlog::warn("CUDA decoder: graph capture failed ({}); running without graphs", why);
+        graphs_ok = false;
+      }
+      if (graph) cudaGraphDestroy(graph);
+      if (!graphs_ok) {
+        enqueue_forward(true);
+        enqueue_backward();
+        return;
+      }
+    }
+    ADEPT_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream));
+    graph_replayed = true;
+  }
+
+  void zero_gradients() {
+    ADEPT_CUDA_CHECK(cudaMemsetAsync(grads, 0, size_t(state_numel) * 4, stream));
+    // loss_sum and count are adjacent in StepState.
+    ADEPT_CUDA_CHECK(cudaMemsetAsync(&state->loss_sum, 0, sizeof(double) + sizeof(int64_t), stream));
+  }
+
+  CudaStepResult optimizer_step(double lr, double max_norm) {
+    const AdamWConfig& ac = opt.adamw;
+    state_host->lr = lr;
+    state_host->max_norm = max_norm;
+    // lr and max_norm are StepState's first two fields; the rest stays the device's.
+    ADEPT_CUDA_CHECK(cudaMemcpyAsync(state, state_host, 2 * sizeof(double), cudaMemcpyHostToDevice, stream));
+    cuda::grad_norm_partials(norm_partials, grads, state_numel, stream);
+    cuda::grad_norm_finalize(state, norm_partials, float(ac.beta1), float(ac.beta2), stream);
+    cuda::adamw_update(master, weights, grads, adam_m, adam_v, adam_tensors, adam_chunks, num_chunks,
+                       row_multipliers, state, float(ac.beta1), float(ac.beta2), float(ac.eps), stream);
+    ADEPT_CUDA_CHECK(cudaMemcpyAsync(state_host, state, sizeof(cuda::StepState), cudaMemcpyDeviceToHost, stream));
+    ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    CudaStepResult r;
+    r.count = state_host->count;
+    r.loss = r.count ? state_host->loss_sum / double(r.count) : 0.0;
+    if (!std::isfinite(state_host->loss_sum)) r.loss = state_host->loss_sum;
+    r.grad_norm = state_host->grad_norm;
+    r.skipped = state_host->skip != 0;
+    skipped_steps += r.skipped;
+    steps_taken = state_host->t;
+    return r;
+  }
+};
+
+CudaDecoder::CudaDecoder(const ModelConfig& config, const ParameterStore<float>& host, CudaDecoderOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& s = *impl_;
+  s.describe(config, options);
+  for (Tensor& t : s.tensors) t.trainable = host.info(host.index(t.name)).trainable;
+  s.read_multipliers(host);
+  s.start();
+  s.upload_weights(host);
+}
+
+CudaDecoder::CudaDecoder(const ModelConfig& config, CudaDecoderOptions options, uint64_t seed, double init_std)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& s = *impl_;
+  s.describe(config, options);
+  s.start();
+  s.init_weights(seed, init_std);
+}
+
+CudaDecoder::~CudaDecoder() = default;
+
+const ModelConfig& CudaDecoder::config() const { return impl_->c; }
+
+cpu::CrossEntropyResult CudaDecoder::forward(const Batch& batch, const ForwardOptions& options) {
+  Impl& s = *impl_;
+  s.prepare_batch(batch, options, options.keep_activations);
+  s.enqueue_forward(options.keep_activations);
+  s.have_activations = options.keep_activations;
+  ADEPT_CUDA_CHECK(cudaMemcpyAsync(s.forward_loss_host, s.forward_loss, sizeof(LossAccumulator),
+                                   cudaMemcpyDeviceToHost, s.stream));
+  ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  cpu::CrossEntropyResult r;
+  r.loss_sum = s.forward_loss_host->loss_sum;
+  r.count = s.forward_loss_host->count;
+  r.loss = r.count ? r.loss_sum / double(r.count) : 0.0;
+  return r;
+}
+
+void CudaDecoder::backward() {
+  Impl& s = *impl_;
+  if (!s.have_activations) fail("CudaDecoder::backward called without a forward that kept activations");
+  s.enqueue_backward();
+}
+
+void CudaDecoder::zero_gradients() { impl_->zero_gradients(); }
+
+CudaStepResult CudaDecoder::optimizer_step(double lr, double max_grad_norm) {
+  return impl_->optimizer_step(lr, max_grad_norm);
+}
+
+CudaStepResult CudaDecoder::train_step(const std::vector<Batch>& micro_batches, double lr, double max_grad_norm) {
+  Impl& s = *impl_;
+  // The loss is the mean over every counted target of the whole step, so each
+  // micro-batch's gradient is scaled by 1 / (targets in all micro-batches).
+  int64_t counted = 0;
+  for (const Batch& b : micro_batches)
+    for (int64_t n = 0; n < b.B * b.S; ++n) counted += b.targets[n] != kIgnoreIndex;
+  ForwardOptions fo;
+  fo.keep_activations = true;
+  fo.grad_scale = counted ? 1.0 / double(counted) : 0.0;
+  s.zero_gradients();
+  for (const Batch& b : micro_batches) {
+    s.prepare_batch(b, fo, true);
+    s.run_training_micro_batch();
+  }
+  s.have_activations = false;
+  return s.optimizer_step(lr, max_grad_norm);
+}
+
+void CudaDecoder::copy_weights_to_host(ParameterStore<float>& host) const {
+  const Impl& s = *impl_;
+  ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  for (const Tensor& t : s.tensors) {
+    if (!t.trainable) continue;
+    int i = host.index(t.name);
+    ADEPT_CUDA_CHECK(cudaMemcpy(host.value(i), s.master + t.state_offset, size_t(t.numel) * 4, cudaMemcpyDeviceToHost));
+  }
+}
+
+void CudaDecoder::copy_gradients_to_host(ParameterStore<float>& host) const {
+  const Impl& s = *impl_;
+  ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  for (const Tensor& t : s.tensors) {
+    if (!t.trainable) continue;
+    int i = host.index(t.name);
+    float* g = host.grad(i);
+    if (!g) fail("{} trains on the GPU but has no gradient slot in the host store", t.name);
+    ADEPT_CUDA_CHECK(cudaMemcpy(g, s.grads + t.state_offset, size_t(t.numel) * 4, cudaMemcpyDeviceToHost));
+  }
+}
+
+void CudaDecoder::set_learning_rate_multipliers(const ParameterStore<float>& host) {
+  impl_->read_multipliers(host);
+  impl_->upload_optimizer_tables();
+}
+
+int64_t CudaDecoder::steps_taken() const { return impl_->steps_taken; }
+int64_t CudaDecoder::skipped_steps() const { return impl_->skipped_steps; }
+
+std::string CudaDecoder::attention_backend() const {
+  const cuda::Attention& a = *impl_->attention;
+  if (a.forward_impl() == a.backward_impl()) return cuda::attention_impl_name(a.forward_impl());
+  return std::string(cuda::attention_impl_name(a.forward_impl())) + " (forward) / " +
+         cuda::attention_impl_name(a.backward_impl()) + " (backward)";
+}
+
+size_t CudaDecoder::device_bytes() const { return impl_->arena.bytes(); }
+std::string CudaDecoder::memory_report() const { return impl_->arena.report(); }
+bool CudaDecoder::graphs_active() const { return impl_->graph_replayed; }
+
+}  // namespace adept

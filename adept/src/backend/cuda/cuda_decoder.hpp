@@ -1,0 +1,98 @@
+// The CUDA training backend: the CPU reference decoder's math (model/decoder.hpp) in bf16
+// mixed precision on one GPU. bf16 weights and activations, fp32 master weights,
+// gradients and AdamW moments (for trainable tensors only), fp32 statistics.
+//
+// All device memory is one arena planned at construction for micro-batches of up to
+// options.max_tokens tokens; nothing is allocated afterwards. Layers run as cuBLASLt
+// GEMMs (q|k|v and gate|up fused into one GEMM each, residual adds and biases in the
+// GEMM epilogue) and the fused kernels of ops/cuda; attention through flash4's CUDA API.
+// The cross-entropy is chunked over tokens: per chunk, logits → loss and dlogits → the
+// head's input gradient and weight gradient, so the full logits never exist. (The head's
+// gradient is therefore accumulated during a training forward, not in backward().)
+//
+// This header needs no CUDA headers: the pipeline can hold a CudaDecoder from plain C++.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/config.hpp"
+#include "model/decoder.hpp"
+#include "model/parameters.hpp"
+#include "ops/cpu/ops.hpp"
+#include "optim/adamw.hpp"
+
+namespace adept {
+
+struct CudaDecoderOptions {
+  int64_t max_tokens = 0;   // B·S of the largest micro-batch (training or evaluation)
+  int64_t max_seq_len = 0;  // longest document / row; 0 = min(max_tokens, max_position_embeddings)
+  // Keep only what cannot be recomputed cheaply: h1, h2 (RMSNorm outputs) and the SwiGLU
+  // activation are recomputed in backward from the saved residual stream and statistics.
+  bool recompute = false;
+  // Capture a micro-batch's forward + backward in a CUDA graph on its second occurrence
+  // (same shape and documents) and replay it; falls back to eager launches if capture
+  // fails (e.g. a library call that cannot be captured).
+  bool cuda_graphs = true;
+  int64_t logits_chunk_tokens = 0;  // 0: as many as fit 512 MiB of fp32 logits
+  std::string attention = "auto";   // auto | flash4 | fallback (materialised scores)
+  AdamWConfig adamw;
+};
+
+struct CudaStepResult {
+  double loss = 0.0;  // mean over the step's counted targets
+  int64_t count = 0;
+  double grad_norm = 0.0;  // before clipping
+  bool skipped = false;    // loss or gradient not finite: nothing applied
+};
+
+class CudaDecoder {
+ public:
+  // Weights (by Hugging Face name), trainability and learning-rate multipliers from
+  // `host`, which must hold every tensor Decoder<float>(config) registers.
+  CudaDecoder(const ModelConfig& config, const ParameterStore<float>& host, CudaDecoderOptions options);
+  // Every tensor trainable; matrices Normal(0, init_std) from a counter-based generator
+  // on the device, norms 1, biases 0 (for benchmarks: no host copy of the weights).
+  CudaDecoder(const ModelConfig& config, CudaDecoderOptions options, uint64_t seed, double init_std);
+  ~CudaDecoder();
+  CudaDecoder(const CudaDecoder&) = delete;
+  CudaDecoder& operator=(const CudaDecoder&) = delete;
+
+  const ModelConfig& config() const;
+
+  // As Decoder::forward (same validation and options). With keep_activations it also
+  // accumulates the head's weight gradient and the loss into the current step.
+  cpu::CrossEntropyResult forward(const Batch& batch, const ForwardOptions& options = {});
+  // Accumulates parameter gradients (trainable tensors) of the last training forward.
+  void backward();
+  // Zeroes the gradients and the step's loss.
+  void zero_gradients();
+  // Clip to max_grad_norm (<= 0: no clipping), skip if the step's loss or the gradient
+  // is not finite, else one AdamW update at learning rate lr. Waits for the device.
+  CudaStepResult optimizer_step(double lr, double max_grad_norm);
+  // zero_gradients, forward + backward of every micro-batch (grad_scale 1/(targets
+  // counted in all of them)), optimizer_step: trainer.cpp's train_step on the device.
+  CudaStepResult train_step(const std::vector<Batch>& micro_batches, double lr, double max_grad_norm);
+
+  // Trainable tensors' fp32 master weights into `host` (frozen ones are left alone).
+  void copy_weights_to_host(ParameterStore<float>& host) const;
+  // Trainable tensors' gradients into host's gradient slots (same trainable set).
+  void copy_gradients_to_host(ParameterStore<float>& host) const;
+  // Re-reads every tensor's lr_multiplier and row_multiplier (ADEPT re-estimates them).
+  void set_learning_rate_multipliers(const ParameterStore<float>& host);
+
+  int64_t steps_taken() const;        // AdamW updates applied
+  int64_t skipped_steps() const;      // steps skipped as non-finite
+  std::string attention_backend() const;  // "flash4" or the fallback's name (fwd / bwd)
+  size_t device_bytes() const;        // the arena
+  std::string memory_report() const;
+  bool graphs_active() const;         // a captured graph has been replayed
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace adept
