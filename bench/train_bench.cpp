@@ -1,0 +1,238 @@
+// train-bench: training throughput of the CUDA backend (CudaDecoder) on a model shape,
+// with the dense bf16 GEMM rate measured in the same process for MFU. Prints a summary
+// and one JSON line (the last line) for bench/train_peers.py.
+//
+//   train-bench [--model llama-3.2-1b|tiny] [--batch B] [--seq S] [--steps N] [--warmup W]
+//               [--recompute] [--no-graphs] [--attention auto|flash4|fallback]
+//
+// FLOPs per token: 6·N (N = parameters that take part in matrix products: all of them,
+// the tied embedding counted once as the head) + causal attention 6·L·S·Hq·D (QKᵀ and PV,
+// forward and backward, over the S/2 keys a query sees on average).
+#ifdef ADEPT_WITH_CUDA
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/cuda_decoder.hpp"
+#include "backend/cuda/gemm.hpp"
+
+namespace {
+
+using namespace adept;
+
+struct Args {
+  std::string model = "llama-3.2-1b";
+  int64_t batch = 2, seq = 4096, steps = 10, warmup = 3;
+  bool recompute = false, graphs = true;
+  std::string attention = "auto";
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string s = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "train-bench: %s needs a value\n", s.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (s == "--model") a.model = next();
+    else if (s == "--batch") a.batch = std::stoll(next());
+    else if (s == "--seq") a.seq = std::stoll(next());
+    else if (s == "--steps") a.steps = std::stoll(next());
+    else if (s == "--warmup") a.warmup = std::stoll(next());
+    else if (s == "--recompute") a.recompute = true;
+    else if (s == "--no-graphs") a.graphs = false;
+    else if (s == "--attention") a.attention = next();
+    else {
+      std::fprintf(stderr, "usage: train-bench [--model llama-3.2-1b|tiny] [--batch B] [--seq S] [--steps N] "
+                           "[--warmup W] [--recompute] [--no-graphs] [--attention auto|flash4|fallback]\n");
+      std::exit(2);
+    }
+  }
+  return a;
+}
+
+ModelConfig model_config(const std::string& name) {
+  ModelConfig c;
+  if (name == "llama-3.2-1b") {  // meta-llama/Llama-3.2-1B config.json
+    c.vocab_size = 128256;
+    c.hidden_size = 2048;
+    c.intermediate_size = 8192;
+    c.num_hidden_layers = 16;
+    c.num_attention_heads = 32;
+    c.num_key_value_heads = 8;
+    c.head_dim = 64;
+    c.max_position_embeddings = 131072;
+    c.rms_norm_eps = 1e-5;
+    c.rope_theta = 500000.0;
+    c.rope_scaling.type = "llama3";
+    c.rope_scaling.factor = 32.0;
+    c.rope_scaling.low_freq_factor = 1.0;
+    c.rope_scaling.high_freq_factor = 4.0;
+    c.rope_scaling.original_max_position_embeddings = 8192;
+    c.tie_word_embeddings = true;
+  } else if (name == "tiny") {
+    c.vocab_size = 256;
+    c.hidden_size = 256;
+    c.intermediate_size = 768;
+    c.num_hidden_layers = 4;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.max_position_embeddings = 4096;
+    c.tie_word_embeddings = true;
+  } else {
+    std::fprintf(stderr, "train-bench: unknown model '%s'\n", name.c_str());
+    std::exit(2);
+  }
+  c.finalize_and_validate();
+  return c;
+}
+
+int64_t matmul_parameters(const ModelConfig& c) {
+  const int64_t C = c.hidden_size, I = c.intermediate_size;
+  int64_t layer = C * (c.q_dim() + 2 * c.kv_dim()) + c.q_dim() * C + 3 * C * I;
+  return c.num_hidden_layers * layer + c.vocab_size * C;  // + the head (tied or not)
+}
+
+// Dense bf16 GEMM rate through the backend's own cuBLASLt wrapper, 8192³, median of 20.
+double measure_gemm_tflops() {
+  const int64_t n = 8192;
+  void *a = nullptr, *b = nullptr, *d = nullptr, *ws = nullptr;
+  ADEPT_CUDA_CHECK(cudaMalloc(&a, n * n * 2));
+  ADEPT_CUDA_CHECK(cudaMalloc(&b, n * n * 2));
+  ADEPT_CUDA_CHECK(cudaMalloc(&d, n * n * 2));
+  ADEPT_CUDA_CHECK(cudaMalloc(&ws, 32 << 20));
+  {
+    // Random data, not zeros (zeros run faster than real data).
+    std::vector<uint16_t> host(n * n);
+    std::mt19937 rng(1);
+    for (auto& x : host) x = uint16_t(0x3C00 + (rng() & 0x3FF)) ^ uint16_t((rng() & 1) << 15);  // ±[2^-7, 2)
+    ADEPT_CUDA_CHECK(cudaMemcpy(a, host.data(), n * n * 2, cudaMemcpyHostToDevice));
+    ADEPT_CUDA_CHECK(cudaMemcpy(b, host.data(), n * n * 2, cudaMemcpyHostToDevice));
+  }
+  cuda::Gemm gemm(ws, 32 << 20);
+  cuda::GemmArgs g;
+  g.M = g.N = g.K = n;
+  g.A = a, g.lda = n;
+  g.B = b, g.trans_b = true, g.ldb = n;
+  g.D = d, g.ldd = n;
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  for (int i = 0; i < 3; ++i) gemm.run(g, nullptr);
+  std::vector<float> ms;
+  for (int i = 0; i < 20; ++i) {
+    cudaEventRecord(e0);
+    gemm.run(g, nullptr);
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float t = 0;
+    cudaEventElapsedTime(&t, e0, e1);
+    ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  cudaFree(a), cudaFree(b), cudaFree(d), cudaFree(ws);
+  cudaEventDestroy(e0), cudaEventDestroy(e1);
+  return 2.0 * double(n) * n * n / (ms[ms.size() / 2] * 1e-3) / 1e12;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a = parse(argc, argv);
+  ModelConfig c = model_config(a.model);
+  try {
+    cudaDeviceProp prop{};
+    ADEPT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    ADEPT_CUDA_CHECK(cudaFree(nullptr));  // create the context before the memory baseline
+    size_t free0 = 0, total = 0;
+    ADEPT_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
+    const double gemm_tflops = measure_gemm_tflops();
+
+    CudaDecoderOptions o;
+    o.max_tokens = a.batch * a.seq;
+    o.max_seq_len = a.seq;
+    o.recompute = a.recompute;
+    o.cuda_graphs = a.graphs;
+    o.attention = a.attention;
+    auto t_build = std::chrono::steady_clock::now();
+    CudaDecoder model(c, o, 1234, 0.02);
+    const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_build).count();
+
+    // A few batches of uniform random tokens, cycled; targets = next token.
+    std::mt19937_64 rng(7);
+    std::uniform_int_distribution<int32_t> pick(0, int32_t(c.vocab_size) - 1);
+    const int64_t N = a.batch * a.seq;
+    std::vector<std::vector<int32_t>> tokens(4), targets(4);
+    for (int k = 0; k < 4; ++k) {
+      for (int64_t n = 0; n <= N; ++n) tokens[k].push_back(pick(rng));
+      targets[k].assign(tokens[k].begin() + 1, tokens[k].end());
+      tokens[k].pop_back();
+    }
+    auto batch = [&](int64_t step) {
+      return Batch{a.batch, a.seq, tokens[step % 4].data(), targets[step % 4].data(), nullptr};
+    };
+    double first_loss = 0, last_loss = 0;
+    for (int64_t s = 0; s < a.warmup; ++s) {
+      CudaStepResult r = model.train_step({batch(s)}, 1e-4, 1.0);
+      if (s == 0) first_loss = r.loss;
+    }
+    ADEPT_CUDA_CHECK(cudaDeviceSynchronize());
+    auto t0 = std::chrono::steady_clock::now();
+    int64_t skipped = 0;
+    for (int64_t s = 0; s < a.steps; ++s) {
+      CudaStepResult r = model.train_step({batch(a.warmup + s)}, 1e-4, 1.0);
+      last_loss = r.loss;
+      skipped += r.skipped;
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    size_t free1 = 0;
+    ADEPT_CUDA_CHECK(cudaMemGetInfo(&free1, &total));
+
+    const double tokens_per_s = double(N * a.steps) / seconds;
+    const double flops_per_token =
+        6.0 * double(matmul_parameters(c)) + 6.0 * double(c.num_hidden_layers) * double(a.seq) * double(c.q_dim());
+    const double mfu = tokens_per_s * flops_per_token / (gemm_tflops * 1e12);
+    const double used_gib = double(free0 - free1) / double(1 << 30);
+    std::printf("%s\n", model.memory_report().c_str());
+    std::printf("device %s | model %s | batch %lld x %lld | attention %s | graphs %s | recompute %s\n", prop.name,
+                a.model.c_str(), (long long)a.batch, (long long)a.seq, model.attention_backend().c_str(),
+                model.graphs_active() ? "replayed" : "off", a.recompute ? "on" : "off");
+    std::printf("GEMM %.0f TFLOP/s | %.0f tokens/s | %.1f ms/step | MFU %.1f%% | device memory %.2f GiB (arena %.2f) "
+                "| loss %.3f -> %.3f | setup %.1f s | skipped %lld\n",
+                gemm_tflops, tokens_per_s, 1e3 * seconds / double(a.steps), 100 * mfu, used_gib,
+                double(model.device_bytes()) / double(1 << 30), first_loss, last_loss, build_s, (long long)skipped);
+    std::printf("{\"engine\": \"adept-cuda\", \"device\": \"%s\", \"model\": \"%s\", \"batch\": %lld, \"seq\": %lld, "
+                "\"tokens_per_s\": %.1f, \"step_ms\": %.2f, \"gemm_tflops\": %.1f, \"flops_per_token\": %.6e, "
+                "\"mfu\": %.4f, \"peak_mem_gib\": %.3f, \"arena_gib\": %.3f, \"attention\": \"%s\", "
+                "\"graphs\": %s, \"recompute\": %s, \"loss_first\": %.4f, \"loss_last\": %.4f}\n",
+                prop.name, a.model.c_str(), (long long)a.batch, (long long)a.seq, tokens_per_s,
+                1e3 * seconds / double(a.steps), gemm_tflops, flops_per_token, mfu, used_gib,
+                double(model.device_bytes()) / double(1 << 30), model.attention_backend().c_str(),
+                model.graphs_active() ? "true" : "false", a.recompute ? "true" : "false", first_loss, last_loss);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "train-bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
+
+#else
+#include <cstdio>
+int main() {
+  std::fprintf(stderr, "train-bench: built without CUDA\n");
+  return 1;
+}
+#endif
