@@ -32,7 +32,7 @@ using namespace adept;
 struct Args {
   std::string model = "llama-3.2-1b";
   int64_t batch = 2, seq = 4096, steps = 10, warmup = 3;
-  bool recompute = false, graphs = true;
+  bool recompute = false, graphs = true, time_attention = false;
   std::string attention = "auto";
 };
 
@@ -54,10 +54,11 @@ Args parse(int argc, char** argv) {
     else if (s == "--warmup") a.warmup = std::stoll(next());
     else if (s == "--recompute") a.recompute = true;
     else if (s == "--no-graphs") a.graphs = false;
+    else if (s == "--time-attention") a.time_attention = true;
     else if (s == "--attention") a.attention = next();
     else {
       std::fprintf(stderr, "usage: train-bench [--model llama-3.2-1b|tiny] [--batch B] [--seq S] [--steps N] "
-                           "[--warmup W] [--recompute] [--no-graphs] [--attention auto|flash4|fallback]\n");
+                           "[--warmup W] [--recompute] [--no-graphs] [--time-attention] [--attention auto|flash4|fallback]\n");
       std::exit(2);
     }
   }
@@ -167,6 +168,7 @@ int main(int argc, char** argv) {
     o.recompute = a.recompute;
     o.cuda_graphs = a.graphs;
     o.attention = a.attention;
+    o.time_attention = a.time_attention;
     auto t_build = std::chrono::steady_clock::now();
     CudaDecoder model(c, o, 1234, 0.02);
     const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_build).count();
@@ -192,10 +194,12 @@ int main(int argc, char** argv) {
     ADEPT_CUDA_CHECK(cudaDeviceSynchronize());
     auto t0 = std::chrono::steady_clock::now();
     int64_t skipped = 0;
+    double attention_ms = 0.0;
     for (int64_t s = 0; s < a.steps; ++s) {
       CudaStepResult r = model.train_step({batch(a.warmup + s)}, 1e-4, 1.0);
       last_loss = r.loss;
       skipped += r.skipped;
+      attention_ms += model.attention_milliseconds() / double(a.steps);
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     size_t free1 = 0;
@@ -211,17 +215,19 @@ int main(int argc, char** argv) {
                 a.model.c_str(), (long long)a.batch, (long long)a.seq, model.attention_backend().c_str(),
                 model.graphs_active() ? "replayed" : "off", a.recompute ? "on" : "off");
     std::printf("GEMM %.0f TFLOP/s | %.0f tokens/s | %.1f ms/step | MFU %.1f%% | device memory %.2f GiB (arena %.2f) "
-                "| loss %.3f -> %.3f | setup %.1f s | skipped %lld\n",
+                "| loss %.3f -> %.3f | setup %.1f s | skipped %lld | attention %.1f ms/step\n",
                 gemm_tflops, tokens_per_s, 1e3 * seconds / double(a.steps), 100 * mfu, used_gib,
-                double(model.device_bytes()) / double(1 << 30), first_loss, last_loss, build_s, (long long)skipped);
+                double(model.device_bytes()) / double(1 << 30), first_loss, last_loss, build_s, (long long)skipped,
+                attention_ms);
     std::printf("{\"engine\": \"adept-cuda\", \"device\": \"%s\", \"model\": \"%s\", \"batch\": %lld, \"seq\": %lld, "
                 "\"tokens_per_s\": %.1f, \"step_ms\": %.2f, \"gemm_tflops\": %.1f, \"flops_per_token\": %.6e, "
                 "\"mfu\": %.4f, \"peak_mem_gib\": %.3f, \"arena_gib\": %.3f, \"attention\": \"%s\", "
-                "\"graphs\": %s, \"recompute\": %s, \"loss_first\": %.4f, \"loss_last\": %.4f}\n",
+                "\"graphs\": %s, \"recompute\": %s, \"loss_first\": %.4f, \"loss_last\": %.4f, \"attention_ms\": %.2f}\n",
                 prop.name, a.model.c_str(), (long long)a.batch, (long long)a.seq, tokens_per_s,
                 1e3 * seconds / double(a.steps), gemm_tflops, flops_per_token, mfu, used_gib,
                 double(model.device_bytes()) / double(1 << 30), model.attention_backend().c_str(),
-                model.graphs_active() ? "true" : "false", a.recompute ? "true" : "false", first_loss, last_loss);
+                model.graphs_active() ? "true" : "false", a.recompute ? "true" : "false", first_loss, last_loss,
+                attention_ms);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "train-bench: %s\n", e.what());
     return 1;

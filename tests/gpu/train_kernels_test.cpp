@@ -300,8 +300,11 @@ TEST(TrainKernelsCpuVsCuda, LinearLayersThroughCublasLtMatchCpuIncludingColumnBl
   for (int64_t i = 0; i < N * OC; ++i) want[i] += r[i];
   DeviceBuffer<char> workspace(32 << 20);
   cuda::Gemm gemm(workspace.get(), 32 << 20);
-  DeviceBuffer<bf16> d_x(to_bf16(x)), d_w(to_bf16(w)), d_b(to_bf16(b)), d_r(to_bf16(r)), d_y(N * wide);
-  cuda::linear_forward(gemm, d_y.get() + OC, wide, d_x, IC, d_w, d_b, d_r, N, IC, OC, nullptr);
+  // The residual is read with the output's leading dimension (one GEMM: C and D share a layout).
+  std::vector<float> r_wide(N * wide, 0.0f);
+  for (int64_t n = 0; n < N; ++n) std::copy_n(r.begin() + n * OC, OC, r_wide.begin() + n * wide + OC);
+  DeviceBuffer<bf16> d_x(to_bf16(x)), d_w(to_bf16(w)), d_b(to_bf16(b)), d_r(to_bf16(r_wide)), d_y(N * wide);
+  cuda::linear_forward(gemm, d_y.get() + OC, wide, d_x, IC, d_w, d_b, d_r.get() + OC, N, IC, OC, nullptr);
   std::vector<float> y = to_float(d_y.download()), block(N * OC);
   for (int64_t n = 0; n < N; ++n) std::copy_n(y.begin() + n * wide + OC, OC, block.begin() + n * OC);
   EXPECT_LT(relative_error(block, want), kBf16Tolerance);

@@ -166,9 +166,15 @@ struct CudaDecoder::Impl {
   bool graphs_ok = true;
   bool graph_replayed = false;
 
+  // Attention timing (options.time_attention): an event pair per attention call.
+  std::vector<cudaEvent_t> timing_events;
+  size_t timing_used = 0;
+  double attention_ms = 0.0;
+
   ~Impl() {
     for (auto& [key, g] : graphs)
       if (g.exec) cudaGraphExecDestroy(g.exec);
+    for (cudaEvent_t e : timing_events) cudaEventDestroy(e);
     attention.reset();
     gemm.reset();
     if (upload_done) cudaEventDestroy(upload_done);
@@ -620,7 +626,7 @@ struct CudaDecoder::Impl {
                                    rope_sin, N, QKV, Hq, Hkv, D, c.rms_norm_eps, stream);
       else
         cuda::rope_forward(a.qkv, positions(), rope_cos, rope_sin, N, QKV, Hq, Hkv, D, stream);
-      attention->forward(a.attn, a.lse, a.qkv, QKV, N, docs, stream);
+      timed([&] { attention->forward(a.attn, a.lse, a.qkv, QKV, N, docs, stream); });
       // x2 = x + attn · Woᵀ (+ bo): the residual add is the GEMM's beta = 1.
       cuda::linear_forward(*gemm, a.x2, C, a.attn, Q, W(y.o), W(y.o_bias), x[l], N, Q, C, stream);
       cuda::rmsnorm_forward(a.h2, a.rstd2, a.x2, W(y.post_norm), N, C, c.rms_norm_eps, stream);
@@ -649,6 +655,32 @@ struct CudaDecoder::Impl {
     }
     cuda::loss_accumulate(&forward_loss->loss_sum, &forward_loss->count, loss_rows, targets(), N, kIgnoreIndex, stream);
     if (train) cuda::loss_accumulate(&state->loss_sum, &state->count, loss_rows, targets(), N, kIgnoreIndex, stream);
+  }
+
+  // Runs `enqueue` between two recorded events when timing attention.
+  template <typename Fn>
+  void timed(Fn enqueue) {
+    if (!opt.time_attention) return enqueue();
+    while (timing_events.size() < timing_used + 2) {
+      cudaEvent_t e;
+      ADEPT_CUDA_CHECK(cudaEventCreate(&e));
+      timing_events.push_back(e);
+    }
+    ADEPT_CUDA_CHECK(cudaEventRecord(timing_events[timing_used], stream));
+    enqueue();
+    ADEPT_CUDA_CHECK(cudaEventRecord(timing_events[timing_used + 1], stream));
+    timing_used += 2;
+  }
+
+  // After a synchronisation: the sum over the recorded pairs, then the pool is reused.
+  void collect_attention_time() {
+    attention_ms = 0.0;
+    for (size_t i = 0; i + 1 < timing_used; i += 2) {
+      float ms = 0.0f;
+      ADEPT_CUDA_CHECK(cudaEventElapsedTime(&ms, timing_events[i], timing_events[i + 1]));
+      attention_ms += ms;
+    }
+    timing_used = 0;
   }
 
   bool layer_trainable(int64_t l) const {
@@ -685,7 +717,7 @@ struct CudaDecoder::Impl {
       cuda::linear_backward_input(*gemm, dattn, Q, dx, C, W(y.o), N, Q, C, 0.0f, stream);
       if (G(y.o)) cuda::linear_backward_weight(*gemm, G(y.o), dx, C, a.attn, Q, N, Q, C, stream);
       if (G(y.o_bias)) cuda::bias_backward(G(y.o_bias), partials, dx, N, C, C, stream);
-      attention->backward(dqkv, a.qkv, QKV, a.attn, dattn, a.lse, N, docs, stream);
+      timed([&] { attention->backward(dqkv, a.qkv, QKV, a.attn, dattn, a.lse, N, docs, stream); });
       if (c.has_qk_norm())
         cuda::qk_norm_rope_backward(dqkv, G(y.q_norm), G(y.k_norm), partials, a.qkv_raw, W(y.q_norm), W(y.k_norm),
                                     a.rstd_qk, positions(), rope_cos, rope_sin, N, QKV, Hq, Hkv, D, stream);
@@ -711,7 +743,7 @@ struct CudaDecoder::Impl {
   // Forward + backward of the prepared micro-batch: replayed from a CUDA graph when this
   // shape and document layout has been seen before.
   void run_training_micro_batch() {
-    if (!opt.cuda_graphs || !graphs_ok) {
+    if (!opt.cuda_graphs || !graphs_ok || opt.time_attention) {
       enqueue_forward(true);
       enqueue_backward();
       return;
@@ -777,6 +809,7 @@ struct CudaDecoder::Impl {
                        row_multipliers, state, float(ac.beta1), float(ac.beta2), float(ac.eps), stream);
     ADEPT_CUDA_CHECK(cudaMemcpyAsync(state_host, state, sizeof(cuda::StepState), cudaMemcpyDeviceToHost, stream));
     ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    collect_attention_time();
     CudaStepResult r;
     r.count = state_host->count;
     r.loss = r.count ? state_host->loss_sum / double(r.count) : 0.0;
@@ -897,5 +930,6 @@ std::string CudaDecoder::attention_backend() const {
 size_t CudaDecoder::device_bytes() const { return impl_->arena.bytes(); }
 std::string CudaDecoder::memory_report() const { return impl_->arena.report(); }
 bool CudaDecoder::graphs_active() const { return impl_->graph_replayed; }
+double CudaDecoder::attention_milliseconds() const { return impl_->attention_ms; }
 
 }  // namespace adept

@@ -38,6 +38,9 @@ struct CudaDecoderOptions {
   bool cuda_graphs = true;
   int64_t logits_chunk_tokens = 0;  // 0: as many as fit 512 MiB of fp32 logits
   std::string attention = "auto";   // auto | flash4 | fallback (materialised scores)
+  // Time the attention calls of each training step with CUDA events (for benchmarks:
+  // forces eager launches, since a graph's nodes cannot be timed one by one).
+  bool time_attention = false;
   AdamWConfig adamw;
 };
 
@@ -89,6 +92,9 @@ class CudaDecoder {
   size_t device_bytes() const;        // the arena
   std::string memory_report() const;
   bool graphs_active() const;         // a captured graph has been replayed
+  // Device time of the last train_step's attention calls (forward and backward), in ms;
+  // 0 unless options.time_attention.
+  double attention_milliseconds() const;
 
  private:
   struct Impl;

@@ -72,7 +72,8 @@ class Gemm {
 // strides (0 = dense). All bf16 except weight gradients, which accumulate in fp32.
 
 // out = in · weightᵀ (+ bias) (+ residual): residual, when given, is added by the GEMM
-// itself (beta = 1), so "x2 = x + attn · Woᵀ" is one call.
+// itself (beta = 1), so "x2 = x + attn · Woᵀ" is one call. It is read with out's leading
+// dimension (cuBLASLt's C and D share one layout here).
 void linear_forward(Gemm& gemm, void* out, int64_t ld_out, const void* in, int64_t ld_in, const void* weight,
                     const void* bias, const void* residual, int64_t N, int64_t IC, int64_t OC, cudaStream_t stream);
 // din = dout · weight  (beta = 1 adds into din instead of overwriting it)
