@@ -21,7 +21,7 @@ namespace adept::cuda {
 using bf16 = __nv_bfloat16;
 
 // Row blocks of the deterministic token reductions: partial sums are [kReduceBlocks][C].
-inline constexpr int kReduceBlocks = 256;
+inline constexpr int kReduceBlocks = 1024;
 
 // ---- embedding ------------------------------------------------------------------
 // out[N][C] = wte[ids[n]][C]
