@@ -1,0 +1,231 @@
+// flash4-bench: forward and backward TFLOPs of flash4's CUDA backend, the way the
+// FlashAttention papers measure them: bf16, BSHD, 16k tokens in total (batch = 16384 / S),
+// hidden 2048 (heads = 2048 / d), d in {64, 128, 256}, S in {512 .. 16384}, causal off/on.
+// FLOPs by convention: forward 4 B H S^2 d (halved under causal), backward 2.5x forward.
+// Timing: CUDA events around each call, warm-up first, median of the repeats, inputs
+// rotated over two sets (random normal, never zeros).
+//
+//   flash4-bench [--quick] [--repeats N] [--csv FILE] [--tuning]
+//     --quick   d = 128 only, S in {1024, 4096, 16384}
+//     --tuning  also times the forward's FA4 switches (exp2 emulation on, always-rescale)
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <flash4/flash4.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+#define BENCH_CUDA(call)                                                                               \
+  do {                                                                                                 \
+    cudaError_t status_ = (call);                                                                      \
+    if (status_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s failed at %s:%d: %s\n", #call, __FILE__, __LINE__, cudaGetErrorString(status_)); \
+      std::exit(1);                                                                                    \
+    }                                                                                                  \
+  } while (0)
+
+void check(flash4_status status, const char* what) {
+  if (status != FLASH4_OK) {
+    std::fprintf(stderr, "%s failed (%d): %s\n", what, int(status), flash4_last_error());
+    std::exit(1);
+  }
+}
+
+__global__ void fill_normal_bf16(__nv_bfloat16* x, int64_t n, uint64_t seed) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    // Box-Muller on a counter-based hash: reproducible, cheap, not zeros.
+    uint64_t h = (uint64_t(i) + seed) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 31;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 29;
+    const float u1 = (float((h >> 40) & 0xFFFFFF) + 1.0f) / 16777217.0f;
+    const float u2 = float(h & 0xFFFFFF) / 16777216.0f;
+    x[i] = __float2bfloat16(sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2));
+  }
+}
+
+struct Buffer {
+  void* ptr = nullptr;
+  explicit Buffer(size_t bytes) { BENCH_CUDA(cudaMalloc(&ptr, bytes)); }
+  ~Buffer() { cudaFree(ptr); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+};
+
+struct Shape {
+  int B, S, H, D;
+  bool causal;
+};
+
+// One input set: q, k, v, out, dout, lse and the gradients, [B, S, H, D] bf16.
+struct Set {
+  Buffer q, k, v, out, dout, dq, dk, dv, lse;
+  explicit Set(const Shape& s, uint64_t seed)
+      : q(bytes(s)), k(bytes(s)), v(bytes(s)), out(bytes(s)), dout(bytes(s)), dq(bytes(s)), dk(bytes(s)),
+        dv(bytes(s)), lse(size_t(s.B) * s.H * s.S * 4) {
+    const int64_t n = int64_t(s.B) * s.S * s.H * s.D;
+    for (Buffer* b : {&q, &k, &v, &dout}) fill_normal_bf16<<<1024, 256>>>(static_cast<__nv_bfloat16*>(b->ptr), n, seed++ * n);
+    BENCH_CUDA(cudaGetLastError());
+  }
+  static size_t bytes(const Shape& s) { return size_t(s.B) * s.S * s.H * s.D * 2; }
+};
+
+flash4_tensor bshd(void* data, const Shape& s) {
+  flash4_tensor t{};
+  t.data = data;
+  t.dtype = FLASH4_BF16;
+  t.rank = 4;
+  const int64_t shape[4] = {s.B, s.S, s.H, s.D};
+  const int64_t stride[4] = {int64_t(s.S) * s.H * s.D, int64_t(s.H) * s.D, s.D, 1};
+  for (int i = 0; i < 4; ++i) t.shape[i] = shape[i], t.stride[i] = stride[i];
+  return t;
+}
+
+flash4_tensor lse_view(void* data, const Shape& s) {
+  flash4_tensor t{};
+  t.data = data;
+  t.dtype = FLASH4_F32;
+  t.rank = 3;
+  const int64_t shape[3] = {s.B, s.H, s.S};
+  const int64_t stride[3] = {int64_t(s.H) * s.S, s.S, 1};
+  for (int i = 0; i < 3; ++i) t.shape[i] = shape[i], t.stride[i] = stride[i];
+  return t;
+}
+
+flash4_forward_args forward_args(Set& set, const Shape& s, flash4_tuning tuning) {
+  flash4_forward_args a;
+  flash4_forward_args_init(&a);
+  a.device = FLASH4_CUDA;
+  a.q = bshd(set.q.ptr, s), a.k = bshd(set.k.ptr, s), a.v = bshd(set.v.ptr, s), a.out = bshd(set.out.ptr, s);
+  a.lse = lse_view(set.lse.ptr, s);
+  a.options.causal = s.causal;
+  a.tuning = tuning;
+  return a;
+}
+
+flash4_backward_args backward_args(Set& set, const Shape& s) {
+  flash4_backward_args a;
+  flash4_backward_args_init(&a);
+  a.device = FLASH4_CUDA;
+  a.q = bshd(set.q.ptr, s), a.k = bshd(set.k.ptr, s), a.v = bshd(set.v.ptr, s), a.out = bshd(set.out.ptr, s);
+  a.dout = bshd(set.dout.ptr, s), a.lse = lse_view(set.lse.ptr, s);
+  a.dq = bshd(set.dq.ptr, s), a.dk = bshd(set.dk.ptr, s), a.dv = bshd(set.dv.ptr, s);
+  a.options.causal = s.causal;
+  return a;
+}
+
+// Median milliseconds of `repeats` timed calls of run(i) after `warmup` untimed ones.
+template <class Run>
+double median_ms(int warmup, int repeats, Run&& run) {
+  for (int i = 0; i < warmup; ++i) run(i);
+  BENCH_CUDA(cudaDeviceSynchronize());
+  std::vector<cudaEvent_t> start(repeats), stop(repeats);
+  for (int i = 0; i < repeats; ++i) {
+    BENCH_CUDA(cudaEventCreate(&start[i]));
+    BENCH_CUDA(cudaEventCreate(&stop[i]));
+  }
+  for (int i = 0; i < repeats; ++i) {
+    BENCH_CUDA(cudaEventRecord(start[i]));
+    run(i);
+    BENCH_CUDA(cudaEventRecord(stop[i]));
+  }
+  BENCH_CUDA(cudaDeviceSynchronize());
+  std::vector<double> ms(repeats);
+  for (int i = 0; i < repeats; ++i) {
+    float t = 0;
+    BENCH_CUDA(cudaEventElapsedTime(&t, start[i], stop[i]));
+    ms[i] = t;
+    cudaEventDestroy(start[i]);
+    cudaEventDestroy(stop[i]);
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[repeats / 2];
+}
+
+double forward_flops(const Shape& s) {
+  const double f = 4.0 * s.B * s.H * double(s.S) * s.S * s.D;
+  return s.causal ? f / 2 : f;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false, tuning = false;
+  int repeats = 20;
+  const char* csv_path = nullptr;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--tuning")) tuning = true;
+    else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) csv_path = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: %s [--quick] [--tuning] [--repeats N] [--csv FILE]\n", argv[0]);
+      return 2;
+    }
+  }
+  cudaDeviceProp prop{};
+  BENCH_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("flash4-bench on %s (%d SMs), bf16, BSHD, 16384 tokens, hidden 2048, median of %d\n", prop.name,
+              prop.multiProcessorCount, repeats);
+  FILE* csv = csv_path ? std::fopen(csv_path, "w") : nullptr;
+  if (csv) std::fprintf(csv, "d,S,B,H,causal,variant,fwd_ms,fwd_tflops,bwd_ms,bwd_tflops\n");
+
+  std::vector<int> dims = quick ? std::vector<int>{128} : std::vector<int>{64, 128, 256};
+  std::vector<int> lengths =
+      quick ? std::vector<int>{1024, 4096, 16384} : std::vector<int>{512, 1024, 2048, 4096, 8192, 16384};
+  std::printf("%5s %6s %4s %4s %7s | %9s %8s | %9s %8s\n", "d", "S", "B", "H", "causal", "fwd ms", "fwd TF",
+              "bwd ms", "bwd TF");
+  for (int d : dims)
+    for (int S : lengths)
+      for (bool causal : {false, true}) {
+        const Shape s{16384 / S, S, 2048 / d, d, causal};
+        Set sets[2] = {Set(s, 1), Set(s, 1000)};
+        const flash4_tuning defaults{};
+        auto fwd = [&](flash4_tuning t) {
+          return median_ms(3, repeats, [&](int i) {
+            flash4_forward_args a = forward_args(sets[i % 2], s, t);
+            check(flash4_forward(&a), "flash4_forward");
+          });
+        };
+        const double fwd_ms = fwd(defaults);
+        const double bwd_ms = median_ms(3, repeats, [&](int i) {
+          flash4_backward_args a = backward_args(sets[i % 2], s);
+          check(flash4_backward(&a), "flash4_backward");
+        });
+        const double f = forward_flops(s);
+        std::printf("%5d %6d %4d %4d %7d | %9.3f %8.1f | %9.3f %8.1f\n", d, S, s.B, s.H, int(causal), fwd_ms,
+                    f / fwd_ms * 1e-9, bwd_ms, 2.5 * f / bwd_ms * 1e-9);
+        if (csv)
+          std::fprintf(csv, "%d,%d,%d,%d,%d,default,%.4f,%.1f,%.4f,%.1f\n", d, S, s.B, s.H, int(causal), fwd_ms,
+                       f / fwd_ms * 1e-9, bwd_ms, 2.5 * f / bwd_ms * 1e-9);
+        if (tuning) {
+          flash4_tuning emulate{}, always{}, plain{};
+          emulate.exp2_emulation = 2;
+          always.rescale_threshold = -1.0f;
+          plain.exp2_emulation = 1;
+          plain.rescale_threshold = -1.0f;
+          const struct {
+            const char* name;
+            flash4_tuning t;
+          } variants[] = {{"exp2-emulation", emulate}, {"always-rescale", always}, {"neither (FA2)", plain}};
+          for (const auto& v : variants) {
+            const double ms = fwd(v.t);
+            std::printf("%5s %6s %4s %4s %7s | %9.3f %8.1f   fwd, %s\n", "", "", "", "", "", ms, f / ms * 1e-9, v.name);
+            if (csv)
+              std::fprintf(csv, "%d,%d,%d,%d,%d,%s,%.4f,%.1f,,\n", d, S, s.B, s.H, int(causal), v.name, ms,
+                           f / ms * 1e-9);
+          }
+        }
+      }
+  if (csv) std::fclose(csv);
+  return 0;
+}

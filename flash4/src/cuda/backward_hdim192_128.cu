@@ -1,0 +1,6 @@
+// Backward kernels for padded head dims (d_qk, d_v) = (192, 128), bf16 and fp16.
+#include "backward_kernel.cuh"
+
+namespace flash4::cuda {
+template void backward_hdim<192, 128>(const AttentionParams&, bool, cudaStream_t);
+}  // namespace flash4::cuda

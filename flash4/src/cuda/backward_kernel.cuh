@@ -1,0 +1,332 @@
+// Portable backward kernels (sm80+), FlashAttention-2 style.
+//
+// attention_backward_kernel: one CTA of 8 warps per (key block, KV head, sequence). K and
+// V of the block stay in shared memory; the CTA walks every query head of the KV head's
+// GQA group and every query block that sees the key block, recomputing
+//   S = Q K^T, P = 2^(x - lse log2 e), dP = dO V^T, dS = P (dP - D) (times 1 - tanh^2
+//   under softcap),
+// and accumulates dV += P^T dO and dK += dS^T Q in registers (so dK / dV sum over the
+// group in a fixed order: deterministic). dQ = dS K goes to an fp32 buffer by atomics,
+// unless p.deterministic: then attention_backward_dq_kernel, one CTA per (query block,
+// query head), recomputes S and dP itself and owns its dQ rows (no atomics).
+// Q / dO (and their lse / D rows) are double-buffered when shared memory allows.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "cuda_check.hpp"
+#include "kernels.hpp"
+#include "sequence.cuh"
+#include "tiles.cuh"
+
+namespace flash4::cuda {
+
+template <int DQK, int DV>
+struct BackwardTile {
+  static constexpr int kWarps = 8, kThreads = 32 * kWarps;
+  static constexpr int kBlockM = 64;
+  static constexpr int kBlockN = DQK <= 128 ? 128 : 64;
+  static constexpr int kLdQ = padded_ld<DQK>, kLdK = padded_ld<DQK>, kLdV = padded_ld<DV>, kLdO = padded_ld<DV>;
+  static constexpr int kLdP = padded_ld<kBlockN>;
+  // S / dP: warp w owns rows 16 (w % 4) .. and columns (w / 4) * kBlockN / 2 ..
+  static constexpr int kSNT = kBlockN / 16;
+  // dK / dV: warp w owns key rows 16 (w % kKvWarpsN) .. and 1 / kKvWarpsD of the columns.
+  static constexpr int kKvWarpsN = kBlockN / 16, kKvWarpsD = kWarps / kKvWarpsN;
+  static constexpr int kDkCols = DQK / kKvWarpsD, kDvCols = DV / kKvWarpsD;
+  // dQ (atomic mode): warp w owns rows 16 (w % 4) .. and columns (w / 4) * DQK / 2 ..
+  static constexpr int kDqCols = DQK / 2;
+
+  static constexpr int kSmemK = kBlockN * kLdK, kSmemV = kBlockN * kLdV, kSmemP = kBlockM * kLdP;
+  static constexpr int kSmemQ = kBlockM * kLdQ, kSmemO = kBlockM * kLdO;
+  static constexpr size_t smem_bytes(int stages) {
+    return size_t(kSmemK + kSmemV + 2 * kSmemP + stages * (kSmemQ + kSmemO)) * 2 + size_t(stages) * 2 * kBlockM * 4;
+  }
+};
+
+template <int DQK, int DV>
+struct DqTile {
+  static constexpr int kWarps = 4, kThreads = 32 * kWarps;
+  static constexpr int kBlockM = 16 * kWarps, kBlockN = 64;
+  static constexpr int kLdQ = padded_ld<DQK>, kLdK = padded_ld<DQK>, kLdV = padded_ld<DV>, kLdO = padded_ld<DV>;
+  static constexpr int kSmemQ = kBlockM * kLdQ, kSmemO = kBlockM * kLdO, kSmemK = kBlockN * kLdK;
+  static constexpr int kSmemV = kBlockN * kLdV;
+  static constexpr size_t kSmemBytes = size_t(kSmemQ + kSmemO + kSmemK + kSmemV) * 2;
+};
+
+// In place: s <- P, dp <- dS for one warp's accumulator block (rows `rows`, first column
+// n0 + c0). Masked elements (and rows past sq) get P = dS = 0.
+template <int NT>
+__device__ __forceinline__ void probabilities_and_ds(float (&s)[1][NT][4], float (&dp)[1][NT][4],
+                                                     const AttentionParams& p, bool masked, const int (&row)[2],
+                                                     const KeyInterval (&keys)[2], int sq, const float (&lse2)[2],
+                                                     const float (&d)[2], int col0) {
+  const int t = lane_id() & 3;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int half = e >> 1;
+      float x, dtanh = 1.0f;
+      if (p.softcap > 0) {
+        const float th = tanh_softcap(s[0][nt][e] * p.softcap_inv_scale);
+        x = p.softcap_log2 * th;
+        dtanh = 1.0f - th * th;
+      } else {
+        x = s[0][nt][e] * p.scale_log2;
+      }
+      float prob = exp2_hardware(x - lse2[half]);
+      if (masked) {
+        const int j = col0 + 8 * nt + 2 * t + (e & 1);
+        if (row[half] >= sq || j < keys[half].lo || j >= keys[half].hi) prob = 0.0f;
+      }
+      s[0][nt][e] = prob;
+      dp[0][nt][e] = prob * (dp[0][nt][e] - d[half]) * dtanh;
+    }
+}
+
+template <int DQK, int DV, typename T>
+__global__ void __launch_bounds__(BackwardTile<DQK, DV>::kThreads)
+    attention_backward_kernel(const AttentionParams p, const int two_stages) {
+  using Tile = BackwardTile<DQK, DV>;
+  constexpr int BM = Tile::kBlockM, BN = Tile::kBlockN, kThreads = Tile::kThreads, SNT = Tile::kSNT;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sK = reinterpret_cast<T*>(smem_raw);
+  T* sV = sK + Tile::kSmemK;
+  T* sP = sV + Tile::kSmemV;
+  T* sdS = sP + Tile::kSmemP;
+  T* sQ0 = sdS + Tile::kSmemP;  // stage s: Q at sQ0 + s * (kSmemQ + kSmemO), dO right after
+  const int stages = two_stages ? 2 : 1;
+  float* sRows = reinterpret_cast<float*>(sQ0 + stages * (Tile::kSmemQ + Tile::kSmemO));  // [stage][lse2 | D][BM]
+
+  const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const Sequence seq = sequence_of(p, b);
+  const int n0 = n_block * BN;
+  if (n0 >= seq.sk_rows) return;
+  const int rows_out = min(BN, seq.sk_rows - n0);  // rows of dk / dv this CTA writes
+  const int rows_k = max(0, min(BN, seq.sk - n0));  // of which attended keys (the rest get 0)
+  const int warp = threadIdx.x / 32, lane = lane_id(), g = lane >> 2, t = lane & 3;
+  const int wm = warp % 4, wn = warp / 4;
+  const int kvn = warp % Tile::kKvWarpsN, kvd = warp / Tile::kKvWarpsN;
+
+  QueryInterval qi{0, 0};
+  if (rows_k > 0) qi = queries_seeing(p, n0, n0 + rows_k, seq);
+  const int mb_lo = qi.begin / BM;
+  const int n_mb = qi.end > qi.begin ? (qi.end + BM - 1) / BM - mb_lo : 0;
+  const int steps = p.group * n_mb;
+
+  const T* any = static_cast<const T*>(p.q.data);
+  load_tile_async<BN, DQK, kThreads>(
+      sK, [&](int r) { return key_row<const T>(p, p.k, seq, b, n0 + r, hk); }, rows_k, p.d_qk, any);
+  load_tile_async<BN, DV, kThreads>(
+      sV, [&](int r) { return key_row<const T>(p, p.v, seq, b, n0 + r, hk); }, rows_k, p.d_v, any);
+  cp_async_commit();
+
+  auto head_of = [&](int step) { return hk * p.group + step / n_mb; };
+  auto row0_of = [&](int step) { return (mb_lo + step % n_mb) * BM; };
+  auto issue = [&](int step, int stage) {
+    const int h = head_of(step), m0 = row0_of(step), rows = min(BM, seq.sq - m0);
+    T* q = sQ0 + stage * (Tile::kSmemQ + Tile::kSmemO);
+    load_tile_async<BM, DQK, kThreads>(
+        q, [&](int r) { return query_row<const T>(p.q, seq, m0 + r, h); }, rows, p.d_qk, any);
+    load_tile_async<BM, DV, kThreads>(
+        q + Tile::kSmemQ, [&](int r) { return query_row<const T>(p.dout, seq, m0 + r, h); }, rows, p.d_v, any);
+    const int tid = threadIdx.x;
+    if (tid < 2 * BM) {
+      const int r = tid % BM;
+      const float* src = (tid < BM ? p.lse_log2 : p.d_rows) + int64_t(h) * p.tokens_q + seq.q_token + m0 + r;
+      cp_async_4(sRows + stage * 2 * BM + tid, r < rows ? src : p.d_rows, r < rows);
+    }
+    cp_async_commit();
+  };
+
+  float dk[1][Tile::kDkCols / 8][4], dv[1][Tile::kDvCols / 8][4];
+  zero(dk);
+  zero(dv);
+  if (steps > 0) issue(0, 0);
+  for (int step = 0; step < steps; ++step) {
+    const int stage = two_stages ? (step & 1) : 0;
+    if (two_stages && step + 1 < steps) {
+      issue(step + 1, stage ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // this step's Q, dO, lse2, D (and K, V) landed
+    const int h = head_of(step), m0 = row0_of(step);
+    const T* sQ = sQ0 + stage * (Tile::kSmemQ + Tile::kSmemO);
+    const T* sdO = sQ + Tile::kSmemQ;
+    const float* sLse = sRows + stage * 2 * BM;
+    const float* sD = sLse + BM;
+
+    float s[1][SNT][4], dp[1][SNT][4];
+    zero(s);
+    zero(dp);
+    warp_gemm<T, 1, SNT, DQK / 16, false, false>(s, sQ, Tile::kLdQ, 16 * wm, sK, Tile::kLdK, wn * (BN / 2));
+    warp_gemm<T, 1, SNT, DV / 16, false, false>(dp, sdO, Tile::kLdO, 16 * wm, sV, Tile::kLdV, wn * (BN / 2));
+
+    int row[2];
+    KeyInterval keys[2];
+    float lse2[2], d[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = 16 * wm + g + 8 * half;
+      row[half] = m0 + r;
+      keys[half] = visible_keys(p, m0 + r, seq);
+      lse2[half] = sLse[r];
+      d[half] = sD[r];
+    }
+    const bool masked = !(m0 + BM <= seq.sq && visible_keys(p, m0 + BM - 1, seq).lo <= n0 &&
+                          visible_keys(p, m0, seq).hi >= n0 + BN);
+    probabilities_and_ds(s, dp, p, masked, row, keys, seq.sq, lse2, d, n0 + wn * (BN / 2));
+    store_accumulators<T>(sP, Tile::kLdP, 16 * wm, wn * (BN / 2), s);
+    store_accumulators<T>(sdS, Tile::kLdP, 16 * wm, wn * (BN / 2), dp);
+    __syncthreads();  // P and dS complete
+
+    warp_gemm<T, 1, Tile::kDvCols / 8, BM / 16, true, true>(dv, sP, Tile::kLdP, 16 * kvn, sdO, Tile::kLdO,
+                                                             kvd * Tile::kDvCols);
+    warp_gemm<T, 1, Tile::kDkCols / 8, BM / 16, true, true>(dk, sdS, Tile::kLdP, 16 * kvn, sQ, Tile::kLdQ,
+                                                             kvd * Tile::kDkCols);
+    if (!p.deterministic) {
+      float dq[1][Tile::kDqCols / 8][4];
+      zero(dq);
+      warp_gemm<T, 1, Tile::kDqCols / 8, BN / 16, false, true>(dq, sdS, Tile::kLdP, 16 * wm, sK, Tile::kLdK,
+                                                                 wn * Tile::kDqCols);
+      float* dq_rows = p.dq_accum + (seq.q_token * p.heads_q + h) * int64_t(p.d_qk);
+#pragma unroll
+      for (int nt = 0; nt < Tile::kDqCols / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = m0 + 16 * wm + g + 8 * (e >> 1);
+          const int c = wn * Tile::kDqCols + 8 * nt + 2 * t + (e & 1);
+          if (i < seq.sq && c < p.d_qk) atomicAdd(dq_rows + int64_t(i) * p.heads_q * p.d_qk + c, dq[0][nt][e]);
+        }
+    }
+    __syncthreads();  // this stage's buffers and P / dS are free again
+    if (!two_stages && step + 1 < steps) issue(step + 1, 0);
+  }
+
+  // dK = scale * sum dS^T Q, dV = sum P^T dO; rows past the attended keys are zero.
+  cp_async_wait<0>();  // no step ran: K / V may still be landing
+  __syncthreads();
+  store_accumulators<T>(sK, Tile::kLdK, 16 * kvn, kvd * Tile::kDkCols, dk, p.scale);
+  store_accumulators<T>(sV, Tile::kLdV, 16 * kvn, kvd * Tile::kDvCols, dv);
+  __syncthreads();
+  store_tile<BN, DQK, kThreads>(
+      sK, [&](int r) { return key_row<T>(p, p.dk, seq, b, n0 + r, hk); }, rows_out, p.d_qk);
+  store_tile<BN, DV, kThreads>(
+      sV, [&](int r) { return key_row<T>(p, p.dv, seq, b, n0 + r, hk); }, rows_out, p.d_v);
+}
+
+template <int DQK, int DV, typename T>
+__global__ void __launch_bounds__(DqTile<DQK, DV>::kThreads) attention_backward_dq_kernel(const AttentionParams p) {
+  using Tile = DqTile<DQK, DV>;
+  constexpr int BM = Tile::kBlockM, BN = Tile::kBlockN, kThreads = Tile::kThreads, NT = BN / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sdO = sQ + Tile::kSmemQ;
+  T* sK = sdO + Tile::kSmemO;
+  T* sV = sK + Tile::kSmemK;
+
+  const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);
+  const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
+  const Sequence seq = sequence_of(p, b);
+  const int m0 = m_block * BM;
+  if (m0 >= seq.sq) return;
+  const int rows_q = min(BM, seq.sq - m0);
+  const int warp = threadIdx.x / 32, lane = lane_id(), g = lane >> 2;
+
+  const KeyInterval first_row = visible_keys(p, m0, seq), last_row = visible_keys(p, m0 + rows_q - 1, seq);
+  const int nb_lo = first_row.lo / BN;
+  const int nb_hi = last_row.hi > first_row.lo ? (last_row.hi + BN - 1) / BN : nb_lo;
+
+  int row[2];
+  KeyInterval keys[2];
+  float lse2[2], d[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int i = m0 + 16 * warp + g + 8 * half;
+    row[half] = i;
+    keys[half] = visible_keys(p, i, seq);
+    const int64_t w = int64_t(h) * p.tokens_q + seq.q_token + i;
+    lse2[half] = i < seq.sq ? p.lse_log2[w] : __builtin_huge_valf();
+    d[half] = i < seq.sq ? p.d_rows[w] : 0.0f;
+  }
+
+  const T* any = static_cast<const T*>(p.q.data);
+  load_tile_async<BM, DQK, kThreads>(
+      sQ, [&](int r) { return query_row<const T>(p.q, seq, m0 + r, h); }, rows_q, p.d_qk, any);
+  load_tile_async<BM, DV, kThreads>(
+      sdO, [&](int r) { return query_row<const T>(p.dout, seq, m0 + r, h); }, rows_q, p.d_v, any);
+  auto load_kv = [&](int nb) {
+    const int n0 = nb * BN, rows = min(BN, seq.sk - n0);
+    load_tile_async<BN, DQK, kThreads>(
+        sK, [&](int r) { return key_row<const T>(p, p.k, seq, b, n0 + r, hk); }, rows, p.d_qk, any);
+    load_tile_async<BN, DV, kThreads>(
+        sV, [&](int r) { return key_row<const T>(p, p.v, seq, b, n0 + r, hk); }, rows, p.d_v, any);
+  };
+  if (nb_hi > nb_lo) load_kv(nb_lo);
+  cp_async_commit();
+
+  float dq[1][DQK / 8][4];
+  zero(dq);
+  for (int nb = nb_lo; nb < nb_hi; ++nb) {
+    const int n0 = nb * BN;
+    cp_async_wait<0>();
+    __syncthreads();
+    float s[1][NT][4], dp[1][NT][4];
+    zero(s);
+    zero(dp);
+    warp_gemm<T, 1, NT, DQK / 16, false, false>(s, sQ, Tile::kLdQ, 16 * warp, sK, Tile::kLdK, 0);
+    warp_gemm<T, 1, NT, DV / 16, false, false>(dp, sdO, Tile::kLdO, 16 * warp, sV, Tile::kLdV, 0);
+    const bool masked = !(m0 + BM <= seq.sq && last_row.lo <= n0 && first_row.hi >= n0 + BN);
+    probabilities_and_ds(s, dp, p, masked, row, keys, seq.sq, lse2, d, n0);
+    uint32_t ds[1][BN / 16][4];
+    accumulators_to_a<T>(ds, dp);
+    warp_gemm_a_regs<T, 1, DQK / 8, BN / 16, true>(dq, ds, sK, Tile::kLdK, 0);
+    __syncthreads();  // K / V free
+    if (nb + 1 < nb_hi) load_kv(nb + 1);
+    cp_async_commit();
+  }
+
+  cp_async_wait<0>();
+  __syncthreads();
+  store_accumulators<T>(sQ, Tile::kLdQ, 16 * warp, 0, dq, p.scale);
+  __syncthreads();
+  store_tile<BM, DQK, kThreads>(
+      sQ, [&](int r) { return query_row<T>(p.dq, seq, m0 + r, h); }, rows_q, p.d_qk);
+}
+
+template <int DQK, int DV>
+void backward_hdim(const AttentionParams& p, bool two_stages, cudaStream_t stream) {
+  using Tile = BackwardTile<DQK, DV>;
+  const dim3 grid((p.seqlen_k + Tile::kBlockN - 1) / Tile::kBlockN, p.heads_kv, p.batch);
+  if (grid.x > 0 && grid.z > 0) {
+    const size_t smem = Tile::smem_bytes(two_stages ? 2 : 1);
+    auto launch = [&](auto kernel) {
+      FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+      kernel<<<grid, Tile::kThreads, smem, stream>>>(p, two_stages ? 1 : 0);
+      FLASH4_CUDA_CHECK_LAUNCH("attention_backward_kernel");
+    };
+    if (p.dtype == DType::bf16)
+      launch(attention_backward_kernel<DQK, DV, __nv_bfloat16>);
+    else
+      launch(attention_backward_kernel<DQK, DV, __half>);
+  }
+  if (p.deterministic) {
+    using Dq = DqTile<DQK, DV>;
+    const dim3 dq_grid((p.seqlen_q + Dq::kBlockM - 1) / Dq::kBlockM, p.heads_q, p.batch);
+    if (dq_grid.x == 0 || dq_grid.z == 0) return;
+    auto launch = [&](auto kernel) {
+      FLASH4_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Dq::kSmemBytes)));
+      kernel<<<dq_grid, Dq::kThreads, Dq::kSmemBytes, stream>>>(p);
+      FLASH4_CUDA_CHECK_LAUNCH("attention_backward_dq_kernel");
+    };
+    if (p.dtype == DType::bf16)
+      launch(attention_backward_dq_kernel<DQK, DV, __nv_bfloat16>);
+    else
+      launch(attention_backward_dq_kernel<DQK, DV, __half>);
+  }
+}
+
+}  // namespace flash4::cuda

@@ -1,0 +1,64 @@
+// The portable CUDA kernels' view of one attention problem: raw pointers and element
+// strides, built on the host from validated flash4 args (portable.cpp) and passed by
+// value to every kernel. Plain data, shared by host and device code.
+#pragma once
+
+#include <cstdint>
+
+namespace flash4::cuda {
+
+enum class DType : int { f16 = 0, bf16 = 1 };
+
+// Where row (sequence b, position i, head h) of a tensor lives:
+//   element offset = start(b) * batch_stride + i * row_stride + h * head_stride
+// with start(b) = b for dense tensors and cu_seqlens[b] for packed ones (whose
+// batch_stride is then the row stride). Paged k / v use the page table instead.
+struct RowLayout {
+  void* data = nullptr;
+  int64_t batch_stride = 0;
+  int64_t row_stride = 0;
+  int64_t head_stride = 0;
+};
+
+struct AttentionParams {
+  DType dtype = DType::bf16;
+  RowLayout q, k, v, out;       // forward and backward
+  RowLayout dout, dq, dk, dv;   // backward
+  // lse element offset = start_q(b) * lse_batch_stride + h * lse_head_stride + i * lse_row_stride
+  float* lse = nullptr;
+  int64_t lse_batch_stride = 0, lse_head_stride = 0, lse_row_stride = 0;
+
+  int batch = 0, heads_q = 0, heads_kv = 0, group = 1;  // group = Hq / Hkv
+  int d_qk = 0, d_v = 0;                                 // actual head dims (kernels may pad)
+  int seqlen_q = 0, seqlen_k = 0;  // dense extents; varlen: max sequence lengths (grid size)
+  int64_t tokens_q = 0, tokens_k = 0;  // rows of the packed (or B*S dense) q / k tensors
+
+  const int32_t* cu_seqlens_q = nullptr;  // device; NULL = dense
+  const int32_t* cu_seqlens_k = nullptr;
+  const int32_t* seqused_k = nullptr;
+  const int32_t* page_table = nullptr;  // device [batch][page_table_stride]; NULL = not paged
+  int64_t page_table_stride = 0;
+  int page_size = 0;
+
+  // Scores: x = s * scale_log2 (log2 units), or with softcap c:
+  //   x = softcap_log2 * tanh(s * softcap_inv_scale)   (softcap_log2 = c log2 e, softcap_inv_scale = scale / c)
+  float scale = 0, scale_log2 = 0;
+  float softcap = 0, softcap_inv_scale = 0, softcap_log2 = 0;
+  bool causal = false;
+  int window_left = -1, window_right = -1;  // < 0: unbounded
+  const float* sink = nullptr;              // device [Hq] (natural-log units)
+
+  // Forward tuning (FA4 techniques).
+  bool emulate_exp2 = false;
+  float rescale_tau = 0;
+
+  // Backward workspace (device, fp32), row index = h * tokens_q + token.
+  float* dq_accum = nullptr;   // [tokens_q][Hq][d_qk], atomic mode only
+  float* d_rows = nullptr;     // D = rowsum(dO * O)
+  float* lse_log2 = nullptr;   // lse * log2 e, +inf where lse = -inf
+  float* dsink_rows = nullptr; // -exp(sink - lse) * D per row
+  float* dsink = nullptr;      // [Hq] output, or NULL
+  bool deterministic = false;
+};
+
+}  // namespace flash4::cuda

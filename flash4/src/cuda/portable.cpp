@@ -1,0 +1,318 @@
+// flash4's portable CUDA backend (sm80+): what it supports, how validated args become
+// kernel params, the backward's workspace, and the kernel sequence. Anything it does
+// not cover returns FLASH4_UNSUPPORTED with a message naming the feature; CUDA failures
+// return FLASH4_DEVICE_ERROR naming the call (cuda_check.hpp).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "backends.hpp"
+#include "cuda_check.hpp"
+#include "fa4_softmax.cuh"
+#include "kernels.hpp"
+#include "params.hpp"
+#include "validate.hpp"
+
+namespace flash4::detail {
+namespace {
+
+using cuda::AttentionParams;
+using cuda::RowLayout;
+
+// FA4's exp2 emulation on Hopper's mma.sync path: off unless asked for (bench/RESULTS.md
+// has the A/B measurement behind this choice).
+constexpr bool kEmulateExp2ByDefault = false;
+
+class Unsupported : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+template <class... Parts>
+[[noreturn]] void unsupported(const Parts&... parts) {
+  std::ostringstream message;
+  message << "portable CUDA backend: ";
+  (message << ... << parts);
+  throw Unsupported(message.str());
+}
+
+const char* dtype_name(flash4_dtype dtype) {
+  switch (dtype) {
+    case FLASH4_F32: return "fp32";
+    case FLASH4_F16: return "fp16";
+    case FLASH4_BF16: return "bf16";
+    case FLASH4_F64: return "fp64";
+  }
+  return "an unknown dtype";
+}
+
+// The smallest kernel pair (d_qk, d_v) that holds the problem's head dims.
+struct HeadDims {
+  int qk = 0, v = 0;
+};
+HeadDims kernel_head_dims(int64_t d_qk, int64_t d_v) {
+  if (d_qk % 8 != 0 || d_v % 8 != 0)
+    unsupported("head dims must be multiples of 8 (16-byte rows), got d_qk=", d_qk, ", d_v=", d_v);
+  HeadDims best;
+  for (const auto& pair : cuda::kHeadDimPairs)
+    if (pair[0] >= d_qk && pair[1] >= d_v && (best.qk == 0 || pair[0] + pair[1] < best.qk + best.v))
+      best = {pair[0], pair[1]};
+  if (best.qk == 0) unsupported("head dims d_qk=", d_qk, ", d_v=", d_v, " (at most 256 each)");
+  return best;
+}
+
+void check_rows_aligned(const flash4_tensor& t, const char* name) {
+  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) unsupported(name, ".data must be 16-byte aligned");
+  for (int d = 0; d + 1 < t.rank; ++d)
+    if (t.shape[d] > 1 && t.stride[d] % 8 != 0)
+      unsupported(name, ".stride[", d, "] (", t.stride[d], ") must be a multiple of 8 elements (16-byte rows)");
+}
+
+// q-like [B, S, H, D] / [T, H, D], or paged k-like [pages, page_size, H, D].
+RowLayout row_layout(const flash4_tensor& t, bool packed) {
+  RowLayout L;
+  L.data = t.data;
+  if (packed) {
+    L.batch_stride = t.stride[0];
+    L.row_stride = t.stride[0];
+    L.head_stride = t.stride[1];
+  } else {
+    L.batch_stride = t.stride[0];
+    L.row_stride = t.stride[1];
+    L.head_stride = t.stride[2];
+  }
+  return L;
+}
+
+int device_attribute(cudaDeviceAttr attribute) {
+  int device = 0, value = 0;
+  FLASH4_CUDA_CHECK(cudaGetDevice(&device));
+  FLASH4_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
+
+void check_device() {
+  const int major = device_attribute(cudaDevAttrComputeCapabilityMajor);
+  if (major < 8) unsupported("needs compute capability 8.0 or newer (mma.sync bf16, cp.async), device has ", major, ".x");
+}
+
+void check_shared_memory(size_t needed, const char* what) {
+  const size_t available = size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
+  if (needed > available)
+    unsupported(what, " needs ", needed, " bytes of shared memory per block, the device offers ", available);
+}
+
+// Longest sequence of a packed batch, read back from the device (a synchronisation) when
+// the caller did not give max_seqlen.
+int max_sequence_length(const int32_t* cu_seqlens, int batch, cudaStream_t stream) {
+  std::vector<int32_t> cu(size_t(batch) + 1);
+  FLASH4_CUDA_CHECK(cudaMemcpyAsync(cu.data(), cu_seqlens, cu.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+  FLASH4_CUDA_CHECK(cudaStreamSynchronize(stream));
+  int longest = 0;
+  for (int b = 0; b < batch; ++b) longest = std::max(longest, cu[b + 1] - cu[b]);
+  return longest;
+}
+
+// Fields forward and backward share.
+template <class Args>
+AttentionParams common_params(const Args& a, const ProblemShape& shape, cudaStream_t stream) {
+  if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16)
+    unsupported("dtype ", dtype_name(a.q.dtype), " (bf16 and fp16 only)");
+  if (shape.heads_q > 65535 || shape.batch > 65535)
+    unsupported("at most 65535 query heads and 65535 sequences per call, got Hq=", shape.heads_q, ", batch=",
+                shape.batch);
+  if (shape.tokens_q > std::numeric_limits<int32_t>::max() / 2 || shape.tokens_k > std::numeric_limits<int32_t>::max() / 2)
+    unsupported("at most 2^30 tokens per call");
+  check_device();
+  check_rows_aligned(a.q, "q");
+  check_rows_aligned(a.k, "k");
+  check_rows_aligned(a.v, "v");
+  check_rows_aligned(a.out, "out");
+
+  AttentionParams p;
+  p.dtype = a.q.dtype == FLASH4_BF16 ? cuda::DType::bf16 : cuda::DType::f16;
+  const bool packed = shape.varlen;
+  p.q = row_layout(a.q, packed);
+  p.k = row_layout(a.k, packed && !shape.paged);
+  p.v = row_layout(a.v, packed && !shape.paged);
+  p.out = row_layout(a.out, packed);
+  if (a.lse.data != nullptr) {
+    p.lse = static_cast<float*>(a.lse.data);
+    if (packed) {  // [Hq, Tq]
+      p.lse_batch_stride = a.lse.stride[1];
+      p.lse_head_stride = a.lse.stride[0];
+      p.lse_row_stride = a.lse.stride[1];
+    } else {  // [B, Hq, Sq]
+      p.lse_batch_stride = a.lse.stride[0];
+      p.lse_head_stride = a.lse.stride[1];
+      p.lse_row_stride = a.lse.stride[2];
+    }
+  }
+  p.batch = int(shape.batch);
+  p.heads_q = int(shape.heads_q);
+  p.heads_kv = int(shape.heads_kv);
+  p.group = int(shape.heads_q / shape.heads_kv);
+  p.d_qk = int(shape.d_qk);
+  p.d_v = int(shape.d_v);
+  p.tokens_q = shape.tokens_q;
+  p.tokens_k = shape.tokens_k;
+  p.cu_seqlens_q = a.varlen.cu_seqlens_q;
+  p.cu_seqlens_k = shape.paged ? nullptr : a.varlen.cu_seqlens_k;
+  p.seqused_k = a.varlen.seqused_k;
+  if (packed) {
+    p.seqlen_q = a.varlen.max_seqlen_q > 0 ? a.varlen.max_seqlen_q
+                                            : max_sequence_length(a.varlen.cu_seqlens_q, p.batch, stream);
+    if (!shape.paged)
+      p.seqlen_k = a.varlen.max_seqlen_k > 0 ? a.varlen.max_seqlen_k
+                                              : max_sequence_length(a.varlen.cu_seqlens_k, p.batch, stream);
+    else
+      p.seqlen_k = int(shape.seqlen_k);
+  } else {
+    p.seqlen_q = int(shape.seqlen_q);
+    p.seqlen_k = int(shape.seqlen_k);
+  }
+
+  const flash4_options& o = a.options;
+  const double scale = shape.softmax_scale;
+  p.scale = float(scale);
+  p.scale_log2 = float(scale * 1.4426950408889634);
+  if (o.softcap > 0) {
+    p.softcap = o.softcap;
+    p.softcap_inv_scale = float(scale / o.softcap);
+    p.softcap_log2 = float(double(o.softcap) * 1.4426950408889634);
+  }
+  p.causal = o.causal != 0;
+  p.window_left = o.window_left < 0 ? -1 : o.window_left;
+  p.window_right = o.window_right < 0 ? -1 : o.window_right;
+  p.sink = o.sink;
+  return p;
+}
+
+// Stream-ordered scratch memory, released on the stream when it goes out of scope.
+class Workspace {
+ public:
+  Workspace(size_t bytes, cudaStream_t stream) : stream_(stream) {
+    if (bytes > 0) FLASH4_CUDA_CHECK(cudaMallocAsync(&base_, bytes, stream));
+  }
+  ~Workspace() {
+    if (base_ != nullptr) cudaFreeAsync(base_, stream_);  // nothing to report from a destructor
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  // Carves `count` floats, 256-byte aligned, in order.
+  float* take(size_t count) {
+    float* p = reinterpret_cast<float*>(static_cast<char*>(base_) + used_);
+    used_ += (count * sizeof(float) + 255) / 256 * 256;
+    return p;
+  }
+  static size_t bytes_for(size_t count) { return (count * sizeof(float) + 255) / 256 * 256; }
+
+ private:
+  void* base_ = nullptr;
+  size_t used_ = 0;
+  cudaStream_t stream_;
+};
+
+template <class Body>
+flash4_status guarded_cuda(Body&& body) {
+  try {
+    body();
+    return FLASH4_OK;
+  } catch (const Unsupported& e) {
+    set_last_error(e.what());
+    return FLASH4_UNSUPPORTED;
+  } catch (const cuda::CudaError& e) {
+    set_last_error(std::string("flash4 portable CUDA backend: ") + e.what());
+    return FLASH4_DEVICE_ERROR;
+  }
+}
+
+void run_forward(const AttentionParams& p, HeadDims d, cudaStream_t stream) {
+  if (d.qk == 64) cuda::forward_hdim<64, 64>(p, stream);
+  else if (d.qk == 96) cuda::forward_hdim<96, 96>(p, stream);
+  else if (d.qk == 128) cuda::forward_hdim<128, 128>(p, stream);
+  else if (d.qk == 192 && d.v == 128) cuda::forward_hdim<192, 128>(p, stream);
+  else if (d.qk == 192) cuda::forward_hdim<192, 192>(p, stream);
+  else cuda::forward_hdim<256, 256>(p, stream);
+}
+
+void run_backward(const AttentionParams& p, HeadDims d, bool two_stages, cudaStream_t stream) {
+  if (d.qk == 64) cuda::backward_hdim<64, 64>(p, two_stages, stream);
+  else if (d.qk == 96) cuda::backward_hdim<96, 96>(p, two_stages, stream);
+  else if (d.qk == 128) cuda::backward_hdim<128, 128>(p, two_stages, stream);
+  else if (d.qk == 192 && d.v == 128) cuda::backward_hdim<192, 128>(p, two_stages, stream);
+  else if (d.qk == 192) cuda::backward_hdim<192, 192>(p, two_stages, stream);
+  else cuda::backward_hdim<256, 256>(p, two_stages, stream);
+}
+
+}  // namespace
+
+flash4_status portable_forward(const flash4_forward_args& args) {
+  return guarded_cuda([&] {
+    const ProblemShape shape = validate_forward(args);
+    cudaStream_t stream = static_cast<cudaStream_t>(args.stream);
+    const HeadDims dims = kernel_head_dims(shape.d_qk, shape.d_v);
+    AttentionParams p = common_params(args, shape, stream);
+    if (shape.paged) {  // k / v are [pages, page_size, Hkv, D]: common_params laid them out so
+      p.page_table = args.paged.page_table;
+      p.page_table_stride = args.paged.max_pages_per_seq;
+      p.page_size = args.paged.page_size;
+    }
+    const int emulation = args.tuning.exp2_emulation;
+    p.emulate_exp2 = emulation == 2 || (emulation == 0 && kEmulateExp2ByDefault);
+    p.rescale_tau = cuda::effective_rescale_threshold(args.tuning.rescale_threshold);
+    run_forward(p, dims, stream);
+  });
+}
+
+flash4_status portable_backward(const flash4_backward_args& args) {
+  return guarded_cuda([&] {
+    const ProblemShape shape = validate_backward(args);
+    cudaStream_t stream = static_cast<cudaStream_t>(args.stream);
+    const HeadDims dims = kernel_head_dims(shape.d_qk, shape.d_v);
+    AttentionParams p = common_params(args, shape, stream);
+    check_rows_aligned(args.dout, "dout");
+    check_rows_aligned(args.dq, "dq");
+    check_rows_aligned(args.dk, "dk");
+    check_rows_aligned(args.dv, "dv");
+    const bool packed = shape.varlen;
+    p.dout = row_layout(args.dout, packed);
+    p.dq = row_layout(args.dq, packed);
+    p.dk = row_layout(args.dk, packed);
+    p.dv = row_layout(args.dv, packed);
+    p.deterministic = args.deterministic != 0;
+
+    const size_t smem_one = cuda::backward_smem_bytes(dims.qk, dims.v, false);
+    const size_t smem_two = cuda::backward_smem_bytes(dims.qk, dims.v, true);
+    const size_t available = size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
+    check_shared_memory(smem_one, "the backward");
+    const bool two_stages = smem_two <= available;
+
+    const size_t rows = size_t(shape.heads_q) * size_t(shape.tokens_q);
+    const size_t dq_count = p.deterministic ? 0 : size_t(shape.tokens_q) * shape.heads_q * shape.d_qk;
+    const bool want_dsink = args.dsink != nullptr && args.options.sink != nullptr;
+    Workspace ws(Workspace::bytes_for(dq_count) + 3 * Workspace::bytes_for(rows), stream);
+    p.dq_accum = ws.take(dq_count);
+    p.d_rows = ws.take(rows);
+    p.lse_log2 = ws.take(rows);
+    p.dsink_rows = ws.take(rows);
+    if (dq_count > 0) FLASH4_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, dq_count * sizeof(float), stream));
+    if (want_dsink) {
+      FLASH4_CUDA_CHECK(cudaMemsetAsync(p.dsink_rows, 0, rows * sizeof(float), stream));
+      p.dsink = args.dsink;
+    } else {
+      p.dsink_rows = nullptr;
+    }
+
+    cuda::backward_preprocess(p, stream);
+    run_backward(p, dims, two_stages, stream);
+    cuda::backward_finish(p, stream);
+  });
+}
+
+}  // namespace flash4::detail

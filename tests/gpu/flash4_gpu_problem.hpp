@@ -1,0 +1,496 @@
+// One attention problem run twice through flash4's C ABI: on the GPU (FLASH4_CUDA, 16-bit
+// inputs) and on the CPU float64 reference (FLASH4_CPU, FLASH4_F64 tensors holding the
+// very same values in the very same memory layout), then compared. GPU outputs are
+// poisoned with NaN before each call so unwritten elements show; fresh random inputs
+// come from the run's printed seed (ADEPT_TEST_SEED replays it).
+#pragma once
+
+#include <cuda_runtime.h>
+#include <flash4/flash4.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "reference/numeric.hpp"
+
+namespace flash4_gpu {
+
+#define FLASH4_TEST_CUDA(call)                                                                                  \
+  do {                                                                                                           \
+    cudaError_t status_ = (call);                                                                                \
+    ASSERT_EQ(status_, cudaSuccess) << #call << " at " << __FILE__ << ":" << __LINE__ << ": "                    \
+                                    << cudaGetErrorString(status_);                                              \
+  } while (0)
+
+inline bool have_gpu() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+// Device memory of `bytes`, freed on scope exit.
+class DeviceMemory {
+ public:
+  DeviceMemory() = default;
+  explicit DeviceMemory(size_t bytes) : bytes_(bytes) {
+    if (cudaMalloc(&ptr_, std::max<size_t>(bytes, 16)) != cudaSuccess) ptr_ = nullptr;
+  }
+  ~DeviceMemory() { cudaFree(ptr_); }
+  DeviceMemory(DeviceMemory&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(o.bytes_) {}
+  DeviceMemory& operator=(DeviceMemory&& o) noexcept {
+    std::swap(ptr_, o.ptr_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  void* get() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// A tensor stored twice: 16-bit bits on the GPU and float64 values (same layout) on the
+// host. `view` carries the shape and strides; its data/dtype are filled per call.
+struct Twin {
+  flash4_tensor view{};
+  int64_t storage = 0;          // elements of the backing storage
+  std::vector<double> host;     // float64 values (inputs: exactly the 16-bit values)
+  DeviceMemory device;          // 16-bit (or fp32 for lse) storage
+  int element_bytes = 2;
+
+  flash4_tensor gpu(flash4_dtype dtype) const {
+    flash4_tensor t = view;
+    t.data = device.get();
+    t.dtype = dtype;
+    return t;
+  }
+  flash4_tensor cpu() {
+    flash4_tensor t = view;
+    t.data = host.data();
+    t.dtype = FLASH4_F64;
+    return t;
+  }
+};
+
+inline Twin make_twin(std::vector<int64_t> shape, std::vector<int64_t> stride, int64_t storage, int element_bytes) {
+  Twin t;
+  t.view.rank = int(shape.size());
+  for (int d = 0; d < t.view.rank; ++d) t.view.shape[d] = shape[d], t.view.stride[d] = stride[d];
+  t.storage = storage;
+  t.element_bytes = element_bytes;
+  t.host.assign(size_t(storage), 0.0);
+  t.device = DeviceMemory(size_t(storage) * element_bytes);
+  return t;
+}
+
+inline uint16_t to_bits(double x, flash4_dtype dtype) {
+  return dtype == FLASH4_BF16 ? flash4::detail::f64_to_bf16_bits(x) : flash4::detail::f64_to_f16_bits(x);
+}
+inline double from_bits(uint16_t b, flash4_dtype dtype) {
+  return dtype == FLASH4_BF16 ? flash4::detail::bf16_bits_to_f32(b) : flash4::detail::f16_bits_to_f32(b);
+}
+
+// Random N(0, scale^2) values rounded to dtype, in host (float64) and on the device.
+inline void fill_random(Twin& t, flash4_dtype dtype, std::mt19937_64& rng, double scale = 1.0) {
+  std::normal_distribution<double> normal(0.0, scale);
+  std::vector<uint16_t> bits(size_t(t.storage));
+  for (int64_t i = 0; i < t.storage; ++i) {
+    bits[i] = to_bits(normal(rng), dtype);
+    t.host[i] = from_bits(bits[i], dtype);
+  }
+  cudaMemcpy(t.device.get(), bits.data(), bits.size() * 2, cudaMemcpyHostToDevice);
+}
+
+inline void poison(Twin& t) { cudaMemset(t.device.get(), 0xFF, size_t(t.storage) * t.element_bytes); }
+
+// The device storage widened to double (fp32 when element_bytes == 4).
+inline std::vector<double> download(const Twin& t, flash4_dtype dtype) {
+  std::vector<double> out(size_t(t.storage));
+  if (t.element_bytes == 4) {
+    std::vector<float> f(out.size());
+    cudaMemcpy(f.data(), t.device.get(), f.size() * 4, cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < f.size(); ++i) out[i] = f[i];
+  } else {
+    std::vector<uint16_t> b(out.size());
+    cudaMemcpy(b.data(), t.device.get(), b.size() * 2, cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < b.size(); ++i) out[i] = from_bits(b[i], dtype);
+  }
+  return out;
+}
+
+template <class T>
+DeviceMemory upload(const std::vector<T>& v) {
+  DeviceMemory m(v.size() * sizeof(T));
+  if (!v.empty()) cudaMemcpy(m.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice);
+  return m;
+}
+
+// ||a - r|| / ||r|| over the elements selected by `use` (all when empty); a NaN in a
+// selected element makes it NaN.
+inline double relative_error(const std::vector<double>& a, const std::vector<double>& r,
+                             const std::vector<char>& use = {}) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!use.empty() && !use[i]) continue;
+    if (std::isnan(a[i])) return std::numeric_limits<double>::quiet_NaN();
+    num += (a[i] - r[i]) * (a[i] - r[i]);
+    den += r[i] * r[i];
+  }
+  if (den == 0) return std::sqrt(num);
+  return std::sqrt(num / den);
+}
+
+// ----------------------------------------------------------------------------------------
+// The problem.
+struct Problem {
+  std::string label;
+  flash4_dtype dtype = FLASH4_BF16;
+  int B = 1, Hq = 2, Hkv = 1, Dqk = 128, Dv = 128;
+  int Sq = 128, Sk = 128;                     // dense extents
+  std::vector<std::pair<int, int>> seqs;      // varlen (q, k) lengths when not empty
+  std::vector<int> seqused;                   // seqused_k per sequence (optional)
+  int pad_q = 0, pad_k = 0;                   // varlen: tokens after the last sequence
+  bool bhsd = false;                          // dense memory order [B, H, S, D]
+  int page_size = 0;                          // > 0: paged K/V (forward only)
+  bool causal = false;
+  int window_left = -1, window_right = -1;
+  float softcap = 0;
+  bool sink = false;
+  bool deterministic = false;
+  bool backward = true;
+  double q_scale = 1.0;  // input magnitude of q (large logits exercise rescaling)
+  flash4_tuning tuning{};
+
+  bool varlen() const { return !seqs.empty(); }
+  bool paged() const { return page_size > 0; }
+  int batch() const { return varlen() ? int(seqs.size()) : B; }
+  int key_count(int b) const {  // keys attended by sequence b
+    if (!seqused.empty()) return seqused[b];
+    return varlen() ? seqs[b].second : Sk;
+  }
+
+  std::string describe() const {
+    std::ostringstream s;
+    s << (label.empty() ? "" : label + ": ") << (dtype == FLASH4_BF16 ? "bf16" : "fp16") << " d=" << Dqk;
+    if (Dv != Dqk) s << "/" << Dv;
+    s << " Hq=" << Hq << " Hkv=" << Hkv;
+    if (varlen()) {
+      s << " varlen[";
+      for (size_t b = 0; b < seqs.size(); ++b) s << (b ? "," : "") << seqs[b].first << "x" << seqs[b].second;
+      s << "]";
+    } else {
+      s << " B=" << B << " Sq=" << Sq << " Sk=" << Sk << (bhsd ? " BHSD" : " BSHD");
+    }
+    if (!seqused.empty()) s << " seqused_k";
+    if (paged()) s << " paged(" << page_size << ")";
+    if (causal) s << " causal";
+    if (window_left >= 0 || window_right >= 0) s << " window(" << window_left << "," << window_right << ")";
+    if (softcap > 0) s << " softcap=" << softcap;
+    if (sink) s << " sink";
+    if (deterministic) s << " deterministic";
+    if (tuning.exp2_emulation) s << " exp2_emulation=" << tuning.exp2_emulation;
+    if (tuning.rescale_threshold != 0) s << " tau=" << tuning.rescale_threshold;
+    return s.str();
+  }
+};
+
+// Tolerances from the arithmetic: P and the outputs are rounded to 16 bits once.
+struct Tolerance {
+  double out, lse_abs, grad;
+};
+inline Tolerance tolerance_for(flash4_dtype dtype) {
+  return dtype == FLASH4_BF16 ? Tolerance{1e-2, 2e-3, 2.5e-2} : Tolerance{2e-3, 2e-3, 5e-3};
+}
+
+struct Errors {
+  double out = 0, lse = 0, dq = 0, dk = 0, dv = 0, dsink = 0;
+};
+
+// Runs `p` on both devices and checks it; returns the errors for callers that compare
+// further (e.g. two tunings). `keep` receives the GPU outputs when not null.
+struct GpuOutputs {
+  std::vector<double> out, lse, dq, dk, dv;
+};
+
+class ProblemRunner {
+ public:
+  ProblemRunner(const Problem& p, std::mt19937_64& rng) : p_(p), rng_(rng) {}
+
+  // Builds layouts and inputs; returns false (with a gtest failure) on setup errors.
+  void setup() {
+    const Problem& p = p_;
+    const int64_t Hq = p.Hq, Hkv = p.Hkv, Dqk = p.Dqk, Dv = p.Dv;
+    if (p.varlen()) {
+      cu_q_ = {0};
+      cu_k_ = {0};
+      for (auto [sq, sk] : p.seqs) {
+        cu_q_.push_back(cu_q_.back() + sq);
+        cu_k_.push_back(cu_k_.back() + sk);
+      }
+      Tq_ = cu_q_.back() + p.pad_q;
+      Tk_ = cu_k_.back() + p.pad_k;
+      q_ = make_twin({Tq_, Hq, Dqk}, {Hq * Dqk, Dqk, 1}, Tq_ * Hq * Dqk, 2);
+      out_ = make_twin({Tq_, Hq, Dv}, {Hq * Dv, Dv, 1}, Tq_ * Hq * Dv, 2);
+      dout_ = make_twin({Tq_, Hq, Dv}, {Hq * Dv, Dv, 1}, Tq_ * Hq * Dv, 2);
+      dq_ = make_twin({Tq_, Hq, Dqk}, {Hq * Dqk, Dqk, 1}, Tq_ * Hq * Dqk, 2);
+      lse_ = make_twin({Hq, Tq_}, {Tq_, 1}, Hq * Tq_, 4);
+    } else {
+      const int64_t B = p.B, Sq = p.Sq;
+      q_ = dense(B, Sq, Hq, Dqk);
+      out_ = dense(B, Sq, Hq, Dv);
+      dout_ = dense(B, Sq, Hq, Dv);
+      dq_ = dense(B, Sq, Hq, Dqk);
+      lse_ = make_twin({B, Hq, Sq}, {Hq * Sq, Sq, 1}, B * Hq * Sq, 4);
+      Tq_ = B * Sq;
+    }
+    if (p.paged()) {
+      // Pages of every sequence shuffled over one pool (plus one spare page).
+      const int batch = p.batch();
+      int max_keys = 0;
+      for (int b = 0; b < batch; ++b) max_keys = std::max(max_keys, p.key_count(b));
+      pages_per_seq_ = std::max(1, (max_keys + p.page_size - 1) / p.page_size);
+      const int64_t pages = int64_t(batch) * pages_per_seq_ + 1;
+      std::vector<int32_t> order(static_cast<size_t>(pages));
+      std::iota(order.begin(), order.end(), 0);
+      std::shuffle(order.begin(), order.end(), rng_);
+      page_table_.assign(order.begin(), order.begin() + int64_t(batch) * pages_per_seq_);
+      const int64_t ps = p.page_size;
+      k_ = make_twin({pages, ps, Hkv, Dqk}, {ps * Hkv * Dqk, Hkv * Dqk, Dqk, 1}, pages * ps * Hkv * Dqk, 2);
+      v_ = make_twin({pages, ps, Hkv, Dv}, {ps * Hkv * Dv, Hkv * Dv, Dv, 1}, pages * ps * Hkv * Dv, 2);
+      used_ = std::vector<int32_t>(size_t(batch));
+      for (int b = 0; b < batch; ++b) used_[b] = p.key_count(b);
+    } else if (p.varlen()) {
+      k_ = make_twin({Tk_, Hkv, Dqk}, {Hkv * Dqk, Dqk, 1}, Tk_ * Hkv * Dqk, 2);
+      v_ = make_twin({Tk_, Hkv, Dv}, {Hkv * Dv, Dv, 1}, Tk_ * Hkv * Dv, 2);
+      dk_ = make_twin({Tk_, Hkv, Dqk}, {Hkv * Dqk, Dqk, 1}, Tk_ * Hkv * Dqk, 2);
+      dv_ = make_twin({Tk_, Hkv, Dv}, {Hkv * Dv, Dv, 1}, Tk_ * Hkv * Dv, 2);
+    } else {
+      k_ = dense(p.B, p.Sk, Hkv, Dqk);
+      v_ = dense(p.B, p.Sk, Hkv, Dv);
+      dk_ = dense(p.B, p.Sk, Hkv, Dqk);
+      dv_ = dense(p.B, p.Sk, Hkv, Dv);
+    }
+    if (!p.seqused.empty()) used_.assign(p.seqused.begin(), p.seqused.end());
+
+    fill_random(q_, p.dtype, rng_, p.q_scale);
+    fill_random(k_, p.dtype, rng_);
+    fill_random(v_, p.dtype, rng_);
+    fill_random(dout_, p.dtype, rng_);
+    if (p.sink) {
+      std::normal_distribution<double> normal(0.0, 1.0);
+      sink_.resize(size_t(p.Hq));
+      for (float& s : sink_) s = float(normal(rng_));
+    }
+    d_cu_q_ = upload(cu_q_);
+    d_cu_k_ = upload(cu_k_);
+    d_used_ = upload(used_);
+    d_pages_ = upload(page_table_);
+    d_sink_ = upload(sink_);
+  }
+
+  // Forward on both devices; checks status, coverage, out and lse.
+  void forward(Errors& errors, GpuOutputs* keep = nullptr) {
+    const Problem& p = p_;
+    poison(out_);
+    poison(lse_);
+    flash4_forward_args a;
+    flash4_forward_args_init(&a);
+    a.device = FLASH4_CUDA;
+    a.q = q_.gpu(p.dtype), a.k = k_.gpu(p.dtype), a.v = v_.gpu(p.dtype), a.out = out_.gpu(p.dtype);
+    a.lse = lse_.gpu(FLASH4_F32);
+    bind(a.options, a.varlen, /*gpu=*/true);
+    if (p.paged()) {
+      a.paged.page_table = static_cast<const int32_t*>(d_pages_.get());
+      a.paged.max_pages_per_seq = pages_per_seq_;
+      a.paged.page_size = p.page_size;
+    }
+    a.tuning = p.tuning;
+    const flash4_status status = flash4_forward(&a);
+    ASSERT_EQ(status, FLASH4_OK) << flash4_last_error();
+    ASSERT_STREQ(flash4_last_backend(), "portable");
+    FLASH4_TEST_CUDA(cudaDeviceSynchronize());
+    const std::vector<double> out = download(out_, p.dtype), lse = download(lse_, FLASH4_F32);
+
+    // Reference: same layout, float64.
+    flash4_forward_args r = a;
+    r.device = FLASH4_CPU;
+    r.stream = nullptr;
+    r.q = q_.cpu(), r.k = k_.cpu(), r.v = v_.cpu();
+    ref_out_.assign(out_.storage, std::numeric_limits<double>::quiet_NaN());
+    ref_lse_.assign(size_t(lse_.storage), std::numeric_limits<double>::quiet_NaN());
+    r.out = out_.view;
+    r.out.data = ref_out_.data();
+    r.out.dtype = FLASH4_F64;
+    std::vector<float> ref_lse_f(size_t(lse_.storage), std::numeric_limits<float>::quiet_NaN());
+    r.lse = lse_.view;
+    r.lse.data = ref_lse_f.data();
+    r.lse.dtype = FLASH4_F32;
+    bind(r.options, r.varlen, /*gpu=*/false);
+    if (p.paged()) r.paged.page_table = page_table_.data();
+    ASSERT_EQ(flash4_forward(&r), FLASH4_OK) << flash4_last_error();
+    for (size_t i = 0; i < ref_lse_f.size(); ++i) ref_lse_[i] = ref_lse_f[i];
+
+    // Rows of no sequence must stay untouched (NaN); every other element written.
+    const std::vector<char> out_rows = covered_q_rows(out_, p.Dv);
+    const std::vector<char> lse_rows = covered_lse();
+    for (size_t i = 0; i < out.size(); ++i) {
+      if (out_rows[i]) {
+        ASSERT_FALSE(std::isnan(out[i])) << "out element " << i << " was not written";
+      } else {
+        ASSERT_TRUE(std::isnan(out[i])) << "out element " << i << " belongs to no sequence but was written";
+      }
+    }
+    double lse_err = 0;
+    for (size_t i = 0; i < lse.size(); ++i) {
+      if (!lse_rows[i]) {
+        ASSERT_TRUE(std::isnan(lse[i])) << "lse element " << i << " belongs to no sequence but was written";
+        continue;
+      }
+      ASSERT_FALSE(std::isnan(lse[i])) << "lse element " << i << " was not written";
+      if (std::isinf(ref_lse_[i])) {
+        ASSERT_EQ(lse[i], ref_lse_[i]) << "lse element " << i;
+      } else {
+        lse_err = std::max(lse_err, std::fabs(lse[i] - ref_lse_[i]));
+      }
+    }
+    errors.out = relative_error(out, ref_out_, out_rows);
+    errors.lse = lse_err;
+    if (keep != nullptr) {
+      keep->out = out;
+      keep->lse = lse;
+    }
+  }
+
+  // Backward on both devices (after forward()); every gradient element must be written.
+  void backward(Errors& errors, GpuOutputs* keep = nullptr) {
+    const Problem& p = p_;
+    poison(dq_);
+    poison(dk_);
+    poison(dv_);
+    DeviceMemory d_dsink(std::max<size_t>(sink_.size(), 1) * 4);
+    cudaMemset(d_dsink.get(), 0xFF, d_dsink.bytes());
+    flash4_backward_args a;
+    flash4_backward_args_init(&a);
+    a.device = FLASH4_CUDA;
+    a.q = q_.gpu(p.dtype), a.k = k_.gpu(p.dtype), a.v = v_.gpu(p.dtype), a.out = out_.gpu(p.dtype);
+    a.dout = dout_.gpu(p.dtype), a.lse = lse_.gpu(FLASH4_F32);
+    a.dq = dq_.gpu(p.dtype), a.dk = dk_.gpu(p.dtype), a.dv = dv_.gpu(p.dtype);
+    bind(a.options, a.varlen, /*gpu=*/true);
+    a.dsink = p.sink ? static_cast<float*>(d_dsink.get()) : nullptr;
+    a.deterministic = p.deterministic;
+    const flash4_status status = flash4_backward(&a);
+    ASSERT_EQ(status, FLASH4_OK) << flash4_last_error();
+    FLASH4_TEST_CUDA(cudaDeviceSynchronize());
+    const std::vector<double> dq = download(dq_, p.dtype), dk = download(dk_, p.dtype), dv = download(dv_, p.dtype);
+
+    flash4_backward_args r = a;
+    r.device = FLASH4_CPU;
+    r.stream = nullptr;
+    r.q = q_.cpu(), r.k = k_.cpu(), r.v = v_.cpu(), r.dout = dout_.cpu();
+    r.out = out_.view;
+    r.out.data = ref_out_.data();
+    r.out.dtype = FLASH4_F64;
+    std::vector<float> ref_lse_f(ref_lse_.begin(), ref_lse_.end());
+    r.lse = lse_.view;
+    r.lse.data = ref_lse_f.data();
+    r.lse.dtype = FLASH4_F32;
+    std::vector<double> rdq(static_cast<size_t>(dq_.storage)), rdk(static_cast<size_t>(dk_.storage)),
+        rdv(static_cast<size_t>(dv_.storage));
+    r.dq = dq_.view, r.dq.data = rdq.data(), r.dq.dtype = FLASH4_F64;
+    r.dk = dk_.view, r.dk.data = rdk.data(), r.dk.dtype = FLASH4_F64;
+    r.dv = dv_.view, r.dv.data = rdv.data(), r.dv.dtype = FLASH4_F64;
+    std::vector<float> rdsink(sink_.size());
+    r.dsink = p.sink ? rdsink.data() : nullptr;
+    bind(r.options, r.varlen, /*gpu=*/false);
+    ASSERT_EQ(flash4_backward(&r), FLASH4_OK) << flash4_last_error();
+
+    for (const auto* g : {&dq, &dk, &dv})
+      for (size_t i = 0; i < g->size(); ++i)
+        ASSERT_FALSE(std::isnan((*g)[i])) << (g == &dq ? "dq" : g == &dk ? "dk" : "dv") << " element " << i
+                                          << " was not written";
+    errors.dq = relative_error(dq, rdq);
+    errors.dk = relative_error(dk, rdk);
+    errors.dv = relative_error(dv, rdv);
+    if (p.sink) {
+      std::vector<float> dsink(sink_.size());
+      cudaMemcpy(dsink.data(), d_dsink.get(), dsink.size() * 4, cudaMemcpyDeviceToHost);
+      errors.dsink = relative_error(std::vector<double>(dsink.begin(), dsink.end()),
+                                    std::vector<double>(rdsink.begin(), rdsink.end()));
+    }
+    if (keep != nullptr) {
+      keep->dq = dq;
+      keep->dk = dk;
+      keep->dv = dv;
+    }
+  }
+
+ private:
+  Twin dense(int64_t B, int64_t S, int64_t H, int64_t D) const {
+    if (p_.bhsd) return make_twin({B, S, H, D}, {H * S * D, D, S * D, 1}, B * S * H * D, 2);
+    return make_twin({B, S, H, D}, {S * H * D, H * D, D, 1}, B * S * H * D, 2);
+  }
+
+  void bind(flash4_options& o, flash4_varlen& vl, bool gpu) {
+    const Problem& p = p_;
+    o.causal = p.causal;
+    o.window_left = p.window_left;
+    o.window_right = p.window_right;
+    o.softcap = p.softcap;
+    o.sink = p.sink ? (gpu ? static_cast<const float*>(d_sink_.get()) : sink_.data()) : nullptr;
+    vl = flash4_varlen{};
+    if (p.varlen()) {
+      vl.cu_seqlens_q = gpu ? static_cast<const int32_t*>(d_cu_q_.get()) : cu_q_.data();
+      if (!p.paged()) vl.cu_seqlens_k = gpu ? static_cast<const int32_t*>(d_cu_k_.get()) : cu_k_.data();
+      vl.batch = p.batch();
+      int mq = 0, mk = 0;
+      for (auto [sq, sk] : p.seqs) mq = std::max(mq, sq), mk = std::max(mk, sk);
+      vl.max_seqlen_q = mq;
+      vl.max_seqlen_k = p.paged() ? 0 : mk;
+    }
+    if (!used_.empty()) {
+      vl.seqused_k = gpu ? static_cast<const int32_t*>(d_used_.get()) : used_.data();
+      vl.batch = p.batch();
+    }
+  }
+
+  // Elements of q-like storage that belong to a sequence.
+  std::vector<char> covered_q_rows(const Twin& t, int64_t D) const {
+    std::vector<char> use(size_t(t.storage), 1);
+    if (!p_.varlen()) return use;
+    const int64_t Hq = p_.Hq;
+    for (int64_t tok = 0; tok < Tq_; ++tok) {
+      const bool in = tok < cu_q_.back();
+      for (int64_t i = 0; i < Hq * D; ++i) use[size_t(tok * Hq * D + i)] = in;
+    }
+    return use;
+  }
+  std::vector<char> covered_lse() const {
+    std::vector<char> use(size_t(lse_.storage), 1);
+    if (!p_.varlen()) return use;
+    for (int64_t h = 0; h < p_.Hq; ++h)
+      for (int64_t tok = 0; tok < Tq_; ++tok) use[size_t(h * Tq_ + tok)] = tok < cu_q_.back();
+    return use;
+  }
+
+  Problem p_;
+  std::mt19937_64& rng_;
+  Twin q_, k_, v_, out_, lse_, dout_, dq_, dk_, dv_;
+  int64_t Tq_ = 0, Tk_ = 0;
+  std::vector<int32_t> cu_q_, cu_k_, used_, page_table_;
+  std::vector<float> sink_;
+  int64_t pages_per_seq_ = 0;
+  DeviceMemory d_cu_q_, d_cu_k_, d_used_, d_pages_, d_sink_;
+  std::vector<double> ref_out_, ref_lse_;
+};
+
+}  // namespace flash4_gpu
