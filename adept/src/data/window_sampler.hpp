@@ -6,12 +6,9 @@
 #include <cstdint>
 #include <vector>
 
-namespace adept {
+#include "data/token_batch.hpp"
 
-struct TokenBatch {
-  int64_t B = 0, S = 0;
-  std::vector<int32_t> tokens, targets;  // [B][S]
-};
+namespace adept {
 
 class WindowSampler {
  public:
