@@ -237,8 +237,8 @@ bool flash4_cuda_supports(const AttentionShape& s, std::string* reason) {
   docs.cu_seqlens_device = cu;
   docs.cu_seqlens = {0, 10, 16};
   docs.max_len = 10;
-  Gemm unused(nullptr, 0);
-  Attention probe(s, unused, AttentionScratch{}, AttentionImpl::flash4);
+  Gemm no_fallback(nullptr, 0);  // the probe has no fallback scratch: flash4 or an error
+  Attention probe(s, no_fallback, AttentionScratch{}, AttentionImpl::flash4);
   bool ok = true;
   try {
     probe.forward(out, lse, qkv, ld, N, docs, nullptr);
