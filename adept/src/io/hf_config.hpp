@@ -17,6 +17,10 @@ namespace adept {
 // ModelConfig plus the config.json fields that matter for a faithful round trip but
 // not to the model itself.
 struct HfModelConfig {
+  HfModelConfig() = default;
+  // A plain ModelConfig is a config.json without the extras.
+  HfModelConfig(ModelConfig m) : model(std::move(m)) {}  // NOLINT(google-explicit-constructor)
+
   ModelConfig model;                   // finalized and validated
   std::vector<int64_t> eos_token_ids;  // eos_token_id may be a list; model.eos_token_id is the first
   std::string torch_dtype;             // "bfloat16", "float16", "float32", or "" when absent
