@@ -5,9 +5,10 @@
 // Timing: CUDA events around each call, warm-up first, median of the repeats, inputs
 // rotated over two sets (random normal, never zeros).
 //
-//   flash4-bench [--quick] [--repeats N] [--csv FILE] [--tuning]
+//   flash4-bench [--quick] [--repeats N] [--csv FILE] [--tuning] [--d D] [--seqlen S] [--causal 0|1]
 //     --quick   d = 128 only, S in {1024, 4096, 16384}
 //     --tuning  also times the forward's FA4 switches (exp2 emulation on, always-rescale)
+//     --d, --seqlen, --causal   run only that configuration (e.g. under a profiler)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <flash4/flash4.h>
@@ -162,13 +163,18 @@ int main(int argc, char** argv) {
   bool quick = false, tuning = false;
   int repeats = 20;
   const char* csv_path = nullptr;
+  int only_d = 0, only_s = 0, only_causal = -1;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--d") && i + 1 < argc) only_d = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--seqlen") && i + 1 < argc) only_s = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--causal") && i + 1 < argc) only_causal = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--tuning")) tuning = true;
     else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) csv_path = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--quick] [--tuning] [--repeats N] [--csv FILE]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--tuning] [--repeats N] [--csv FILE] [--d D] [--seqlen S] [--causal 0|1]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -182,11 +188,14 @@ int main(int argc, char** argv) {
   std::vector<int> dims = quick ? std::vector<int>{128} : std::vector<int>{64, 128, 256};
   std::vector<int> lengths =
       quick ? std::vector<int>{1024, 4096, 16384} : std::vector<int>{512, 1024, 2048, 4096, 8192, 16384};
+  if (only_d) dims = {only_d};
+  if (only_s) lengths = {only_s};
   std::printf("%5s %6s %4s %4s %7s | %9s %8s | %9s %8s\n", "d", "S", "B", "H", "causal", "fwd ms", "fwd TF",
               "bwd ms", "bwd TF");
   for (int d : dims)
     for (int S : lengths)
       for (bool causal : {false, true}) {
+        if (only_causal >= 0 && int(causal) != only_causal) continue;
         const Shape s{16384 / S, S, 2048 / d, d, causal};
         Set sets[2] = {Set(s, 1), Set(s, 1000)};
         const flash4_tuning defaults{};

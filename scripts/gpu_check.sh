@@ -6,6 +6,8 @@
 #   sanitize compute-sanitizer memcheck on a few small flash4 cases
 #   bench    flash4-bench (all d, S, causal; FA4 switches A/B on d = 128)
 #   peers    bench/peers.py: flash4 beside torch SDPA cuDNN and FLASH_ATTENTION
+#   inspect  SASS of the d = 128 kernels (sass.txt) and an ncu profile of one forward and
+#            one backward launch (ncu.txt)
 # Stages run in the order given (default: all of them). Logs go to $OUT (or ./gpu-check-out):
 # gpu_check.log (everything), bench.csv, peers.txt. Missing build dependencies (headers,
 # libs, pkg-config) come from .device-carry/*.tar when carried along.
@@ -24,7 +26,7 @@ for arg in "$@"; do
   case $arg in
     --quick) QUICK=--quick ;;
     --sm90-only) GENCODE="-gencode=arch=compute_90a,code=sm_90a" ;;
-    build | test | sanitize | bench | peers) stages+=("$arg") ;;
+    build | test | sanitize | bench | peers | inspect) stages+=("$arg") ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -90,6 +92,11 @@ stage_sanitize() {
 stage_bench() {
   say "flash4-bench"
   "$BUILD/bin/flash4-bench" $QUICK --tuning --csv "$OUT/bench.csv" 2>&1 | tee -a "$LOG" || fail flash4-bench
+  say "forward pipeline A/B: one stage (FA2's buffers) vs two (double-buffered K / V), d = 128"
+  for stages in 1 2; do
+    FLASH4_PORTABLE_FWD_STAGES=$stages "$BUILD/bin/flash4-bench" --d 128 --seqlen 4096 2>&1 | tail -2 |
+      sed "s/^/stages=$stages /" | tee -a "$LOG"
+  done
 }
 
 stage_peers() {
@@ -97,6 +104,21 @@ stage_peers() {
   PYTHONUNBUFFERED=1 python3 bench/peers.py --lib "$BUILD/libflash4.so" $QUICK 2>&1 | tee "$OUT/peers.txt" >>"$LOG" ||
     fail peers.py
   cat "$OUT/peers.txt"
+}
+
+stage_inspect() {
+  say "inspect: SASS and ncu (d = 128, S = 4096, non-causal)"
+  for f in forward_hdim128 backward_hdim128; do
+    cuobjdump -sass "$BUILD/flash4/CMakeFiles/flash4.dir/src/cuda/$f.cu.o" |
+      awk '/Function : .*nv_bfloat16/{p=1} /Function : .*6__half/{p=0} p' >>"$OUT/sass.txt" 2>&1
+  done
+  for k in attention_forward_kernel attention_backward_kernel; do
+    ncu -k "regex:$k" --launch-skip 2 --launch-count 1 --section SpeedOfLight --section Occupancy \
+      --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+      --section MemoryWorkloadAnalysis "$BUILD/bin/flash4-bench" --d 128 --seqlen 4096 --causal 0 --repeats 3 \
+      >>"$OUT/ncu.txt" 2>&1 || fail "ncu $k"
+  done
+  grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|No Eligible|Stall|Block Limit" "$OUT/ncu.txt" | head -60
 }
 
 for s in "${stages[@]}"; do "stage_$s"; done

@@ -15,7 +15,8 @@ namespace {
 
 void print_errors(const Problem& p, const Errors& e) {
   std::printf("[ errors ] %s | out %.2e lse %.2e", p.describe().c_str(), e.out, e.lse);
-  if (p.backward && !p.paged()) std::printf(" dq %.2e dk %.2e dv %.2e", e.dq, e.dk, e.dv);
+  if (p.backward && !p.paged())
+    std::printf(" dq %.2e dk %.2e dv %.2e (slack dq %.1e dk %.1e)", e.dq, e.dk, e.dv, e.dq_slack, e.dk_slack);
   if (p.sink && p.backward && !p.paged()) std::printf(" dsink %.2e", e.dsink);
   std::printf("\n");
 }
@@ -39,8 +40,8 @@ void check_problem(const Problem& p, uint64_t salt) {
   EXPECT_LT(e.out, tol.out) << "out";
   EXPECT_LT(e.lse, tol.lse_abs) << "lse (max abs)";
   if (backward) {
-    EXPECT_LT(e.dq, tol.grad) << "dq";
-    EXPECT_LT(e.dk, tol.grad) << "dk";
+    EXPECT_LT(e.dq, tol.grad + e.dq_slack) << "dq (slack for the 16-bit out: " << e.dq_slack << ")";
+    EXPECT_LT(e.dk, tol.grad + e.dk_slack) << "dk (slack for the 16-bit out: " << e.dk_slack << ")";
     EXPECT_LT(e.dv, tol.grad) << "dv";
     if (p.sink) EXPECT_LT(e.dsink, tol.grad) << "dsink";
   }
@@ -215,6 +216,20 @@ std::vector<Problem> feature_cases() {
     cases.push_back(p);
     p.seqs = {{100, 300}, {300, 100}, {1, 1}};
     p.pad_q = 2, p.pad_k = 2, p.Dqk = p.Dv = 256, p.causal = false, p.sink = true;
+    cases.push_back(p);
+  }
+  {
+    // How adept's CUDA decoder calls it: q, k, v column blocks of one fused [N, (Hq + 2 Hkv) D]
+    // row (row stride > H D), packed documents, causal, deterministic.
+    Problem p = base("adept layout");
+    p.seqs = {{16, 16}, {9, 9}, {23, 23}};
+    p.Hq = 4, p.Hkv = 2, p.Dqk = p.Dv = 64, p.causal = true, p.deterministic = true;
+    p.row_pad = 64 * 4;
+    cases.push_back(p);
+    p.deterministic = false, p.Dqk = p.Dv = 16, p.row_pad = 16 * 4;
+    cases.push_back(p);
+    p.seqs.clear();
+    p.B = 2, p.Sq = p.Sk = 100, p.Dqk = p.Dv = 128, p.row_pad = 40, p.window_left = 30;
     cases.push_back(p);
   }
   {

@@ -53,35 +53,45 @@ struct DqTile {
   static constexpr size_t kSmemBytes = size_t(kSmemQ + kSmemO + kSmemK + kSmemV) * 2;
 };
 
-// In place: s <- P, dp <- dS for one warp's accumulator block (rows `rows`, first column
-// n0 + c0). Masked elements (and rows past sq) get P = dS = 0.
+// In place: s <- P, dp <- dS for one warp's accumulator block (rows `row`, first column
+// col0). Masked elements (and rows past sq) get P = dS = 0. Uniform branches (softcap,
+// mask) sit outside the element loops.
 template <int NT>
 __device__ __forceinline__ void probabilities_and_ds(float (&s)[1][NT][4], float (&dp)[1][NT][4],
                                                      const AttentionParams& p, bool masked, const int (&row)[2],
                                                      const KeyInterval (&keys)[2], int sq, const float (&lse2)[2],
                                                      const float (&d)[2], int col0) {
-  const int t = lane_id() & 3;
+  if (p.softcap > 0) {
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
+    for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int half = e >> 1;
-      float x, dtanh = 1.0f;
-      if (p.softcap > 0) {
+      for (int e = 0; e < 4; ++e) {
         const float th = tanh_softcap(s[0][nt][e] * p.softcap_inv_scale);
-        x = p.softcap_log2 * th;
-        dtanh = 1.0f - th * th;
-      } else {
-        x = s[0][nt][e] * p.scale_log2;
+        const float prob = exp2_hardware(p.softcap_log2 * th - lse2[e >> 1]);
+        s[0][nt][e] = prob;
+        dp[0][nt][e] = prob * (dp[0][nt][e] - d[e >> 1]) * (1.0f - th * th);
       }
-      float prob = exp2_hardware(x - lse2[half]);
-      if (masked) {
-        const int j = col0 + 8 * nt + 2 * t + (e & 1);
-        if (row[half] >= sq || j < keys[half].lo || j >= keys[half].hi) prob = 0.0f;
+  } else {
+    const float scale = p.scale_log2;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float prob = exp2_hardware(fmaf(s[0][nt][e], scale, -lse2[e >> 1]));
+        s[0][nt][e] = prob;
+        dp[0][nt][e] = prob * (dp[0][nt][e] - d[e >> 1]);
       }
-      s[0][nt][e] = prob;
-      dp[0][nt][e] = prob * (dp[0][nt][e] - d[half]) * dtanh;
-    }
+  }
+  if (masked) {
+    const int t = lane_id() & 3;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int half = e >> 1, j = col0 + 8 * nt + 2 * t + (e & 1);
+        if (row[half] >= sq || j < keys[half].lo || j >= keys[half].hi) s[0][nt][e] = dp[0][nt][e] = 0.0f;
+      }
+  }
 }
 
 template <int DQK, int DV, typename T>

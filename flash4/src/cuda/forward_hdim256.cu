@@ -2,5 +2,6 @@
 #include "forward_kernel.cuh"
 
 namespace flash4::cuda {
-template void forward_hdim<256, 256>(const AttentionParams&, cudaStream_t);
+template void forward_hdim<256, 256>(const AttentionParams&, bool, cudaStream_t);
+template size_t forward_smem_bytes<256, 256>(bool);
 }  // namespace flash4::cuda

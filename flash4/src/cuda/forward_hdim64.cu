@@ -2,5 +2,6 @@
 #include "forward_kernel.cuh"
 
 namespace flash4::cuda {
-template void forward_hdim<64, 64>(const AttentionParams&, cudaStream_t);
+template void forward_hdim<64, 64>(const AttentionParams&, bool, cudaStream_t);
+template size_t forward_smem_bytes<64, 64>(bool);
 }  // namespace flash4::cuda

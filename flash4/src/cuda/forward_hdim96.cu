@@ -2,5 +2,6 @@
 #include "forward_kernel.cuh"
 
 namespace flash4::cuda {
-template void forward_hdim<96, 96>(const AttentionParams&, cudaStream_t);
+template void forward_hdim<96, 96>(const AttentionParams&, bool, cudaStream_t);
+template size_t forward_smem_bytes<96, 96>(bool);
 }  // namespace flash4::cuda

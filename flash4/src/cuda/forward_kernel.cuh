@@ -1,9 +1,11 @@
 // Portable forward kernel (sm80+), FlashAttention-2 style: one CTA of 4 warps per
-// (query block, query head, sequence); Q stays in shared memory, K and V blocks stream
-// through one buffer each, and each load overlaps the other operand's product (V loads
-// during S = Q K^T and the softmax, the next K during O += P V). Online softmax in the
-// exp2 domain with FA4's conditional rescaling and (optionally) part of the
-// exponentials emulated on the FMA units (fa4_softmax.cuh).
+// (query block, query head, sequence); Q stays in shared memory and K / V blocks stream
+// through it with cp.async. Two pipelines, chosen at launch by shared-memory size:
+//  - two stages: K and V of block j+1 load during all of block j's work (double buffer);
+//  - one stage (FA2's scheme): one buffer each, V loads during S = Q K^T and the
+//    softmax, the next K during O += P V.
+// Online softmax in the exp2 domain with FA4's conditional rescaling and (optionally)
+// part of the exponentials emulated on the FMA units (fa4_softmax.cuh).
 //
 // Templates: head dims (padded: the kernel zero-fills columns past d) and the dtype.
 // Masks, softcap, sink, paging and the FA4 switches are run-time flags.
@@ -28,39 +30,50 @@ struct ForwardTile {
   static constexpr int kOT = DV / 8;       // O accumulator tiles
   static constexpr int kLdQ = padded_ld<DQK>, kLdK = padded_ld<DQK>, kLdV = padded_ld<DV>;
   static constexpr int kSmemQ = kBlockM * kLdQ, kSmemK = kBlockN * kLdK, kSmemV = kBlockN * kLdV;
-  static constexpr size_t kSmemBytes = size_t(kSmemQ + kSmemK + kSmemV) * 2;
+  static constexpr size_t smem_bytes(int stages) { return size_t(kSmemQ + stages * (kSmemK + kSmemV)) * 2; }
   static_assert(DV <= DQK, "O is staged through Q's shared memory");
 };
 
-// Scores of one S accumulator block -> log2-domain logits x (masked: -inf). Row
-// intervals are recomputed only for masked blocks (few), which keeps them out of the
-// registers the main loop holds.
+// Scores of one S accumulator block -> log2-domain logits x (masked: -inf). Uniform
+// branches outside the element loops, so each path is straight-line code; row intervals
+// are computed only for masked blocks (few), which keeps them out of the registers the
+// main loop holds.
 template <int MT, int NT>
 __device__ __forceinline__ void scores_to_logits(float (&s)[MT][NT][4], const AttentionParams& p, bool masked,
                                                  const Sequence& seq, int row0, int n0) {
-  const int t = lane_id() & 3;
-  KeyInterval rows[MT][2];
-  if (masked) {
+  if (p.softcap > 0) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int half = 0; half < 2; ++half) rows[mt][half] = visible_keys(p, row0 + 16 * mt + 8 * half, seq);
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          s[mt][nt][e] = p.softcap_log2 * tanh_softcap(s[mt][nt][e] * p.softcap_inv_scale);
+  } else {
+    const float scale = p.scale_log2;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale;
   }
+  if (masked) {
+    const int t = lane_id() & 3;
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
+      for (int half = 0; half < 2; ++half) {
+        const KeyInterval r = visible_keys(p, row0 + 16 * mt + 8 * half, seq);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = p.softcap > 0 ? p.softcap_log2 * tanh_softcap(s[mt][nt][e] * p.softcap_inv_scale)
-                                : s[mt][nt][e] * p.scale_log2;
-        if (masked) {
-          const int j = n0 + 8 * nt + 2 * t + (e & 1);
-          const KeyInterval& r = rows[mt][e >> 1];
-          if (j < r.lo || j >= r.hi) x = -__builtin_huge_valf();
-        }
-        s[mt][nt][e] = x;
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int j = n0 + 8 * nt + 2 * t + c;
+            if (j < r.lo || j >= r.hi) s[mt][nt][2 * half + c] = -__builtin_huge_valf();
+          }
       }
+  }
 }
 
 // P = 2^(x - m) in place, adding each row's sum into l. With EMULATE, one n8 tile in
@@ -82,14 +95,14 @@ __device__ __forceinline__ void exponentiate(float (&s)[MT][NT][4], const float 
 }
 
 template <int DQK, int DV, typename T>
-__global__ void __launch_bounds__(ForwardTile<DQK, DV>::kThreads) attention_forward_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(ForwardTile<DQK, DV>::kThreads) attention_forward_kernel(const AttentionParams p,
+                                                                                            const int two_stages) {
   using Tile = ForwardTile<DQK, DV>;
   constexpr int MT = Tile::kMT, NT = Tile::kNT, OT = Tile::kOT;
   constexpr int BM = Tile::kBlockM, BN = Tile::kBlockN, kThreads = Tile::kThreads;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + Tile::kSmemQ;
-  T* sV = sK + Tile::kSmemK;
+  T* sK0 = sQ + Tile::kSmemQ;  // stage s: K at sK0 + s * (kSmemK + kSmemV), V right after
 
   // Heaviest (last, under causal) query blocks first.
   const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);
@@ -110,19 +123,26 @@ __global__ void __launch_bounds__(ForwardTile<DQK, DV>::kThreads) attention_forw
   const T* q_any = static_cast<const T*>(p.q.data);
   load_tile_async<BM, DQK, kThreads>(
       sQ, [&](int r) { return query_row<const T>(p.q, seq, m0 + r, h); }, rows_q, p.d_qk, q_any);
+  // Blocks run from nb_hi - 1 down (the masked diagonal first); block nb uses stage
+  // (nb_hi - 1 - nb) & 1 with two stages, stage 0 with one.
+  auto stage_of = [&](int nb) { return two_stages ? (nb_hi - 1 - nb) & 1 : 0; };
+  auto k_tile = [&](int nb) { return sK0 + stage_of(nb) * (Tile::kSmemK + Tile::kSmemV); };
   auto load_k = [&](int nb) {
     const int n0 = nb * BN;
     load_tile_async<BN, DQK, kThreads>(
-        sK, [&](int r) { return key_row<const T>(p, p.k, seq, b, n0 + r, hk); }, min(BN, seq.sk - n0), p.d_qk,
-        q_any);
+        k_tile(nb), [&](int r) { return key_row<const T>(p, p.k, seq, b, n0 + r, hk); }, min(BN, seq.sk - n0),
+        p.d_qk, q_any);
   };
   auto load_v = [&](int nb) {
     const int n0 = nb * BN;
     load_tile_async<BN, DV, kThreads>(
-        sV, [&](int r) { return key_row<const T>(p, p.v, seq, b, n0 + r, hk); }, min(BN, seq.sk - n0), p.d_v,
-        q_any);
+        k_tile(nb) + Tile::kSmemK, [&](int r) { return key_row<const T>(p, p.v, seq, b, n0 + r, hk); },
+        min(BN, seq.sk - n0), p.d_v, q_any);
   };
-  if (nb_hi > nb_lo) load_k(nb_hi - 1);
+  if (nb_hi > nb_lo) {
+    load_k(nb_hi - 1);
+    if (two_stages) load_v(nb_hi - 1);
+  }
   cp_async_commit();
 
   RowMax row_max[MT][2];
@@ -134,9 +154,20 @@ __global__ void __launch_bounds__(ForwardTile<DQK, DV>::kThreads) attention_forw
 
   for (int nb = nb_hi - 1; nb >= nb_lo; --nb) {
     const int n0 = nb * BN;
+    const T* sK = k_tile(nb);
+    const T* sV = sK + Tile::kSmemK;
     cp_async_wait<0>();
-    __syncthreads();  // K[nb] (and Q) landed; every warp is done reading V[nb + 1]
-    load_v(nb);
+    // K[nb] (two stages: and V[nb]; first block: and Q) landed; every warp is done with
+    // block nb + 1, so its buffers may be refilled.
+    __syncthreads();
+    if (two_stages) {
+      if (nb > nb_lo) {
+        load_k(nb - 1);
+        load_v(nb - 1);
+      }
+    } else {
+      load_v(nb);
+    }
     cp_async_commit();
 
     float s[MT][NT][4];
@@ -184,10 +215,12 @@ __global__ void __launch_bounds__(ForwardTile<DQK, DV>::kThreads) attention_forw
     uint32_t pa[MT][BN / 16][4];
     accumulators_to_a<T>(pa, s);
 
-    cp_async_wait<0>();
-    __syncthreads();  // V[nb] landed; every warp is done reading K[nb]
-    if (nb > nb_lo) load_k(nb - 1);
-    cp_async_commit();
+    if (!two_stages) {
+      cp_async_wait<0>();
+      __syncthreads();  // V[nb] landed; every warp is done reading K[nb]
+      if (nb > nb_lo) load_k(nb - 1);
+      cp_async_commit();
+    }
     warp_gemm_a_regs<T, MT, OT, BN / 16, true>(o, pa, sV, Tile::kLdV, 0);
   }
 
@@ -236,14 +269,19 @@ __global__ void __launch_bounds__(ForwardTile<DQK, DV>::kThreads) attention_forw
 }
 
 template <int DQK, int DV>
-void forward_hdim(const AttentionParams& p, cudaStream_t stream) {
+size_t forward_smem_bytes(bool two_stages) {
+  return ForwardTile<DQK, DV>::smem_bytes(two_stages ? 2 : 1);
+}
+
+template <int DQK, int DV>
+void forward_hdim(const AttentionParams& p, bool two_stages, cudaStream_t stream) {
   using Tile = ForwardTile<DQK, DV>;
   const dim3 grid((p.seqlen_q + Tile::kBlockM - 1) / Tile::kBlockM, p.heads_q, p.batch);
   if (grid.x == 0 || grid.z == 0) return;
-  const size_t smem = Tile::kSmemBytes;
+  const size_t smem = Tile::smem_bytes(two_stages ? 2 : 1);
   auto launch = [&](auto kernel) {
     FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<grid, Tile::kThreads, smem, stream>>>(p);
+    kernel<<<grid, Tile::kThreads, smem, stream>>>(p, two_stages ? 1 : 0);
     FLASH4_CUDA_CHECK_LAUNCH("attention_forward_kernel");
   };
   if (p.dtype == DType::bf16)

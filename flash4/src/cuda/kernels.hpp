@@ -13,8 +13,11 @@ namespace flash4::cuda {
 // real head dim, so any d <= the padded one (multiple of 8) runs on it.
 inline constexpr int kHeadDimPairs[][2] = {{64, 64}, {96, 96}, {128, 128}, {192, 128}, {192, 192}, {256, 256}};
 
+// `two_stages`: double-buffer K / V (more shared memory); else FA2's one buffer each.
 template <int DQK, int DV>
-void forward_hdim(const AttentionParams& p, cudaStream_t stream);
+void forward_hdim(const AttentionParams& p, bool two_stages, cudaStream_t stream);
+template <int DQK, int DV>
+size_t forward_smem_bytes(bool two_stages);
 
 // The per-key-block kernel (dK, dV, and dQ by atomics unless p.deterministic) and, when
 // deterministic, the per-query-block dQ kernel. Expects the preprocess to have run.

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -232,22 +233,38 @@ flash4_status guarded_cuda(Body&& body) {
   }
 }
 
+// Calls f.template operator()<DQK, DV>() for the kernel pair d.
+template <class F>
+void with_head_dims(HeadDims d, F&& f) {
+  if (d.qk == 64) f.template operator()<64, 64>();
+  else if (d.qk == 96) f.template operator()<96, 96>();
+  else if (d.qk == 128) f.template operator()<128, 128>();
+  else if (d.qk == 192 && d.v == 128) f.template operator()<192, 128>();
+  else if (d.qk == 192) f.template operator()<192, 192>();
+  else f.template operator()<256, 256>();
+}
+
+// Double-buffered K / V when two CTAs still fit on a multiprocessor with it (latency
+// hiding needs both); else FA2's single buffers. FLASH4_PORTABLE_FWD_STAGES=1|2 forces
+// one for measurements (bench/RESULTS.md).
+bool forward_two_stages(size_t smem_one, size_t smem_two) {
+  const size_t per_block = size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
+  const size_t per_sm = size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor));
+  check_shared_memory(smem_one, "the forward");
+  if (const char* forced = std::getenv("FLASH4_PORTABLE_FWD_STAGES"))
+    return forced[0] == '2' && smem_two <= per_block;
+  return smem_two <= per_block && 2 * (smem_two + 1024) <= per_sm;
+}
+
 void run_forward(const AttentionParams& p, HeadDims d, cudaStream_t stream) {
-  if (d.qk == 64) cuda::forward_hdim<64, 64>(p, stream);
-  else if (d.qk == 96) cuda::forward_hdim<96, 96>(p, stream);
-  else if (d.qk == 128) cuda::forward_hdim<128, 128>(p, stream);
-  else if (d.qk == 192 && d.v == 128) cuda::forward_hdim<192, 128>(p, stream);
-  else if (d.qk == 192) cuda::forward_hdim<192, 192>(p, stream);
-  else cuda::forward_hdim<256, 256>(p, stream);
+  with_head_dims(d, [&]<int DQK, int DV>() {
+    const bool two = forward_two_stages(cuda::forward_smem_bytes<DQK, DV>(false), cuda::forward_smem_bytes<DQK, DV>(true));
+    cuda::forward_hdim<DQK, DV>(p, two, stream);
+  });
 }
 
 void run_backward(const AttentionParams& p, HeadDims d, bool two_stages, cudaStream_t stream) {
-  if (d.qk == 64) cuda::backward_hdim<64, 64>(p, two_stages, stream);
-  else if (d.qk == 96) cuda::backward_hdim<96, 96>(p, two_stages, stream);
-  else if (d.qk == 128) cuda::backward_hdim<128, 128>(p, two_stages, stream);
-  else if (d.qk == 192 && d.v == 128) cuda::backward_hdim<192, 128>(p, two_stages, stream);
-  else if (d.qk == 192) cuda::backward_hdim<192, 192>(p, two_stages, stream);
-  else cuda::backward_hdim<256, 256>(p, two_stages, stream);
+  with_head_dims(d, [&]<int DQK, int DV>() { cuda::backward_hdim<DQK, DV>(p, two_stages, stream); });
 }
 
 }  // namespace
