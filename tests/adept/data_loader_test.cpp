@@ -372,6 +372,33 @@ TEST(DataLoader, HeldOutDocumentsNeverAppearInTrainingAndAreEachEvaluatedOnce) {
   EXPECT_EQ(reseeded.split(0).holdout, split.holdout);
 }
 
+TEST(DataLoader, ADatasetWithoutDocumentsIsAnErrorNamingIt) {
+  auto rng = make_rng(712);
+  TempDir tmp(rng);
+  auto empty = write_dataset(tmp.path / "empty", {}, 100, 100);
+  try {
+    PackedLoader loader({{empty, 1.0}}, {2, 8, 1, 0.0, 0});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find((tmp.path / "empty").string()), std::string::npos) << e.what();
+  }
+}
+
+TEST(DataLoader, ATinyDatasetKeepsOneTrainingAndOneHeldOutDocument) {
+  auto rng = make_rng(714);
+  TempDir tmp(rng);
+  auto one = write_dataset(tmp.path / "one", unique_docs(rng, 1, 5, 0, false), 100, 100);
+  auto two = write_dataset(tmp.path / "two", unique_docs(rng, 2, 5, 10, false), 100, 100);
+  for (double fraction : {0.01, 0.5, 0.99}) {
+    uint64_t split_seed = rng();
+    DocumentSplit s1 = split_documents(*one, fraction, split_seed), s2 = split_documents(*two, fraction, split_seed);
+    EXPECT_EQ(s1.train.size(), 1u);
+    EXPECT_EQ(s1.holdout.size(), 0u);
+    EXPECT_EQ(s2.train.size(), 1u) << fraction;
+    EXPECT_EQ(s2.holdout.size(), 1u) << fraction;
+  }
+}
+
 TEST(DataLoader, BatchViewPassesTheDocumentsToTheDecoder) {
   auto rng = make_rng(711);
   TempDir tmp(rng);
@@ -384,6 +411,50 @@ TEST(DataLoader, BatchViewPassesTheDocumentsToTheDecoder) {
   ASSERT_NE(view.documents, nullptr);
   EXPECT_EQ(*view.documents, b.documents);
   EXPECT_EQ(view.tokens, b.tokens.data());
+}
+
+TEST(DataLoader, APackedBatchScoresEachDocumentPieceAsIfItWereAlone) {
+  // The decoder on a packed batch: its loss is the sum of each piece run on its own
+  // (positions from 0, nothing visible from other pieces), in float64.
+  auto rng = make_rng(713);
+  TempDir tmp(rng);
+  const uint32_t vocab = 32;
+  std::vector<Doc> docs(12);
+  for (Doc& d : docs) {
+    d.tokens.resize(1 + rng() % 14);
+    for (uint32_t& t : d.tokens) t = uint32_t(rng() % vocab);
+    if (rng() % 2) {
+      d.mask.assign(d.tokens.size(), 1);
+      d.mask[0] = 0;
+    }
+  }
+  auto data = write_dataset(tmp.path / "a", docs, vocab, 1000);
+  ModelConfig c;
+  c.vocab_size = vocab;
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 1;
+  c.max_position_embeddings = 64;
+  Decoder<double> model(c);
+  model.init_random(rng(), 0.5);
+  PackedLoader loader({{data, 1.0}}, {3, 10, rng(), 0.0, 0});
+  for (int k = 0; k < 3; ++k) {
+    TokenBatch b = loader.next_batch();
+    ASSERT_GT(b.documents.size(), size_t(b.B + 1)) << "the batch should pack several documents per row";
+    cpu::CrossEntropyResult packed = model.forward(batch_view(b));
+    double alone = 0.0;
+    int64_t count = 0;
+    for (size_t s = 0; s + 1 < b.documents.size(); ++s) {
+      int32_t begin = b.documents[s], n = b.documents[s + 1] - begin;
+      cpu::CrossEntropyResult r = model.forward(Batch{1, n, &b.tokens[begin], &b.targets[begin], nullptr});
+      alone += r.loss_sum;
+      count += r.count;
+    }
+    EXPECT_EQ(packed.count, count);
+    EXPECT_NEAR(packed.loss_sum, alone, 1e-9 * std::abs(alone)) << "batch " << k;
+  }
 }
 
 }  // namespace

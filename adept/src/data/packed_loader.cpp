@@ -78,28 +78,30 @@ TokenBatch empty_batch(const LoaderConfig& c) {
 DocumentSplit split_documents(const TokenDataset& data, double holdout_fraction, uint64_t split_seed) {
   DocumentSplit split;
   const int64_t n = data.documents();
+  if (n == 0) fail("{}: the dataset has no documents", data.dir());
   if (holdout_fraction <= 0.0) {
     split.train.resize(n);
     for (int64_t i = 0; i < n; ++i) split.train[i] = i;
     return split;
   }
   const uint64_t salt = splitmix64(split_seed);
-  int64_t lowest = -1;
-  uint64_t lowest_key = 0;
+  std::vector<uint64_t> keys(n);
   for (int64_t i = 0; i < n; ++i) {
-    uint64_t key = splitmix64(document_hash(data.document(i)) ^ salt);
-    double u = double(key >> 11) * 0x1.0p-53;
+    keys[i] = splitmix64(document_hash(data.document(i)) ^ salt);
+    double u = double(keys[i] >> 11) * 0x1.0p-53;
     (u < holdout_fraction ? split.holdout : split.train).push_back(i);
-    if (lowest < 0 || key < lowest_key) lowest = i, lowest_key = key;
   }
-  // A tiny corpus may draw no held-out document at all; evaluation needs one.
-  if (split.holdout.empty() && n >= 2) {
-    split.holdout.push_back(lowest);
-    split.train.erase(std::find(split.train.begin(), split.train.end(), lowest));
-  }
-  if (split.train.empty())
-    fail("{}: no training documents left after holding out {:.0f}% of its {} documents", data.dir(),
-         100 * holdout_fraction, n);
+  // A tiny corpus may draw all of its documents to one side: training needs one, and
+  // evaluation needs one when there are two. The document moved is the one whose key is
+  // nearest the other side.
+  auto move_one = [&](std::vector<int64_t>& from, std::vector<int64_t>& to, bool lowest) {
+    auto it = std::min_element(from.begin(), from.end(),
+                               [&](int64_t a, int64_t b) { return lowest ? keys[a] < keys[b] : keys[a] > keys[b]; });
+    to.insert(std::upper_bound(to.begin(), to.end(), *it), *it);
+    from.erase(it);
+  };
+  if (split.train.empty()) move_one(split.holdout, split.train, false);
+  if (split.holdout.empty() && n >= 2) move_one(split.train, split.holdout, true);
   return split;
 }
 

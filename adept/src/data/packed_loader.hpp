@@ -50,8 +50,9 @@ struct DocumentSplit {
   std::vector<int64_t> train, holdout;  // document indices, ascending
 };
 
-// At least one document is held out when the fraction is positive and there are two or
-// more; throws adept::Error when no training document would be left.
+// At least one document always stays for training, and at least one is held out when the
+// fraction is positive and there are two or more. Throws adept::Error for a dataset
+// without documents.
 DocumentSplit split_documents(const TokenDataset& data, double holdout_fraction, uint64_t split_seed);
 
 struct SourceCursor {
