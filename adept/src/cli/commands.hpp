@@ -9,5 +9,6 @@ namespace adept::cli {
 void add_train_command(CLI::App& app);
 void add_config_command(CLI::App& app);
 void add_run_command(CLI::App& app);
+void add_data_command(CLI::App& app);
 
 }  // namespace adept::cli
