@@ -118,7 +118,16 @@ stage_inspect() {
       --section MemoryWorkloadAnalysis "$BUILD/bin/flash4-bench" --d 128 --seqlen 4096 --causal 0 --repeats 3 \
       >>"$OUT/ncu.txt" 2>&1 || fail "ncu $k"
   done
-  grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|No Eligible|Stall|Block Limit" "$OUT/ncu.txt" | head -60
+  local stalls=""
+  for r in barrier long_scoreboard short_scoreboard mio_throttle math_pipe_throttle wait not_selected selected \
+    dispatch_stall lg_throttle no_instruction branch_resolving tex_throttle; do
+    stalls+="smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio,"
+  done
+  for k in attention_forward_kernel attention_backward_kernel; do
+    ncu -k "regex:$k" --launch-skip 2 --launch-count 1 --metrics "${stalls%,}" "$BUILD/bin/flash4-bench" --d 128 \
+      --seqlen 4096 --causal 0 --repeats 3 >>"$OUT/ncu.txt" 2>&1 || fail "ncu stalls $k"
+  done
+  grep -E "attention_.*_kernel<|Duration|Registers Per|Achieved Occupancy|Compute \(SM\) Throughput|Issue Slots Busy|No Eligible|stalled" "$OUT/ncu.txt" | head -60
 }
 
 for s in "${stages[@]}"; do "stage_$s"; done

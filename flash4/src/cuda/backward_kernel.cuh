@@ -125,10 +125,9 @@ __global__ void __launch_bounds__(BackwardTile<DQK, DV>::kThreads)
   const int steps = p.group * n_mb;
 
   const T* any = static_cast<const T*>(p.q.data);
-  load_tile_async<BN, DQK, kThreads>(
-      sK, [&](int r) { return key_row<const T>(p, p.k, seq, b, n0 + r, hk); }, rows_k, p.d_qk, any);
-  load_tile_async<BN, DV, kThreads>(
-      sV, [&](int r) { return key_row<const T>(p, p.v, seq, b, n0 + r, hk); }, rows_k, p.d_v, any);
+  load_rows_async<BN, DQK, kThreads>(sK, key_row<const T>(p, p.k, seq, b, n0, hk), p.k.row_stride, rows_k, p.d_qk,
+                                     any);
+  load_rows_async<BN, DV, kThreads>(sV, key_row<const T>(p, p.v, seq, b, n0, hk), p.v.row_stride, rows_k, p.d_v, any);
   cp_async_commit();
 
   auto head_of = [&](int step) { return hk * p.group + step / n_mb; };
@@ -136,10 +135,9 @@ __global__ void __launch_bounds__(BackwardTile<DQK, DV>::kThreads)
   auto issue = [&](int step, int stage) {
     const int h = head_of(step), m0 = row0_of(step), rows = min(BM, seq.sq - m0);
     T* q = sQ0 + stage * (Tile::kSmemQ + Tile::kSmemO);
-    load_tile_async<BM, DQK, kThreads>(
-        q, [&](int r) { return query_row<const T>(p.q, seq, m0 + r, h); }, rows, p.d_qk, any);
-    load_tile_async<BM, DV, kThreads>(
-        q + Tile::kSmemQ, [&](int r) { return query_row<const T>(p.dout, seq, m0 + r, h); }, rows, p.d_v, any);
+    load_rows_async<BM, DQK, kThreads>(q, query_row<const T>(p.q, seq, m0, h), p.q.row_stride, rows, p.d_qk, any);
+    load_rows_async<BM, DV, kThreads>(q + Tile::kSmemQ, query_row<const T>(p.dout, seq, m0, h), p.dout.row_stride, rows,
+                                      p.d_v, any);
     const int tid = threadIdx.x;
     if (tid < 2 * BM) {
       const int r = tid % BM;
@@ -263,16 +261,14 @@ __global__ void __launch_bounds__(DqTile<DQK, DV>::kThreads) attention_backward_
   }
 
   const T* any = static_cast<const T*>(p.q.data);
-  load_tile_async<BM, DQK, kThreads>(
-      sQ, [&](int r) { return query_row<const T>(p.q, seq, m0 + r, h); }, rows_q, p.d_qk, any);
-  load_tile_async<BM, DV, kThreads>(
-      sdO, [&](int r) { return query_row<const T>(p.dout, seq, m0 + r, h); }, rows_q, p.d_v, any);
+  load_rows_async<BM, DQK, kThreads>(sQ, query_row<const T>(p.q, seq, m0, h), p.q.row_stride, rows_q, p.d_qk, any);
+  load_rows_async<BM, DV, kThreads>(sdO, query_row<const T>(p.dout, seq, m0, h), p.dout.row_stride, rows_q, p.d_v,
+                                    any);
   auto load_kv = [&](int nb) {
     const int n0 = nb * BN, rows = min(BN, seq.sk - n0);
-    load_tile_async<BN, DQK, kThreads>(
-        sK, [&](int r) { return key_row<const T>(p, p.k, seq, b, n0 + r, hk); }, rows, p.d_qk, any);
-    load_tile_async<BN, DV, kThreads>(
-        sV, [&](int r) { return key_row<const T>(p, p.v, seq, b, n0 + r, hk); }, rows, p.d_v, any);
+    load_rows_async<BN, DQK, kThreads>(sK, key_row<const T>(p, p.k, seq, b, n0, hk), p.k.row_stride, rows, p.d_qk,
+                                       any);
+    load_rows_async<BN, DV, kThreads>(sV, key_row<const T>(p, p.v, seq, b, n0, hk), p.v.row_stride, rows, p.d_v, any);
   };
   if (nb_hi > nb_lo) load_kv(nb_lo);
   cp_async_commit();

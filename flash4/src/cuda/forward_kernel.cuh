@@ -34,7 +34,14 @@ struct ForwardTile {
   static_assert(DV <= DQK, "O is staged through Q's shared memory");
 };
 
-// Scores of one S accumulator block -> log2-domain logits x (masked: -inf). Uniform
+// The factor between the scores scores_to_logits leaves and log2-domain logits: the
+// plain case keeps raw Q.K (max and exponent then take the scale in one FFMA, as FA2
+// does); softcap (and a negative scale, which would flip the max) transform in place.
+__device__ __forceinline__ float logit_scale(const AttentionParams& p) {
+  return (p.softcap > 0 || !(p.scale_log2 > 0)) ? 1.0f : p.scale_log2;
+}
+
+// Scores of one S accumulator block -> logits / logit_scale(p) (masked: -inf). Uniform
 // branches outside the element loops, so each path is straight-line code; row intervals
 // are computed only for masked blocks (few), which keeps them out of the registers the
 // main loop holds.
@@ -49,14 +56,13 @@ __device__ __forceinline__ void scores_to_logits(float (&s)[MT][NT][4], const At
 #pragma unroll
         for (int e = 0; e < 4; ++e)
           s[mt][nt][e] = p.softcap_log2 * tanh_softcap(s[mt][nt][e] * p.softcap_inv_scale);
-  } else {
-    const float scale = p.scale_log2;
+  } else if (!(p.scale_log2 > 0)) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale;
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] *= p.scale_log2;
   }
   if (masked) {
     const int t = lane_id() & 3;
@@ -80,14 +86,15 @@ __device__ __forceinline__ void scores_to_logits(float (&s)[MT][NT][4], const At
 // four (the last of each 32 columns) goes to the FMA-pipe polynomial, the rest to MUFU,
 // so the two units work side by side.
 template <bool EMULATE, int MT, int NT>
-__device__ __forceinline__ void exponentiate(float (&s)[MT][NT][4], const float (&offset)[MT][2], float (&l)[MT][2]) {
+__device__ __forceinline__ void exponentiate(float (&s)[MT][NT][4], float scale, const float (&offset)[MT][2],
+                                             float (&l)[MT][2]) {
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float x = s[mt][nt][e] - offset[mt][e >> 1];
+        const float x = fmaf(s[mt][nt][e], scale, -offset[mt][e >> 1]);
         const float y = (EMULATE && (nt & 3) == 3) ? exp2_emulated<3>(x) : exp2_hardware(x);
         s[mt][nt][e] = y;
         l[mt][e >> 1] += y;
@@ -121,23 +128,30 @@ __global__ void __launch_bounds__(ForwardTile<DQK, DV>::kThreads) attention_forw
   const int nb_hi = n_hi > n_lo ? (n_hi + BN - 1) / BN : nb_lo;
 
   const T* q_any = static_cast<const T*>(p.q.data);
-  load_tile_async<BM, DQK, kThreads>(
-      sQ, [&](int r) { return query_row<const T>(p.q, seq, m0 + r, h); }, rows_q, p.d_qk, q_any);
+  load_rows_async<BM, DQK, kThreads>(sQ, query_row<const T>(p.q, seq, m0, h), p.q.row_stride, rows_q, p.d_qk, q_any);
   // Blocks run from nb_hi - 1 down (the masked diagonal first); block nb uses stage
   // (nb_hi - 1 - nb) & 1 with two stages, stage 0 with one.
   auto stage_of = [&](int nb) { return two_stages ? (nb_hi - 1 - nb) & 1 : 0; };
   auto k_tile = [&](int nb) { return sK0 + stage_of(nb) * (Tile::kSmemK + Tile::kSmemV); };
+  // Paged K / V need a page-table lookup per row; every other layout is strided rows.
   auto load_k = [&](int nb) {
-    const int n0 = nb * BN;
-    load_tile_async<BN, DQK, kThreads>(
-        k_tile(nb), [&](int r) { return key_row<const T>(p, p.k, seq, b, n0 + r, hk); }, min(BN, seq.sk - n0),
-        p.d_qk, q_any);
+    const int n0 = nb * BN, rows = min(BN, seq.sk - n0);
+    if (p.page_table == nullptr)
+      load_rows_async<BN, DQK, kThreads>(k_tile(nb), key_row<const T>(p, p.k, seq, b, n0, hk), p.k.row_stride, rows,
+                                         p.d_qk, q_any);
+    else
+      load_tile_async<BN, DQK, kThreads>(
+          k_tile(nb), [&](int r) { return key_row<const T>(p, p.k, seq, b, n0 + r, hk); }, rows, p.d_qk, q_any);
   };
   auto load_v = [&](int nb) {
-    const int n0 = nb * BN;
-    load_tile_async<BN, DV, kThreads>(
-        k_tile(nb) + Tile::kSmemK, [&](int r) { return key_row<const T>(p, p.v, seq, b, n0 + r, hk); },
-        min(BN, seq.sk - n0), p.d_v, q_any);
+    const int n0 = nb * BN, rows = min(BN, seq.sk - n0);
+    if (p.page_table == nullptr)
+      load_rows_async<BN, DV, kThreads>(k_tile(nb) + Tile::kSmemK, key_row<const T>(p, p.v, seq, b, n0, hk),
+                                        p.v.row_stride, rows, p.d_v, q_any);
+    else
+      load_tile_async<BN, DV, kThreads>(
+          k_tile(nb) + Tile::kSmemK, [&](int r) { return key_row<const T>(p, p.v, seq, b, n0 + r, hk); }, rows,
+          p.d_v, q_any);
   };
   if (nb_hi > nb_lo) {
     load_k(nb_hi - 1);
@@ -152,6 +166,7 @@ __global__ void __launch_bounds__(ForwardTile<DQK, DV>::kThreads) attention_forw
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) row_sum[mt][0] = row_sum[mt][1] = 0.0f;
 
+  const float scale = logit_scale(p);
   for (int nb = nb_hi - 1; nb >= nb_lo; --nb) {
     const int n0 = nb * BN;
     const T* sK = k_tile(nb);
@@ -189,7 +204,7 @@ __global__ void __launch_bounds__(ForwardTile<DQK, DV>::kThreads) attention_forw
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
           block_max = fmaxf(block_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
-        block_max = quad_max(block_max);
+        block_max = quad_max(block_max) * scale;
         factor[mt][half] = row_max[mt][half].update(block_max, p.rescale_tau);
         rescale |= factor[mt][half] != 1.0f;
         row_sum[mt][half] *= factor[mt][half];
@@ -209,9 +224,9 @@ __global__ void __launch_bounds__(ForwardTile<DQK, DV>::kThreads) attention_forw
         }
     }
     if (p.emulate_exp2)
-      exponentiate<true>(s, offset, row_sum);
+      exponentiate<true>(s, scale, offset, row_sum);
     else
-      exponentiate<false>(s, offset, row_sum);
+      exponentiate<false>(s, scale, offset, row_sum);
     uint32_t pa[MT][BN / 16][4];
     accumulators_to_a<T>(pa, s);
 

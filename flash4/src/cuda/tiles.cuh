@@ -33,6 +33,41 @@ __device__ __forceinline__ void load_tile_async(T* smem, RowPtr&& row_ptr, int v
   }
 }
 
+// The same for rows that sit row_stride elements apart from `first` (every layout but
+// the paged one): one pointer increment per row instead of an address computation.
+template <int ROWS, int COLS, int THREADS, typename T>
+__device__ __forceinline__ void load_rows_async(T* smem, const T* first, int64_t row_stride, int valid_rows,
+                                                int valid_cols, const void* any_global) {
+  constexpr int kChunks = COLS / 8;
+  constexpr int kTotal = ROWS * kChunks;
+  static_assert(COLS % 8 == 0 && kTotal % THREADS == 0, "tile must split evenly over the threads");
+  const int tid = int(threadIdx.x);
+  if constexpr (THREADS % kChunks == 0) {
+    // Each thread keeps one 16-byte column and walks down the rows.
+    constexpr int kRowStep = THREADS / kChunks;
+    const int c = tid % kChunks, r0 = tid / kChunks;
+    const bool col_ok = c * 8 < valid_cols;
+    const T* src = first + r0 * row_stride + c * 8;
+    const int64_t src_step = kRowStep * row_stride;
+    T* dst = smem + r0 * padded_ld<COLS> + c * 8;
+#pragma unroll
+    for (int it = 0; it < kTotal / THREADS; ++it) {
+      const bool valid = col_ok && r0 + it * kRowStep < valid_rows;
+      cp_async_16(dst + it * kRowStep * padded_ld<COLS>, valid ? static_cast<const void*>(src) : any_global, valid);
+      src += src_step;
+    }
+  } else {
+#pragma unroll
+    for (int it = 0; it < kTotal / THREADS; ++it) {
+      const int idx = it * THREADS + tid;
+      const int r = idx / kChunks, c = idx % kChunks;
+      const bool valid = r < valid_rows && c * 8 < valid_cols;
+      const void* src = valid ? static_cast<const void*>(first + r * row_stride + c * 8) : any_global;
+      cp_async_16(smem + r * padded_ld<COLS> + c * 8, src, valid);
+    }
+  }
+}
+
 // Copies rows [0, valid_rows) x cols [0, valid_cols) of an smem tile to global memory,
 // 16 bytes per store.
 template <int ROWS, int COLS, int THREADS, typename T, class RowPtr>
