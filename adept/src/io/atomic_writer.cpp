@@ -55,6 +55,7 @@ void AtomicFileWriter::flush_buffer() {
 
 void AtomicFileWriter::write(const void* data, size_t size) {
   if (fd_ < 0) fail("{}: write after commit", path_);
+  if (size == 0) return;
   if (buffer_.size() + size > kBufferBytes) flush_buffer();
   if (size >= kBufferBytes) {
     write_all(static_cast<const char*>(data), size);

@@ -39,6 +39,7 @@ std::optional<DType> parse_torch_dtype(std::string_view name) {
 }
 
 void convert_to_f32(DType dtype, const std::byte* src, float* dst, size_t n) {
+  if (n == 0) return;  // an empty tensor may come with null pointers, which memcpy must not see
   if (dtype == DType::F32) {
     std::memcpy(dst, src, n * sizeof(float));
     return;
@@ -51,6 +52,7 @@ void convert_to_f32(DType dtype, const std::byte* src, float* dst, size_t n) {
 }
 
 void convert_from_f32(DType dtype, const float* src, std::byte* dst, size_t n) {
+  if (n == 0) return;
   if (dtype == DType::F32) {
     std::memcpy(dst, src, n * sizeof(float));
     return;

@@ -10,6 +10,10 @@ namespace {
 
 using json = nlohmann::json;
 
+// Token ids index dense tables; real vocabularies stay far below this (the largest
+// around 256k), and a hostile id must not make us allocate gigabytes.
+constexpr int64_t kMaxTokenId = (1 << 22) - 1;
+
 // A position in the document, for messages: "model.merges[3]".
 class Field {
  public:
@@ -47,7 +51,7 @@ class Field {
   }
   int32_t token_id() const {
     int64_t id = integer();
-    if (id < 0 || id > INT32_MAX / 2) bad(fmt::format("is {}, not a valid token id", id));
+    if (id < 0 || id > kMaxTokenId) bad(fmt::format("is {}, not a token id in [0, {}]", id, kMaxTokenId));
     return int32_t(id);
   }
   void require_array() const {
@@ -199,8 +203,8 @@ void parse_model(const Field& f, BpeModelSpec& m) {
   vocab.require_object();
   m.vocab.reserve(vocab.size());
   for (auto it = vocab.value().begin(); it != vocab.value().end(); ++it) {
-    if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() > INT32_MAX / 2)
-      vocab.bad(fmt::format("entry '{}' must map to a non-negative integer id, got {}", it.key(), it->dump()));
+    if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() > kMaxTokenId)
+      vocab.bad(fmt::format("entry '{}' must map to a token id in [0, {}], got {}", it.key(), kMaxTokenId, it->dump()));
     int32_t id = int32_t(it->get<int64_t>());
     m.vocab[it.key()] = id;
     if (size_t(id) >= m.id_to_token.size()) m.id_to_token.resize(size_t(id) + 1);
