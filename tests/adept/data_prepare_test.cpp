@@ -85,6 +85,19 @@ TEST(DataPrepare, PlainTextIsOneDocumentPerFile) {
   EXPECT_FALSE(r.up_to_date);
   EXPECT_EQ(all_documents(o.out_dir), (std::vector<std::string>{"first file\n\nstill first\n#", "second#"}));
   EXPECT_EQ(r.manifest.sources[1].tokens, 7);
+  EXPECT_EQ(r.manifest.sources[1].target_tokens, 6);  // every token but the first is predicted
+}
+
+TEST(DataPrepare, PlainTextWithBosStoresNoLossMask) {
+  auto rng = make_rng(915);
+  TempDir tmp(rng);
+  std::string a = write_file(tmp.path / "a.txt", "text");
+  PrepareOptions o = options_for(tmp, {a}, InputFormat::Text);
+  o.add_bos = o.add_eos = true;
+  prepare_dataset(o, byte_tokenizer());
+  TokenDataset d(o.out_dir);
+  EXPECT_EQ(document_text(d, 0), "#text#");
+  EXPECT_EQ(d.document(0).mask, nullptr);
 }
 
 TEST(DataPrepare, PlainTextBlocksAreSeparatedByBlankLines) {
@@ -126,7 +139,8 @@ TEST(DataPrepare, InstructionPromptTokensAreMaskedOutOfTheLoss) {
   EXPECT_EQ(document_text(d, 0), "#" + prompt + "4#");
   DocumentView v = d.document(0);
   ASSERT_NE(v.mask, nullptr);
-  for (int64_t j = 0; j < v.length; ++j) EXPECT_EQ(v.mask[j], j >= 1 + int64_t(prompt.size())) << "token " << j;
+  // (BOS, token 0, is never predicted: its mask entry does not matter.)
+  for (int64_t j = 1; j < v.length; ++j) EXPECT_EQ(v.mask[j], j >= 1 + int64_t(prompt.size())) << "token " << j;
   EXPECT_EQ(r.manifest.sources[0].target_tokens, 2 + 6);
 
   // Through the loader: the only targets are the response and EOS.

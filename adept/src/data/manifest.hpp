@@ -48,7 +48,7 @@ struct SourceReport {
   int64_t records = 0;        // documents found in the file, bad ones included
   int64_t documents = 0;      // documents written
   int64_t tokens = 0;
-  int64_t target_tokens = 0;  // tokens with loss mask 1
+  int64_t target_tokens = 0;  // tokens predicted in training: mask 1, not first in their document
   std::array<IssueTally, kInputIssueCount> issues{};
 
   int64_t issue_total() const;

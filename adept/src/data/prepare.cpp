@@ -44,7 +44,8 @@ struct ChunkResult {
   int64_t seq = 0;
   int source = 0;
   std::vector<uint32_t> tokens;
-  std::vector<uint8_t> mask;      // per token, filled once any document needs it
+  bool has_mask = false;          // false: every token is a target, mask stays empty
+  std::vector<uint8_t> mask;      // with has_mask, one entry per token
   std::vector<int64_t> doc_ends;  // offsets into tokens
   Issues issues{};
   int64_t records = 0;
@@ -130,18 +131,20 @@ class ChunkTokenizer {
     auto append = [&](int32_t token, uint8_t target) {
       if (token < 0 || token >= id.vocab_size)
         fail("tokenizer returned id {} outside its vocabulary of {} (line {})", token, id.vocab_size, line);
+      if (!target && !r.has_mask) r.mask.assign(r.tokens.size(), 1), r.has_mask = true;
       r.tokens.push_back(uint32_t(token));
-      if (!target && r.mask.size() < start) r.mask.resize(start, 1);
-      if (!r.mask.empty() || !target) r.mask.push_back(target);
+      if (r.has_mask) r.mask.push_back(target);
     };
-    if (options_.add_bos && id.bos_id >= 0) append(id.bos_id, 0);
+    // BOS is never predicted (nothing precedes it), so its mask entry does not matter;
+    // 1 keeps plain-text shards free of a mask.
+    if (options_.add_bos && id.bos_id >= 0) append(id.bos_id, 1);
     if (!context.empty())
       for (int32_t t : tokenizer_.encode(context)) append(t, 0);
     const size_t body_start = r.tokens.size();
     for (int32_t t : tokenizer_.encode(body)) append(t, 1);
     if (r.tokens.size() == body_start) {  // nothing to learn from
       r.tokens.resize(start);
-      if (r.mask.size() > start) r.mask.resize(start);
+      if (r.has_mask) r.mask.resize(start);
       return r.issues[int(InputIssue::EmptyDocument)].add(line);
     }
     if (options_.add_eos && id.eos_id >= 0) append(id.eos_id, 1);
@@ -310,10 +313,11 @@ class Pipeline {
     for (int64_t end : r.doc_ends) {
       std::span<const uint32_t> tokens(r.tokens.data() + begin, size_t(end - begin));
       std::span<const uint8_t> mask;
-      int64_t targets = end - begin;
-      if (int64_t(r.mask.size()) >= end) {
+      // Loss terms: every token but the first is predicted, unless masked out.
+      int64_t targets = end - begin - 1;
+      if (r.has_mask) {
         mask = std::span<const uint8_t>(r.mask.data() + begin, size_t(end - begin));
-        targets = std::count(mask.begin(), mask.end(), uint8_t(1));
+        targets = std::count(mask.begin() + 1, mask.end(), uint8_t(1));
       }
       writer.add_document(tokens, mask);
       ++s.documents;
