@@ -28,13 +28,19 @@ struct BackwardTile {
   static constexpr int kBlockN = DQK <= 128 ? 128 : 64;
   static constexpr int kLdQ = padded_ld<DQK>, kLdK = padded_ld<DQK>, kLdV = padded_ld<DV>, kLdO = padded_ld<DV>;
   static constexpr int kLdP = padded_ld<kBlockN>;
-  // S / dP: warp w owns rows 16 (w % 4) .. and columns (w / 4) * kBlockN / 2 ..
-  static constexpr int kSNT = kBlockN / 16;
-  // dK / dV: warp w owns key rows 16 (w % kKvWarpsN) .. and 1 / kKvWarpsD of the columns.
-  static constexpr int kKvWarpsN = kBlockN / 16, kKvWarpsD = kWarps / kKvWarpsN;
+  // Warp layouts of the five products. Each warp owns 32-row (two m16 tiles) blocks where
+  // it can: fragments loaded from shared memory then feed two MMAs each, which halves the
+  // ldmatrix traffic of one-tile warps and doubles the independent accumulators.
+  // S, dP [BM x BN]: 2 x 4 warps, 32 rows x BN / 4 columns each.
+  static constexpr int kSWarpsM = 2, kSMT = kBlockM / 16 / kSWarpsM, kSCols = kBlockN / (kWarps / kSWarpsM);
+  // dK [BN x DQK], dV [BN x DV]: BN / 32 x (8 / that) warps, 32 key rows each.
+  static constexpr int kKvMT = 2, kKvWarpsN = kBlockN / (16 * kKvMT), kKvWarpsD = kWarps / kKvWarpsN;
   static constexpr int kDkCols = DQK / kKvWarpsD, kDvCols = DV / kKvWarpsD;
-  // dQ (atomic mode): warp w owns rows 16 (w % 4) .. and columns (w / 4) * DQK / 2 ..
-  static constexpr int kDqCols = DQK / 2;
+  // dQ [BM x DQK] (atomic mode): 4 column groups when they stay multiples of 16, else 2.
+  static constexpr int kDqWarpsD = (DQK / 4) % 16 == 0 ? 4 : 2, kDqWarpsM = kWarps / kDqWarpsD;
+  static constexpr int kDqMT = kBlockM / 16 / kDqWarpsM, kDqCols = DQK / kDqWarpsD;
+  static_assert(kSCols % 16 == 0 && kDkCols % 16 == 0 && kDvCols % 16 == 0 && kDqCols % 16 == 0,
+                "warp tiles must be whole pairs of n8 tiles");
 
   static constexpr int kSmemK = kBlockN * kLdK, kSmemV = kBlockN * kLdV, kSmemP = kBlockM * kLdP;
   static constexpr int kSmemQ = kBlockM * kLdQ, kSmemO = kBlockM * kLdO;
@@ -53,44 +59,51 @@ struct DqTile {
   static constexpr size_t kSmemBytes = size_t(kSmemQ + kSmemO + kSmemK + kSmemV) * 2;
 };
 
-// In place: s <- P, dp <- dS for one warp's accumulator block (rows `row`, first column
-// col0). Masked elements (and rows past sq) get P = dS = 0. Uniform branches (softcap,
-// mask) sit outside the element loops.
-template <int NT>
-__device__ __forceinline__ void probabilities_and_ds(float (&s)[1][NT][4], float (&dp)[1][NT][4],
-                                                     const AttentionParams& p, bool masked, const int (&row)[2],
-                                                     const KeyInterval (&keys)[2], int sq, const float (&lse2)[2],
-                                                     const float (&d)[2], int col0) {
+// In place: s <- P, dp <- dS for one warp's accumulator block (row of tile mt, half h:
+// row[mt][h]; first column col0). Masked elements (and rows past sq) get P = dS = 0.
+// Uniform branches (softcap, mask) sit outside the element loops.
+template <int MT, int NT>
+__device__ __forceinline__ void probabilities_and_ds(float (&s)[MT][NT][4], float (&dp)[MT][NT][4],
+                                                     const AttentionParams& p, bool masked, const int (&row)[MT][2],
+                                                     const KeyInterval (&keys)[MT][2], int sq,
+                                                     const float (&lse2)[MT][2], const float (&d)[MT][2], int col0) {
   if (p.softcap > 0) {
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float th = tanh_softcap(s[0][nt][e] * p.softcap_inv_scale);
-        const float prob = exp2_hardware(p.softcap_log2 * th - lse2[e >> 1]);
-        s[0][nt][e] = prob;
-        dp[0][nt][e] = prob * (dp[0][nt][e] - d[e >> 1]) * (1.0f - th * th);
-      }
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float th = tanh_softcap(s[mt][nt][e] * p.softcap_inv_scale);
+          const float prob = exp2_hardware(p.softcap_log2 * th - lse2[mt][e >> 1]);
+          s[mt][nt][e] = prob;
+          dp[mt][nt][e] = prob * (dp[mt][nt][e] - d[mt][e >> 1]) * (1.0f - th * th);
+        }
   } else {
     const float scale = p.scale_log2;
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float prob = exp2_hardware(fmaf(s[0][nt][e], scale, -lse2[e >> 1]));
-        s[0][nt][e] = prob;
-        dp[0][nt][e] = prob * (dp[0][nt][e] - d[e >> 1]);
-      }
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float prob = exp2_hardware(fmaf(s[mt][nt][e], scale, -lse2[mt][e >> 1]));
+          s[mt][nt][e] = prob;
+          dp[mt][nt][e] = prob * (dp[mt][nt][e] - d[mt][e >> 1]);
+        }
   }
   if (masked) {
     const int t = lane_id() & 3;
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int half = e >> 1, j = col0 + 8 * nt + 2 * t + (e & 1);
-        if (row[half] >= sq || j < keys[half].lo || j >= keys[half].hi) s[0][nt][e] = dp[0][nt][e] = 0.0f;
-      }
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int half = e >> 1, j = col0 + 8 * nt + 2 * t + (e & 1);
+          if (row[mt][half] >= sq || j < keys[mt][half].lo || j >= keys[mt][half].hi)
+            s[mt][nt][e] = dp[mt][nt][e] = 0.0f;
+        }
   }
 }
 
@@ -98,7 +111,8 @@ template <int DQK, int DV, typename T>
 __global__ void __launch_bounds__(BackwardTile<DQK, DV>::kThreads)
     attention_backward_kernel(const AttentionParams p, const int two_stages) {
   using Tile = BackwardTile<DQK, DV>;
-  constexpr int BM = Tile::kBlockM, BN = Tile::kBlockN, kThreads = Tile::kThreads, SNT = Tile::kSNT;
+  constexpr int BM = Tile::kBlockM, BN = Tile::kBlockN, kThreads = Tile::kThreads;
+  constexpr int SMT = Tile::kSMT, SNT = Tile::kSCols / 8, KvMT = Tile::kKvMT, DqMT = Tile::kDqMT;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + Tile::kSmemK;
@@ -115,8 +129,9 @@ __global__ void __launch_bounds__(BackwardTile<DQK, DV>::kThreads)
   const int rows_out = min(BN, seq.sk_rows - n0);  // rows of dk / dv this CTA writes
   const int rows_k = max(0, min(BN, seq.sk - n0));  // of which attended keys (the rest get 0)
   const int warp = threadIdx.x / 32, lane = lane_id(), g = lane >> 2, t = lane & 3;
-  const int wm = warp % 4, wn = warp / 4;
-  const int kvn = warp % Tile::kKvWarpsN, kvd = warp / Tile::kKvWarpsN;
+  const int s_row0 = 16 * SMT * (warp % Tile::kSWarpsM), s_col0 = Tile::kSCols * (warp / Tile::kSWarpsM);
+  const int kv_row0 = 16 * KvMT * (warp % Tile::kKvWarpsN), kvd = warp / Tile::kKvWarpsN;
+  const int dq_row0 = 16 * DqMT * (warp % Tile::kDqWarpsM), dq_col0 = Tile::kDqCols * (warp / Tile::kDqWarpsM);
 
   QueryInterval qi{0, 0};
   if (rows_k > 0) qi = queries_seeing(p, n0, n0 + rows_k, seq);
@@ -147,7 +162,7 @@ __global__ void __launch_bounds__(BackwardTile<DQK, DV>::kThreads)
     cp_async_commit();
   };
 
-  float dk[1][Tile::kDkCols / 8][4], dv[1][Tile::kDvCols / 8][4];
+  float dk[KvMT][Tile::kDkCols / 8][4], dv[KvMT][Tile::kDvCols / 8][4];
   zero(dk);
   zero(dv);
   if (steps > 0) issue(0, 0);
@@ -166,48 +181,61 @@ __global__ void __launch_bounds__(BackwardTile<DQK, DV>::kThreads)
     const float* sLse = sRows + stage * 2 * BM;
     const float* sD = sLse + BM;
 
-    float s[1][SNT][4], dp[1][SNT][4];
+    float s[SMT][SNT][4], dp[SMT][SNT][4];
     zero(s);
     zero(dp);
-    warp_gemm<T, 1, SNT, DQK / 16, false, false>(s, sQ, Tile::kLdQ, 16 * wm, sK, Tile::kLdK, wn * (BN / 2));
-    warp_gemm<T, 1, SNT, DV / 16, false, false>(dp, sdO, Tile::kLdO, 16 * wm, sV, Tile::kLdV, wn * (BN / 2));
+    warp_gemm<T, SMT, SNT, DQK / 16, false, false>(s, sQ, Tile::kLdQ, s_row0, sK, Tile::kLdK, s_col0);
+    warp_gemm<T, SMT, SNT, DV / 16, false, false>(dp, sdO, Tile::kLdO, s_row0, sV, Tile::kLdV, s_col0);
 
-    int row[2];
-    KeyInterval keys[2];
-    float lse2[2], d[2];
+    int row[SMT][2];
+    KeyInterval keys[SMT][2];
+    float lse2[SMT][2], d[SMT][2];
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int r = 16 * wm + g + 8 * half;
-      row[half] = m0 + r;
-      keys[half] = visible_keys(p, m0 + r, seq);
-      lse2[half] = sLse[r];
-      d[half] = sD[r];
-    }
+    for (int mt = 0; mt < SMT; ++mt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = s_row0 + 16 * mt + g + 8 * half;
+        row[mt][half] = m0 + r;
+        keys[mt][half] = visible_keys(p, m0 + r, seq);
+        lse2[mt][half] = sLse[r];
+        d[mt][half] = sD[r];
+      }
     const bool masked = !(m0 + BM <= seq.sq && visible_keys(p, m0 + BM - 1, seq).lo <= n0 &&
                           visible_keys(p, m0, seq).hi >= n0 + BN);
-    probabilities_and_ds(s, dp, p, masked, row, keys, seq.sq, lse2, d, n0 + wn * (BN / 2));
-    store_accumulators<T>(sP, Tile::kLdP, 16 * wm, wn * (BN / 2), s);
-    store_accumulators<T>(sdS, Tile::kLdP, 16 * wm, wn * (BN / 2), dp);
+    probabilities_and_ds(s, dp, p, masked, row, keys, seq.sq, lse2, d, n0 + s_col0);
+    store_accumulators<T>(sP, Tile::kLdP, s_row0, s_col0, s);
+    store_accumulators<T>(sdS, Tile::kLdP, s_row0, s_col0, dp);
     __syncthreads();  // P and dS complete
 
-    warp_gemm<T, 1, Tile::kDvCols / 8, BM / 16, true, true>(dv, sP, Tile::kLdP, 16 * kvn, sdO, Tile::kLdO,
-                                                             kvd * Tile::kDvCols);
-    warp_gemm<T, 1, Tile::kDkCols / 8, BM / 16, true, true>(dk, sdS, Tile::kLdP, 16 * kvn, sQ, Tile::kLdQ,
-                                                             kvd * Tile::kDkCols);
+    warp_gemm<T, KvMT, Tile::kDvCols / 8, BM / 16, true, true>(dv, sP, Tile::kLdP, kv_row0, sdO, Tile::kLdO,
+                                                                kvd * Tile::kDvCols);
+    warp_gemm<T, KvMT, Tile::kDkCols / 8, BM / 16, true, true>(dk, sdS, Tile::kLdP, kv_row0, sQ, Tile::kLdQ,
+                                                                kvd * Tile::kDkCols);
     if (!p.deterministic) {
-      float dq[1][Tile::kDqCols / 8][4];
+      float dq[DqMT][Tile::kDqCols / 8][4];
       zero(dq);
-      warp_gemm<T, 1, Tile::kDqCols / 8, BN / 16, false, true>(dq, sdS, Tile::kLdP, 16 * wm, sK, Tile::kLdK,
-                                                                 wn * Tile::kDqCols);
+      warp_gemm<T, DqMT, Tile::kDqCols / 8, BN / 16, false, true>(dq, sdS, Tile::kLdP, dq_row0, sK, Tile::kLdK,
+                                                                   dq_col0);
       float* dq_rows = p.dq_accum + (seq.q_token * p.heads_q + h) * int64_t(p.d_qk);
 #pragma unroll
-      for (int nt = 0; nt < Tile::kDqCols / 8; ++nt)
+      for (int mt = 0; mt < DqMT; ++mt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int i = m0 + 16 * wm + g + 8 * (e >> 1);
-          const int c = wn * Tile::kDqCols + 8 * nt + 2 * t + (e & 1);
-          if (i < seq.sq && c < p.d_qk) atomicAdd(dq_rows + int64_t(i) * p.heads_q * p.d_qk + c, dq[0][nt][e]);
-        }
+        for (int nt = 0; nt < Tile::kDqCols / 8; ++nt)
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            // Columns c, c + 1 of one row; d_qk is a multiple of 8, so both or neither exist.
+            const int i = m0 + dq_row0 + 16 * mt + g + 8 * half;
+            const int c = dq_col0 + 8 * nt + 2 * t;
+            if (i < seq.sq && c < p.d_qk) {
+              float* dst = dq_rows + int64_t(i) * p.heads_q * p.d_qk + c;
+#if __CUDA_ARCH__ >= 900
+              atomicAdd(reinterpret_cast<float2*>(dst), make_float2(dq[mt][nt][2 * half], dq[mt][nt][2 * half + 1]));
+#else
+              atomicAdd(dst, dq[mt][nt][2 * half]);
+              atomicAdd(dst + 1, dq[mt][nt][2 * half + 1]);
+#endif
+            }
+          }
     }
     __syncthreads();  // this stage's buffers and P / dS are free again
     if (!two_stages && step + 1 < steps) issue(step + 1, 0);
@@ -216,8 +244,8 @@ __global__ void __launch_bounds__(BackwardTile<DQK, DV>::kThreads)
   // dK = scale * sum dS^T Q, dV = sum P^T dO; rows past the attended keys are zero.
   cp_async_wait<0>();  // no step ran: K / V may still be landing
   __syncthreads();
-  store_accumulators<T>(sK, Tile::kLdK, 16 * kvn, kvd * Tile::kDkCols, dk, p.scale);
-  store_accumulators<T>(sV, Tile::kLdV, 16 * kvn, kvd * Tile::kDvCols, dv);
+  store_accumulators<T>(sK, Tile::kLdK, kv_row0, kvd * Tile::kDkCols, dk, p.scale);
+  store_accumulators<T>(sV, Tile::kLdV, kv_row0, kvd * Tile::kDvCols, dv);
   __syncthreads();
   store_tile<BN, DQK, kThreads>(
       sK, [&](int r) { return key_row<T>(p, p.dk, seq, b, n0 + r, hk); }, rows_out, p.d_qk);
@@ -247,17 +275,17 @@ __global__ void __launch_bounds__(DqTile<DQK, DV>::kThreads) attention_backward_
   const int nb_lo = first_row.lo / BN;
   const int nb_hi = last_row.hi > first_row.lo ? (last_row.hi + BN - 1) / BN : nb_lo;
 
-  int row[2];
-  KeyInterval keys[2];
-  float lse2[2], d[2];
+  int row[1][2];
+  KeyInterval keys[1][2];
+  float lse2[1][2], d[1][2];
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int i = m0 + 16 * warp + g + 8 * half;
-    row[half] = i;
-    keys[half] = visible_keys(p, i, seq);
+    row[0][half] = i;
+    keys[0][half] = visible_keys(p, i, seq);
     const int64_t w = int64_t(h) * p.tokens_q + seq.q_token + i;
-    lse2[half] = i < seq.sq ? p.lse_log2[w] : __builtin_huge_valf();
-    d[half] = i < seq.sq ? p.d_rows[w] : 0.0f;
+    lse2[0][half] = i < seq.sq ? p.lse_log2[w] : __builtin_huge_valf();
+    d[0][half] = i < seq.sq ? p.d_rows[w] : 0.0f;
   }
 
   const T* any = static_cast<const T*>(p.q.data);
