@@ -349,6 +349,7 @@ TEST(DataPrepare, ATokenizerIdOutsideItsVocabularyIsAnErrorNotACrash) {
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("9999"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(a), std::string::npos) << e.what();
   }
   EXPECT_FALSE(fs::exists(fs::path(o.out_dir) / kManifestFile));
 }

@@ -88,7 +88,11 @@ class ChunkTokenizer {
     r.records = int64_t(chunk.records.size()) + chunk.skipped;
     r.bytes = chunk.bytes;
     r.end_of_file = chunk.end_of_file;
-    for (auto& [line, text] : chunk.records) one_record(line, text, r);
+    try {
+      for (auto& [line, text] : chunk.records) one_record(line, text, r);
+    } catch (const Error& e) {
+      fail("{}: {}", options_.inputs[chunk.source], e.what());
+    }
     return r;
   }
 
