@@ -92,10 +92,12 @@ stage_sanitize() {
 stage_bench() {
   say "flash4-bench"
   "$BUILD/bin/flash4-bench" $QUICK --tuning --csv "$OUT/bench.csv" 2>&1 | tee -a "$LOG" || fail flash4-bench
-  say "forward pipeline A/B: one stage (FA2's buffers) vs two (double-buffered K / V), d = 128"
-  for stages in 1 2; do
-    FLASH4_PORTABLE_FWD_STAGES=$stages "$BUILD/bin/flash4-bench" --d 128 --seqlen 4096 2>&1 | tail -2 |
-      sed "s/^/stages=$stages /" | tee -a "$LOG"
+  say "forward pipeline A/B: one stage (FA2's buffers) vs two (double-buffered K / V)"
+  for d in 64 128 256; do
+    for stages in 1 2; do
+      FLASH4_PORTABLE_FWD_STAGES=$stages "$BUILD/bin/flash4-bench" --d $d --seqlen 4096 2>&1 | tail -2 |
+        sed "s/^/stages=$stages /" | tee -a "$LOG"
+    done
   done
 }
 

@@ -168,13 +168,13 @@ __global__ void __launch_bounds__(BackwardTile<DQK, DV>::kThreads)
   if (steps > 0) issue(0, 0);
   for (int step = 0; step < steps; ++step) {
     const int stage = two_stages ? (step & 1) : 0;
-    if (two_stages && step + 1 < steps) {
-      issue(step + 1, stage ^ 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // this step's Q, dO, lse2, D (and K, V) landed
+    cp_async_wait<0>();
+    // This step's Q, dO, lse2, D (and K, V) landed, and every warp is done with the
+    // previous step: its stage and P / dS may be overwritten. With two stages the next
+    // step's loads go out now, into the stage the previous step used, and have the whole
+    // step to land (one barrier less per step than loading after a trailing barrier).
+    __syncthreads();
+    if (two_stages && step + 1 < steps) issue(step + 1, stage ^ 1);
     const int h = head_of(step), m0 = row0_of(step);
     const T* sQ = sQ0 + stage * (Tile::kSmemQ + Tile::kSmemO);
     const T* sdO = sQ + Tile::kSmemQ;
@@ -237,8 +237,10 @@ __global__ void __launch_bounds__(BackwardTile<DQK, DV>::kThreads)
             }
           }
     }
-    __syncthreads();  // this stage's buffers and P / dS are free again
-    if (!two_stages && step + 1 < steps) issue(step + 1, 0);
+    if (!two_stages && step + 1 < steps) {
+      __syncthreads();  // the single stage and P / dS are free again
+      issue(step + 1, 0);
+    }
   }
 
   // dK = scale * sum dS^T Q, dV = sum P^T dO; rows past the attended keys are zero.
