@@ -86,7 +86,11 @@ stage_sanitize() {
   filter+=':Features/Flash4Portable.*paged*:Features/Flash4Portable.*deterministic*:Flash4PortableUnsupported.*'
   compute-sanitizer --tool memcheck --error-exitcode 9 "$(gpu_test_binary)" --gtest_filter="$filter" >>"$LOG" 2>&1 ||
     fail "compute-sanitizer memcheck"
-  grep -E "ERROR SUMMARY|^\[  (PASSED|FAILED) " "$LOG" | tail -3
+  say "compute-sanitizer racecheck (shared-memory hazards, two small cases)"
+  compute-sanitizer --tool racecheck --error-exitcode 9 "$(gpu_test_binary)" \
+    --gtest_filter='HeadDims/Flash4Portable.*/0_*:Features/Flash4Portable.*/*deterministic*' >>"$LOG" 2>&1 ||
+    fail "compute-sanitizer racecheck"
+  grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^\[  (PASSED|FAILED) " "$LOG" | tail -6
 }
 
 stage_bench() {
