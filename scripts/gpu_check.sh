@@ -78,6 +78,15 @@ stage_test() {
     "$BUILD/flash4_gpu_tests" >>"$LOG" 2>&1 || fail "flash4 gpu tests"
   fi
   grep -E "^\[  (PASSED|FAILED) |tests? ran|^\[ *FAILED *\]|\[ exp2" "$LOG" | tail -40
+  if [ -n "${REPLAY_SEEDS:-}" ] && [ -x "$BUILD/tests/gpu_tests" ]; then
+    # Replays given seeds of the decoder test that runs attention through flash4, to tell
+    # input-dependent failures from run-to-run ones.
+    for seed in $REPLAY_SEEDS; do
+      say "replay TrainDecoderCpuVsCuda.Flash4Cuda* with ADEPT_TEST_SEED=$seed (3 repeats)"
+      ADEPT_TEST_SEED=$seed "$BUILD/tests/gpu_tests" --gtest_filter='TrainDecoderCpuVsCuda.Flash4Cuda*' \
+        --gtest_repeat=3 2>&1 | grep -E "^\[ +(OK|FAILED) +\]|actual:" | head -12 | tee -a "$LOG"
+    done
+  fi
 }
 
 stage_sanitize() {

@@ -267,6 +267,92 @@ TEST(Flash4PortableDeterminism, DeterministicBackwardIsBitIdenticalAcrossRuns) {
   EXPECT_EQ(first.dv, second.dv);
 }
 
+// --- Fused buffers: q, k, v as column blocks of one [N, (Hq + 2 Hkv) D] buffer and dq, dk,
+// dv of another (adept's CUDA decoder), against separate buffers: the deterministic
+// backward must give the same bits either way.
+TEST(Flash4PortableLayouts, FusedQkvBuffersGiveTheSameBitsAsSeparateOnes) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  auto rng = testing_support::make_rng(91);
+  const int64_t Hq = 4, Hkv = 2, D = 64, W = (Hq + 2 * Hkv) * D;
+  for (const std::vector<int32_t>& cu : {std::vector<int32_t>{0, 16, 25, 48}, std::vector<int32_t>{0, 24, 48}}) {
+    const int64_t N = cu.back();
+    const int batch = int(cu.size()) - 1;
+    std::normal_distribution<double> normal(0.0, 1.0);
+    std::vector<uint16_t> qkv(size_t(N * W)), out_grad(size_t(N * Hq * D));
+    for (auto& x : qkv) x = to_bits(normal(rng), FLASH4_BF16);
+    for (auto& x : out_grad) x = to_bits(normal(rng), FLASH4_BF16);
+    // Separate contiguous copies of the same values.
+    std::vector<uint16_t> q(size_t(N * Hq * D)), k(size_t(N * Hkv * D)), v(size_t(N * Hkv * D));
+    for (int64_t n = 0; n < N; ++n) {
+      std::copy_n(&qkv[size_t(n * W)], Hq * D, &q[size_t(n * Hq * D)]);
+      std::copy_n(&qkv[size_t(n * W + Hq * D)], Hkv * D, &k[size_t(n * Hkv * D)]);
+      std::copy_n(&qkv[size_t(n * W + (Hq + Hkv) * D)], Hkv * D, &v[size_t(n * Hkv * D)]);
+    }
+    DeviceMemory d_qkv = upload(qkv), d_q = upload(q), d_k = upload(k), d_v = upload(v), d_dout = upload(out_grad);
+    DeviceMemory d_cu = upload(cu), d_out(size_t(N * Hq * D) * 2), d_lse(size_t(Hq * N) * 4);
+    DeviceMemory d_dqkv(size_t(N * W) * 2), d_dq(q.size() * 2), d_dk(k.size() * 2), d_dv(v.size() * 2);
+    auto view = [](void* base, int64_t offset, int64_t H, int64_t ld) {
+      flash4_tensor t{};
+      t.data = static_cast<uint16_t*>(base) + offset;
+      t.dtype = FLASH4_BF16;
+      t.rank = 3;
+      const int64_t shape[3] = {0, H, 64}, stride[3] = {ld, 64, 1};
+      for (int i = 0; i < 3; ++i) t.shape[i] = shape[i], t.stride[i] = stride[i];
+      return t;
+    };
+    auto with_rows = [N](flash4_tensor t) {
+      t.shape[0] = N;
+      return t;
+    };
+    flash4_varlen vl{};
+    vl.cu_seqlens_q = vl.cu_seqlens_k = static_cast<const int32_t*>(d_cu.get());
+    vl.batch = batch;
+    flash4_options o{};
+    o.causal = 1, o.window_left = o.window_right = -1;
+    flash4_forward_args f;
+    flash4_forward_args_init(&f);
+    f.device = FLASH4_CUDA;
+    f.q = with_rows(view(d_q.get(), 0, Hq, Hq * D)), f.k = with_rows(view(d_k.get(), 0, Hkv, Hkv * D));
+    f.v = with_rows(view(d_v.get(), 0, Hkv, Hkv * D)), f.out = with_rows(view(d_out.get(), 0, Hq, Hq * D));
+    f.lse.data = d_lse.get(), f.lse.dtype = FLASH4_F32, f.lse.rank = 2;
+    f.lse.shape[0] = Hq, f.lse.shape[1] = N, f.lse.stride[0] = N, f.lse.stride[1] = 1;
+    f.options = o, f.varlen = vl;
+    ASSERT_EQ(flash4_forward(&f), FLASH4_OK) << flash4_last_error();
+    flash4_backward_args b;
+    flash4_backward_args_init(&b);
+    b.device = FLASH4_CUDA;
+    b.q = f.q, b.k = f.k, b.v = f.v, b.out = f.out, b.lse = f.lse;
+    b.dout = with_rows(view(d_dout.get(), 0, Hq, Hq * D));
+    b.dq = with_rows(view(d_dq.get(), 0, Hq, Hq * D)), b.dk = with_rows(view(d_dk.get(), 0, Hkv, Hkv * D));
+    b.dv = with_rows(view(d_dv.get(), 0, Hkv, Hkv * D));
+    b.options = o, b.varlen = vl, b.deterministic = 1;
+    ASSERT_EQ(flash4_backward(&b), FLASH4_OK) << flash4_last_error();
+    // The same through the fused buffers.
+    cudaMemset(d_dqkv.get(), 0xFF, d_dqkv.bytes());
+    flash4_backward_args fb = b;
+    fb.q = with_rows(view(d_qkv.get(), 0, Hq, W)), fb.k = with_rows(view(d_qkv.get(), Hq * D, Hkv, W));
+    fb.v = with_rows(view(d_qkv.get(), (Hq + Hkv) * D, Hkv, W));
+    fb.dq = with_rows(view(d_dqkv.get(), 0, Hq, W)), fb.dk = with_rows(view(d_dqkv.get(), Hq * D, Hkv, W));
+    fb.dv = with_rows(view(d_dqkv.get(), (Hq + Hkv) * D, Hkv, W));
+    ASSERT_EQ(flash4_backward(&fb), FLASH4_OK) << flash4_last_error();
+    FLASH4_TEST_CUDA(cudaDeviceSynchronize());
+    std::vector<uint16_t> dqkv(size_t(N * W)), dq(q.size()), dk(k.size()), dv(v.size());
+    cudaMemcpy(dqkv.data(), d_dqkv.get(), dqkv.size() * 2, cudaMemcpyDeviceToHost);
+    cudaMemcpy(dq.data(), d_dq.get(), dq.size() * 2, cudaMemcpyDeviceToHost);
+    cudaMemcpy(dk.data(), d_dk.get(), dk.size() * 2, cudaMemcpyDeviceToHost);
+    cudaMemcpy(dv.data(), d_dv.get(), dv.size() * 2, cudaMemcpyDeviceToHost);
+    int mismatches = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t i = 0; i < Hq * D; ++i) mismatches += dqkv[size_t(n * W + i)] != dq[size_t(n * Hq * D + i)];
+      for (int64_t i = 0; i < Hkv * D; ++i) {
+        mismatches += dqkv[size_t(n * W + Hq * D + i)] != dk[size_t(n * Hkv * D + i)];
+        mismatches += dqkv[size_t(n * W + (Hq + Hkv) * D + i)] != dv[size_t(n * Hkv * D + i)];
+      }
+    }
+    EXPECT_EQ(mismatches, 0) << "documents " << batch;
+  }
+}
+
 // --- What the backend does not cover answers FLASH4_UNSUPPORTED, naming it ---------------
 struct Views {
   DeviceMemory memory{size_t(1) << 22};
