@@ -113,7 +113,7 @@ flash4_forward_args forward_args(Set& set, const Shape& s, flash4_tuning tuning)
   return a;
 }
 
-flash4_backward_args backward_args(Set& set, const Shape& s) {
+flash4_backward_args backward_args(Set& set, const Shape& s, bool deterministic = false) {
   flash4_backward_args a;
   flash4_backward_args_init(&a);
   a.device = FLASH4_CUDA;
@@ -121,6 +121,7 @@ flash4_backward_args backward_args(Set& set, const Shape& s) {
   a.dout = bshd(set.dout.ptr, s), a.lse = lse_view(set.lse.ptr, s);
   a.dq = bshd(set.dq.ptr, s), a.dk = bshd(set.dk.ptr, s), a.dv = bshd(set.dv.ptr, s);
   a.options.causal = s.causal;
+  a.deterministic = deterministic;
   return a;
 }
 
@@ -183,15 +184,15 @@ int main(int argc, char** argv) {
   std::printf("flash4-bench on %s (%d SMs), bf16, BSHD, 16384 tokens, hidden 2048, median of %d\n", prop.name,
               prop.multiProcessorCount, repeats);
   FILE* csv = csv_path ? std::fopen(csv_path, "w") : nullptr;
-  if (csv) std::fprintf(csv, "d,S,B,H,causal,variant,fwd_ms,fwd_tflops,bwd_ms,bwd_tflops\n");
+  if (csv) std::fprintf(csv, "d,S,B,H,causal,variant,fwd_ms,fwd_tflops,bwd_ms,bwd_tflops,bwd_det_ms,bwd_det_tflops\n");
 
   std::vector<int> dims = quick ? std::vector<int>{128} : std::vector<int>{64, 128, 256};
   std::vector<int> lengths =
       quick ? std::vector<int>{1024, 4096, 16384} : std::vector<int>{512, 1024, 2048, 4096, 8192, 16384};
   if (only_d) dims = {only_d};
   if (only_s) lengths = {only_s};
-  std::printf("%5s %6s %4s %4s %7s | %9s %8s | %9s %8s\n", "d", "S", "B", "H", "causal", "fwd ms", "fwd TF",
-              "bwd ms", "bwd TF");
+  std::printf("%5s %6s %4s %4s %7s | %9s %8s | %9s %8s | %12s %11s\n", "d", "S", "B", "H", "causal", "fwd ms",
+              "fwd TF", "bwd ms", "bwd TF", "bwd-det ms", "bwd-det TF");
   for (int d : dims)
     for (int S : lengths)
       for (bool causal : {false, true}) {
@@ -206,16 +207,19 @@ int main(int argc, char** argv) {
           });
         };
         const double fwd_ms = fwd(defaults);
-        const double bwd_ms = median_ms(3, repeats, [&](int i) {
-          flash4_backward_args a = backward_args(sets[i % 2], s);
-          check(flash4_backward(&a), "flash4_backward");
-        });
+        auto bwd = [&](bool deterministic) {
+          return median_ms(3, repeats, [&](int i) {
+            flash4_backward_args a = backward_args(sets[i % 2], s, deterministic);
+            check(flash4_backward(&a), "flash4_backward");
+          });
+        };
+        const double bwd_ms = bwd(false), det_ms = bwd(true);
         const double f = forward_flops(s);
-        std::printf("%5d %6d %4d %4d %7d | %9.3f %8.1f | %9.3f %8.1f\n", d, S, s.B, s.H, int(causal), fwd_ms,
-                    f / fwd_ms * 1e-9, bwd_ms, 2.5 * f / bwd_ms * 1e-9);
+        std::printf("%5d %6d %4d %4d %7d | %9.3f %8.1f | %9.3f %8.1f | %12.3f %11.1f\n", d, S, s.B, s.H, int(causal),
+                    fwd_ms, f / fwd_ms * 1e-9, bwd_ms, 2.5 * f / bwd_ms * 1e-9, det_ms, 2.5 * f / det_ms * 1e-9);
         if (csv)
-          std::fprintf(csv, "%d,%d,%d,%d,%d,default,%.4f,%.1f,%.4f,%.1f\n", d, S, s.B, s.H, int(causal), fwd_ms,
-                       f / fwd_ms * 1e-9, bwd_ms, 2.5 * f / bwd_ms * 1e-9);
+          std::fprintf(csv, "%d,%d,%d,%d,%d,default,%.4f,%.1f,%.4f,%.1f,%.4f,%.1f\n", d, S, s.B, s.H, int(causal),
+                       fwd_ms, f / fwd_ms * 1e-9, bwd_ms, 2.5 * f / bwd_ms * 1e-9, det_ms, 2.5 * f / det_ms * 1e-9);
         if (tuning) {
           flash4_tuning emulate{}, always{}, plain{};
           emulate.exp2_emulation = 2;
@@ -230,7 +234,7 @@ int main(int argc, char** argv) {
             const double ms = fwd(v.t);
             std::printf("%5s %6s %4s %4s %7s | %9.3f %8.1f   fwd, %s\n", "", "", "", "", "", ms, f / ms * 1e-9, v.name);
             if (csv)
-              std::fprintf(csv, "%d,%d,%d,%d,%d,%s,%.4f,%.1f,,\n", d, S, s.B, s.H, int(causal), v.name, ms,
+              std::fprintf(csv, "%d,%d,%d,%d,%d,%s,%.4f,%.1f,,,,\n", d, S, s.B, s.H, int(causal), v.name, ms,
                            f / ms * 1e-9);
           }
         }

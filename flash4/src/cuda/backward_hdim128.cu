@@ -2,5 +2,6 @@
 #include "backward_kernel.cuh"
 
 namespace flash4::cuda {
-template void backward_hdim<128, 128>(const AttentionParams&, bool, cudaStream_t);
+template void backward_hdim<128, 128>(const AttentionParams&, bool, bool, cudaStream_t);
+template size_t backward_dq_smem_bytes<128, 128>(bool);
 }  // namespace flash4::cuda

@@ -24,6 +24,8 @@ namespace flash4::cuda {
 template <int DQK, int DV>
 struct BackwardTile {
   static constexpr int kWarps = 8, kThreads = 32 * kWarps;
+  // One CTA per SM: capping registers at 128 for two (d = 64) spilled ~300 bytes.
+  static constexpr int kMinBlocks = 1;
   static constexpr int kBlockM = 64;
   static constexpr int kBlockN = DQK <= 128 ? 128 : 64;
   static constexpr int kLdQ = padded_ld<DQK>, kLdK = padded_ld<DQK>, kLdV = padded_ld<DV>, kLdO = padded_ld<DV>;
@@ -56,7 +58,7 @@ struct DqTile {
   static constexpr int kLdQ = padded_ld<DQK>, kLdK = padded_ld<DQK>, kLdV = padded_ld<DV>, kLdO = padded_ld<DV>;
   static constexpr int kSmemQ = kBlockM * kLdQ, kSmemO = kBlockM * kLdO, kSmemK = kBlockN * kLdK;
   static constexpr int kSmemV = kBlockN * kLdV;
-  static constexpr size_t kSmemBytes = size_t(kSmemQ + kSmemO + kSmemK + kSmemV) * 2;
+  static constexpr size_t smem_bytes(int stages) { return size_t(kSmemQ + kSmemO + stages * (kSmemK + kSmemV)) * 2; }
 };
 
 // In place: s <- P, dp <- dS for one warp's accumulator block (row of tile mt, half h:
@@ -108,7 +110,7 @@ __device__ __forceinline__ void probabilities_and_ds(float (&s)[MT][NT][4], floa
 }
 
 template <int DQK, int DV, typename T>
-__global__ void __launch_bounds__(BackwardTile<DQK, DV>::kThreads)
+__global__ void __launch_bounds__(BackwardTile<DQK, DV>::kThreads, BackwardTile<DQK, DV>::kMinBlocks)
     attention_backward_kernel(const AttentionParams p, const int two_stages) {
   using Tile = BackwardTile<DQK, DV>;
   constexpr int BM = Tile::kBlockM, BN = Tile::kBlockN, kThreads = Tile::kThreads;
@@ -256,14 +258,14 @@ __global__ void __launch_bounds__(BackwardTile<DQK, DV>::kThreads)
 }
 
 template <int DQK, int DV, typename T>
-__global__ void __launch_bounds__(DqTile<DQK, DV>::kThreads) attention_backward_dq_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(DqTile<DQK, DV>::kThreads)
+    attention_backward_dq_kernel(const AttentionParams p, const int two_stages) {
   using Tile = DqTile<DQK, DV>;
   constexpr int BM = Tile::kBlockM, BN = Tile::kBlockN, kThreads = Tile::kThreads, NT = BN / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sdO = sQ + Tile::kSmemQ;
-  T* sK = sdO + Tile::kSmemO;
-  T* sV = sK + Tile::kSmemK;
+  T* sK0 = sdO + Tile::kSmemO;  // stage s: K at sK0 + s * (kSmemK + kSmemV), V right after
 
   const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);
   const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
@@ -294,11 +296,16 @@ __global__ void __launch_bounds__(DqTile<DQK, DV>::kThreads) attention_backward_
   load_rows_async<BM, DQK, kThreads>(sQ, query_row<const T>(p.q, seq, m0, h), p.q.row_stride, rows_q, p.d_qk, any);
   load_rows_async<BM, DV, kThreads>(sdO, query_row<const T>(p.dout, seq, m0, h), p.dout.row_stride, rows_q, p.d_v,
                                     any);
+  // Block nb uses stage (nb - nb_lo) & 1 with two stages (the next block's K / V load
+  // during this block's work), stage 0 with one.
+  auto k_tile = [&](int nb) { return sK0 + (two_stages ? (nb - nb_lo) & 1 : 0) * (Tile::kSmemK + Tile::kSmemV); };
   auto load_kv = [&](int nb) {
     const int n0 = nb * BN, rows = min(BN, seq.sk - n0);
+    T* sK = k_tile(nb);
     load_rows_async<BN, DQK, kThreads>(sK, key_row<const T>(p, p.k, seq, b, n0, hk), p.k.row_stride, rows, p.d_qk,
                                        any);
-    load_rows_async<BN, DV, kThreads>(sV, key_row<const T>(p, p.v, seq, b, n0, hk), p.v.row_stride, rows, p.d_v, any);
+    load_rows_async<BN, DV, kThreads>(sK + Tile::kSmemK, key_row<const T>(p, p.v, seq, b, n0, hk), p.v.row_stride,
+                                      rows, p.d_v, any);
   };
   if (nb_hi > nb_lo) load_kv(nb_lo);
   cp_async_commit();
@@ -307,8 +314,14 @@ __global__ void __launch_bounds__(DqTile<DQK, DV>::kThreads) attention_backward_
   zero(dq);
   for (int nb = nb_lo; nb < nb_hi; ++nb) {
     const int n0 = nb * BN;
+    const T* sK = k_tile(nb);
+    const T* sV = sK + Tile::kSmemK;
     cp_async_wait<0>();
-    __syncthreads();
+    __syncthreads();  // K / V[nb] landed; every warp is done with block nb - 1
+    if (two_stages && nb + 1 < nb_hi) {
+      load_kv(nb + 1);
+      cp_async_commit();
+    }
     float s[1][NT][4], dp[1][NT][4];
     zero(s);
     zero(dp);
@@ -319,9 +332,11 @@ __global__ void __launch_bounds__(DqTile<DQK, DV>::kThreads) attention_backward_
     uint32_t ds[1][BN / 16][4];
     accumulators_to_a<T>(ds, dp);
     warp_gemm_a_regs<T, 1, DQK / 8, BN / 16, true>(dq, ds, sK, Tile::kLdK, 0);
-    __syncthreads();  // K / V free
-    if (nb + 1 < nb_hi) load_kv(nb + 1);
-    cp_async_commit();
+    if (!two_stages && nb + 1 < nb_hi) {
+      __syncthreads();  // the single K / V buffer is free
+      load_kv(nb + 1);
+      cp_async_commit();
+    }
   }
 
   cp_async_wait<0>();
@@ -333,7 +348,12 @@ __global__ void __launch_bounds__(DqTile<DQK, DV>::kThreads) attention_backward_
 }
 
 template <int DQK, int DV>
-void backward_hdim(const AttentionParams& p, bool two_stages, cudaStream_t stream) {
+size_t backward_dq_smem_bytes(bool two_stages) {
+  return DqTile<DQK, DV>::smem_bytes(two_stages ? 2 : 1);
+}
+
+template <int DQK, int DV>
+void backward_hdim(const AttentionParams& p, bool two_stages, bool dq_two_stages, cudaStream_t stream) {
   using Tile = BackwardTile<DQK, DV>;
   const dim3 grid((p.seqlen_k + Tile::kBlockN - 1) / Tile::kBlockN, p.heads_kv, p.batch);
   if (grid.x > 0 && grid.z > 0) {
@@ -352,10 +372,10 @@ void backward_hdim(const AttentionParams& p, bool two_stages, cudaStream_t strea
     using Dq = DqTile<DQK, DV>;
     const dim3 dq_grid((p.seqlen_q + Dq::kBlockM - 1) / Dq::kBlockM, p.heads_q, p.batch);
     if (dq_grid.x == 0 || dq_grid.z == 0) return;
+    const size_t smem = Dq::smem_bytes(dq_two_stages ? 2 : 1);
     auto launch = [&](auto kernel) {
-      FLASH4_CUDA_CHECK(
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Dq::kSmemBytes)));
-      kernel<<<dq_grid, Dq::kThreads, Dq::kSmemBytes, stream>>>(p);
+      FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+      kernel<<<dq_grid, Dq::kThreads, smem, stream>>>(p, dq_two_stages ? 1 : 0);
       FLASH4_CUDA_CHECK_LAUNCH("attention_backward_dq_kernel");
     };
     if (p.dtype == DType::bf16)

@@ -23,6 +23,8 @@ namespace flash4::cuda {
 template <int DQK, int DV>
 struct ForwardTile {
   static constexpr int kWarps = 4, kThreads = 32 * kWarps;
+  // d <= 64 fits three CTAs per SM (<= 168 registers a thread); larger head dims need them.
+  static constexpr int kMinBlocks = DQK <= 64 && DV <= 64 ? 3 : 1;
   static constexpr int kMT = DQK <= 128 ? 2 : 1;  // 16-row tiles per warp
   static constexpr int kBlockM = 16 * kMT * kWarps;
   static constexpr int kBlockN = 64;
@@ -102,7 +104,8 @@ __device__ __forceinline__ void exponentiate(float (&s)[MT][NT][4], float scale,
 }
 
 template <int DQK, int DV, typename T>
-__global__ void __launch_bounds__(ForwardTile<DQK, DV>::kThreads) attention_forward_kernel(const AttentionParams p,
+__global__ void __launch_bounds__(ForwardTile<DQK, DV>::kThreads, ForwardTile<DQK, DV>::kMinBlocks)
+    attention_forward_kernel(const AttentionParams p,
                                                                                             const int two_stages) {
   using Tile = ForwardTile<DQK, DV>;
   constexpr int MT = Tile::kMT, NT = Tile::kNT, OT = Tile::kOT;

@@ -21,9 +21,12 @@ size_t forward_smem_bytes(bool two_stages);
 
 // The per-key-block kernel (dK, dV, and dQ by atomics unless p.deterministic) and, when
 // deterministic, the per-query-block dQ kernel. Expects the preprocess to have run.
-// `two_stages`: double-buffer Q / dO (needs the larger shared memory of sm90).
+// `two_stages`: double-buffer Q / dO (needs the larger shared memory of sm90);
+// `dq_two_stages`: double-buffer K / V in the deterministic dQ kernel.
 template <int DQK, int DV>
-void backward_hdim(const AttentionParams& p, bool two_stages, cudaStream_t stream);
+void backward_hdim(const AttentionParams& p, bool two_stages, bool dq_two_stages, cudaStream_t stream);
+template <int DQK, int DV>
+size_t backward_dq_smem_bytes(bool two_stages);
 
 // Shared memory the backward needs with one / two Q-dO stages (bytes).
 size_t backward_smem_bytes(int dqk_padded, int dv_padded, bool two_stages);

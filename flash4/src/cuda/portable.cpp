@@ -264,7 +264,13 @@ void run_forward(const AttentionParams& p, HeadDims d, cudaStream_t stream) {
 }
 
 void run_backward(const AttentionParams& p, HeadDims d, bool two_stages, cudaStream_t stream) {
-  with_head_dims(d, [&]<int DQK, int DV>() { cuda::backward_hdim<DQK, DV>(p, two_stages, stream); });
+  with_head_dims(d, [&]<int DQK, int DV>() {
+    const size_t per_block = size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
+    const size_t per_sm = size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor));
+    const size_t dq_two = cuda::backward_dq_smem_bytes<DQK, DV>(true);
+    const bool dq_two_stages = p.deterministic && dq_two <= per_block && 2 * (dq_two + 1024) <= per_sm;
+    cuda::backward_hdim<DQK, DV>(p, two_stages, dq_two_stages, stream);
+  });
 }
 
 }  // namespace
