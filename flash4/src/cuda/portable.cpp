@@ -121,11 +121,14 @@ int max_sequence_length(const int32_t* cu_seqlens, int batch, cudaStream_t strea
   return longest;
 }
 
+void check_dtype(flash4_dtype dtype) {
+  if (dtype != FLASH4_BF16 && dtype != FLASH4_F16) unsupported("dtype ", dtype_name(dtype), " (bf16 and fp16 only)");
+}
+
 // Fields forward and backward share.
 template <class Args>
 AttentionParams common_params(const Args& a, const ProblemShape& shape, cudaStream_t stream) {
-  if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16)
-    unsupported("dtype ", dtype_name(a.q.dtype), " (bf16 and fp16 only)");
+  check_dtype(a.q.dtype);
   if (shape.heads_q > 65535 || shape.batch > 65535)
     unsupported("at most 65535 query heads and 65535 sequences per call, got Hq=", shape.heads_q, ", batch=",
                 shape.batch);
@@ -281,7 +284,10 @@ flash4_status portable_forward(const flash4_forward_args& args) {
   return guarded_cuda([&] {
     const ProblemShape shape = validate_forward(args);
     cudaStream_t stream = static_cast<cudaStream_t>(args.stream);
+    check_dtype(args.q.dtype);
     const HeadDims dims = kernel_head_dims(shape.d_qk, shape.d_v);
+    // No query row to write (rows of no sequence are left alone): nothing touches the device.
+    if (shape.batch == 0 || shape.tokens_q == 0) return;
     AttentionParams p = common_params(args, shape, stream);
     if (shape.paged) {  // k / v are [pages, page_size, Hkv, D]: common_params laid them out so
       p.page_table = args.paged.page_table;
@@ -299,7 +305,10 @@ flash4_status portable_backward(const flash4_backward_args& args) {
   return guarded_cuda([&] {
     const ProblemShape shape = validate_backward(args);
     cudaStream_t stream = static_cast<cudaStream_t>(args.stream);
+    check_dtype(args.q.dtype);
     const HeadDims dims = kernel_head_dims(shape.d_qk, shape.d_v);
+    // No gradient row at all (every row, even one of no sequence, is written otherwise).
+    if (shape.tokens_q == 0 && shape.tokens_k == 0 && args.dsink == nullptr) return;
     AttentionParams p = common_params(args, shape, stream);
     check_rows_aligned(args.dout, "dout");
     check_rows_aligned(args.dq, "dq");
