@@ -14,6 +14,6 @@ EXPORTS=${EXPORTS:-/tmp/adept-hf-exports}
 mkdir -p "$OUT"
 python3 tools/fixtures/make_hf_model_fixtures.py 2>&1 | tee "$OUT/fixtures.log"
 rm -rf "$EXPORTS"
-ADEPT_EXPORT_DIR=$EXPORTS "$BUILD/tests/adept_tests" --gtest_filter='HfModelFixture*:HfGoldenDecoder*' 2>&1 |
+ADEPT_EXPORT_DIR=$EXPORTS "$BUILD/tests/adept_tests" --gtest_filter='*HfModelFixture*:*HfGoldenDecoder*' 2>&1 |
   tee "$OUT/golden.log" | grep -E "^\[ +(OK|FAILED|PASSED|SKIPPED) |relative error|Failure|Expected|actual"
 python3 tools/fixtures/check_export_in_transformers.py "$EXPORTS" 2>&1 | tee "$OUT/export.log"
