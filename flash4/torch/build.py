@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Builds flash4's PyTorch extension: libflash4 through the project's CMake, then
+csrc/flash4_op.cpp through torch.utils.cpp_extension, linked against it.
+
+    python3 flash4/torch/build.py [--gencode "-gencode=arch=compute_90a,code=sm_90a"] [--jobs 16]
+
+Output: build-torch/ext/flash4_torch.so, which `import flash4` (PYTHONPATH=flash4/torch)
+loads. Needs PyTorch, CMake, Ninja and the project's C++ build dependencies
+(scripts/install_deps.sh; on the device machine, .device-carry/deps.tar). Not part of
+the CMake build or CI: CI has no PyTorch.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+def run(cmd):
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True)
+
+
+def uses_driver_api(archive: Path) -> bool:
+    """Whether libflash4.a calls the CUDA driver API (cu* symbols, e.g. tensor maps)."""
+    listing = subprocess.run(["nm", "-u", str(archive)], capture_output=True, text=True).stdout
+    names = [line.split()[-1] for line in listing.splitlines() if line.strip()]
+    return any(n.startswith("cu") and n[2:3].isupper() for n in names)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(REPO / "build-torch"), help="build directory (default build-torch)")
+    ap.add_argument("--cmake-build", default=None, help="CMake build directory for libflash4 (default OUT/cmake)")
+    ap.add_argument("--gencode", default=None, help="ADEPT_CUDA_GENCODE, e.g. -gencode=arch=compute_90a,code=sm_90a")
+    ap.add_argument("--cuda", choices=["auto", "on", "off"], default="auto",
+                    help="build flash4's CUDA backends (auto: when nvcc is found)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+
+    out = Path(args.out).resolve()
+    cmake_dir = Path(args.cmake_build).resolve() if args.cmake_build else out / "cmake"
+    t0 = time.time()
+    configure = ["cmake", "-S", REPO, "-B", cmake_dir, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+                 "-DADEPT_TESTS=OFF", "-DADEPT_BENCH=OFF"]
+    if args.gencode:
+        configure.append(f"-DADEPT_CUDA_GENCODE={args.gencode}")
+    if args.cuda != "auto":
+        configure.append(f"-DADEPT_CUDA={'ON' if args.cuda == 'on' else 'OFF'}")
+    run(configure)
+    run(["ninja", "-C", cmake_dir, f"-j{args.jobs}", "flash4"])
+    archive = cmake_dir / "flash4" / "libflash4.a"
+    t1 = time.time()
+    print(f"libflash4 built in {t1 - t0:.1f} s: {archive}", flush=True)
+
+    # Imported late: the CMake step does not need torch.
+    from torch.utils import cpp_extension
+
+    ldflags = [str(archive), "-lgomp"]
+    if uses_driver_api(archive):
+        stubs = Path(cpp_extension.CUDA_HOME or "/usr/local/cuda") / "lib64" / "stubs"
+        ldflags += [f"-L{stubs}", "-lcuda"]
+    ext_dir = out / "ext"
+    ext_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MAX_JOBS", str(args.jobs))
+    # The extension has no .cu source, but cpp_extension wants an arch list and cannot read
+    # one off a machine without a GPU.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    cpp_extension.load(
+        name="flash4_torch",
+        sources=[str(HERE / "csrc" / "flash4_op.cpp")],
+        extra_include_paths=[str(REPO / "flash4" / "include")],
+        extra_cflags=["-O2", "-Wall", "-Wno-unused-parameter"],
+        extra_ldflags=ldflags,
+        build_directory=str(ext_dir),
+        with_cuda=True,
+        is_python_module=False,
+        verbose=True,
+    )
+    print(f"extension built in {time.time() - t1:.1f} s: {ext_dir / 'flash4_torch.so'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
