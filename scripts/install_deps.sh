@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ pkg-config nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
-          libtomlplusplus-dev libsentencepiece-dev libgtest-dev libbenchmark-dev fortunes)
+          libtomlplusplus-dev libsentencepiece-dev libgtest-dev libbenchmark-dev fortunes
+          clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,3 +10,6 @@ cmake --build build/test -j"$(nproc)"
 echo "build: $(( $(date +%s) - start )) s"
 cd build/test
 ctest -LE gpu --output-on-failure -j"$(nproc)"
+cd ../..
+# The parsers of untrusted files under libFuzzer + ASan/UBSan, briefly (scripts/fuzz_smoke.sh).
+bash scripts/fuzz_smoke.sh
