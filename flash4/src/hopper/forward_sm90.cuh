@@ -1,0 +1,318 @@
+// Hopper (sm90a) forward kernel, FlashAttention-3 style warp specialisation:
+//  - warpgroup 0, the producer: one thread issues TMA loads -- Q once, then K and V blocks
+//    through a two-stage ring of shared-memory buffers, each with a "full" mbarrier (TMA
+//    bytes landed) and an "empty" one (both consumer warpgroups are done reading it);
+//    the warpgroup gives most of its registers away (setmaxnreg.dec);
+//  - warpgroups 1 and 2, the consumers: 64 query rows each (M tile 128 per CTA).
+//    S = Q K^T by wgmma with both operands in shared memory, online softmax on the
+//    accumulators in registers (FA4's conditional rescaling, optionally part of the
+//    exponentials emulated on the FMA pipe: fa4_softmax.cuh), O += P V by wgmma with P
+//    from registers. Intra-warpgroup overlap: block j's S = Q K^T is issued before block
+//    j-1's P V is, and block j's softmax runs while that P V is on the tensor cores.
+// Key blocks run from the last (the causal diagonal, masked) down, so only the first
+// blocks of a row tile pay for per-element masks; query tiles are launched heaviest first.
+//
+// Covered here: dense (B, S, H, D) tensors with any 16-byte-multiple strides, bf16 / fp16,
+// d_qk = d_v in {64, 128}, GQA / MQA, causal (bottom-right) or not, LSE. Everything else
+// runs on the portable kernels (hopper.cpp decides).
+//
+// Missing vs issue 4 (follow-ups): pingpong scheduling of the two consumer warpgroups
+// (named barriers), a persistent tile scheduler, TMA stores of O, d 96 / 192 / 256,
+// varlen, window, softcap, sink, paged KV, GQA packing of small Sq into the M tile.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include "cuda/fa4_softmax.cuh"
+#include "cuda/params.hpp"
+#include "cuda/ptx.cuh"
+#include "cuda/sequence.cuh"
+#include "hopper/ptx_sm90.cuh"
+
+namespace flash4::hopper {
+
+using cuda::AttentionParams;
+
+template <int D>
+struct ForwardSm90Config {
+  static constexpr int kBlockM = 128;  // two consumer warpgroups of 64 rows
+  static constexpr int kBlockN = 128;
+  static constexpr int kStages = 2;
+  static constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
+  static constexpr int kChunks = D / 64;  // 128-byte swizzle blocks along the head dim
+  static constexpr uint32_t kQBytes = kBlockM * D * 2;
+  static constexpr uint32_t kKVBytes = kBlockN * D * 2;  // one stage of K (or of V)
+  static constexpr uint32_t kQChunkBytes = kBlockM * 128, kKVChunkBytes = kBlockN * 128;
+  static constexpr int kBarriers = 1 + 4 * kStages;
+  // 1024 bytes of slack to align the tiles to the swizzle atom.
+  static constexpr size_t kSmemBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + 8 * kBarriers;
+  // Registers per thread after setmaxnreg: 128 * 24 + 256 * 240 <= 64K.
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static_assert(D % 64 == 0 && D <= 128, "d = 64 or 128");
+};
+
+// Row max / sum of one consumer thread's two rows (g and g + 8 of its warp).
+struct SoftmaxRows {
+  cuda::RowMax max[2];
+  float sum[2] = {0.0f, 0.0f};
+};
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// One block of scores (m64n128 accumulators, raw Q.K) -> unnormalised P = 2^(x - m) in
+// place, with x = s * scale_log2; masked elements (key >= the row's bound) -> 0. Returns
+// each row's rescale factor for O (1 when the stale max is kept).
+template <bool EMULATE, int N>
+__device__ __forceinline__ void softmax_block(float (&s)[N / 2], bool masked, int n0, int t, const int (&key_end)[2],
+                                              float scale_log2, float tau, SoftmaxRows& rows, float (&factor)[2]) {
+  if (masked) {
+#pragma unroll
+    for (int i = 0; i < N / 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (n0 + 8 * i + 2 * t + (e & 1) >= key_end[e >> 1]) s[4 * i + e] = -__builtin_huge_valf();
+  }
+  float offset[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float block_max = -__builtin_huge_valf();
+#pragma unroll
+    for (int i = 0; i < N / 8; ++i) block_max = fmaxf(block_max, fmaxf(s[4 * i + 2 * half], s[4 * i + 2 * half + 1]));
+    block_max = quad_max(block_max) * scale_log2;
+    factor[half] = rows.max[half].update(block_max, tau);
+    rows.sum[half] *= factor[half];
+    offset[half] = rows.max[half].offset();
+  }
+#pragma unroll
+  for (int i = 0; i < N / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float x = fmaf(s[4 * i + e], scale_log2, -offset[e >> 1]);
+      // With EMULATE, one 8-column tile in four goes to the FMA-pipe polynomial so the
+      // MUFU and the FMA units work side by side (FA4's split).
+      const float y = (EMULATE && (i & 3) == 3) ? cuda::exp2_emulated<3>(x) : cuda::exp2_hardware(x);
+      s[4 * i + e] = y;
+      rows.sum[e >> 1] += y;
+    }
+}
+
+// P (fp32 accumulator layout) -> 16-bit A fragments of the P V wgmma, k16 slice by slice.
+template <typename T, int N>
+__device__ __forceinline__ void scores_to_a(uint32_t (&a)[N / 16][4], const float (&s)[N / 2]) {
+#pragma unroll
+  for (int k = 0; k < N / 16; ++k) {
+    a[k][0] = cuda::pack2<T>(s[8 * k + 0], s[8 * k + 1]);
+    a[k][1] = cuda::pack2<T>(s[8 * k + 2], s[8 * k + 3]);
+    a[k][2] = cuda::pack2<T>(s[8 * k + 4], s[8 * k + 5]);
+    a[k][3] = cuda::pack2<T>(s[8 * k + 6], s[8 * k + 7]);
+  }
+}
+
+template <int D, typename T>
+__global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
+    attention_forward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
+                                  const __grid_constant__ CUtensorMap tma_v, const AttentionParams p,
+                                  const int emulate_exp2) {
+#if defined(FLASH4_SM90A)
+  using C = ForwardSm90Config<D>;
+  constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK = reinterpret_cast<T*>(smem + C::kQBytes);                              // [stage][chunk][BN][64]
+  T* sV = reinterpret_cast<T*>(smem + C::kQBytes + kStages * C::kKVBytes);      // [stage][chunk][BN][64]
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::kQBytes + 2 * kStages * C::kKVBytes);
+  uint64_t* q_full = bars;
+  uint64_t* k_full = bars + 1;
+  uint64_t* v_full = bars + 1 + kStages;
+  uint64_t* k_empty = bars + 1 + 2 * kStages;
+  uint64_t* v_empty = bars + 1 + 3 * kStages;
+
+  const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);  // heaviest (causal) first
+  const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
+  const cuda::Sequence seq = cuda::sequence_of(p, b);
+  const int m0 = m_block * BM;
+  const int last_row = min(m0 + BM, seq.sq) - 1;
+  // Key blocks [0, n_blocks) hold every key a row of this tile sees (no window here).
+  const int n_blocks = (cuda::visible_keys(p, last_row, seq).hi + BN - 1) / BN;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warpgroup = warp / 4;
+  if (threadIdx.x == 0) {
+    mbarrier_init(q_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(&k_full[s], 1);
+      mbarrier_init(&v_full[s], 1);
+      mbarrier_init(&k_empty[s], 8);  // lane 0 of each consumer warp
+      mbarrier_init(&v_empty[s], 8);
+    }
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {
+    // ---------------------------------------------------------------- producer
+    setmaxnreg_dec<C::kProducerRegs>();
+    if (warp == 0 && lane == 0) {
+      mbarrier_arrive_expect_tx(q_full, C::kQBytes);
+#pragma unroll
+      for (int c = 0; c < C::kChunks; ++c)
+        tma_load_4d(reinterpret_cast<unsigned char*>(sQ) + c * C::kQChunkBytes, &tma_q, 64 * c, m0, h, b, q_full);
+      for (int it = 0; it < n_blocks; ++it) {
+        const int nb = n_blocks - 1 - it, stage = it % kStages;
+        // The consumers' release of this stage's previous use (iteration it - kStages).
+        const uint32_t empty_parity = ((it / kStages) & 1) ^ 1;
+        unsigned char* k_dst = reinterpret_cast<unsigned char*>(sK) + stage * C::kKVBytes;
+        unsigned char* v_dst = reinterpret_cast<unsigned char*>(sV) + stage * C::kKVBytes;
+        if (it >= kStages) mbarrier_wait(&k_empty[stage], empty_parity);
+        mbarrier_arrive_expect_tx(&k_full[stage], C::kKVBytes);
+#pragma unroll
+        for (int c = 0; c < C::kChunks; ++c)
+          tma_load_4d(k_dst + c * C::kKVChunkBytes, &tma_k, 64 * c, nb * BN, hk, b, &k_full[stage]);
+        if (it >= kStages) mbarrier_wait(&v_empty[stage], empty_parity);
+        mbarrier_arrive_expect_tx(&v_full[stage], C::kKVBytes);
+#pragma unroll
+        for (int c = 0; c < C::kChunks; ++c)
+          tma_load_4d(v_dst + c * C::kKVChunkBytes, &tma_v, 64 * c, nb * BN, hk, b, &v_full[stage]);
+      }
+    }
+  } else {
+    // ---------------------------------------------------------------- consumers
+    setmaxnreg_inc<C::kConsumerRegs>();
+    const int cw = warpgroup - 1, wq = warp % 4, g = lane / 4, t = lane % 4;
+    const int wg_row0 = m0 + 64 * cw;
+    const int row[2] = {wg_row0 + 16 * wq + g, wg_row0 + 16 * wq + g + 8};
+    const int key_end[2] = {cuda::visible_keys(p, row[0], seq).hi, cuda::visible_keys(p, row[1], seq).hi};
+    // Blocks ending at or before every row's bound need no per-element mask (bounds grow
+    // with the row).
+    const int unmasked_end = cuda::visible_keys(p, wg_row0, seq).hi;
+    const float scale_log2 = p.scale_log2, tau = p.rescale_tau;
+
+    const uint32_t q_addr = smem_u32(sQ) + cw * 64 * 128;  // this warpgroup's 64 rows
+    const uint32_t k_addr = smem_u32(sK), v_addr = smem_u32(sV);
+    auto issue_qk = [&](float (&s)[BN / 2], int stage) {
+      wgmma_fence();
+#pragma unroll
+      for (int k = 0; k < D / 16; ++k) {
+        const uint32_t in_chunk = (k % 4) * 32;
+        const uint64_t da = smem_descriptor(q_addr + (k / 4) * C::kQChunkBytes + in_chunk, 16, 1024);
+        const uint64_t db = smem_descriptor(k_addr + stage * C::kKVBytes + (k / 4) * C::kKVChunkBytes + in_chunk, 16, 1024);
+        wgmma_ss_m64n128k16<T>(s, da, db, k > 0);
+      }
+      wgmma_commit_group();
+    };
+    auto issue_pv = [&](float (&o)[D / 2], uint32_t (&pa)[BN / 16][4], int stage) {
+      wgmma_fence();
+#pragma unroll
+      for (int k = 0; k < BN / 16; ++k) {
+        const uint64_t db = smem_descriptor(v_addr + stage * C::kKVBytes + k * 16 * 128, C::kKVChunkBytes, 1024);
+        if constexpr (D == 128)
+          wgmma_rs_m64n128k16<T>(o, pa[k], db, 1);
+        else
+          wgmma_rs_m64n64k16<T>(o, pa[k], db, 1);
+      }
+      wgmma_commit_group();
+    };
+    auto release = [&](uint64_t* bar) {
+      if (lane == 0) mbarrier_arrive(bar);
+    };
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+    float s[BN / 2];
+    uint32_t pa[BN / 16][4];
+    SoftmaxRows rows;
+
+    auto softmax = [&](int nb, float (&factor)[2]) {
+      const int n0 = nb * BN;
+      const bool masked = n0 + BN > unmasked_end;
+      if (emulate_exp2)
+        softmax_block<true, BN>(s, masked, n0, t, key_end, scale_log2, tau, rows, factor);
+      else
+        softmax_block<false, BN>(s, masked, n0, t, key_end, scale_log2, tau, rows, factor);
+    };
+
+    mbarrier_wait(q_full, 0);
+    if (n_blocks > 0) {
+      // Block it = 0 (key block n_blocks - 1): S, softmax, P.
+      float factor[2];
+      mbarrier_wait(&k_full[0], 0);
+      issue_qk(s, 0);
+      wgmma_wait_group<0>();
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) fence_operand(s[i]);
+      release(&k_empty[0]);
+      softmax(n_blocks - 1, factor);  // O is still zero: its factor does not matter
+      scores_to_a<T, BN>(pa, s);
+
+      for (int it = 1; it < n_blocks; ++it) {
+        const int stage = it % kStages, prev = (it - 1) % kStages;
+        const uint32_t parity = (it / kStages) & 1, prev_parity = ((it - 1) / kStages) & 1;
+        mbarrier_wait(&k_full[stage], parity);
+        issue_qk(s, stage);  // S_it
+        mbarrier_wait(&v_full[prev], prev_parity);
+        issue_pv(o, pa, prev);  // O += P_{it-1} V_{it-1}, on the tensor cores during softmax(S_it)
+        wgmma_wait_group<1>();  // S_it done (groups complete in order)
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) fence_operand(s[i]);
+        release(&k_empty[stage]);
+        softmax(n_blocks - 1 - it, factor);
+        wgmma_wait_group<0>();  // P V done: O and the P fragments are free again
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) fence_operand(o[i]);
+#pragma unroll
+        for (int k = 0; k < BN / 16; ++k)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) fence_operand(pa[k][r]);
+        release(&v_empty[prev]);
+        // Conditional rescaling (FA4): most blocks keep every row's stale max.
+        if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
+#pragma unroll
+          for (int i = 0; i < D / 8; ++i) {
+            o[4 * i + 0] *= factor[0];
+            o[4 * i + 1] *= factor[0];
+            o[4 * i + 2] *= factor[1];
+            o[4 * i + 3] *= factor[1];
+          }
+        }
+        scores_to_a<T, BN>(pa, s);
+      }
+      const int last = (n_blocks - 1) % kStages;
+      mbarrier_wait(&v_full[last], ((n_blocks - 1) / kStages) & 1);
+      issue_pv(o, pa, last);
+      wgmma_wait_group<0>();
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) fence_operand(o[i]);
+    }
+
+    // Finish: O / l, lse = (m + log2 l) ln 2; a row with no visible key: O = 0, lse = -inf.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float l = quad_sum(rows.sum[half]);
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      const int i = row[half];
+      if (i >= seq.sq) continue;
+      T* out = cuda::query_row<T>(p.out, seq, i, h);
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+        *reinterpret_cast<uint32_t*>(out + 8 * n + 2 * t) =
+            cuda::pack2<T>(o[4 * n + 2 * half] * inv, o[4 * n + 2 * half + 1] * inv);
+      if (p.lse != nullptr && t == 0)
+        p.lse[seq.q_start * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + int64_t(i) * p.lse_row_stride] =
+            l > 0.0f ? (rows.max[half].m + __log2f(l)) * cuda::kLn2 : -__builtin_huge_valf();
+    }
+  }
+#else
+  __trap();  // built without sm_90a code: the host never launches this (hopper.cpp checks)
+#endif
+}
+
+}  // namespace flash4::hopper

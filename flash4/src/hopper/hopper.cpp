@@ -1,0 +1,195 @@
+// flash4's Hopper (sm90a) backend, host side: what it covers, the TMA tensor maps
+// (cuTensorMapEncodeTiled, reached through the runtime's driver entry point so nothing
+// links libcuda), params, launch, and the FLASH4_BACKEND / FLASH4_LOG switches.
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <utility>
+
+#include "backends.hpp"
+#include "cuda/cuda_check.hpp"
+#include "cuda/fa4_softmax.cuh"
+#include "cuda/params.hpp"
+#include "hopper/launch.hpp"
+#include "validate.hpp"
+
+namespace flash4::detail {
+namespace {
+
+// FA4's exp2 emulation on the Hopper path: off unless asked for (flash4_tuning) until
+// bench/RESULTS.md shows it pays here.
+constexpr bool kEmulateExp2ByDefault = false;
+
+// Whether FLASH4_BACKEND_AUTO picks these kernels for what they cover. Off until the
+// kernel has passed the gpu suite on a device (FLASH4_BACKEND=hopper opts in meanwhile).
+constexpr bool kHopperByDefault = false;
+
+template <class... Parts>
+std::string concat(const Parts&... parts) {
+  std::ostringstream s;
+  (s << ... << parts);
+  return s.str();
+}
+
+bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, value) == 0;
+}
+
+// 16-byte aligned data, 16-byte multiple strides (TMA's rules, and the 4-byte stores of O).
+std::string row_alignment_gap(const flash4_tensor& t, const char* name) {
+  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) return concat(name, ".data is not 16-byte aligned");
+  for (int d = 0; d + 1 < t.rank; ++d)
+    if (t.shape[d] > 1 && t.stride[d] % 8 != 0) return concat(name, ".stride[", d, "] is not a multiple of 8 elements");
+  return "";
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      fn = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  return encode;
+}
+
+// (D, S, H, B) view of a dense [B, S, H, D] tensor, box 64 columns x kTmaBoxRows rows,
+// 128-byte swizzle. Returns the driver's error code (0 = success).
+int encode_tensor_map(CUtensorMap* map, const flash4_tensor& t) {
+  const cuuint64_t elem = 2;
+  cuuint64_t dims[4] = {cuuint64_t(t.shape[3]), cuuint64_t(t.shape[1]), cuuint64_t(t.shape[2]), cuuint64_t(t.shape[0])};
+  const int64_t s[3] = {t.stride[1], t.stride[2], t.stride[0]};
+  const int64_t extent[3] = {t.shape[1], t.shape[2], t.shape[0]};
+  cuuint64_t strides[3];
+  for (int i = 0; i < 3; ++i)  // a stride of an extent-1 dimension is never used: any legal value
+    strides[i] = extent[i] > 1 ? cuuint64_t(s[i]) * elem : cuuint64_t(t.shape[3]) * elem;
+  cuuint32_t box[4] = {64, cuuint32_t(hopper::kTmaBoxRows), 1, 1};
+  cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType type =
+      t.dtype == FLASH4_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  return int(tensor_map_encoder()(map, type, 4, t.data, dims, strides, box, element_strides,
+                                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
+}
+
+// Why the Hopper forward does not run `a` ("" when it does).
+std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape) {
+  if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
+  if (shape.varlen) return "varlen (cu_seqlens) is not covered yet";
+  if (shape.paged) return "paged KV is not covered yet";
+  if (a.varlen.seqused_k != nullptr) return "seqused_k is not covered yet";
+  if (a.options.window_left >= 0 || a.options.window_right >= 0) return "sliding window is not covered yet";
+  if (a.options.softcap > 0) return "softcap is not covered yet";
+  if (a.options.sink != nullptr) return "sink is not covered yet";
+  if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
+  if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128))
+    return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128)");
+  if (shape.batch == 0 || shape.seqlen_q == 0 || shape.seqlen_k == 0) return "empty problem";
+  if (shape.heads_q > 65535 || shape.batch > 65535) return "more than 65535 heads or sequences";
+  if (shape.seqlen_q > (int64_t(1) << 30) || shape.seqlen_k > (int64_t(1) << 30)) return "sequences over 2^30";
+  for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}})
+    if (std::string gap = row_alignment_gap(*t, name); !gap.empty()) return gap;
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return "no CUDA device";
+  }
+  if (major != 9 || minor != 0) return concat("device is sm_", major, minor, ", the kernels are sm_90a");
+  if (!hopper::forward_sm90_runs_here()) return "this binary holds no sm_90a code for the device";
+  if (tensor_map_encoder() == nullptr) return "cuTensorMapEncodeTiled not found in the driver";
+  return "";
+}
+
+cuda::RowLayout dense_layout(const flash4_tensor& t) {
+  cuda::RowLayout L;
+  L.data = t.data;
+  L.batch_stride = t.stride[0];
+  L.row_stride = t.stride[1];
+  L.head_stride = t.stride[2];
+  return L;
+}
+
+}  // namespace
+
+bool hopper_preferred(flash4_backend requested) {
+  if (requested == FLASH4_BACKEND_HOPPER) return true;
+  if (requested != FLASH4_BACKEND_AUTO) return false;
+  if (env_is("FLASH4_BACKEND", "portable")) return false;
+  return kHopperByDefault || env_is("FLASH4_BACKEND", "hopper");
+}
+
+void log_backend(const char* entry, const char* backend, const std::string& note) {
+  static const bool enabled = env_is("FLASH4_LOG", "1");
+  if (enabled) std::fprintf(stderr, "flash4: %s ran %s%s%s\n", entry, backend, note.empty() ? "" : ": ", note.c_str());
+}
+
+bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::string* gap) {
+  const ProblemShape shape = validate_forward(a);
+  *gap = forward_gap(a, shape);
+  if (!gap->empty()) return false;
+  hopper::ForwardTensorMaps maps;
+  for (auto [map, t, name] : {std::tuple{&maps.q, &a.q, "q"}, {&maps.k, &a.k, "k"}, {&maps.v, &a.v, "v"}})
+    if (int error = encode_tensor_map(map, *t); error != 0) {
+      *gap = concat("cuTensorMapEncodeTiled rejected ", name, " (CUresult ", error, ")");
+      return false;
+    }
+
+  cuda::AttentionParams p;
+  p.dtype = a.q.dtype == FLASH4_BF16 ? cuda::DType::bf16 : cuda::DType::f16;
+  p.q = dense_layout(a.q);
+  p.k = dense_layout(a.k);
+  p.v = dense_layout(a.v);
+  p.out = dense_layout(a.out);
+  if (a.lse.data != nullptr) {  // [B, Hq, Sq]
+    p.lse = static_cast<float*>(a.lse.data);
+    p.lse_batch_stride = a.lse.stride[0];
+    p.lse_head_stride = a.lse.stride[1];
+    p.lse_row_stride = a.lse.stride[2];
+  }
+  p.batch = int(shape.batch);
+  p.heads_q = int(shape.heads_q);
+  p.heads_kv = int(shape.heads_kv);
+  p.group = int(shape.heads_q / shape.heads_kv);
+  p.d_qk = int(shape.d_qk);
+  p.d_v = int(shape.d_v);
+  p.seqlen_q = int(shape.seqlen_q);
+  p.seqlen_k = int(shape.seqlen_k);
+  p.tokens_q = shape.tokens_q;
+  p.tokens_k = shape.tokens_k;
+  p.scale = float(shape.softmax_scale);
+  p.scale_log2 = float(shape.softmax_scale * 1.4426950408889634);
+  p.causal = a.options.causal != 0;
+  const int emulation = a.tuning.exp2_emulation;
+  p.emulate_exp2 = emulation == 2 || (emulation == 0 && kEmulateExp2ByDefault);
+  p.rescale_tau = cuda::effective_rescale_threshold(a.tuning.rescale_threshold);
+
+  cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
+  try {
+    if (shape.d_qk == 64)
+      hopper::forward_sm90<64>(maps, p, stream);
+    else
+      hopper::forward_sm90<128>(maps, p, stream);
+    *status = FLASH4_OK;
+  } catch (const cuda::CudaError& e) {
+    set_last_error(std::string("flash4 Hopper CUDA backend: ") + e.what());
+    *status = FLASH4_DEVICE_ERROR;
+  }
+  return true;
+}
+
+}  // namespace flash4::detail

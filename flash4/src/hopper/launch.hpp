@@ -1,0 +1,30 @@
+// Launchers of the Hopper (sm90a) kernels, one explicit instantiation per head dim in its
+// own .cu file (forward_sm90_hdim*.cu) so the build parallelises. Called by hopper.cpp
+// with params it has checked are covered and TMA descriptors it has encoded.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include "cuda/params.hpp"
+
+namespace flash4::hopper {
+
+// Tensor maps: 4-d (D, S, H, B) views of q, k, v with a box of 64 columns x 128 rows and
+// the 128-byte swizzle (see ptx_sm90.cuh).
+struct ForwardTensorMaps {
+  CUtensorMap q, k, v;
+};
+
+inline constexpr int kTmaBoxRows = 128;  // kBlockM = kBlockN of the forward
+
+template <int D>
+void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p, cudaStream_t stream);
+
+}  // namespace flash4::hopper
+
+namespace flash4::hopper {
+// Whether the Hopper kernels in this binary are sm_90a machine code the current device
+// runs (cudaFuncGetAttributes' binaryVersion 90); false on any other device.
+bool forward_sm90_runs_here();
+}  // namespace flash4::hopper

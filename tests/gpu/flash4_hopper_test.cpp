@@ -1,0 +1,163 @@
+// flash4's Hopper (sm90a) forward against the float64 CPU reference, on an sm_90 device:
+// every case the Hopper kernels cover (dense bf16 / fp16, d = 64 and 128, GQA / MQA,
+// causal or not, BSHD / BHSD) must run on them -- flash4_last_backend() says "hopper" --
+// and match the reference; out and lse are NaN-poisoned before each call. Lengths
+// {1, 17, 128, 1000, 4097} as Sq = Sk, Sq < Sk and Sq > Sk. Calls the kernels do not cover
+// fall back to the portable ones, and FLASH4_BACKEND=portable forces those.
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+
+#include "common/random.hpp"
+#include "flash4_gpu_problem.hpp"
+
+namespace flash4_gpu {
+namespace {
+
+bool is_sm90() {
+  int device = 0, major = 0, minor = 0;
+  if (!have_gpu() || cudaGetDevice(&device) != cudaSuccess) return false;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  return major == 9 && minor == 0;
+}
+
+// Runs p's forward on the GPU and the reference; returns the backend that ran it.
+std::string check_forward(const Problem& p) {
+  auto rng = testing_support::make_rng(std::hash<std::string>{}(p.describe()));
+  SCOPED_TRACE(p.describe());
+  ProblemRunner runner(p, rng);
+  runner.setup();
+  Errors e;
+  runner.forward(e);
+  if (::testing::Test::HasFatalFailure()) return "";
+  std::printf("[ errors ] %s | %s | out %.2e lse %.2e\n", p.describe().c_str(), runner.gpu_backend().c_str(), e.out,
+              e.lse);
+  const Tolerance tol = tolerance_for(p.dtype);
+  EXPECT_LT(e.out, tol.out) << "out";
+  EXPECT_LT(e.lse, tol.lse_abs) << "lse (max abs)";
+  return runner.gpu_backend();
+}
+
+std::string test_name(const ::testing::TestParamInfo<Problem>& info) {
+  std::string s = std::to_string(info.index) + "_" + info.param.describe();
+  std::string out;
+  for (char c : s) out += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+  return out;
+}
+
+Problem forward_only(Problem p) {
+  p.backward = false;
+  return p;
+}
+
+class Flash4Hopper : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4Hopper, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  const std::string backend = check_forward(GetParam());
+  EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+}
+
+// d x dtype x causal over shapes with Sq = Sk, Sq < Sk, Sq > Sk and GQA.
+std::vector<Problem> covered_cases() {
+  struct Shape {
+    int B, Hq, Hkv, Sq, Sk;
+  };
+  const Shape shapes[] = {{2, 4, 2, 128, 128}, {1, 2, 2, 17, 1000}, {2, 2, 1, 1000, 17}, {3, 2, 2, 1, 128},
+                          {1, 2, 1, 1000, 1000}, {1, 1, 1, 128, 4097}, {1, 8, 1, 17, 17},  {2, 2, 1, 1, 1}};
+  std::vector<Problem> cases;
+  int i = 0;
+  for (int d : {64, 128})
+    for (flash4_dtype dtype : {FLASH4_BF16, FLASH4_F16})
+      for (bool causal : {false, true})
+        for (int repeat = 0; repeat < 2; ++repeat) {
+          const Shape& s = shapes[i++ % 8];
+          Problem p;
+          p.label = "hopper";
+          p.dtype = dtype;
+          p.Dqk = p.Dv = d;
+          p.B = s.B, p.Hq = s.Hq, p.Hkv = s.Hkv, p.Sq = s.Sq, p.Sk = s.Sk;
+          p.causal = causal;
+          cases.push_back(forward_only(p));
+        }
+  // Lengths {1, 17, 128, 1000, 4097}: square, fewer and more queries than keys.
+  const int pairs[][2] = {{4097, 4097}, {4097, 1000}, {1000, 4097}, {17, 4097}, {4097, 17}, {1, 4097}, {4097, 1}};
+  for (auto [sq, sk] : pairs)
+    for (bool causal : {false, true}) {
+      Problem p;
+      p.label = "hopper length";
+      p.Dqk = p.Dv = 64;
+      p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = sq, p.Sk = sk;
+      p.causal = causal;
+      cases.push_back(forward_only(p));
+    }
+  {  // MQA, BHSD memory order, fp16, d = 128.
+    Problem p;
+    p.label = "hopper bhsd mqa";
+    p.dtype = FLASH4_F16;
+    p.B = 2, p.Hq = 6, p.Hkv = 1, p.Sq = 300, p.Sk = 520;
+    p.bhsd = true;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+  }
+  {  // Padded token rows (row stride > H * D).
+    Problem p;
+    p.label = "hopper row_pad";
+    p.B = 2, p.Hq = 2, p.Hkv = 2, p.Sq = 260, p.Sk = 260;
+    p.row_pad = 8;
+    cases.push_back(forward_only(p));
+  }
+  // Large logits: the row max grows by more than tau across blocks (rescaling runs), with
+  // each FA4 switch.
+  for (int variant = 0; variant < 3; ++variant) {
+    Problem p;
+    p.label = "hopper rescale";
+    p.Dqk = p.Dv = variant == 1 ? 64 : 128;
+    p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = 700, p.Sk = 1500;
+    p.q_scale = 6.0;
+    p.causal = variant == 2;
+    if (variant == 1) p.tuning.exp2_emulation = 2;
+    if (variant == 2) p.tuning.rescale_threshold = -1;
+    cases.push_back(forward_only(p));
+  }
+  {  // exp2 emulation on, bf16 d = 128, causal.
+    Problem p;
+    p.label = "hopper emulated exp2";
+    p.B = 2, p.Hq = 2, p.Hkv = 1, p.Sq = 1000, p.Sk = 1000;
+    p.causal = true;
+    p.tuning.exp2_emulation = 2;
+    cases.push_back(forward_only(p));
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Covered, Flash4Hopper, ::testing::ValuesIn(covered_cases()), test_name);
+
+TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  Problem p;
+  p.label = "softcap";
+  p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = 100, p.Sk = 100;
+  p.softcap = 20;
+  EXPECT_EQ(check_forward(forward_only(p)), "portable");
+  p.label = "d = 96";
+  p.softcap = 0;
+  p.Dqk = p.Dv = 96;
+  EXPECT_EQ(check_forward(forward_only(p)), "portable");
+}
+
+TEST(Flash4HopperDispatch, EnvironmentForcesThePortableKernels) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  const char* before = std::getenv("FLASH4_BACKEND");
+  const std::string saved = before ? before : "";
+  setenv("FLASH4_BACKEND", "portable", 1);
+  Problem p;
+  p.label = "forced portable";
+  p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = 200, p.Sk = 200;
+  const std::string backend = check_forward(forward_only(p));
+  if (before) setenv("FLASH4_BACKEND", saved.c_str(), 1); else unsetenv("FLASH4_BACKEND");
+  EXPECT_EQ(backend, "portable");
+}
+
+}  // namespace
+}  // namespace flash4_gpu
