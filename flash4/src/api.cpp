@@ -42,7 +42,11 @@ flash4_status no_cuda_implementation() {
 }
 
 flash4_status hopper_not_built() {
+#ifdef FLASH4_HAVE_HOPPER
+  set_last_error("flash4: the Hopper (sm90a) backend has no backward yet; use FLASH4_BACKEND_AUTO or FLASH4_BACKEND_PORTABLE");
+#else
   set_last_error("flash4: the Hopper (sm90a) backend is not built; use FLASH4_BACKEND_AUTO or FLASH4_BACKEND_PORTABLE");
+#endif
   return FLASH4_UNSUPPORTED;
 }
 
@@ -82,10 +86,28 @@ extern "C" flash4_status flash4_forward(const flash4_forward_args* args) {
   return guarded("flash4_forward", [&]() -> flash4_status {
     if (args == nullptr) throw flash4::detail::InvalidArgument("flash4_forward: args is NULL");
     flash4::detail::validate_forward(*args);
-    return dispatch(*args, flash4::detail::reference_forward, [](const flash4_forward_args& a) {
+    std::string not_hopper;  // why the Hopper kernels did not run a call they were preferred for
+#ifdef FLASH4_HAVE_HOPPER
+    if (args->device == FLASH4_CUDA && flash4::detail::hopper_preferred(args->backend)) {
+      flash4_status status = FLASH4_OK;
+      if (flash4::detail::hopper_forward(*args, &status, &not_hopper)) {
+        if (status == FLASH4_OK) set_last_backend("hopper");
+        flash4::detail::log_backend("flash4_forward", "hopper", "");
+        return status;
+      }
+      if (args->backend == FLASH4_BACKEND_HOPPER) {
+        set_last_error("flash4_forward: FLASH4_BACKEND_HOPPER does not cover this call: " + not_hopper);
+        return FLASH4_UNSUPPORTED;
+      }
+    }
+#endif
+    return dispatch(*args, flash4::detail::reference_forward, [&](const flash4_forward_args& a) {
 #if defined(FLASH4_WITH_CUDA) && defined(FLASH4_HAVE_PORTABLE)
       flash4_status status = flash4::detail::portable_forward(a);
       if (status == FLASH4_OK) set_last_backend("portable");
+#ifdef FLASH4_HAVE_HOPPER
+      flash4::detail::log_backend("flash4_forward", "portable", not_hopper.empty() ? "" : "not hopper: " + not_hopper);
+#endif
       return status;
 #else
       (void)a;

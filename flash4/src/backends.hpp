@@ -24,4 +24,17 @@ flash4_status portable_forward(const flash4_forward_args& args);
 flash4_status portable_backward(const flash4_backward_args& args);
 #endif
 
+#ifdef FLASH4_HAVE_HOPPER
+// Hopper (sm90a) kernels (src/hopper), forward only so far. hopper_forward runs `args` when
+// they cover it (returns true, the launch's status in *status) and otherwise returns false
+// with the reason in *gap, having touched nothing. hopper_preferred: whether to try them
+// for the requested backend (AUTO: the library default; the environment variable
+// FLASH4_BACKEND=portable|hopper overrides it for A/B runs).
+bool hopper_preferred(flash4_backend requested);
+bool hopper_forward(const flash4_forward_args& args, flash4_status* status, std::string* gap);
+// FLASH4_LOG=1: one line on stderr per call naming the implementation that ran, and why
+// the Hopper kernels did not when they were preferred.
+void log_backend(const char* entry, const char* backend, const std::string& note);
+#endif
+
 }  // namespace flash4::detail
