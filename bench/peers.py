@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
 """flash4 next to its peers, in one process, on the same tensors.
 
-Loads libflash4.so through ctypes and calls its C ABI (flash4.h) with torch tensors'
-data pointers on torch's current stream, and times it beside torch's scaled_dot_product_
-attention with the cuDNN and FLASH_ATTENTION (FlashAttention-2) backends. bf16, BSHD,
-16384 tokens in total (batch = 16384 / S), hidden 2048 (heads = 2048 / d); FLOPs by
-convention (forward 4 B H S^2 d, halved when causal; backward 2.5x forward); CUDA events,
-median of the repeats after warm-up. Also checks that flash4's output matches cuDNN's.
+Times flash4 through its PyTorch op (flash4.attention = torch.ops.flash4.fwd / bwd with
+autograd; flash4/torch, built by flash4/torch/build.py) beside torch's
+scaled_dot_product_attention with the cuDNN and FLASH_ATTENTION (FlashAttention-2)
+backends, each called the way a PyTorch user calls it: forward alone, and the backward as
+torch.autograd.grad over the forward's graph. bf16, BSHD, 16384 tokens in total
+(batch = 16384 / S), hidden 2048 (heads = 2048 / d); FLOPs by convention (forward
+4 B H S^2 d, halved when causal; backward 2.5x forward; fwd+bwd 3.5x over the sum of the
+two times); CUDA events, median of the repeats after warm-up. Also checks that flash4's
+output matches cuDNN's.
 
-    python3 bench/peers.py --lib build-gpu/libflash4.so [--quick] [--repeats 20]
+    PYTHONPATH=flash4/torch python3 bench/peers.py [--quick] [--repeats 20] [--markdown table.md]
 
-Needs PyTorch with CUDA (the device machine has 2.11). libflash4.so: scripts/gpu_check.sh
-links it from the static library.
+When the op is not built, --lib build-gpu/libflash4.so times flash4 through its C ABI by
+ctypes instead (forward and backward kernels alone, no autograd). Needs PyTorch with CUDA
+(the device machine has 2.11).
 """
 import argparse
 import ctypes
+import os
 import statistics
 import sys
 
@@ -122,23 +127,45 @@ def median_ms(fn, warmup, repeats):
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, stops))
 
 
+def load_op():
+    """flash4's PyTorch op, or None (with the reason on stderr) when it is not built."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "flash4", "torch"))
+    try:
+        import flash4
+    except ImportError as e:
+        print(f"flash4 op unavailable: {e}", file=sys.stderr)
+        return None
+    if not flash4.available():
+        print(f"flash4 op unavailable: {flash4._load_error}", file=sys.stderr)
+        return None
+    return flash4
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lib", required=True, help="path of libflash4.so")
+    ap.add_argument("--lib", help="libflash4.so for the ctypes fallback (used only when the op is not built)")
     ap.add_argument("--quick", action="store_true", help="d = 128, S in {1024, 4096, 16384}")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--markdown", help="also write the table as markdown rows to this file")
     args = ap.parse_args()
 
-    f4 = Flash4(args.lib)
+    op = load_op()
+    if op is None and not args.lib:
+        sys.exit("peers.py: flash4's PyTorch op is not built (flash4/torch/build.py) and no --lib was given")
+    f4 = None if op is not None else Flash4(args.lib)
+    via = "torch.ops.flash4 (autograd)" if op is not None else f"ctypes {args.lib}"
     print(f"peers on {torch.cuda.get_device_name()} with torch {torch.__version__}, "
-          f"cuDNN {torch.backends.cudnn.version()}; bf16, 16384 tokens, hidden 2048, TFLOPs fwd/bwd")
+          f"cuDNN {torch.backends.cudnn.version()}; flash4 via {via}; bf16, 16384 tokens, hidden 2048; "
+          f"TFLOPs fwd/bwd/fwd+bwd")
     dims = [128] if args.quick else [64, 128, 256]
     lengths = [1024, 4096, 16384] if args.quick else [512, 1024, 2048, 4096, 8192, 16384]
-    header = (f"{'d':>4} {'S':>6} {'causal':>6} | {'flash4':>11} | {'cuDNN':>11} | {'FA2':>11} | "
-              f"{'f4/cuDNN':>9} | {'f4/FA2':>9} | max|f4-cuDNN|")
+    header = (f"{'d':>4} {'S':>6} {'causal':>6} | {'flash4':>15} | {'cuDNN':>15} | {'FA2':>15} | "
+              f"{'f4/cuDNN':>14} | {'f4/FA2':>14} | max|f4-cuDNN|")
     print(header)
     print("-" * len(header))
-    rows = []
+    md = ["| d | S | causal | flash4 | cuDNN | FA2 | f4/cuDNN | f4/FA2 | max\\|f4-cuDNN\\| |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    backend = None
     for d in dims:
         for S in lengths:
             for causal in (False, True):
@@ -146,21 +173,34 @@ def main():
                 gen = torch.Generator(device="cuda").manual_seed(S * 1000 + d)
                 mk = lambda: torch.randn(B, S, H, d, device="cuda", dtype=torch.bfloat16, generator=gen)
                 q, k, v, dout = mk(), mk(), mk(), mk()
-                out = torch.empty_like(q)
-                lse = torch.empty(B, H, S, device="cuda", dtype=torch.float32)
-                dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
                 flops = 4.0 * B * H * S * S * d / (2 if causal else 1)
 
-                f4_fwd = median_ms(lambda: f4.forward(q, k, v, out, lse, causal), 3, args.repeats)
-                f4_bwd = median_ms(lambda: f4.backward(q, k, v, out, dout, lse, dq, dk, dv, causal), 3, args.repeats)
+                if op is not None:
+                    with torch.no_grad():
+                        out = op.attention(q, k, v, causal=causal)
+                    backend = op.last_backend()
+                    f4_fwd = median_ms(lambda: op.attention(q, k, v, causal=causal), 3, args.repeats)
+                    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+                    og = op.attention(qg, kg, vg, causal=causal)
+                    f4_bwd = median_ms(lambda: torch.autograd.grad(og, (qg, kg, vg), dout, retain_graph=True),
+                                       3, args.repeats)
+                    del qg, kg, vg, og
+                else:
+                    out = torch.empty_like(q)
+                    lse = torch.empty(B, H, S, device="cuda", dtype=torch.float32)
+                    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+                    f4_fwd = median_ms(lambda: f4.forward(q, k, v, out, lse, causal), 3, args.repeats)
+                    f4_bwd = median_ms(lambda: f4.backward(q, k, v, out, dout, lse, dq, dk, dv, causal), 3,
+                                       args.repeats)
+                    del lse, dq, dk, dv
 
                 # SDPA wants [B, H, S, D]: the same memory seen through transposed strides.
                 qt, kt, vt = (x.transpose(1, 2).detach().requires_grad_() for x in (q, k, v))
                 gt = dout.transpose(1, 2)
-                result = {}
-                for name, backend in (("cuDNN", SDPBackend.CUDNN_ATTENTION), ("FA2", SDPBackend.FLASH_ATTENTION)):
+                result, o = {}, None
+                for name, sdpa_backend in (("cuDNN", SDPBackend.CUDNN_ATTENTION), ("FA2", SDPBackend.FLASH_ATTENTION)):
                     try:
-                        with sdpa_kernel(backend):
+                        with sdpa_kernel(sdpa_backend):
                             o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
                             fwd = median_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal),
                                             3, args.repeats)
@@ -175,19 +215,29 @@ def main():
                     return flops * scale / ms * 1e-9
 
                 def cell(r):
-                    return f"{tf(r[0]):5.0f}/{tf(r[1], 2.5):5.0f}" if r else f"{'n/a':>11}"
+                    if not r:
+                        return "n/a"
+                    return f"{tf(r[0]):.0f}/{tf(r[1], 2.5):.0f}/{tf(r[0] + r[1], 3.5):.0f}"
 
-                def ratio(r, i):  # flash4's TFLOPs over the peer's = the peer's time over flash4's
-                    return f"{r[i] / (f4_fwd, f4_bwd)[i]:4.2f}" if r else " n/a"
+                def ratio(r):  # flash4's TFLOP/s over the peer's = the peer's time over flash4's
+                    if not r:
+                        return "n/a"
+                    return f"{r[0] / f4_fwd:.2f}/{r[1] / f4_bwd:.2f}/{(r[0] + r[1]) / (f4_fwd + f4_bwd):.2f}"
 
                 cu, fa = result["cuDNN"], result["FA2"]
+                mine = (f4_fwd, f4_bwd)
                 diff = (out.float() - cu[2].float()).abs().max().item() if cu else float("nan")
-                print(f"{d:>4} {S:>6} {int(causal):>6} | {tf(f4_fwd):5.0f}/{tf(f4_bwd, 2.5):5.0f} | {cell(cu)} | "
-                      f"{cell(fa)} | {ratio(cu, 0):>4}/{ratio(cu, 1):>4} | {ratio(fa, 0):>4}/{ratio(fa, 1):>4} | "
-                      f"{diff:.3g}", flush=True)
-                rows.append((d, S, causal, f4_fwd, f4_bwd, cu, fa))
-                del q, k, v, dout, out, lse, dq, dk, dv, qt, kt, vt, result
+                print(f"{d:>4} {S:>6} {int(causal):>6} | {cell(mine):>15} | {cell(cu):>15} | {cell(fa):>15} | "
+                      f"{ratio(cu):>14} | {ratio(fa):>14} | {diff:.3g}", flush=True)
+                md.append(f"| {d} | {S} | {int(causal)} | {cell(mine)} | {cell(cu)} | {cell(fa)} | {ratio(cu)} | "
+                          f"{ratio(fa)} | {diff:.2g} |")
+                del q, k, v, dout, out, qt, kt, vt, result, o
                 torch.cuda.empty_cache()
+    if backend:
+        print(f"flash4 backend (flash4_last_backend after a forward): {backend}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

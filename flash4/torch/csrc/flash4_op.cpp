@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <tuple>
 
 namespace {
@@ -217,6 +218,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward(const Tensor& dout_in, const
   return {dq, dk, dv, dsink};
 }
 
+// Which implementation the last call on this thread ran ("portable", "hopper", "reference").
+std::string last_backend() { return flash4_last_backend(); }
+
 }  // namespace
 
 TORCH_LIBRARY(flash4, m) {
@@ -230,6 +234,7 @@ TORCH_LIBRARY(flash4, m) {
       "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, Tensor? seqused_k, int max_seqlen_q, int max_seqlen_k, "
       "float softmax_scale, bool causal, int window_left, int window_right, float softcap, bool deterministic) "
       "-> (Tensor dq, Tensor dk, Tensor dv, Tensor dsink)");
+  m.def("last_backend() -> str", &last_backend);
 }
 
 TORCH_LIBRARY_IMPL(flash4, CUDA, m) {

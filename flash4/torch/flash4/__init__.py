@@ -17,6 +17,7 @@ Ops (schemas in flash4_op.cpp):
     torch.ops.flash4.bwd(dout, q, k, v, out, lse, sink, cu_seqlens_q, cu_seqlens_k, seqused_k,
                          max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_left,
                          window_right, softcap, deterministic) -> (dq, dk, dv, dsink)
+    torch.ops.flash4.last_backend() -> str
 
 The library is found at $FLASH4_TORCH_LIB, else at <repo>/build-torch/ext/flash4_torch.so
 (build.py's default).
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["attention", "paged_attention", "available", "library_path", "load_library"]
+__all__ = ["attention", "paged_attention", "available", "last_backend", "library_path", "load_library"]
 
 _loaded = False
 _load_error: str | None = None
@@ -117,6 +118,13 @@ def _register() -> None:
         return (dq, dk, dv, dsink if sink is not None else None) + (None,) * 12
 
     torch.library.register_autograd("flash4::fwd", backward, setup_context=setup_context)
+
+
+def last_backend() -> str:
+    """Name of the implementation flash4's last call on this thread ran ("portable",
+    "hopper", "reference"). Autograd runs backward on its own threads: ask after a forward."""
+    _require()
+    return torch.ops.flash4.last_backend()
 
 
 def _require() -> None:
