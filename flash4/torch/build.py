@@ -2,7 +2,7 @@
 """Builds flash4's PyTorch extension: libflash4 through the project's CMake, then
 csrc/flash4_op.cpp through torch.utils.cpp_extension, linked against it.
 
-    python3 flash4/torch/build.py [--gencode "-gencode=arch=compute_90a,code=sm_90a"] [--jobs 16]
+    python3 flash4/torch/build.py [--sm90a-only | --gencode="-gencode=..."] [--jobs 16]
 
 Output: build-torch/ext/flash4_torch.so, which `import flash4` (PYTHONPATH=flash4/torch)
 loads. Needs PyTorch, CMake, Ninja and the project's C++ build dependencies
@@ -36,7 +36,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "build-torch"), help="build directory (default build-torch)")
     ap.add_argument("--cmake-build", default=None, help="CMake build directory for libflash4 (default OUT/cmake)")
-    ap.add_argument("--gencode", default=None, help="ADEPT_CUDA_GENCODE, e.g. -gencode=arch=compute_90a,code=sm_90a")
+    ap.add_argument("--gencode", default=None,
+                    help="ADEPT_CUDA_GENCODE (write --gencode=-gencode=arch=...,code=...: the value starts with '-')")
+    ap.add_argument("--sm90a-only", action="store_true",
+                    help="kernels for sm_90a alone (H100 / H200), a faster build than the default sm_80 + sm_90a")
     ap.add_argument("--cuda", choices=["auto", "on", "off"], default="auto",
                     help="build flash4's CUDA backends (auto: when nvcc is found)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
@@ -47,8 +50,9 @@ def main():
     t0 = time.time()
     configure = ["cmake", "-S", REPO, "-B", cmake_dir, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
                  "-DADEPT_TESTS=OFF", "-DADEPT_BENCH=OFF"]
-    if args.gencode:
-        configure.append(f"-DADEPT_CUDA_GENCODE={args.gencode}")
+    gencode = "-gencode=arch=compute_90a,code=sm_90a" if args.sm90a_only else args.gencode
+    if gencode:
+        configure.append(f"-DADEPT_CUDA_GENCODE={gencode}")
     if args.cuda != "auto":
         configure.append(f"-DADEPT_CUDA={'ON' if args.cuda == 'on' else 'OFF'}")
     run(configure)

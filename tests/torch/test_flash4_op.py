@@ -143,11 +143,18 @@ def check_case(seed, dtype, B, Sq, Sk, Hq, Hkv, D, Dv=None, causal=False, window
 
     tol = TOL[dtype]
     what = f"seed {seed}"
+    finite = torch.isfinite(ref_lse)
+    errors = {"out": rel_err(out, ref_out), "dq": rel_err(q1.grad, q64.grad), "dk": rel_err(k1.grad, k64.grad),
+              "dv": rel_err(v1.grad, v64.grad)}
+    if with_sink:
+        errors["dsink"] = rel_err(s1.grad, s64.grad)
+    if finite.any():
+        errors["lse_abs"] = (lse.double() - ref_lse)[finite].abs().max().item()
+    print("errors " + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
     assert out.dtype == dtype and out.shape == (B, Sq, Hq, Dv)
     assert lse.dtype == torch.float32 and lse.shape == (B, Hq, Sq)
     assert rel_err(out, ref_out) < tol, f"out {rel_err(out, ref_out):.3g}, {what}"
     assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)), f"lse -inf rows differ, {what}"
-    finite = torch.isfinite(ref_lse)
     if finite.any():
         lse_err = (lse.double() - ref_lse)[finite].abs().max().item()
         assert lse_err < LSE_TOL, f"lse {lse_err:.3g}, {what}"
