@@ -144,12 +144,13 @@ def load_op():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lib", help="libflash4.so for the ctypes fallback (used only when the op is not built)")
+    ap.add_argument("--ctypes", action="store_true", help="use the ctypes path (--lib) even when the op is built")
     ap.add_argument("--quick", action="store_true", help="d = 128, S in {1024, 4096, 16384}")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--markdown", help="also write the table as markdown rows to this file")
     args = ap.parse_args()
 
-    op = load_op()
+    op = None if args.ctypes else load_op()
     if op is None and not args.lib:
         sys.exit("peers.py: flash4's PyTorch op is not built (flash4/torch/build.py) and no --lib was given")
     f4 = None if op is not None else Flash4(args.lib)

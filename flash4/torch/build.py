@@ -4,7 +4,8 @@ csrc/flash4_op.cpp through torch.utils.cpp_extension, linked against it.
 
     python3 flash4/torch/build.py [--sm90a-only | --gencode="-gencode=..."] [--jobs 16]
 
-Output: build-torch/ext/flash4_torch.so, which `import flash4` (PYTHONPATH=flash4/torch)
+Output: build-torch/lib/libflash4.so (the C ABI) and build-torch/ext/flash4_torch.so (the
+ops, linked to it), which `import flash4` (PYTHONPATH=flash4/torch)
 loads. Needs PyTorch, CMake, Ninja and the project's C++ build dependencies
 (scripts/install_deps.sh; on the device machine, .device-carry/deps.tar). Not part of
 the CMake build or CI: CI has no PyTorch.
@@ -30,6 +31,29 @@ def uses_driver_api(archive: Path) -> bool:
     listing = subprocess.run(["nm", "-u", str(archive)], capture_output=True, text=True).stdout
     names = [line.split()[-1] for line in listing.splitlines() if line.strip()]
     return any(n.startswith("cu") and n[2:3].isupper() for n in names)
+
+
+def link_shared_library(archive: Path, lib_dir: Path, cuda_home: Path) -> Path:
+    """libflash4.so from libflash4.a: the C ABI (flash4_*) exported and nothing else, the CUDA
+    runtime linked statically, as scripts/gpu_check.sh links it for bench/peers.py's ctypes
+    path. The extension links this rather than the archive: linked straight into the
+    extension (CUDA runtime shared with torch's, every flash4 symbol exported), the first
+    CUDA call crashed the process on the H200 (2026-11-30; cause not established)."""
+    lib_dir.mkdir(parents=True, exist_ok=True)
+    exports = lib_dir / "flash4.map"
+    exports.write_text("{ global: flash4_*; local: *; };\n")
+    listing = subprocess.run(["nm", "-u", str(archive)], capture_output=True, text=True).stdout
+    uses_cuda = any(line.split()[-1].startswith("cuda") for line in listing.splitlines() if line.strip())
+    shared = lib_dir / "libflash4.so"
+    cmd = ["g++", "-shared", "-o", shared, "-Wl,--whole-archive", archive, "-Wl,--no-whole-archive",
+           f"-Wl,--version-script={exports}"]
+    if uses_cuda:
+        cmd += [f"-L{cuda_home / 'lib64'}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
+    if uses_driver_api(archive):
+        cmd += [f"-L{cuda_home / 'lib64' / 'stubs'}", "-lcuda"]
+    cmd += ["-lgomp"]
+    run(cmd)
+    return shared
 
 
 def main():
@@ -64,10 +88,8 @@ def main():
     # Imported late: the CMake step does not need torch.
     from torch.utils import cpp_extension
 
-    ldflags = [str(archive), "-lgomp"]
-    if uses_driver_api(archive):
-        stubs = Path(cpp_extension.CUDA_HOME or "/usr/local/cuda") / "lib64" / "stubs"
-        ldflags += [f"-L{stubs}", "-lcuda"]
+    shared = link_shared_library(archive, out / "lib", Path(cpp_extension.CUDA_HOME or "/usr/local/cuda"))
+    ldflags = [f"-L{shared.parent}", "-lflash4", f"-Wl,-rpath,{shared.parent}"]
     ext_dir = out / "ext"
     ext_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MAX_JOBS", str(args.jobs))
