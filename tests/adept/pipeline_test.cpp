@@ -52,8 +52,13 @@ TEST(Pipeline, RunsEveryMethodAndWritesTheReport) {
   std::string report = run_pipeline(rc, quiet);
 
   for (const char* f : {"report.md", "results.json", "loss_curves.svg", "layer_importance.svg", "lr_multipliers.svg",
-                        "layer_importance.json", "adept.lr_multipliers.jsonl", "pretrain.metrics.jsonl"})
+                        "layer_importance.json", "adept/lr_multipliers.jsonl", "base/metrics.jsonl",
+                        "base/model/config.json", "data/general-text/manifest.json"})
     EXPECT_TRUE(fs::exists(dir / "run" / f)) << f;
+  for (const char* m : {"adept", "full", "llama-pro", "freeze"}) {
+    EXPECT_TRUE(fs::exists(dir / "run" / m / "model" / "config.json")) << m;
+    EXPECT_TRUE(fs::exists(dir / "run" / m / "model" / "model.safetensors")) << m;
+  }
   std::ifstream in(dir / "run" / "results.json");
   nlohmann::json results = nlohmann::json::parse(in);
   for (const char* m : {"adept", "full", "llama-pro", "freeze"}) {

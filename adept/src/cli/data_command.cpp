@@ -103,7 +103,7 @@ void add_data_command(CLI::App& app) {
                    "\"bytes\", a model directory, a tokenizer.json or a SentencePiece *.model file")
       ->capture_default_str();
   prep->add_option("--format", args->format, "text | jsonl | instruct")->capture_default_str();
-  prep->add_option("--split", args->split, "Text documents: file (one per file) | blocks (blank-line separated)")
+  prep->add_option("--split", args->split, "Text documents: file (one per file) | blocks (blank-line separated) | fortune (%-line separated)")
       ->capture_default_str();
   prep->add_option("--text-field", o.text_field, "JSONL: the document's field")->capture_default_str();
   prep->add_option("--prompt-field", o.prompt_field, "instruct: the prompt's field")->capture_default_str();

@@ -1,16 +1,24 @@
-// `adept train [config.toml]`: train a decoder on a text corpus (default: the embedded
-// tiny run), with a progress bar, held-out loss, a metrics log and a summary.
+// `adept train [config.toml]`: train a decoder from scratch on data.train (default: the
+// embedded tiny run), with a progress bar, held-out loss, a metrics log, resumable
+// checkpoints and the trained model written as a Hugging Face checkpoint.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <filesystem>
 
 #include "cli/commands.hpp"
 #include "core/atomic_file.hpp"
 #include "core/embedded.hpp"
 #include "model/decoder.hpp"
+#include "pipeline/model_files.hpp"
+#include "pipeline/study_data.hpp"
 #include "train/report.hpp"
 #include "train/run_config.hpp"
 #include "train/trainer.hpp"
 
 namespace adept::cli {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -21,25 +29,27 @@ struct TrainArgs {
   bool quiet = false;
 };
 
-// Byte-level tokens: the embedded default needs no tokenizer file.
-std::vector<int32_t> byte_tokens(const std::string& text) {
-  std::vector<int32_t> ids(text.size());
-  for (size_t i = 0; i < text.size(); ++i) ids[i] = static_cast<unsigned char>(text[i]);
-  return ids;
-}
-
 void run_train(const TrainArgs& args) {
   RunConfig rc = load_run_config(args.config_path);
   if (args.steps > 0) rc.train.steps = args.steps;
   if (!args.out_dir.empty()) rc.train.out_dir = args.out_dir;
+  const fs::path out = rc.train.out_dir;
+  make_directories(out.string());
 
-  std::vector<int32_t> stream = byte_tokens(read_text_source(rc.data.train));
-  size_t holdout_len = size_t(double(stream.size()) * rc.data.holdout_fraction);
-  std::vector<int32_t> holdout_stream(stream.end() - int64_t(holdout_len), stream.end());
-  stream.resize(stream.size() - holdout_len);
-  WindowSampler train_data(std::move(stream), rc.train.seq_len, rc.train.seed);
-  std::optional<WindowSampler> holdout;
-  if (holdout_len > size_t(rc.train.seq_len)) holdout.emplace(std::move(holdout_stream), rc.train.seq_len, rc.train.seed);
+  RunTokenizer tokenizer = resolve_tokenizer(rc.data.tokenizer, "");
+  check_vocabulary(rc.model.vocab_size, tokenizer, rc.source + ": [model] vocab_size");
+  Corpus corpus = open_corpus(corpus_spec("train", rc.data.train, rc.data.train_split, rc.data), tokenizer.named,
+                              (out / "data").string(), !args.quiet);
+  LoaderConfig lc;
+  lc.batch_size = rc.train.batch_size;
+  lc.seq_len = rc.train.seq_len;
+  lc.seed = rc.train.seed;
+  lc.holdout_fraction = rc.data.holdout_fraction;
+  lc.split_seed = rc.data.split_seed;
+  std::vector<LoaderSource> sources;
+  add_loader_sources(sources, corpus, 1.0);
+  PackedLoader loader(std::move(sources), lc);
+  HeldOutCorpus holdout = held_out_corpus(corpus, lc);
 
   Decoder<float> model(rc.model);
   model.init_random(rc.train.seed, rc.init_std);
@@ -48,24 +58,35 @@ void run_train(const TrainArgs& args) {
   fmt::print("model    {} | {} layers, hidden {}, heads {}/{} (q/kv), head_dim {}, mlp {}, vocab {} | {:.2f}M params\n",
              m.model_type, m.num_hidden_layers, m.hidden_size, m.num_attention_heads, m.num_key_value_heads,
              m.head_dim, m.intermediate_size, m.vocab_size, double(model.params().total_numel()) / 1e6);
-  fmt::print("data     {} | {} train tokens, {} held-out tokens ({})\n", rc.data.train, train_data.stream_length(),
-             holdout_len, rc.data.tokenizer);
+  fmt::print("data     {} | {} documents, {} tokens, {} held out (tokenizer {})\n", fmt::join(rc.data.train, ", "),
+             corpus.documents, corpus.tokens, holdout.tokens, tokenizer.name);
   fmt::print("train    {} steps x {} sequences x {} tokens (x{} accumulation), lr {} cosine, backend {}\n",
              rc.train.steps, rc.train.batch_size, rc.train.seq_len, rc.train.grad_accum, rc.train.lr, rc.train.backend);
   std::fflush(stdout);
 
-  make_directories(rc.train.out_dir);
+  std::unique_ptr<TrainEngine> engine =
+      make_train_engine(model, rc.train, rc.train.batch_size * rc.train.seq_len, rc.train.seq_len);
   TrainOptions options;
   options.show_progress = !args.quiet;
-  options.metrics_path = rc.train.out_dir + "/metrics.jsonl";
-  TrainResult result = train(model, rc.train, train_data, holdout ? &*holdout : nullptr, options);
+  options.metrics_path = (out / "metrics.jsonl").string();
+  if (!holdout.empty())
+    options.evaluate = [&](TrainEngine& e) {
+      return held_out_loss(holdout, rc.train.eval_batches, [&](const TokenBatch& b) { return e.loss(b); });
+    };
+  options.checkpoint.dir = (out / "checkpoints").string();
+  options.checkpoint.every = rc.train.checkpoint_every;
+  options.checkpoint.resume = rc.run.resume;
+  TrainResult result = train(model, *engine, rc.train, loader_train_data(loader), options);
 
   fmt::print("\n{}", loss_curve_summary(result));
+  HfModelConfig hf(rc.model);
+  save_hf_model((out / "model").string(), model, hf, tokenizer.files_dir, DType::F32);
+  fs::remove_all(out / "checkpoints");
   nlohmann::json summary = train_result_json(result);
   summary["config"] = rc.source;
   summary["parameters"] = model.params().total_numel();
-  write_file_atomic(rc.train.out_dir + "/summary.json", summary.dump(2) + "\n");
-  fmt::print("wrote    {0}/metrics.jsonl, {0}/summary.json\n", rc.train.out_dir);
+  write_file_atomic((out / "summary.json").string(), summary.dump(2) + "\n");
+  fmt::print("wrote    {0}/metrics.jsonl, {0}/summary.json, {0}/model (Hugging Face checkpoint)\n", out.string());
 }
 
 }  // namespace

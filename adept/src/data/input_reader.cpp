@@ -25,12 +25,20 @@ InputFormat parse_input_format(const std::string& name) {
   fail("unknown input format \"{}\" (text, jsonl or instruct)", name);
 }
 
-const char* split_name(TextSplit split) { return split == TextSplit::File ? "file" : "blocks"; }
+const char* split_name(TextSplit split) {
+  switch (split) {
+    case TextSplit::File: return "file";
+    case TextSplit::Blocks: return "blocks";
+    case TextSplit::Fortune: return "fortune";
+  }
+  return "?";
+}
 
 TextSplit parse_text_split(const std::string& name) {
   if (name == "file") return TextSplit::File;
   if (name == "blocks") return TextSplit::Blocks;
-  fail("unknown text split \"{}\" (file or blocks)", name);
+  if (name == "fortune") return TextSplit::Fortune;
+  fail("unknown text split \"{}\" (file, blocks or fortune)", name);
 }
 
 LineReader::LineReader(const std::string& path, int64_t max_line_bytes)
@@ -95,6 +103,9 @@ bool is_blank(std::string_view line) {
   return true;
 }
 
+// The fortune file format (strfile): entries separated by lines holding a lone '%'.
+bool is_fortune_separator(std::string_view line) { return line == "%" || line == "%\r"; }
+
 FileScan read_whole_file(const std::string& path, int64_t max_record_bytes, const RecordCallbacks& cb) {
   std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
   if (!f) fail("{}: cannot open ({})", path, std::strerror(errno));
@@ -128,7 +139,8 @@ FileScan read_records(const std::string& path, InputFormat format, TextSplit spl
       else if (!is_blank(line)) cb.record(reader.line_number(), std::string(line));
     }
   } else {
-    // Blocks: runs of non-blank lines, joined by '\n'.
+    // Blocks: runs of non-blank lines, joined by '\n'. Fortune: the lines between '%' lines
+    // (blank ones included: they belong to the entry).
     std::string block;
     int64_t block_line = 0;
     bool in_block = false, oversized = false;
@@ -140,7 +152,8 @@ FileScan read_records(const std::string& path, InputFormat format, TextSplit spl
       in_block = oversized = false;
     };
     while (reader.next(line, too_long)) {
-      if (!too_long && is_blank(line)) {
+      bool separator = split == TextSplit::Fortune ? is_fortune_separator(line) : is_blank(line);
+      if (!too_long && separator) {
         end_block();
         continue;
       }

@@ -21,12 +21,13 @@ enum class InputFormat {
 enum class TextSplit {
   File,    // a whole file is one document
   Blocks,  // documents are separated by blank (white-space only) lines
+  Fortune, // documents are separated by lines holding a lone '%' (fortune / strfile files)
 };
 
 const char* format_name(InputFormat format);
 InputFormat parse_input_format(const std::string& name);  // text | jsonl | instruct
 const char* split_name(TextSplit split);
-TextSplit parse_text_split(const std::string& name);  // file | blocks
+TextSplit parse_text_split(const std::string& name);  // file | blocks | fortune
 
 // Lines of a file, '\n' removed ('\r' kept), streamed through a fixed buffer.
 class LineReader {

@@ -19,13 +19,14 @@ bool is_norm_tensor(const std::string& name) { return name.find("norm") != std::
 }  // namespace
 
 std::vector<UnitEstimate> estimate_unit_importance(Decoder<float>& model, const std::vector<TokenBatch>& probe,
-                                                   UnitGranularity granularity) {
+                                                   UnitGranularity granularity, const GradientFn& gradient) {
   if (probe.empty()) fail("unit importance needs at least one probe batch");
   ParameterStore<float>& P = model.params();
   std::vector<float> saved = P.gradients();
   std::vector<double> mean_abs_grad(saved.size(), 0.0);
   for (const TokenBatch& b : probe) {
-    batch_gradient(model, b);
+    if (gradient) gradient(b);
+    else batch_gradient(model, b);
     const std::vector<float>& g = P.gradients();
     for (size_t j = 0; j < g.size(); ++j) mean_abs_grad[j] += std::abs(double(g[j])) / double(probe.size());
   }

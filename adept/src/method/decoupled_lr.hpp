@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -32,10 +33,15 @@ struct UnitEstimate {
   double multiplier = 1.0;
 };
 
-// Importance of every unit of the trainable tensors on `probe` batches. Leaves the
-// model's gradients (and of course its weights and any optimizer) exactly as they were.
+// Writes the gradient of a batch's mean loss into model.params()'s gradient slots (the
+// CPU reference's batch_gradient by default; a GPU engine computes it on the device).
+using GradientFn = std::function<void(const TokenBatch& batch)>;
+
+// Importance of every unit of the trainable tensors on `probe` batches, with |W| from
+// the host weights. Leaves the model's gradients (and of course its weights and any
+// optimizer) exactly as they were.
 std::vector<UnitEstimate> estimate_unit_importance(Decoder<float>& model, const std::vector<TokenBatch>& probe,
-                                                   UnitGranularity granularity);
+                                                   UnitGranularity granularity, const GradientFn& gradient = {});
 
 // Fills each unit's multiplier from the importances (the formula above).
 void compute_lr_multipliers(std::vector<UnitEstimate>& units, bool inverted);

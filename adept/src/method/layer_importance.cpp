@@ -5,6 +5,7 @@
 #include <map>
 #include <numeric>
 
+#include "data/packed_loader.hpp"
 #include "train/trainer.hpp"
 
 namespace adept {
@@ -29,13 +30,14 @@ const char* importance_method_name(ImportanceMethod method) {
 
 namespace {
 
-double probe_loss(Decoder<float>& model, const std::vector<TokenBatch>& probe, const std::vector<bool>& skip) {
+double probe_loss(Decoder<float>& model, const std::vector<TokenBatch>& probe, const std::vector<bool>& skip,
+                  const ProbeLossFn& loss) {
   double sum = 0.0;
   int64_t count = 0;
   ForwardOptions fo;
   fo.skip_layers = skip;
   for (const TokenBatch& b : probe) {
-    cpu::CrossEntropyResult r = model.forward(Batch{b.B, b.S, b.tokens.data(), b.targets.data(), nullptr}, fo);
+    cpu::CrossEntropyResult r = loss ? loss(b, skip) : model.forward(batch_view(b), fo);
     sum += r.loss_sum;
     count += r.count;
   }
@@ -88,19 +90,19 @@ std::vector<std::pair<std::string, int>> layer_tensors(const Decoder<float>& mod
 }  // namespace
 
 LayerImportance probe_layer_importance(Decoder<float>& model, const std::vector<TokenBatch>& probe,
-                                       ImportanceMethod method) {
+                                       ImportanceMethod method, const ProbeLossFn& loss) {
   if (probe.empty()) fail("layer importance needs at least one probe batch");
   const int64_t L = model.config().num_hidden_layers;
   LayerImportance r;
   r.method = method;
-  r.base_loss = probe_loss(model, probe, {});
+  r.base_loss = probe_loss(model, probe, {}, loss);
   r.score.assign(L, 0.0);
 
   if (method == ImportanceMethod::masking_out) {
     for (int64_t l = 0; l < L; ++l) {
       std::vector<bool> skip(L, false);
       skip[l] = true;
-      r.score[l] = probe_loss(model, probe, skip) - r.base_loss;
+      r.score[l] = probe_loss(model, probe, skip, loss) - r.base_loss;
     }
   } else {
     std::vector<double> tensor_score =

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -28,10 +29,14 @@ struct LayerImportance {
   std::vector<double> normalized;   // (s − min) / (max − min), as the reference plots it
 };
 
+// The loss of a batch with some layers skipped (masking out runs it L + 1 times per
+// batch; a GPU engine may supply it). Default: model.forward on the CPU.
+using ProbeLossFn = std::function<cpu::CrossEntropyResult(const TokenBatch& batch, const std::vector<bool>& skip)>;
+
 // Never modifies the model's weights: masking out skips the layer in the forward pass,
 // and the gradient methods use a scratch copy of the gradient buffer state.
 LayerImportance probe_layer_importance(Decoder<float>& model, const std::vector<TokenBatch>& probe,
-                                       ImportanceMethod method);
+                                       ImportanceMethod method, const ProbeLossFn& loss = {});
 
 // Indices of the k layers with the lowest score, ascending by index.
 std::vector<int64_t> least_important_layers(const LayerImportance& importance, int64_t k);

@@ -1,116 +1,82 @@
 #include "pipeline/run_pipeline.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
-#include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <fstream>
-#include <set>
+#include <filesystem>
 
 #include "core/atomic_file.hpp"
-#include "eval/benchmarks.hpp"
-#include "method/decoupled_lr.hpp"
-#include "method/expand.hpp"
+#include "core/embedded.hpp"
+#include "data/content_hash.hpp"
 #include "method/layer_importance.hpp"
-#include "pipeline/text_corpus.hpp"
+#include "pipeline/evaluation.hpp"
+#include "pipeline/method_training.hpp"
+#include "pipeline/model_files.hpp"
+#include "pipeline/study_data.hpp"
 #include "report/svg_plot.hpp"
 #include "train/report.hpp"
-#include "train/trainer.hpp"
 
 namespace adept {
 
+namespace fs = std::filesystem;
+
 namespace {
 
-struct HeldOut {
-  double general = NAN, domain = NAN;            // held-out loss
-  double general_mc = NAN, domain_mc = NAN;      // multiple-choice accuracy
-  double domain_qa = NAN;                        // exact match
-};
+// --- Stages -----------------------------------------------------------------------
+// A finished stage leaves <file> = {"key": ..., "result": ...}, written atomically after
+// everything else the stage writes. The key hashes every setting and input the stage
+// depends on, so a rerun skips a stage only when it would redo the same work.
 
-// Benchmark items, split into k-shot examples and the evaluated rest.
-struct Benchmarks {
-  std::vector<MultipleChoiceItem> general_mc, domain_mc;
-  std::vector<GenerationItem> domain_qa;
-};
-
-std::vector<int32_t> encode_bytes(const std::string& text) {
-  std::vector<int32_t> ids(text.size());
-  for (size_t i = 0; i < text.size(); ++i) ids[i] = static_cast<unsigned char>(text[i]);
-  return ids;
+std::string stage_key(const std::string& description) {
+  Fnv1a64 h;
+  h.update(description);
+  return hash_string(h.value());
 }
 
-std::string decode_bytes(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (int32_t id : ids) s += char(id);
-  return s;
+std::optional<nlohmann::json> finished_stage(const RunConfig& rc, const fs::path& file, const std::string& key) {
+  if (!rc.run.resume || !fs::exists(file)) return std::nullopt;
+  nlohmann::json j = nlohmann::json::parse(read_text_source(file.string()), nullptr, false);
+  if (j.is_discarded() || !j.is_object() || j.value("key", "") != key || !j.contains("result")) return std::nullopt;
+  return j["result"];
 }
 
-Benchmarks load_benchmarks(const EvalConfig& e) {
-  Benchmarks b;
-  auto check = [&](size_t n, const std::string& path) {
-    if (int64_t(n) <= e.shots) fail("{}: {} items, but eval.shots = {} leaves none to evaluate", path, n, e.shots);
-  };
-  if (!e.general_mc.empty()) b.general_mc = load_multiple_choice_jsonl(e.general_mc), check(b.general_mc.size(), e.general_mc);
-  if (!e.domain_mc.empty()) b.domain_mc = load_multiple_choice_jsonl(e.domain_mc), check(b.domain_mc.size(), e.domain_mc);
-  if (!e.domain_qa.empty()) b.domain_qa = load_generation_jsonl(e.domain_qa), check(b.domain_qa.size(), e.domain_qa);
-  return b;
+void finish_stage(const fs::path& file, const std::string& key, const nlohmann::json& result) {
+  make_directories(file.parent_path().string());
+  write_file_atomic(file.string(), nlohmann::json({{"key", key}, {"result", result}}).dump(1) + "\n");
 }
 
-template <typename Item>
-std::pair<std::vector<Item>, std::vector<Item>> split_shots(const std::vector<Item>& items, int64_t shots) {
-  return {std::vector<Item>(items.begin() + shots, items.end()), std::vector<Item>(items.begin(), items.begin() + shots)};
+std::string describe(const TrainConfig& t) {
+  return fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", t.backend, t.seq_len, t.batch_size,
+                     t.grad_accum, t.steps, t.lr, t.min_lr_ratio, t.warmup_steps, t.weight_decay, t.beta1, t.beta2,
+                     t.eps, t.grad_clip, t.seed, t.eval_every, t.eval_batches);
 }
 
-struct MethodResult {
-  std::string name;
-  std::string layers;  // what was trained, in words
-  int64_t trainable = 0, total = 0;
-  HeldOut after;
-  TrainResult train;
-  double peak_rss_mb = 0;
-  std::vector<Series> multipliers;  // ADEPT: multiplier of each unit over time
-};
-
-double peak_rss_mb() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return double(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+std::string describe(const ModelConfig& m, double init_std) {
+  return fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", m.model_type, m.vocab_size, m.hidden_size,
+                     m.intermediate_size, m.num_hidden_layers, m.num_attention_heads, m.num_key_value_heads,
+                     m.head_dim, m.max_position_embeddings, m.rms_norm_eps, m.rope_theta, m.tie_word_embeddings,
+                     m.attention_bias, init_std);
 }
 
-HeldOut evaluate_all(Decoder<float>& model, const TextCorpus& general, const TextCorpus& domain,
-                     const EvalConfig& eval, const Benchmarks& bench) {
-  HeldOut h;
-  if (general.holdout) h.general = evaluate(model, *general.holdout, eval.batch_size, eval.batches);
-  if (domain.holdout) h.domain = evaluate(model, *domain.holdout, eval.batch_size, eval.batches);
-  const int shots = int(eval.shots);
-  if (!bench.general_mc.empty()) {
-    auto [items, examples] = split_shots(bench.general_mc, shots);
-    h.general_mc = evaluate_multiple_choice(model, items, examples, shots, encode_bytes).acc;
-  }
-  if (!bench.domain_mc.empty()) {
-    auto [items, examples] = split_shots(bench.domain_mc, shots);
-    h.domain_mc = evaluate_multiple_choice(model, items, examples, shots, encode_bytes).acc;
-  }
-  if (!bench.domain_qa.empty()) {
-    auto [items, examples] = split_shots(bench.domain_qa, shots);
-    h.domain_qa = evaluate_exact_match(model, items, examples, shots, eval.max_new_tokens, encode_bytes, decode_bytes, -1)
-                      .exact_match;
-  }
-  return h;
+std::string describe(const EvalConfig& e) {
+  auto file = [](const std::string& p) { return p.empty() ? std::string() : p + "=" + hash_file(p); };
+  return fmt::format("{}|{}|{}|{}|{}|{}|{}", e.batches, e.batch_size, file(e.general_mc), file(e.domain_mc),
+                     file(e.domain_qa), e.shots, e.max_new_tokens);
 }
 
-nlohmann::json held_out_json(const HeldOut& h) {
-  nlohmann::json j = {{"general_loss", h.general}, {"domain_loss", h.domain}};
-  if (std::isfinite(h.general_mc)) j["general_mc_acc"] = h.general_mc;
-  if (std::isfinite(h.domain_mc)) j["domain_mc_acc"] = h.domain_mc;
-  if (std::isfinite(h.domain_qa)) j["domain_qa_exact_match"] = h.domain_qa;
-  return j;
+std::string format_ppl(double loss, double base_loss) {
+  if (!std::isfinite(loss)) return "n/a";
+  double ppl = std::exp(loss), base = std::exp(base_loss);
+  return std::isfinite(base_loss) ? fmt::format("{:.3f} ({:+.1f}%)", ppl, 100.0 * (ppl / base - 1.0))
+                                  : fmt::format("{:.3f}", ppl);
 }
 
 // Extra report columns for the benchmarks that were run.
-std::string benchmark_cells(const HeldOut& h, const Benchmarks& b) {
+std::string benchmark_cells(const Scores& h, const Benchmarks& b) {
   std::string s;
   auto cell = [&](bool present, double v) {
     if (present) s += std::isfinite(v) ? fmt::format(" {:.1f}% |", 100.0 * v) : std::string(" — |");
@@ -121,213 +87,275 @@ std::string benchmark_cells(const HeldOut& h, const Benchmarks& b) {
   return s;
 }
 
-std::vector<TokenBatch> probe_batches(const TextCorpus& general, int64_t batches, int64_t batch_size, int64_t salt) {
-  std::vector<TokenBatch> out;
-  for (int64_t i = 0; i < batches; ++i) out.push_back(general.train->random_batch(batch_size, -1 - i, salt));
-  return out;
+struct MethodOutcome {
+  MethodTraining training;
+  Scores scores;
+};
+
+int64_t eval_max_tokens(const RunConfig& rc) {
+  return std::max({rc.train.batch_size, rc.eval.batch_size, rc.probe.batch_size, rc.adept.probe_batch_size}) *
+         rc.train.seq_len;
 }
 
-std::string layer_list(const std::vector<int64_t>& layers) {
-  std::string s;
-  for (int64_t l : layers) s += (s.empty() ? "" : ",") + std::to_string(l);
-  return s;
-}
-
-MethodResult run_method(const std::string& method, const Decoder<float>& base, const LayerImportance& importance,
-                        const TextCorpus& general, const TextCorpus& domain, const Benchmarks& bench,
-                        const RunConfig& rc, const std::string& out_dir, const PipelineOptions& options) {
-  const int64_t L = base.config().num_hidden_layers;
-  const int64_t k = rc.expand.after.empty() ? rc.expand.layers : int64_t(rc.expand.after.size());
-  MethodResult r;
-  r.name = method;
-  Decoder<float> model = base;
-  Expansion expansion;
-  if (method == "full") {
-    for (int i = 0; i < model.params().size(); ++i) model.params().set_trainable(i, true);
-    model.params().allocate_gradients();
-    r.layers = "all parameters";
-  } else if (method == "freeze") {
-    std::vector<int64_t> layers = rc.freeze.layers;
-    for (int64_t l = L - k; layers.empty() && l < L; ++l) layers.push_back(l);  // default: the top k layers
-    train_only_layers(model, layers);
-    r.layers = "original layers " + layer_list(layers);
-  } else {
-    std::vector<int64_t> after = method == "llama-pro"        ? uniform_expansion_layers(L, k)
-                                 : !rc.expand.after.empty() ? rc.expand.after
-                                                            : least_important_layers(importance, k);
-    model = expand_layers(base, after, &expansion);
-    train_only_layers(model, expansion.inserted);
-    r.layers = fmt::format("copies of {} inserted at {}", layer_list(after), layer_list(expansion.inserted));
-  }
-  r.total = model.params().total_numel();
-  r.trainable = model.params().trainable_numel();
-
-  TrainOptions to;
-  to.show_progress = options.show_progress;
-  to.label = fmt::format("{:>9}", method);
-  to.metrics_path = out_dir + "/" + method + ".metrics.jsonl";
-  std::ofstream lr_log;
-  std::vector<TokenBatch> adept_probe;
-  if (method == "adept" && rc.adept.decoupled) {
-    lr_log.open(out_dir + "/adept.lr_multipliers.jsonl", std::ios::trunc);
-    adept_probe = probe_batches(general, rc.adept.probe_batches, rc.adept.probe_batch_size, 7);
-    UnitGranularity granularity = parse_unit_granularity(rc.adept.granularity);
-    to.before_step = [&, granularity](int64_t step) {
-      if (step % rc.adept.reestimate_every != 0) return;
-      std::vector<UnitEstimate> units = estimate_unit_importance(model, adept_probe, granularity);
-      compute_lr_multipliers(units, rc.adept.inverted);
-      apply_lr_multipliers(model.params(), units);
-      bool first = r.multipliers.empty();
-      if (first) r.multipliers.resize(units.size());
-      for (size_t u = 0; u < units.size(); ++u) {
-        const UnitEstimate& e = units[u];
-        std::string name = model.params().info(e.tensor).name;
-        nlohmann::json j = {{"step", step}, {"unit", name}, {"importance", e.importance}, {"multiplier", e.multiplier}};
-        if (e.row >= 0) j["row"] = e.row;
-        lr_log << j.dump() << '\n';
-        if (first) r.multipliers[u].label = name.substr(name.find('.', 13) + 1) + (e.row >= 0 ? fmt::format("[{}]", e.row) : "");
-        r.multipliers[u].x.push_back(double(step));
-        r.multipliers[u].y.push_back(e.multiplier);
-      }
-      lr_log.flush();
-    };
-  }
-  r.train = train(model, rc.train, *domain.train, domain.holdout ? &*domain.holdout : nullptr, to);
-  r.after = evaluate_all(model, general, domain, rc.eval, bench);
-  r.peak_rss_mb = peak_rss_mb();
-  return r;
-}
-
-std::string format_ppl(double loss, double base_loss) {
-  if (!std::isfinite(loss)) return "n/a";
-  double ppl = std::exp(loss), base = std::exp(base_loss);
-  return std::isfinite(base_loss) ? fmt::format("{:.3f} ({:+.1f}%)", ppl, 100.0 * (ppl / base - 1.0))
-                                  : fmt::format("{:.3f}", ppl);
+// Held-out and benchmark scores of `model` on the run's backend.
+Scores score_model(Decoder<float>& model, const StudyData& data, const RunConfig& rc, const Benchmarks& bench) {
+  std::unique_ptr<TrainEngine> engine = make_train_engine(model, rc.train, eval_max_tokens(rc), rc.train.seq_len);
+  return evaluate_scores(model, [&](const TokenBatch& b) { return engine->loss(b); }, data, rc.eval, bench,
+                         *data.tokenizer.named.tokenizer);
 }
 
 }  // namespace
 
 std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
-  if (!rc.run.base.empty())
-    fail("run.base '{}': loading a Hugging Face checkpoint is not available in this build yet; leave run.base empty "
-         "to pretrain the base model from scratch",
-         rc.run.base);
-  const std::string out = rc.run.out_dir;
-  make_directories(out);
+  const fs::path out = rc.run.out_dir;
+  make_directories(out.string());
   auto t0 = std::chrono::steady_clock::now();
+  const bool progress = options.show_progress;
 
-  TextCorpus general = load_text_corpus("general", rc.data.general, rc.data.holdout_fraction, rc.train.seq_len, rc.train.seed);
-  TextCorpus domain = load_text_corpus("domain", rc.data.domain, rc.data.holdout_fraction, rc.train.seq_len, rc.train.seed + 1);
-  fmt::print("data     general: {} train / {} held-out tokens; domain: {} / {} ({})\n", general.train_tokens,
-             general.holdout_tokens, domain.train_tokens, domain.holdout_tokens, rc.data.tokenizer);
-
-  // Stage 1: the base model. The embedded default pretrains a tiny one on general text.
-  Decoder<float> base(rc.model);
-  base.init_random(rc.pretrain.seed, rc.init_std);
-  fmt::print("base     {} | {} layers, hidden {}, heads {}/{}, {:.2f}M params: pretraining {} steps on general text\n",
-             base.config().model_type, base.config().num_hidden_layers, base.config().hidden_size,
-             base.config().num_attention_heads, base.config().num_key_value_heads,
-             double(base.params().total_numel()) / 1e6, rc.pretrain.steps);
+  // Data: both corpora prepared (or reused) under out/data, held-out documents split off.
+  StudyData data = open_study_data(rc, out.string(), progress);
+  const std::string data_key = data.general.fingerprint + data.domain.fingerprint + data.tokenizer.named.identity.hash +
+                               data.tokenizer.named.identity.kind +
+                               fmt::format("|{}|{}", rc.data.holdout_fraction, rc.data.split_seed);
+  fmt::print("data     general: {} documents, {} tokens ({} held out); domain: {} documents, {} tokens ({} held out); "
+             "tokenizer {} (vocab {})\n",
+             data.general.documents, data.general.tokens, data.general_holdout.tokens, data.domain.documents,
+             data.domain.tokens, data.domain_holdout.tokens, data.tokenizer.name,
+             data.tokenizer.named.identity.vocab_size);
   std::fflush(stdout);
-  TrainOptions po;
-  po.show_progress = options.show_progress;
-  po.label = " pretrain";
-  po.metrics_path = out + "/pretrain.metrics.jsonl";
-  TrainResult pretrain = train(base, rc.pretrain, *general.train, general.holdout ? &*general.holdout : nullptr, po);
   Benchmarks bench = load_benchmarks(rc.eval);
-  HeldOut before = evaluate_all(base, general, domain, rc.eval, bench);
+
+  // Stage 1: the base model — an HF checkpoint, or pretrained here on general text.
+  HfModelConfig base_hf;
+  std::optional<Decoder<float>> base_model;
+  std::optional<TrainResult> pretrain;
+  std::string base_key;
+  if (!rc.run.base.empty()) {
+    base_model.emplace(load_hf_model(rc.run.base, &base_hf));
+    check_vocabulary(base_model->config().vocab_size, data.tokenizer, rc.run.base + "/config.json");
+    // The checkpoint's files by name, size and modification time (hashing the weights
+    // of a large model would take longer than the check is worth).
+    std::vector<std::string> files;
+    for (const auto& e : fs::directory_iterator(rc.run.base))
+      if (e.is_regular_file())
+        files.push_back(fmt::format("{}:{}:{}", e.path().filename().string(), e.file_size(),
+                                    e.last_write_time().time_since_epoch().count()));
+    std::sort(files.begin(), files.end());
+    base_key = stage_key("hf|" + fs::absolute(rc.run.base).string() + "|" + fmt::format("{}", fmt::join(files, "|")));
+    fmt::print("base     {} | {} {} layers, hidden {}, {:.2f}M params\n", rc.run.base, base_model->config().model_type,
+               base_model->config().num_hidden_layers, base_model->config().hidden_size,
+               double(base_model->params().total_numel()) / 1e6);
+  } else {
+    check_vocabulary(rc.model.vocab_size, data.tokenizer, rc.source + ": [model] vocab_size");
+    base_hf = HfModelConfig(rc.model);
+    base_hf.torch_dtype = "float32";
+    base_key = stage_key("scratch|" + describe(rc.model, rc.init_std) + "|" + describe(rc.pretrain) + "|" + data_key);
+    const fs::path base_dir = out / "base";
+    if (auto done = finished_stage(rc, base_dir / "done.json", base_key); done && hf_model_exists((base_dir / "model").string())) {
+      base_model.emplace(load_hf_model((base_dir / "model").string()));
+      pretrain = method_training_from_json(*done).train;
+      fmt::print("base     reusing {} (pretrained {} steps)\n", (base_dir / "model").string(), rc.pretrain.steps);
+    } else {
+      base_model.emplace(rc.model);
+      base_model->init_random(rc.pretrain.seed, rc.init_std);
+      Decoder<float>& base = *base_model;
+      fmt::print("base     {} | {} layers, hidden {}, heads {}/{}, {:.2f}M params: pretraining {} steps on general "
+                 "text ({} backend)\n",
+                 base.config().model_type, base.config().num_hidden_layers, base.config().hidden_size,
+                 base.config().num_attention_heads, base.config().num_key_value_heads,
+                 double(base.params().total_numel()) / 1e6, rc.pretrain.steps, rc.pretrain.backend);
+      std::fflush(stdout);
+      make_directories(base_dir.string());
+      std::vector<LoaderSource> sources;
+      add_loader_sources(sources, data.general, 1.0);
+      PackedLoader loader(std::move(sources), data.loader_config(rc.pretrain));
+      std::unique_ptr<TrainEngine> engine =
+          make_train_engine(base, rc.pretrain, std::max(rc.pretrain.batch_size * rc.pretrain.seq_len, eval_max_tokens(rc)),
+                            std::max(rc.pretrain.seq_len, rc.train.seq_len));
+      TrainOptions po;
+      po.show_progress = progress;
+      po.label = " pretrain";
+      po.metrics_path = (base_dir / "metrics.jsonl").string();
+      po.evaluate = [&](TrainEngine& e) {
+        return held_out_loss(data.general_holdout, rc.pretrain.eval_batches, [&](const TokenBatch& b) { return e.loss(b); });
+      };
+      po.checkpoint.dir = (base_dir / "checkpoints").string();
+      po.checkpoint.every = rc.pretrain.checkpoint_every;
+      po.checkpoint.resume = rc.run.resume;
+      pretrain = train(base, *engine, rc.pretrain, loader_train_data(loader), po);
+      // float32, whatever run.save_dtype says: every method starts from exactly this base.
+      save_hf_model((base_dir / "model").string(), base, base_hf, data.tokenizer.files_dir, DType::F32);
+      MethodTraining record;
+      record.name = "pretrain";
+      record.train = *pretrain;
+      record.total = record.trainable = base.params().total_numel();
+      finish_stage(base_dir / "done.json", base_key, method_training_json(record));
+      fs::remove_all(base_dir / "checkpoints");
+    }
+  }
+  Decoder<float>& base = *base_model;
+
+  // Stage 2: the base model's scores.
+  const std::string eval_desc = describe(rc.eval) + "|" + data_key + "|" + fmt::format("{}", rc.train.seq_len);
+  const std::string base_eval_key = stage_key(base_key + "|eval|" + eval_desc);
+  Scores before;
+  if (auto done = finished_stage(rc, out / "base" / "eval.json", base_eval_key)) {
+    before = scores_from_json(*done);
+  } else {
+    before = score_model(base, data, rc, bench);
+    finish_stage(out / "base" / "eval.json", base_eval_key, scores_json(before));
+  }
   fmt::print("base     held-out loss: general {:.3f}, domain {:.3f}\n", before.general, before.domain);
 
-  // Stage 2: layer importance on general probe data.
-  std::vector<TokenBatch> probe = probe_batches(general, rc.probe.batches, rc.probe.batch_size, 3);
-  LayerImportance importance = probe_layer_importance(base, probe, parse_importance_method(rc.probe.method));
+  // Stage 3: layer importance on general probe data.
+  const std::string probe_key = stage_key(base_key + "|probe|" + rc.probe.method + fmt::format("|{}|{}|{}", rc.probe.batches, rc.probe.batch_size, rc.train.seq_len) + data_key);
+  LayerImportance importance;
+  importance.method = parse_importance_method(rc.probe.method);
+  if (auto done = finished_stage(rc, out / "layer_importance.json", probe_key)) {
+    importance.base_loss = done->at("base_loss").get<double>();
+    importance.score = done->at("score").get<std::vector<double>>();
+    importance.normalized = done->at("normalized").get<std::vector<double>>();
+  } else {
+    std::vector<TokenBatch> probe = probe_batches(data, rc.train.seq_len, rc.probe.batches, rc.probe.batch_size, 3);
+    std::unique_ptr<TrainEngine> engine = make_train_engine(base, rc.train, eval_max_tokens(rc), rc.train.seq_len);
+    importance = probe_layer_importance(base, probe, importance.method,
+                                        [&](const TokenBatch& b, const std::vector<bool>& skip) { return engine->loss(b, skip); });
+    finish_stage(out / "layer_importance.json", probe_key,
+                 {{"method", rc.probe.method}, {"base_loss", importance.base_loss}, {"score", importance.score},
+                  {"normalized", importance.normalized}});
+  }
   fmt::print("probe    {} importance per layer:", rc.probe.method);
   for (double s : importance.normalized) fmt::print(" {:.2f}", s);
   fmt::print("\n");
   std::fflush(stdout);
-  nlohmann::json importance_json = {{"method", rc.probe.method},
-                                    {"base_loss", importance.base_loss},
-                                    {"score", importance.score},
-                                    {"normalized", importance.normalized}};
-  write_file_atomic(out + "/layer_importance.json", importance_json.dump(2) + "\n");
 
-  // Stage 3: each method, same domain data and token budget.
-  std::vector<MethodResult> results;
+  // Stage 4: each method, same domain data and token budget; each trained model saved.
+  const DType save_dtype = resolve_save_dtype(rc.run.save_dtype, base_hf);
+  std::vector<MethodOutcome> results;
   for (const std::string& method : rc.run.methods) {
-    results.push_back(run_method(method, base, importance, general, domain, bench, rc, out, options));
-    const MethodResult& r = results.back();
-    fmt::print("{:>9} held-out loss: general {:.3f}, domain {:.3f}\n", method, r.after.general, r.after.domain);
+    const fs::path dir = out / method;
+    std::string key = base_key + "|" + method + "|" + describe(rc.train) + "|" + data_key +
+                      fmt::format("|{}|{}|{}", rc.data.replay, rc.expand.layers, fmt::join(rc.expand.after, ","));
+    if (method == "adept")
+      key += probe_key + fmt::format("|{}|{}|{}|{}|{}|{}", rc.adept.reestimate_every, rc.adept.probe_batches,
+                                     rc.adept.probe_batch_size, rc.adept.granularity, rc.adept.inverted,
+                                     rc.adept.decoupled);
+    if (method == "freeze") key += fmt::format("|{}", fmt::join(rc.freeze.layers, ","));
+    key = stage_key(key + "|" + rc.run.save_dtype);
+    MethodOutcome r;
+    std::optional<Decoder<float>> trained;
+    if (auto done = finished_stage(rc, dir / "done.json", key); done && hf_model_exists((dir / "model").string())) {
+      r.training = method_training_from_json(*done);
+      fmt::print("{:>9} reusing {}\n", method, (dir / "model").string());
+    } else {
+      MethodModel m = prepare_method_model(method, base, &importance, rc);
+      r.training = train_method(method, m, data, rc, dir.string(), progress);
+      save_hf_model((dir / "model").string(), m.model, base_hf, data.tokenizer.files_dir, save_dtype);
+      finish_stage(dir / "done.json", key, method_training_json(r.training));
+      fs::remove_all(dir / "checkpoints");
+      trained.emplace(std::move(m.model));
+    }
+    const std::string eval_key = stage_key(key + "|eval|" + eval_desc);
+    if (auto done = finished_stage(rc, dir / "eval.json", eval_key)) {
+      r.scores = scores_from_json(*done);
+    } else {
+      if (!trained) trained.emplace(load_hf_model((dir / "model").string()));
+      r.scores = score_model(*trained, data, rc, bench);
+      finish_stage(dir / "eval.json", eval_key, scores_json(r.scores));
+    }
+    fmt::print("{:>9} held-out loss: general {:.3f}, domain {:.3f}\n", method, r.scores.general, r.scores.domain);
     std::fflush(stdout);
+    results.push_back(std::move(r));
   }
 
   // Report.
   std::string md = "# adept run report\n\n";
-  md += fmt::format("Config: `{}`. Base: {} ({} layers, {:.2f}M parameters), pretrained {} steps on the general "
-                    "corpus. Continual pretraining: {} steps × {} sequences × {} tokens on the domain corpus for every "
-                    "method. Perplexities are on held-out text (byte-level); the change is against the base model.\n\n",
+  std::string base_words =
+      rc.run.base.empty()
+          ? fmt::format("pretrained {} steps on the general corpus", rc.pretrain.steps)
+          : fmt::format("loaded from `{}`", rc.run.base);
+  md += fmt::format("Config: `{}`. Base: {} ({} layers, {:.2f}M parameters), {}. Continual pretraining: {} steps × {} "
+                    "sequences × {} tokens on the domain corpus{} for every method ({} backend). Perplexities are per "
+                    "token of tokenizer `{}` on held-out documents; the change is against the base model.\n\n",
                     rc.source, base.config().model_type, base.config().num_hidden_layers,
-                    double(base.params().total_numel()) / 1e6, rc.pretrain.steps, rc.train.steps,
-                    rc.train.batch_size * rc.train.grad_accum, rc.train.seq_len);
+                    double(base.params().total_numel()) / 1e6, base_words, rc.train.steps,
+                    rc.train.batch_size * rc.train.grad_accum, rc.train.seq_len,
+                    rc.data.replay > 0 ? fmt::format(" ({:.0f}% general replay)", 100 * rc.data.replay) : "",
+                    rc.train.backend, data.tokenizer.name);
   std::string extra_head, extra_rule;
   for (auto [present, name] : {std::pair{!bench.general_mc.empty(), "general MC acc"},
                                std::pair{!bench.domain_mc.empty(), "domain MC acc"},
                                std::pair{!bench.domain_qa.empty(), "domain exact match"}})
     if (present) extra_head += fmt::format(" {} |", name), extra_rule += "---|";
+  const bool gpu = rc.train.backend == "cuda";
   md += "| method | trained | trainable params | general ppl (forgetting) | domain ppl (gain) |" + extra_head +
-        " wall time | tokens/s | peak RSS |\n";
+        " wall time | tokens/s | " + (gpu ? "peak GPU memory" : "peak RSS") + " |\n";
   md += "|---|---|---|---|---|" + extra_rule + "---|---|---|\n";
-  md += fmt::format("| base | — | — | {} | {} |{} {:.1f} s (pretrain) | {:.0f} | — |\n", format_ppl(before.general, NAN),
-                    format_ppl(before.domain, NAN), benchmark_cells(before, bench), pretrain.seconds,
-                    double(pretrain.tokens) / pretrain.seconds);
-  for (const MethodResult& r : results)
-    md += fmt::format("| {} | {} | {:.1f}% of {:.2f}M | {} | {} |{} {:.1f} s | {:.0f} | {:.0f} MB |\n", r.name,
-                      r.layers, 100.0 * double(r.trainable) / double(r.total), double(r.total) / 1e6,
-                      format_ppl(r.after.general, before.general), format_ppl(r.after.domain, before.domain),
-                      benchmark_cells(r.after, bench), r.train.seconds, double(r.train.tokens) / r.train.seconds,
-                      r.peak_rss_mb);
-  md += "\nPeak RSS is the process's high-water mark when the method finished (methods run in order).\n\n";
-  md += "![domain training loss](loss_curves.svg)\n![layer importance](layer_importance.svg)\n";
+  if (pretrain)
+    md += fmt::format("| base | — | — | {} | {} |{} {:.1f} s (pretrain) | {:.0f} | — |\n", format_ppl(before.general, NAN),
+                      format_ppl(before.domain, NAN), benchmark_cells(before, bench), pretrain->seconds,
+                      double(pretrain->tokens) / std::max(pretrain->seconds, 1e-9));
+  else
+    md += fmt::format("| base | — | — | {} | {} |{} — | — | — |\n", format_ppl(before.general, NAN),
+                      format_ppl(before.domain, NAN), benchmark_cells(before, bench));
+  for (const MethodOutcome& r : results) {
+    const MethodTraining& t = r.training;
+    md += fmt::format("| {} | {} | {:.1f}% of {:.2f}M | {} | {} |{} {:.1f} s | {:.0f} | {:.0f} MB |\n", t.name,
+                      t.trained, 100.0 * double(t.trainable) / double(t.total), double(t.total) / 1e6,
+                      format_ppl(r.scores.general, before.general), format_ppl(r.scores.domain, before.domain),
+                      benchmark_cells(r.scores, bench), t.train.seconds,
+                      double(t.train.tokens) / std::max(t.train.seconds, 1e-9), t.peak_memory_mb);
+  }
+  md += gpu ? "\nPeak GPU memory: the CUDA decoder's device arena, or the device memory in use (cudaMemGetInfo) "
+              "during its first steps when that is larger.\n\n"
+            : "\nPeak RSS is the process's high-water mark when the method finished (methods run in order; a "
+              "method reused from an earlier run keeps the figure of that run).\n\n";
+  md += "Trained models (Hugging Face checkpoints): ";
+  for (const MethodOutcome& r : results) md += fmt::format("`{}/model` ", r.training.name);
+  md += "\n\n![domain training loss](loss_curves.svg)\n![layer importance](layer_importance.svg)\n";
 
   std::vector<Series> curves;
-  for (const MethodResult& r : results) {
-    Series s{r.name, {}, {}};
-    for (const StepRecord& st : r.train.steps) s.x.push_back(double(st.step)), s.y.push_back(st.loss);
+  for (const MethodOutcome& r : results) {
+    Series s{r.training.name, {}, {}};
+    for (const StepRecord& st : r.training.train.steps) s.x.push_back(double(st.step)), s.y.push_back(st.loss);
     curves.push_back(std::move(s));
   }
-  write_file_atomic(out + "/loss_curves.svg", svg_line_chart("Domain training loss", "step", "loss", curves));
+  write_file_atomic((out / "loss_curves.svg").string(), svg_line_chart("Domain training loss", "step", "loss", curves));
   std::vector<std::string> labels;
   std::vector<bool> chosen(importance.score.size(), false);
   for (size_t l = 0; l < importance.score.size(); ++l) labels.push_back(std::to_string(l));
   int64_t k = rc.expand.after.empty() ? rc.expand.layers : int64_t(rc.expand.after.size());
-  for (int64_t l : rc.expand.after.empty() ? least_important_layers(importance, k) : rc.expand.after) chosen[l] = true;
-  write_file_atomic(out + "/layer_importance.svg",
+  for (int64_t l : rc.expand.after.empty() ? least_important_layers(importance, k) : rc.expand.after) chosen.at(l) = true;
+  write_file_atomic((out / "layer_importance.svg").string(),
                     svg_bar_chart(fmt::format("Layer importance ({})", rc.probe.method), "layer",
                                   "normalised importance", labels, importance.normalized, chosen));
-  for (const MethodResult& r : results)
-    if (!r.multipliers.empty()) {
-      write_file_atomic(out + "/lr_multipliers.svg",
-                        svg_line_chart("ADEPT learning-rate multipliers", "step", "multiplier", r.multipliers));
+  for (const MethodOutcome& r : results)
+    if (!r.training.multipliers.empty()) {
+      write_file_atomic((out / "lr_multipliers.svg").string(),
+                        svg_line_chart("ADEPT learning-rate multipliers", "step", "multiplier", r.training.multipliers));
       md += "![ADEPT learning-rate multipliers](lr_multipliers.svg)\n";
     }
 
   nlohmann::json results_json;
-  results_json["base"] = held_out_json(before);
-  results_json["base"]["pretrain"] = train_result_json(pretrain);
-  for (const MethodResult& r : results)
-  {
-    nlohmann::json j = held_out_json(r.after);
-    j["trained"] = r.layers;
-    j["trainable_params"] = r.trainable;
-    j["total_params"] = r.total;
-    j["train"] = train_result_json(r.train);
-    j["peak_rss_mb"] = r.peak_rss_mb;
-    results_json["methods"][r.name] = j;
+  results_json["base"] = scores_json(before);
+  if (pretrain) results_json["base"]["pretrain"] = train_result_json(*pretrain);
+  results_json["tokenizer"] = data.tokenizer.name;
+  for (const MethodOutcome& r : results) {
+    const MethodTraining& t = r.training;
+    nlohmann::json j = scores_json(r.scores);
+    j["trained"] = t.trained;
+    j["trainable_params"] = t.trainable;
+    j["total_params"] = t.total;
+    j["train"] = train_result_json(t.train);
+    j[t.memory_kind == "GPU" ? "peak_gpu_memory_mb" : "peak_rss_mb"] = t.peak_memory_mb;
+    j["model"] = (out / t.name / "model").string();
+    results_json["methods"][t.name] = j;
   }
   results_json["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  write_file_atomic(out + "/results.json", results_json.dump(2) + "\n");
-  write_file_atomic(out + "/report.md", md);
+  write_file_atomic((out / "results.json").string(), results_json.dump(2) + "\n");
+  write_file_atomic((out / "report.md").string(), md);
   fmt::print("\n{}", md.substr(md.find("| method")));
-  return out + "/report.md";
+  return (out / "report.md").string();
 }
 
 }  // namespace adept

@@ -28,6 +28,7 @@ void read_train(const toml::table& root, const char* section, const std::string&
   r.read("seed", t.seed);
   r.read("eval_every", t.eval_every);
   r.read("eval_batches", t.eval_batches);
+  r.read("checkpoint_every", t.checkpoint_every);
   r.read("out_dir", t.out_dir);
   r.reject_unknown_keys();
 }
@@ -42,6 +43,8 @@ void apply(const toml::table& root, const std::string& source, RunConfig& c) {
   run.read("methods", c.run.methods);
   run.read("base", c.run.base);
   run.read("out_dir", c.run.out_dir);
+  run.read("save_dtype", c.run.save_dtype);
+  run.read("resume", c.run.resume);
   run.reject_unknown_keys();
 
   TomlTableReader model(root, "model", source);
@@ -67,7 +70,13 @@ void apply(const toml::table& root, const std::string& source, RunConfig& c) {
   data.read("general", c.data.general);
   data.read("domain", c.data.domain);
   data.read("tokenizer", c.data.tokenizer);
+  data.read("general_split", c.data.general_split);
+  data.read("domain_split", c.data.domain_split);
+  data.read("train_split", c.data.train_split);
+  data.read("text_field", c.data.text_field);
   data.read("holdout_fraction", c.data.holdout_fraction);
+  data.read("split_seed", c.data.split_seed);
+  data.read("replay", c.data.replay);
   data.reject_unknown_keys();
 
   read_train(root, "pretrain", source, c.pretrain);
@@ -132,21 +141,43 @@ void validate_train(const std::string& s, const char* section, const TrainConfig
     fail("{}: {}.min_lr_ratio must be in [0, 1], got {}", s, section, t.min_lr_ratio);
   if (t.beta1 < 0 || t.beta1 >= 1) fail("{}: {}.beta1 must be in [0, 1), got {}", s, section, t.beta1);
   if (t.beta2 < 0 || t.beta2 >= 1) fail("{}: {}.beta2 must be in [0, 1), got {}", s, section, t.beta2);
-  if (t.backend != "cpu") fail("{}: {}.backend '{}' is not available (available: cpu)", s, section, t.backend);
+  if (t.backend != "cpu" && t.backend != "cuda")
+    fail("{}: {}.backend '{}' is unknown (known: cpu, cuda)", s, section, t.backend);
+  if (t.backend == "cuda" && !cuda_backend_available())
+    fail("{}: {}.backend = \"cuda\", but this adept was built without CUDA (configure with nvcc present and "
+         "-DADEPT_CUDA=ON)",
+         s, section);
+  if (t.checkpoint_every < 0) fail("{}: {}.checkpoint_every must not be negative, got {}", s, section, t.checkpoint_every);
   if (t.seq_len > model.max_position_embeddings)
     fail("{}: {}.seq_len ({}) exceeds model.max_position_embeddings ({})", s, section, t.seq_len,
          model.max_position_embeddings);
 }
 
-void validate(const RunConfig& c) {
+}  // namespace
+
+bool cuda_backend_available() {
+#ifdef ADEPT_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+void validate_run_config(const RunConfig& c) {
   const std::string& s = c.source;
   validate_train(s, "pretrain", c.pretrain, c.model);
   validate_train(s, "train", c.train, c.model);
-  if (c.data.tokenizer != "bytes") fail("{}: data.tokenizer '{}' is not supported (supported: bytes)", s, c.data.tokenizer);
+  if (c.data.tokenizer.empty()) fail("{}: data.tokenizer is empty (\"auto\", \"bytes\" or a path)", s);
   if (c.data.holdout_fraction < 0 || c.data.holdout_fraction >= 1)
     fail("{}: data.holdout_fraction must be in [0, 1), got {}", s, c.data.holdout_fraction);
-  if (c.model.vocab_size < 256)
-    fail("{}: model.vocab_size must be at least 256 for the byte tokenizer, got {}", s, c.model.vocab_size);
+  if (c.data.replay < 0 || c.data.replay >= 1) fail("{}: data.replay must be in [0, 1), got {}", s, c.data.replay);
+  for (auto [key, value] : {std::pair{"general_split", &c.data.general_split},
+                            std::pair{"domain_split", &c.data.domain_split}, std::pair{"train_split", &c.data.train_split}})
+    if (*value != "file" && *value != "blocks" && *value != "fortune")
+      fail("{}: data.{} '{}' is unknown (known: file, blocks, fortune)", s, key, *value);
+  if (c.run.save_dtype != "auto" && c.run.save_dtype != "float32" && c.run.save_dtype != "bfloat16" &&
+      c.run.save_dtype != "float16")
+    fail("{}: run.save_dtype '{}' is unknown (known: auto, float32, bfloat16, float16)", s, c.run.save_dtype);
   for (const std::string& m : c.run.methods)
     if (m != "adept" && m != "full" && m != "llama-pro" && m != "freeze")
       fail("{}: run.methods: '{}' is unknown (known: adept, full, llama-pro, freeze)", s, m);
@@ -165,8 +196,6 @@ void validate(const RunConfig& c) {
          c.probe.method);
 }
 
-}  // namespace
-
 RunConfig load_run_config(const std::string& path) {
   RunConfig c;
   auto defaults = embedded_file(kDefaultConfig);
@@ -183,7 +212,7 @@ RunConfig load_run_config(const std::string& path) {
   } catch (const Error& e) {
     fail("{}: [model] {}", c.source, e.what());
   }
-  validate(c);
+  validate_run_config(c);
   return c;
 }
 

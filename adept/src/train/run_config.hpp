@@ -21,12 +21,23 @@
 
 namespace adept {
 
+// A corpus entry is a text file, a JSONL file (*.jsonl, the document in text_field), an
+// embedded file ("embedded:<name>") or a directory prepared by `adept data prepare`.
+// Files are prepared into <out_dir>/data/ and reused while unchanged.
 struct DataConfig {
-  std::string train = "embedded:data/tiny/corpus.txt";  // `adept train`'s corpus
-  std::vector<std::string> general;                      // general-domain text files
-  std::vector<std::string> domain;                       // target-domain text files
-  std::string tokenizer = "bytes";
-  double holdout_fraction = 0.05;
+  std::vector<std::string> train = {"embedded:data/tiny/corpus.txt"};  // `adept train`'s corpus
+  std::vector<std::string> general;  // general domain: pretraining, probes, forgetting
+  std::vector<std::string> domain;   // target domain: continual pretraining, gain
+  // "auto": the base checkpoint's tokenizer when run.base is set, else "bytes"; or a
+  // model directory, a tokenizer.json, a SentencePiece *.model.
+  std::string tokenizer = "auto";
+  std::string general_split = "blocks";  // text files into documents: file | blocks | fortune
+  std::string domain_split = "blocks";
+  std::string train_split = "blocks";
+  std::string text_field = "text";       // JSONL files
+  double holdout_fraction = 0.05;        // of each dataset's documents, held out for evaluation
+  uint64_t split_seed = 0;               // which documents are held out
+  double replay = 0.0;                   // share of continual-pretraining rows drawn from the general corpus
 };
 
 struct TrainConfig {
@@ -46,6 +57,7 @@ struct TrainConfig {
   uint64_t seed = 1234;
   int64_t eval_every = 50;
   int64_t eval_batches = 8;
+  int64_t checkpoint_every = 0;  // optimizer steps between resumable checkpoints; 0: none
   std::string out_dir = "runs/tiny";
 };
 
@@ -53,6 +65,10 @@ struct PipelineConfig {
   std::vector<std::string> methods = {"adept", "full", "llama-pro"};
   std::string base;  // HF checkpoint directory; empty: pretrain from scratch
   std::string out_dir = "runs/adept-tiny";
+  // dtype of the HF checkpoints written (base, each method's model): "auto" keeps the
+  // base checkpoint's torch_dtype (float32 for a base trained from scratch).
+  std::string save_dtype = "auto";
+  bool resume = true;  // reuse finished stages and continue interrupted training
 };
 
 struct ProbeConfig {
@@ -107,5 +123,11 @@ struct RunConfig {
 
 // Loads the embedded default, then `path` over it (empty path: the default alone).
 RunConfig load_run_config(const std::string& path);
+
+// Checks the values (called by load_run_config; call again after overriding fields).
+void validate_run_config(const RunConfig& config);
+
+// Whether this build has the CUDA backend.
+bool cuda_backend_available();
 
 }  // namespace adept

@@ -1,15 +1,27 @@
 #include "train/trainer.hpp"
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
+#include <sstream>
 
+#include "core/atomic_file.hpp"
+#include "core/embedded.hpp"
+#include "data/packed_loader.hpp"
+#include "io/safetensors.hpp"
+#include "io/safetensors_writer.hpp"
 #include "train/progress.hpp"
 
+#ifdef ADEPT_WITH_CUDA
+#include "backend/cuda/cuda_train_adapter.hpp"
+#endif
+
 namespace adept {
+
+namespace fs = std::filesystem;
 
 StepRecord train_step(Decoder<float>& model, AdamW& optimizer, const std::vector<TokenBatch>& micro_batches,
                       const TrainConfig& config, int64_t step) {
@@ -31,8 +43,7 @@ StepRecord train_step(Decoder<float>& model, AdamW& optimizer, const std::vector
   fo.keep_activations = true;
   fo.grad_scale = counted ? 1.0 / double(counted) : 0.0;
   for (const TokenBatch& b : micro_batches) {
-    Batch batch{b.B, b.S, b.tokens.data(), b.targets.data(), nullptr};
-    loss_sum += model.forward(batch, fo).loss_sum;
+    loss_sum += model.forward(batch_view(b), fo).loss_sum;
     model.backward();
   }
   r.loss = counted ? loss_sum / double(counted) : 0.0;
@@ -51,7 +62,7 @@ double batch_gradient(Decoder<float>& model, const TokenBatch& b) {
   model.params().zero_gradients();
   ForwardOptions fo;
   fo.keep_activations = true;
-  double loss = model.forward(Batch{b.B, b.S, b.tokens.data(), b.targets.data(), nullptr}, fo).loss;
+  double loss = model.forward(batch_view(b), fo).loss;
   model.backward();
   return loss;
 }
@@ -61,48 +72,242 @@ double evaluate(Decoder<float>& model, const WindowSampler& holdout, int64_t bat
   int64_t count = 0;
   for (int64_t k = 0; k < batches; ++k) {
     TokenBatch b = holdout.sequential_batch(batch_size, k);
-    Batch batch{b.B, b.S, b.tokens.data(), b.targets.data(), nullptr};
-    cpu::CrossEntropyResult r = model.forward(batch);
+    cpu::CrossEntropyResult r = model.forward(batch_view(b));
     loss_sum += r.loss_sum;
     count += r.count;
   }
   return count ? loss_sum / double(count) : 0.0;
 }
 
-TrainResult train(Decoder<float>& model, const TrainConfig& config, const WindowSampler& train_data,
-                  const WindowSampler* holdout, const TrainOptions& options) {
+AdamWConfig adamw_config(const TrainConfig& config) {
   AdamWConfig ac;
   ac.beta1 = config.beta1;
   ac.beta2 = config.beta2;
   ac.eps = config.eps;
   ac.weight_decay = config.weight_decay;
-  AdamW optimizer(ac);
+  return ac;
+}
+
+namespace {
+
+class CpuEngine final : public TrainEngine {
+ public:
+  CpuEngine(Decoder<float>& model, const AdamWConfig& adamw) : model_(model), optimizer_(adamw) {}
+  std::string name() const override { return "cpu"; }
+  StepRecord step(const std::vector<TokenBatch>& micro, const TrainConfig& config, int64_t step) override {
+    return train_step(model_, optimizer_, micro, config, step);
+  }
+  cpu::CrossEntropyResult loss(const TokenBatch& batch, const std::vector<bool>& skip_layers) override {
+    ForwardOptions fo;
+    fo.skip_layers = skip_layers;
+    return model_.forward(batch_view(batch), fo);
+  }
+  void gradient(const TokenBatch& batch) override { batch_gradient(model_, batch); }
+  void pull_weights() override {}
+  void push_multipliers() override {}
+  bool has_optimizer_state_access() const override { return true; }
+  AdamW& optimizer() override { return optimizer_; }
+
+ private:
+  Decoder<float>& model_;
+  AdamW optimizer_;
+};
+
+nlohmann::json result_to_json(const TrainResult& r) {
+  nlohmann::json steps = nlohmann::json::array(), evals = nlohmann::json::array();
+  for (const StepRecord& s : r.steps)
+    steps.push_back({s.step, s.loss, s.lr, s.grad_norm, s.tokens_per_second, s.skipped});
+  for (const EvalRecord& e : r.evals) evals.push_back({e.step, e.loss});
+  return {{"steps", steps}, {"evals", evals}, {"tokens", r.tokens}, {"skipped_steps", r.skipped_steps},
+          {"seconds", r.seconds}};
+}
+
+TrainResult result_from_json(const nlohmann::json& j) {
+  TrainResult r;
+  for (const nlohmann::json& s : j.at("steps"))
+    r.steps.push_back({s.at(0).get<int64_t>(), s.at(1).get<double>(), s.at(2).get<double>(), s.at(3).get<double>(),
+                       s.at(4).get<double>(), s.at(5).get<bool>()});
+  for (const nlohmann::json& e : j.at("evals")) r.evals.push_back({e.at(0).get<int64_t>(), e.at(1).get<double>()});
+  r.tokens = j.at("tokens").get<int64_t>();
+  r.skipped_steps = j.at("skipped_steps").get<int64_t>();
+  r.seconds = j.at("seconds").get<double>();
+  return r;
+}
+
+std::vector<std::string> trainable_names(const ParameterStore<float>& P) {
+  std::vector<std::string> names;
+  for (int i = 0; i < P.size(); ++i)
+    if (P.info(i).grad_offset >= 0) names.push_back(P.info(i).name);
+  return names;
+}
+
+// A checkpoint is a folder step-<n>/ (weights, optimizer moments, state.json) and
+// latest.json naming the newest complete one; latest.json is replaced atomically only
+// after the folder is complete, and older folders are removed only after that.
+void save_training_checkpoint(const CheckpointOptions& c, int64_t step, Decoder<float>& model, TrainEngine& engine,
+                              const TrainData& data, const TrainResult& result) {
+  engine.pull_weights();
+  const std::string name = fmt::format("step-{:08d}", step);
+  fs::path dir = fs::path(c.dir) / name;
+  if (fs::exists(dir)) fs::remove_all(dir);
+  make_directories(dir.string());
+  ParameterStore<float>& P = model.params();
+  std::vector<TensorToWrite> weights;
+  for (int i = 0; i < P.size(); ++i)
+    weights.push_back({P.info(i).name, P.info(i).shape, {P.value(i), size_t(P.info(i).numel)}, DType::F32});
+  write_safetensors((dir / "weights.safetensors").string(), weights);
+  AdamW& opt = engine.optimizer();
+  if (!opt.first_moment().empty()) {
+    std::vector<TensorToWrite> moments = {
+        {"adamw.m", {int64_t(opt.first_moment().size())}, opt.first_moment(), DType::F32},
+        {"adamw.v", {int64_t(opt.second_moment().size())}, opt.second_moment(), DType::F32}};
+    write_safetensors((dir / "optimizer.safetensors").string(), moments);
+  }
+  nlohmann::json state = {{"step", step},
+                          {"adamw_steps", opt.steps_taken()},
+                          {"trainable", trainable_names(P)},
+                          {"result", result_to_json(result)}};
+  if (data.save_position) state["data"] = data.save_position();
+  if (c.save_method) state["method"] = c.save_method();
+  write_file_atomic((dir / "state.json").string(), state.dump() + "\n");
+  write_file_atomic((fs::path(c.dir) / "latest.json").string(),
+                    nlohmann::json({{"step", step}, {"dir", name}}).dump() + "\n");
+  for (const auto& entry : fs::directory_iterator(c.dir))
+    if (entry.is_directory() && entry.path().filename().string().starts_with("step-") &&
+        entry.path().filename() != name)
+      fs::remove_all(entry.path());
+}
+
+// Restores the newest checkpoint in c.dir, if any; returns its step (0: none).
+int64_t load_training_checkpoint(const CheckpointOptions& c, Decoder<float>& model, TrainEngine& engine,
+                                 const TrainData& data, TrainResult& result) {
+  fs::path latest = fs::path(c.dir) / "latest.json";
+  if (!fs::exists(latest)) return 0;
+  fs::path dir;
+  nlohmann::json state;
+  try {
+    nlohmann::json l = nlohmann::json::parse(read_text_source(latest.string()));
+    dir = fs::path(c.dir) / l.at("dir").get<std::string>();
+    state = nlohmann::json::parse(read_text_source((dir / "state.json").string()));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: malformed checkpoint ({})", c.dir, e.what());
+  }
+  ParameterStore<float>& P = model.params();
+  try {
+    if (state.at("trainable").get<std::vector<std::string>>() != trainable_names(P))
+      fail("{}: the checkpoint trained other tensors than this run does; remove the folder to start over",
+           dir.string());
+    SafetensorsFile weights((dir / "weights.safetensors").string());
+    for (int i = 0; i < P.size(); ++i) {
+      const SafetensorsTensor& t = weights.tensor(P.info(i).name);
+      if (t.numel() != P.info(i).numel)
+        fail("{}: tensor '{}' has {} values, the model {}", weights.path(), P.info(i).name, t.numel(),
+             P.info(i).numel);
+      weights.read_f32(t, {P.value(i), size_t(P.info(i).numel)});
+    }
+    AdamW& opt = engine.optimizer();
+    opt.first_moment().clear();
+    opt.second_moment().clear();
+    if (fs::exists(dir / "optimizer.safetensors")) {
+      SafetensorsFile moments((dir / "optimizer.safetensors").string());
+      opt.first_moment() = moments.read_f32("adamw.m");
+      opt.second_moment() = moments.read_f32("adamw.v");
+      if (opt.first_moment().size() != P.gradients().size() || opt.second_moment().size() != P.gradients().size())
+        fail("{}: optimizer moments of {} values, the trainable parameters have {}", moments.path(),
+             opt.first_moment().size(), P.gradients().size());
+    }
+    opt.set_steps_taken(state.at("adamw_steps").get<int64_t>());
+    if (data.restore_position) data.restore_position(state.at("data"));
+    if (c.restore_method && state.contains("method")) c.restore_method(state.at("method"));
+    result = result_from_json(state.at("result"));
+    return state.at("step").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}/state.json: malformed checkpoint state ({})", dir.string(), e.what());
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<TrainEngine> make_cpu_engine(Decoder<float>& model, const AdamWConfig& adamw) {
+  return std::make_unique<CpuEngine>(model, adamw);
+}
+
+std::unique_ptr<TrainEngine> make_train_engine(Decoder<float>& model, const TrainConfig& config, int64_t max_tokens,
+                                               int64_t max_seq_len) {
+  if (config.backend == "cpu") return make_cpu_engine(model, adamw_config(config));
+  if (config.backend == "cuda") {
+#ifdef ADEPT_WITH_CUDA
+    return make_cuda_engine(model, config, max_tokens, max_seq_len);
+#else
+    fail("backend = \"cuda\": this adept was built without CUDA (configure with nvcc present, -DADEPT_CUDA=ON)");
+#endif
+  }
+  fail("backend '{}' is unknown (known: cpu, cuda)", config.backend);
+}
+
+void truncate_jsonl_log(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::istringstream in(read_text_source(path));
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("step")) continue;  // a line cut short by the interruption
+    int64_t s = j["step"].get<int64_t>();
+    bool is_eval = j.value("event", "") == "eval";
+    if (s < step || (is_eval && s == step)) kept += line + "\n";
+  }
+  write_file_atomic(path, kept);
+}
+
+TrainResult train(Decoder<float>& model, TrainEngine& engine, const TrainConfig& config, const TrainData& data,
+                  const TrainOptions& options) {
   TrainResult result;
+  const CheckpointOptions& ck = options.checkpoint;
+  const bool checkpoints = !ck.dir.empty() && ck.every > 0 && engine.has_optimizer_state_access();
+  if (!ck.dir.empty() && ck.every > 0 && !engine.has_optimizer_state_access())
+    fmt::print("note     {}: the {} backend cannot save optimizer state yet; no mid-training checkpoints\n",
+               options.label, engine.name());
+  int64_t first_step = 0;
+  if (checkpoints && ck.resume) {
+    first_step = load_training_checkpoint(ck, model, engine, data, result);
+    if (first_step > 0) {
+      result.resumed_from = first_step;
+      fmt::print("resume   {}: from the checkpoint at step {} of {}\n", options.label, first_step, config.steps);
+    }
+  }
   std::ofstream metrics;
   if (!options.metrics_path.empty()) {
-    metrics.open(options.metrics_path, std::ios::trunc);
+    if (first_step > 0) truncate_jsonl_log(options.metrics_path, first_step);
+    metrics.open(options.metrics_path, first_step > 0 ? std::ios::app : std::ios::trunc);
     if (!metrics) fail("{}: cannot open for writing", options.metrics_path);
   }
   auto log = [&](const nlohmann::json& j) {
     if (metrics.is_open()) metrics << j.dump() << '\n' << std::flush;
   };
   auto run_eval = [&](int64_t step) {
-    if (!holdout) return;
-    EvalRecord e{step, evaluate(model, *holdout, config.batch_size, config.eval_batches)};
+    if (!options.evaluate) return;
+    EvalRecord e{step, options.evaluate(engine)};
     result.evals.push_back(e);
     log({{"event", "eval"}, {"step", e.step}, {"heldout_loss", e.loss}});
   };
 
   ProgressBar bar(options.label, config.steps);
+  const double seconds_before = result.seconds;
   auto start = std::chrono::steady_clock::now();
-  run_eval(0);
+  if (first_step == 0) run_eval(0);
   double smoothed = NAN;
-  for (int64_t step = 0; step < config.steps; ++step) {
-    if (options.before_step) options.before_step(step);
+  for (const StepRecord& r : result.steps)
+    if (std::isfinite(r.loss)) smoothed = std::isnan(smoothed) ? r.loss : 0.9 * smoothed + 0.1 * r.loss;
+  for (int64_t step = first_step; step < config.steps; ++step) {
+    if (options.stop_after >= 0 && step >= first_step + options.stop_after) {
+      engine.pull_weights();
+      return result;
+    }
+    if (options.before_step) options.before_step(step, engine);
     std::vector<TokenBatch> micro;
-    for (int64_t m = 0; m < config.grad_accum; ++m) micro.push_back(train_data.random_batch(config.batch_size, step, m));
-    StepRecord r = train_step(model, optimizer, micro, config, step);
-    result.tokens += config.grad_accum * config.batch_size * config.seq_len;
+    for (int64_t m = 0; m < config.grad_accum; ++m) micro.push_back(data.next(step, m));
+    StepRecord r = engine.step(micro, config, step);
+    for (const TokenBatch& b : micro) result.tokens += b.B * b.S;
     result.skipped_steps += r.skipped;
     result.steps.push_back(r);
     log({{"event", "step"}, {"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
@@ -111,12 +316,29 @@ TrainResult train(Decoder<float>& model, const TrainConfig& config, const Window
     if (config.eval_every > 0 && (step + 1) % config.eval_every == 0 && step + 1 < config.steps) run_eval(step + 1);
     if (options.show_progress)
       bar.update(step + 1, fmt::format("loss {:.3f} lr {:.2e} {:.0f} tok/s", smoothed, r.lr, r.tokens_per_second));
+    if (checkpoints && (step + 1) % ck.every == 0 && step + 1 < config.steps) {
+      result.seconds =
+          seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      save_training_checkpoint(ck, step + 1, model, engine, data, result);
+    }
   }
   run_eval(config.steps);
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  engine.pull_weights();
+  result.seconds = seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (options.show_progress)
     bar.finish(fmt::format("loss {:.3f} {:.0f} tok/s", smoothed, double(result.tokens) / result.seconds));
   return result;
+}
+
+TrainResult train(Decoder<float>& model, const TrainConfig& config, const WindowSampler& train_data,
+                  const WindowSampler* holdout, const TrainOptions& options) {
+  std::unique_ptr<TrainEngine> engine = make_cpu_engine(model, adamw_config(config));
+  TrainData data;
+  data.next = [&](int64_t step, int64_t micro) { return train_data.random_batch(config.batch_size, step, micro); };
+  TrainOptions o = options;
+  if (holdout && !o.evaluate)
+    o.evaluate = [&](TrainEngine&) { return evaluate(model, *holdout, config.batch_size, config.eval_batches); };
+  return train(model, *engine, config, data, o);
 }
 
 }  // namespace adept

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "backend/cuda/cuda_decoder.hpp"
@@ -16,8 +17,14 @@ namespace adept {
 CudaDecoderOptions cuda_options_for(const TrainConfig& config);
 
 // trainer.cpp's train_step on the GPU: the same schedule, accumulation, clipping and
-// non-finite skip, and the same record.
+// non-finite skip, and the same record. Packed documents are passed on.
 StepRecord cuda_train_step(CudaDecoder& model, const std::vector<TokenBatch>& micro_batches,
                            const TrainConfig& config, int64_t step);
+
+// A TrainEngine on one GPU over `host` (weights, trainable set and multipliers copied in
+// now; batches of up to max_tokens tokens in rows of up to max_seq_len). Gradients for importance estimates come
+// from the device (copy_gradients_to_host); the optimizer state stays on the device.
+std::unique_ptr<TrainEngine> make_cuda_engine(Decoder<float>& host, const TrainConfig& config, int64_t max_tokens,
+                                              int64_t max_seq_len);
 
 }  // namespace adept
