@@ -10,5 +10,6 @@ void add_train_command(CLI::App& app);
 void add_config_command(CLI::App& app);
 void add_run_command(CLI::App& app);
 void add_data_command(CLI::App& app);
+void add_model_commands(CLI::App& app);  // probe, expand, eval
 
 }  // namespace adept::cli

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   adept::cli::add_train_command(app);
   adept::cli::add_config_command(app);
   adept::cli::add_data_command(app);
+  adept::cli::add_model_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

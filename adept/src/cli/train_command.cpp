@@ -1,6 +1,8 @@
 // `adept train [config.toml]`: train a decoder from scratch on data.train (default: the
 // embedded tiny run), with a progress bar, held-out loss, a metrics log, resumable
 // checkpoints and the trained model written as a Hugging Face checkpoint.
+// `adept train --method adept|full|llama-pro|freeze --base DIR`: one method of the study
+// on a Hugging Face checkpoint: continual pretraining on the domain corpus.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -10,6 +12,8 @@
 #include "core/atomic_file.hpp"
 #include "core/embedded.hpp"
 #include "model/decoder.hpp"
+#include "method/layer_importance.hpp"
+#include "pipeline/method_training.hpp"
 #include "pipeline/model_files.hpp"
 #include "pipeline/study_data.hpp"
 #include "train/report.hpp"
@@ -27,10 +31,65 @@ struct TrainArgs {
   int64_t steps = 0;
   std::string out_dir;
   bool quiet = false;
+  std::string method, base, backend;
+  std::vector<std::string> data, general;
+  std::vector<int64_t> after;
 };
 
-void run_train(const TrainArgs& args) {
+// One method on an HF checkpoint: the stage `adept run` runs for each method.
+void run_method(const TrainArgs& args) {
   RunConfig rc = load_run_config(args.config_path);
+  if (args.base.empty() && rc.run.base.empty()) fail("adept train --method {}: --base (an HF checkpoint) is required", args.method);
+  if (!args.base.empty()) rc.run.base = args.base;
+  if (!args.data.empty()) rc.data.domain = args.data;
+  if (!args.general.empty()) rc.data.general = args.general;
+  if (!args.after.empty()) rc.expand.after = args.after;
+  if (!args.backend.empty()) rc.train.backend = args.backend;
+  if (args.steps > 0) rc.train.steps = args.steps;
+  if (!args.out_dir.empty()) rc.train.out_dir = args.out_dir;
+  validate_run_config(rc);
+  const fs::path out = rc.train.out_dir;
+  make_directories(out.string());
+  StudyData data = open_study_data(rc, out.string(), !args.quiet);
+  HfModelConfig hf;
+  Decoder<float> base = load_hf_model(rc.run.base, &hf);
+  check_vocabulary(base.config().vocab_size, data.tokenizer, rc.run.base + "/config.json");
+  rc.train.seq_len = std::min(rc.train.seq_len, base.config().max_position_embeddings);
+
+  std::optional<LayerImportance> importance;
+  if (args.method == "adept" && rc.expand.after.empty()) {
+    std::vector<TokenBatch> probe = probe_batches(data, rc.train.seq_len, rc.probe.batches, rc.probe.batch_size, 3);
+    std::unique_ptr<TrainEngine> engine =
+        make_train_engine(base, rc.train, rc.probe.batch_size * rc.train.seq_len, rc.train.seq_len);
+    importance = probe_layer_importance(base, probe, parse_importance_method(rc.probe.method),
+                                        [&](const TokenBatch& b, const std::vector<bool>& skip) { return engine->loss(b, skip); });
+    fmt::print("probe    {} importance per layer: {:.2f}\n", rc.probe.method, fmt::join(importance->normalized, " "));
+  }
+  MethodModel m = prepare_method_model(args.method, base, importance ? &*importance : nullptr, rc);
+  fmt::print("method   {}: {} ({:.1f}% of {:.2f}M parameters train), {} steps x {} x {} tokens on {}, backend {}\n",
+             args.method, m.trained, 100.0 * double(m.model.params().trainable_numel()) / double(m.model.params().total_numel()),
+             double(m.model.params().total_numel()) / 1e6, rc.train.steps, rc.train.batch_size, rc.train.seq_len,
+             fmt::join(rc.data.domain, ", "), rc.train.backend);
+  std::fflush(stdout);
+  MethodTraining t = train_method(args.method, m, data, rc, out.string(), !args.quiet);
+  fmt::print("\n{}", loss_curve_summary(t.train));
+  save_hf_model((out / "model").string(), m.model, hf, data.tokenizer.checkpoint_source(),
+                resolve_save_dtype(rc.run.save_dtype, hf));
+  fs::remove_all(out / "checkpoints");
+  nlohmann::json summary = method_training_json(t);
+  summary.erase("steps");
+  summary["train"] = train_result_json(t.train);
+  summary["base"] = rc.run.base;
+  write_file_atomic((out / "summary.json").string(), summary.dump(2) + "\n");
+  fmt::print("wrote    {0}/model (Hugging Face checkpoint, {1} layers), {0}/metrics.jsonl, {0}/summary.json{2}\n",
+             out.string(), m.model.config().num_hidden_layers,
+             args.method == "adept" ? fmt::format(", {}/lr_multipliers.jsonl", out.string()) : "");
+}
+
+void run_train(const TrainArgs& args) {
+  if (!args.method.empty()) return run_method(args);
+  RunConfig rc = load_run_config(args.config_path);
+  if (!args.backend.empty()) rc.train.backend = args.backend, validate_run_config(rc);
   if (args.steps > 0) rc.train.steps = args.steps;
   if (!args.out_dir.empty()) rc.train.out_dir = args.out_dir;
   const fs::path out = rc.train.out_dir;
@@ -80,7 +139,7 @@ void run_train(const TrainArgs& args) {
 
   fmt::print("\n{}", loss_curve_summary(result));
   HfModelConfig hf(rc.model);
-  save_hf_model((out / "model").string(), model, hf, tokenizer.files_dir, DType::F32);
+  save_hf_model((out / "model").string(), model, hf, tokenizer.checkpoint_source(), DType::F32);
   fs::remove_all(out / "checkpoints");
   nlohmann::json summary = train_result_json(result);
   summary["config"] = rc.source;
@@ -93,10 +152,21 @@ void run_train(const TrainArgs& args) {
 
 void add_train_command(CLI::App& app) {
   auto args = std::make_shared<TrainArgs>();
-  CLI::App* cmd = app.add_subcommand("train", "Train a decoder on a text corpus (no config: the embedded tiny run)");
+  CLI::App* cmd = app.add_subcommand(
+      "train", "Train a decoder from scratch on data.train (no config: the embedded tiny run), or with --method one "
+               "method of the study on an HF checkpoint (--base) and the domain corpus");
   cmd->add_option("config", args->config_path, "TOML run config, laid over the embedded default (configs/tiny.toml)");
+  cmd->add_option("--method", args->method, "adept | full | llama-pro | freeze (continual pretraining of --base)")
+      ->check(CLI::IsMember({"adept", "full", "llama-pro", "freeze"}));
+  cmd->add_option("--base", args->base, "HF checkpoint directory to adapt (overrides run.base)");
+  cmd->add_option("--data", args->data, "Domain corpus: text / *.jsonl files or prepared dirs (overrides data.domain)");
+  cmd->add_option("--general", args->general,
+                  "General corpus: ADEPT's probe data and the forgetting measure (overrides data.general)");
+  cmd->add_option("--after", args->after, "Layers to copy (adept; overrides expand.after, skips the probe)")
+      ->delimiter(',');
+  cmd->add_option("--backend", args->backend, "cpu | cuda (overrides train.backend)");
   cmd->add_option("--steps", args->steps, "Override train.steps");
-  cmd->add_option("--out", args->out_dir, "Override train.out_dir");
+  cmd->add_option("--out", args->out_dir, "Override train.out_dir (model/, metrics.jsonl, summary.json)");
   cmd->add_flag("--quiet", args->quiet, "No progress bar");
   cmd->callback([args] { run_train(*args); });
 }

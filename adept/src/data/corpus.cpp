@@ -96,10 +96,10 @@ void add_loader_sources(std::vector<LoaderSource>& sources, const Corpus& corpus
     sources.push_back({d, share * double(d->tokens()) / double(std::max<int64_t>(corpus.tokens, 1))});
 }
 
-HeldOutCorpus held_out_corpus(const Corpus& corpus, const LoaderConfig& config) {
+HeldOutCorpus held_out_corpus(const Corpus& corpus, const LoaderConfig& config, bool every_document) {
   HeldOutCorpus h;
   for (const auto& d : corpus.datasets) {
-    HeldOutSet set(d, config);
+    HeldOutSet set(d, config, every_document);
     if (set.tokens() == 0) continue;
     h.tokens += set.tokens();
     h.sets.push_back(std::move(set));

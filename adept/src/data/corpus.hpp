@@ -47,6 +47,7 @@ struct HeldOutCorpus {
   int64_t tokens = 0;
   bool empty() const { return tokens == 0; }
 };
-HeldOutCorpus held_out_corpus(const Corpus& corpus, const LoaderConfig& config);
+// every_document: the whole corpus is evaluation text.
+HeldOutCorpus held_out_corpus(const Corpus& corpus, const LoaderConfig& config, bool every_document = false);
 
 }  // namespace adept

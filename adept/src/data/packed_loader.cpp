@@ -239,10 +239,15 @@ void PackedLoader::restore(const LoaderState& state) {
   for (Stream& st : streams_) st.order_epoch = -1;
 }
 
-HeldOutSet::HeldOutSet(std::shared_ptr<const TokenDataset> data, const LoaderConfig& config)
+HeldOutSet::HeldOutSet(std::shared_ptr<const TokenDataset> data, const LoaderConfig& config, bool every_document)
     : data_(std::move(data)), config_(config), first_token_{0} {
   check_config(config);
-  documents_ = split_documents(*data_, config.holdout_fraction, config.split_seed).holdout;
+  if (every_document) {
+    if (data_->documents() == 0) fail("{}: the dataset has no documents", data_->dir());
+    for (int64_t d = 0; d < data_->documents(); ++d) documents_.push_back(d);
+  } else {
+    documents_ = split_documents(*data_, config.holdout_fraction, config.split_seed).holdout;
+  }
   for (int64_t d : documents_) first_token_.push_back(first_token_.back() + data_->document(d).length);
 }
 

@@ -112,7 +112,9 @@ class PackedLoader {
 // every held-out token once; rows past the end are padding whose targets are ignored.
 class HeldOutSet {
  public:
-  HeldOutSet(std::shared_ptr<const TokenDataset> data, const LoaderConfig& config);
+  // every_document: all of the dataset's documents, not only the held-out split (a
+  // corpus that is evaluation text as a whole).
+  HeldOutSet(std::shared_ptr<const TokenDataset> data, const LoaderConfig& config, bool every_document = false);
 
   int64_t documents() const { return int64_t(documents_.size()); }
   int64_t tokens() const { return first_token_.back(); }

@@ -184,7 +184,7 @@ std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
       po.checkpoint.resume = rc.run.resume;
       pretrain = train(base, *engine, rc.pretrain, loader_train_data(loader), po);
       // float32, whatever run.save_dtype says: every method starts from exactly this base.
-      save_hf_model((base_dir / "model").string(), base, base_hf, data.tokenizer.files_dir, DType::F32);
+      save_hf_model((base_dir / "model").string(), base, base_hf, data.tokenizer.checkpoint_source(), DType::F32);
       MethodTraining record;
       record.name = "pretrain";
       record.train = *pretrain;
@@ -250,7 +250,7 @@ std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
     } else {
       MethodModel m = prepare_method_model(method, base, &importance, rc);
       r.training = train_method(method, m, data, rc, dir.string(), progress);
-      save_hf_model((dir / "model").string(), m.model, base_hf, data.tokenizer.files_dir, save_dtype);
+      save_hf_model((dir / "model").string(), m.model, base_hf, data.tokenizer.checkpoint_source(), save_dtype);
       finish_stage(dir / "done.json", key, method_training_json(r.training));
       fs::remove_all(dir / "checkpoints");
       trained.emplace(std::move(m.model));

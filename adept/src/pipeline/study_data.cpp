@@ -81,7 +81,7 @@ StudyData open_study_data(const RunConfig& rc, const std::string& out_dir, bool 
   return d;
 }
 
-double held_out_loss(const HeldOutCorpus& holdout, int64_t batches, const BatchLossFn& loss) {
+double held_out_loss(const HeldOutCorpus& holdout, int64_t batches, const BatchLossFn& loss, int64_t* targets) {
   double sum = 0.0;
   int64_t count = 0;
   for (const HeldOutSet& set : holdout.sets)
@@ -90,6 +90,7 @@ double held_out_loss(const HeldOutCorpus& holdout, int64_t batches, const BatchL
       sum += r.loss_sum;
       count += r.count;
     }
+  if (targets) *targets = count;
   return count ? sum / double(count) : NAN;
 }
 

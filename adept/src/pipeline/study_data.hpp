@@ -23,6 +23,8 @@ struct RunTokenizer {
   NamedTokenizer named;
   std::string name;       // as resolved ("bytes" or a path)
   std::string files_dir;
+  // save_hf_model's tokenizer argument: the files to copy, or "bytes".
+  std::string checkpoint_source() const { return name == "bytes" ? "bytes" : files_dir; }
 };
 RunTokenizer resolve_tokenizer(const std::string& setting, const std::string& base_dir);
 
@@ -47,8 +49,9 @@ StudyData open_study_data(const RunConfig& rc, const std::string& out_dir, bool 
 
 // The loss of one batch on some model (an engine, or a CPU decoder).
 using BatchLossFn = std::function<cpu::CrossEntropyResult(const TokenBatch& batch)>;
-// Mean held-out loss per token over the first `batches` batches of every held-out set.
-double held_out_loss(const HeldOutCorpus& holdout, int64_t batches, const BatchLossFn& loss);
+// Mean held-out loss per token over the first `batches` batches of every held-out set
+// (targets, if given, receives how many tokens were scored).
+double held_out_loss(const HeldOutCorpus& holdout, int64_t batches, const BatchLossFn& loss, int64_t* targets = nullptr);
 
 // A PackedLoader as the training loop's data (position saved in checkpoints).
 TrainData loader_train_data(PackedLoader& loader);
