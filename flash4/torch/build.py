@@ -33,27 +33,37 @@ def uses_driver_api(archive: Path) -> bool:
     return any(n.startswith("cu") and n[2:3].isupper() for n in names)
 
 
-def link_shared_library(archive: Path, lib_dir: Path, cuda_home: Path) -> Path:
+def link_shared_library(archive: Path, lib_dir: Path, cuda_home: Path, cxx: str) -> Path:
     """libflash4.so from libflash4.a: the C ABI (flash4_*) exported and nothing else, the CUDA
-    runtime linked statically, as scripts/gpu_check.sh links it for bench/peers.py's ctypes
-    path. The extension links this rather than the archive: linked straight into the
-    extension (CUDA runtime shared with torch's, every flash4 symbol exported), the first
-    CUDA call crashed the process on the H200 (2026-11-30; cause not established)."""
+    runtime linked statically as scripts/gpu_check.sh links it for bench/peers.py's ctypes
+    path, and libstdc++ statically where the toolchain allows, so that no other library in
+    the process (torch, the extension) can stand in for the C++ runtime it was built with."""
     lib_dir.mkdir(parents=True, exist_ok=True)
     exports = lib_dir / "flash4.map"
     exports.write_text("{ global: flash4_*; local: *; };\n")
     listing = subprocess.run(["nm", "-u", str(archive)], capture_output=True, text=True).stdout
     uses_cuda = any(line.split()[-1].startswith("cuda") for line in listing.splitlines() if line.strip())
     shared = lib_dir / "libflash4.so"
-    cmd = ["g++", "-shared", "-o", shared, "-Wl,--whole-archive", archive, "-Wl,--no-whole-archive",
+    cmd = [cxx, "-shared", "-o", shared, "-Wl,--whole-archive", archive, "-Wl,--no-whole-archive",
            f"-Wl,--version-script={exports}"]
     if uses_cuda:
         cmd += [f"-L{cuda_home / 'lib64'}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
     if uses_driver_api(archive):
         cmd += [f"-L{cuda_home / 'lib64' / 'stubs'}", "-lcuda"]
     cmd += ["-lgomp"]
-    run(cmd)
+    try:
+        run(cmd[:1] + ["-static-libstdc++"] + cmd[1:])
+    except subprocess.CalledProcessError:
+        print("static libstdc++ did not link here; linking the shared one", flush=True)
+        run(cmd)
     return shared
+
+
+def cmake_cxx_compiler(cmake_dir: Path) -> str:
+    for line in (cmake_dir / "CMakeCache.txt").read_text().splitlines():
+        if line.startswith("CMAKE_CXX_COMPILER:"):
+            return line.split("=", 1)[1]
+    return "g++"
 
 
 def main():
@@ -88,10 +98,17 @@ def main():
     # Imported late: the CMake step does not need torch.
     from torch.utils import cpp_extension
 
-    shared = link_shared_library(archive, out / "lib", Path(cpp_extension.CUDA_HOME or "/usr/local/cuda"))
-    ldflags = [f"-L{shared.parent}", "-lflash4", f"-Wl,-rpath,{shared.parent}"]
+    shared = link_shared_library(archive, out / "lib", Path(cpp_extension.CUDA_HOME or "/usr/local/cuda"),
+                                 cmake_cxx_compiler(cmake_dir))
     ext_dir = out / "ext"
     ext_dir.mkdir(parents=True, exist_ok=True)
+    # The extension exports no symbol: its ops register from static initialisers. On the
+    # H200 machine cpp_extension's compiler (/opt/gcc) put a static libstdc++ into the
+    # extension and exported it, and libflash4's iostream calls bound to that copy and
+    # crashed (2026-11-30, cuda-gdb backtrace through flash4::detail::validate_forward).
+    hide_all = ext_dir / "hide_all.map"
+    hide_all.write_text("{ local: *; };\n")
+    ldflags = [f"-L{shared.parent}", "-lflash4", f"-Wl,-rpath,{shared.parent}", f"-Wl,--version-script={hide_all}"]
     os.environ.setdefault("MAX_JOBS", str(args.jobs))
     # The extension has no .cu source, but cpp_extension wants an arch list and cannot read
     # one off a machine without a GPU.
