@@ -231,6 +231,39 @@ TEST(DecoupledLr, EstimationChangesNothingButTheMultipliers) {
   EXPECT_EQ(std::memcmp(plain.data(), estimated.data(), sizeof(float) * plain.size()), 0);
 }
 
+TEST(DecoupledLr, EstimatesThroughTheTrainingEngineChangeNothingButTheMultipliers) {
+  // The training loop as `adept run` drives it: importance estimated before every step
+  // through the engine's gradient (the path a GPU engine takes too) and discarded,
+  // against the same loop without estimates. Weights and losses must be bit-identical.
+  auto rng = make_rng(40);
+  Decoder<float> base = random_model("qwen3", rng);
+  auto batches = random_batches(rng, 5, 2, 16);
+  auto probe = random_batches(rng, 2, 2, 16);
+  TrainConfig cfg;
+  cfg.steps = 5, cfg.warmup_steps = 1, cfg.lr = 1e-2, cfg.eval_every = 0;
+  auto run = [&](bool estimate, std::vector<double>& losses) {
+    Expansion e;
+    Decoder<float> m = expand_layers(base, {0, 2}, &e);
+    train_only_layers(m, e.inserted);
+    std::unique_ptr<TrainEngine> engine = make_cpu_engine(m, adamw_config(cfg));
+    TrainData data;
+    data.next = [&](int64_t step, int64_t) { return batches[step]; };
+    TrainOptions o;
+    o.show_progress = false;
+    if (estimate)
+      o.before_step = [&](int64_t, TrainEngine& eng) {
+        estimate_unit_importance(m, probe, UnitGranularity::row, [&](const TokenBatch& b) { eng.gradient(b); });
+      };
+    TrainResult r = train(m, *engine, cfg, data, o);
+    for (const StepRecord& s : r.steps) losses.push_back(s.loss);
+    return m.params().values();
+  };
+  std::vector<double> plain_losses, estimated_losses;
+  std::vector<float> plain = run(false, plain_losses), estimated = run(true, estimated_losses);
+  EXPECT_EQ(plain_losses, estimated_losses);
+  EXPECT_EQ(std::memcmp(plain.data(), estimated.data(), sizeof(float) * plain.size()), 0);
+}
+
 TEST(DecoupledLr, AdeptTrainingLeavesOriginalParametersBitIdentical) {
   auto rng = make_rng(39);
   Decoder<float> base = random_model("qwen2", rng);
