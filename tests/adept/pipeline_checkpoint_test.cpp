@@ -156,6 +156,46 @@ TEST(HfBase, AVocabularySmallerThanTheTokenizersIsAnErrorNamingTheFileAndField) 
   }
 }
 
+TEST(HfBase, TheBasesOwnBpeTokenizerPreparesTheDataAndTravelsWithEveryModel) {
+  auto rng = testing_support::make_rng(76);
+  TempDir tmp(rng());
+  const fs::path bpe = fs::path(ADEPT_SOURCE_DIR) / "tests/fixtures/data/tiny_bpe";
+  ModelConfig c = tiny("llama");
+  c.vocab_size = 320;  // the fixture BPE has 300 ids; a model's table may be larger
+  Decoder<float> base = random_model(c, rng);
+  save_hf_model((tmp.path / "base").string(), base, HfModelConfig(base.config()), bpe.string(), DType::F32);
+  RunConfig rc = study_on(tmp.path, (tmp.path / "base").string());
+  rc.run.methods = {"adept", "freeze"};
+  PipelineOptions quiet;
+  quiet.show_progress = false;
+  run_pipeline(rc, quiet);
+  const fs::path run = rc.run.out_dir;
+  nlohmann::json manifest = nlohmann::json::parse(read_text_source((run / "data" / "domain-text" / "manifest.json").string()));
+  EXPECT_EQ(manifest["tokenizer"]["kind"], "bpe");
+  EXPECT_EQ(manifest["tokenizer"]["vocab_size"], 300);
+  for (const char* m : {"adept", "freeze"}) {
+    EXPECT_TRUE(fs::exists(run / m / "model" / "tokenizer.json")) << m;
+    EXPECT_TRUE(fs::exists(run / m / "model" / "tokenizer_config.json")) << m;
+    EXPECT_FALSE(fs::exists(run / m / "model" / "adept.json")) << m;
+  }
+}
+
+TEST(HfBase, ATransformersCheckpointWithTooSmallAVocabularyForBytesIsRefused) {
+  // tests/fixtures/hf/llama was written by transformers (vocab_size 128, no tokenizer).
+  TempDir tmp(77);
+  RunConfig rc = study_on(tmp.path, (fs::path(ADEPT_SOURCE_DIR) / "tests/fixtures/hf/llama").string());
+  rc.data.tokenizer = "bytes";
+  PipelineOptions quiet;
+  quiet.show_progress = false;
+  try {
+    run_pipeline(rc, quiet);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    std::string what = e.what();
+    EXPECT_NE(what.find("hf/llama/config.json: vocab_size 128"), std::string::npos) << what;
+  }
+}
+
 TEST(HfBase, AMissingBaseDirectoryIsAClearError) {
   RunConfig rc = load_run_config("");
   TempDir tmp(75);
