@@ -92,6 +92,26 @@ std::vector<Problem> covered_cases() {
       p.causal = causal;
       cases.push_back(forward_only(p));
     }
+  // More tiles than SMs: each persistent CTA runs several, of different lengths (causal,
+  // and Sq > Sk where whole tiles see no key).
+  for (int variant = 0; variant < 4; ++variant) {
+    Problem p;
+    p.label = "hopper persistent";
+    p.dtype = variant % 2 ? FLASH4_F16 : FLASH4_BF16;
+    p.Dqk = p.Dv = variant < 2 ? 128 : 64;
+    p.B = 3, p.Hq = 8, p.Hkv = 2, p.Sq = 1100, p.Sk = 1100;
+    if (variant == 3) p.Sq = 2000, p.Sk = 300;
+    p.causal = variant != 1;
+    cases.push_back(forward_only(p));
+  }
+  {  // Three waves of tiles over 64 heads, GQA (added after the last device run: not yet run).
+    Problem p;
+    p.label = "hopper persistent waves";
+    p.Dqk = p.Dv = 64;
+    p.B = 4, p.Hq = 16, p.Hkv = 4, p.Sq = 520, p.Sk = 520;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+  }
   {  // MQA, BHSD memory order, fp16, d = 128.
     Problem p;
     p.label = "hopper bhsd mqa";

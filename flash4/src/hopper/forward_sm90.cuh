@@ -10,15 +10,17 @@
 //    from registers. Intra-warpgroup overlap: block j's S = Q K^T is issued before block
 //    j-1's P V is, and block j's softmax runs while that P V is on the tensor cores.
 // Key blocks run from the last (the causal diagonal, masked) down, so only the first
-// blocks of a row tile pay for per-element masks; query tiles are launched heaviest first.
+// blocks of a row tile pay for per-element masks. Persistent CTAs (one per SM) walk the
+// tiles in a static round-robin, heaviest (causal) first; Q is double-buffered so the next
+// tile's Q and first K / V blocks load while this tile finishes.
 //
 // Covered here: dense (B, S, H, D) tensors with any 16-byte-multiple strides, bf16 / fp16,
 // d_qk = d_v in {64, 128}, GQA / MQA, causal (bottom-right) or not, LSE. Everything else
 // runs on the portable kernels (hopper.cpp decides).
 // Verified on an H200 (2026-11-30): the whole flash4 gpu suite with this path on.
 //
-// Missing vs issue 4 (follow-ups): pingpong scheduling of the two consumer warpgroups
-// (named barriers), a persistent tile scheduler, TMA stores of O, d 96 / 192 / 256,
+// Pingpong (FA3): the consumer warpgroups alternate their wgmma batches (named barriers).
+// Missing vs issue 4 (follow-ups): a dynamic (atomic) tile scheduler, TMA stores of O, d 96 / 192 / 256,
 // varlen, window, softcap, sink, paged KV, GQA packing of small Sq into the M tile.
 #pragma once
 
@@ -45,13 +47,18 @@ struct ForwardSm90Config {
   static constexpr uint32_t kQBytes = kBlockM * D * 2;
   static constexpr uint32_t kKVBytes = kBlockN * D * 2;  // one stage of K (or of V)
   static constexpr uint32_t kQChunkBytes = kBlockM * 128, kKVChunkBytes = kBlockN * 128;
-  static constexpr int kBarriers = 1 + 4 * kStages;
+  static constexpr int kQStages = 2;  // the next tile's Q loads during this tile
+  static constexpr int kBarriers = 2 * kQStages + 4 * kStages;
   // 1024 bytes of slack to align the tiles to the swizzle atom.
-  static constexpr size_t kSmemBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + 8 * kBarriers;
+  static constexpr size_t kSmemBytes = 1024 + kQStages * kQBytes + 2 * kStages * kKVBytes + 8 * kBarriers;
   // Registers per thread after setmaxnreg: 128 * 24 + 256 * 240 <= 64K.
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(D % 64 == 0 && D <= 128, "d = 64 or 128");
 };
+
+// Kernel flags (run-time switches, for A/B measurements).
+inline constexpr int kEmulateExp2 = 1;  // FA4's exp2 emulation for one 8-column tile in four
+inline constexpr int kPingpong = 2;     // consumer warpgroups alternate their wgmma batches
 
 // Row max / sum of one consumer thread's two rows (g and g + 8 of its warp).
 struct SoftmaxRows {
@@ -117,41 +124,77 @@ __device__ __forceinline__ void scores_to_a(uint32_t (&a)[N / 16][4], const floa
   }
 }
 
+// The work of one CTA tile: BM query rows of one (sequence, head), and the key blocks
+// [0, n_blocks) that hold every key its rows see (no window here).
+struct Tile {
+  int m0, h, b, n_blocks;
+  cuda::Sequence seq;
+};
+
+// Tiles in launch order: under causal, the heaviest (last) query blocks of every head first,
+// so the static round-robin over CTAs hands every CTA tiles of similar cost at each step and
+// ends on light ones; otherwise the query blocks of one head side by side (their K / V stay
+// in L2).
+__device__ __forceinline__ Tile tile_at(const AttentionParams& p, int index, int m_blocks, int block_m, int block_n) {
+  Tile w;
+  const int heads = p.heads_q * p.batch;
+  int m_block, hb;
+  if (p.causal) {
+    m_block = m_blocks - 1 - index / heads;
+    hb = index % heads;
+  } else {
+    m_block = index % m_blocks;
+    hb = index / m_blocks;
+  }
+  w.h = hb % p.heads_q;
+  w.b = hb / p.heads_q;
+  w.m0 = m_block * block_m;
+  w.seq = cuda::sequence_of(p, w.b);
+  const int last_row = min(w.m0 + block_m, w.seq.sq) - 1;
+  w.n_blocks = (cuda::visible_keys(p, last_row, w.seq).hi + block_n - 1) / block_n;
+  return w;
+}
+
+// Persistent: gridDim.x CTAs (one per SM) walk the tiles index = blockIdx.x, + gridDim.x, ...
+// The producer runs ahead across tile boundaries (the next tile's Q and first K / V blocks
+// load while the consumers finish and store the current one). The K / V ring's stage and
+// phase follow one running block count per CTA, shared by producer and consumers.
 template <int D, typename T>
 __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
     attention_forward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
                                   const __grid_constant__ CUtensorMap tma_v, const AttentionParams p,
-                                  const int emulate_exp2) {
+                                  const int flags) {
 #if defined(FLASH4_SM90A)
+  const bool emulate_exp2 = (flags & kEmulateExp2) != 0, pingpong = (flags & kPingpong) != 0;
   using C = ForwardSm90Config<D>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  T* sQ = reinterpret_cast<T*>(smem);
-  T* sK = reinterpret_cast<T*>(smem + C::kQBytes);                              // [stage][chunk][BN][64]
-  T* sV = reinterpret_cast<T*>(smem + C::kQBytes + kStages * C::kKVBytes);      // [stage][chunk][BN][64]
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::kQBytes + 2 * kStages * C::kKVBytes);
+  constexpr int kQStages = C::kQStages;
+  T* sQ = reinterpret_cast<T*>(smem);                                                // [q stage][chunk][BM][64]
+  T* sK = reinterpret_cast<T*>(smem + kQStages * C::kQBytes);                        // [stage][chunk][BN][64]
+  T* sV = reinterpret_cast<T*>(smem + kQStages * C::kQBytes + kStages * C::kKVBytes);  // [stage][chunk][BN][64]
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kQStages * C::kQBytes + 2 * kStages * C::kKVBytes);
   uint64_t* q_full = bars;
-  uint64_t* k_full = bars + 1;
-  uint64_t* v_full = bars + 1 + kStages;
-  uint64_t* k_empty = bars + 1 + 2 * kStages;
-  uint64_t* v_empty = bars + 1 + 3 * kStages;
+  uint64_t* q_empty = bars + kQStages;
+  uint64_t* k_full = bars + 2 * kQStages;
+  uint64_t* v_full = k_full + kStages;
+  uint64_t* k_empty = k_full + 2 * kStages;
+  uint64_t* v_empty = k_full + 3 * kStages;
 
-  const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);  // heaviest (causal) first
-  const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
-  const cuda::Sequence seq = cuda::sequence_of(p, b);
-  const int m0 = m_block * BM;
-  const int last_row = min(m0 + BM, seq.sq) - 1;
-  // Key blocks [0, n_blocks) hold every key a row of this tile sees (no window here).
-  const int n_blocks = (cuda::visible_keys(p, last_row, seq).hi + BN - 1) / BN;
+  const int m_blocks = (p.seqlen_q + BM - 1) / BM;
+  const int tiles = m_blocks * p.heads_q * p.batch;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warpgroup = warp / 4;
   if (threadIdx.x == 0) {
-    mbarrier_init(q_full, 1);
+    for (int s = 0; s < kQStages; ++s) {
+      mbarrier_init(&q_full[s], 1);
+      mbarrier_init(&q_empty[s], 8);  // lane 0 of each consumer warp
+    }
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(&k_full[s], 1);
       mbarrier_init(&v_full[s], 1);
-      mbarrier_init(&k_empty[s], 8);  // lane 0 of each consumer warp
+      mbarrier_init(&k_empty[s], 8);
       mbarrier_init(&v_empty[s], 8);
     }
     fence_mbarrier_init();
@@ -162,42 +205,46 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
     // ---------------------------------------------------------------- producer
     setmaxnreg_dec<C::kProducerRegs>();
     if (warp == 0 && lane == 0) {
-      mbarrier_arrive_expect_tx(q_full, C::kQBytes);
-#pragma unroll
-      for (int c = 0; c < C::kChunks; ++c)
-        tma_load_4d(reinterpret_cast<unsigned char*>(sQ) + c * C::kQChunkBytes, &tma_q, 64 * c, m0, h, b, q_full);
-      for (int it = 0; it < n_blocks; ++it) {
-        const int nb = n_blocks - 1 - it, stage = it % kStages;
-        // The consumers' release of this stage's previous use (iteration it - kStages).
-        const uint32_t empty_parity = ((it / kStages) & 1) ^ 1;
-        unsigned char* k_dst = reinterpret_cast<unsigned char*>(sK) + stage * C::kKVBytes;
-        unsigned char* v_dst = reinterpret_cast<unsigned char*>(sV) + stage * C::kKVBytes;
-        if (it >= kStages) mbarrier_wait(&k_empty[stage], empty_parity);
-        mbarrier_arrive_expect_tx(&k_full[stage], C::kKVBytes);
+      int loaded = 0;  // K / V blocks issued so far (all tiles)
+      int tile_count = 0;
+      for (int index = blockIdx.x; index < tiles; index += gridDim.x, ++tile_count) {
+        const Tile w = tile_at(p, index, m_blocks, BM, BN);
+        const int hk = w.h / p.group;
+        // Q buffer qs is free once both consumer warpgroups are done with tile tile_count - 2.
+        const int qs = tile_count % kQStages;
+        if (tile_count >= kQStages) mbarrier_wait(&q_empty[qs], ((tile_count / kQStages) & 1) ^ 1);
+        mbarrier_arrive_expect_tx(&q_full[qs], C::kQBytes);
 #pragma unroll
         for (int c = 0; c < C::kChunks; ++c)
-          tma_load_4d(k_dst + c * C::kKVChunkBytes, &tma_k, 64 * c, nb * BN, hk, b, &k_full[stage]);
-        if (it >= kStages) mbarrier_wait(&v_empty[stage], empty_parity);
-        mbarrier_arrive_expect_tx(&v_full[stage], C::kKVBytes);
+          tma_load_4d(reinterpret_cast<unsigned char*>(sQ) + qs * C::kQBytes + c * C::kQChunkBytes, &tma_q, 64 * c,
+                      w.m0, w.h, w.b, &q_full[qs]);
+        for (int it = 0; it < w.n_blocks; ++it, ++loaded) {
+          const int nb = w.n_blocks - 1 - it, stage = loaded % kStages;
+          // The consumers' release of this stage's previous use (block loaded - kStages).
+          const uint32_t empty_parity = ((loaded / kStages) & 1) ^ 1;
+          unsigned char* k_dst = reinterpret_cast<unsigned char*>(sK) + stage * C::kKVBytes;
+          unsigned char* v_dst = reinterpret_cast<unsigned char*>(sV) + stage * C::kKVBytes;
+          if (loaded >= kStages) mbarrier_wait(&k_empty[stage], empty_parity);
+          mbarrier_arrive_expect_tx(&k_full[stage], C::kKVBytes);
 #pragma unroll
-        for (int c = 0; c < C::kChunks; ++c)
-          tma_load_4d(v_dst + c * C::kKVChunkBytes, &tma_v, 64 * c, nb * BN, hk, b, &v_full[stage]);
+          for (int c = 0; c < C::kChunks; ++c)
+            tma_load_4d(k_dst + c * C::kKVChunkBytes, &tma_k, 64 * c, nb * BN, hk, w.b, &k_full[stage]);
+          if (loaded >= kStages) mbarrier_wait(&v_empty[stage], empty_parity);
+          mbarrier_arrive_expect_tx(&v_full[stage], C::kKVBytes);
+#pragma unroll
+          for (int c = 0; c < C::kChunks; ++c)
+            tma_load_4d(v_dst + c * C::kKVChunkBytes, &tma_v, 64 * c, nb * BN, hk, w.b, &v_full[stage]);
+        }
       }
     }
   } else {
     // ---------------------------------------------------------------- consumers
     setmaxnreg_inc<C::kConsumerRegs>();
     const int cw = warpgroup - 1, wq = warp % 4, g = lane / 4, t = lane % 4;
-    const int wg_row0 = m0 + 64 * cw;
-    const int row[2] = {wg_row0 + 16 * wq + g, wg_row0 + 16 * wq + g + 8};
-    const int key_end[2] = {cuda::visible_keys(p, row[0], seq).hi, cuda::visible_keys(p, row[1], seq).hi};
-    // Blocks ending at or before every row's bound need no per-element mask (bounds grow
-    // with the row).
-    const int unmasked_end = cuda::visible_keys(p, wg_row0, seq).hi;
     const float scale_log2 = p.scale_log2, tau = p.rescale_tau;
-
-    const uint32_t q_addr = smem_u32(sQ) + cw * 64 * 128;  // this warpgroup's 64 rows
+    const uint32_t q_base = smem_u32(sQ) + cw * 64 * 128;  // this warpgroup's 64 rows
     const uint32_t k_addr = smem_u32(sK), v_addr = smem_u32(sV);
+    uint32_t q_addr = q_base;
     auto issue_qk = [&](float (&s)[BN / 2], int stage) {
       wgmma_fence();
 #pragma unroll
@@ -225,91 +272,130 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
       if (lane == 0) mbarrier_arrive(bar);
     };
 
-    float o[D / 2];
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
-    float s[BN / 2];
-    uint32_t pa[BN / 16][4];
-    SoftmaxRows rows;
-
-    auto softmax = [&](int nb, float (&factor)[2]) {
-      const int n0 = nb * BN;
-      const bool masked = n0 + BN > unmasked_end;
-      if (emulate_exp2)
-        softmax_block<true, BN>(s, masked, n0, t, key_end, scale_log2, tau, rows, factor);
-      else
-        softmax_block<false, BN>(s, masked, n0, t, key_end, scale_log2, tau, rows, factor);
+    // Pingpong (FA3): the two consumer warpgroups take turns issuing their wgmma batches
+    // (named barriers 1 and 2: "warpgroup cw may issue"), so one's softmax runs while the
+    // other's GEMMs hold the tensor cores. Warpgroup 1 lets warpgroup 0 go first.
+    auto gemm_turn_begin = [&] {
+      if (pingpong) named_barrier_sync(1 + cw, 256);
     };
+    auto gemm_turn_end = [&] {
+      if (pingpong) named_barrier_arrive(1 + (cw ^ 1), 256);
+    };
+    if (pingpong && cw == 1) named_barrier_arrive(1, 256);
 
-    mbarrier_wait(q_full, 0);
-    if (n_blocks > 0) {
-      // Block it = 0 (key block n_blocks - 1): S, softmax, P.
-      float factor[2];
-      mbarrier_wait(&k_full[0], 0);
-      issue_qk(s, 0);
-      wgmma_wait_group<0>();
+    int consumed = 0;  // K / V blocks consumed so far (all tiles)
+    int tile_count = 0;
+    for (int index = blockIdx.x; index < tiles; index += gridDim.x, ++tile_count) {
+      const Tile w = tile_at(p, index, m_blocks, BM, BN);
+      const int wg_row0 = w.m0 + 64 * cw;
+      const int row[2] = {wg_row0 + 16 * wq + g, wg_row0 + 16 * wq + g + 8};
+      const int key_end[2] = {cuda::visible_keys(p, row[0], w.seq).hi, cuda::visible_keys(p, row[1], w.seq).hi};
+      // Blocks ending at or before every row's bound need no per-element mask (bounds grow
+      // with the row).
+      const int unmasked_end = cuda::visible_keys(p, wg_row0, w.seq).hi;
+      const int n_blocks = w.n_blocks;
+
+      float o[D / 2];
 #pragma unroll
-      for (int i = 0; i < BN / 2; ++i) fence_operand(s[i]);
-      release(&k_empty[0]);
-      softmax(n_blocks - 1, factor);  // O is still zero: its factor does not matter
-      scores_to_a<T, BN>(pa, s);
+      for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+      float s[BN / 2];
+      uint32_t pa[BN / 16][4];
+      SoftmaxRows rows;
 
-      for (int it = 1; it < n_blocks; ++it) {
-        const int stage = it % kStages, prev = (it - 1) % kStages;
-        const uint32_t parity = (it / kStages) & 1, prev_parity = ((it - 1) / kStages) & 1;
-        mbarrier_wait(&k_full[stage], parity);
-        issue_qk(s, stage);  // S_it
-        mbarrier_wait(&v_full[prev], prev_parity);
-        issue_pv(o, pa, prev);  // O += P_{it-1} V_{it-1}, on the tensor cores during softmax(S_it)
-        wgmma_wait_group<1>();  // S_it done (groups complete in order)
+      auto softmax = [&](int nb, float (&factor)[2]) {
+        const int n0 = nb * BN;
+        const bool masked = n0 + BN > unmasked_end;
+        if (emulate_exp2)
+          softmax_block<true, BN>(s, masked, n0, t, key_end, scale_log2, tau, rows, factor);
+        else
+          softmax_block<false, BN>(s, masked, n0, t, key_end, scale_log2, tau, rows, factor);
+      };
+
+      const int qs = tile_count % kQStages;
+      q_addr = q_base + qs * C::kQBytes;
+      mbarrier_wait(&q_full[qs], (tile_count / kQStages) & 1);
+      if (n_blocks > 0) {
+        // Block it = 0 (key block n_blocks - 1): S, softmax, P.
+        float factor[2];
+        const int stage0 = consumed % kStages;
+        mbarrier_wait(&k_full[stage0], (consumed / kStages) & 1);
+        gemm_turn_begin();
+        issue_qk(s, stage0);
+        gemm_turn_end();
+        wgmma_wait_group<0>();
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) fence_operand(s[i]);
-        release(&k_empty[stage]);
-        softmax(n_blocks - 1 - it, factor);
-        wgmma_wait_group<0>();  // P V done: O and the P fragments are free again
+        release(&k_empty[stage0]);
+        softmax(n_blocks - 1, factor);  // O is still zero: its factor does not matter
+        scores_to_a<T, BN>(pa, s);
+
+        for (int it = 1; it < n_blocks; ++it) {
+          const int cur = consumed + it, prv = cur - 1;
+          const int stage = cur % kStages, prev = prv % kStages;
+          mbarrier_wait(&k_full[stage], (cur / kStages) & 1);
+          mbarrier_wait(&v_full[prev], (prv / kStages) & 1);
+          gemm_turn_begin();
+          issue_qk(s, stage);     // S_it
+          issue_pv(o, pa, prev);  // O += P_{it-1} V_{it-1}, on the tensor cores during softmax(S_it)
+          gemm_turn_end();
+          wgmma_wait_group<1>();  // S_it done (groups complete in order)
+#pragma unroll
+          for (int i = 0; i < BN / 2; ++i) fence_operand(s[i]);
+          release(&k_empty[stage]);
+          softmax(n_blocks - 1 - it, factor);
+          wgmma_wait_group<0>();  // P V done: O and the P fragments are free again
+#pragma unroll
+          for (int i = 0; i < D / 2; ++i) fence_operand(o[i]);
+#pragma unroll
+          for (int k = 0; k < BN / 16; ++k)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) fence_operand(pa[k][r]);
+          release(&v_empty[prev]);
+          // Conditional rescaling (FA4): most blocks keep every row's stale max.
+          if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
+#pragma unroll
+            for (int i = 0; i < D / 8; ++i) {
+              o[4 * i + 0] *= factor[0];
+              o[4 * i + 1] *= factor[0];
+              o[4 * i + 2] *= factor[1];
+              o[4 * i + 3] *= factor[1];
+            }
+          }
+          scores_to_a<T, BN>(pa, s);
+        }
+        const int last = consumed + n_blocks - 1;
+        mbarrier_wait(&v_full[last % kStages], (last / kStages) & 1);
+        gemm_turn_begin();
+        issue_pv(o, pa, last % kStages);
+        gemm_turn_end();
+        wgmma_wait_group<0>();
 #pragma unroll
         for (int i = 0; i < D / 2; ++i) fence_operand(o[i]);
-#pragma unroll
-        for (int k = 0; k < BN / 16; ++k)
-#pragma unroll
-          for (int r = 0; r < 4; ++r) fence_operand(pa[k][r]);
-        release(&v_empty[prev]);
-        // Conditional rescaling (FA4): most blocks keep every row's stale max.
-        if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
-#pragma unroll
-          for (int i = 0; i < D / 8; ++i) {
-            o[4 * i + 0] *= factor[0];
-            o[4 * i + 1] *= factor[0];
-            o[4 * i + 2] *= factor[1];
-            o[4 * i + 3] *= factor[1];
-          }
-        }
-        scores_to_a<T, BN>(pa, s);
+        release(&v_empty[last % kStages]);
+        consumed += n_blocks;
       }
-      const int last = (n_blocks - 1) % kStages;
-      mbarrier_wait(&v_full[last], ((n_blocks - 1) / kStages) & 1);
-      issue_pv(o, pa, last);
-      wgmma_wait_group<0>();
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i) fence_operand(o[i]);
-    }
+      release(&q_empty[qs]);  // every S = Q K^T of this tile is done: Q buffer qs may refill
 
-    // Finish: O / l, lse = (m + log2 l) ln 2; a row with no visible key: O = 0, lse = -inf.
+      // Finish: O / l, lse = (m + log2 l) ln 2; a row with no visible key: O = 0, lse = -inf.
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const float l = quad_sum(rows.sum[half]);
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-      const int i = row[half];
-      if (i >= seq.sq) continue;
-      T* out = cuda::query_row<T>(p.out, seq, i, h);
+      for (int half = 0; half < 2; ++half) {
+        const float l = quad_sum(rows.sum[half]);
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        const int i = row[half];
+        if (i >= w.seq.sq) continue;
+        T* out = cuda::query_row<T>(p.out, w.seq, i, w.h);
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n)
-        *reinterpret_cast<uint32_t*>(out + 8 * n + 2 * t) =
-            cuda::pack2<T>(o[4 * n + 2 * half] * inv, o[4 * n + 2 * half + 1] * inv);
-      if (p.lse != nullptr && t == 0)
-        p.lse[seq.q_start * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + int64_t(i) * p.lse_row_stride] =
-            l > 0.0f ? (rows.max[half].m + __log2f(l)) * cuda::kLn2 : -__builtin_huge_valf();
+        for (int n = 0; n < D / 8; ++n)
+          *reinterpret_cast<uint32_t*>(out + 8 * n + 2 * t) =
+              cuda::pack2<T>(o[4 * n + 2 * half] * inv, o[4 * n + 2 * half + 1] * inv);
+        if (p.lse != nullptr && t == 0)
+          p.lse[w.seq.q_start * p.lse_batch_stride + int64_t(w.h) * p.lse_head_stride + int64_t(i) * p.lse_row_stride] =
+              l > 0.0f ? (rows.max[half].m + __log2f(l)) * cuda::kLn2 : -__builtin_huge_valf();
+      }
     }
+    // Warpgroup 1's last turn_end arrived on warpgroup 0's barrier: consume it, so no
+    // barrier is left half-complete at exit.
+    if (pingpong && cw == 0) named_barrier_sync(1, 256);
   }
 #else
   __trap();  // built without sm_90a code: the host never launches this (hopper.cpp checks)

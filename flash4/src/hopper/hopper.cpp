@@ -32,6 +32,12 @@ constexpr bool kEmulateExp2ByDefault = false;
 // (bench/RESULTS.md, "Hopper forward").
 constexpr bool kHopperByDefault = true;
 
+// Pingpong between the two consumer warpgroups (FA3); FLASH4_HOPPER_PINGPONG=0|1 overrides
+// it for A/B runs. Off: on an H200 it cost 1-9% at d = 64 and 128 (bench/RESULTS.md) on
+// top of the intra-warpgroup overlap, as implemented here.
+constexpr bool kPingpongByDefault = false;
+
+
 template <class... Parts>
 std::string concat(const Parts&... parts) {
   std::ostringstream s;
@@ -42,6 +48,15 @@ std::string concat(const Parts&... parts) {
 bool env_is(const char* name, const char* value) {
   const char* v = std::getenv(name);
   return v != nullptr && std::strcmp(v, value) == 0;
+}
+
+// FLASH4_HOPPER_PINGPONG=0|1 overrides the default.
+hopper::ForwardSchedule forward_schedule() {
+  hopper::ForwardSchedule s;
+  s.pingpong = kPingpongByDefault;
+  if (env_is("FLASH4_HOPPER_PINGPONG", "0")) s.pingpong = false;
+  if (env_is("FLASH4_HOPPER_PINGPONG", "1")) s.pingpong = true;
+  return s;
 }
 
 // 16-byte aligned data, 16-byte multiple strides (TMA's rules, and the 4-byte stores of O).
@@ -101,6 +116,7 @@ std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape)
   if (shape.batch == 0 || shape.seqlen_q == 0 || shape.seqlen_k == 0) return "empty problem";
   if (shape.heads_q > 65535 || shape.batch > 65535) return "more than 65535 heads or sequences";
   if (shape.seqlen_q > (int64_t(1) << 30) || shape.seqlen_k > (int64_t(1) << 30)) return "sequences over 2^30";
+  if ((shape.seqlen_q + 127) / 128 * shape.heads_q * shape.batch >= (int64_t(1) << 31)) return "2^31 or more tiles";
   for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}})
     if (std::string gap = row_alignment_gap(*t, name); !gap.empty()) return gap;
   int device = 0, major = 0, minor = 0;
@@ -182,9 +198,9 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
   try {
     if (shape.d_qk == 64)
-      hopper::forward_sm90<64>(maps, p, stream);
+      hopper::forward_sm90<64>(maps, p, forward_schedule(), stream);
     else
-      hopper::forward_sm90<128>(maps, p, stream);
+      hopper::forward_sm90<128>(maps, p, forward_schedule(), stream);
     *status = FLASH4_OK;
   } catch (const cuda::CudaError& e) {
     set_last_error(std::string("flash4 Hopper CUDA backend: ") + e.what());

@@ -18,8 +18,14 @@ struct ForwardTensorMaps {
 
 inline constexpr int kTmaBoxRows = 128;  // kBlockM = kBlockN of the forward
 
+// Scheduling switches of the forward (forward_sm90.cuh), for A/B runs.
+struct ForwardSchedule {
+  bool pingpong = false;  // the two consumer warpgroups alternate their wgmma batches
+};
+
 template <int D>
-void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p, cudaStream_t stream);
+void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p, const ForwardSchedule& schedule,
+                  cudaStream_t stream);
 
 }  // namespace flash4::hopper
 

@@ -8,14 +8,22 @@
 namespace flash4::hopper {
 
 template <int D>
-void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p, cudaStream_t stream) {
+void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p, const ForwardSchedule& schedule,
+                  cudaStream_t stream) {
   using C = ForwardSm90Config<D>;
   static_assert(C::kBlockM == kTmaBoxRows && C::kBlockN == kTmaBoxRows, "tensor-map box = tile rows");
-  const dim3 grid((p.seqlen_q + C::kBlockM - 1) / C::kBlockM, p.heads_q, p.batch);
-  if (grid.x == 0 || grid.z == 0) return;
+  // Persistent: one CTA per SM (shared memory and registers allow no second), each walking
+  // the tiles with stride gridDim.x (tile_at).
+  const int64_t tiles = int64_t((p.seqlen_q + C::kBlockM - 1) / C::kBlockM) * p.heads_q * p.batch;
+  if (tiles == 0) return;
+  int device = 0, sms = 0;
+  FLASH4_CUDA_CHECK(cudaGetDevice(&device));
+  FLASH4_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const dim3 grid(unsigned(tiles < sms ? tiles : sms));
   auto launch = [&](auto kernel) {
     FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmemBytes)));
-    kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, p, p.emulate_exp2 ? 1 : 0);
+    const int flags = (p.emulate_exp2 ? kEmulateExp2 : 0) | (schedule.pingpong ? kPingpong : 0);
+    kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, p, flags);
     FLASH4_CUDA_CHECK_LAUNCH("attention_forward_sm90_kernel");
   };
   if (p.dtype == cuda::DType::bf16)
