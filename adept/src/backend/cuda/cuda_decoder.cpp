@@ -427,8 +427,8 @@ struct CudaDecoder::Impl {
     spec.original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings;
     cpu::RopeTable table = cpu::rope_table(spec, S_max);  // the CPU reference's own table
     std::vector<float> cos(table.cos.begin(), table.cos.end()), sin(table.sin.begin(), table.sin.end());
-    ADEPT_CUDA_CHECK(cudaMemcpy(rope_cos, cos.data(), cos.size() * 4, cudaMemcpyHostToDevice));
-    ADEPT_CUDA_CHECK(cudaMemcpy(rope_sin, sin.data(), sin.size() * 4, cudaMemcpyHostToDevice));
+    upload(rope_cos, cos.data(), cos.size() * 4);
+    upload(rope_sin, sin.data(), sin.size() * 4);
     upload_optimizer_tables();
   }
 
@@ -455,12 +455,19 @@ struct CudaDecoder::Impl {
         chunks.push_back({int32_t(table.size()), b, std::min(t.numel, b + kAdamWChunk)});
       table.push_back(a);
     }
-    ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
-    if (!table.empty())
-      ADEPT_CUDA_CHECK(cudaMemcpy(adam_tensors, table.data(), table.size() * sizeof(table[0]), cudaMemcpyHostToDevice));
-    if (!chunks.empty())
-      ADEPT_CUDA_CHECK(cudaMemcpy(adam_chunks, chunks.data(), chunks.size() * sizeof(chunks[0]), cudaMemcpyHostToDevice));
-    ADEPT_CUDA_CHECK(cudaMemcpy(row_multipliers, rows.data(), rows.size() * 4, cudaMemcpyHostToDevice));
+    if (!table.empty()) upload(adam_tensors, table.data(), table.size() * sizeof(table[0]));
+    if (!chunks.empty()) upload(adam_chunks, chunks.data(), chunks.size() * sizeof(chunks[0]));
+    upload(row_multipliers, rows.data(), rows.size() * 4);
+    ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host tables go out of scope
+  }
+
+  // Every host→device copy goes on `stream`, in order with the kernels that read it. A
+  // plain cudaMemcpy from pageable memory may return before its DMA has landed, and the
+  // legacy stream it runs on does not order this non-blocking stream: kernels queued
+  // right after it read stale device memory (seen on an H200: a freshly built decoder
+  // evaluated the weights' previous contents until the first optimizer step rewrote them).
+  void upload(void* dst, const void* src, size_t bytes) {
+    ADEPT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
   }
 
   void read_multipliers(const ParameterStore<float>& host) {
@@ -477,12 +484,13 @@ struct CudaDecoder::Impl {
       if (host.info(i).numel != t.numel) fail("{}: host tensor has {} values, expected {}", t.name, host.info(i).numel, t.numel);
       const float* src = host.value(i);
       if (t.trainable) {
-        ADEPT_CUDA_CHECK(cudaMemcpy(master + t.state_offset, src, size_t(t.numel) * 4, cudaMemcpyHostToDevice));
+        upload(master + t.state_offset, src, size_t(t.numel) * 4);
         cuda::convert_f32_to_bf16(weights + t.weight_offset, master + t.state_offset, t.numel, stream);
       } else {
+        // Staged by cudaMemcpyAsync before it returns, so `b` may go out of scope.
         std::vector<bf16> b(size_t(t.numel));
         for (int64_t j = 0; j < t.numel; ++j) b[j] = __float2bfloat16(src[j]);
-        ADEPT_CUDA_CHECK(cudaMemcpy(weights + t.weight_offset, b.data(), b.size() * 2, cudaMemcpyHostToDevice));
+        upload(weights + t.weight_offset, b.data(), b.size() * 2);
       }
     }
     ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
