@@ -920,6 +920,50 @@ void CudaDecoder::copy_gradients_to_host(ParameterStore<float>& host) const {
   }
 }
 
+void CudaDecoder::copy_optimizer_state_to_host(const ParameterStore<float>& host, std::vector<float>& first_moment,
+                                               std::vector<float>& second_moment) const {
+  const Impl& s = *impl_;
+  ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  first_moment.assign(size_t(host.trainable_numel()), 0.0f);
+  second_moment.assign(size_t(host.trainable_numel()), 0.0f);
+  for (const Tensor& t : s.tensors) {
+    if (!t.trainable) continue;
+    const ParameterInfo& p = host.info(host.index(t.name));
+    if (p.grad_offset < 0) fail("{} trains on the GPU but has no gradient slot in the host store", t.name);
+    const size_t bytes = size_t(t.numel) * 4;
+    ADEPT_CUDA_CHECK(cudaMemcpy(first_moment.data() + p.grad_offset, s.adam_m + t.state_offset, bytes,
+                                cudaMemcpyDeviceToHost));
+    ADEPT_CUDA_CHECK(cudaMemcpy(second_moment.data() + p.grad_offset, s.adam_v + t.state_offset, bytes,
+                                cudaMemcpyDeviceToHost));
+  }
+}
+
+void CudaDecoder::load_optimizer_state(const ParameterStore<float>& host, const std::vector<float>& first_moment,
+                                       const std::vector<float>& second_moment, int64_t steps_taken) {
+  Impl& s = *impl_;
+  const size_t n = size_t(host.trainable_numel());
+  if (first_moment.size() != n || second_moment.size() != n)
+    fail("optimizer state has {} / {} moments, the trainable tensors hold {}", first_moment.size(),
+         second_moment.size(), n);
+  if (steps_taken < 0) fail("optimizer state: {} steps taken", steps_taken);
+  ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  for (const Tensor& t : s.tensors) {
+    if (!t.trainable) continue;
+    const ParameterInfo& p = host.info(host.index(t.name));
+    if (p.grad_offset < 0) fail("{} trains on the GPU but has no gradient slot in the host store", t.name);
+    const size_t bytes = size_t(t.numel) * 4;
+    s.upload(s.adam_m + t.state_offset, first_moment.data() + p.grad_offset, bytes);
+    s.upload(s.adam_v + t.state_offset, second_moment.data() + p.grad_offset, bytes);
+  }
+  // The step counter lives in the device's StepState (the update kernel advances it).
+  ADEPT_CUDA_CHECK(cudaMemcpyAsync(s.state_host, s.state, sizeof(cuda::StepState), cudaMemcpyDeviceToHost, s.stream));
+  ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  s.state_host->t = steps_taken;
+  s.upload(s.state, s.state_host, sizeof(cuda::StepState));
+  ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  s.steps_taken = steps_taken;
+}
+
 void CudaDecoder::set_learning_rate_multipliers(const ParameterStore<float>& host) {
   impl_->read_multipliers(host);
   impl_->upload_optimizer_tables();

@@ -85,6 +85,14 @@ class CudaDecoder {
   void copy_gradients_to_host(ParameterStore<float>& host) const;
   // Re-reads every tensor's lr_multiplier and row_multiplier (ADEPT re-estimates them).
   void set_learning_rate_multipliers(const ParameterStore<float>& host);
+  // AdamW's moments for checkpoints, in the host's layout (each trainable tensor at its
+  // gradient offset in `host`, as AdamW::first_moment() holds them), and the number of
+  // updates applied (the bias-correction step). load_optimizer_state puts them back, so a
+  // run resumed from a checkpoint continues with the same updates.
+  void copy_optimizer_state_to_host(const ParameterStore<float>& host, std::vector<float>& first_moment,
+                                    std::vector<float>& second_moment) const;
+  void load_optimizer_state(const ParameterStore<float>& host, const std::vector<float>& first_moment,
+                            const std::vector<float>& second_moment, int64_t steps_taken);
 
   int64_t steps_taken() const;        // AdamW updates applied
   int64_t skipped_steps() const;      // steps skipped as non-finite
