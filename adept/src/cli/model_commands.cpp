@@ -103,7 +103,7 @@ std::vector<LayerImportance> probe(Loaded& l, const ModelArgs& a, const std::vec
   const int64_t n = a.batches > 0 ? a.batches : l.rc.probe.batches;
   std::vector<TokenBatch> batches = first_batches(corpus, n, B, l.rc.train.seq_len, 3);
   std::unique_ptr<TrainEngine> engine =
-      make_train_engine(*l.model, l.rc.train, B * l.rc.train.seq_len, l.rc.train.seq_len);
+      make_inference_engine(*l.model, l.rc.train, B * l.rc.train.seq_len, l.rc.train.seq_len);
   std::vector<LayerImportance> results;
   for (ImportanceMethod m : methods)
     results.push_back(probe_layer_importance(*l.model, batches, m, [&](const TokenBatch& b, const std::vector<bool>& skip) {
@@ -203,7 +203,7 @@ void run_eval(const ModelArgs& a, const EvalFiles& f) {
   const int64_t B = a.batch_size > 0 ? a.batch_size : l.rc.eval.batch_size;
   const int64_t n = a.batches > 0 ? a.batches : 1 << 30;  // default: every batch
   std::unique_ptr<TrainEngine> engine =
-      make_train_engine(*l.model, l.rc.train, B * l.rc.train.seq_len, l.rc.train.seq_len);
+      make_inference_engine(*l.model, l.rc.train, B * l.rc.train.seq_len, l.rc.train.seq_len);
   nlohmann::json j = {{"model", a.model}, {"tokenizer", l.tokenizer.name}};
   if (!a.data.empty()) fmt::print("| data | scored tokens | loss | perplexity |\n|---|---|---|---|\n");
   for (size_t i = 0; i < a.data.size(); ++i) {

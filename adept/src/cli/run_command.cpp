@@ -11,7 +11,7 @@ namespace adept::cli {
 
 void add_run_command(CLI::App& app) {
   struct Args {
-    std::string config_path, out_dir;
+    std::string config_path, out_dir, base, backend;
     std::vector<std::string> methods;
     int64_t steps = 0, pretrain_steps = 0;
     bool quiet = false;
@@ -20,10 +20,12 @@ void add_run_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "run", "The full study: base model, layer-importance probe, ADEPT and baselines, evaluation, report");
   cmd->add_option("config", args->config_path, "TOML run config, laid over the embedded default (configs/tiny.toml)");
-  cmd->add_option("--methods", args->methods, "Override run.methods (adept, full, llama-pro, freeze)");
+  cmd->add_option("--methods", args->methods, "Override run.methods (adept, full, llama-pro, freeze)")->delimiter(',');
   cmd->add_option("--steps", args->steps, "Override train.steps (continual pretraining)");
   cmd->add_option("--pretrain-steps", args->pretrain_steps, "Override pretrain.steps");
   cmd->add_option("--out", args->out_dir, "Override run.out_dir");
+  cmd->add_option("--base", args->base, "Override run.base: an HF checkpoint directory to adapt");
+  cmd->add_option("--backend", args->backend, "Override pretrain.backend and train.backend: cpu | cuda");
   cmd->add_flag("--quiet", args->quiet, "No progress bars");
   cmd->callback([args] {
     RunConfig rc = load_run_config(args->config_path);
@@ -31,9 +33,12 @@ void add_run_command(CLI::App& app) {
     if (args->steps > 0) rc.train.steps = args->steps;
     if (args->pretrain_steps > 0) rc.pretrain.steps = args->pretrain_steps;
     if (!args->out_dir.empty()) rc.run.out_dir = args->out_dir;
+    if (!args->base.empty()) rc.run.base = args->base;
+    if (!args->backend.empty()) rc.pretrain.backend = rc.train.backend = args->backend;
     for (const std::string& m : rc.run.methods)
       if (m != "adept" && m != "full" && m != "llama-pro" && m != "freeze")
         throw adept::Error(fmt::format("--methods: '{}' is unknown (known: adept, full, llama-pro, freeze)", m));
+    validate_run_config(rc);
     PipelineOptions options;
     options.show_progress = !args->quiet;
     std::string report = run_pipeline(rc, options);

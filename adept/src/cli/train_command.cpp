@@ -60,7 +60,7 @@ void run_method(const TrainArgs& args) {
   if (args.method == "adept" && rc.expand.after.empty()) {
     std::vector<TokenBatch> probe = probe_batches(data, rc.train.seq_len, rc.probe.batches, rc.probe.batch_size, 3);
     std::unique_ptr<TrainEngine> engine =
-        make_train_engine(base, rc.train, rc.probe.batch_size * rc.train.seq_len, rc.train.seq_len);
+        make_inference_engine(base, rc.train, rc.probe.batch_size * rc.train.seq_len, rc.train.seq_len);
     importance = probe_layer_importance(base, probe, parse_importance_method(rc.probe.method),
                                         [&](const TokenBatch& b, const std::vector<bool>& skip) { return engine->loss(b, skip); });
     fmt::print("probe    {} importance per layer: {:.2f}\n", rc.probe.method, fmt::join(importance->normalized, " "));

@@ -99,7 +99,7 @@ int64_t eval_max_tokens(const RunConfig& rc) {
 
 // Held-out and benchmark scores of `model` on the run's backend.
 Scores score_model(Decoder<float>& model, const StudyData& data, const RunConfig& rc, const Benchmarks& bench) {
-  std::unique_ptr<TrainEngine> engine = make_train_engine(model, rc.train, eval_max_tokens(rc), rc.train.seq_len);
+  std::unique_ptr<TrainEngine> engine = make_inference_engine(model, rc.train, eval_max_tokens(rc), rc.train.seq_len);
   return evaluate_scores(model, [&](const TokenBatch& b) { return engine->loss(b); }, data, rc.eval, bench,
                          *data.tokenizer.named.tokenizer);
 }
@@ -217,7 +217,7 @@ std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
     importance.normalized = done->at("normalized").get<std::vector<double>>();
   } else {
     std::vector<TokenBatch> probe = probe_batches(data, rc.train.seq_len, rc.probe.batches, rc.probe.batch_size, 3);
-    std::unique_ptr<TrainEngine> engine = make_train_engine(base, rc.train, eval_max_tokens(rc), rc.train.seq_len);
+    std::unique_ptr<TrainEngine> engine = make_inference_engine(base, rc.train, eval_max_tokens(rc), rc.train.seq_len);
     importance = probe_layer_importance(base, probe, importance.method,
                                         [&](const TokenBatch& b, const std::vector<bool>& skip) { return engine->loss(b, skip); });
     finish_stage(out / "layer_importance.json", probe_key,

@@ -104,9 +104,18 @@ class CpuEngine final : public TrainEngine {
   }
   void gradient(const TokenBatch& batch) override { batch_gradient(model_, batch); }
   void pull_weights() override {}
+  void push_weights() override {}
   void push_multipliers() override {}
-  bool has_optimizer_state_access() const override { return true; }
-  AdamW& optimizer() override { return optimizer_; }
+  void save_optimizer_state(std::vector<float>& m, std::vector<float>& v, int64_t& t) override {
+    m = optimizer_.first_moment();
+    v = optimizer_.second_moment();
+    t = optimizer_.steps_taken();
+  }
+  void load_optimizer_state(const std::vector<float>& m, const std::vector<float>& v, int64_t t) override {
+    optimizer_.first_moment() = m;
+    optimizer_.second_moment() = v;
+    optimizer_.set_steps_taken(t);
+  }
 
  private:
   Decoder<float>& model_;
@@ -156,15 +165,16 @@ void save_training_checkpoint(const CheckpointOptions& c, int64_t step, Decoder<
   for (int i = 0; i < P.size(); ++i)
     weights.push_back({P.info(i).name, P.info(i).shape, {P.value(i), size_t(P.info(i).numel)}, DType::F32});
   write_safetensors((dir / "weights.safetensors").string(), weights);
-  AdamW& opt = engine.optimizer();
-  if (!opt.first_moment().empty()) {
-    std::vector<TensorToWrite> moments = {
-        {"adamw.m", {int64_t(opt.first_moment().size())}, opt.first_moment(), DType::F32},
-        {"adamw.v", {int64_t(opt.second_moment().size())}, opt.second_moment(), DType::F32}};
+  std::vector<float> first, second;
+  int64_t adamw_steps = 0;
+  engine.save_optimizer_state(first, second, adamw_steps);
+  if (!first.empty()) {
+    std::vector<TensorToWrite> moments = {{"adamw.m", {int64_t(first.size())}, first, DType::F32},
+                                          {"adamw.v", {int64_t(second.size())}, second, DType::F32}};
     write_safetensors((dir / "optimizer.safetensors").string(), moments);
   }
   nlohmann::json state = {{"step", step},
-                          {"adamw_steps", opt.steps_taken()},
+                          {"adamw_steps", adamw_steps},
                           {"trainable", trainable_names(P)},
                           {"result", result_to_json(result)}};
   if (data.save_position) state["data"] = data.save_position();
@@ -205,18 +215,17 @@ int64_t load_training_checkpoint(const CheckpointOptions& c, Decoder<float>& mod
              P.info(i).numel);
       weights.read_f32(t, {P.value(i), size_t(P.info(i).numel)});
     }
-    AdamW& opt = engine.optimizer();
-    opt.first_moment().clear();
-    opt.second_moment().clear();
+    engine.push_weights();
+    std::vector<float> first, second;
     if (fs::exists(dir / "optimizer.safetensors")) {
       SafetensorsFile moments((dir / "optimizer.safetensors").string());
-      opt.first_moment() = moments.read_f32("adamw.m");
-      opt.second_moment() = moments.read_f32("adamw.v");
-      if (opt.first_moment().size() != P.gradients().size() || opt.second_moment().size() != P.gradients().size())
-        fail("{}: optimizer moments of {} values, the trainable parameters have {}", moments.path(),
-             opt.first_moment().size(), P.gradients().size());
+      first = moments.read_f32("adamw.m");
+      second = moments.read_f32("adamw.v");
+      if (first.size() != P.gradients().size() || second.size() != P.gradients().size())
+        fail("{}: optimizer moments of {} values, the trainable parameters have {}", moments.path(), first.size(),
+             P.gradients().size());
     }
-    opt.set_steps_taken(state.at("adamw_steps").get<int64_t>());
+    engine.load_optimizer_state(first, second, state.at("adamw_steps").get<int64_t>());
     if (data.restore_position) data.restore_position(state.at("data"));
     if (c.restore_method && state.contains("method")) c.restore_method(state.at("method"));
     result = result_from_json(state.at("result"));
@@ -245,6 +254,14 @@ std::unique_ptr<TrainEngine> make_train_engine(Decoder<float>& model, const Trai
   fail("backend '{}' is unknown (known: cpu, cuda)", config.backend);
 }
 
+std::unique_ptr<TrainEngine> make_inference_engine(Decoder<float>& model, const TrainConfig& config,
+                                                   int64_t max_tokens, int64_t max_seq_len) {
+  ParameterStore<float>& P = model.params();
+  for (int i = 0; i < P.size(); ++i) P.set_trainable(i, false);
+  P.allocate_gradients();
+  return make_train_engine(model, config, max_tokens, max_seq_len);
+}
+
 void truncate_jsonl_log(const std::string& path, int64_t step) {
   if (!fs::exists(path)) return;
   std::istringstream in(read_text_source(path));
@@ -263,10 +280,7 @@ TrainResult train(Decoder<float>& model, TrainEngine& engine, const TrainConfig&
                   const TrainOptions& options) {
   TrainResult result;
   const CheckpointOptions& ck = options.checkpoint;
-  const bool checkpoints = !ck.dir.empty() && ck.every > 0 && engine.has_optimizer_state_access();
-  if (!ck.dir.empty() && ck.every > 0 && !engine.has_optimizer_state_access())
-    fmt::print("note     {}: the {} backend cannot save optimizer state yet; no mid-training checkpoints\n",
-               options.label, engine.name());
+  const bool checkpoints = !ck.dir.empty() && ck.every > 0;
   int64_t first_step = 0;
   if (checkpoints && ck.resume) {
     first_step = load_training_checkpoint(ck, model, engine, data, result);

@@ -72,10 +72,14 @@ class TrainEngine {
   // weights and optimizer state untouched.
   virtual void gradient(const TokenBatch& batch) = 0;
   virtual void pull_weights() = 0;      // engine → host model weights
+  virtual void push_weights() = 0;      // host model weights → engine (a restored checkpoint)
   virtual void push_multipliers() = 0;  // host learning-rate multipliers → engine
-  // Optimizer state for checkpoints: moments laid out like the host's gradient buffer.
-  virtual bool has_optimizer_state_access() const = 0;
-  virtual AdamW& optimizer() = 0;  // only when has_optimizer_state_access()
+  // AdamW's state for checkpoints: moments laid out like the host's gradient buffer, and
+  // the number of updates applied.
+  virtual void save_optimizer_state(std::vector<float>& first_moment, std::vector<float>& second_moment,
+                                    int64_t& steps_taken) = 0;
+  virtual void load_optimizer_state(const std::vector<float>& first_moment, const std::vector<float>& second_moment,
+                                    int64_t steps_taken) = 0;
   // Peak device memory in MB (0 when the engine is the CPU: RSS says it there).
   virtual double peak_device_mb() const { return 0.0; }
 };
@@ -87,6 +91,10 @@ std::unique_ptr<TrainEngine> make_cpu_engine(Decoder<float>& model, const AdamWC
 // this build lacks is an error saying so.
 std::unique_ptr<TrainEngine> make_train_engine(Decoder<float>& model, const TrainConfig& config, int64_t max_tokens,
                                                int64_t max_seq_len);
+// An engine for forward passes only (held-out loss, masking-out probes): freezes every
+// tensor of `model` first, so a GPU holds bf16 weights alone, no optimizer state.
+std::unique_ptr<TrainEngine> make_inference_engine(Decoder<float>& model, const TrainConfig& config,
+                                                   int64_t max_tokens, int64_t max_seq_len);
 AdamWConfig adamw_config(const TrainConfig& config);
 
 // Training batches: next(step, micro) draws one micro-batch. A stateful source saves

@@ -44,31 +44,10 @@ namespace {
 class CudaEngine final : public TrainEngine {
  public:
   CudaEngine(Decoder<float>& host, const TrainConfig& config, int64_t max_tokens, int64_t max_seq_len)
-      : host_(host), optimizer_(adamw_config(config)) {
-    CudaDecoderOptions o = cuda_options_for(config);
-    o.max_tokens = std::max(o.max_tokens, max_tokens);
-    o.max_seq_len = std::max(o.max_seq_len, max_seq_len);
-    // CudaDecoder's upload copies each trainable tensor with cudaMemcpy and converts it to
-    // bf16 on its own non-blocking stream. From pageable memory that cudaMemcpy may
-    // return before the data has landed, and the conversion is not ordered after it: a
-    // large model's bf16 weights came out wrong until the first optimizer step rewrote
-    // them (seen on an H200: held-out loss 3.46 vs 0.95 on the CPU). From page-locked
-    // memory the copy is complete when it returns, so the host weights are pinned for the
-    // upload, and the device drained afterwards (the frozen tensors' and RoPE tables'
-    // copies). Remove once the upload orders its copies itself.
-    std::vector<float>& values = host.params().values();
-    const bool pinned =
-        cudaHostRegister(values.data(), values.size() * sizeof(float), cudaHostRegisterDefault) == cudaSuccess;
-    if (!pinned) cudaGetLastError();  // not an error for what follows: the copies are just not pinned
-    try {
-      device_ = std::make_unique<CudaDecoder>(host.config(), host.params(), o);
-    } catch (...) {
-      if (pinned) cudaHostUnregister(values.data());
-      throw;
-    }
-    if (pinned) cudaHostUnregister(values.data());
-    if (cudaDeviceSynchronize() != cudaSuccess) fail("CUDA engine: the weight upload failed");
-    sample_memory();
+      : host_(host), options_(cuda_options_for(config)) {
+    options_.max_tokens = std::max(options_.max_tokens, max_tokens);
+    options_.max_seq_len = std::max(options_.max_seq_len, max_seq_len);
+    upload();
   }
   std::string name() const override { return "cuda"; }
   StepRecord step(const std::vector<TokenBatch>& micro, const TrainConfig& config, int64_t step) override {
@@ -91,11 +70,19 @@ class CudaEngine final : public TrainEngine {
     device_->zero_gradients();
   }
   void pull_weights() override { device_->copy_weights_to_host(host_.params()); }
+  // A decoder built anew from the host (the weights of a restored checkpoint).
+  void push_weights() override {
+    device_.reset();  // its memory first
+    upload();
+  }
   void push_multipliers() override { device_->set_learning_rate_multipliers(host_.params()); }
-  // CudaDecoder keeps its AdamW moments on the device with no way to read or restore
-  // them, so checkpoints of a CUDA training are not offered (yet).
-  bool has_optimizer_state_access() const override { return false; }
-  AdamW& optimizer() override { return optimizer_; }
+  void save_optimizer_state(std::vector<float>& m, std::vector<float>& v, int64_t& t) override {
+    device_->copy_optimizer_state_to_host(host_.params(), m, v);
+    t = device_->steps_taken();
+  }
+  void load_optimizer_state(const std::vector<float>& m, const std::vector<float>& v, int64_t t) override {
+    device_->load_optimizer_state(host_.params(), m, v, t);
+  }
   double peak_device_mb() const override {
     return std::max(double(device_->device_bytes()), double(peak_used_)) / (1024.0 * 1024.0);
   }
@@ -106,8 +93,12 @@ class CudaEngine final : public TrainEngine {
     if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess)
       peak_used_ = std::max(peak_used_, total_bytes - free_bytes);
   }
+  void upload() {
+    device_ = std::make_unique<CudaDecoder>(host_.config(), host_.params(), options_);
+    sample_memory();
+  }
   Decoder<float>& host_;
-  AdamW optimizer_;  // unused: the device holds the state
+  CudaDecoderOptions options_;
   std::unique_ptr<CudaDecoder> device_;
   size_t peak_used_ = 0;
 };
