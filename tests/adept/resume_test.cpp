@@ -131,6 +131,28 @@ TEST(Resume, FullTrainingResumesExactlyFromEveryCheckpoint) {
   }
 }
 
+TEST(Resume, ACheckpointOfOtherSettingsIsNotResumedFrom) {
+  auto rng = testing_support::make_rng(64);
+  TempDir tmp(rng());
+  RunConfig rc = small_run(tmp.path, rng);
+  StudyData data = open_study_data(rc, rc.run.out_dir, false);
+  Decoder<float> base(rc.model);
+  base.init_random(rng(), 0.1);
+  const std::string dir = (tmp.path / "llama-pro").string();
+  MethodModel first = prepare_method_model("llama-pro", base, nullptr, rc);
+  train_method("llama-pro", first, data, rc, dir, false, /*stop_after=*/4);
+  ASSERT_TRUE(fs::exists(fs::path(dir) / "checkpoints" / "latest.json"));
+  rc.train.lr *= 0.5;  // another training: its checkpoints must not be mixed in
+  MethodModel again = prepare_method_model("llama-pro", base, nullptr, rc);
+  MethodTraining b = train_method("llama-pro", again, data, rc, dir, false);
+  EXPECT_EQ(b.train.resumed_from, -1);
+  MethodModel straight = prepare_method_model("llama-pro", base, nullptr, rc);
+  train_method("llama-pro", straight, data, rc, (tmp.path / "straight").string(), false);
+  EXPECT_EQ(std::memcmp(straight.model.params().values().data(), again.model.params().values().data(),
+                        sizeof(float) * straight.model.params().values().size()),
+            0);
+}
+
 TEST(Resume, ARerunOfAFinishedStudySkipsEveryStage) {
   auto rng = testing_support::make_rng(63);
   TempDir tmp(rng());

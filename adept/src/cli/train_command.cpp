@@ -135,6 +135,8 @@ void run_train(const TrainArgs& args) {
   options.checkpoint.dir = (out / "checkpoints").string();
   options.checkpoint.every = rc.train.checkpoint_every;
   options.checkpoint.resume = rc.run.resume;
+  options.checkpoint.key = weights_fingerprint(model.params()) + "|" + describe_training(rc.train) + "|" +
+                           corpus.fingerprint + fmt::format("|{}|{}", rc.data.holdout_fraction, rc.data.split_seed);
   TrainResult result = train(model, *engine, rc.train, loader_train_data(loader), options);
 
   fmt::print("\n{}", loss_curve_summary(result));

@@ -115,6 +115,12 @@ MethodTraining train_method(const std::string& method, MethodModel& m, const Stu
   to.checkpoint.dir = (fs::path(dir) / "checkpoints").string();
   to.checkpoint.every = tc.checkpoint_every;
   to.checkpoint.resume = rc.run.resume;
+  to.checkpoint.key = weights_fingerprint(model.params()) + "|" + method + "|" + describe_training(tc) + "|" +
+                      data.domain.fingerprint + "|" + data.general.fingerprint +
+                      fmt::format("|{}|{}|{}|{}|{}|{}|{}|{}", rc.data.replay, rc.data.holdout_fraction,
+                                  rc.data.split_seed, rc.adept.reestimate_every, rc.adept.probe_batches,
+                                  rc.adept.probe_batch_size, rc.adept.granularity, rc.adept.inverted) +
+                      fmt::format("|{}|{}", rc.adept.decoupled, rc.eval.batch_size);
   to.stop_after = stop_after;
 
   std::ofstream lr_log;

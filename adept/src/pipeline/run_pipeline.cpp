@@ -49,12 +49,6 @@ void finish_stage(const fs::path& file, const std::string& key, const nlohmann::
   write_file_atomic(file.string(), nlohmann::json({{"key", key}, {"result", result}}).dump(1) + "\n");
 }
 
-std::string describe(const TrainConfig& t) {
-  return fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", t.backend, t.seq_len, t.batch_size,
-                     t.grad_accum, t.steps, t.lr, t.min_lr_ratio, t.warmup_steps, t.weight_decay, t.beta1, t.beta2,
-                     t.eps, t.grad_clip, t.seed, t.eval_every, t.eval_batches);
-}
-
 std::string describe(const ModelConfig& m, double init_std) {
   return fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", m.model_type, m.vocab_size, m.hidden_size,
                      m.intermediate_size, m.num_hidden_layers, m.num_attention_heads, m.num_key_value_heads,
@@ -149,7 +143,7 @@ std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
     check_vocabulary(rc.model.vocab_size, data.tokenizer, rc.source + ": [model] vocab_size");
     base_hf = HfModelConfig(rc.model);
     base_hf.torch_dtype = "float32";
-    base_key = stage_key("scratch|" + describe(rc.model, rc.init_std) + "|" + describe(rc.pretrain) + "|" + data_key);
+    base_key = stage_key("scratch|" + describe(rc.model, rc.init_std) + "|" + describe_training(rc.pretrain) + "|" + data_key);
     const fs::path base_dir = out / "base";
     if (auto done = finished_stage(rc, base_dir / "done.json", base_key); done && hf_model_exists((base_dir / "model").string())) {
       base_model.emplace(load_hf_model((base_dir / "model").string()));
@@ -182,6 +176,7 @@ std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
       po.checkpoint.dir = (base_dir / "checkpoints").string();
       po.checkpoint.every = rc.pretrain.checkpoint_every;
       po.checkpoint.resume = rc.run.resume;
+      po.checkpoint.key = base_key;
       pretrain = train(base, *engine, rc.pretrain, loader_train_data(loader), po);
       // float32, whatever run.save_dtype says: every method starts from exactly this base.
       save_hf_model((base_dir / "model").string(), base, base_hf, data.tokenizer.checkpoint_source(), DType::F32);
@@ -234,7 +229,7 @@ std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
   std::vector<MethodOutcome> results;
   for (const std::string& method : rc.run.methods) {
     const fs::path dir = out / method;
-    std::string key = base_key + "|" + method + "|" + describe(rc.train) + "|" + data_key +
+    std::string key = base_key + "|" + method + "|" + describe_training(rc.train) + "|" + data_key +
                       fmt::format("|{}|{}|{}", rc.data.replay, rc.expand.layers, fmt::join(rc.expand.after, ","));
     if (method == "adept")
       key += probe_key + fmt::format("|{}|{}|{}|{}|{}|{}", rc.adept.reestimate_every, rc.adept.probe_batches,

@@ -155,6 +155,12 @@ void validate_train(const std::string& s, const char* section, const TrainConfig
 
 }  // namespace
 
+std::string describe_training(const TrainConfig& t) {
+  return fmt::format("{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", t.backend, t.seq_len, t.batch_size,
+                     t.grad_accum, t.steps, t.lr, t.min_lr_ratio, t.warmup_steps, t.weight_decay, t.beta1, t.beta2,
+                     t.eps, t.grad_clip, t.seed, t.eval_every, t.eval_batches);
+}
+
 bool cuda_backend_available() {
 #ifdef ADEPT_WITH_CUDA
   return true;

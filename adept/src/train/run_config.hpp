@@ -127,6 +127,10 @@ RunConfig load_run_config(const std::string& path);
 // Checks the values (called by load_run_config; call again after overriding fields).
 void validate_run_config(const RunConfig& config);
 
+// The settings of a training that shape its result (not out_dir, checkpoint_every), as
+// text for stage and checkpoint keys.
+std::string describe_training(const TrainConfig& config);
+
 // Whether this build has the CUDA backend.
 bool cuda_backend_available();
 

@@ -10,6 +10,7 @@
 
 #include "core/atomic_file.hpp"
 #include "core/embedded.hpp"
+#include "data/content_hash.hpp"
 #include "data/packed_loader.hpp"
 #include "io/safetensors.hpp"
 #include "io/safetensors_writer.hpp"
@@ -174,6 +175,7 @@ void save_training_checkpoint(const CheckpointOptions& c, int64_t step, Decoder<
     write_safetensors((dir / "optimizer.safetensors").string(), moments);
   }
   nlohmann::json state = {{"step", step},
+                          {"key", c.key},
                           {"adamw_steps", adamw_steps},
                           {"trainable", trainable_names(P)},
                           {"result", result_to_json(result)}};
@@ -203,6 +205,12 @@ int64_t load_training_checkpoint(const CheckpointOptions& c, Decoder<float>& mod
     fail("{}: malformed checkpoint ({})", c.dir, e.what());
   }
   ParameterStore<float>& P = model.params();
+  if (state.value("key", "") != c.key) {
+    fmt::print("note     {}: ignoring the checkpoint there, made by a training with other settings, data or "
+               "starting weights\n",
+               c.dir);
+    return 0;
+  }
   try {
     if (state.at("trainable").get<std::vector<std::string>>() != trainable_names(P))
       fail("{}: the checkpoint trained other tensors than this run does; remove the folder to start over",
@@ -252,6 +260,17 @@ std::unique_ptr<TrainEngine> make_train_engine(Decoder<float>& model, const Trai
 #endif
   }
   fail("backend '{}' is unknown (known: cpu, cuda)", config.backend);
+}
+
+std::string weights_fingerprint(const ParameterStore<float>& P) {
+  Fnv1a64 h;
+  for (int i = 0; i < P.size(); ++i) {
+    const ParameterInfo& p = P.info(i);
+    h.update(fmt::format("{}:{}|", p.name, p.numel));
+    const float* w = P.value(i);
+    for (int64_t j = 0; j < p.numel; j += 4096) h.update(&w[j], sizeof(float));
+  }
+  return hash_string(h.value());
 }
 
 std::unique_ptr<TrainEngine> make_inference_engine(Decoder<float>& model, const TrainConfig& config,

@@ -110,6 +110,9 @@ struct CheckpointOptions {
   std::string dir;      // empty: no checkpoints
   int64_t every = 0;    // optimizer steps between checkpoints; 0: none
   bool resume = true;   // continue from dir's latest checkpoint when there is one
+  // What the training is (settings, data, starting weights): a checkpoint with another
+  // key is not resumed from (its run trained something else).
+  std::string key;
   // State of the method around the loop (ADEPT: multipliers, importance history).
   std::function<nlohmann::json()> save_method;
   std::function<void(const nlohmann::json&)> restore_method;
@@ -133,6 +136,10 @@ TrainResult train(Decoder<float>& model, TrainEngine& engine, const TrainConfig&
 // The CPU loop over random windows (tests and small experiments).
 TrainResult train(Decoder<float>& model, const TrainConfig& config, const WindowSampler& train_data,
                   const WindowSampler* holdout, const TrainOptions& options);
+
+// A quick fingerprint of a model's weights (every 4096th value and the sizes): tells
+// two starting points apart in a checkpoint key without reading a large model whole.
+std::string weights_fingerprint(const ParameterStore<float>& params);
 
 // Lines of a JSONL log written before `step` (their "step" < step, or <= step for
 // evaluations), so a resumed run appends where its checkpoint left off.
