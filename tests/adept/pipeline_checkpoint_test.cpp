@@ -196,6 +196,25 @@ TEST(HfBase, ATransformersCheckpointWithTooSmallAVocabularyForBytesIsRefused) {
   }
 }
 
+TEST(HfBase, ASequenceLongerThanTheBaseCanPlaceIsAnErrorNamingItsConfig) {
+  auto rng = testing_support::make_rng(78);
+  TempDir tmp(rng());
+  Decoder<float> base = random_model(tiny("llama"), rng);  // max_position_embeddings 64
+  save_hf_model((tmp.path / "base").string(), base, HfModelConfig(base.config()), "bytes", DType::F32);
+  RunConfig rc = study_on(tmp.path, (tmp.path / "base").string());
+  rc.train.seq_len = 128;
+  PipelineOptions quiet;
+  quiet.show_progress = false;
+  try {
+    run_pipeline(rc, quiet);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    std::string what = e.what();
+    EXPECT_NE(what.find("train.seq_len (128) exceeds max_position_embeddings (64)"), std::string::npos) << what;
+    EXPECT_NE(what.find("base/config.json"), std::string::npos) << what;
+  }
+}
+
 TEST(HfBase, AMissingBaseDirectoryIsAClearError) {
   RunConfig rc = load_run_config("");
   TempDir tmp(75);

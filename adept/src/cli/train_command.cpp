@@ -54,7 +54,9 @@ void run_method(const TrainArgs& args) {
   HfModelConfig hf;
   Decoder<float> base = load_hf_model(rc.run.base, &hf);
   check_vocabulary(base.config().vocab_size, data.tokenizer, rc.run.base + "/config.json");
-  rc.train.seq_len = std::min(rc.train.seq_len, base.config().max_position_embeddings);
+  if (rc.train.seq_len > base.config().max_position_embeddings)
+    fail("{}: train.seq_len ({}) exceeds max_position_embeddings ({}) of {}/config.json", rc.source, rc.train.seq_len,
+         base.config().max_position_embeddings, rc.run.base);
 
   std::optional<LayerImportance> importance;
   if (args.method == "adept" && rc.expand.after.empty()) {

@@ -127,6 +127,9 @@ std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
   if (!rc.run.base.empty()) {
     base_model.emplace(load_hf_model(rc.run.base, &base_hf));
     check_vocabulary(base_model->config().vocab_size, data.tokenizer, rc.run.base + "/config.json");
+    if (rc.train.seq_len > base_model->config().max_position_embeddings)
+      fail("{}: train.seq_len ({}) exceeds max_position_embeddings ({}) of {}/config.json", rc.source, rc.train.seq_len,
+           base_model->config().max_position_embeddings, rc.run.base);
     // The checkpoint's files by name, size and modification time (hashing the weights
     // of a large model would take longer than the check is worth).
     std::vector<std::string> files;
