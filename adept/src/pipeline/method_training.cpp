@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "core/atomic_file.hpp"
 #include "method/decoupled_lr.hpp"
@@ -45,6 +46,13 @@ void restore_multiplier_state(const nlohmann::json& j, ParameterStore<float>& P,
   for (const nlohmann::json& s : j.at("history"))
     history.push_back({s.at("label").get<std::string>(), s.at("x").get<std::vector<double>>(),
                        s.at("y").get<std::vector<double>>()});
+}
+
+// "model.layers.4.self_attn.q_proj.weight" → "4.self_attn.q_proj".
+std::string unit_label(std::string name) {
+  if (name.starts_with("model.layers.")) name = name.substr(13);
+  if (name.ends_with(".weight")) name.resize(name.size() - 7);
+  return name;
 }
 
 }  // namespace
@@ -147,20 +155,25 @@ MethodTraining train_method(const std::string& method, MethodModel& m, const Stu
       compute_lr_multipliers(units, rc.adept.inverted);
       apply_lr_multipliers(model.params(), units);
       e.push_multipliers();
-      bool first = r.multipliers.empty();
-      if (first) r.multipliers.resize(units.size());
-      for (size_t u = 0; u < units.size(); ++u) {
-        const UnitEstimate& est = units[u];
-        std::string name = model.params().info(est.tensor).name;
+      // The log has every unit; the history (plot, report) one line per tensor: its
+      // multiplier, or with row granularity the mean over its rows.
+      std::map<int, std::pair<double, int64_t>> per_tensor;
+      for (const UnitEstimate& est : units) {
+        const std::string& name = model.params().info(est.tensor).name;
         nlohmann::json j = {{"step", step}, {"unit", name}, {"importance", est.importance}, {"multiplier", est.multiplier}};
         if (est.row >= 0) j["row"] = est.row;
         lr_log << j.dump() << '\n';
-        if (first)
-          r.multipliers[u].label = name.substr(name.find('.', 13) + 1) + (est.row >= 0 ? fmt::format("[{}]", est.row) : "");
-        r.multipliers[u].x.push_back(double(step));
-        r.multipliers[u].y.push_back(est.multiplier);
+        auto& [sum, n] = per_tensor[est.tensor];
+        sum += est.multiplier, ++n;
       }
       lr_log.flush();
+      if (r.multipliers.empty())
+        for (const auto& [tensor, mean] : per_tensor) r.multipliers.push_back({unit_label(model.params().info(tensor).name), {}, {}});
+      size_t k = 0;
+      for (const auto& [tensor, mean] : per_tensor) {
+        r.multipliers.at(k).x.push_back(double(step));
+        r.multipliers.at(k++).y.push_back(mean.first / double(mean.second));
+      }
     };
   }
   r.train = train(model, *engine, tc, loader_train_data(loader), to);
