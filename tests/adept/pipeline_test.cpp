@@ -31,7 +31,7 @@ TEST(Pipeline, RunsEveryMethodAndWritesTheReport) {
   RunConfig rc = load_run_config("");
   rc.data.general = {write_temp(dir, "general.txt", corpus.substr(0, corpus.size() / 2))};
   rc.data.domain = {write_temp(dir, "domain.txt", corpus.substr(corpus.size() / 2))};
-  rc.run.methods = {"adept", "full", "llama-pro", "freeze"};
+  rc.run.methods = {"adept", "full", "llama-pro", "freeze", "adept-uniform", "adept-one-lr"};
   rc.run.out_dir = (dir / "run").string();
   rc.model.num_hidden_layers = 3;
   rc.model.hidden_size = 32;
@@ -53,9 +53,11 @@ TEST(Pipeline, RunsEveryMethodAndWritesTheReport) {
 
   for (const char* f : {"report.md", "results.json", "loss_curves.svg", "layer_importance.svg", "lr_multipliers.svg",
                         "layer_importance.json", "adept/lr_multipliers.jsonl", "base/metrics.jsonl",
-                        "base/model/config.json", "data/general-text/manifest.json"})
+                        "base/model/config.json", "data/general-text/manifest.json",
+                        "lr_multipliers_adept-uniform.svg", "adept-uniform/lr_multipliers.jsonl"})
     EXPECT_TRUE(fs::exists(dir / "run" / f)) << f;
-  for (const char* m : {"adept", "full", "llama-pro", "freeze"}) {
+  EXPECT_FALSE(fs::exists(dir / "run" / "adept-one-lr" / "lr_multipliers.jsonl")) << "one learning rate: no estimates";
+  for (const char* m : {"adept", "full", "llama-pro", "freeze", "adept-uniform", "adept-one-lr"}) {
     EXPECT_TRUE(fs::exists(dir / "run" / m / "model" / "config.json")) << m;
     EXPECT_TRUE(fs::exists(dir / "run" / m / "model" / "model.safetensors")) << m;
   }
@@ -74,7 +76,8 @@ TEST(Pipeline, RunsEveryMethodAndWritesTheReport) {
   std::ifstream md(report);
   std::string text((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("general MC acc"), std::string::npos);
-  for (const char* row : {"| base |", "| adept |", "| full |", "| llama-pro |", "| freeze |"})
+  for (const char* row : {"| base |", "| adept |", "| full |", "| llama-pro |", "| freeze |", "| adept-uniform |",
+                          "| adept-one-lr |"})
     EXPECT_NE(text.find(row), std::string::npos) << row;
   fs::remove_all(dir);
 }

@@ -1,6 +1,7 @@
 // `adept run [config.toml]`: probe → expand → train → evaluate for ADEPT and the chosen
 // baselines, ending with the report table (no config: the embedded tiny study).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "cli/commands.hpp"
 #include "core/error.hpp"
@@ -20,7 +21,7 @@ void add_run_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "run", "The full study: base model, layer-importance probe, ADEPT and baselines, evaluation, report");
   cmd->add_option("config", args->config_path, "TOML run config, laid over the embedded default (configs/tiny.toml)");
-  cmd->add_option("--methods", args->methods, "Override run.methods (adept, full, llama-pro, freeze)")->delimiter(',');
+  cmd->add_option("--methods", args->methods, "Override run.methods (adept, full, llama-pro, freeze, adept-uniform, adept-one-lr)")->delimiter(',');
   cmd->add_option("--steps", args->steps, "Override train.steps (continual pretraining)");
   cmd->add_option("--pretrain-steps", args->pretrain_steps, "Override pretrain.steps");
   cmd->add_option("--out", args->out_dir, "Override run.out_dir");
@@ -36,8 +37,8 @@ void add_run_command(CLI::App& app) {
     if (!args->base.empty()) rc.run.base = args->base;
     if (!args->backend.empty()) rc.pretrain.backend = rc.train.backend = args->backend;
     for (const std::string& m : rc.run.methods)
-      if (m != "adept" && m != "full" && m != "llama-pro" && m != "freeze")
-        throw adept::Error(fmt::format("--methods: '{}' is unknown (known: adept, full, llama-pro, freeze)", m));
+      if (!is_known_method(m))
+        throw adept::Error(fmt::format("--methods: '{}' is unknown (known: {})", m, fmt::join(known_methods(), ", ")));
     validate_run_config(rc);
     PipelineOptions options;
     options.show_progress = !args->quiet;

@@ -59,7 +59,7 @@ void run_method(const TrainArgs& args) {
          base.config().max_position_embeddings, rc.run.base);
 
   std::optional<LayerImportance> importance;
-  if (args.method == "adept" && rc.expand.after.empty()) {
+  if ((args.method == "adept" || args.method == "adept-one-lr") && rc.expand.after.empty()) {
     std::vector<TokenBatch> probe = probe_batches(data, rc.train.seq_len, rc.probe.batches, rc.probe.batch_size, 3);
     std::unique_ptr<TrainEngine> engine =
         make_inference_engine(base, rc.train, rc.probe.batch_size * rc.train.seq_len, rc.train.seq_len);
@@ -85,7 +85,7 @@ void run_method(const TrainArgs& args) {
   write_file_atomic((out / "summary.json").string(), summary.dump(2) + "\n");
   fmt::print("wrote    {0}/model (Hugging Face checkpoint, {1} layers), {0}/metrics.jsonl, {0}/summary.json{2}\n",
              out.string(), m.model.config().num_hidden_layers,
-             args.method == "adept" ? fmt::format(", {}/lr_multipliers.jsonl", out.string()) : "");
+             args.method == "adept" || args.method == "adept-uniform" ? fmt::format(", {}/lr_multipliers.jsonl", out.string()) : "");
 }
 
 void run_train(const TrainArgs& args) {
@@ -160,8 +160,8 @@ void add_train_command(CLI::App& app) {
       "train", "Train a decoder from scratch on data.train (no config: the embedded tiny run), or with --method one "
                "method of the study on an HF checkpoint (--base) and the domain corpus");
   cmd->add_option("config", args->config_path, "TOML run config, laid over the embedded default (configs/tiny.toml)");
-  cmd->add_option("--method", args->method, "adept | full | llama-pro | freeze (continual pretraining of --base)")
-      ->check(CLI::IsMember({"adept", "full", "llama-pro", "freeze"}));
+  cmd->add_option("--method", args->method, "adept | full | llama-pro | freeze | adept-uniform | adept-one-lr (continual pretraining of --base)")
+      ->check(CLI::IsMember(known_methods()));
   cmd->add_option("--base", args->base, "HF checkpoint directory to adapt (overrides run.base)");
   cmd->add_option("--data", args->data, "Domain corpus: text / *.jsonl files or prepared dirs (overrides data.domain)");
   cmd->add_option("--general", args->general,

@@ -1,6 +1,7 @@
 #include "pipeline/method_training.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <sys/resource.h>
 
 #include <filesystem>
@@ -80,10 +81,9 @@ MethodModel prepare_method_model(const std::string& method, const Decoder<float>
     train_only_layers(m.model, layers);
     return m;
   }
-  if (method != "adept" && method != "llama-pro")
-    fail("method '{}' is unknown (known: adept, full, llama-pro, freeze)", method);
+  if (!is_known_method(method)) fail("method '{}' is unknown (known: {})", method, fmt::join(known_methods(), ", "));
   std::vector<int64_t> after;
-  if (method == "llama-pro") after = uniform_expansion_layers(L, k);
+  if (method == "llama-pro" || method == "adept-uniform") after = uniform_expansion_layers(L, k);
   else if (!rc.expand.after.empty()) after = rc.expand.after;
   else if (importance) after = least_important_layers(*importance, k);
   else fail("adept: needs the layer importance of the base model (or expand.after)");
@@ -134,7 +134,9 @@ MethodTraining train_method(const std::string& method, MethodModel& m, const Stu
   std::ofstream lr_log;
   std::vector<TokenBatch> probe;
   const std::string lr_log_path = (fs::path(dir) / "lr_multipliers.jsonl").string();
-  if (method == "adept" && rc.adept.decoupled) {
+  // Decoupled learning rates: ADEPT (unless adept.decoupled = false) and the
+  // uniform-expansion ablation; adept-one-lr is ADEPT's expansion without them.
+  if ((method == "adept" && rc.adept.decoupled) || method == "adept-uniform") {
     probe = probe_batches(data, tc.seq_len, rc.adept.probe_batches, rc.adept.probe_batch_size, tc.seed + 7);
     UnitGranularity granularity = parse_unit_granularity(rc.adept.granularity);
     to.checkpoint.save_method = [&] { return multiplier_state(model.params(), r.multipliers); };

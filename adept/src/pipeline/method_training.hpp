@@ -1,6 +1,6 @@
 // One method of the study on a base model: the model it trains (ADEPT and LLaMA-Pro:
 // expanded, only the inserted layers trainable; full: everything; freeze: chosen
-// original layers), continual pretraining on the domain corpus (plus general replay when
+// original layers; the ablations adept-uniform and adept-one-lr: see known_methods()), continual pretraining on the domain corpus (plus general replay when
 // configured) with resumable checkpoints, and for ADEPT the decoupled learning rates
 // re-estimated on general probe batches and logged as JSONL.
 #pragma once

@@ -234,7 +234,7 @@ std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
     const fs::path dir = out / method;
     std::string key = base_key + "|" + method + "|" + describe_training(rc.train) + "|" + data_key +
                       fmt::format("|{}|{}|{}", rc.data.replay, rc.expand.layers, fmt::join(rc.expand.after, ","));
-    if (method == "adept")
+    if (method == "adept" || method == "adept-one-lr" || method == "adept-uniform")
       key += probe_key + fmt::format("|{}|{}|{}|{}|{}|{}", rc.adept.reestimate_every, rc.adept.probe_batches,
                                      rc.adept.probe_batch_size, rc.adept.granularity, rc.adept.inverted,
                                      rc.adept.decoupled);
@@ -329,9 +329,11 @@ std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
                                   "normalised importance", labels, importance.normalized, chosen));
   for (const MethodOutcome& r : results)
     if (!r.training.multipliers.empty()) {
-      write_file_atomic((out / "lr_multipliers.svg").string(),
-                        svg_line_chart("ADEPT learning-rate multipliers", "step", "multiplier", r.training.multipliers));
-      md += "![ADEPT learning-rate multipliers](lr_multipliers.svg)\n";
+      const std::string& name = r.training.name;
+      std::string file = name == "adept" ? "lr_multipliers.svg" : "lr_multipliers_" + name + ".svg";
+      write_file_atomic((out / file).string(), svg_line_chart(fmt::format("{} learning-rate multipliers", name), "step",
+                                                              "multiplier", r.training.multipliers));
+      md += fmt::format("![{} learning-rate multipliers]({})\n", name, file);
     }
 
   nlohmann::json results_json;

@@ -1,5 +1,9 @@
 #include "train/run_config.hpp"
 
+#include <fmt/ranges.h>
+
+#include <algorithm>
+
 #include "core/embedded.hpp"
 #include "core/error.hpp"
 #include "core/toml_table_reader.hpp"
@@ -161,6 +165,15 @@ std::string describe_training(const TrainConfig& t) {
                      t.eps, t.grad_clip, t.seed, t.eval_every, t.eval_batches);
 }
 
+const std::vector<std::string>& known_methods() {
+  static const std::vector<std::string> names = {"adept", "full", "llama-pro", "freeze", "adept-uniform", "adept-one-lr"};
+  return names;
+}
+
+bool is_known_method(const std::string& name) {
+  return std::find(known_methods().begin(), known_methods().end(), name) != known_methods().end();
+}
+
 bool cuda_backend_available() {
 #ifdef ADEPT_WITH_CUDA
   return true;
@@ -185,8 +198,7 @@ void validate_run_config(const RunConfig& c) {
       c.run.save_dtype != "float16")
     fail("{}: run.save_dtype '{}' is unknown (known: auto, float32, bfloat16, float16)", s, c.run.save_dtype);
   for (const std::string& m : c.run.methods)
-    if (m != "adept" && m != "full" && m != "llama-pro" && m != "freeze")
-      fail("{}: run.methods: '{}' is unknown (known: adept, full, llama-pro, freeze)", s, m);
+    if (!is_known_method(m)) fail("{}: run.methods: '{}' is unknown (known: {})", s, m, fmt::join(known_methods(), ", "));
   if (c.expand.layers < 1 && c.expand.after.empty()) fail("{}: expand.layers must be at least 1", s);
   if (c.adept.reestimate_every < 1) fail("{}: adept.reestimate_every must be at least 1", s);
   if (c.adept.probe_batches < 1) fail("{}: adept.probe_batches must be at least 1", s);

@@ -131,6 +131,12 @@ void validate_run_config(const RunConfig& config);
 // text for stage and checkpoint keys.
 std::string describe_training(const TrainConfig& config);
 
+// The methods a study compares: adept, full, llama-pro, freeze, and the two ablations of
+// the paper: adept-uniform (LLaMA-Pro's uniform expansion with ADEPT's decoupled
+// learning rates) and adept-one-lr (ADEPT's expansion with one learning rate).
+const std::vector<std::string>& known_methods();
+bool is_known_method(const std::string& name);
+
 // Whether this build has the CUDA backend.
 bool cuda_backend_available();
 
