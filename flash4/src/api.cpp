@@ -43,7 +43,9 @@ flash4_status no_cuda_implementation() {
 
 flash4_status hopper_not_built() {
 #ifdef FLASH4_HAVE_HOPPER
-  set_last_error("flash4: the Hopper (sm90a) backend has no backward yet; use FLASH4_BACKEND_AUTO or FLASH4_BACKEND_PORTABLE");
+  set_last_error(
+      "flash4: the Hopper (sm90a) backend's backward is off until it has run on a GPU (FLASH4_HOPPER_BWD=1 enables "
+      "it); use FLASH4_BACKEND_AUTO or FLASH4_BACKEND_PORTABLE");
 #else
   set_last_error("flash4: the Hopper (sm90a) backend is not built; use FLASH4_BACKEND_AUTO or FLASH4_BACKEND_PORTABLE");
 #endif
@@ -121,10 +123,29 @@ extern "C" flash4_status flash4_backward(const flash4_backward_args* args) {
   return guarded("flash4_backward", [&]() -> flash4_status {
     if (args == nullptr) throw flash4::detail::InvalidArgument("flash4_backward: args is NULL");
     flash4::detail::validate_backward(*args);
-    return dispatch(*args, flash4::detail::reference_backward, [](const flash4_backward_args& a) {
+    std::string not_hopper;  // why the Hopper backward did not run a call it was preferred for
+#ifdef FLASH4_HAVE_HOPPER
+    // Off unless FLASH4_HOPPER_BWD=1 (not yet run on a GPU): then AUTO and HOPPER try it.
+    if (args->device == FLASH4_CUDA && flash4::detail::hopper_backward_preferred(args->backend)) {
+      flash4_status status = FLASH4_OK;
+      if (flash4::detail::hopper_backward(*args, &status, &not_hopper)) {
+        if (status == FLASH4_OK) set_last_backend("hopper");
+        flash4::detail::log_backend("flash4_backward", "hopper", "");
+        return status;
+      }
+      if (args->backend == FLASH4_BACKEND_HOPPER) {
+        set_last_error("flash4_backward: FLASH4_BACKEND_HOPPER does not cover this call: " + not_hopper);
+        return FLASH4_UNSUPPORTED;
+      }
+    }
+#endif
+    return dispatch(*args, flash4::detail::reference_backward, [&](const flash4_backward_args& a) {
 #if defined(FLASH4_WITH_CUDA) && defined(FLASH4_HAVE_PORTABLE)
       flash4_status status = flash4::detail::portable_backward(a);
       if (status == FLASH4_OK) set_last_backend("portable");
+#ifdef FLASH4_HAVE_HOPPER
+      if (!not_hopper.empty()) flash4::detail::log_backend("flash4_backward", "portable", "not hopper: " + not_hopper);
+#endif
       return status;
 #else
       (void)a;

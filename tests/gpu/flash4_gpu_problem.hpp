@@ -344,6 +344,9 @@ class ProblemRunner {
   // The implementation that ran the GPU forward ("portable" or "hopper").
   const std::string& gpu_backend() const { return gpu_backend_; }
 
+  // The implementation that ran the last GPU backward.
+  const std::string& gpu_backward_backend() const { return gpu_backward_backend_; }
+
   void forward(Errors& errors, GpuOutputs* keep = nullptr) {
     const Problem& p = p_;
     poison(out_);
@@ -439,6 +442,7 @@ class ProblemRunner {
     a.deterministic = p.deterministic;
     const flash4_status status = flash4_backward(&a);
     ASSERT_EQ(status, FLASH4_OK) << flash4_last_error();
+    gpu_backward_backend_ = flash4_last_backend();
     FLASH4_TEST_CUDA(cudaDeviceSynchronize());
     const std::vector<double> dq = download(dq_, p.dtype), dk = download(dk_, p.dtype), dv = download(dv_, p.dtype);
 
@@ -570,6 +574,7 @@ class ProblemRunner {
 
   Problem p_;
   std::string gpu_backend_;  // flash4_last_backend() after the GPU forward
+  std::string gpu_backward_backend_;  // ... and after the GPU backward
   std::mt19937_64& rng_;
   Twin q_, k_, v_, out_, lse_, dout_, dq_, dk_, dv_;
   int64_t Tq_ = 0, Tk_ = 0;

@@ -17,6 +17,7 @@
 #include "cuda/cuda_check.hpp"
 #include "cuda/fa4_softmax.cuh"
 #include "cuda/params.hpp"
+#include "hopper/host.hpp"
 #include "hopper/launch.hpp"
 #include "validate.hpp"
 
@@ -59,6 +60,8 @@ hopper::ForwardSchedule forward_schedule() {
   return s;
 }
 
+}  // namespace
+
 // 16-byte aligned data, 16-byte multiple strides (TMA's rules, and the 4-byte stores of O).
 std::string row_alignment_gap(const flash4_tensor& t, const char* name) {
   if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) return concat(name, ".data is not 16-byte aligned");
@@ -82,9 +85,9 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return encode;
 }
 
-// (D, S, H, B) view of a dense [B, S, H, D] tensor, box 64 columns x kTmaBoxRows rows,
+// (D, S, H, B) view of a dense [B, S, H, D] tensor, box 64 columns x box_rows rows,
 // 128-byte swizzle. Returns the driver's error code (0 = success).
-int encode_tensor_map(CUtensorMap* map, const flash4_tensor& t) {
+int encode_tensor_map(CUtensorMap* map, const flash4_tensor& t, int box_rows) {
   const cuuint64_t elem = 2;
   cuuint64_t dims[4] = {cuuint64_t(t.shape[3]), cuuint64_t(t.shape[1]), cuuint64_t(t.shape[2]), cuuint64_t(t.shape[0])};
   const int64_t s[3] = {t.stride[1], t.stride[2], t.stride[0]};
@@ -92,7 +95,7 @@ int encode_tensor_map(CUtensorMap* map, const flash4_tensor& t) {
   cuuint64_t strides[3];
   for (int i = 0; i < 3; ++i)  // a stride of an extent-1 dimension is never used: any legal value
     strides[i] = extent[i] > 1 ? cuuint64_t(s[i]) * elem : cuuint64_t(t.shape[3]) * elem;
-  cuuint32_t box[4] = {64, cuuint32_t(hopper::kTmaBoxRows), 1, 1};
+  cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1};
   cuuint32_t element_strides[4] = {1, 1, 1, 1};
   const CUtensorMapDataType type =
       t.dtype == FLASH4_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
@@ -100,6 +103,8 @@ int encode_tensor_map(CUtensorMap* map, const flash4_tensor& t) {
                                   CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
 }
+
+namespace {
 
 // Why the Hopper forward does not run `a` ("" when it does).
 std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape) {
@@ -161,7 +166,7 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   if (!gap->empty()) return false;
   hopper::ForwardTensorMaps maps;
   for (auto [map, t, name] : {std::tuple{&maps.q, &a.q, "q"}, {&maps.k, &a.k, "k"}, {&maps.v, &a.v, "v"}})
-    if (int error = encode_tensor_map(map, *t); error != 0) {
+    if (int error = encode_tensor_map(map, *t, hopper::kTmaBoxRows); error != 0) {
       *gap = concat("cuTensorMapEncodeTiled rejected ", name, " (CUresult ", error, ")");
       return false;
     }

@@ -1,0 +1,442 @@
+// Hopper (sm90a) backward kernel, FlashAttention-3 style. NOT YET RUN ON A GPU (written
+// without device time; scripts/hopper_bwd_check.sh is the first run). Off unless
+// FLASH4_HOPPER_BWD=1 (api.cpp).
+//
+// One CTA per (key block of BN = 128 keys, KV head, sequence); it loops over every query
+// head of the KV head's GQA group and every query block of BM = 64 rows that sees its
+// keys (so dK / dV are summed over the group inside the CTA, in a fixed order):
+//  - warpgroup 0, the producer: one thread TMA-loads K and V once, then streams Q, dO and
+//    the rows' lse (log2 units) and D = rowsum(dO o O) through a two-stage ring ("full"
+//    mbarrier: the bytes landed; "empty": both consumer warpgroups are done with it);
+//  - warpgroups 1 and 2, the consumers: warpgroup w owns keys 64 w .. 64 w + 63 of the block
+//    and keeps dV and dK for them in registers. Per query block, transposed (keys are the
+//    wgmma M, so the results are already laid out as the A operand of dV / dK):
+//      S^T  = K_w Q^T              wgmma SS, both K-major (as the forward's Q K^T)
+//      dP^T = V_w dO^T             wgmma SS, both K-major
+//      P^T  = 2^(S^T scale log2e - lse2[query]),  dS^T = P^T o (dP^T - D[query])
+//      dV  += P^T dO               wgmma RS: P^T from registers, dO MN-major (as the forward's P V)
+//      dK  += dS^T Q               wgmma RS: dS^T from registers, Q MN-major
+//      dQ   = dS K                 dS^T goes to shared memory (16-bit, 128B-swizzled) and is
+//                                  read back as an MN-major A operand; K MN-major.
+//    d = 128: warpgroup w computes dQ's columns 64 w .. 64 w + 63 over all 128 keys (both
+//    warpgroups' dS^T: a named barrier between them); d = 64: warpgroup w computes the
+//    part of dQ that its own 64 keys contribute (no barrier, twice the atomics).
+//    dQ is added to an fp32 buffer [token][Hq][d] with float2 atomics; the portable
+//    backward's finish kernel scales and converts it.
+// dK = scale dS^T Q and dV are written from registers at the end (rows past Sk skipped).
+//
+// The per-row inputs come from backward_sm90_rows_kernel: lse2 = lse log2 e (+inf for a
+// row with no visible key and for the padding rows, so P = 0 there) and D, laid out
+// [B][Hq][Sq rounded up to BM] so that one 256-byte bulk copy brings a block's rows.
+//
+// Covered: dense (B, S, H, D) bf16 / fp16, d_qk = d_v in {64, 128}, GQA / MQA, causal
+// (bottom-right) or not, atomic dQ (deterministic calls stay on the portable backward).
+// Missing (follow-ups): dQ by TMA reduce-add from shared memory, intra-warpgroup overlap
+// of the next block's S / dP with this block's dV / dK / dQ, persistent scheduling,
+// varlen, window, softcap, sink, deterministic dQ, d 96 / 192 / 256.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include "cuda/fa4_softmax.cuh"
+#include "cuda/params.hpp"
+#include "cuda/ptx.cuh"
+#include "cuda/sequence.cuh"
+#include "hopper/backward_sm90.hpp"
+#include "hopper/forward_sm90.cuh"  // scores_to_a: accumulator -> A fragment, as in P V
+#include "hopper/ptx_sm90.cuh"
+
+namespace flash4::hopper {
+
+template <int D>
+struct BackwardSm90Config {
+  static constexpr int kBlockM = 64;   // query rows per step (the wgmma N of S^T / dP^T)
+  static constexpr int kBlockN = 128;  // keys per CTA: two consumer warpgroups of 64
+  static constexpr int kStages = 2;    // Q / dO / rows ring
+  static constexpr int kThreads = 384;
+  static constexpr int kChunks = D / 64;  // 128-byte swizzle blocks along the head dim
+  static constexpr uint32_t kQChunkBytes = kBlockM * 128, kKChunkBytes = kBlockN * 128;
+  static constexpr uint32_t kQBytes = kBlockM * D * 2;  // one stage of Q (or of dO)
+  static constexpr uint32_t kKBytes = kBlockN * D * 2;  // K (or V)
+  static constexpr uint32_t kRowsBytes = 2 * kBlockM * 4;  // lse2 then D of one stage
+  static constexpr uint32_t kDsBytes = kBlockN * kBlockM * 2;  // dS^T [keys][64 queries]
+  static constexpr uint32_t kStepTxBytes = 2 * kQBytes + kRowsBytes;
+  // Shared memory, every tile 1024-byte aligned (the swizzle atom): K, V, Q[stages],
+  // dO[stages], dS^T[2], rows[stages], barriers; 1024 bytes of slack for the alignment.
+  static constexpr uint32_t kOffK = 0, kOffV = kKBytes, kOffQ = 2 * kKBytes;
+  static constexpr uint32_t kOffO = kOffQ + kStages * kQBytes;
+  static constexpr uint32_t kOffDs = kOffO + kStages * kQBytes;
+  static constexpr uint32_t kOffRows = kOffDs + 2 * kDsBytes;
+  static constexpr uint32_t kOffBars = kOffRows + kStages * kRowsBytes;
+  static constexpr int kBarriers = 1 + 2 * kStages;  // kv_full, q_full[], q_empty[]
+  static constexpr size_t kSmemBytes = 1024 + kOffBars + 8 * kBarriers;
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static_assert(D == 64 || D == 128, "d = 64 or 128");
+  static_assert(kKBytes % 1024 == 0 && kQBytes % 1024 == 0 && kDsBytes % 1024 == 0, "tiles 1024-aligned");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
+};
+
+// One warp per padded row (b, h, i), i < padded Sq: lse2 and D (see the header comment).
+template <typename T>
+__global__ void backward_sm90_rows_kernel(const cuda::AttentionParams p, int64_t padded_rows) {
+  constexpr int kWarps = 8;
+  const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int64_t per_head = padded_rows;
+  if (row >= int64_t(p.batch) * p.heads_q * per_head) return;
+  const int64_t bh = row / per_head;
+  const int i = int(row % per_head), h = int(bh % p.heads_q), b = int(bh / p.heads_q);
+  if (i >= p.seqlen_q) {
+    if (lane == 0) {
+      p.lse_log2[row] = __builtin_huge_valf();
+      p.d_rows[row] = 0.0f;
+    }
+    return;
+  }
+  const T* o = static_cast<const T*>(p.out.data) + int64_t(b) * p.out.batch_stride + int64_t(i) * p.out.row_stride +
+               int64_t(h) * p.out.head_stride;
+  const T* dout = static_cast<const T*>(p.dout.data) + int64_t(b) * p.dout.batch_stride +
+                  int64_t(i) * p.dout.row_stride + int64_t(h) * p.dout.head_stride;
+  float acc = 0.0f;
+  for (int c = lane; c * 8 < p.d_v; c += 32) {
+    const uint4 x = *reinterpret_cast<const uint4*>(o + c * 8);
+    const uint4 y = *reinterpret_cast<const uint4*>(dout + c * 8);
+    const uint32_t xv[4] = {x.x, x.y, x.z, x.w}, yv[4] = {y.x, y.y, y.z, y.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float2 a = cuda::unpack2<T>(xv[k]), e = cuda::unpack2<T>(yv[k]);
+      acc = fmaf(a.x, e.x, acc);
+      acc = fmaf(a.y, e.y, acc);
+    }
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+  if (lane == 0) {
+    const float lse = p.lse[int64_t(b) * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + int64_t(i) * p.lse_row_stride];
+    p.lse_log2[row] = lse == -__builtin_huge_valf() ? __builtin_huge_valf() : lse * cuda::kLog2e;
+    p.d_rows[row] = acc;
+  }
+}
+
+// The query blocks of one CTA: steps = group * n_mb, step -> (head, first row).
+struct BackwardSteps {
+  int mb_lo = 0, n_mb = 0, steps = 0;
+  __device__ int head(int step, int hk, int group) const { return hk * group + step / n_mb; }
+  __device__ int row0(int step, int block_m) const { return (mb_lo + step % n_mb) * block_m; }
+};
+
+__device__ __forceinline__ BackwardSteps backward_steps(const cuda::AttentionParams& p, const cuda::Sequence& seq,
+                                                        int n0, int block_n, int block_m) {
+  BackwardSteps s;
+  const int rows_k = min(block_n, seq.sk - n0);
+  if (rows_k <= 0) return s;
+  const cuda::QueryInterval qi = cuda::queries_seeing(p, n0, n0 + rows_k, seq);
+  if (qi.end <= qi.begin) return s;
+  s.mb_lo = qi.begin / block_m;
+  s.n_mb = (qi.end + block_m - 1) / block_m - s.mb_lo;
+  s.steps = p.group * s.n_mb;
+  return s;
+}
+
+template <int D, typename T>
+__global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
+    attention_backward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
+                                   const __grid_constant__ CUtensorMap tma_v, const __grid_constant__ CUtensorMap tma_do,
+                                   const cuda::AttentionParams p, const int64_t padded_rows) {
+#if defined(FLASH4_SM90A)
+  using C = BackwardSm90Config<D>;
+  constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  float* sRows = reinterpret_cast<float*>(smem + C::kOffRows);  // [stage][lse2 | D][BM]
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::kOffBars);
+  uint64_t* kv_full = bars;
+  uint64_t* q_full = bars + 1;
+  uint64_t* q_empty = bars + 1 + kStages;
+
+  const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const cuda::Sequence seq = cuda::sequence_of(p, b);
+  const int n0 = n_block * BN;
+  const BackwardSteps steps = backward_steps(p, seq, n0, BN, BM);
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warpgroup = warp / 4;
+  if (threadIdx.x == 0) {
+    mbarrier_init(kv_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(&q_full[s], 1);
+      mbarrier_init(&q_empty[s], 8);  // lane 0 of each consumer warp
+    }
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {
+    // ---------------------------------------------------------------- producer
+    setmaxnreg_dec<C::kProducerRegs>();
+    if (warp == 0 && lane == 0) {
+      // K / V once (rows past Sk arrive as zeros and are masked). The consumers wait for
+      // them even when there is no step, so no copy is in flight when the CTA exits.
+      mbarrier_arrive_expect_tx(kv_full, 2 * C::kKBytes);
+#pragma unroll
+      for (int c = 0; c < C::kChunks; ++c) {
+        tma_load_4d(smem + C::kOffK + c * C::kKChunkBytes, &tma_k, 64 * c, n0, hk, b, kv_full);
+        tma_load_4d(smem + C::kOffV + c * C::kKChunkBytes, &tma_v, 64 * c, n0, hk, b, kv_full);
+      }
+      for (int step = 0; step < steps.steps; ++step) {
+        const int stage = step % kStages, h = steps.head(step, hk, p.group), m0 = steps.row0(step, BM);
+        // The consumers' release of this stage's previous use (step - kStages).
+        if (step >= kStages) mbarrier_wait(&q_empty[stage], ((step / kStages) & 1) ^ 1);
+        mbarrier_arrive_expect_tx(&q_full[stage], C::kStepTxBytes);
+#pragma unroll
+        for (int c = 0; c < C::kChunks; ++c) {
+          tma_load_4d(smem + C::kOffQ + stage * C::kQBytes + c * C::kQChunkBytes, &tma_q, 64 * c, m0, h, b,
+                      &q_full[stage]);
+          tma_load_4d(smem + C::kOffO + stage * C::kQBytes + c * C::kQChunkBytes, &tma_do, 64 * c, m0, h, b,
+                      &q_full[stage]);
+        }
+        // m0 is a multiple of BM and each (b, h) owns padded_rows (a multiple of BM) floats:
+        // 256-byte aligned sources.
+        const int64_t r0 = (int64_t(b) * p.heads_q + h) * padded_rows + m0;
+        bulk_load(sRows + stage * 2 * BM, p.lse_log2 + r0, BM * 4, &q_full[stage]);
+        bulk_load(sRows + stage * 2 * BM + BM, p.d_rows + r0, BM * 4, &q_full[stage]);
+      }
+    }
+  } else {
+    // ---------------------------------------------------------------- consumers
+    setmaxnreg_inc<C::kConsumerRegs>();
+    const int cw = warpgroup - 1, wq = warp % 4, g = lane / 4, t = lane % 4;
+    const float scale_log2 = p.scale_log2;
+    const uint32_t k_addr = smem_u32(smem + C::kOffK), v_addr = smem_u32(smem + C::kOffV);
+    const uint32_t q_addr0 = smem_u32(smem + C::kOffQ), o_addr0 = smem_u32(smem + C::kOffO);
+    const uint32_t ds_addr0 = smem_u32(smem + C::kOffDs);
+    // This warpgroup's 64 key rows inside the K / V tiles (and inside dS^T).
+    const uint32_t own_rows = uint32_t(cw) * 64 * 128;
+    // Keys of this thread's accumulator rows g and g + 8 (S^T, dP^T, dV, dK).
+    const int key0 = n0 + 64 * cw + 16 * wq + g;
+
+    float dv[D / 2], dk[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dv[i] = dk[i] = 0.0f;
+
+    mbarrier_wait(kv_full, 0);
+    for (int step = 0; step < steps.steps; ++step) {
+      const int stage = step % kStages, h = steps.head(step, hk, p.group), m0 = steps.row0(step, BM);
+      const uint32_t q_addr = q_addr0 + stage * C::kQBytes, o_addr = o_addr0 + stage * C::kQBytes;
+      mbarrier_wait(&q_full[stage], (step / kStages) & 1);
+
+      // S^T = K_w Q^T and dP^T = V_w dO^T (M = this warpgroup's 64 keys, N = the 64 queries,
+      // K = the head dim), as two commit groups so P^T can start before dP^T is done.
+      float s[BM / 2], dp[BM / 2];
+      wgmma_fence();
+#pragma unroll
+      for (int k = 0; k < D / 16; ++k) {
+        const uint32_t in_chunk = (k % 4) * 32;
+        const uint64_t da = smem_descriptor(k_addr + own_rows + (k / 4) * C::kKChunkBytes + in_chunk, 16, 1024);
+        const uint64_t db = smem_descriptor(q_addr + (k / 4) * C::kQChunkBytes + in_chunk, 16, 1024);
+        wgmma_ss_m64n64k16<T>(s, da, db, k > 0);
+      }
+      wgmma_commit_group();
+#pragma unroll
+      for (int k = 0; k < D / 16; ++k) {
+        const uint32_t in_chunk = (k % 4) * 32;
+        const uint64_t da = smem_descriptor(v_addr + own_rows + (k / 4) * C::kKChunkBytes + in_chunk, 16, 1024);
+        const uint64_t db = smem_descriptor(o_addr + (k / 4) * C::kQChunkBytes + in_chunk, 16, 1024);
+        wgmma_ss_m64n64k16<T>(dp, da, db, k > 0);
+      }
+      wgmma_commit_group();
+
+      // Accumulator element 4i + e: key row g + 8 (e >> 1), query column 8i + 2t + (e & 1).
+      const float* lse2 = sRows + stage * 2 * BM;
+      const float* drow = lse2 + BM;
+      wgmma_wait_group<1>();  // S^T done (groups complete in order)
+#pragma unroll
+      for (int i = 0; i < BM / 2; ++i) fence_operand(s[i]);
+#pragma unroll
+      for (int i = 0; i < BM / 8; ++i) {
+        const float2 l = *reinterpret_cast<const float2*>(lse2 + 8 * i + 2 * t);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[4 * i + e] = cuda::exp2_hardware(fmaf(s[4 * i + e], scale_log2, (e & 1) ? -l.y : -l.x));
+      }
+      wgmma_wait_group<0>();  // dP^T done
+#pragma unroll
+      for (int i = 0; i < BM / 2; ++i) fence_operand(dp[i]);
+#pragma unroll
+      for (int i = 0; i < BM / 8; ++i) {
+        const float2 dd = *reinterpret_cast<const float2*>(drow + 8 * i + 2 * t);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dp[4 * i + e] = s[4 * i + e] * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x));
+      }
+      // Per-element mask only where the tile crosses the causal diagonal, the end of the keys
+      // or of the queries: P = dS = 0 outside (K / Q rows past the ends are TMA zeros, whose
+      // P = 2^(-lse2) is not).
+      const int sq = seq.sq, sk = seq.sk;
+      const int64_t shift = int64_t(sk) - sq;  // query i sees keys j <= i + shift (causal)
+      const bool masked =
+          m0 + BM > sq || n0 + BN > sk || (p.causal && int64_t(n0) + BN - 1 > int64_t(m0) + shift);
+      if (masked) {
+#pragma unroll
+        for (int i = 0; i < BM / 8; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int j = key0 + 8 * (e >> 1), qi = m0 + 8 * i + 2 * t + (e & 1);
+            if (qi >= sq || j >= sk || (p.causal && int64_t(j) > int64_t(qi) + shift)) s[4 * i + e] = dp[4 * i + e] = 0.0f;
+          }
+      }
+
+      // P^T and dS^T as 16-bit A fragments (k16 slices along the queries).
+      uint32_t pa[BM / 16][4], dsa[BM / 16][4];
+      scores_to_a<T, BM>(pa, s);
+      scores_to_a<T, BM>(dsa, dp);
+
+      // dS^T -> shared memory, [128 keys][64 queries] in the 128B-swizzled layout TMA
+      // would write (row r at byte 128 r, its 16-byte chunk c at chunk c ^ (r % 8)), so the
+      // dQ wgmma reads it as an MN-major A operand. Fragment dsa[k][2 (i & 1) + half] holds
+      // row g + 8 half, columns 8i + 2t, +1 (i = 2k or 2k + 1). A warp's 32 stores of one
+      // (i, half) hit 32 different banks.
+      const int ds_buffer = step & 1;
+      unsigned char* sds = smem + C::kOffDs + ds_buffer * C::kDsBytes;
+#pragma unroll
+      for (int i = 0; i < BM / 8; ++i)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int r = 64 * cw + 16 * wq + g + 8 * half;
+          *reinterpret_cast<uint32_t*>(sds + r * 128 + ((i ^ (r & 7)) << 4) + 4 * t) = dsa[i / 2][2 * (i & 1) + half];
+        }
+      fence_proxy_async();  // the generic-proxy stores above, before the wgmma (async proxy) reads
+
+      // dV += P^T dO, dK += dS^T Q (A from registers; B = dO / Q, [queries][head dim]:
+      // MN-major, 64-column blocks kQChunkBytes apart, k16 steps of 16 query rows).
+      wgmma_fence();
+#pragma unroll
+      for (int k = 0; k < BM / 16; ++k) {
+        const uint64_t db = smem_descriptor(o_addr + k * 16 * 128, C::kQChunkBytes, 1024);
+        if constexpr (D == 128)
+          wgmma_rs_m64n128k16<T>(dv, pa[k], db, 1);
+        else
+          wgmma_rs_m64n64k16<T>(dv, pa[k], db, 1);
+      }
+#pragma unroll
+      for (int k = 0; k < BM / 16; ++k) {
+        const uint64_t db = smem_descriptor(q_addr + k * 16 * 128, C::kQChunkBytes, 1024);
+        if constexpr (D == 128)
+          wgmma_rs_m64n128k16<T>(dk, dsa[k], db, 1);
+        else
+          wgmma_rs_m64n64k16<T>(dk, dsa[k], db, 1);
+      }
+      wgmma_commit_group();
+
+      // dQ (M = the 64 queries, N = 64 head-dim columns, K = keys): A = dS from dS^T
+      // ([keys][queries], MN-major), B = K ([keys][head dim], MN-major). k16 steps are 16
+      // key rows = 2048 bytes in both.
+      float dq[32];
+      const uint32_t ds_addr = ds_addr0 + ds_buffer * C::kDsBytes;
+      int dq_col0;
+      if constexpr (D == 128) {
+        // Both warpgroups' dS^T rows are needed: wait for the other's stores (and its
+        // fence). The other warpgroup's reads of this buffer (two steps ago) finished
+        // before it arrived here one step ago, so the buffer was free to overwrite.
+        named_barrier_sync(1, 256);
+        dq_col0 = 64 * cw;
+        wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < BN / 16; ++k) {
+          const uint64_t da = smem_descriptor(ds_addr + k * 2048, C::kDsBytes, 1024);
+          const uint64_t db = smem_descriptor(k_addr + cw * C::kKChunkBytes + k * 2048, C::kKChunkBytes, 1024);
+          wgmma_ss_tt_m64n64k16<T>(dq, da, db, k > 0);
+        }
+      } else {
+        // Only this warpgroup's dS^T rows (its own keys): its four warps' stores.
+        named_barrier_sync(1 + cw, 128);
+        dq_col0 = 0;
+        wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < 64 / 16; ++k) {
+          const uint64_t da = smem_descriptor(ds_addr + own_rows + k * 2048, C::kDsBytes, 1024);
+          const uint64_t db = smem_descriptor(k_addr + own_rows + k * 2048, C::kKChunkBytes, 1024);
+          wgmma_ss_tt_m64n64k16<T>(dq, da, db, k > 0);
+        }
+      }
+      wgmma_commit_group();
+      wgmma_wait_group<0>();
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) {
+        fence_operand(dv[i]);
+        fence_operand(dk[i]);
+      }
+#pragma unroll
+      for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
+#pragma unroll
+      for (int k = 0; k < BM / 16; ++k)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          fence_operand(pa[k][r]);
+          fence_operand(dsa[k][r]);
+        }
+      // Every wgmma reading this stage's Q / dO is done, and so are this warp's reads of its
+      // lse2 / D rows.
+      if (lane == 0) mbarrier_arrive(&q_empty[stage]);
+
+      // dq_accum[token][h][:] += dQ (unscaled; the finish kernel multiplies by scale).
+      // Accumulator element 4n + 2 half + {0, 1}: query row 16 wq + g + 8 half, columns
+      // dq_col0 + 8n + 2t, +1.
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int qi = m0 + 16 * wq + g + 8 * half;
+        if (qi >= sq) continue;
+        float* dst = p.dq_accum + ((seq.q_token + qi) * p.heads_q + h) * int64_t(D) + dq_col0 + 2 * t;
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+          atomicAdd(reinterpret_cast<float2*>(dst + 8 * n), make_float2(dq[4 * n + 2 * half], dq[4 * n + 2 * half + 1]));
+      }
+    }
+
+    // dK = scale dS^T Q, dV = P^T dO for this thread's key rows (rows past Sk are not
+    // written; a block no query sees writes zeros).
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int j = key0 + 8 * half;
+      if (j >= seq.sk_rows) continue;
+      T* dk_row = cuda::key_row<T>(p, p.dk, seq, b, j, hk);
+      T* dv_row = cuda::key_row<T>(p, p.dv, seq, b, j, hk);
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        *reinterpret_cast<uint32_t*>(dk_row + 8 * n + 2 * t) =
+            cuda::pack2<T>(dk[4 * n + 2 * half] * p.scale, dk[4 * n + 2 * half + 1] * p.scale);
+        *reinterpret_cast<uint32_t*>(dv_row + 8 * n + 2 * t) = cuda::pack2<T>(dv[4 * n + 2 * half], dv[4 * n + 2 * half + 1]);
+      }
+    }
+  }
+#else
+  __trap();  // built without sm_90a code: the host never launches this (backward_sm90_host.cpp checks)
+#endif
+}
+
+}  // namespace flash4::hopper
+
+// ---- launchers (instantiated in backward_sm90_hdim*.cu) -----------------------------------
+
+#include "cuda/cuda_check.hpp"
+#include "hopper/launch.hpp"
+
+namespace flash4::hopper {
+
+template <int D>
+void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& p, int64_t padded_rows,
+                   cudaStream_t stream) {
+  using C = BackwardSm90Config<D>;
+  static_assert(C::kBlockN == kTmaBoxRows && C::kBlockM == kBackwardQBoxRows, "tensor-map boxes = tile rows");
+  const dim3 grid(unsigned((p.seqlen_k + C::kBlockN - 1) / C::kBlockN), unsigned(p.heads_kv), unsigned(p.batch));
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  auto launch = [&](auto kernel) {
+    FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmemBytes)));
+    kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.dout, p, padded_rows);
+    FLASH4_CUDA_CHECK_LAUNCH("attention_backward_sm90_kernel");
+  };
+  if (p.dtype == cuda::DType::bf16)
+    launch(attention_backward_sm90_kernel<D, __nv_bfloat16>);
+  else
+    launch(attention_backward_sm90_kernel<D, __half>);
+}
+
+}  // namespace flash4::hopper

@@ -1,0 +1,182 @@
+// flash4's Hopper (sm90a) backward, host side: what it covers, its tensor maps, params,
+// workspace and the kernel sequence (rows preprocess, main kernel, the portable backward's
+// dQ conversion). NOT YET RUN ON A GPU: off unless FLASH4_HOPPER_BWD=1 (api.cpp asks
+// hopper_backward_preferred), until scripts/hopper_bwd_check.sh has passed on a device.
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <utility>
+
+#include "backends.hpp"
+#include "cuda/cuda_check.hpp"
+#include "cuda/fa4_softmax.cuh"
+#include "cuda/kernels.hpp"
+#include "cuda/params.hpp"
+#include "hopper/backward_sm90.hpp"
+#include "hopper/host.hpp"
+#include "hopper/launch.hpp"
+#include "validate.hpp"
+
+namespace flash4::detail {
+namespace {
+
+template <class... Parts>
+std::string concat(const Parts&... parts) {
+  std::ostringstream s;
+  (s << ... << parts);
+  return s.str();
+}
+
+bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, value) == 0;
+}
+
+// Why the Hopper backward does not run `a` ("" when it does).
+std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shape) {
+  if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
+  if (shape.varlen) return "varlen (cu_seqlens) is not covered yet";
+  if (a.varlen.seqused_k != nullptr) return "seqused_k is not covered yet";
+  if (a.options.window_left >= 0 || a.options.window_right >= 0) return "sliding window is not covered yet";
+  if (a.options.softcap > 0) return "softcap is not covered yet";
+  if (a.options.sink != nullptr || a.dsink != nullptr) return "sink is not covered yet";
+  if (a.deterministic) return "deterministic dQ is not covered yet";
+  if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
+  if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128))
+    return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128)");
+  if (shape.batch == 0 || shape.seqlen_q == 0 || shape.seqlen_k == 0) return "empty problem";
+  if (shape.heads_kv > 65535 || shape.batch > 65535) return "more than 65535 KV heads or sequences";
+  if (shape.seqlen_q > (int64_t(1) << 30) || shape.seqlen_k > (int64_t(1) << 30)) return "sequences over 2^30";
+  if (shape.tokens_q * shape.heads_q * shape.d_qk >= (int64_t(1) << 40)) return "dQ workspace too large";
+  for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}, {&a.dout, "dout"},
+                         {&a.dq, "dq"}, {&a.dk, "dk"}, {&a.dv, "dv"}})
+    if (std::string gap = row_alignment_gap(*t, name); !gap.empty()) return gap;
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return "no CUDA device";
+  }
+  if (major != 9 || minor != 0) return concat("device is sm_", major, minor, ", the kernels are sm_90a");
+  if (!hopper::backward_sm90_runs_here()) return "this binary holds no sm_90a code for the device";
+  if (tensor_map_encoder() == nullptr) return "cuTensorMapEncodeTiled not found in the driver";
+  return "";
+}
+
+cuda::RowLayout dense_layout(const flash4_tensor& t) {
+  cuda::RowLayout L;
+  L.data = t.data;
+  L.batch_stride = t.stride[0];
+  L.row_stride = t.stride[1];
+  L.head_stride = t.stride[2];
+  return L;
+}
+
+// Stream-ordered fp32 scratch (dQ accumulator, lse2, D), released on the stream.
+class Workspace {
+ public:
+  Workspace(size_t bytes, cudaStream_t stream) : stream_(stream) {
+    if (bytes > 0) FLASH4_CUDA_CHECK(cudaMallocAsync(&base_, bytes, stream));
+  }
+  ~Workspace() {
+    if (base_ != nullptr) cudaFreeAsync(base_, stream_);  // nothing to report from a destructor
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  // `count` floats, 256-byte aligned (the kernel's 256-byte bulk copies need 16), in order.
+  float* take(size_t count) {
+    float* p = reinterpret_cast<float*>(static_cast<char*>(base_) + used_);
+    used_ += bytes_for(count);
+    return p;
+  }
+  static size_t bytes_for(size_t count) { return (count * sizeof(float) + 255) / 256 * 256; }
+
+ private:
+  void* base_ = nullptr;
+  size_t used_ = 0;
+  cudaStream_t stream_;
+};
+
+}  // namespace
+
+bool hopper_backward_preferred(flash4_backend requested) {
+  if (!env_is("FLASH4_HOPPER_BWD", "1")) return false;
+  if (requested == FLASH4_BACKEND_HOPPER) return true;
+  return requested == FLASH4_BACKEND_AUTO && !env_is("FLASH4_BACKEND", "portable");
+}
+
+bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::string* gap) {
+  const ProblemShape shape = validate_backward(a);
+  *gap = backward_gap(a, shape);
+  if (!gap->empty()) return false;
+  hopper::BackwardTensorMaps maps;
+  for (auto [map, t, name, rows] :
+       {std::tuple{&maps.q, &a.q, "q", hopper::kBackwardQBoxRows}, {&maps.dout, &a.dout, "dout", hopper::kBackwardQBoxRows},
+        {&maps.k, &a.k, "k", hopper::kTmaBoxRows}, {&maps.v, &a.v, "v", hopper::kTmaBoxRows}})
+    if (int error = encode_tensor_map(map, *t, rows); error != 0) {
+      *gap = concat("cuTensorMapEncodeTiled rejected ", name, " (CUresult ", error, ")");
+      return false;
+    }
+
+  cuda::AttentionParams p;
+  p.dtype = a.q.dtype == FLASH4_BF16 ? cuda::DType::bf16 : cuda::DType::f16;
+  p.q = dense_layout(a.q);
+  p.k = dense_layout(a.k);
+  p.v = dense_layout(a.v);
+  p.out = dense_layout(a.out);
+  p.dout = dense_layout(a.dout);
+  p.dq = dense_layout(a.dq);
+  p.dk = dense_layout(a.dk);
+  p.dv = dense_layout(a.dv);
+  p.lse = static_cast<float*>(a.lse.data);  // [B, Hq, Sq]
+  p.lse_batch_stride = a.lse.stride[0];
+  p.lse_head_stride = a.lse.stride[1];
+  p.lse_row_stride = a.lse.stride[2];
+  p.batch = int(shape.batch);
+  p.heads_q = int(shape.heads_q);
+  p.heads_kv = int(shape.heads_kv);
+  p.group = int(shape.heads_q / shape.heads_kv);
+  p.d_qk = int(shape.d_qk);
+  p.d_v = int(shape.d_v);
+  p.seqlen_q = int(shape.seqlen_q);
+  p.seqlen_k = int(shape.seqlen_k);
+  p.tokens_q = shape.tokens_q;
+  p.tokens_k = shape.tokens_k;
+  p.scale = float(shape.softmax_scale);
+  p.scale_log2 = float(shape.softmax_scale * 1.4426950408889634);
+  p.causal = a.options.causal != 0;
+  p.deterministic = false;
+
+  cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
+  try {
+    const int64_t padded_rows = hopper::backward_sm90_padded_rows(p.seqlen_q);
+    const size_t rows = size_t(p.batch) * size_t(p.heads_q) * size_t(padded_rows);
+    const size_t dq_count = size_t(p.tokens_q) * size_t(p.heads_q) * size_t(p.d_qk);
+    Workspace ws(Workspace::bytes_for(dq_count) + 2 * Workspace::bytes_for(rows), stream);
+    p.dq_accum = ws.take(dq_count);
+    p.lse_log2 = ws.take(rows);
+    p.d_rows = ws.take(rows);
+    FLASH4_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, dq_count * sizeof(float), stream));
+    hopper::backward_sm90_rows(p, padded_rows, stream);
+    if (shape.d_qk == 64)
+      hopper::backward_sm90<64>(maps, p, padded_rows, stream);
+    else
+      hopper::backward_sm90<128>(maps, p, padded_rows, stream);
+    // dq = scale * dq_accum in the output dtype (the portable backward's finish; dense,
+    // atomic mode, no sink: nothing else runs).
+    cuda::backward_finish(p, stream);
+    *status = FLASH4_OK;
+  } catch (const cuda::CudaError& e) {
+    set_last_error(std::string("flash4 Hopper CUDA backend (backward): ") + e.what());
+    *status = FLASH4_DEVICE_ERROR;
+  }
+  return true;
+}
+
+}  // namespace flash4::detail

@@ -1,0 +1,212 @@
+// flash4's Hopper (sm90a) backward against the float64 CPU reference, on an sm_90 device,
+// with the kernel switched on (FLASH4_HOPPER_BWD=1, set by each test and restored): every
+// case it covers (dense bf16 / fp16, d = 64 and 128, GQA / MQA, causal or not, BSHD / BHSD,
+// padded rows) must run on it -- the GPU backward's flash4_last_backend() says "hopper" --
+// and dq, dk, dv must match the reference within the dtype's tolerance; the gradients are
+// NaN-poisoned before each call (ProblemRunner), so an unwritten element fails. Lengths
+// {1, 17, 128, 1000, 4097} as Sq = Sk, Sq < Sk and Sq > Sk. Calls the kernel does not
+// cover (deterministic, softcap, d = 96) run on the portable backward, as does every call
+// without the switch (the default) and with FLASH4_BACKEND=portable.
+// Written before the kernel first ran on a GPU (scripts/hopper_bwd_check.sh runs it).
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "common/random.hpp"
+#include "flash4_gpu_problem.hpp"
+
+namespace flash4_gpu {
+namespace {
+
+bool is_sm90() {
+  int device = 0, major = 0, minor = 0;
+  if (!have_gpu() || cudaGetDevice(&device) != cudaSuccess) return false;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  return major == 9 && minor == 0;
+}
+
+// Sets (or, with nullptr, unsets) an environment variable for one scope.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* before = std::getenv(name)) before_ = before;
+    if (value != nullptr)
+      setenv(name, value, 1);
+    else
+      unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (before_)
+      setenv(name_, before_->c_str(), 1);
+    else
+      unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> before_;
+};
+
+// Forward (whichever backend covers it) and backward of p on the GPU and the reference;
+// checks dq, dk, dv and returns the backend that ran the GPU backward.
+std::string check_backward(const Problem& p) {
+  auto rng = testing_support::make_rng(std::hash<std::string>{}(p.describe()) ^ 0xB4C7u);
+  SCOPED_TRACE(p.describe());
+  ProblemRunner runner(p, rng);
+  runner.setup();
+  Errors e;
+  runner.forward(e);
+  if (::testing::Test::HasFatalFailure()) return "";
+  runner.backward(e);
+  if (::testing::Test::HasFatalFailure()) return "";
+  std::printf("[ errors ] %s | bwd %s | dq %.2e dk %.2e dv %.2e (slack dq %.1e dk %.1e)\n", p.describe().c_str(),
+              runner.gpu_backward_backend().c_str(), e.dq, e.dk, e.dv, e.dq_slack, e.dk_slack);
+  const Tolerance tol = tolerance_for(p.dtype);
+  EXPECT_LT(e.out, tol.out) << "out (forward)";
+  EXPECT_LT(e.dq, tol.grad + e.dq_slack) << "dq (slack for the 16-bit out: " << e.dq_slack << ")";
+  EXPECT_LT(e.dk, tol.grad + e.dk_slack) << "dk (slack for the 16-bit out: " << e.dk_slack << ")";
+  EXPECT_LT(e.dv, tol.grad) << "dv";
+  return runner.gpu_backward_backend();
+}
+
+std::string test_name(const ::testing::TestParamInfo<Problem>& info) {
+  std::string s = std::to_string(info.index) + "_" + info.param.describe();
+  std::string out;
+  for (char c : s) out += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+  return out;
+}
+
+class Flash4HopperBackward : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperBackward, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv on("FLASH4_HOPPER_BWD", "1");
+  ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
+  const std::string backend = check_backward(GetParam());
+  EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+}
+
+// d x dtype x causal over shapes with Sq = Sk, Sq < Sk, Sq > Sk and GQA.
+std::vector<Problem> covered_cases() {
+  struct Shape {
+    int B, Hq, Hkv, Sq, Sk;
+  };
+  const Shape shapes[] = {{2, 4, 2, 128, 128}, {1, 2, 2, 17, 1000}, {2, 2, 1, 1000, 17}, {3, 2, 2, 1, 128},
+                          {1, 2, 1, 1000, 1000}, {1, 1, 1, 128, 300},  {1, 8, 1, 17, 17},  {2, 2, 1, 1, 1}};
+  std::vector<Problem> cases;
+  int i = 0;
+  for (int d : {64, 128})
+    for (flash4_dtype dtype : {FLASH4_BF16, FLASH4_F16})
+      for (bool causal : {false, true})
+        for (int repeat = 0; repeat < 2; ++repeat) {
+          const Shape& s = shapes[i++ % 8];
+          Problem p;
+          p.label = "hopper bwd";
+          p.dtype = dtype;
+          p.Dqk = p.Dv = d;
+          p.B = s.B, p.Hq = s.Hq, p.Hkv = s.Hkv, p.Sq = s.Sq, p.Sk = s.Sk;
+          p.causal = causal;
+          cases.push_back(p);
+        }
+  // Lengths {1, 17, 128, 1000, 4097}: square, fewer and more queries than keys.
+  const int pairs[][2] = {{4097, 4097}, {4097, 1000}, {1000, 4097}, {17, 4097}, {4097, 17}, {1, 4097}, {4097, 1}};
+  for (auto [sq, sk] : pairs)
+    for (bool causal : {false, true}) {
+      Problem p;
+      p.label = "hopper bwd length";
+      p.Dqk = p.Dv = 64;
+      p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = sq, p.Sk = sk;
+      p.causal = causal;
+      cases.push_back(p);
+    }
+  {  // d = 128 at a length with many key and query blocks, fp16, causal, GQA.
+    Problem p;
+    p.label = "hopper bwd long";
+    p.dtype = FLASH4_F16;
+    p.B = 1, p.Hq = 4, p.Hkv = 2, p.Sq = 1500, p.Sk = 1500;
+    p.causal = true;
+    cases.push_back(p);
+  }
+  // GQA groups of 4 over several key blocks and batches (dK / dV summed over the group
+  // inside one CTA), both head dims.
+  for (int d : {64, 128}) {
+    Problem p;
+    p.label = "hopper bwd gqa";
+    p.Dqk = p.Dv = d;
+    p.B = 3, p.Hq = 8, p.Hkv = 2, p.Sq = 700, p.Sk = 900;
+    p.causal = d == 128;
+    cases.push_back(p);
+  }
+  {  // MQA, BHSD memory order, fp16, d = 128.
+    Problem p;
+    p.label = "hopper bwd bhsd mqa";
+    p.dtype = FLASH4_F16;
+    p.B = 2, p.Hq = 6, p.Hkv = 1, p.Sq = 300, p.Sk = 520;
+    p.bhsd = true;
+    p.causal = true;
+    cases.push_back(p);
+  }
+  {  // Padded token rows (row stride > H * D).
+    Problem p;
+    p.label = "hopper bwd row_pad";
+    p.Dqk = p.Dv = 64;
+    p.B = 2, p.Hq = 2, p.Hkv = 2, p.Sq = 260, p.Sk = 260;
+    p.row_pad = 8;
+    cases.push_back(p);
+  }
+  {  // Large logits: P far from uniform (a few keys dominate each row).
+    Problem p;
+    p.label = "hopper bwd large logits";
+    p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = 700, p.Sk = 1500;
+    p.q_scale = 4.0;
+    cases.push_back(p);
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackward, ::testing::ValuesIn(covered_cases()), test_name);
+
+Problem small(const char* label) {
+  Problem p;
+  p.label = label;
+  p.B = 1, p.Hq = 4, p.Hkv = 2, p.Sq = 200, p.Sk = 260;
+  p.causal = true;
+  return p;
+}
+
+TEST(Flash4HopperBackwardDispatch, OffByDefault) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv off("FLASH4_HOPPER_BWD", nullptr);
+  ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
+  EXPECT_EQ(check_backward(small("default")), "portable");
+}
+
+TEST(Flash4HopperBackwardDispatch, UncoveredCallsRunOnThePortableBackward) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv on("FLASH4_HOPPER_BWD", "1");
+  ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
+  Problem p = small("deterministic");
+  p.deterministic = true;
+  EXPECT_EQ(check_backward(p), "portable");
+  p = small("softcap");
+  p.softcap = 20;
+  EXPECT_EQ(check_backward(p), "portable");
+  p = small("d = 96");
+  p.Dqk = p.Dv = 96;
+  EXPECT_EQ(check_backward(p), "portable");
+}
+
+TEST(Flash4HopperBackwardDispatch, EnvironmentForcesThePortableBackward) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv on("FLASH4_HOPPER_BWD", "1");
+  ScopedEnv portable("FLASH4_BACKEND", "portable");
+  EXPECT_EQ(check_backward(small("forced portable")), "portable");
+}
+
+}  // namespace
+}  // namespace flash4_gpu
