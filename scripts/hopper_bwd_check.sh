@@ -6,9 +6,9 @@
 #              local memory, registers);
 #   2. smoke   two small cases with FLASH4_HOPPER_BWD=1 FLASH4_LOG=1; on failure memcheck of
 #              one and stop;
-#   3. check   compute-sanitizer memcheck and racecheck on one small case;
-#   4. test    every Hopper backward test (Covered/Flash4HopperBackward.*, dispatch tests),
+#   3. test    every Hopper backward test (Covered/Flash4HopperBackward.*, dispatch tests),
 #              then the Hopper forward tests (must be unchanged);
+#   4. check   compute-sanitizer memcheck and racecheck on one small case;
 #   5. bench   flash4-bench backward, Hopper (FLASH4_HOPPER_BWD=1) vs portable, d 64 / 128,
 #              S 1024 / 4096 / 16384, causal 0 / 1.
 # Everything goes to $OUT (default ./hopper-bwd-out): log, tests.txt, bench_*.txt, sass.txt.gz;
@@ -86,19 +86,12 @@ if [ $rc -ne 0 ]; then
 fi
 note "smoke passed"
 
-# ---- 3. sanitizers ----------------------------------------------------------------------
-for tool in memcheck racecheck; do
-  say "compute-sanitizer $tool (case 1: d 64 bf16 Sq 17 Sk 1000)"
-  timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_filter='Covered/Flash4HopperBackward.*/1_*' \
-    > "$OUT/$tool.txt" 2>&1
-  note "$tool rc $? ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.txt" | tail -1))"
-done
-
-# ---- 4. tests ---------------------------------------------------------------------------
+# ---- 3. tests ---------------------------------------------------------------------------
 say "Hopper backward tests"
 timeout 300 $T --gtest_filter='*Flash4HopperBackward*' > "$OUT/tests.txt" 2>&1
 rc=$?
 grep -E "^\[  (PASSED|FAILED) |^\[  FAILED|tests? ran" "$OUT/tests.txt" | tail -30 | tee -a "$LOG"
+grep -E -A4 "Failure$" "$OUT/tests.txt" | head -24 | tee -a "$LOG"
 worst() {  # worst value of field $1 over the Hopper backward lines of tests.txt
   grep -E "bwd hopper" "$OUT/tests.txt" | grep "$2" | awk -v f="$1" '{for (i = 1; i < NF; i++) if ($i == f) {print $(i + 1); break}}' |
     sort -g | tail -1
@@ -112,6 +105,14 @@ if [ $FULL -eq 1 ]; then
   FLASH4_HOPPER_BWD=1 timeout 400 $T > "$OUT/tests_full.txt" 2>&1
   note "full suite with the switch on: rc $? ($(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_full.txt" | head -2 | tr '\n' ' '))"
 fi
+
+# ---- 4. sanitizers ----------------------------------------------------------------------
+for tool in memcheck racecheck; do
+  say "compute-sanitizer $tool (case 1: d 64 bf16 Sq 17 Sk 1000)"
+  timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_filter='Covered/Flash4HopperBackward.*/1_*' \
+    > "$OUT/$tool.txt" 2>&1
+  note "$tool rc $? ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.txt" | tail -1))"
+done
 
 # ---- 5. bench ---------------------------------------------------------------------------
 if [ $BENCH -eq 1 ]; then
