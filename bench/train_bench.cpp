@@ -3,7 +3,11 @@
 // and one JSON line (the last line) for bench/train_peers.py.
 //
 //   train-bench [--model llama-3.2-1b|tiny] [--batch B] [--seq S] [--steps N] [--warmup W]
-//               [--recompute] [--no-graphs] [--attention auto|flash4|fallback]
+//               [--recompute] [--no-graphs] [--attention auto|flash4|fallback] [--data-parallel]
+//
+// --data-parallel: one process per GPU, launched with the torchrun-style environment,
+// mpirun or srun (dist/launch_env.hpp; bench/train_dp_bench.sh starts them): NCCL with a
+// ZeRO-1 optimizer, --batch rows per GPU, tokens/s reported per GPU (rank 0 prints).
 //
 // FLOPs per token: 6·N (N = parameters that take part in matrix products: all of them,
 // the tied embedding counted once as the head) + causal attention 6·L·S·Hq·D (QKᵀ and PV,
@@ -24,6 +28,8 @@
 #include "backend/cuda/cuda_check.hpp"
 #include "backend/cuda/cuda_decoder.hpp"
 #include "backend/cuda/gemm.hpp"
+#include "dist/communicator.hpp"
+#include "dist/launch_env.hpp"
 
 namespace {
 
@@ -32,7 +38,7 @@ using namespace adept;
 struct Args {
   std::string model = "llama-3.2-1b";
   int64_t batch = 2, seq = 4096, steps = 10, warmup = 3;
-  bool recompute = false, graphs = true, time_attention = false;
+  bool recompute = false, graphs = true, time_attention = false, data_parallel = false;
   std::string attention = "auto";
 };
 
@@ -56,9 +62,11 @@ Args parse(int argc, char** argv) {
     else if (s == "--no-graphs") a.graphs = false;
     else if (s == "--time-attention") a.time_attention = true;
     else if (s == "--attention") a.attention = next();
+    else if (s == "--data-parallel") a.data_parallel = true;
     else {
       std::fprintf(stderr, "usage: train-bench [--model llama-3.2-1b|tiny] [--batch B] [--seq S] [--steps N] "
-                           "[--warmup W] [--recompute] [--no-graphs] [--time-attention] [--attention auto|flash4|fallback]\n");
+                           "[--warmup W] [--recompute] [--no-graphs] [--time-attention] [--attention auto|flash4|fallback] "
+                           "[--data-parallel]\n");
       std::exit(2);
     }
   }
@@ -155,8 +163,14 @@ int main(int argc, char** argv) {
   Args a = parse(argc, argv);
   ModelConfig c = model_config(a.model);
   try {
+    // Data parallel: the communicator makes this rank's GPU current, before anything else.
+    std::shared_ptr<dist::Communicator> comm;
+    if (a.data_parallel) comm = dist::make_communicator(dist::read_launch_env());
+    const int rank = comm ? comm->rank() : 0, world = comm ? comm->world() : 1;
+    int device = 0;
+    ADEPT_CUDA_CHECK(cudaGetDevice(&device));
     cudaDeviceProp prop{};
-    ADEPT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    ADEPT_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
     ADEPT_CUDA_CHECK(cudaFree(nullptr));  // create the context before the memory baseline
     size_t free0 = 0, total = 0;
     ADEPT_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
@@ -169,12 +183,13 @@ int main(int argc, char** argv) {
     o.cuda_graphs = a.graphs;
     o.attention = a.attention;
     o.time_attention = a.time_attention;
+    o.communicator = comm;
     auto t_build = std::chrono::steady_clock::now();
     CudaDecoder model(c, o, 1234, 0.02);
     const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_build).count();
 
     // A few batches of uniform random tokens, cycled; targets = next token.
-    std::mt19937_64 rng(7);
+    std::mt19937_64 rng(7 + uint64_t(rank));  // each rank its own tokens
     std::uniform_int_distribution<int32_t> pick(0, int32_t(c.vocab_size) - 1);
     const int64_t N = a.batch * a.seq;
     std::vector<std::vector<int32_t>> tokens(4), targets(4);
@@ -210,10 +225,16 @@ int main(int argc, char** argv) {
         6.0 * double(matmul_parameters(c)) + 6.0 * double(c.num_hidden_layers) * double(a.seq) * double(c.q_dim());
     const double mfu = tokens_per_s * flops_per_token / (gemm_tflops * 1e12);
     const double used_gib = double(free0 - free1) / double(1 << 30);
+    const double optimizer_gib = double(model.optimizer_state_bytes()) / double(1 << 30);
+    if (world > 1)
+      std::fprintf(stderr, "rank %d of %d: %.0f tokens/s on this GPU, %.1f ms/step, optimizer state %.2f GiB\n", rank,
+                   world, tokens_per_s, 1e3 * seconds / double(a.steps), optimizer_gib);
+    if (rank != 0) return 0;
     std::printf("%s\n", model.memory_report().c_str());
-    std::printf("device %s | model %s | batch %lld x %lld | attention %s | graphs %s | recompute %s\n", prop.name,
-                a.model.c_str(), (long long)a.batch, (long long)a.seq, model.attention_backend().c_str(),
-                model.graphs_active() ? "replayed" : "off", a.recompute ? "on" : "off");
+    std::printf("device %s | model %s | batch %lld x %lld | attention %s | graphs %s | recompute %s | GPUs %d "
+                "(tokens/s below per GPU; optimizer state %.2f GiB per GPU)\n",
+                prop.name, a.model.c_str(), (long long)a.batch, (long long)a.seq, model.attention_backend().c_str(),
+                model.graphs_active() ? "replayed" : "off", a.recompute ? "on" : "off", world, optimizer_gib);
     std::printf("GEMM %.0f TFLOP/s | %.0f tokens/s | %.1f ms/step | MFU %.1f%% | device memory %.2f GiB (arena %.2f) "
                 "| loss %.3f -> %.3f | setup %.1f s | skipped %lld | attention %.1f ms/step\n",
                 gemm_tflops, tokens_per_s, 1e3 * seconds / double(a.steps), 100 * mfu, used_gib,
@@ -222,12 +243,13 @@ int main(int argc, char** argv) {
     std::printf("{\"engine\": \"adept-cuda\", \"device\": \"%s\", \"model\": \"%s\", \"batch\": %lld, \"seq\": %lld, "
                 "\"tokens_per_s\": %.1f, \"step_ms\": %.2f, \"gemm_tflops\": %.1f, \"flops_per_token\": %.6e, "
                 "\"mfu\": %.4f, \"peak_mem_gib\": %.3f, \"arena_gib\": %.3f, \"attention\": \"%s\", "
-                "\"graphs\": %s, \"recompute\": %s, \"loss_first\": %.4f, \"loss_last\": %.4f, \"attention_ms\": %.2f}\n",
+                "\"graphs\": %s, \"recompute\": %s, \"loss_first\": %.4f, \"loss_last\": %.4f, \"attention_ms\": %.2f, "
+                "\"gpus\": %d, \"optimizer_state_gib\": %.3f}\n",
                 prop.name, a.model.c_str(), (long long)a.batch, (long long)a.seq, tokens_per_s,
                 1e3 * seconds / double(a.steps), gemm_tflops, flops_per_token, mfu, used_gib,
                 double(model.device_bytes()) / double(1 << 30), model.attention_backend().c_str(),
                 model.graphs_active() ? "true" : "false", a.recompute ? "true" : "false", first_loss, last_loss,
-                attention_ms);
+                attention_ms, world, optimizer_gib);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "train-bench: %s\n", e.what());
     return 1;

@@ -16,6 +16,8 @@
 #include "backend/cuda/device_arena.hpp"
 #include "backend/cuda/gemm.hpp"
 #include "core/error.hpp"
+#include "dist/communicator.hpp"
+#include "dist/shard_plan.hpp"
 #include "ops/cuda/ops.hpp"
 
 namespace adept {
@@ -171,10 +173,50 @@ struct CudaDecoder::Impl {
   size_t timing_used = 0;
   double attention_ms = 0.0;
 
+  // ---- Data parallel (ZeRO-1), when options.communicator has several ranks ----------
+  // Layout: the fp32 state is cut into units (0 the embedding, 1 + l layer l, L + 1 the
+  // final norm and head) and buckets of units (dist/shard_plan.hpp), each bucket padded
+  // to world equal slices; tensors keep their single-GPU order, shifted per unit.
+  // Every rank holds: bf16 weights (whole), gradients (whole, flat layout), its slice
+  // of the reduced gradient (grad_shard) and its slices of master / m / v. A step:
+  //   backward of the last micro-batch: as each bucket's lowest unit finishes, an event
+  //     on `stream` lets comm_stream reduce-scatter (sum) that bucket into grad_shard,
+  //     while backward goes on below it; `stream` waits for comm_stream before the step;
+  //   optimizer: loss / count and the gradient norm's partial sums all-reduced (every
+  //     rank takes the same clip and skip decision), AdamW on the shard writing updated
+  //     bf16 weights into `staging` (flat layout, aliasing the gradient buffer, dead by
+  //     then), one all-gather per bucket in place, then staging → weights.
+  // The gradient's scale is 1 / (targets counted over all ranks' micro-batches), so the
+  // sum over ranks is the gradient one GPU takes on the global batch.
+  std::shared_ptr<dist::Communicator> comm;
+  int world = 1, rank = 0;
+  dist::ShardPlan shard_plan;
+  std::vector<int> tensor_unit;               // unit of each tensor
+  std::vector<int64_t> unit_begin;            // single-GPU state offset of each unit
+  std::vector<dist::OwnedPiece> owned;        // this rank's pieces (tensor = index into tensors)
+  int64_t num_adam_tensors = 0, num_gather_chunks = 0;
+  float* grad_shard = nullptr;
+  bf16* staging = nullptr;
+  cuda::AdamWTensor* gather_tensors = nullptr;
+  cuda::AdamWChunk* gather_chunks = nullptr;
+  int64_t* dp_count = nullptr;
+  int64_t* dp_count_host = nullptr;
+  cudaStream_t comm_stream = nullptr;
+  std::vector<cudaEvent_t> bucket_ready;
+  cudaEvent_t reduced_event = nullptr;
+  size_t next_bucket = 0;
+  bool reducing = false, grads_reduced = false;
+  bool dp() const { return world > 1; }
+  int64_t optimizer_numel() const { return dp() ? shard_plan.shard_numel : state_numel; }
+
   ~Impl() {
     for (auto& [key, g] : graphs)
       if (g.exec) cudaGraphExecDestroy(g.exec);
     for (cudaEvent_t e : timing_events) cudaEventDestroy(e);
+    for (cudaEvent_t e : bucket_ready) cudaEventDestroy(e);
+    if (reduced_event) cudaEventDestroy(reduced_event);
+    if (comm_stream) cudaStreamDestroy(comm_stream);
+    if (dp_count_host) cudaFreeHost(dp_count_host);
     attention.reset();
     gemm.reset();
     if (upload_done) cudaEventDestroy(upload_done);
@@ -199,6 +241,11 @@ struct CudaDecoder::Impl {
     if (N_max <= 0) fail("CudaDecoderOptions.max_tokens must be positive, got {}", N_max);
     S_max = opt.max_seq_len > 0 ? opt.max_seq_len : std::min(N_max, c.max_position_embeddings);
     S_max = std::min({S_max, N_max, c.max_position_embeddings});
+    comm = opt.communicator;
+    if (comm && comm->world() > 1) {
+      if (!comm->device_buffers()) fail("CudaDecoder: a {}-rank communicator must work on device memory (NCCL)", comm->world());
+      world = comm->world(), rank = comm->rank();
+    }
 
     auto add = [&](const std::string& name, std::vector<int64_t> shape, bool weight_decay) {
       Tensor t;
@@ -245,11 +292,16 @@ struct CudaDecoder::Impl {
   // a fused group whose members all train has one contiguous gradient too.
   void lay_out() {
     int64_t w = 0, s = 0, r = 0;
+    int unit = 0;
+    tensor_unit.assign(tensors.size(), 0);
+    unit_begin.assign(size_t(L + 2), 0);
+    auto begin_unit = [&](int u) { unit = u, unit_begin[u] = round_up(s, 64); };
     auto place = [&](std::initializer_list<int> group) {
       w = round_up(w, 128);
       s = round_up(s, 64);
       for (int i : group) {
         if (i < 0) continue;
+        tensor_unit[i] = unit;
         Tensor& t = tensors[i];
         t.weight_offset = w;
         w += t.numel;
@@ -257,8 +309,10 @@ struct CudaDecoder::Impl {
         if (t.trainable) s += t.numel;
       }
     };
+    begin_unit(0);
     place({embed});
     for (const Layer& y : layers) {
+      begin_unit(1 + int(&y - layers.data()));
       place({y.input_norm});
       place({y.q, y.k, y.v});
       place({y.q_bias, y.k_bias, y.v_bias});
@@ -270,10 +324,12 @@ struct CudaDecoder::Impl {
       place({y.gate, y.up});
       place({y.down});
     }
+    begin_unit(int(L) + 1);
     place({final_norm});
     if (lm_head != embed) place({lm_head});
     weights_numel = round_up(w, 128);
     state_numel = round_up(s, 64);
+    if (dp()) shard_state();
     trainable_count = 0;
     for (Tensor& t : tensors) {
       if (!t.trainable) continue;
@@ -282,6 +338,31 @@ struct CudaDecoder::Impl {
       r += t.shape[0];
     }
     row_multiplier_numel = r;
+  }
+
+  // Data parallel: the shard plan over the units, tensors moved to the plan's flat
+  // offsets (a whole unit shifts, so fused groups stay contiguous), this rank's pieces.
+  void shard_state() {
+    std::vector<int64_t> unit_numel(unit_begin.size());
+    for (size_t u = 0; u < unit_begin.size(); ++u)
+      unit_numel[u] = (u + 1 < unit_begin.size() ? unit_begin[u + 1] : state_numel) - unit_begin[u];
+    dist::ShardPlanConfig pc;
+    pc.world = world;
+    pc.align = 64;
+    pc.bucket_numel = std::max<int64_t>(1, opt.bucket_numel);
+    shard_plan = dist::plan_shards(unit_numel, pc);
+    std::vector<dist::TensorRange> ranges;
+    std::vector<int> index;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      Tensor& t = tensors[i];
+      if (!t.trainable) continue;
+      t.state_offset += shard_plan.unit_offset[tensor_unit[i]] - unit_begin[tensor_unit[i]];
+      ranges.push_back({t.state_offset, t.numel});
+      index.push_back(int(i));
+    }
+    state_numel = shard_plan.total_numel;
+    owned = dist::owned_pieces(shard_plan, ranges, rank);
+    for (dist::OwnedPiece& p : owned) p.tensor = index[p.tensor];
   }
 
   template <typename T>
@@ -293,15 +374,24 @@ struct CudaDecoder::Impl {
   void plan_memory() {
     const int64_t N = N_max;
     plan(weights, "weights (bf16)", weights_numel);
-    plan(master, "master weights (fp32)", state_numel);
+    plan(master, "master weights (fp32)", optimizer_numel());
     plan(grads, "gradients (fp32)", state_numel);
-    plan(adam_m, "AdamW moments (fp32)", state_numel);
-    plan(adam_v, "AdamW moments (fp32)", state_numel);
+    plan(adam_m, "AdamW moments (fp32)", optimizer_numel());
+    plan(adam_v, "AdamW moments (fp32)", optimizer_numel());
     plan(row_multipliers, "optimizer tables", row_multiplier_numel);
     num_chunks = 0;
     for (const Tensor& t : tensors)
       if (t.trainable) num_chunks += (t.numel + kAdamWChunk - 1) / kAdamWChunk;
-    plan(adam_tensors, "optimizer tables", trainable_count);
+    num_adam_tensors = trainable_count;
+    if (dp()) {
+      num_gather_chunks = num_chunks, num_adam_tensors = int64_t(owned.size());
+      num_chunks = int64_t(dist::split_into_chunks(owned, kAdamWChunk).size());
+      plan(grad_shard, "gradient shard (fp32)", shard_plan.shard_numel);
+      plan(gather_tensors, "optimizer tables", trainable_count);
+      plan(gather_chunks, "optimizer tables", num_gather_chunks);
+      plan(dp_count, "optimizer tables", 1);
+    }
+    plan(adam_tensors, "optimizer tables", num_adam_tensors);
     plan(adam_chunks, "optimizer tables", num_chunks);
     plan(state, "optimizer tables", 1);
     plan(norm_partials, "optimizer tables", cuda::kReduceBlocks);
@@ -366,6 +456,8 @@ struct CudaDecoder::Impl {
     arena.allocate();
     for (auto& f : fixups) f();
     fixups.clear();
+    // The gradient buffer is dead once reduce-scattered: it carries the all-gather.
+    if (dp()) staging = reinterpret_cast<bf16*>(grads);
     if (opt.recompute)
       for (LayerActivations& a : acts) a.h1 = h1_shared_ptr, a.h2 = h2_shared_ptr, a.act = act_shared_ptr;
     gemm = std::make_unique<cuda::Gemm>(gemm_workspace, kGemmWorkspace);
@@ -408,8 +500,17 @@ struct CudaDecoder::Impl {
     ADEPT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     ADEPT_CUDA_CHECK(cudaEventCreateWithFlags(&upload_done, cudaEventDisableTiming));
     choose_attention();
+    if (dp()) {
+      ADEPT_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream, cudaStreamNonBlocking));
+      ADEPT_CUDA_CHECK(cudaEventCreateWithFlags(&reduced_event, cudaEventDisableTiming));
+      ADEPT_CUDA_CHECK(cudaMallocHost(&dp_count_host, sizeof(int64_t)));
+    }
     lay_out();
     plan_memory();
+    for (size_t b = 0; b < shard_plan.buckets.size() && dp(); ++b) {
+      bucket_ready.push_back(nullptr);
+      ADEPT_CUDA_CHECK(cudaEventCreateWithFlags(&bucket_ready.back(), cudaEventDisableTiming));
+    }
     ADEPT_CUDA_CHECK(cudaMallocHost(&batch_host, batch_layout.bytes));
     ADEPT_CUDA_CHECK(cudaMallocHost(&state_host, sizeof(cuda::StepState)));
     ADEPT_CUDA_CHECK(cudaMallocHost(&forward_loss_host, sizeof(LossAccumulator)));
@@ -436,8 +537,10 @@ struct CudaDecoder::Impl {
     std::vector<cuda::AdamWTensor> table;
     std::vector<cuda::AdamWChunk> chunks;
     std::vector<float> rows(size_t(std::max<int64_t>(row_multiplier_numel, 1)), 1.0f);
+    std::vector<int> table_index(tensors.size(), -1);  // tensor → its row in `table`
     for (const Tensor& t : tensors) {
       if (!t.trainable) continue;
+      table_index[&t - tensors.data()] = int(table.size());
       cuda::AdamWTensor a;
       a.weight_offset = t.weight_offset;
       a.state_offset = t.state_offset;
@@ -454,6 +557,25 @@ struct CudaDecoder::Impl {
       for (int64_t b = 0; b < t.numel; b += kAdamWChunk)
         chunks.push_back({int32_t(table.size()), b, std::min(t.numel, b + kAdamWChunk)});
       table.push_back(a);
+    }
+    if (dp()) {
+      // The whole-tensor table copies staging → weights (state_offset is the flat one);
+      // AdamW runs over this rank's pieces: weights := staging at the flat offset, the
+      // fp32 arrays at the piece's shard offset (indexed by the tensor's element j).
+      if (!table.empty()) upload(gather_tensors, table.data(), table.size() * sizeof(table[0]));
+      if (!chunks.empty()) upload(gather_chunks, chunks.data(), chunks.size() * sizeof(chunks[0]));
+      std::vector<cuda::AdamWTensor> pieces;
+      std::vector<cuda::AdamWChunk> piece_chunks;
+      for (const dist::OwnedPiece& p : owned) {
+        cuda::AdamWTensor a = table[table_index[p.tensor]];
+        a.weight_offset = tensors[p.tensor].state_offset;
+        a.state_offset = p.shard_offset - p.begin;
+        for (int64_t b = p.begin; b < p.end; b += kAdamWChunk)
+          piece_chunks.push_back({int32_t(pieces.size()), b, std::min(p.end, b + kAdamWChunk)});
+        pieces.push_back(a);
+      }
+      table.swap(pieces);
+      chunks.swap(piece_chunks);
     }
     if (!table.empty()) upload(adam_tensors, table.data(), table.size() * sizeof(table[0]));
     if (!chunks.empty()) upload(adam_chunks, chunks.data(), chunks.size() * sizeof(chunks[0]));
@@ -484,8 +606,9 @@ struct CudaDecoder::Impl {
       if (host.info(i).numel != t.numel) fail("{}: host tensor has {} values, expected {}", t.name, host.info(i).numel, t.numel);
       const float* src = host.value(i);
       if (t.trainable) {
-        upload(master + t.state_offset, src, size_t(t.numel) * 4);
-        cuda::convert_f32_to_bf16(weights + t.weight_offset, master + t.state_offset, t.numel, stream);
+        float* full = (dp() ? grads : master) + t.state_offset;  // data parallel: staged in the gradient buffer
+        upload(full, src, size_t(t.numel) * 4);
+        cuda::convert_f32_to_bf16(weights + t.weight_offset, full, t.numel, stream);
       } else {
         // Staged by cudaMemcpyAsync before it returns, so `b` may go out of scope.
         std::vector<bf16> b(size_t(t.numel));
@@ -493,13 +616,23 @@ struct CudaDecoder::Impl {
         upload(weights + t.weight_offset, b.data(), b.size() * 2);
       }
     }
+    if (dp()) take_master_shard_from_grads();
     ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  // Data parallel: this rank's pieces of the full fp32 weights staged in `grads` into
+  // master; then the gradient buffer is zeroed (padding must stay zero).
+  void take_master_shard_from_grads() {
+    for (const dist::OwnedPiece& p : owned)
+      ADEPT_CUDA_CHECK(cudaMemcpyAsync(master + p.shard_offset, grads + tensors[p.tensor].state_offset + p.begin,
+                                       size_t(p.end - p.begin) * 4, cudaMemcpyDeviceToDevice, stream));
+    ADEPT_CUDA_CHECK(cudaMemsetAsync(grads, 0, size_t(state_numel) * 4, stream));
   }
 
   void init_weights(uint64_t seed, double init_std) {
     for (size_t i = 0; i < tensors.size(); ++i) {
       const Tensor& t = tensors[i];
-      float* m = t.trainable ? master + t.state_offset : nullptr;
+      float* m = t.trainable ? (dp() ? grads : master) + t.state_offset : nullptr;
       bool is_norm = t.name.find("norm") != std::string::npos;
       bool is_bias = t.name.size() > 5 && t.name.compare(t.name.size() - 5, 5, ".bias") == 0;
       if (is_norm || is_bias)
@@ -508,6 +641,7 @@ struct CudaDecoder::Impl {
         cuda::fill_normal(weights + t.weight_offset, m, t.numel, seed + 0x9E3779B97F4A7C15ull * (i + 1),
                           float(init_std), stream);
     }
+    if (dp()) take_master_shard_from_grads();
     ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
 
@@ -706,6 +840,7 @@ struct CudaDecoder::Impl {
     // dh holds d(h_final), written by the chunked cross-entropy.
     cuda::rmsnorm_backward(dx, G(final_norm), partials, dh, x[L], W(final_norm), rstd_final, nullptr, N, C, stream);
     for (int64_t l = L - 1; l >= 0 && l >= lowest; --l) {
+      units_done(int(l) + 2);  // the head and layers above l are final
       if (skip[l]) continue;
       const Layer& y = layers[l];
       LayerActivations& a = acts[l];
@@ -738,6 +873,7 @@ struct CudaDecoder::Impl {
       group_bias_gradient({y.q_bias, y.k_bias, y.v_bias}, dqkv, QKV);
       cuda::rmsnorm_backward(dx, G(y.input_norm), partials, dh, x[l], W(y.input_norm), a.rstd1, dx, N, C, stream);
     }
+    units_done(1);
     if (G(embed)) {
       auto* b = batch_device;
       const BatchLayout& bl = batch_layout;
@@ -746,6 +882,66 @@ struct CudaDecoder::Impl {
                                reinterpret_cast<const int32_t*>(b + bl.segment_id),
                                reinterpret_cast<const int32_t*>(b + bl.num_segments), N, C, stream);
     }
+    units_done(0);
+  }
+
+  // ---- data parallel: reduce-scatter overlapped with backward ----------------------
+  // Launches, on comm_stream, the reduce-scatter of every bucket whose units are all
+  // final (units >= `unit`). Does nothing outside a reducing backward.
+  void units_done(int unit) {
+    if (!reducing) return;
+    const std::vector<dist::Bucket>& buckets = shard_plan.buckets;
+    while (next_bucket < buckets.size() && buckets[next_bucket].first_unit >= unit) {
+      const dist::Bucket& b = buckets[next_bucket];
+      if (b.slice > 0) {
+        ADEPT_CUDA_CHECK(cudaEventRecord(bucket_ready[next_bucket], stream));
+        ADEPT_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, bucket_ready[next_bucket], 0));
+        comm->reduce_scatter(grads + b.offset, grad_shard + b.shard_offset, size_t(b.slice), dist::DataType::f32,
+                             dist::ReduceOp::sum, comm_stream);
+      }
+      ++next_bucket;
+    }
+  }
+
+  void begin_reduction() {
+    reducing = true;
+    next_bucket = 0;
+  }
+
+  // Any bucket not yet launched, then `stream` waits for comm_stream.
+  void finish_reduction() {
+    units_done(0);
+    reducing = false;
+    grads_reduced = true;
+    ADEPT_CUDA_CHECK(cudaEventRecord(reduced_event, comm_stream));
+    ADEPT_CUDA_CHECK(cudaStreamWaitEvent(stream, reduced_event, 0));
+  }
+
+  // The sum over ranks of a host count (the step's counted targets).
+  int64_t sum_over_ranks(int64_t value) {
+    *dp_count_host = value;
+    ADEPT_CUDA_CHECK(cudaMemcpyAsync(dp_count, dp_count_host, sizeof(int64_t), cudaMemcpyHostToDevice, stream));
+    comm->all_reduce(dp_count, dp_count, 1, dist::DataType::i64, dist::ReduceOp::sum, stream);
+    ADEPT_CUDA_CHECK(cudaMemcpyAsync(dp_count_host, dp_count, sizeof(int64_t), cudaMemcpyDeviceToHost, stream));
+    comm->synchronize(stream);
+    return *dp_count_host;
+  }
+
+  // A sharded fp32 array (master, m or v) gathered into the flat layout in `grads`.
+  void gather_into_grads(const float* shard) {
+    for (const dist::Bucket& b : shard_plan.buckets)
+      if (b.slice > 0)
+        comm->all_gather(shard + b.shard_offset, grads + b.offset, size_t(b.slice), dist::DataType::f32, stream);
+    comm->synchronize(stream);
+  }
+
+  // Data parallel, the step's last micro-batch: eager, with each bucket's reduce-scatter
+  // launched as backward finishes it (not captured: a graph would hold the collectives).
+  void run_reducing_micro_batch() {
+    enqueue_forward(true);
+    begin_reduction();
+    enqueue_backward();
+    finish_reduction();
   }
 
   // Forward + backward of the prepared micro-batch: replayed from a CUDA graph when this
@@ -800,6 +996,7 @@ struct CudaDecoder::Impl {
   }
 
   void zero_gradients() {
+    grads_reduced = false;
     ADEPT_CUDA_CHECK(cudaMemsetAsync(grads, 0, size_t(state_numel) * 4, stream));
     // loss_sum and count are adjacent in StepState.
     ADEPT_CUDA_CHECK(cudaMemsetAsync(&state->loss_sum, 0, sizeof(double) + sizeof(int64_t), stream));
@@ -811,12 +1008,19 @@ struct CudaDecoder::Impl {
     state_host->max_norm = max_norm;
     // lr and max_norm are StepState's first two fields; the rest stays the device's.
     ADEPT_CUDA_CHECK(cudaMemcpyAsync(state, state_host, 2 * sizeof(double), cudaMemcpyHostToDevice, stream));
-    cuda::grad_norm_partials(norm_partials, grads, state_numel, stream);
-    cuda::grad_norm_finalize(state, norm_partials, float(ac.beta1), float(ac.beta2), stream);
-    cuda::adamw_update(master, weights, grads, adam_m, adam_v, adam_tensors, adam_chunks, num_chunks,
-                       row_multipliers, state, float(ac.beta1), float(ac.beta2), float(ac.eps), stream);
+    if (dp()) {
+      data_parallel_update();
+    } else {
+      cuda::grad_norm_partials(norm_partials, grads, state_numel, stream);
+      cuda::grad_norm_finalize(state, norm_partials, float(ac.beta1), float(ac.beta2), stream);
+      cuda::adamw_update(master, weights, grads, adam_m, adam_v, adam_tensors, adam_chunks, num_chunks,
+                         row_multipliers, state, float(ac.beta1), float(ac.beta2), float(ac.eps), stream);
+    }
     ADEPT_CUDA_CHECK(cudaMemcpyAsync(state_host, state, sizeof(cuda::StepState), cudaMemcpyDeviceToHost, stream));
-    ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (dp())
+      comm->synchronize(stream);  // within the collective timeout, never a silent hang
+    else
+      ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
     collect_attention_time();
     CudaStepResult r;
     r.count = state_host->count;
@@ -827,6 +1031,33 @@ struct CudaDecoder::Impl {
     skipped_steps += r.skipped;
     steps_taken = state_host->t;
     return r;
+  }
+
+  // ZeRO-1's step (the design is at the data-parallel members above).
+  void data_parallel_update() {
+    const AdamWConfig& ac = opt.adamw;
+    if (!grads_reduced) {  // backward() called directly: reduce everything now
+      begin_reduction();
+      finish_reduction();
+    }
+    // Loss and count summed over ranks: the reported loss is the global mean, and a
+    // non-finite loss anywhere skips the step everywhere.
+    comm->all_reduce(&state->loss_sum, &state->loss_sum, 1, dist::DataType::f64, dist::ReduceOp::sum, stream);
+    comm->all_reduce(&state->count, &state->count, 1, dist::DataType::i64, dist::ReduceOp::sum, stream);
+    // ‖g‖² from every rank's slices: the per-block partial sums are summed over ranks,
+    // then finalized identically everywhere (same clip, same skip, same bias correction).
+    cuda::grad_norm_partials(norm_partials, grad_shard, shard_plan.shard_numel, stream);
+    comm->all_reduce(norm_partials, norm_partials, cuda::kReduceBlocks, dist::DataType::f64, dist::ReduceOp::sum,
+                     stream);
+    cuda::grad_norm_finalize(state, norm_partials, float(ac.beta1), float(ac.beta2), stream);
+    cuda::adamw_update(master, staging, grad_shard, adam_m, adam_v, adam_tensors, adam_chunks, num_chunks,
+                       row_multipliers, state, float(ac.beta1), float(ac.beta2), float(ac.eps), stream);
+    for (const dist::Bucket& b : shard_plan.buckets)
+      if (b.slice > 0)
+        comm->all_gather(staging + b.offset + int64_t(rank) * b.slice, staging + b.offset, size_t(b.slice),
+                         dist::DataType::bf16, stream);
+    cuda::copy_staging_to_weights(weights, staging, gather_tensors, gather_chunks, num_gather_chunks, state, stream);
+    grads_reduced = false;
   }
 };
 
@@ -886,46 +1117,74 @@ CudaStepResult CudaDecoder::train_step(const std::vector<Batch>& micro_batches, 
   int64_t counted = 0;
   for (const Batch& b : micro_batches)
     for (int64_t n = 0; n < b.B * b.S; ++n) counted += b.targets[n] != kIgnoreIndex;
+  // Data parallel: over every rank's micro-batches, as one GPU would count them.
+  if (s.dp()) counted = s.sum_over_ranks(counted);
   ForwardOptions fo;
   fo.keep_activations = true;
   fo.grad_scale = counted ? 1.0 / double(counted) : 0.0;
   s.zero_gradients();
-  for (const Batch& b : micro_batches) {
-    s.prepare_batch(b, fo, true);
-    s.run_training_micro_batch();
+  for (size_t i = 0; i < micro_batches.size(); ++i) {
+    s.prepare_batch(micro_batches[i], fo, true);
+    if (s.dp() && i + 1 == micro_batches.size())
+      s.run_reducing_micro_batch();
+    else
+      s.run_training_micro_batch();
   }
   s.have_activations = false;
   return s.optimizer_step(lr, max_grad_norm);
 }
 
 void CudaDecoder::copy_weights_to_host(ParameterStore<float>& host) const {
-  const Impl& s = *impl_;
+  Impl& s = *impl_;
   ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  const float* full = s.master;
+  if (s.dp()) s.gather_into_grads(s.master), full = s.grads;
   for (const Tensor& t : s.tensors) {
     if (!t.trainable) continue;
     int i = host.index(t.name);
-    ADEPT_CUDA_CHECK(cudaMemcpy(host.value(i), s.master + t.state_offset, size_t(t.numel) * 4, cudaMemcpyDeviceToHost));
+    ADEPT_CUDA_CHECK(cudaMemcpy(host.value(i), full + t.state_offset, size_t(t.numel) * 4, cudaMemcpyDeviceToHost));
   }
 }
 
 void CudaDecoder::copy_gradients_to_host(ParameterStore<float>& host) const {
-  const Impl& s = *impl_;
+  Impl& s = *impl_;
   ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  if (s.dp()) {
+    s.comm->all_reduce(s.grads, s.grads, size_t(s.state_numel), dist::DataType::f32, dist::ReduceOp::sum, s.stream);
+    s.comm->synchronize(s.stream);
+  }
+  const float mean = s.dp() ? 1.0f / float(s.world) : 1.0f;
   for (const Tensor& t : s.tensors) {
     if (!t.trainable) continue;
     int i = host.index(t.name);
     float* g = host.grad(i);
     if (!g) fail("{} trains on the GPU but has no gradient slot in the host store", t.name);
     ADEPT_CUDA_CHECK(cudaMemcpy(g, s.grads + t.state_offset, size_t(t.numel) * 4, cudaMemcpyDeviceToHost));
+    if (s.dp())
+      for (int64_t j = 0; j < t.numel; ++j) g[j] *= mean;
   }
 }
 
 void CudaDecoder::copy_optimizer_state_to_host(const ParameterStore<float>& host, std::vector<float>& first_moment,
                                                std::vector<float>& second_moment) const {
-  const Impl& s = *impl_;
+  Impl& s = *impl_;
   ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
   first_moment.assign(size_t(host.trainable_numel()), 0.0f);
   second_moment.assign(size_t(host.trainable_numel()), 0.0f);
+  if (s.dp()) {
+    // Each moment gathered into the flat layout in turn (the gradient buffer holds one).
+    for (auto [shard, out] : {std::pair{s.adam_m, &first_moment}, std::pair{s.adam_v, &second_moment}}) {
+      s.gather_into_grads(shard);
+      for (const Tensor& t : s.tensors) {
+        if (!t.trainable) continue;
+        const ParameterInfo& p = host.info(host.index(t.name));
+        if (p.grad_offset < 0) fail("{} trains on the GPU but has no gradient slot in the host store", t.name);
+        ADEPT_CUDA_CHECK(cudaMemcpy(out->data() + p.grad_offset, s.grads + t.state_offset, size_t(t.numel) * 4,
+                                    cudaMemcpyDeviceToHost));
+      }
+    }
+    return;
+  }
   for (const Tensor& t : s.tensors) {
     if (!t.trainable) continue;
     const ParameterInfo& p = host.info(host.index(t.name));
@@ -947,8 +1206,18 @@ void CudaDecoder::load_optimizer_state(const ParameterStore<float>& host, const 
          second_moment.size(), n);
   if (steps_taken < 0) fail("optimizer state: {} steps taken", steps_taken);
   ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  if (s.dp()) {
+    for (const dist::OwnedPiece& piece : s.owned) {  // this rank's pieces only: no collective
+      const Tensor& t = s.tensors[piece.tensor];
+      const ParameterInfo& p = host.info(host.index(t.name));
+      if (p.grad_offset < 0) fail("{} trains on the GPU but has no gradient slot in the host store", t.name);
+      const size_t bytes = size_t(piece.end - piece.begin) * 4;
+      s.upload(s.adam_m + piece.shard_offset, first_moment.data() + p.grad_offset + piece.begin, bytes);
+      s.upload(s.adam_v + piece.shard_offset, second_moment.data() + p.grad_offset + piece.begin, bytes);
+    }
+  }
   for (const Tensor& t : s.tensors) {
-    if (!t.trainable) continue;
+    if (!t.trainable || s.dp()) continue;
     const ParameterInfo& p = host.info(host.index(t.name));
     if (p.grad_offset < 0) fail("{} trains on the GPU but has no gradient slot in the host store", t.name);
     const size_t bytes = size_t(t.numel) * 4;
@@ -980,6 +1249,8 @@ std::string CudaDecoder::attention_backend() const {
 }
 
 size_t CudaDecoder::device_bytes() const { return impl_->arena.bytes(); }
+size_t CudaDecoder::optimizer_state_bytes() const { return size_t(impl_->optimizer_numel()) * 3 * sizeof(float); }
+int CudaDecoder::data_parallel_world() const { return impl_->world; }
 std::string CudaDecoder::memory_report() const { return impl_->arena.report(); }
 bool CudaDecoder::graphs_active() const { return impl_->graph_replayed; }
 double CudaDecoder::attention_milliseconds() const { return impl_->attention_ms; }

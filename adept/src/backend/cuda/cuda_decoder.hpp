@@ -26,6 +26,10 @@
 
 namespace adept {
 
+namespace dist {
+class Communicator;
+}
+
 struct CudaDecoderOptions {
   int64_t max_tokens = 0;   // B·S of the largest micro-batch (training or evaluation)
   int64_t max_seq_len = 0;  // longest document / row; 0 = min(max_tokens, max_position_embeddings)
@@ -42,6 +46,15 @@ struct CudaDecoderOptions {
   // forces eager launches, since a graph's nodes cannot be timed one by one).
   bool time_attention = false;
   AdamWConfig adamw;
+  // Data parallelism with a ZeRO-1 optimizer (dist/communicator.hpp; the design is in
+  // cuda_decoder.cpp, "Data parallel"). nullptr or a world of one rank: the single-GPU
+  // path, unchanged. Otherwise every rank holds the whole bf16 model and the whole
+  // gradient, but only its shard of the fp32 master weights and AdamW moments; each
+  // rank trains on its own micro-batches, and a step is the step one GPU would take on
+  // all ranks' micro-batches together. The device is the one current when the decoder
+  // is built (make_communicator made env.local_rank current).
+  std::shared_ptr<dist::Communicator> communicator;
+  int64_t bucket_numel = int64_t(32) << 20;  // fp32 elements per reduce-scatter bucket (128 MiB)
 };
 
 struct CudaStepResult {
@@ -79,9 +92,16 @@ class CudaDecoder {
   // counted in all of them)), optimizer_step: trainer.cpp's train_step on the device.
   CudaStepResult train_step(const std::vector<Batch>& micro_batches, double lr, double max_grad_norm);
 
+  // With a communicator of several ranks, these copies (weights, gradients, optimizer
+  // state) are collective: every rank calls them, in the same order. They gather the
+  // sharded state through the gradient buffer, so the gradient is gone afterwards
+  // (between steps it is not needed).
+  //
   // Trainable tensors' fp32 master weights into `host` (frozen ones are left alone).
   void copy_weights_to_host(ParameterStore<float>& host) const;
-  // Trainable tensors' gradients into host's gradient slots (same trainable set).
+  // Trainable tensors' gradients into host's gradient slots (same trainable set). Data
+  // parallel: the mean over ranks of each rank's gradient, identical on every rank (so
+  // ADEPT's importance estimates, and the multipliers made from them, agree).
   void copy_gradients_to_host(ParameterStore<float>& host) const;
   // Re-reads every tensor's lr_multiplier and row_multiplier (ADEPT re-estimates them).
   void set_learning_rate_multipliers(const ParameterStore<float>& host);
@@ -98,6 +118,9 @@ class CudaDecoder {
   int64_t skipped_steps() const;      // steps skipped as non-finite
   std::string attention_backend() const;  // "flash4" or the fallback's name (fwd / bwd)
   size_t device_bytes() const;        // the arena
+  // fp32 master weights and AdamW moments held on this GPU (ZeRO-1: this rank's shard).
+  size_t optimizer_state_bytes() const;
+  int data_parallel_world() const;    // 1 on the single-GPU path
   std::string memory_report() const;
   bool graphs_active() const;         // a captured graph has been replayed
   // Device time of the last train_step's attention calls (forward and backward), in ms;

@@ -68,7 +68,23 @@ __global__ void adamw_kernel(float* master, bf16* weights, const float* grads, f
   }
 }
 
+__global__ void copy_staging_to_weights_kernel(bf16* weights, const bf16* staging, const AdamWTensor* tensors,
+                                               const AdamWChunk* chunks, const StepState* state) {
+  if (state->skip) return;
+  const AdamWChunk chunk = chunks[blockIdx.x];
+  const AdamWTensor T = tensors[chunk.tensor];
+  for (int64_t j = chunk.begin + threadIdx.x; j < chunk.end; j += blockDim.x)
+    weights[T.weight_offset + j] = staging[T.state_offset + j];
+}
+
 }  // namespace
+
+void copy_staging_to_weights(bf16* weights, const bf16* staging, const AdamWTensor* tensors, const AdamWChunk* chunks,
+                             int64_t num_chunks, const StepState* state, cudaStream_t stream) {
+  if (num_chunks == 0) return;
+  copy_staging_to_weights_kernel<<<unsigned(num_chunks), 256, 0, stream>>>(weights, staging, tensors, chunks, state);
+  ADEPT_CUDA_CHECK_LAUNCH("copy_staging_to_weights_kernel");
+}
 
 void grad_norm_partials(double* partials, const float* grads, int64_t n, cudaStream_t stream) {
   grad_norm_partials_kernel<<<kReduceBlocks, kNormThreads, 0, stream>>>(partials, grads, n);

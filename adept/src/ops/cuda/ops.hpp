@@ -147,6 +147,14 @@ void adamw_update(float* master, bf16* weights, const float* grads, float* m, fl
                   const AdamWChunk* chunks, int64_t num_chunks, const float* row_multipliers,
                   const StepState* state, float beta1, float beta2, float eps, cudaStream_t stream);
 
+// Data parallelism (ZeRO-1): after AdamW has written each rank's updated bf16 weights
+// into `staging` (the flat fp32-state layout, all-gathered across ranks), copy every
+// trainable tensor from staging[state_offset + j] to weights[weight_offset + j]. The
+// table's chunks cover whole tensors. Does nothing when state.skip (staging then holds
+// no update).
+void copy_staging_to_weights(bf16* weights, const bf16* staging, const AdamWTensor* tensors, const AdamWChunk* chunks,
+                             int64_t num_chunks, const StepState* state, cudaStream_t stream);
+
 // ---- attention without flash4 (materialised scores, for when flash4 has no CUDA path) --
 // Scores S[heads][Lq][Lk] fp32 (already scaled) of one document. Writes P (bf16, same
 // layout) = softmax over the visible keys (causal, window_left < 0 = unbounded), 0 on
