@@ -4,8 +4,9 @@
 #   1. build   flash4 for sm_90a only (ninja -j16, timed), flash4-only GPU tests and
 #              flash4-bench with nvcc (no adept), SASS of the backward objects (HGMMA count,
 #              local memory, registers);
-#   2. smoke   two small cases with FLASH4_HOPPER_BWD=1 FLASH4_LOG=1; on failure memcheck of
-#              one and stop;
+#   2. smoke   the layout test (the five wgmma products of one step, each against float64:
+#              says which layout is wrong), then two small cases with FLASH4_LOG=1; if they
+#              fail, memcheck of one and stop;
 #   3. test    every Hopper backward test (Covered/Flash4HopperBackward.*, dispatch tests),
 #              then the Hopper forward tests (must be unchanged);
 #   4. check   compute-sanitizer memcheck and racecheck on one small case;
@@ -72,6 +73,10 @@ rm -f "$OUT"/sass_bwd_hdim*.txt "$OUT"/res_hdim*.txt
 T=$B/flash4_gpu_tests
 
 # ---- 2. smoke -------------------------------------------------------------------------
+say "layouts: the five wgmma products of one backward step in isolation (d 64 / 128, bf16 / fp16)"
+timeout 60 $T --gtest_filter='Flash4HopperBackwardLayouts.*' > "$OUT/layouts.txt" 2>&1
+note "layout tests rc $? ($(grep -cE '^\[ layout \].*, first wrong' "$OUT/layouts.txt") wrong products)"
+grep -E "^\[ layout \]|FAILED|OK \]" "$OUT/layouts.txt" | head -24 | tee -a "$LOG"
 say "smoke: two small Hopper backward cases (d 64 and d 128, bf16, B 2, Hq 4, Hkv 2, S 128)"
 FLASH4_LOG=1 timeout 90 $T --gtest_filter='Covered/Flash4HopperBackward.*/0_*:Covered/Flash4HopperBackward.*/8_*' \
   > "$OUT/smoke.txt" 2>&1

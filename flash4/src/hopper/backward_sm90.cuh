@@ -139,6 +139,98 @@ __device__ __forceinline__ BackwardSteps backward_steps(const cuda::AttentionPar
   return s;
 }
 
+// Issues warpgroup w's acc[64 keys x 64 queries] = X_w Y^T as one commit group: S^T with
+// (X, Y) = (K, Q), dP^T with (V, dO). M = keys 64 w .. 64 w + 63 of the [128][head dim] tile
+// at x_addr, N = the 64 rows of the [64][head dim] tile at y_addr, K = the head dim; both
+// K-major in 64-column chunks (kKChunkBytes / kQChunkBytes apart), as the forward's Q K^T:
+// SBO 1024 between 8-row groups, a k16 step inside a chunk adds 32 bytes.
+template <int D, typename T>
+__device__ __forceinline__ void issue_scores_transposed(float (&acc)[32], uint32_t x_addr, uint32_t y_addr, int w) {
+  using C = BackwardSm90Config<D>;
+  const uint32_t own_rows = uint32_t(w) * 64 * 128;
+#pragma unroll
+  for (int k = 0; k < D / 16; ++k) {
+    const uint32_t in_chunk = (k % 4) * 32;
+    const uint64_t da = smem_descriptor(x_addr + own_rows + (k / 4) * C::kKChunkBytes + in_chunk, 16, 1024);
+    const uint64_t db = smem_descriptor(y_addr + (k / 4) * C::kQChunkBytes + in_chunk, 16, 1024);
+    wgmma_ss_m64n64k16<T>(acc, da, db, k > 0);
+  }
+  wgmma_commit_group();
+}
+
+// Issues acc[64 keys x head dim] += A Y with A = P^T or dS^T from registers (a[k] = queries
+// 16k .. 16k + 15) and Y = dO or Q, the [64][head dim] tile at y_addr: MN-major, 64-column
+// chunks kQChunkBytes apart (LBO), k16 steps of 16 rows = 2048 bytes (as the forward's P V).
+// No commit: the caller commits dV and dK together.
+template <int D, typename T>
+__device__ __forceinline__ void issue_key_gradient(float (&acc)[D / 2], const uint32_t (&a)[BackwardSm90Config<D>::kBlockM / 16][4],
+                                                   uint32_t y_addr) {
+  using C = BackwardSm90Config<D>;
+#pragma unroll
+  for (int k = 0; k < C::kBlockM / 16; ++k) {
+    const uint64_t db = smem_descriptor(y_addr + k * 16 * 128, C::kQChunkBytes, 1024);
+    if constexpr (D == 128)
+      wgmma_rs_m64n128k16<T>(acc, a[k], db, 1);
+    else
+      wgmma_rs_m64n64k16<T>(acc, a[k], db, 1);
+  }
+}
+
+// dS^T (A fragments of this thread's two accumulator rows, dsa[k] = queries 16k .. 16k + 15)
+// -> a [128 keys][64 queries] 16-bit tile at `tile` (1024-byte aligned) in the 128B-swizzled
+// layout TMA would write (row r at byte 128 r, its 16-byte chunk c at chunk c ^ (r % 8)), so
+// the dQ wgmma reads it as an MN-major A operand. `row` = the thread's first key row in the
+// tile (64 w + 16 wq + g); fragment dsa[k][2 (i & 1) + half] holds row + 8 half, queries
+// 8i + 2t, +1 (i = 2k or 2k + 1). A warp's 32 stores of one (i, half) hit 32 different banks.
+template <int BM>
+__device__ __forceinline__ void store_ds_transposed(unsigned char* tile, const uint32_t (&dsa)[BM / 16][4], int row,
+                                                    int t) {
+#pragma unroll
+  for (int i = 0; i < BM / 8; ++i)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = row + 8 * half;
+      *reinterpret_cast<uint32_t*>(tile + r * 128 + ((i ^ (r & 7)) << 4) + 4 * t) = dsa[i / 2][2 * (i & 1) + half];
+    }
+}
+
+// First dQ column of warpgroup w's accumulator: d = 128 splits the columns (64 each),
+// d = 64 splits the keys (each warpgroup adds the part of its own 64 keys).
+template <int D>
+__device__ __forceinline__ int dq_first_column(int w) {
+  return D == 128 ? 64 * w : 0;
+}
+
+// Issues (and commits) warpgroup w's dQ wgmma: dq[64 queries x 64 columns] = dS K with
+// M = queries, N = head-dim columns, K = keys. A = dS read from the dS^T tile at ds_addr
+// ([keys][queries]: MN-major), B = K from the K tile at k_addr ([keys][head dim] in 64-column
+// chunks of kKChunkBytes: MN-major). k16 steps are 16 key rows = 2048 bytes in both.
+//  d = 128: columns 64 w .. 64 w + 63 (K chunk w) over all 128 keys;
+//  d = 64:  all 64 columns over keys 64 w .. 64 w + 63 (a partial sum).
+// The caller has made the tile's stores visible (fence.proxy.async + barrier) and waits.
+template <int D, typename T>
+__device__ __forceinline__ void issue_dq(float (&dq)[32], uint32_t ds_addr, uint32_t k_addr, int w) {
+  using C = BackwardSm90Config<D>;
+  wgmma_fence();
+  if constexpr (D == 128) {
+#pragma unroll
+    for (int k = 0; k < C::kBlockN / 16; ++k) {
+      const uint64_t da = smem_descriptor(ds_addr + k * 2048, C::kDsBytes, 1024);
+      const uint64_t db = smem_descriptor(k_addr + w * C::kKChunkBytes + k * 2048, C::kKChunkBytes, 1024);
+      wgmma_ss_tt_m64n64k16<T>(dq, da, db, k > 0);
+    }
+  } else {
+    const uint32_t own_rows = uint32_t(w) * 64 * 128;
+#pragma unroll
+    for (int k = 0; k < 64 / 16; ++k) {
+      const uint64_t da = smem_descriptor(ds_addr + own_rows + k * 2048, C::kDsBytes, 1024);
+      const uint64_t db = smem_descriptor(k_addr + own_rows + k * 2048, C::kKChunkBytes, 1024);
+      wgmma_ss_tt_m64n64k16<T>(dq, da, db, k > 0);
+    }
+  }
+  wgmma_commit_group();
+}
+
 template <int D, typename T>
 __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
     attention_backward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
@@ -210,8 +302,6 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
     const uint32_t k_addr = smem_u32(smem + C::kOffK), v_addr = smem_u32(smem + C::kOffV);
     const uint32_t q_addr0 = smem_u32(smem + C::kOffQ), o_addr0 = smem_u32(smem + C::kOffO);
     const uint32_t ds_addr0 = smem_u32(smem + C::kOffDs);
-    // This warpgroup's 64 key rows inside the K / V tiles (and inside dS^T).
-    const uint32_t own_rows = uint32_t(cw) * 64 * 128;
     // Keys of this thread's accumulator rows g and g + 8 (S^T, dP^T, dV, dK).
     const int key0 = n0 + 64 * cw + 16 * wq + g;
 
@@ -229,22 +319,8 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       // K = the head dim), as two commit groups so P^T can start before dP^T is done.
       float s[BM / 2], dp[BM / 2];
       wgmma_fence();
-#pragma unroll
-      for (int k = 0; k < D / 16; ++k) {
-        const uint32_t in_chunk = (k % 4) * 32;
-        const uint64_t da = smem_descriptor(k_addr + own_rows + (k / 4) * C::kKChunkBytes + in_chunk, 16, 1024);
-        const uint64_t db = smem_descriptor(q_addr + (k / 4) * C::kQChunkBytes + in_chunk, 16, 1024);
-        wgmma_ss_m64n64k16<T>(s, da, db, k > 0);
-      }
-      wgmma_commit_group();
-#pragma unroll
-      for (int k = 0; k < D / 16; ++k) {
-        const uint32_t in_chunk = (k % 4) * 32;
-        const uint64_t da = smem_descriptor(v_addr + own_rows + (k / 4) * C::kKChunkBytes + in_chunk, 16, 1024);
-        const uint64_t db = smem_descriptor(o_addr + (k / 4) * C::kQChunkBytes + in_chunk, 16, 1024);
-        wgmma_ss_m64n64k16<T>(dp, da, db, k > 0);
-      }
-      wgmma_commit_group();
+      issue_scores_transposed<D, T>(s, k_addr, q_addr, cw);
+      issue_scores_transposed<D, T>(dp, v_addr, o_addr, cw);
 
       // Accumulator element 4i + e: key row g + 8 (e >> 1), query column 8i + 2t + (e & 1).
       const float* lse2 = sRows + stage * 2 * BM;
@@ -289,75 +365,30 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       scores_to_a<T, BM>(pa, s);
       scores_to_a<T, BM>(dsa, dp);
 
-      // dS^T -> shared memory, [128 keys][64 queries] in the 128B-swizzled layout TMA
-      // would write (row r at byte 128 r, its 16-byte chunk c at chunk c ^ (r % 8)), so the
-      // dQ wgmma reads it as an MN-major A operand. Fragment dsa[k][2 (i & 1) + half] holds
-      // row g + 8 half, columns 8i + 2t, +1 (i = 2k or 2k + 1). A warp's 32 stores of one
-      // (i, half) hit 32 different banks.
+      // dS^T -> shared memory (double-buffered across steps), for the dQ wgmma.
       const int ds_buffer = step & 1;
-      unsigned char* sds = smem + C::kOffDs + ds_buffer * C::kDsBytes;
-#pragma unroll
-      for (int i = 0; i < BM / 8; ++i)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int r = 64 * cw + 16 * wq + g + 8 * half;
-          *reinterpret_cast<uint32_t*>(sds + r * 128 + ((i ^ (r & 7)) << 4) + 4 * t) = dsa[i / 2][2 * (i & 1) + half];
-        }
+      store_ds_transposed<BM>(smem + C::kOffDs + ds_buffer * C::kDsBytes, dsa, 64 * cw + 16 * wq + g, t);
       fence_proxy_async();  // the generic-proxy stores above, before the wgmma (async proxy) reads
 
-      // dV += P^T dO, dK += dS^T Q (A from registers; B = dO / Q, [queries][head dim]:
-      // MN-major, 64-column blocks kQChunkBytes apart, k16 steps of 16 query rows).
+      // dV += P^T dO, dK += dS^T Q, one commit group.
       wgmma_fence();
-#pragma unroll
-      for (int k = 0; k < BM / 16; ++k) {
-        const uint64_t db = smem_descriptor(o_addr + k * 16 * 128, C::kQChunkBytes, 1024);
-        if constexpr (D == 128)
-          wgmma_rs_m64n128k16<T>(dv, pa[k], db, 1);
-        else
-          wgmma_rs_m64n64k16<T>(dv, pa[k], db, 1);
-      }
-#pragma unroll
-      for (int k = 0; k < BM / 16; ++k) {
-        const uint64_t db = smem_descriptor(q_addr + k * 16 * 128, C::kQChunkBytes, 1024);
-        if constexpr (D == 128)
-          wgmma_rs_m64n128k16<T>(dk, dsa[k], db, 1);
-        else
-          wgmma_rs_m64n64k16<T>(dk, dsa[k], db, 1);
-      }
+      issue_key_gradient<D, T>(dv, pa, o_addr);
+      issue_key_gradient<D, T>(dk, dsa, q_addr);
       wgmma_commit_group();
 
-      // dQ (M = the 64 queries, N = 64 head-dim columns, K = keys): A = dS from dS^T
-      // ([keys][queries], MN-major), B = K ([keys][head dim], MN-major). k16 steps are 16
-      // key rows = 2048 bytes in both.
+      // dQ = dS K (this warpgroup's part, see issue_dq).
       float dq[32];
-      const uint32_t ds_addr = ds_addr0 + ds_buffer * C::kDsBytes;
-      int dq_col0;
       if constexpr (D == 128) {
         // Both warpgroups' dS^T rows are needed: wait for the other's stores (and its
         // fence). The other warpgroup's reads of this buffer (two steps ago) finished
         // before it arrived here one step ago, so the buffer was free to overwrite.
         named_barrier_sync(1, 256);
-        dq_col0 = 64 * cw;
-        wgmma_fence();
-#pragma unroll
-        for (int k = 0; k < BN / 16; ++k) {
-          const uint64_t da = smem_descriptor(ds_addr + k * 2048, C::kDsBytes, 1024);
-          const uint64_t db = smem_descriptor(k_addr + cw * C::kKChunkBytes + k * 2048, C::kKChunkBytes, 1024);
-          wgmma_ss_tt_m64n64k16<T>(dq, da, db, k > 0);
-        }
       } else {
         // Only this warpgroup's dS^T rows (its own keys): its four warps' stores.
         named_barrier_sync(1 + cw, 128);
-        dq_col0 = 0;
-        wgmma_fence();
-#pragma unroll
-        for (int k = 0; k < 64 / 16; ++k) {
-          const uint64_t da = smem_descriptor(ds_addr + own_rows + k * 2048, C::kDsBytes, 1024);
-          const uint64_t db = smem_descriptor(k_addr + own_rows + k * 2048, C::kKChunkBytes, 1024);
-          wgmma_ss_tt_m64n64k16<T>(dq, da, db, k > 0);
-        }
       }
-      wgmma_commit_group();
+      issue_dq<D, T>(dq, ds_addr0 + ds_buffer * C::kDsBytes, k_addr, cw);
+      const int dq_col0 = dq_first_column<D>(cw);
       wgmma_wait_group<0>();
 #pragma unroll
       for (int i = 0; i < D / 2; ++i) {
