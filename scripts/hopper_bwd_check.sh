@@ -9,9 +9,10 @@
 #              fail, memcheck of one and stop;
 #   3. test    every Hopper backward test (Covered/Flash4HopperBackward.*, dispatch tests),
 #              then the Hopper forward tests (must be unchanged);
-#   4. check   compute-sanitizer memcheck and racecheck on one small case;
-#   5. bench   flash4-bench backward, Hopper (FLASH4_HOPPER_BWD=1) vs portable, d 64 / 128,
-#              S 1024 / 4096 / 16384, causal 0 / 1.
+#   4. bench   flash4-bench backward, Hopper (FLASH4_HOPPER_BWD=1) vs portable, d 64 / 128,
+#              S 1024 / 4096 / 16384, causal 0 / 1;
+#   5. check   compute-sanitizer memcheck and racecheck on one small case (last: the call's
+#              10-minute limit may cut it; give it a call of its own then).
 # Everything goes to $OUT (default ./hopper-bwd-out): log, tests.txt, bench_*.txt, sass.txt.gz;
 # the last lines printed are the summary. Each stage has a timeout so the whole fits in
 # ~9 minutes; --no-bench skips stage 5, --full also runs the whole flash4 GPU suite with
@@ -103,7 +104,7 @@ worst() {  # worst value of field $1 over the Hopper backward lines of tests.txt
 }
 note "hopper backward tests rc $rc; worst bf16 dq $(worst dq bf16) dk $(worst dk bf16) dv $(worst dv bf16); fp16 dq $(worst dq fp16) dk $(worst dk fp16) dv $(worst dv fp16)"
 say "Hopper forward tests (unchanged by the backward)"
-timeout 120 $T --gtest_filter='*Flash4Hopper.*:*Flash4HopperDispatch*' > "$OUT/tests_forward.txt" 2>&1
+timeout 90 $T --gtest_filter='*Flash4Hopper.*:*Flash4HopperDispatch*' > "$OUT/tests_forward.txt" 2>&1
 note "hopper forward tests rc $? ($(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_forward.txt" | head -2 | tr '\n' ' '))"
 if [ $FULL -eq 1 ]; then
   say "whole flash4 GPU suite with FLASH4_HOPPER_BWD=1"
@@ -111,15 +112,7 @@ if [ $FULL -eq 1 ]; then
   note "full suite with the switch on: rc $? ($(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_full.txt" | head -2 | tr '\n' ' '))"
 fi
 
-# ---- 4. sanitizers ----------------------------------------------------------------------
-for tool in memcheck racecheck; do
-  say "compute-sanitizer $tool (case 1: d 64 bf16 Sq 17 Sk 1000)"
-  timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_filter='Covered/Flash4HopperBackward.*/1_*' \
-    > "$OUT/$tool.txt" 2>&1
-  note "$tool rc $? ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.txt" | tail -1))"
-done
-
-# ---- 5. bench ---------------------------------------------------------------------------
+# ---- 4. bench ---------------------------------------------------------------------------
 if [ $BENCH -eq 1 ]; then
   say "flash4-bench backward: Hopper (FLASH4_HOPPER_BWD=1) vs portable, bf16, 16k tokens"
   table=("| d | S | causal | bwd TF/s Hopper | bwd TF/s portable | Hopper/portable |" "|---|---|---|---|---|---|")
@@ -137,6 +130,14 @@ if [ $BENCH -eq 1 ]; then
   done
   printf '%s\n' "${table[@]}" | tee "$OUT/bench_table.md" >>"$LOG"
 fi
+
+# ---- 5. sanitizers ----------------------------------------------------------------------
+for tool in memcheck racecheck; do
+  say "compute-sanitizer $tool (case 1: d 64 bf16 Sq 17 Sk 1000)"
+  timeout 90 compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_filter='Covered/Flash4HopperBackward.*/1_*' \
+    > "$OUT/$tool.txt" 2>&1
+  note "$tool rc $? ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.txt" | tail -1))"
+done
 
 say "summary"
 printf '%s\n' "${summary[@]}"
