@@ -75,6 +75,26 @@ TEST(Corpus, TextJsonlAndPreparedDirectoriesMakeOneCorpus) {
   EXPECT_NEAR(total, 0.75, 1e-12);
 }
 
+TEST(Corpus, InstructionJsonlTrainsOnlyOnTheResponses) {
+  auto rng = testing_support::make_rng(84);
+  TempDir tmp(rng());
+  std::ofstream(tmp.path / "pairs.jsonl") << "{\"q\": \"What is 2+2?\", \"a\": \"4\"}\n"
+                                          << "{\"q\": \"Name a colour.\", \"a\": \"Blue.\"}\n";
+  CorpusSpec spec;
+  spec.name = "general";
+  spec.sources = {(tmp.path / "pairs.jsonl").string()};
+  spec.instruct = true;
+  spec.prompt_field = "q", spec.response_field = "a";
+  Corpus c = open_corpus(spec, load_named_tokenizer("bytes"), (tmp.path / "cache").string(), false);
+  ASSERT_EQ(c.documents, 2);
+  EXPECT_TRUE(fs::exists(tmp.path / "cache" / "general-instruct" / "manifest.json"));
+  const std::string prompt = "User: What is 2+2?\nAssistant: ";
+  DocumentView d = c.datasets[0]->document(0);
+  ASSERT_EQ(d.length, int64_t(prompt.size() + 1));  // the byte tokenizer has no BOS/EOS
+  ASSERT_NE(d.mask, nullptr);
+  for (int64_t i = 0; i < d.length; ++i) EXPECT_EQ(d.mask[i], i < int64_t(prompt.size()) ? 0 : 1) << i;
+}
+
 TEST(Corpus, APreparedDirectoryOfAnotherTokenizerIsAnErrorNamingItsManifest) {
   auto rng = testing_support::make_rng(82);
   TempDir tmp(rng());

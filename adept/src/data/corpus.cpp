@@ -63,6 +63,9 @@ Corpus open_corpus(const CorpusSpec& spec, const NamedTokenizer& tokenizer, cons
     o.format = format;
     o.split = spec.split;
     o.text_field = spec.text_field;
+    o.prompt_field = spec.prompt_field;
+    o.response_field = spec.response_field;
+    o.instruct_template = spec.instruct_template;
     o.add_bos = tokenizer.tokenizer->special_ids().add_bos;
     o.show_progress = show_progress;
     PrepareResult r = prepare_dataset(o, prepare_tokenizer(tokenizer));
@@ -73,7 +76,8 @@ Corpus open_corpus(const CorpusSpec& spec, const NamedTokenizer& tokenizer, cons
     if (r.manifest.documents == 0) fail("data.{}: {} hold no document", spec.name, fmt::join(files, ", "));
     dirs.insert(dirs.begin(), o.out_dir);
   };
-  prepare(jsonl_files, InputFormat::Jsonl, "-jsonl");
+  if (spec.instruct) prepare(jsonl_files, InputFormat::Instruct, "-instruct");
+  else prepare(jsonl_files, InputFormat::Jsonl, "-jsonl");
   prepare(text_files, InputFormat::Text, "-text");
   Fnv1a64 fingerprint;
   for (const std::string& d : dirs) {

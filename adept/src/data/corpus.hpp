@@ -22,6 +22,11 @@ struct CorpusSpec {
   std::vector<std::string> sources;  // files (*.jsonl: JSONL, else text), embedded:<name>, or dataset dirs
   TextSplit split = TextSplit::Blocks;  // how text files are cut into documents
   std::string text_field = "text";      // JSONL files: the document's field
+  // JSONL files as instruction pairs (prompt / response fields, laid out by the template;
+  // the prompt's tokens are not trained on) instead of documents in text_field.
+  bool instruct = false;
+  std::string prompt_field = "prompt", response_field = "response";
+  std::string instruct_template = "User: {prompt}\nAssistant: {response}";
 };
 
 struct Corpus {

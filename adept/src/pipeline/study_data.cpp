@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "core/embedded.hpp"
@@ -61,6 +62,10 @@ CorpusSpec corpus_spec(const std::string& name, const std::vector<std::string>& 
   s.sources = sources;
   s.split = parse_text_split(split);
   s.text_field = data.text_field;
+  s.instruct = std::find(data.instruct.begin(), data.instruct.end(), name) != data.instruct.end();
+  s.prompt_field = data.prompt_field;
+  s.response_field = data.response_field;
+  s.instruct_template = data.instruct_template;
   return s;
 }
 

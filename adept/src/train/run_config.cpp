@@ -78,6 +78,10 @@ void apply(const toml::table& root, const std::string& source, RunConfig& c) {
   data.read("domain_split", c.data.domain_split);
   data.read("train_split", c.data.train_split);
   data.read("text_field", c.data.text_field);
+  data.read("instruct", c.data.instruct);
+  data.read("prompt_field", c.data.prompt_field);
+  data.read("response_field", c.data.response_field);
+  data.read("instruct_template", c.data.instruct_template);
   data.read("holdout_fraction", c.data.holdout_fraction);
   data.read("split_seed", c.data.split_seed);
   data.read("replay", c.data.replay);
@@ -194,6 +198,9 @@ void validate_run_config(const RunConfig& c) {
                             std::pair{"domain_split", &c.data.domain_split}, std::pair{"train_split", &c.data.train_split}})
     if (*value != "file" && *value != "blocks" && *value != "fortune")
       fail("{}: data.{} '{}' is unknown (known: file, blocks, fortune)", s, key, *value);
+  for (const std::string& name : c.data.instruct)
+    if (name != "general" && name != "domain" && name != "train")
+      fail("{}: data.instruct: '{}' is not a corpus (general, domain, train)", s, name);
   if (c.run.save_dtype != "auto" && c.run.save_dtype != "float32" && c.run.save_dtype != "bfloat16" &&
       c.run.save_dtype != "float16")
     fail("{}: run.save_dtype '{}' is unknown (known: auto, float32, bfloat16, float16)", s, c.run.save_dtype);

@@ -35,6 +35,12 @@ struct DataConfig {
   std::string domain_split = "blocks";
   std::string train_split = "blocks";
   std::string text_field = "text";       // JSONL files
+  // JSONL files as instruction pairs: "general", "domain", "train" (the corpora whose
+  // *.jsonl files hold prompt / response fields; the prompt is not trained on).
+  std::vector<std::string> instruct;
+  std::string prompt_field = "prompt";
+  std::string response_field = "response";
+  std::string instruct_template = "User: {prompt}\nAssistant: {response}";
   double holdout_fraction = 0.05;        // of each dataset's documents, held out for evaluation
   uint64_t split_seed = 0;               // which documents are held out
   double replay = 0.0;                   // share of continual-pretraining rows drawn from the general corpus
