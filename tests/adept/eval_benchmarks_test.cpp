@@ -68,6 +68,42 @@ TEST(MultipleChoice, PicksTheOptionWithTheHighestLogLikelihood) {
   EXPECT_DOUBLE_EQ(evaluate_multiple_choice(model, {item}, {}, 0, bytes).acc, 0.0);
 }
 
+TEST(MultipleChoice, AContinuationBatchsLossIsMinusTheOptionsLogLikelihood) {
+  // The path a GPU engine takes: one row whose targets cover the option alone.
+  auto rng = testing_support::make_rng(53);
+  Decoder<float> model(byte_model());
+  model.init_random(rng(), 0.5);
+  const std::string context = "Question: Which is heavier?\nAnswer:", option = " a tonne of bricks";
+  TokenBatch b = continuation_batch(bytes(context), bytes(option), 256);
+  double ll = -model.forward(Batch{b.B, b.S, b.tokens.data(), b.targets.data(), nullptr}).loss_sum;
+  EXPECT_NEAR(ll, reference_log_likelihood(model, context, option), 1e-3 * std::abs(ll));
+  // A context too long for max_len loses its beginning, never the option.
+  TokenBatch cut = continuation_batch(bytes(context), bytes(option), 24);
+  EXPECT_EQ(cut.S, 23);
+  EXPECT_EQ(text_of(std::vector<int32_t>(cut.tokens.end() - int64_t(option.size()) + 1, cut.tokens.end())),
+            option.substr(0, option.size() - 1));
+  int64_t counted = 0;
+  for (int32_t t : cut.targets) counted += t != kIgnoreIndex;
+  EXPECT_EQ(counted, int64_t(option.size()));
+  EXPECT_THROW(continuation_batch(bytes(context), bytes(option), int64_t(option.size())), Error);
+}
+
+TEST(MultipleChoice, ScoringThroughABatchLossPicksTheSameOptions) {
+  auto rng = testing_support::make_rng(54);
+  Decoder<float> model(byte_model());
+  model.init_random(rng(), 0.5);
+  std::vector<MultipleChoiceItem> items = {{"Sky?", {"blue", "green", "loud"}, 0}, {"Two?", {"2", "two", "22"}, 2},
+                                           {"Cat?", {"meow", "woof"}, 1}, {"Sun?", {"hot", "cold", "wet"}, 0}};
+  ContinuationScoreFn through_loss = [&](const std::vector<int32_t>& context, const std::vector<int32_t>& option) {
+    TokenBatch b = continuation_batch(context, option, 256);
+    return -model.forward(Batch{b.B, b.S, b.tokens.data(), b.targets.data(), nullptr}).loss_sum;
+  };
+  MultipleChoiceResult own = evaluate_multiple_choice(model, items, {items[0]}, 1, bytes);
+  MultipleChoiceResult via = evaluate_multiple_choice(model, items, {items[0]}, 1, bytes, through_loss);
+  EXPECT_EQ(own.acc, via.acc);
+  EXPECT_EQ(own.acc_norm, via.acc_norm);
+}
+
 TEST(Generation, CachedGreedyDecodingEqualsRepeatedFullForwards) {
   auto rng = testing_support::make_rng(52);
   Decoder<float> model(byte_model());

@@ -15,6 +15,7 @@
 #include "eval/benchmarks.hpp"
 #include "method/expand.hpp"
 #include "method/layer_importance.hpp"
+#include "pipeline/evaluation.hpp"
 #include "pipeline/model_files.hpp"
 #include "pipeline/study_data.hpp"
 #include "report/svg_plot.hpp"
@@ -202,8 +203,9 @@ void run_eval(const ModelArgs& a, const EvalFiles& f) {
   make_directories(out);
   const int64_t B = a.batch_size > 0 ? a.batch_size : l.rc.eval.batch_size;
   const int64_t n = a.batches > 0 ? a.batches : 1 << 30;  // default: every batch
-  std::unique_ptr<TrainEngine> engine =
-      make_inference_engine(*l.model, l.rc.train, B * l.rc.train.seq_len, l.rc.train.seq_len);
+  const int64_t mc = f.mc.empty() ? 0 : benchmark_row_tokens(l.rc.train.backend, l.model->config(), l.rc.train.seq_len);
+  std::unique_ptr<TrainEngine> engine = make_inference_engine(
+      *l.model, l.rc.train, std::max(B * l.rc.train.seq_len, mc), std::max(l.rc.train.seq_len, mc));
   nlohmann::json j = {{"model", a.model}, {"tokenizer", l.tokenizer.name}};
   if (!a.data.empty()) fmt::print("| data | scored tokens | loss | perplexity |\n|---|---|---|---|\n");
   for (size_t i = 0; i < a.data.size(); ++i) {
@@ -230,7 +232,9 @@ void run_eval(const ModelArgs& a, const EvalFiles& f) {
   if (!f.mc.empty() || !f.qa.empty()) fmt::print("\n| benchmark | items | score |\n|---|---|---|\n");
   for (const std::string& path : f.mc) {
     auto [items, examples] = split(load_multiple_choice_jsonl(path), path);
-    MultipleChoiceResult r = evaluate_multiple_choice(*l.model, items, examples, int(f.shots), encode);
+    ContinuationScoreFn score =
+        mc > 0 ? continuation_score([&](const TokenBatch& b) { return engine->loss(b); }, mc) : ContinuationScoreFn{};
+    MultipleChoiceResult r = evaluate_multiple_choice(*l.model, items, examples, int(f.shots), encode, score);
     fmt::print("| {} | {} | acc {:.1f}%, acc_norm {:.1f}% |\n", path, r.items, 100 * r.acc, 100 * r.acc_norm);
     j["multiple_choice"][path] = {{"items", r.items}, {"acc", r.acc}, {"acc_norm", r.acc_norm}, {"shots", f.shots}};
   }

@@ -42,23 +42,31 @@ std::string mc_context(const MultipleChoiceItem& item) { return "Question: " + i
 
 // Sum of log p(continuation | context), truncating the context on the left when the
 // whole does not fit the model.
-double continuation_log_likelihood(Decoder<float>& model, std::vector<int32_t> context,
+double continuation_log_likelihood(Decoder<float>& model, const std::vector<int32_t>& context,
                                    const std::vector<int32_t>& continuation) {
-  const int64_t max_len = model.config().max_position_embeddings;
+  TokenBatch b = continuation_batch(context, continuation, model.config().max_position_embeddings);
+  return -model.forward(Batch{b.B, b.S, b.tokens.data(), b.targets.data(), nullptr}).loss_sum;
+}
+
+}  // namespace
+
+TokenBatch continuation_batch(std::vector<int32_t> context, const std::vector<int32_t>& continuation, int64_t max_len) {
   if (int64_t(continuation.size()) >= max_len) fail("an answer option of {} tokens does not fit the model", continuation.size());
+  if (continuation.empty()) fail("an answer option has no tokens");
   int64_t total = int64_t(context.size() + continuation.size());
   if (total > max_len) context.erase(context.begin(), context.begin() + (total - max_len));
   std::vector<int32_t> tokens = context;
   tokens.insert(tokens.end(), continuation.begin(), continuation.end());
   // Inputs are all tokens but the last; targets are the next tokens, counted only over
   // the continuation.
-  const int64_t S = int64_t(tokens.size()) - 1;
-  std::vector<int32_t> inputs(tokens.begin(), tokens.end() - 1), targets(S, kIgnoreIndex);
-  for (int64_t i = int64_t(context.size()) - 1; i < S; ++i) targets[i] = tokens[i + 1];
-  return -model.forward(Batch{1, S, inputs.data(), targets.data(), nullptr}).loss_sum;
+  TokenBatch b;
+  b.B = 1;
+  b.S = int64_t(tokens.size()) - 1;
+  b.tokens.assign(tokens.begin(), tokens.end() - 1);
+  b.targets.assign(b.S, kIgnoreIndex);
+  for (int64_t i = std::max<int64_t>(int64_t(context.size()) - 1, 0); i < b.S; ++i) b.targets[i] = tokens[i + 1];
+  return b;
 }
-
-}  // namespace
 
 std::vector<MultipleChoiceItem> load_multiple_choice_jsonl(const std::string& path) {
   std::vector<MultipleChoiceItem> items;
@@ -92,7 +100,7 @@ std::vector<MultipleChoiceItem> load_multiple_choice_jsonl(const std::string& pa
 
 MultipleChoiceResult evaluate_multiple_choice(Decoder<float>& model, const std::vector<MultipleChoiceItem>& items,
                                               const std::vector<MultipleChoiceItem>& examples, int shots,
-                                              const EncodeFn& encode) {
+                                              const EncodeFn& encode, const ContinuationScoreFn& score) {
   if (shots > int(examples.size())) fail("{}-shot evaluation needs {} examples, {} given", shots, shots, examples.size());
   std::string prefix;
   for (int s = 0; s < shots; ++s) prefix += mc_context(examples[s]) + " " + examples[s].choices[examples[s].answer] + "\n\n";
@@ -104,7 +112,7 @@ MultipleChoiceResult evaluate_multiple_choice(Decoder<float>& model, const std::
     double best_ll = -INFINITY, best_ll_norm = -INFINITY;
     for (size_t c = 0; c < item.choices.size(); ++c) {
       std::string option = " " + item.choices[c];
-      double ll = continuation_log_likelihood(model, context, encode(option));
+      double ll = score ? score(context, encode(option)) : continuation_log_likelihood(model, context, encode(option));
       double ll_norm = ll / double(std::max<size_t>(1, option.size()));  // per byte, as acc_norm
       if (ll > best_ll) best_ll = ll, best = int(c);
       if (ll_norm > best_ll_norm) best_ll_norm = ll_norm, best_norm = int(c);

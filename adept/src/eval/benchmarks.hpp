@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "data/token_batch.hpp"
 #include "model/decoder.hpp"
 
 namespace adept {
@@ -33,10 +34,19 @@ struct MultipleChoiceResult {
   double acc = 0.0, acc_norm = 0.0;
 };
 
+// log p(continuation | context) of some model. The default is `model`'s (the CPU
+// decoder); a GPU engine supplies its own through continuation_batch.
+using ContinuationScoreFn =
+    std::function<double(const std::vector<int32_t>& context, const std::vector<int32_t>& continuation)>;
+
+// One row whose loss sum is −log p(continuation | context): targets only over the
+// continuation, the context cut on the left so that the whole fits max_len tokens.
+TokenBatch continuation_batch(std::vector<int32_t> context, const std::vector<int32_t>& continuation, int64_t max_len);
+
 // The first `shots` items of `examples` are the k-shot prefix of every question.
 MultipleChoiceResult evaluate_multiple_choice(Decoder<float>& model, const std::vector<MultipleChoiceItem>& items,
                                               const std::vector<MultipleChoiceItem>& examples, int shots,
-                                              const EncodeFn& encode);
+                                              const EncodeFn& encode, const ContinuationScoreFn& score = {});
 
 struct GenerationItem {
   std::string question;

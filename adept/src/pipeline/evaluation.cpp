@@ -1,5 +1,7 @@
 #include "pipeline/evaluation.hpp"
 
+#include <algorithm>
+
 #include "core/error.hpp"
 
 namespace adept {
@@ -24,21 +26,33 @@ Benchmarks load_benchmarks(const EvalConfig& e) {
   return b;
 }
 
+int64_t benchmark_row_tokens(const std::string& backend, const ModelConfig& model, int64_t seq_len) {
+  if (backend == "cpu") return 0;
+  return std::min(model.max_position_embeddings, std::max<int64_t>(seq_len, 2048));
+}
+
+ContinuationScoreFn continuation_score(const BatchLossFn& loss, int64_t max_len) {
+  return [loss, max_len](const std::vector<int32_t>& context, const std::vector<int32_t>& continuation) {
+    return -loss(continuation_batch(context, continuation, max_len)).loss_sum;
+  };
+}
+
 Scores evaluate_scores(Decoder<float>& model, const BatchLossFn& loss, const StudyData& data, const EvalConfig& eval,
-                       const Benchmarks& bench, const Tokenizer& tokenizer) {
+                       const Benchmarks& bench, const Tokenizer& tokenizer, int64_t mc_max_len) {
   Scores s;
   s.general = held_out_loss(data.general_holdout, eval.batches, loss);
   s.domain = held_out_loss(data.domain_holdout, eval.batches, loss);
   EncodeFn encode = [&](const std::string& text) { return tokenizer.encode(text); };
   DecodeFn decode = [&](const std::vector<int32_t>& ids) { return tokenizer.decode(ids); };
   const int shots = int(eval.shots);
+  ContinuationScoreFn score = mc_max_len > 0 ? continuation_score(loss, mc_max_len) : ContinuationScoreFn{};
   if (!bench.general_mc.empty()) {
     auto [items, examples] = split_shots(bench.general_mc, shots);
-    s.general_mc = evaluate_multiple_choice(model, items, examples, shots, encode).acc;
+    s.general_mc = evaluate_multiple_choice(model, items, examples, shots, encode, score).acc;
   }
   if (!bench.domain_mc.empty()) {
     auto [items, examples] = split_shots(bench.domain_mc, shots);
-    s.domain_mc = evaluate_multiple_choice(model, items, examples, shots, encode).acc;
+    s.domain_mc = evaluate_multiple_choice(model, items, examples, shots, encode, score).acc;
   }
   if (!bench.domain_qa.empty()) {
     auto [items, examples] = split_shots(bench.domain_qa, shots);

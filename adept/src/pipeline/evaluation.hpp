@@ -29,10 +29,19 @@ struct Benchmarks {
 };
 Benchmarks load_benchmarks(const EvalConfig& eval);
 
-// Held-out losses through `loss` (an engine's, so a GPU can run them); benchmarks on
-// the CPU decoder `model`.
+// Held-out losses through `loss` (an engine's, so a GPU can run them). Multiple choice
+// through `loss` too when mc_max_len > 0 (rows of up to that many tokens: a GPU engine
+// planned for them), else on the CPU decoder `model`, as generation always is.
 Scores evaluate_scores(Decoder<float>& model, const BatchLossFn& loss, const StudyData& data, const EvalConfig& eval,
-                       const Benchmarks& benchmarks, const Tokenizer& tokenizer);
+                       const Benchmarks& benchmarks, const Tokenizer& tokenizer, int64_t mc_max_len = 0);
+
+// How long a multiple-choice row an engine of `backend` should take: 0 on the CPU (the
+// decoder scores benchmarks itself, up to max_position_embeddings), else up to 2048
+// tokens (at least seq_len, at most max_position_embeddings).
+int64_t benchmark_row_tokens(const std::string& backend, const ModelConfig& model, int64_t seq_len);
+
+// A ContinuationScoreFn over a batch loss (an engine's).
+ContinuationScoreFn continuation_score(const BatchLossFn& loss, int64_t max_len);
 
 nlohmann::json scores_json(const Scores& s);
 Scores scores_from_json(const nlohmann::json& j);

@@ -93,9 +93,14 @@ int64_t eval_max_tokens(const RunConfig& rc) {
 
 // Held-out and benchmark scores of `model` on the run's backend.
 Scores score_model(Decoder<float>& model, const StudyData& data, const RunConfig& rc, const Benchmarks& bench) {
-  std::unique_ptr<TrainEngine> engine = make_inference_engine(model, rc.train, eval_max_tokens(rc), rc.train.seq_len);
+  // Multiple choice runs on a GPU engine when there is one: rows up to mc tokens.
+  const int64_t mc = bench.general_mc.empty() && bench.domain_mc.empty()
+                         ? 0
+                         : benchmark_row_tokens(rc.train.backend, model.config(), rc.train.seq_len);
+  std::unique_ptr<TrainEngine> engine = make_inference_engine(model, rc.train, std::max(eval_max_tokens(rc), mc),
+                                                              std::max(rc.train.seq_len, mc));
   return evaluate_scores(model, [&](const TokenBatch& b) { return engine->loss(b); }, data, rc.eval, bench,
-                         *data.tokenizer.named.tokenizer);
+                         *data.tokenizer.named.tokenizer, mc);
 }
 
 }  // namespace
