@@ -25,7 +25,8 @@ OUT=${OUT:-.}
 [ -x "$BENCH" ] || { echo "train_dp_bench: $BENCH not built" >&2; exit 2; }
 
 echo "== 1 GPU"
-single=$("$BENCH" "${args[@]}" 2>&1 | tee "$OUT/train_dp_bench.single.log" | tail -1)
+"$BENCH" "${args[@]}" >"$OUT/train_dp_bench.single.log" 2>&1 || { tail -20 "$OUT/train_dp_bench.single.log"; exit 1; }
+single=$(grep '^{"engine"' "$OUT/train_dp_bench.single.log" | tail -1)
 echo "$single"
 
 echo "== $GPUS GPUs (data parallel, ZeRO-1)"
@@ -39,7 +40,7 @@ done
 status=0
 for p in "${pids[@]}"; do wait "$p" || status=1; done
 grep -h "tokens/s on this GPU" "$OUT"/train_dp_bench.rank*.log
-multi=$(tail -1 "$OUT/train_dp_bench.rank0.log")
+multi=$(grep '^{"engine"' "$OUT/train_dp_bench.rank0.log" | tail -1)
 echo "$multi"
 if ((status)); then
   echo "train_dp_bench: a rank failed; logs in $OUT/train_dp_bench.rank*.log" >&2

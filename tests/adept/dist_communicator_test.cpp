@@ -62,6 +62,11 @@ TEST(DistCommunicator, LocalCollectivesAreTheIdentity) {
   c.all_reduce(d.data(), d.data(), 2, DataType::f64, ReduceOp::max, nullptr);  // in place
   EXPECT_EQ(d, (std::vector<double>{1.5, 2.5}));
   c.synchronize(nullptr);
+  double host[2] = {3.0, 4.0};
+  c.all_reduce_host(host, 2, ReduceOp::sum);
+  EXPECT_EQ(host[0], 3.0);
+  EXPECT_EQ(host[1], 4.0);
+  c.barrier();
 }
 
 TEST(DistCommunicator, ManyRanksWithoutNcclIsAClearError) {

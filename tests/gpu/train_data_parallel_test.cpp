@@ -182,6 +182,12 @@ TEST(DataParallelWorker, Rank) {
   dist::CommOptions co;
   co.timeout_seconds = 30;
   std::shared_ptr<dist::Communicator> comm = dist::make_communicator(env, co);
+  // The trainer's host scalars: summed over the ranks, the same on each.
+  double scalars[2] = {double(env.rank + 1), 10.0 * env.rank};
+  comm->all_reduce_host(scalars, 2, dist::ReduceOp::sum);
+  EXPECT_EQ(scalars[0], 3.0);
+  EXPECT_EQ(scalars[1], 10.0);
+  comm->barrier();
   auto host = dp_host_model();
   if (const char* die = std::getenv("ADEPT_DP_DIE_RANK"); die && std::atoi(die) == env.rank) {
     // A rank that fails after joining: the others must not hang.

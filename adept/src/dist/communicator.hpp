@@ -50,6 +50,15 @@ class Communicator {
   virtual void all_gather(const void* send, void* recv, size_t send_count, DataType type, void* stream) = 0;
   // Waits for everything queued on `stream`, within the collective timeout.
   virtual void synchronize(void* stream) = 0;
+  // Host values, reduced in place and returned when done (blocking): the trainer's
+  // scalars (held-out loss sums, token counts, a stop flag). NCCL stages them through a
+  // small device buffer on a stream of its own.
+  virtual void all_reduce_host(double* values, size_t count, ReduceOp op) = 0;
+  // Every rank has reached this call (an all-reduce of nothing much).
+  void barrier() {
+    double one = 1.0;
+    all_reduce_host(&one, 1, ReduceOp::sum);
+  }
 };
 
 // World size 1 on host memory: every collective is a copy (memmove when in place).
@@ -64,6 +73,7 @@ class LocalCommunicator final : public Communicator {
                       void* stream) override;
   void all_gather(const void* send, void* recv, size_t send_count, DataType type, void* stream) override;
   void synchronize(void*) override {}
+  void all_reduce_host(double*, size_t, ReduceOp) override {}
 };
 
 // True when this build has NCCL (ADEPT_NCCL).

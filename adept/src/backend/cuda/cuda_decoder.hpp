@@ -82,6 +82,9 @@ class CudaDecoder {
   // accumulates the head's weight gradient and the loss into the current step.
   cpu::CrossEntropyResult forward(const Batch& batch, const ForwardOptions& options = {});
   // Accumulates parameter gradients (trainable tensors) of the last training forward.
+  // Data parallel: train_step is the way to train (it scales by the targets of every
+  // rank's micro-batches). forward / backward / optimizer_step sum the ranks'
+  // gradients as they are, so there grad_scale must be 1 / (targets over all ranks).
   void backward();
   // Zeroes the gradients and the step's loss.
   void zero_gradients();

@@ -64,6 +64,8 @@ class NcclCommunicator final : public Communicator {
   }
 
   ~NcclCommunicator() override {
+    if (host_buffer_) cudaFree(host_buffer_);
+    if (host_stream_) cudaStreamDestroy(host_stream_);
     if (!comm_ || aborted_) return;
     // Finalize flushes outstanding work; in non-blocking mode it may return in progress.
     // A bounded wait, then abort rather than hang in a destructor.
@@ -100,6 +102,26 @@ class NcclCommunicator final : public Communicator {
     check(ncclAllGather(send, recv, send_count, nccl_type(type), comm_, cudaStream_t(stream)), "ncclAllGather",
           __FILE__, __LINE__);
     wait_ready("ncclAllGather (enqueue)");
+  }
+
+  void all_reduce_host(double* values, size_t count, ReduceOp op) override {
+    if (count == 0) return;
+    if (count > host_capacity_) {
+      if (host_buffer_) cudaFree(host_buffer_);
+      host_buffer_ = nullptr;
+      cuda_or_fail(env_.rank, cudaMalloc(&host_buffer_, count * sizeof(double)), "cudaMalloc (host all-reduce)");
+      host_capacity_ = count;
+    }
+    if (!host_stream_)
+      cuda_or_fail(env_.rank, cudaStreamCreateWithFlags(&host_stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    cuda_or_fail(env_.rank,
+                 cudaMemcpyAsync(host_buffer_, values, count * sizeof(double), cudaMemcpyHostToDevice, host_stream_),
+                 "cudaMemcpyAsync (host all-reduce)");
+    all_reduce(host_buffer_, host_buffer_, count, DataType::f64, op, host_stream_);
+    cuda_or_fail(env_.rank,
+                 cudaMemcpyAsync(values, host_buffer_, count * sizeof(double), cudaMemcpyDeviceToHost, host_stream_),
+                 "cudaMemcpyAsync (host all-reduce)");
+    synchronize(host_stream_);
   }
 
   void synchronize(void* stream) override {
@@ -165,6 +187,9 @@ class NcclCommunicator final : public Communicator {
   CommOptions options_;
   ncclComm_t comm_ = nullptr;
   bool aborted_ = false;
+  double* host_buffer_ = nullptr;  // all_reduce_host's staging
+  size_t host_capacity_ = 0;
+  cudaStream_t host_stream_ = nullptr;
 };
 
 }  // namespace
