@@ -232,13 +232,17 @@ Ranks launch(const fs::path& dir, int world, const std::vector<std::string>& ext
   const int port = free_port();
   std::vector<pid_t> pids;
   for (int r = 0; r < world; ++r) {
-    std::vector<std::string> env;
-    for (char** e = environ; *e; ++e) env.push_back(*e);
-    for (std::string kv : {"RANK=" + std::to_string(r), "WORLD_SIZE=" + std::to_string(world),
-                           "LOCAL_RANK=" + std::to_string(r), std::string("MASTER_ADDR=127.0.0.1"),
-                           "MASTER_PORT=" + std::to_string(port), "ADEPT_DP_WORKER_DIR=" + dir.string()})
-      env.push_back(kv);
+    std::vector<std::string> env{"RANK=" + std::to_string(r), "WORLD_SIZE=" + std::to_string(world),
+                                 "LOCAL_RANK=" + std::to_string(r), "MASTER_ADDR=127.0.0.1",
+                                 "MASTER_PORT=" + std::to_string(port), "ADEPT_DP_WORKER_DIR=" + dir.string()};
     env.insert(env.end(), extra_env.begin(), extra_env.end());
+    // The parent's environment, less any launcher variables (ours must be the only ones).
+    for (char** e = environ; *e; ++e) {
+      const std::string kv = *e, key = kv.substr(0, kv.find('='));
+      bool launcher = key.rfind("OMPI_COMM_WORLD_", 0) == 0 || key.rfind("SLURM_", 0) == 0;
+      for (const std::string& ours : env) launcher = launcher || ours.substr(0, ours.find('=')) == key;
+      if (!launcher) env.push_back(kv);
+    }
     std::vector<char*> envp;
     for (std::string& s : env) envp.push_back(s.data());
     envp.push_back(nullptr);
