@@ -7,6 +7,7 @@
 #include <set>
 
 #include "common/random.hpp"
+#include "common/temp_dir.hpp"
 #include "data/corpus.hpp"
 #include "data/prepare.hpp"
 
@@ -15,15 +16,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(uint64_t salt) {
-    path = fs::temp_directory_path() / ("adept-corpus-" + std::to_string(salt));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using testing_support::TempDir;
 
 std::string words(std::mt19937_64& rng, int n) {
   std::uniform_int_distribution<int> letter('a', 'z');

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "common/random.hpp"
+#include "common/temp_dir.hpp"
 #include "core/error.hpp"
 #include "data/packed_loader.hpp"
 #include "data/prepare.hpp"
@@ -19,14 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 using testing_support::make_rng;
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(std::mt19937_64& rng) {
-    path = fs::temp_directory_path() / ("adept-data-prepare-" + std::to_string(rng()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using testing_support::TempDir;
 
 // One token per byte, BOS 256, EOS 257: token counts and mask positions follow from
 // byte lengths, which keeps the expectations independent of any real tokenizer.

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "common/random.hpp"
+#include "common/temp_dir.hpp"
 #include "core/error.hpp"
 #include "data/content_hash.hpp"
 #include "data/shard_writer.hpp"
@@ -20,14 +21,7 @@ namespace {
 namespace fs = std::filesystem;
 using testing_support::make_rng;
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(std::mt19937_64& rng) {
-    path = fs::temp_directory_path() / ("adept-data-shard-" + std::to_string(rng()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using testing_support::TempDir;
 
 struct Doc {
   std::vector<uint32_t> tokens;

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/random.hpp"
+#include "common/temp_dir.hpp"
 #include "core/error.hpp"
 #include "data/token_dataset.hpp"
 #include "data/tokenizer_source.hpp"
@@ -22,14 +23,7 @@ using testing_support::make_rng;
 
 const std::string kFixtures = std::string(ADEPT_SOURCE_DIR) + "/tests/fixtures/data/";
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(std::mt19937_64& rng) {
-    path = fs::temp_directory_path() / ("adept-data-tokenizer-" + std::to_string(rng()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using testing_support::TempDir;
 
 nlohmann::json expected() {
   std::ifstream in(kFixtures + "tiny_bpe_expected.json");

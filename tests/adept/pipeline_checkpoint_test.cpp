@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/random.hpp"
+#include "common/temp_dir.hpp"
 #include "core/embedded.hpp"
 #include "data/packed_loader.hpp"
 #include "io/hf_config.hpp"
@@ -21,15 +22,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(uint64_t salt) {
-    path = fs::temp_directory_path() / ("adept-ckpt-" + std::to_string(salt));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using testing_support::TempDir;
 
 ModelConfig tiny(const std::string& type) {
   ModelConfig c;

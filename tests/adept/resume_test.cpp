@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "common/random.hpp"
+#include "common/temp_dir.hpp"
 #include "core/embedded.hpp"
 #include "method/layer_importance.hpp"
 #include "pipeline/method_training.hpp"
@@ -19,15 +20,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(uint64_t salt) {
-    path = fs::temp_directory_path() / ("adept-resume-" + std::to_string(salt));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using testing_support::TempDir;
 
 // Random "words" in blank-line separated paragraphs: documents of varied lengths.
 std::string random_text(std::mt19937_64& rng, int paragraphs) {
