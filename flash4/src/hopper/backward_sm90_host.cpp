@@ -25,18 +25,6 @@
 namespace flash4::detail {
 namespace {
 
-template <class... Parts>
-std::string concat(const Parts&... parts) {
-  std::ostringstream s;
-  (s << ... << parts);
-  return s.str();
-}
-
-bool env_is(const char* name, const char* value) {
-  const char* v = std::getenv(name);
-  return v != nullptr && std::strcmp(v, value) == 0;
-}
-
 // Why the Hopper backward does not run `a` ("" when it does).
 std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shape) {
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
@@ -56,26 +44,7 @@ std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shap
   for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}, {&a.dout, "dout"},
                          {&a.dq, "dq"}, {&a.dk, "dk"}, {&a.dv, "dv"}})
     if (std::string gap = row_alignment_gap(*t, name); !gap.empty()) return gap;
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-    cudaGetLastError();
-    return "no CUDA device";
-  }
-  if (major != 9 || minor != 0) return concat("device is sm_", major, minor, ", the kernels are sm_90a");
-  if (!hopper::backward_sm90_runs_here()) return "this binary holds no sm_90a code for the device";
-  if (tensor_map_encoder() == nullptr) return "cuTensorMapEncodeTiled not found in the driver";
-  return "";
-}
-
-cuda::RowLayout dense_layout(const flash4_tensor& t) {
-  cuda::RowLayout L;
-  L.data = t.data;
-  L.batch_stride = t.stride[0];
-  L.row_stride = t.stride[1];
-  L.head_stride = t.stride[2];
-  return L;
+  return sm90_device_gap(hopper::backward_sm90_runs_here());
 }
 
 // Stream-ordered fp32 scratch (dQ accumulator, lse2, D), released on the stream.

@@ -38,19 +38,6 @@ constexpr bool kHopperByDefault = true;
 // top of the intra-warpgroup overlap, as implemented here.
 constexpr bool kPingpongByDefault = false;
 
-
-template <class... Parts>
-std::string concat(const Parts&... parts) {
-  std::ostringstream s;
-  (s << ... << parts);
-  return s.str();
-}
-
-bool env_is(const char* name, const char* value) {
-  const char* v = std::getenv(name);
-  return v != nullptr && std::strcmp(v, value) == 0;
-}
-
 // FLASH4_HOPPER_PINGPONG=0|1 overrides the default.
 hopper::ForwardSchedule forward_schedule() {
   hopper::ForwardSchedule s;
@@ -68,6 +55,29 @@ std::string row_alignment_gap(const flash4_tensor& t, const char* name) {
   for (int d = 0; d + 1 < t.rank; ++d)
     if (t.shape[d] > 1 && t.stride[d] % 8 != 0) return concat(name, ".stride[", d, "] is not a multiple of 8 elements");
   return "";
+}
+
+std::string sm90_device_gap(bool kernel_present) {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return "no CUDA device";
+  }
+  if (major != 9 || minor != 0) return concat("device is sm_", major, minor, ", the kernels are sm_90a");
+  if (!kernel_present) return "this binary holds no sm_90a code for the device";
+  if (tensor_map_encoder() == nullptr) return "cuTensorMapEncodeTiled not found in the driver";
+  return "";
+}
+
+cuda::RowLayout dense_layout(const flash4_tensor& t) {
+  cuda::RowLayout L;
+  L.data = t.data;
+  L.batch_stride = t.stride[0];
+  L.row_stride = t.stride[1];
+  L.head_stride = t.stride[2];
+  return L;
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -124,26 +134,7 @@ std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape)
   if ((shape.seqlen_q + 127) / 128 * shape.heads_q * shape.batch >= (int64_t(1) << 31)) return "2^31 or more tiles";
   for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}})
     if (std::string gap = row_alignment_gap(*t, name); !gap.empty()) return gap;
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-    cudaGetLastError();
-    return "no CUDA device";
-  }
-  if (major != 9 || minor != 0) return concat("device is sm_", major, minor, ", the kernels are sm_90a");
-  if (!hopper::forward_sm90_runs_here()) return "this binary holds no sm_90a code for the device";
-  if (tensor_map_encoder() == nullptr) return "cuTensorMapEncodeTiled not found in the driver";
-  return "";
-}
-
-cuda::RowLayout dense_layout(const flash4_tensor& t) {
-  cuda::RowLayout L;
-  L.data = t.data;
-  L.batch_stride = t.stride[0];
-  L.row_stride = t.stride[1];
-  L.head_stride = t.stride[2];
-  return L;
+  return sm90_device_gap(hopper::forward_sm90_runs_here());
 }
 
 }  // namespace

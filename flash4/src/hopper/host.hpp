@@ -6,7 +6,12 @@
 #include <cudaTypedefs.h>
 #include <flash4/flash4.h>
 
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
 #include <string>
+
+#include "cuda/params.hpp"
 
 namespace flash4::detail {
 
@@ -21,5 +26,26 @@ int encode_tensor_map(CUtensorMap* map, const flash4_tensor& t, int box_rows);
 // Why `t` breaks TMA's alignment rules (16-byte aligned data, 16-byte multiple strides);
 // "" when it does not.
 std::string row_alignment_gap(const flash4_tensor& t, const char* name);
+
+// Why this process cannot run an sm_90a kernel here: no device, a device other than
+// sm_90, no sm_90a code in the binary (`kernel_present` false), or no tensor-map
+// encoder in the driver; "" when it can.
+std::string sm90_device_gap(bool kernel_present);
+
+// The row layout of a dense [B, S, H, D] tensor (strides in elements).
+cuda::RowLayout dense_layout(const flash4_tensor& t);
+
+// Reasons in messages: the parts streamed one after another.
+template <class... Parts>
+std::string concat(const Parts&... parts) {
+  std::ostringstream s;
+  (s << ... << parts);
+  return s.str();
+}
+
+inline bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, value) == 0;
+}
 
 }  // namespace flash4::detail
