@@ -5,6 +5,7 @@
 
 #include "cli/commands.hpp"
 #include "core/error.hpp"
+#include "dist/launch_env.hpp"
 #include "pipeline/run_pipeline.hpp"
 #include "train/run_config.hpp"
 
@@ -29,6 +30,14 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--backend", args->backend, "Override pretrain.backend and train.backend: cpu | cuda");
   cmd->add_flag("--quiet", args->quiet, "No progress bars");
   cmd->callback([args] {
+    // The study trains several models one after another; data parallelism (one process
+    // per GPU) is wired into `adept train` only.
+    const dist::LaunchEnv env = dist::read_launch_env();
+    if (env.distributed())
+      throw adept::Error(fmt::format(
+          "adept run: started as {} processes ({}), but the multi-method study runs in one process; run one "
+          "`adept train --method M --base DIR` per method under the launcher instead",
+          env.world, env.launcher));
     RunConfig rc = load_run_config(args->config_path);
     if (!args->methods.empty()) rc.run.methods = args->methods;
     if (args->steps > 0) rc.train.steps = args->steps;

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 
 #include "core/atomic_file.hpp"
 #include "method/decoupled_lr.hpp"
@@ -95,7 +96,10 @@ MethodModel prepare_method_model(const std::string& method, const Decoder<float>
 }
 
 MethodTraining train_method(const std::string& method, MethodModel& m, const StudyData& data, const RunConfig& rc,
-                            const std::string& dir, bool show_progress, int64_t stop_after) {
+                            const std::string& dir, bool show_progress, int64_t stop_after,
+                            std::shared_ptr<dist::Communicator> communicator) {
+  const int rank = communicator ? communicator->rank() : 0;
+  const int world = communicator ? communicator->world() : 1;
   make_directories(dir);
   MethodTraining r;
   r.name = method;
@@ -108,13 +112,19 @@ MethodTraining train_method(const std::string& method, MethodModel& m, const Stu
   std::vector<LoaderSource> sources;
   add_loader_sources(sources, data.domain, 1.0 - rc.data.replay);
   add_loader_sources(sources, data.general, rc.data.replay);
-  PackedLoader loader(std::move(sources), data.loader_config(tc));
+  // One process: the PackedLoader; data parallel: each rank's rows of the same batches.
+  std::optional<PackedLoader> loader;
+  std::optional<dist::ShardedLoader> sharded;
+  if (world > 1) sharded.emplace(std::move(sources), data.loader_config(tc), rank, world);
+  else loader.emplace(std::move(sources), data.loader_config(tc));
   const int64_t max_tokens =
       std::max({tc.batch_size, rc.adept.probe_batch_size, rc.eval.batch_size}) * tc.seq_len;
-  std::unique_ptr<TrainEngine> engine = make_train_engine(model, tc, max_tokens, tc.seq_len);
+  std::unique_ptr<TrainEngine> engine = make_train_engine(model, tc, max_tokens, tc.seq_len, communicator);
 
   TrainOptions to;
-  to.show_progress = show_progress;
+  to.show_progress = show_progress && rank == 0;
+  to.rank = rank;
+  to.world = world;
   to.label = fmt::format("{:>9}", method);
   to.metrics_path = (fs::path(dir) / "metrics.jsonl").string();
   to.evaluate = [&](TrainEngine& e) {
@@ -146,7 +156,7 @@ MethodTraining train_method(const std::string& method, MethodModel& m, const Stu
     };
     to.before_step = [&, granularity](int64_t step, TrainEngine& e) {
       if (step % rc.adept.reestimate_every != 0) return;
-      if (!lr_log.is_open()) {
+      if (rank == 0 && !lr_log.is_open()) {
         // Opened at the first estimate: a resumed run has restored its history by then.
         if (step > 0) truncate_jsonl_log(lr_log_path, step);
         lr_log.open(lr_log_path, step > 0 ? std::ios::app : std::ios::trunc);
@@ -178,7 +188,7 @@ MethodTraining train_method(const std::string& method, MethodModel& m, const Stu
       }
     };
   }
-  r.train = train(model, *engine, tc, loader_train_data(loader), to);
+  r.train = train(model, *engine, tc, sharded ? loader_train_data(*sharded) : loader_train_data(*loader), to);
   if (engine->name() == "cpu") r.peak_memory_mb = peak_rss_mb(), r.memory_kind = "RSS";
   else r.peak_memory_mb = engine->peak_device_mb(), r.memory_kind = "GPU";
   return r;

@@ -37,8 +37,11 @@ struct MethodTraining {
 
 // Trains `m` in place. Files in dir: metrics.jsonl, lr_multipliers.jsonl (ADEPT),
 // checkpoints/ (train.checkpoint_every; resumed from when present and rc.run.resume).
+// `communicator` of several ranks (dist/README.md): this rank's part of a data-parallel
+// job (train.backend = "cuda"; rank 0 alone writes the logs and checkpoints).
 MethodTraining train_method(const std::string& method, MethodModel& m, const StudyData& data, const RunConfig& rc,
-                            const std::string& dir, bool show_progress, int64_t stop_after = -1);
+                            const std::string& dir, bool show_progress, int64_t stop_after = -1,
+                            std::shared_ptr<dist::Communicator> communicator = nullptr);
 
 double peak_rss_mb();
 

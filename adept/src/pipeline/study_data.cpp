@@ -107,6 +107,14 @@ TrainData loader_train_data(PackedLoader& loader) {
   return t;
 }
 
+TrainData loader_train_data(dist::ShardedLoader& loader) {
+  TrainData t;
+  t.next = [&loader](int64_t, int64_t) { return loader.next_batch(); };
+  t.save_position = [&loader] { return loader_state_to_json(loader.state()); };
+  t.restore_position = [&loader](const nlohmann::json& j) { loader.restore(loader_state_from_json(j)); };
+  return t;
+}
+
 std::vector<TokenBatch> probe_batches(const StudyData& data, int64_t seq_len, int64_t batches, int64_t batch_size,
                                       uint64_t seed) {
   std::vector<LoaderSource> sources;

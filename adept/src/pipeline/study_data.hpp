@@ -11,6 +11,7 @@
 
 #include "data/corpus.hpp"
 #include "data/packed_loader.hpp"
+#include "dist/sharded_loader.hpp"
 #include "train/run_config.hpp"
 #include "train/trainer.hpp"
 
@@ -55,6 +56,9 @@ double held_out_loss(const HeldOutCorpus& holdout, int64_t batches, const BatchL
 
 // A PackedLoader as the training loop's data (position saved in checkpoints).
 TrainData loader_train_data(PackedLoader& loader);
+// Data parallelism: this rank's rows of every global batch; the position saved is the
+// global one (the same on every rank), so a checkpoint resumes on any process count.
+TrainData loader_train_data(dist::ShardedLoader& loader);
 
 // `batches` packed batches of general training text (seeded; the same every call).
 std::vector<TokenBatch> probe_batches(const StudyData& data, int64_t seq_len, int64_t batches, int64_t batch_size,

@@ -221,6 +221,18 @@ void validate_run_config(const RunConfig& c) {
          c.probe.method);
 }
 
+void validate_data_parallel(const RunConfig& c, int world) {
+  if (world <= 1) return;
+  if (c.train.backend != "cuda")
+    fail("{}: train.backend = \"{}\", but the launcher started {} processes: data parallelism needs train.backend = "
+         "\"cuda\" (one GPU per process); run the CPU backend as one process",
+         c.source, c.train.backend, world);
+  if (c.train.batch_size % world != 0)
+    fail("{}: train.batch_size ({}) is the global batch and must be a multiple of the number of processes ({}): "
+         "each GPU trains on batch_size / {} sequences",
+         c.source, c.train.batch_size, world, world);
+}
+
 RunConfig load_run_config(const std::string& path) {
   RunConfig c;
   auto defaults = embedded_file(kDefaultConfig);

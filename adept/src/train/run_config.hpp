@@ -133,6 +133,11 @@ RunConfig load_run_config(const std::string& path);
 // Checks the values (called by load_run_config; call again after overriding fields).
 void validate_run_config(const RunConfig& config);
 
+// Data parallelism (one process per GPU, dist/README.md) over `world` processes needs
+// train.backend = "cuda" and a train.batch_size (the global batch) that divides evenly
+// by world. World 1 passes always. Throws adept::Error naming the field.
+void validate_data_parallel(const RunConfig& config, int world);
+
 // The settings of a training that shape its result (not out_dir, checkpoint_every), as
 // text for stage and checkpoint keys.
 std::string describe_training(const TrainConfig& config);

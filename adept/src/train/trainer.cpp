@@ -153,10 +153,16 @@ std::vector<std::string> trainable_names(const ParameterStore<float>& P) {
 
 // A checkpoint is a folder step-<n>/ (weights, optimizer moments, state.json) and
 // latest.json naming the newest complete one; latest.json is replaced atomically only
-// after the folder is complete, and older folders are removed only after that.
+// after the folder is complete, and older folders are removed only after that. Every
+// rank of a data-parallel job calls this (the copies are collective); `writer` writes.
 void save_training_checkpoint(const CheckpointOptions& c, int64_t step, Decoder<float>& model, TrainEngine& engine,
-                              const TrainData& data, const TrainResult& result) {
+                              const TrainData& data, const TrainResult& result, bool writer) {
+  // Collective under data parallelism: every rank gathers, rank 0 (writer) writes.
   engine.pull_weights();
+  std::vector<float> first, second;
+  int64_t adamw_steps = 0;
+  engine.save_optimizer_state(first, second, adamw_steps);
+  if (!writer) return;
   const std::string name = fmt::format("step-{:08d}", step);
   fs::path dir = fs::path(c.dir) / name;
   if (fs::exists(dir)) fs::remove_all(dir);
@@ -166,9 +172,6 @@ void save_training_checkpoint(const CheckpointOptions& c, int64_t step, Decoder<
   for (int i = 0; i < P.size(); ++i)
     weights.push_back({P.info(i).name, P.info(i).shape, {P.value(i), size_t(P.info(i).numel)}, DType::F32});
   write_safetensors((dir / "weights.safetensors").string(), weights);
-  std::vector<float> first, second;
-  int64_t adamw_steps = 0;
-  engine.save_optimizer_state(first, second, adamw_steps);
   if (!first.empty()) {
     std::vector<TensorToWrite> moments = {{"adamw.m", {int64_t(first.size())}, first, DType::F32},
                                           {"adamw.v", {int64_t(second.size())}, second, DType::F32}};
@@ -250,11 +253,17 @@ std::unique_ptr<TrainEngine> make_cpu_engine(Decoder<float>& model, const AdamWC
 }
 
 std::unique_ptr<TrainEngine> make_train_engine(Decoder<float>& model, const TrainConfig& config, int64_t max_tokens,
-                                               int64_t max_seq_len) {
-  if (config.backend == "cpu") return make_cpu_engine(model, adamw_config(config));
+                                               int64_t max_seq_len, std::shared_ptr<dist::Communicator> communicator) {
+  const bool data_parallel = communicator && communicator->world() > 1;
+  if (config.backend == "cpu") {
+    if (data_parallel)
+      fail("backend = \"cpu\" runs in one process; data parallelism over {} processes needs backend = \"cuda\"",
+           communicator->world());
+    return make_cpu_engine(model, adamw_config(config));
+  }
   if (config.backend == "cuda") {
 #ifdef ADEPT_WITH_CUDA
-    return make_cuda_engine(model, config, max_tokens, max_seq_len);
+    return make_cuda_engine(model, config, max_tokens, max_seq_len, std::move(communicator));
 #else
     fail("backend = \"cuda\": this adept was built without CUDA (configure with nvcc present, -DADEPT_CUDA=ON)");
 #endif
@@ -300,16 +309,18 @@ TrainResult train(Decoder<float>& model, TrainEngine& engine, const TrainConfig&
   TrainResult result;
   const CheckpointOptions& ck = options.checkpoint;
   const bool checkpoints = !ck.dir.empty() && ck.every > 0;
+  const bool writer = options.rank == 0;  // data parallelism: rank 0 alone writes and prints
   int64_t first_step = 0;
   if (checkpoints && ck.resume) {
     first_step = load_training_checkpoint(ck, model, engine, data, result);
     if (first_step > 0) {
       result.resumed_from = first_step;
-      fmt::print("resume   {}: from the checkpoint at step {} of {}\n", options.label, first_step, config.steps);
+      if (writer)
+        fmt::print("resume   {}: from the checkpoint at step {} of {}\n", options.label, first_step, config.steps);
     }
   }
   std::ofstream metrics;
-  if (!options.metrics_path.empty()) {
+  if (writer && !options.metrics_path.empty()) {
     if (first_step > 0) truncate_jsonl_log(options.metrics_path, first_step);
     metrics.open(options.metrics_path, first_step > 0 ? std::ios::app : std::ios::trunc);
     if (!metrics) fail("{}: cannot open for writing", options.metrics_path);
@@ -340,25 +351,26 @@ TrainResult train(Decoder<float>& model, TrainEngine& engine, const TrainConfig&
     std::vector<TokenBatch> micro;
     for (int64_t m = 0; m < config.grad_accum; ++m) micro.push_back(data.next(step, m));
     StepRecord r = engine.step(micro, config, step);
-    for (const TokenBatch& b : micro) result.tokens += b.B * b.S;
+    r.tokens_per_second *= options.world;
+    for (const TokenBatch& b : micro) result.tokens += b.B * b.S * options.world;
     result.skipped_steps += r.skipped;
     result.steps.push_back(r);
     log({{"event", "step"}, {"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
          {"tokens_per_second", r.tokens_per_second}, {"skipped", r.skipped}});
     if (std::isfinite(r.loss)) smoothed = std::isnan(smoothed) ? r.loss : 0.9 * smoothed + 0.1 * r.loss;
     if (config.eval_every > 0 && (step + 1) % config.eval_every == 0 && step + 1 < config.steps) run_eval(step + 1);
-    if (options.show_progress)
+    if (writer && options.show_progress)
       bar.update(step + 1, fmt::format("loss {:.3f} lr {:.2e} {:.0f} tok/s", smoothed, r.lr, r.tokens_per_second));
     if (checkpoints && (step + 1) % ck.every == 0 && step + 1 < config.steps) {
       result.seconds =
           seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      save_training_checkpoint(ck, step + 1, model, engine, data, result);
+      save_training_checkpoint(ck, step + 1, model, engine, data, result, writer);
     }
   }
   run_eval(config.steps);
   engine.pull_weights();
   result.seconds = seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (options.show_progress)
+  if (writer && options.show_progress)
     bar.finish(fmt::format("loss {:.3f} {:.0f} tok/s", smoothed, double(result.tokens) / result.seconds));
   return result;
 }

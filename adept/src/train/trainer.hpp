@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/window_sampler.hpp"
+#include "dist/communicator.hpp"
 #include "model/decoder.hpp"
 #include "optim/adamw.hpp"
 #include "train/run_config.hpp"
@@ -87,10 +88,13 @@ class TrainEngine {
 // Trains `model` in place on the CPU.
 std::unique_ptr<TrainEngine> make_cpu_engine(Decoder<float>& model, const AdamWConfig& adamw);
 // config.backend's engine; max_tokens bounds every batch it will see (B·S) and
-// max_seq_len every row. A backend
-// this build lacks is an error saying so.
+// max_seq_len every row. A backend this build lacks is an error saying so.
+// `communicator` (data parallelism, dist/README.md): nullptr, or one of world 1, is the
+// one-process engine; several ranks need the CUDA backend (the steps and the weight and
+// optimizer-state copies become collective: every rank makes them at the same points).
 std::unique_ptr<TrainEngine> make_train_engine(Decoder<float>& model, const TrainConfig& config, int64_t max_tokens,
-                                               int64_t max_seq_len);
+                                               int64_t max_seq_len,
+                                               std::shared_ptr<dist::Communicator> communicator = nullptr);
 // An engine for forward passes only (held-out loss, masking-out probes): freezes every
 // tensor of `model` first, so a GPU holds bf16 weights alone, no optimizer state.
 std::unique_ptr<TrainEngine> make_inference_engine(Decoder<float>& model, const TrainConfig& config,
@@ -128,6 +132,13 @@ struct TrainOptions {
   std::function<double(TrainEngine& engine)> evaluate;
   CheckpointOptions checkpoint;
   int64_t stop_after = -1;  // for tests: return after this many steps, as if interrupted
+  // Data parallelism (dist/README.md): this process's rank and the job's process count.
+  // Every rank runs the same loop and makes the engine's collective calls at the same
+  // points; only rank 0 writes the metrics log, the progress bar and checkpoints. Token
+  // counts and tokens per second are the job's (the rank's × world): data.next gives
+  // each rank its equal share of the global batch.
+  int rank = 0;
+  int world = 1;
 };
 
 TrainResult train(Decoder<float>& model, TrainEngine& engine, const TrainConfig& config, const TrainData& data,

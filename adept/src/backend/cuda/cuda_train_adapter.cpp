@@ -10,11 +10,12 @@
 
 namespace adept {
 
-CudaDecoderOptions cuda_options_for(const TrainConfig& config) {
+CudaDecoderOptions cuda_options_for(const TrainConfig& config, std::shared_ptr<dist::Communicator> communicator) {
   CudaDecoderOptions o;
   o.max_tokens = config.batch_size * config.seq_len;
   o.max_seq_len = config.seq_len;
   o.adamw = adamw_config(config);
+  o.communicator = std::move(communicator);
   return o;
 }
 
@@ -43,8 +44,9 @@ namespace {
 
 class CudaEngine final : public TrainEngine {
  public:
-  CudaEngine(Decoder<float>& host, const TrainConfig& config, int64_t max_tokens, int64_t max_seq_len)
-      : host_(host), options_(cuda_options_for(config)) {
+  CudaEngine(Decoder<float>& host, const TrainConfig& config, int64_t max_tokens, int64_t max_seq_len,
+             std::shared_ptr<dist::Communicator> communicator)
+      : host_(host), options_(cuda_options_for(config, std::move(communicator))) {
     options_.max_tokens = std::max(options_.max_tokens, max_tokens);
     options_.max_seq_len = std::max(options_.max_seq_len, max_seq_len);
     upload();
@@ -106,8 +108,8 @@ class CudaEngine final : public TrainEngine {
 }  // namespace
 
 std::unique_ptr<TrainEngine> make_cuda_engine(Decoder<float>& host, const TrainConfig& config, int64_t max_tokens,
-                                              int64_t max_seq_len) {
-  return std::make_unique<CudaEngine>(host, config, max_tokens, max_seq_len);
+                                              int64_t max_seq_len, std::shared_ptr<dist::Communicator> communicator) {
+  return std::make_unique<CudaEngine>(host, config, max_tokens, max_seq_len, std::move(communicator));
 }
 
 }  // namespace adept

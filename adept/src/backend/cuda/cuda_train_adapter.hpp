@@ -13,8 +13,11 @@
 
 namespace adept {
 
-// Options sized for `config`'s micro-batches (batch_size × seq_len) and its AdamW.
-CudaDecoderOptions cuda_options_for(const TrainConfig& config);
+// Options sized for `config`'s micro-batches (batch_size × seq_len) and its AdamW;
+// `communicator` (data parallelism, dist/README.md) goes into
+// CudaDecoderOptions::communicator (nullptr: one GPU).
+CudaDecoderOptions cuda_options_for(const TrainConfig& config,
+                                    std::shared_ptr<dist::Communicator> communicator = nullptr);
 
 // trainer.cpp's train_step on the GPU: the same schedule, accumulation, clipping and
 // non-finite skip, and the same record. Packed documents are passed on.
@@ -24,7 +27,11 @@ StepRecord cuda_train_step(CudaDecoder& model, const std::vector<TokenBatch>& mi
 // A TrainEngine on one GPU over `host` (weights, trainable set and multipliers copied in
 // now; batches of up to max_tokens tokens in rows of up to max_seq_len). Gradients for importance estimates come
 // from the device (copy_gradients_to_host); the optimizer state stays on the device.
+// With a communicator of several ranks it is this rank's part of a data-parallel job:
+// step, pull_weights, gradient, save_optimizer_state and push_weights are collective
+// (every rank calls them at the same points); loss is local.
 std::unique_ptr<TrainEngine> make_cuda_engine(Decoder<float>& host, const TrainConfig& config, int64_t max_tokens,
-                                              int64_t max_seq_len);
+                                              int64_t max_seq_len,
+                                              std::shared_ptr<dist::Communicator> communicator = nullptr);
 
 }  // namespace adept

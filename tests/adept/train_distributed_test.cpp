@@ -1,0 +1,230 @@
+// Data parallelism in the training loop and the CLI's checks (dist/README.md): one
+// process (no launcher, or a communicator of world 1) trains bit for bit as before;
+// several processes need the CUDA backend and a global batch the process count divides;
+// a rank other than 0 writes nothing and counts the job's tokens. The collectives
+// themselves run on GPUs only (tests/gpu/train_data_parallel_test.cpp).
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "common/random.hpp"
+#include "common/temp_dir.hpp"
+#include "core/error.hpp"
+#include "dist/communicator.hpp"
+#include "dist/launch_env.hpp"
+#include "dist/sharded_loader.hpp"
+#include "pipeline/method_training.hpp"
+#include "pipeline/study_data.hpp"
+
+namespace adept {
+namespace {
+
+namespace fs = std::filesystem;
+
+using testing_support::TempDir;
+
+std::string random_text(std::mt19937_64& rng, int paragraphs) {
+  std::string text;
+  std::uniform_int_distribution<int> words(3, 40), letters(1, 8), letter('a', 'z');
+  for (int p = 0; p < paragraphs; ++p) {
+    for (int w = words(rng); w > 0; --w) {
+      for (int l = letters(rng); l > 0; --l) text += char(letter(rng));
+      text += ' ';
+    }
+    text += "\n\n";
+  }
+  return text;
+}
+
+RunConfig small_run(const fs::path& dir, std::mt19937_64& rng) {
+  RunConfig rc = load_run_config("");
+  std::ofstream(dir / "general.txt") << random_text(rng, 40);
+  std::ofstream(dir / "domain.txt") << random_text(rng, 40);
+  rc.data.general = {(dir / "general.txt").string()};
+  rc.data.domain = {(dir / "domain.txt").string()};
+  rc.data.general_split = rc.data.domain_split = "blocks";
+  rc.data.holdout_fraction = 0.1;
+  rc.data.replay = 0.25;
+  rc.run.out_dir = (dir / "run").string();
+  rc.model.num_hidden_layers = 2;
+  rc.model.hidden_size = 32;
+  rc.model.intermediate_size = 48;
+  for (TrainConfig* t : {&rc.pretrain, &rc.train}) {
+    t->steps = 5, t->seq_len = 16, t->batch_size = 4, t->eval_every = 2, t->eval_batches = 1, t->warmup_steps = 1;
+    t->checkpoint_every = 2, t->seed = rng();
+  }
+  rc.expand.layers = 1;
+  rc.probe.batches = 1;
+  rc.eval.batches = 1;
+  validate_run_config(rc);
+  return rc;
+}
+
+// A communicator that only says how many ranks there are (no collective is reached
+// before the checks under test fail).
+class CountOnlyCommunicator final : public dist::Communicator {
+ public:
+  CountOnlyCommunicator(int rank, int world) : rank_(rank), world_(world) {}
+  int rank() const override { return rank_; }
+  int world() const override { return world_; }
+  bool device_buffers() const override { return false; }
+  std::string name() const override { return "count-only"; }
+  void all_reduce(const void*, void*, size_t, dist::DataType, dist::ReduceOp, void*) override { unreachable(); }
+  void reduce_scatter(const void*, void*, size_t, dist::DataType, dist::ReduceOp, void*) override { unreachable(); }
+  void all_gather(const void*, void*, size_t, dist::DataType, void*) override { unreachable(); }
+  void synchronize(void*) override { unreachable(); }
+  void all_reduce_host(double*, size_t, dist::ReduceOp) override { unreachable(); }
+
+ private:
+  static void unreachable() { FAIL() << "a collective was called"; }
+  int rank_, world_;
+};
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool same_values(const Decoder<float>& a, const Decoder<float>& b) {
+  const auto& x = a.params().values();
+  const auto& y = b.params().values();
+  return x.size() == y.size() && std::memcmp(x.data(), y.data(), sizeof(float) * x.size()) == 0;
+}
+
+TEST(TrainDistributed, NoLauncherVariablesIsOneProcessAndPassesTheChecks) {
+  dist::LaunchEnv env = dist::read_launch_env([](const char*) -> const char* { return nullptr; });
+  EXPECT_FALSE(env.distributed());
+  RunConfig rc = load_run_config("");
+  rc.train.batch_size = 3;  // any batch, any backend: world 1 is today's path
+  EXPECT_NO_THROW(validate_data_parallel(rc, env.world));
+}
+
+TEST(TrainDistributed, CpuBackendUnderSeveralProcessesIsAClearError) {
+  RunConfig rc = load_run_config("");
+  rc.train.backend = "cpu";
+  rc.train.batch_size = 8;
+  std::string e = error_of([&] { validate_data_parallel(rc, 2); });
+  EXPECT_NE(e.find("train.backend"), std::string::npos) << e;
+  EXPECT_NE(e.find("\"cuda\""), std::string::npos) << e;
+  EXPECT_NE(e.find("2 processes"), std::string::npos) << e;
+
+  Decoder<float> model(rc.model);
+  model.init_random(1, 0.02);
+  e = error_of([&] {
+    make_train_engine(model, rc.train, 64, 16, std::make_shared<CountOnlyCommunicator>(0, 2));
+  });
+  EXPECT_NE(e.find("backend = \"cuda\""), std::string::npos) << e;
+}
+
+TEST(TrainDistributed, GlobalBatchNotAMultipleOfTheProcessCountIsAnErrorNamingTheField) {
+  RunConfig rc = load_run_config("");
+  rc.train.backend = "cuda";  // set past validate_run_config: the check itself needs no GPU
+  rc.train.batch_size = 6;
+  std::string e = error_of([&] { validate_data_parallel(rc, 4); });
+  EXPECT_NE(e.find("train.batch_size (6)"), std::string::npos) << e;
+  EXPECT_NE(e.find("(4)"), std::string::npos) << e;
+  EXPECT_NO_THROW(validate_data_parallel(rc, 3));
+  EXPECT_NO_THROW(validate_data_parallel(rc, 2));
+}
+
+TEST(TrainDistributed, AWorldOneCommunicatorTrainsBitForBitAsNone) {
+  auto rng = testing_support::make_rng(101);
+  TempDir tmp(rng());
+  RunConfig rc = small_run(tmp.path, rng);
+  StudyData data = open_study_data(rc, rc.run.out_dir, false);
+  Decoder<float> base(rc.model);
+  base.init_random(rng(), 0.1);
+  MethodModel plain = prepare_method_model("full", base, nullptr, rc);
+  MethodTraining a = train_method("full", plain, data, rc, (tmp.path / "plain").string(), false);
+  MethodModel local = prepare_method_model("full", base, nullptr, rc);
+  MethodTraining b = train_method("full", local, data, rc, (tmp.path / "local").string(), false, -1,
+                                  std::make_shared<dist::LocalCommunicator>());
+  EXPECT_TRUE(same_values(plain.model, local.model));
+  ASSERT_EQ(a.train.steps.size(), b.train.steps.size());
+  for (size_t i = 0; i < a.train.steps.size(); ++i) {
+    EXPECT_EQ(a.train.steps[i].loss, b.train.steps[i].loss) << i;
+    EXPECT_EQ(a.train.steps[i].grad_norm, b.train.steps[i].grad_norm) << i;
+  }
+  ASSERT_EQ(a.train.evals.size(), b.train.evals.size());
+  for (size_t i = 0; i < a.train.evals.size(); ++i) EXPECT_EQ(a.train.evals[i].loss, b.train.evals[i].loss) << i;
+  EXPECT_EQ(a.train.tokens, b.train.tokens);
+}
+
+TEST(TrainDistributed, AOneRankShardedLoaderTrainsBitForBitAsThePackedLoader) {
+  auto rng = testing_support::make_rng(102);
+  TempDir tmp(rng());
+  RunConfig rc = small_run(tmp.path, rng);
+  StudyData data = open_study_data(rc, rc.run.out_dir, false);
+  std::vector<LoaderSource> sources;
+  add_loader_sources(sources, data.domain, 1.0);
+  const uint64_t seed = rng();
+  TrainOptions o;
+  o.show_progress = false;
+
+  Decoder<float> packed_model(rc.model);
+  packed_model.init_random(seed, 0.1);
+  PackedLoader packed(sources, data.loader_config(rc.train));
+  auto packed_engine = make_cpu_engine(packed_model, adamw_config(rc.train));
+  TrainResult a = train(packed_model, *packed_engine, rc.train, loader_train_data(packed), o);
+
+  Decoder<float> sharded_model(rc.model);
+  sharded_model.init_random(seed, 0.1);
+  dist::ShardedLoader sharded(sources, data.loader_config(rc.train), 0, 1);
+  auto sharded_engine = make_cpu_engine(sharded_model, adamw_config(rc.train));
+  TrainResult b = train(sharded_model, *sharded_engine, rc.train, loader_train_data(sharded), o);
+
+  EXPECT_TRUE(same_values(packed_model, sharded_model));
+  ASSERT_EQ(a.steps.size(), b.steps.size());
+  for (size_t i = 0; i < a.steps.size(); ++i) EXPECT_EQ(a.steps[i].loss, b.steps[i].loss) << i;
+  EXPECT_EQ(a.tokens, b.tokens);
+}
+
+TEST(TrainDistributed, ARankOtherThanZeroWritesNoMetricsNorCheckpointsAndCountsTheJobsTokens) {
+  auto rng = testing_support::make_rng(103);
+  TempDir tmp(rng());
+  RunConfig rc = small_run(tmp.path, rng);
+  StudyData data = open_study_data(rc, rc.run.out_dir, false);
+  std::vector<LoaderSource> sources;
+  add_loader_sources(sources, data.domain, 1.0);
+  const uint64_t seed = rng();
+
+  // The loop's own part only: a CPU engine that communicates nothing, told it is rank r
+  // of 2 (each "rank" here draws the same batches).
+  auto run = [&](int rank, const fs::path& dir, Decoder<float>& model) {
+    PackedLoader loader(sources, data.loader_config(rc.train));
+    auto engine = make_cpu_engine(model, adamw_config(rc.train));
+    TrainOptions o;
+    o.show_progress = false;
+    o.metrics_path = (dir / "metrics.jsonl").string();
+    o.checkpoint.dir = (dir / "checkpoints").string();
+    o.checkpoint.every = rc.train.checkpoint_every;
+    o.rank = rank;
+    o.world = 2;
+    fs::create_directories(dir);
+    return train(model, *engine, rc.train, loader_train_data(loader), o);
+  };
+  Decoder<float> lead_model(rc.model), other_model(rc.model);
+  lead_model.init_random(seed, 0.1);
+  other_model.init_random(seed, 0.1);
+  TrainResult lead = run(0, tmp.path / "rank0", lead_model);
+  TrainResult other = run(1, tmp.path / "rank1", other_model);
+
+  EXPECT_TRUE(fs::exists(tmp.path / "rank0" / "metrics.jsonl"));
+  EXPECT_TRUE(fs::exists(tmp.path / "rank0" / "checkpoints" / "latest.json"));
+  EXPECT_FALSE(fs::exists(tmp.path / "rank1" / "metrics.jsonl"));
+  EXPECT_FALSE(fs::exists(tmp.path / "rank1" / "checkpoints"));
+  EXPECT_TRUE(same_values(lead_model, other_model));
+  EXPECT_EQ(lead.tokens, other.tokens);
+  // Each rank trains on its share of the global batch: the job's tokens are world × its own.
+  EXPECT_EQ(lead.tokens, 2 * rc.train.steps * rc.train.grad_accum * rc.train.batch_size * rc.train.seq_len);
+}
+
+}  // namespace
+}  // namespace adept
