@@ -9,6 +9,7 @@
 
 #include "common/random.hpp"
 #include "common/temp_dir.hpp"
+#include "small_study.hpp"
 #include "core/embedded.hpp"
 #include "method/layer_importance.hpp"
 #include "pipeline/method_training.hpp"
@@ -22,42 +23,10 @@ namespace fs = std::filesystem;
 
 using testing_support::TempDir;
 
-// Random "words" in blank-line separated paragraphs: documents of varied lengths.
-std::string random_text(std::mt19937_64& rng, int paragraphs) {
-  std::string text;
-  std::uniform_int_distribution<int> words(3, 40), letters(1, 8), letter('a', 'z');
-  for (int p = 0; p < paragraphs; ++p) {
-    for (int w = words(rng); w > 0; --w) {
-      for (int l = letters(rng); l > 0; --l) text += char(letter(rng));
-      text += ' ';
-    }
-    text += "\n\n";
-  }
-  return text;
-}
-
 RunConfig small_run(const fs::path& dir, std::mt19937_64& rng) {
-  RunConfig rc = load_run_config("");
-  std::ofstream(dir / "general.txt") << random_text(rng, 60);
-  std::ofstream(dir / "domain.txt") << random_text(rng, 60);
-  rc.data.general = {(dir / "general.txt").string()};
-  rc.data.domain = {(dir / "domain.txt").string()};
-  rc.data.general_split = rc.data.domain_split = "blocks";
-  rc.data.holdout_fraction = 0.1;
-  rc.data.replay = 0.25;  // two sources: the loader position covers both
-  rc.run.out_dir = (dir / "run").string();
-  rc.model.num_hidden_layers = 3;
-  rc.model.hidden_size = 32;
-  rc.model.intermediate_size = 48;
-  for (TrainConfig* t : {&rc.pretrain, &rc.train}) {
-    t->steps = 7, t->seq_len = 16, t->batch_size = 2, t->eval_every = 3, t->eval_batches = 1, t->warmup_steps = 1;
-    t->checkpoint_every = 3, t->seed = rng();
-  }
+  RunConfig rc = testing_study::small_study_config(dir, rng);
   rc.adept.reestimate_every = 2;
   rc.adept.granularity = "row";
-  rc.expand.layers = 1;
-  rc.probe.batches = 1;
-  rc.eval.batches = 1;
   validate_run_config(rc);
   return rc;
 }

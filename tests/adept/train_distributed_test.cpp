@@ -12,6 +12,7 @@
 
 #include "common/random.hpp"
 #include "common/temp_dir.hpp"
+#include "small_study.hpp"
 #include "core/error.hpp"
 #include "dist/communicator.hpp"
 #include "dist/launch_env.hpp"
@@ -26,39 +27,10 @@ namespace fs = std::filesystem;
 
 using testing_support::TempDir;
 
-std::string random_text(std::mt19937_64& rng, int paragraphs) {
-  std::string text;
-  std::uniform_int_distribution<int> words(3, 40), letters(1, 8), letter('a', 'z');
-  for (int p = 0; p < paragraphs; ++p) {
-    for (int w = words(rng); w > 0; --w) {
-      for (int l = letters(rng); l > 0; --l) text += char(letter(rng));
-      text += ' ';
-    }
-    text += "\n\n";
-  }
-  return text;
-}
-
 RunConfig small_run(const fs::path& dir, std::mt19937_64& rng) {
-  RunConfig rc = load_run_config("");
-  std::ofstream(dir / "general.txt") << random_text(rng, 40);
-  std::ofstream(dir / "domain.txt") << random_text(rng, 40);
-  rc.data.general = {(dir / "general.txt").string()};
-  rc.data.domain = {(dir / "domain.txt").string()};
-  rc.data.general_split = rc.data.domain_split = "blocks";
-  rc.data.holdout_fraction = 0.1;
-  rc.data.replay = 0.25;
-  rc.run.out_dir = (dir / "run").string();
-  rc.model.num_hidden_layers = 2;
-  rc.model.hidden_size = 32;
-  rc.model.intermediate_size = 48;
-  for (TrainConfig* t : {&rc.pretrain, &rc.train}) {
-    t->steps = 5, t->seq_len = 16, t->batch_size = 4, t->eval_every = 2, t->eval_batches = 1, t->warmup_steps = 1;
-    t->checkpoint_every = 2, t->seed = rng();
-  }
-  rc.expand.layers = 1;
-  rc.probe.batches = 1;
-  rc.eval.batches = 1;
+  testing_study::SmallStudy s;
+  s.paragraphs = 40, s.layers = 2, s.steps = 5, s.batch_size = 4, s.every = 2;
+  RunConfig rc = testing_study::small_study_config(dir, rng, s);
   validate_run_config(rc);
   return rc;
 }
