@@ -131,6 +131,10 @@ std::string run_pipeline(const RunConfig& rc, const PipelineOptions& options) {
   std::string base_key;
   if (!rc.run.base.empty()) {
     base_model.emplace(load_hf_model(rc.run.base, &base_hf));
+    for (const char* section : {"model", "pretrain"})
+      if (rc.user_sections.count(section))
+        fmt::print("note     [{}] of {} is not used: the base model is {} (its config.json sets the architecture)\n",
+                   section, rc.source, rc.run.base);
     check_vocabulary(base_model->config().vocab_size, data.tokenizer, rc.run.base + "/config.json");
     if (rc.train.seq_len > base_model->config().max_position_embeddings)
       fail("{}: train.seq_len ({}) exceeds max_position_embeddings ({}) of {}/config.json", rc.source, rc.train.seq_len,

@@ -241,7 +241,9 @@ RunConfig load_run_config(const std::string& path) {
   c.source = kDefaultConfig;
   if (!path.empty()) {
     std::string text = read_text_source(path);
-    apply(parse(text, path), path, c);
+    toml::table user = parse(text, path);
+    apply(user, path, c);
+    for (const auto& [key, value] : user) c.user_sections.insert(std::string(key.str()));
     c.source = path;
   }
   try {

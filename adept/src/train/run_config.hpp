@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -125,6 +126,9 @@ struct RunConfig {
   FreezeConfig freeze;
   EvalConfig eval;
   std::string source;  // where it was read from, for messages
+  // Sections the user's file sets (not the embedded default's), so that a section that
+  // has no effect in this run (e.g. [model] when run.base is given) can be said so.
+  std::set<std::string> user_sections;
 };
 
 // Loads the embedded default, then `path` over it (empty path: the default alone).
