@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/random.hpp"
+#include "common/temp_dir.hpp"
 #include "core/embedded.hpp"
 #include "core/error.hpp"
 #include "pipeline/run_pipeline.hpp"
@@ -16,6 +17,7 @@ namespace adept {
 namespace {
 
 namespace fs = std::filesystem;
+using testing_support::TempDir;
 
 std::string write_temp(const fs::path& dir, const std::string& name, const std::string& text) {
   fs::path p = dir / name;
@@ -25,8 +27,8 @@ std::string write_temp(const fs::path& dir, const std::string& name, const std::
 
 TEST(Pipeline, RunsEveryMethodAndWritesTheReport) {
   auto rng = testing_support::make_rng(41);
-  fs::path dir = fs::temp_directory_path() / ("adept-pipeline-" + std::to_string(rng()));
-  fs::create_directories(dir);
+  TempDir tmp(rng);  // removed even when an expectation fails
+  const fs::path& dir = tmp.path;
   std::string corpus = read_text_source("embedded:data/tiny/corpus.txt");
   RunConfig rc = load_run_config("");
   rc.data.general = {write_temp(dir, "general.txt", corpus.substr(0, corpus.size() / 2))};
@@ -79,13 +81,13 @@ TEST(Pipeline, RunsEveryMethodAndWritesTheReport) {
   for (const char* row : {"| base |", "| adept |", "| full |", "| llama-pro |", "| freeze |", "| adept-uniform |",
                           "| adept-one-lr |"})
     EXPECT_NE(text.find(row), std::string::npos) << row;
-  fs::remove_all(dir);
 }
 
 TEST(Pipeline, MissingCorpusFileIsAClearError) {
   RunConfig rc = load_run_config("");
   rc.data.general = {"/nonexistent/general.txt"};
-  rc.run.out_dir = (fs::temp_directory_path() / "adept-missing").string();
+  TempDir tmp(uint64_t(0));
+  rc.run.out_dir = (tmp.path / "run").string();
   PipelineOptions quiet;
   quiet.show_progress = false;
   try {
