@@ -209,9 +209,8 @@ TEST(HfBase, ASequenceLongerThanTheBaseCanPlaceIsAnErrorNamingItsConfig) {
 }
 
 TEST(HfBase, AMissingBaseDirectoryIsAClearError) {
-  RunConfig rc = load_run_config("");
   TempDir tmp(75);
-  rc = study_on(tmp.path, "/nonexistent/base-model");
+  RunConfig rc = study_on(tmp.path, "/nonexistent/base-model");
   PipelineOptions quiet;
   quiet.show_progress = false;
   try {

@@ -14,6 +14,7 @@
 
 #include "backends.hpp"
 #include "cuda_check.hpp"
+#include "workspace.hpp"
 #include "fa4_softmax.cuh"
 #include "kernels.hpp"
 #include "params.hpp"
@@ -198,31 +199,6 @@ AttentionParams common_params(const Args& a, const ProblemShape& shape, cudaStre
   p.sink = o.sink;
   return p;
 }
-
-// Stream-ordered scratch memory, released on the stream when it goes out of scope.
-class Workspace {
- public:
-  Workspace(size_t bytes, cudaStream_t stream) : stream_(stream) {
-    if (bytes > 0) FLASH4_CUDA_CHECK(cudaMallocAsync(&base_, bytes, stream));
-  }
-  ~Workspace() {
-    if (base_ != nullptr) cudaFreeAsync(base_, stream_);  // nothing to report from a destructor
-  }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-  // Carves `count` floats, 256-byte aligned, in order.
-  float* take(size_t count) {
-    float* p = reinterpret_cast<float*>(static_cast<char*>(base_) + used_);
-    used_ += (count * sizeof(float) + 255) / 256 * 256;
-    return p;
-  }
-  static size_t bytes_for(size_t count) { return (count * sizeof(float) + 255) / 256 * 256; }
-
- private:
-  void* base_ = nullptr;
-  size_t used_ = 0;
-  cudaStream_t stream_;
-};
 
 template <class Body>
 flash4_status guarded_cuda(Body&& body) {

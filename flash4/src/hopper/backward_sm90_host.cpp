@@ -17,6 +17,7 @@
 #include "cuda/fa4_softmax.cuh"
 #include "cuda/kernels.hpp"
 #include "cuda/params.hpp"
+#include "cuda/workspace.hpp"
 #include "hopper/backward_sm90.hpp"
 #include "hopper/host.hpp"
 #include "hopper/launch.hpp"
@@ -47,31 +48,6 @@ std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shap
   return sm90_device_gap(hopper::backward_sm90_runs_here());
 }
 
-// Stream-ordered fp32 scratch (dQ accumulator, lse2, D), released on the stream.
-class Workspace {
- public:
-  Workspace(size_t bytes, cudaStream_t stream) : stream_(stream) {
-    if (bytes > 0) FLASH4_CUDA_CHECK(cudaMallocAsync(&base_, bytes, stream));
-  }
-  ~Workspace() {
-    if (base_ != nullptr) cudaFreeAsync(base_, stream_);  // nothing to report from a destructor
-  }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-  // `count` floats, 256-byte aligned (the kernel's 256-byte bulk copies need 16), in order.
-  float* take(size_t count) {
-    float* p = reinterpret_cast<float*>(static_cast<char*>(base_) + used_);
-    used_ += bytes_for(count);
-    return p;
-  }
-  static size_t bytes_for(size_t count) { return (count * sizeof(float) + 255) / 256 * 256; }
-
- private:
-  void* base_ = nullptr;
-  size_t used_ = 0;
-  cudaStream_t stream_;
-};
-
 }  // namespace
 
 bool hopper_backward_preferred(flash4_backend requested) {
@@ -93,33 +69,11 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
       return false;
     }
 
-  cuda::AttentionParams p;
-  p.dtype = a.q.dtype == FLASH4_BF16 ? cuda::DType::bf16 : cuda::DType::f16;
-  p.q = dense_layout(a.q);
-  p.k = dense_layout(a.k);
-  p.v = dense_layout(a.v);
-  p.out = dense_layout(a.out);
+  cuda::AttentionParams p = dense_attention_params(a, shape);  // lse: [B, Hq, Sq], required here
   p.dout = dense_layout(a.dout);
   p.dq = dense_layout(a.dq);
   p.dk = dense_layout(a.dk);
   p.dv = dense_layout(a.dv);
-  p.lse = static_cast<float*>(a.lse.data);  // [B, Hq, Sq]
-  p.lse_batch_stride = a.lse.stride[0];
-  p.lse_head_stride = a.lse.stride[1];
-  p.lse_row_stride = a.lse.stride[2];
-  p.batch = int(shape.batch);
-  p.heads_q = int(shape.heads_q);
-  p.heads_kv = int(shape.heads_kv);
-  p.group = int(shape.heads_q / shape.heads_kv);
-  p.d_qk = int(shape.d_qk);
-  p.d_v = int(shape.d_v);
-  p.seqlen_q = int(shape.seqlen_q);
-  p.seqlen_k = int(shape.seqlen_k);
-  p.tokens_q = shape.tokens_q;
-  p.tokens_k = shape.tokens_k;
-  p.scale = float(shape.softmax_scale);
-  p.scale_log2 = float(shape.softmax_scale * 1.4426950408889634);
-  p.causal = a.options.causal != 0;
   p.deterministic = false;
 
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);

@@ -162,31 +162,7 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
       return false;
     }
 
-  cuda::AttentionParams p;
-  p.dtype = a.q.dtype == FLASH4_BF16 ? cuda::DType::bf16 : cuda::DType::f16;
-  p.q = dense_layout(a.q);
-  p.k = dense_layout(a.k);
-  p.v = dense_layout(a.v);
-  p.out = dense_layout(a.out);
-  if (a.lse.data != nullptr) {  // [B, Hq, Sq]
-    p.lse = static_cast<float*>(a.lse.data);
-    p.lse_batch_stride = a.lse.stride[0];
-    p.lse_head_stride = a.lse.stride[1];
-    p.lse_row_stride = a.lse.stride[2];
-  }
-  p.batch = int(shape.batch);
-  p.heads_q = int(shape.heads_q);
-  p.heads_kv = int(shape.heads_kv);
-  p.group = int(shape.heads_q / shape.heads_kv);
-  p.d_qk = int(shape.d_qk);
-  p.d_v = int(shape.d_v);
-  p.seqlen_q = int(shape.seqlen_q);
-  p.seqlen_k = int(shape.seqlen_k);
-  p.tokens_q = shape.tokens_q;
-  p.tokens_k = shape.tokens_k;
-  p.scale = float(shape.softmax_scale);
-  p.scale_log2 = float(shape.softmax_scale * 1.4426950408889634);
-  p.causal = a.options.causal != 0;
+  cuda::AttentionParams p = dense_attention_params(a, shape);
   const int emulation = a.tuning.exp2_emulation;
   p.emulate_exp2 = emulation == 2 || (emulation == 0 && kEmulateExp2ByDefault);
   p.rescale_tau = cuda::effective_rescale_threshold(a.tuning.rescale_threshold);
