@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# First device run of flash4's Hopper (sm90a) backward (issue 9), in one call on an H100 /
+# Device check of flash4's Hopper (sm90a) backward (issue 9), in one call on an H100 /
 # H200 from the repository root (carry .device-carry/ for the build dependencies):
 #   1. build   flash4 for sm_90a only (ninja -j16, timed), flash4-only GPU tests and
 #              flash4-bench with nvcc (no adept), SASS of the backward objects (HGMMA count,
@@ -9,7 +9,7 @@
 #              fail, memcheck of one and stop;
 #   3. test    every Hopper backward test (Covered/Flash4HopperBackward.*, dispatch tests),
 #              then the Hopper forward tests (must be unchanged);
-#   4. bench   flash4-bench backward, Hopper (FLASH4_HOPPER_BWD=1) vs portable, d 64 / 128,
+#   4. bench   flash4-bench backward, Hopper (the default) vs portable (FLASH4_HOPPER_BWD=0), d 64 / 128,
 #              S 1024 / 4096 / 16384, causal 0 / 1;
 #   5. check   compute-sanitizer memcheck and racecheck on one small case (last: the call's
 #              10-minute limit may cut it; give it a call of its own then).
@@ -107,21 +107,21 @@ say "Hopper forward tests (unchanged by the backward)"
 timeout 90 $T --gtest_filter='*Flash4Hopper.*:*Flash4HopperDispatch*' > "$OUT/tests_forward.txt" 2>&1
 note "hopper forward tests rc $? ($(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_forward.txt" | head -2 | tr '\n' ' '))"
 if [ $FULL -eq 1 ]; then
-  say "whole flash4 GPU suite with FLASH4_HOPPER_BWD=1"
-  FLASH4_HOPPER_BWD=1 timeout 400 $T > "$OUT/tests_full.txt" 2>&1
+  say "whole flash4 GPU suite (Hopper backward on: the default)"
+  timeout 400 $T > "$OUT/tests_full.txt" 2>&1
   note "full suite with the switch on: rc $? ($(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_full.txt" | head -2 | tr '\n' ' '))"
 fi
 
 # ---- 4. bench ---------------------------------------------------------------------------
 if [ $BENCH -eq 1 ]; then
-  say "flash4-bench backward: Hopper (FLASH4_HOPPER_BWD=1) vs portable, bf16, 16k tokens"
+  say "flash4-bench backward: Hopper (the default) vs portable (FLASH4_HOPPER_BWD=0), bf16, 16k tokens"
   table=("| d | S | causal | bwd TF/s Hopper | bwd TF/s portable | Hopper/portable |" "|---|---|---|---|---|---|")
   for d in 128 64; do
     for S in 1024 4096 16384; do
       for c in 0 1; do
         h=$(FLASH4_HOPPER_BWD=1 timeout 60 $B/bin/flash4-bench --d $d --seqlen $S --causal $c --repeats 10 2>&1 |
             tee -a "$OUT/bench_hopper.txt" | awk -F'|' 'NF >= 4 && $1 ~ /[0-9]/ {split($3, a, " "); print a[2]}')
-        p=$(timeout 60 $B/bin/flash4-bench --d $d --seqlen $S --causal $c --repeats 10 2>&1 |
+        p=$(FLASH4_HOPPER_BWD=0 timeout 60 $B/bin/flash4-bench --d $d --seqlen $S --causal $c --repeats 10 2>&1 |
             tee -a "$OUT/bench_portable.txt" | awk -F'|' 'NF >= 4 && $1 ~ /[0-9]/ {split($3, a, " "); print a[2]}')
         r=$(awk -v h="${h:-0}" -v p="${p:-0}" 'BEGIN {if (p > 0) printf "%.2f", h / p; else print "-"}')
         table+=("| $d | $S | $c | ${h:--} | ${p:--} | $r |")

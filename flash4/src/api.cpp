@@ -44,8 +44,8 @@ flash4_status guarded(const char* entry_point, Body&& body) noexcept {
 flash4_status hopper_not_built() {
 #ifdef FLASH4_HAVE_HOPPER
   set_last_error(
-      "flash4: the Hopper (sm90a) backend's backward is off until it has run on a GPU (FLASH4_HOPPER_BWD=1 enables "
-      "it); use FLASH4_BACKEND_AUTO or FLASH4_BACKEND_PORTABLE");
+      "flash4: the Hopper (sm90a) backward is switched off (FLASH4_HOPPER_BWD=0 in the environment); use "
+      "FLASH4_BACKEND_AUTO or FLASH4_BACKEND_PORTABLE");
 #else
   set_last_error("flash4: the Hopper (sm90a) backend is not built; use FLASH4_BACKEND_AUTO or FLASH4_BACKEND_PORTABLE");
 #endif
@@ -125,7 +125,7 @@ extern "C" flash4_status flash4_backward(const flash4_backward_args* args) {
     flash4::detail::validate_backward(*args);
     std::string not_hopper;  // why the Hopper backward did not run a call it was preferred for
 #ifdef FLASH4_HAVE_HOPPER
-    // Off unless FLASH4_HOPPER_BWD=1 (not yet run on a GPU): then AUTO and HOPPER try it.
+    // On unless FLASH4_HOPPER_BWD=0: AUTO and HOPPER try it first.
     if (args->device == FLASH4_CUDA && flash4::detail::hopper_backward_preferred(args->backend)) {
       flash4_status status = FLASH4_OK;
       if (flash4::detail::hopper_backward(*args, &status, &not_hopper)) {

@@ -32,10 +32,9 @@ flash4_status portable_backward(const flash4_backward_args& args);
 // FLASH4_BACKEND=portable|hopper overrides it for A/B runs).
 bool hopper_preferred(flash4_backend requested);
 bool hopper_forward(const flash4_forward_args& args, flash4_status* status, std::string* gap);
-// The Hopper backward (hopper/backward_sm90*), NOT YET RUN ON A GPU: preferred only when
-// FLASH4_HOPPER_BWD=1 (and the backend requested is AUTO without FLASH4_BACKEND=portable,
-// or HOPPER); without it every backward call runs as before. hopper_backward: as
-// hopper_forward.
+// The Hopper backward (hopper/backward_sm90*): preferred for AUTO (without
+// FLASH4_BACKEND=portable) and HOPPER unless FLASH4_HOPPER_BWD=0 (the A/B switch).
+// hopper_backward: as hopper_forward.
 bool hopper_backward_preferred(flash4_backend requested);
 bool hopper_backward(const flash4_backward_args& args, flash4_status* status, std::string* gap);
 // FLASH4_LOG=1: one line on stderr per call naming the implementation that ran, and why

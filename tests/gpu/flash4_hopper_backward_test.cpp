@@ -1,13 +1,12 @@
 // flash4's Hopper (sm90a) backward against the float64 CPU reference, on an sm_90 device,
-// with the kernel switched on (FLASH4_HOPPER_BWD=1, set by each test and restored): every
+// with the kernel on (the default; each test clears FLASH4_HOPPER_BWD and restores it): every
 // case it covers (dense bf16 / fp16, d = 64 and 128, GQA / MQA, causal or not, BSHD / BHSD,
 // padded rows) must run on it -- the GPU backward's flash4_last_backend() says "hopper" --
 // and dq, dk, dv must match the reference within the dtype's tolerance; the gradients are
 // NaN-poisoned before each call (ProblemRunner), so an unwritten element fails. Lengths
 // {1, 17, 128, 1000, 4097} as Sq = Sk, Sq < Sk and Sq > Sk. Calls the kernel does not
 // cover (deterministic, softcap, d = 96) run on the portable backward, as does every call
-// without the switch (the default) and with FLASH4_BACKEND=portable.
-// Written before the kernel first ran on a GPU (scripts/hopper_bwd_check.sh runs it).
+// with FLASH4_HOPPER_BWD=0 or FLASH4_BACKEND=portable.
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -86,7 +85,7 @@ class Flash4HopperBackward : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperBackward, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv on("FLASH4_HOPPER_BWD", "1");
+  ScopedEnv on("FLASH4_HOPPER_BWD", nullptr);
   ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
   const std::string backend = check_backward(GetParam());
   EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
@@ -179,16 +178,20 @@ Problem small(const char* label) {
   return p;
 }
 
-TEST(Flash4HopperBackwardDispatch, OffByDefault) {
+TEST(Flash4HopperBackwardDispatch, OnByDefaultAndZeroSwitchesItOff) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv off("FLASH4_HOPPER_BWD", nullptr);
   ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
-  EXPECT_EQ(check_backward(small("default")), "portable");
+  {
+    ScopedEnv unset("FLASH4_HOPPER_BWD", nullptr);
+    EXPECT_EQ(check_backward(small("default")), "hopper");
+  }
+  ScopedEnv off("FLASH4_HOPPER_BWD", "0");
+  EXPECT_EQ(check_backward(small("switched off")), "portable");
 }
 
 TEST(Flash4HopperBackwardDispatch, UncoveredCallsRunOnThePortableBackward) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv on("FLASH4_HOPPER_BWD", "1");
+  ScopedEnv on("FLASH4_HOPPER_BWD", nullptr);
   ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
   Problem p = small("deterministic");
   p.deterministic = true;
@@ -203,7 +206,7 @@ TEST(Flash4HopperBackwardDispatch, UncoveredCallsRunOnThePortableBackward) {
 
 TEST(Flash4HopperBackwardDispatch, EnvironmentForcesThePortableBackward) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv on("FLASH4_HOPPER_BWD", "1");
+  ScopedEnv on("FLASH4_HOPPER_BWD", nullptr);
   ScopedEnv portable("FLASH4_BACKEND", "portable");
   EXPECT_EQ(check_backward(small("forced portable")), "portable");
 }

@@ -1,6 +1,5 @@
-// Hopper (sm90a) backward kernel, FlashAttention-3 style. NOT YET RUN ON A GPU (written
-// without device time; scripts/hopper_bwd_check.sh is the first run). Off unless
-// FLASH4_HOPPER_BWD=1 (api.cpp).
+// Hopper (sm90a) backward kernel, FlashAttention-3 style. On by default for the calls it
+// covers; FLASH4_HOPPER_BWD=0 turns it off (api.cpp). scripts/hopper_bwd_check.sh checks it.
 //
 // One CTA per (key block of BN = 128 keys, KV head, sequence); it loops over every query
 // head of the KV head's GQA group and every query block of BM = 64 rows that sees its
