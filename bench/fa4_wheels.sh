@@ -20,7 +20,7 @@ dl() {
 mkdir -p .whl/all .whl/part1 .whl/part2
 dl --pre "flash-attn-4==4.0.0b36"
 dl "nvidia-cutlass-dsl==4.8.1" "nvidia-cutlass-dsl-libs-base==4.8.1" "nvidia-cutlass-dsl-libs-cu13==4.8.1" \
-  "apache-tvm-ffi==0.1.15.post2" "torch-c-dlpack-ext==0.1.5" "quack-kernels==0.6.5"
+  "apache-tvm-ffi==0.1.15.post2" "torch-c-dlpack-ext==0.1.5" "quack-kernels==0.6.5" "einops==0.8.1"
 for w in .whl/all/*.whl; do
   if [ "$(stat -c %s "$w")" -gt $((60 * 1024 * 1024)) ]; then
     split -b 50M "$w" ".whl/all/$(basename "$w").part-"

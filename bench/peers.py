@@ -9,7 +9,10 @@ torch.autograd.grad over the forward's graph. bf16, BSHD, 16384 tokens in total
 (batch = 16384 / S), hidden 2048 (heads = 2048 / d); FLOPs by convention (forward
 4 B H S^2 d, halved when causal; backward 2.5x forward; fwd+bwd 3.5x over the sum of the
 two times); CUDA events, median of the repeats after warm-up. Also checks that flash4's
-output matches cuDNN's.
+output matches cuDNN's. When FlashAttention-4 (PyPI flash-attn-4, module flash_attn.cute;
+bench/fa4_wheels.sh carries it to the GPU machine) imports, it is timed too, the same way
+(flash_attn_func on the BSHD tensors, backward by autograd); its kernels compile on first
+use (CuTe DSL JIT), which the warm-up absorbs.
 
     PYTHONPATH=flash4/torch python3 bench/peers.py [--quick] [--repeats 20] [--markdown table.md]
 
@@ -141,6 +144,15 @@ def load_op():
     return flash4
 
 
+def load_fa4():
+    """FlashAttention-4's flash_attn_func, or None (with the reason) when it does not import."""
+    try:
+        from flash_attn.cute import flash_attn_func
+        return flash_attn_func, ""
+    except Exception as e:  # not installed, or its CuTe DSL runtime does not load here
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lib", help="libflash4.so for the ctypes fallback (used only when the op is not built)")
@@ -148,6 +160,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="d = 128, S in {1024, 4096, 16384}")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--markdown", help="also write the table as markdown rows to this file")
+    ap.add_argument("--no-fa4", action="store_true", help="leave FlashAttention-4 out even when it imports")
     args = ap.parse_args()
 
     op = None if args.ctypes else load_op()
@@ -155,17 +168,20 @@ def main():
         sys.exit("peers.py: flash4's PyTorch op is not built (flash4/torch/build.py) and no --lib was given")
     f4 = None if op is not None else Flash4(args.lib)
     via = "torch.ops.flash4 (autograd)" if op is not None else f"ctypes {args.lib}"
+    fa4, why_no_fa4 = (None, "--no-fa4") if args.no_fa4 else load_fa4()
+    if fa4 is None:
+        print(f"FlashAttention-4 not in the table: {why_no_fa4}")
     print(f"peers on {torch.cuda.get_device_name()} with torch {torch.__version__}, "
           f"cuDNN {torch.backends.cudnn.version()}; flash4 via {via}; bf16, 16384 tokens, hidden 2048; "
           f"TFLOPs fwd/bwd/fwd+bwd")
     dims = [128] if args.quick else [64, 128, 256]
     lengths = [1024, 4096, 16384] if args.quick else [512, 1024, 2048, 4096, 8192, 16384]
-    header = (f"{'d':>4} {'S':>6} {'causal':>6} | {'flash4':>15} | {'cuDNN':>15} | {'FA2':>15} | "
-              f"{'f4/cuDNN':>14} | {'f4/FA2':>14} | max|f4-cuDNN|")
+    header = (f"{'d':>4} {'S':>6} {'causal':>6} | {'flash4':>15} | {'cuDNN':>15} | {'FA2':>15} | {'FA4':>15} | "
+              f"{'f4/cuDNN':>14} | {'f4/FA2':>14} | {'f4/FA4':>14} | max|f4-cuDNN|")
     print(header)
     print("-" * len(header))
-    md = ["| d | S | causal | flash4 | cuDNN | FA2 | f4/cuDNN | f4/FA2 | max\\|f4-cuDNN\\| |",
-          "|---|---|---|---|---|---|---|---|---|"]
+    md = ["| d | S | causal | flash4 | cuDNN | FA2 | FA4 | f4/cuDNN | f4/FA2 | f4/FA4 | max\\|f4-cuDNN\\| |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     backend = None
     for d in dims:
         for S in lengths:
@@ -212,6 +228,27 @@ def main():
                         print(f"  {name} unavailable: {str(e).splitlines()[0]}", file=sys.stderr)
                         result[name] = None
 
+                if fa4 is not None:
+                    # FA4 takes BSHD as flash4 does; it returns (out, lse) or out by version.
+                    def fa4_out(*t):
+                        r = fa4(*t, causal=causal)
+                        return r[0] if isinstance(r, tuple) else r
+                    try:
+                        qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+                        with torch.no_grad():
+                            fwd = median_ms(lambda: fa4_out(q, k, v), 3, args.repeats)
+                        og = fa4_out(qg, kg, vg)
+                        bwd = median_ms(lambda: torch.autograd.grad(og, (qg, kg, vg), dout, retain_graph=True),
+                                        3, args.repeats)
+                        result["FA4"] = (fwd, bwd, og.detach())
+                        del qg, kg, vg, og
+                    except Exception as e:  # a shape or head dim it does not cover on this GPU
+                        print(f"  FA4 unavailable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                              file=sys.stderr)
+                        result["FA4"] = None
+                else:
+                    result["FA4"] = None
+
                 def tf(ms, scale=1.0):
                     return flops * scale / ms * 1e-9
 
@@ -225,13 +262,14 @@ def main():
                         return "n/a"
                     return f"{r[0] / f4_fwd:.2f}/{r[1] / f4_bwd:.2f}/{(r[0] + r[1]) / (f4_fwd + f4_bwd):.2f}"
 
-                cu, fa = result["cuDNN"], result["FA2"]
+                cu, fa, f4peer = result["cuDNN"], result["FA2"], result["FA4"]
                 mine = (f4_fwd, f4_bwd)
                 diff = (out.float() - cu[2].float()).abs().max().item() if cu else float("nan")
                 print(f"{d:>4} {S:>6} {int(causal):>6} | {cell(mine):>15} | {cell(cu):>15} | {cell(fa):>15} | "
-                      f"{ratio(cu):>14} | {ratio(fa):>14} | {diff:.3g}", flush=True)
-                md.append(f"| {d} | {S} | {int(causal)} | {cell(mine)} | {cell(cu)} | {cell(fa)} | {ratio(cu)} | "
-                          f"{ratio(fa)} | {diff:.2g} |")
+                      f"{cell(f4peer):>15} | {ratio(cu):>14} | {ratio(fa):>14} | {ratio(f4peer):>14} | {diff:.3g}",
+                      flush=True)
+                md.append(f"| {d} | {S} | {int(causal)} | {cell(mine)} | {cell(cu)} | {cell(fa)} | {cell(f4peer)} | "
+                          f"{ratio(cu)} | {ratio(fa)} | {ratio(f4peer)} | {diff:.2g} |")
                 del q, k, v, dout, out, qt, kt, vt, result, o
                 torch.cuda.empty_cache()
     if backend:
