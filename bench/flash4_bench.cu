@@ -9,6 +9,14 @@
 //     --quick   d = 128 only, S in {1024, 4096, 16384}
 //     --tuning  also times the forward's FA4 switches (exp2 emulation on, always-rescale)
 //     --d, --seqlen, --causal   run only that configuration (e.g. under a profiler)
+//   flash4-bench --varlen [--rows R] [--row-len L] [--mean-doc M] [--hq H] [--hkv H] [--d D] [--causal 0|1]
+//     a packed batch as adept trains on it: R rows of L tokens (default 4 x 4096), each cut
+//     into documents of random lengths (uniform in [1, 2M - 1], default M = 1024; the last
+//     one cut at the row's end; a fixed seed, so every run sees the same documents), q / k / v
+//     the column blocks of one fused qkv buffer, cu_seqlens_q = cu_seqlens_k, GQA (default
+//     Hq 32, Hkv 8, d 64, causal); FLOPs by convention per document (4 Hq L^2 d, halved
+//     under causal). Prints the backend that ran each direction (FLASH4_BACKEND=portable
+//     forces the portable kernels).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <flash4/flash4.h>
@@ -158,6 +166,86 @@ double forward_flops(const Shape& s) {
   return s.causal ? f / 2 : f;
 }
 
+// ---- varlen (adept's packed batches) ------------------------------------------------------
+
+struct VarlenShape {
+  int rows = 4, row_len = 4096, mean_doc = 1024, hq = 32, hkv = 8, d = 64;
+  bool causal = true;
+};
+
+// Document boundaries: each row cut into documents of uniform random length in
+// [1, 2 mean - 1], the last one cut at the row's end.
+std::vector<int32_t> document_boundaries(const VarlenShape& v) {
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int> length(1, std::max(1, 2 * v.mean_doc - 1));
+  std::vector<int32_t> cu = {0};
+  for (int r = 0; r < v.rows; ++r) {
+    const int32_t end = cu.back() + v.row_len;
+    while (cu.back() < end) cu.push_back(std::min(end, cu.back() + length(rng)));
+  }
+  return cu;
+}
+
+flash4_tensor strided(void* data, flash4_dtype dtype, std::vector<int64_t> shape, std::vector<int64_t> stride) {
+  flash4_tensor t{};
+  t.data = data;
+  t.dtype = dtype;
+  t.rank = int(shape.size());
+  for (int i = 0; i < t.rank; ++i) t.shape[i] = shape[i], t.stride[i] = stride[i];
+  return t;
+}
+
+int run_varlen(const VarlenShape& v, int repeats) {
+  const std::vector<int32_t> cu = document_boundaries(v);
+  const int64_t N = cu.back(), Hq = v.hq, Hkv = v.hkv, D = v.d, W = (Hq + 2 * Hkv) * D;
+  const int batch = int(cu.size()) - 1;
+  int max_len = 0;
+  double flops = 0;
+  for (int b = 0; b < batch; ++b) {
+    const double L = cu[b + 1] - cu[b];
+    max_len = std::max(max_len, int(L));
+    flops += 4.0 * Hq * L * L * D * (v.causal ? 0.5 : 1.0);
+  }
+  Buffer qkv(size_t(N * W) * 2), dqkv(size_t(N * W) * 2), out(size_t(N * Hq * D) * 2), dout(size_t(N * Hq * D) * 2),
+      lse(size_t(Hq * N) * 4), d_cu(cu.size() * 4);
+  fill_normal_bf16<<<1024, 256>>>(static_cast<__nv_bfloat16*>(qkv.ptr), N * W, 1);
+  fill_normal_bf16<<<1024, 256>>>(static_cast<__nv_bfloat16*>(dout.ptr), N * Hq * D, 2 * N * W);
+  BENCH_CUDA(cudaGetLastError());
+  BENCH_CUDA(cudaMemcpy(d_cu.ptr, cu.data(), cu.size() * 4, cudaMemcpyHostToDevice));
+  auto column = [&](void* base, int64_t offset, int64_t H) {
+    return strided(static_cast<__nv_bfloat16*>(base) + offset, FLASH4_BF16, {N, H, D}, {W, D, 1});
+  };
+  flash4_forward_args f;
+  flash4_forward_args_init(&f);
+  f.device = FLASH4_CUDA;
+  f.q = column(qkv.ptr, 0, Hq), f.k = column(qkv.ptr, Hq * D, Hkv), f.v = column(qkv.ptr, (Hq + Hkv) * D, Hkv);
+  f.out = strided(out.ptr, FLASH4_BF16, {N, Hq, D}, {Hq * D, D, 1});
+  f.lse = strided(lse.ptr, FLASH4_F32, {Hq, N}, {N, 1});
+  f.options.causal = v.causal;
+  f.varlen.cu_seqlens_q = f.varlen.cu_seqlens_k = static_cast<const int32_t*>(d_cu.ptr);
+  f.varlen.batch = batch;
+  f.varlen.max_seqlen_q = f.varlen.max_seqlen_k = max_len;
+  flash4_backward_args b;
+  flash4_backward_args_init(&b);
+  b.device = FLASH4_CUDA;
+  b.q = f.q, b.k = f.k, b.v = f.v, b.out = f.out, b.lse = f.lse, b.options = f.options, b.varlen = f.varlen;
+  b.dout = strided(dout.ptr, FLASH4_BF16, {N, Hq, D}, {Hq * D, D, 1});
+  b.dq = column(dqkv.ptr, 0, Hq), b.dk = column(dqkv.ptr, Hq * D, Hkv), b.dv = column(dqkv.ptr, (Hq + Hkv) * D, Hkv);
+
+  check(flash4_forward(&f), "flash4_forward");
+  const std::string fwd_backend = flash4_last_backend();
+  check(flash4_backward(&b), "flash4_backward");
+  const std::string bwd_backend = flash4_last_backend();
+  const double fwd_ms = median_ms(3, repeats, [&](int) { check(flash4_forward(&f), "flash4_forward"); });
+  const double bwd_ms = median_ms(3, repeats, [&](int) { check(flash4_backward(&b), "flash4_backward"); });
+  std::printf("varlen %d x %d tokens, %d documents (longest %d, mean %.0f), Hq %lld Hkv %lld d %lld causal %d, fused qkv\n",
+              v.rows, v.row_len, batch, max_len, double(N) / batch, (long long)Hq, (long long)Hkv, (long long)D,
+              int(v.causal));
+  std::printf("varlen | fwd %s %.3f ms %.1f TF | bwd %s %.3f ms %.1f TF\n", fwd_backend.c_str(), fwd_ms,
+              flops / fwd_ms * 1e-9, bwd_backend.c_str(), bwd_ms, 2.5 * flops / bwd_ms * 1e-9);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -165,8 +253,16 @@ int main(int argc, char** argv) {
   int repeats = 20;
   const char* csv_path = nullptr;
   int only_d = 0, only_s = 0, only_causal = -1;
+  bool varlen = false;
+  VarlenShape vs;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--varlen")) varlen = true;
+    else if (!std::strcmp(argv[i], "--rows") && i + 1 < argc) vs.rows = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--row-len") && i + 1 < argc) vs.row_len = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--mean-doc") && i + 1 < argc) vs.mean_doc = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--hq") && i + 1 < argc) vs.hq = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--hkv") && i + 1 < argc) vs.hkv = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--d") && i + 1 < argc) only_d = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--seqlen") && i + 1 < argc) only_s = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--causal") && i + 1 < argc) only_causal = std::atoi(argv[++i]);
@@ -174,10 +270,17 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) csv_path = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--quick] [--tuning] [--repeats N] [--csv FILE] [--d D] [--seqlen S] [--causal 0|1]\n",
-                   argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--quick] [--tuning] [--repeats N] [--csv FILE] [--d D] [--seqlen S] [--causal 0|1]\n"
+                   "       %s --varlen [--rows R] [--row-len L] [--mean-doc M] [--hq H] [--hkv H] [--d D] [--causal 0|1]\n",
+                   argv[0], argv[0]);
       return 2;
     }
+  }
+  if (varlen) {
+    if (only_d) vs.d = only_d;
+    if (only_causal >= 0) vs.causal = only_causal != 0;
+    return run_varlen(vs, repeats);
   }
   cudaDeviceProp prop{};
   BENCH_CUDA(cudaGetDeviceProperties(&prop, 0));

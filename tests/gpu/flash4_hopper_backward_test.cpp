@@ -1,10 +1,12 @@
 // flash4's Hopper (sm90a) backward against the float64 CPU reference, on an sm_90 device,
 // with the kernel on (the default; each test clears FLASH4_HOPPER_BWD and restores it): every
 // case it covers (dense bf16 / fp16, d = 64 and 128, GQA / MQA, causal or not, BSHD / BHSD,
-// padded rows) must run on it -- the GPU backward's flash4_last_backend() says "hopper" --
-// and dq, dk, dv must match the reference within the dtype's tolerance; the gradients are
-// NaN-poisoned before each call (ProblemRunner), so an unwritten element fails. Lengths
-// {1, 17, 128, 1000, 4097} as Sq = Sk, Sq < Sk and Sq > Sk. Calls the kernel does not
+// padded rows; packed varlen batches, whose forward must run on the Hopper kernels too)
+// must run on it -- the GPU backward's flash4_last_backend() says "hopper" -- and dq, dk, dv
+// must match the reference within the dtype's tolerance; the gradients are NaN-poisoned
+// before each call (ProblemRunner), so an unwritten element fails (varlen: the rows of no
+// sequence too, whose reference gradient is 0). Lengths {1, 17, 128, 1000, 4097} as
+// Sq = Sk, Sq < Sk and Sq > Sk. Calls the kernel does not
 // cover (deterministic, softcap, d = 96) run on the portable backward, as does every call
 // with FLASH4_HOPPER_BWD=0 or FLASH4_BACKEND=portable.
 #include <cctype>
@@ -12,7 +14,10 @@
 #include <cstdlib>
 #include <functional>
 #include <optional>
+#include <random>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/random.hpp"
 #include "flash4_gpu_problem.hpp"
@@ -53,8 +58,9 @@ class ScopedEnv {
 };
 
 // Forward (whichever backend covers it) and backward of p on the GPU and the reference;
-// checks dq, dk, dv and returns the backend that ran the GPU backward.
-std::string check_backward(const Problem& p) {
+// checks dq, dk, dv and returns the backend that ran the GPU backward (the forward's in
+// *forward_backend when given).
+std::string check_backward(const Problem& p, std::string* forward_backend = nullptr) {
   auto rng = testing_support::make_rng(std::hash<std::string>{}(p.describe()) ^ 0xB4C7u);
   SCOPED_TRACE(p.describe());
   ProblemRunner runner(p, rng);
@@ -62,6 +68,7 @@ std::string check_backward(const Problem& p) {
   Errors e;
   runner.forward(e);
   if (::testing::Test::HasFatalFailure()) return "";
+  if (forward_backend != nullptr) *forward_backend = runner.gpu_backend();
   runner.backward(e);
   if (::testing::Test::HasFatalFailure()) return "";
   std::printf("[ errors ] %s | bwd %s | dq %.2e dk %.2e dv %.2e (slack dq %.1e dk %.1e)\n", p.describe().c_str(),
@@ -169,6 +176,108 @@ std::vector<Problem> covered_cases() {
   return cases;
 }
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackward, ::testing::ValuesIn(covered_cases()), test_name);
+
+// `count` document lengths in [1, max_len] from a fixed generator (stable test names), then
+// `extra` appended.
+std::vector<std::pair<int, int>> documents(uint64_t seed, int count, int max_len, std::vector<int> extra = {}) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> length(1, max_len);
+  std::vector<std::pair<int, int>> docs;
+  for (int i = 0; i < count; ++i) {
+    const int n = length(rng);
+    docs.push_back({n, n});
+  }
+  for (int n : extra) docs.push_back({n, n});
+  return docs;
+}
+
+class Flash4HopperVarlenBackward : public ::testing::TestWithParam<Problem> {};
+
+// Packed batches: the forward and the backward must both run on the Hopper kernels.
+TEST_P(Flash4HopperVarlenBackward, ForwardAndBackwardRunOnHopperAndMatchFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv on("FLASH4_HOPPER_BWD", nullptr);
+  ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
+  std::string forward;
+  const std::string backward = check_backward(GetParam(), &forward);
+  EXPECT_EQ(forward, "hopper") << "the varlen forward ran elsewhere (FLASH4_LOG=1 says why)";
+  EXPECT_EQ(backward, "hopper") << "the varlen backward ran elsewhere (FLASH4_LOG=1 says why)";
+}
+
+// Packed batches (cu_seqlens): documents of lengths 1, 17, not multiples of the tiles (128
+// keys, 64 queries), one of 1000+ tokens, Sq != Sk per sequence (bottom-right causal),
+// empty sequences (a key block no query sees: dk = dv = 0), tokens past cu_seqlens[batch]
+// (their dq / dk / dv rows must be written as 0), padded rows, GQA; each batch causal and
+// not, over d {64, 128} x {bf16, fp16}.
+std::vector<Problem> varlen_cases() {
+  struct Batch {
+    std::vector<std::pair<int, int>> seqs;
+    int Hq, Hkv, pad_q, pad_k;
+  };
+  const Batch batches[] = {
+      {{{1, 1}, {17, 17}, {64, 64}, {129, 129}, {300, 300}}, 4, 2, 0, 0},
+      {documents(21, 8, 400), 8, 2, 5, 3},
+      {{{1000, 1000}, {1, 1}, {17, 17}, {255, 255}}, 2, 1, 0, 7},
+      {{{17, 100}, {100, 17}, {1, 300}, {65, 65}, {0, 5}, {5, 0}, {130, 260}}, 4, 1, 3, 0},
+  };
+  // Every batch causal and not, each with two of the four (d, dtype) pairs: over the
+  // batches, every pair runs twice causal and twice not.
+  const std::pair<int, flash4_dtype> kinds[] = {{64, FLASH4_BF16}, {128, FLASH4_F16}, {128, FLASH4_BF16}, {64, FLASH4_F16}};
+  std::vector<Problem> cases;
+  int i = 0;
+  for (const Batch& batch : batches)
+    for (bool causal : {false, true})
+      for (int repeat = 0; repeat < 2; ++repeat) {
+        const auto [d, dtype] = kinds[(i + i / 4) % 4];  // batch b: kinds b, b + 1 (not causal), b + 2, b + 3
+        ++i;
+        Problem p;
+        p.label = "hopper bwd varlen";
+        p.dtype = dtype;
+        p.Dqk = p.Dv = d;
+        p.seqs = batch.seqs;
+        p.Hq = batch.Hq, p.Hkv = batch.Hkv, p.pad_q = batch.pad_q, p.pad_k = batch.pad_k;
+        p.causal = causal;
+        cases.push_back(p);
+      }
+  {  // Many short documents: most key and query blocks cross a sequence end.
+    Problem p;
+    p.label = "hopper bwd varlen many";
+    p.Dqk = p.Dv = 64;
+    p.seqs = documents(22, 50, 130, {1, 17});
+    p.Hq = 4, p.Hkv = 1;
+    p.causal = true;
+    cases.push_back(p);
+  }
+  {  // adept's shape: GQA 32 / 8, d = 64, causal, documents up to 1200 tokens.
+    Problem p;
+    p.label = "hopper bwd varlen adept";
+    p.Dqk = p.Dv = 64;
+    p.seqs = documents(23, 4, 500, {1200, 1});
+    p.Hq = 32, p.Hkv = 8;
+    p.causal = true;
+    cases.push_back(p);
+  }
+  {  // d = 128, fp16, GQA groups of 4 over several key blocks per sequence.
+    Problem p;
+    p.label = "hopper bwd varlen gqa";
+    p.dtype = FLASH4_F16;
+    p.seqs = documents(24, 6, 700);
+    p.Hq = 8, p.Hkv = 2;
+    p.causal = true;
+    cases.push_back(p);
+  }
+  {  // Padded token rows (row stride > H * D), trailing tokens of no sequence.
+    Problem p;
+    p.label = "hopper bwd varlen row_pad";
+    p.Dqk = p.Dv = 64;
+    p.seqs = documents(25, 6, 300, {1});
+    p.Hq = 4, p.Hkv = 2, p.pad_q = 9, p.pad_k = 9;
+    p.row_pad = 8;
+    cases.push_back(p);
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Varlen, Flash4HopperVarlenBackward, ::testing::ValuesIn(varlen_cases()), test_name);
 
 Problem small(const char* label) {
   Problem p;

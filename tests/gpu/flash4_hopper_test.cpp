@@ -1,12 +1,17 @@
 // flash4's Hopper (sm90a) forward against the float64 CPU reference, on an sm_90 device:
 // every case the Hopper kernels cover (dense bf16 / fp16, d = 64 and 128, GQA / MQA,
-// causal or not, BSHD / BHSD) must run on them -- flash4_last_backend() says "hopper" --
-// and match the reference; out and lse are NaN-poisoned before each call. Lengths
-// {1, 17, 128, 1000, 4097} as Sq = Sk, Sq < Sk and Sq > Sk. Calls the kernels do not cover
-// fall back to the portable ones, and FLASH4_BACKEND=portable forces those.
+// causal or not, BSHD / BHSD; packed varlen batches) must run on them --
+// flash4_last_backend() says "hopper" -- and match the reference; out and lse are
+// NaN-poisoned before each call, and the rows of no sequence (varlen: tokens past
+// cu_seqlens[batch]) must keep the poison. Lengths {1, 17, 128, 1000, 4097} as Sq = Sk,
+// Sq < Sk and Sq > Sk. Calls the kernels do not cover fall back to the portable ones, and
+// FLASH4_BACKEND=portable forces those.
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
+#include <utility>
+#include <vector>
 
 #include "common/random.hpp"
 #include "flash4_gpu_problem.hpp"
@@ -152,6 +157,101 @@ std::vector<Problem> covered_cases() {
   return cases;
 }
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4Hopper, ::testing::ValuesIn(covered_cases()), test_name);
+
+// `count` document lengths in [1, max_len] from a fixed generator (stable test names), then
+// `extra` appended.
+std::vector<std::pair<int, int>> documents(uint64_t seed, int count, int max_len, std::vector<int> extra = {}) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> length(1, max_len);
+  std::vector<std::pair<int, int>> docs;
+  for (int i = 0; i < count; ++i) {
+    const int n = length(rng);
+    docs.push_back({n, n});
+  }
+  for (int n : extra) docs.push_back({n, n});
+  return docs;
+}
+
+// Packed batches (cu_seqlens): documents of lengths 1, 17, not multiples of the 128-row
+// tiles, one of 1000+ tokens, Sq != Sk per sequence (bottom-right causal), empty sequences,
+// tokens past cu_seqlens[batch] (pad_q / pad_k: their out / lse rows must keep the poison),
+// padded rows, GQA; each batch causal and not, over d {64, 128} x {bf16, fp16}.
+std::vector<Problem> varlen_cases() {
+  struct Batch {
+    std::vector<std::pair<int, int>> seqs;
+    int Hq, Hkv, pad_q, pad_k;
+  };
+  const Batch batches[] = {
+      {{{1, 1}, {17, 17}, {128, 128}, {129, 129}, {300, 300}}, 4, 2, 0, 0},
+      {documents(11, 8, 400), 8, 2, 5, 3},
+      {{{1000, 1000}, {1, 1}, {17, 17}, {255, 255}}, 2, 1, 0, 7},
+      {{{17, 100}, {100, 17}, {1, 300}, {64, 64}, {0, 5}, {5, 0}, {130, 260}}, 4, 1, 3, 0},
+  };
+  // Every batch causal and not, each with two of the four (d, dtype) pairs: over the
+  // batches, every pair runs twice causal and twice not.
+  const std::pair<int, flash4_dtype> kinds[] = {{64, FLASH4_BF16}, {128, FLASH4_F16}, {128, FLASH4_BF16}, {64, FLASH4_F16}};
+  std::vector<Problem> cases;
+  int i = 0;
+  for (const Batch& batch : batches)
+    for (bool causal : {false, true})
+      for (int repeat = 0; repeat < 2; ++repeat) {
+        const auto [d, dtype] = kinds[(i + i / 4) % 4];  // batch b: kinds b, b + 1 (not causal), b + 2, b + 3
+        ++i;
+        Problem p;
+        p.label = "hopper varlen";
+        p.dtype = dtype;
+        p.Dqk = p.Dv = d;
+        p.seqs = batch.seqs;
+        p.Hq = batch.Hq, p.Hkv = batch.Hkv, p.pad_q = batch.pad_q, p.pad_k = batch.pad_k;
+        p.causal = causal;
+        cases.push_back(forward_only(p));
+      }
+  {  // Many short documents: most tiles cross a sequence end; several tiles per CTA.
+    Problem p;
+    p.label = "hopper varlen many";
+    p.Dqk = p.Dv = 64;
+    p.seqs = documents(12, 60, 130, {1, 17});
+    p.Hq = 4, p.Hkv = 1;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+  }
+  {  // adept's shape: GQA 32 / 8, d = 64, causal, documents up to 1500 tokens.
+    Problem p;
+    p.label = "hopper varlen adept";
+    p.Dqk = p.Dv = 64;
+    p.seqs = documents(13, 5, 700, {1500, 1});
+    p.Hq = 32, p.Hkv = 8;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+  }
+  {  // More tiles than SMs, d = 128, fp16, GQA 16 / 4.
+    Problem p;
+    p.label = "hopper varlen waves";
+    p.dtype = FLASH4_F16;
+    p.seqs = documents(14, 20, 600);
+    p.Hq = 16, p.Hkv = 4;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+  }
+  {  // Padded token rows (row stride > H * D), trailing tokens of no sequence.
+    Problem p;
+    p.label = "hopper varlen row_pad";
+    p.seqs = documents(15, 6, 300, {1});
+    p.Hq = 4, p.Hkv = 2, p.pad_q = 9, p.pad_k = 9;
+    p.row_pad = 8;
+    cases.push_back(forward_only(p));
+  }
+  {  // Large logits (rescaling) across sequences.
+    Problem p;
+    p.label = "hopper varlen rescale";
+    p.seqs = documents(16, 4, 900);
+    p.Hq = 2, p.Hkv = 1;
+    p.q_scale = 6.0;
+    cases.push_back(forward_only(p));
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Varlen, Flash4Hopper, ::testing::ValuesIn(varlen_cases()), test_name);
 
 TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";

@@ -25,14 +25,26 @@
 // dK = scale dS^T Q and dV are written from registers at the end (rows past Sk skipped).
 //
 // The per-row inputs come from backward_sm90_rows_kernel: lse2 = lse log2 e (+inf for a
-// row with no visible key and for the padding rows, so P = 0 there) and D, laid out
-// [B][Hq][Sq rounded up to BM] so that one 256-byte bulk copy brings a block's rows.
+// row with no visible key and for rows of no sequence, so P = 0 there) and D, laid out
+// [Hq][row pitch] by the workspace token (dense: b Sq + i; packed: the token), with room
+// after the last token so that a block's rows always come in one bulk copy of BM + 4
+// floats from the 16-byte boundary at or below its first row (kRowFloats).
 //
-// Covered: dense (B, S, H, D) bf16 / fp16, d_qk = d_v in {64, 128}, GQA / MQA, causal
-// (bottom-right) or not, atomic dQ (deterministic calls stay on the portable backward).
+// Varlen (cu_seqlens): one CTA per (pair of the work list, KV head): the list
+// (varlen_tiles.hpp) holds only the key blocks that exist, the heaviest (most query blocks)
+// first. The tensor maps cover the packed token axis; a box past its sequence's end reads
+// the next sequence's rows: P^T and dS^T are masked there (as past Sq / Sk), the dQ atomics
+// and dK / dV stores skip those rows, and the K rows (dQ = dS K) and the Q / dO rows (dK, dV)
+// are zeroed in shared memory first, so that a non-finite neighbour cannot leak in as
+// 0 * inf. dQ accumulates per token ([token][Hq][d]), so sequences never share a row.
+//
+// Covered: dense (B, S, H, D) and packed (T, H, D) tensors (any 16-byte-multiple strides:
+// the column blocks of a fused qkv buffer too), bf16 / fp16, d_qk = d_v in {64, 128},
+// GQA / MQA, causal (bottom-right) or not, atomic dQ (deterministic calls stay on the
+// portable backward). Varlen: compiles, NOT YET RUN ON A GPU.
 // Missing (follow-ups): dQ by TMA reduce-add from shared memory, intra-warpgroup overlap
 // of the next block's S / dP with this block's dV / dK / dQ, persistent scheduling,
-// varlen, window, softcap, sink, deterministic dQ, d 96 / 192 / 256.
+// window, softcap, sink, seqused_k, deterministic dQ, d 96 / 192 / 256.
 #pragma once
 
 #include <cuda.h>
@@ -43,8 +55,10 @@
 #include "cuda/ptx.cuh"
 #include "cuda/sequence.cuh"
 #include "hopper/backward_sm90.hpp"
+#include "hopper/blocks.cuh"
 #include "hopper/forward_sm90.cuh"  // scores_to_a: accumulator -> A fragment, as in P V
 #include "hopper/ptx_sm90.cuh"
+#include "hopper/varlen_tiles.hpp"
 
 namespace flash4::hopper {
 
@@ -58,7 +72,10 @@ struct BackwardSm90Config {
   static constexpr uint32_t kQChunkBytes = kBlockM * 128, kKChunkBytes = kBlockN * 128;
   static constexpr uint32_t kQBytes = kBlockM * D * 2;  // one stage of Q (or of dO)
   static constexpr uint32_t kKBytes = kBlockN * D * 2;  // K (or V)
-  static constexpr uint32_t kRowsBytes = 2 * kBlockM * 4;  // lse2 then D of one stage
+  // lse2 then D of one stage, each BM rows plus up to 3 before them (the copy starts at the
+  // 16-byte boundary at or below the block's first row).
+  static constexpr int kRowFloats = kBlockM + 4;
+  static constexpr uint32_t kRowsBytes = 2 * kRowFloats * 4;
   static constexpr uint32_t kDsBytes = kBlockN * kBlockM * 2;  // dS^T [keys][64 queries]
   static constexpr uint32_t kStepTxBytes = 2 * kQBytes + kRowsBytes;
   // Shared memory, every tile 1024-byte aligned (the swizzle atom): K, V, Q[stages],
@@ -73,30 +90,37 @@ struct BackwardSm90Config {
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(D == 64 || D == 128, "d = 64 or 128");
   static_assert(kKBytes % 1024 == 0 && kQBytes % 1024 == 0 && kDsBytes % 1024 == 0, "tiles 1024-aligned");
+  static_assert(kRowFloats * 4 % 16 == 0, "bulk copies: 16-byte multiples");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
 };
 
-// One warp per padded row (b, h, i), i < padded Sq: lse2 and D (see the header comment).
+// One warp per workspace row (h, token), token < row_pitch: lse2 and D (see the header
+// comment); tokens of no sequence and the room after the last one get lse2 = +inf, D = 0.
 template <typename T>
-__global__ void backward_sm90_rows_kernel(const cuda::AttentionParams p, int64_t padded_rows) {
+__global__ void backward_sm90_rows_kernel(const cuda::AttentionParams p, int64_t row_pitch) {
   constexpr int kWarps = 8;
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  const int64_t per_head = padded_rows;
-  if (row >= int64_t(p.batch) * p.heads_q * per_head) return;
-  const int64_t bh = row / per_head;
-  const int i = int(row % per_head), h = int(bh % p.heads_q), b = int(bh / p.heads_q);
-  if (i >= p.seqlen_q) {
+  if (row >= int64_t(p.heads_q) * row_pitch) return;
+  const int h = int(row / row_pitch);
+  const int64_t token = row % row_pitch;
+  bool in_sequence = token < p.tokens_q;
+  if (in_sequence && p.cu_seqlens_q != nullptr)
+    in_sequence = token >= p.cu_seqlens_q[0] && token < p.cu_seqlens_q[p.batch];
+  if (!in_sequence) {
     if (lane == 0) {
       p.lse_log2[row] = __builtin_huge_valf();
       p.d_rows[row] = 0.0f;
     }
     return;
   }
-  const T* o = static_cast<const T*>(p.out.data) + int64_t(b) * p.out.batch_stride + int64_t(i) * p.out.row_stride +
+  // start(b) and i of RowLayout: dense (b, i); packed (token, 0).
+  const bool packed = p.cu_seqlens_q != nullptr;
+  const int64_t start = packed ? token : token / p.seqlen_q, i = packed ? 0 : token % p.seqlen_q;
+  const T* o = static_cast<const T*>(p.out.data) + start * p.out.batch_stride + i * p.out.row_stride +
                int64_t(h) * p.out.head_stride;
-  const T* dout = static_cast<const T*>(p.dout.data) + int64_t(b) * p.dout.batch_stride +
-                  int64_t(i) * p.dout.row_stride + int64_t(h) * p.dout.head_stride;
+  const T* dout = static_cast<const T*>(p.dout.data) + start * p.dout.batch_stride + i * p.dout.row_stride +
+                  int64_t(h) * p.dout.head_stride;
   float acc = 0.0f;
   for (int c = lane; c * 8 < p.d_v; c += 32) {
     const uint4 x = *reinterpret_cast<const uint4*>(o + c * 8);
@@ -112,30 +136,10 @@ __global__ void backward_sm90_rows_kernel(const cuda::AttentionParams p, int64_t
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
   if (lane == 0) {
-    const float lse = p.lse[int64_t(b) * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + int64_t(i) * p.lse_row_stride];
+    const float lse = p.lse[start * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + i * p.lse_row_stride];
     p.lse_log2[row] = lse == -__builtin_huge_valf() ? __builtin_huge_valf() : lse * cuda::kLog2e;
     p.d_rows[row] = acc;
   }
-}
-
-// The query blocks of one CTA: steps = group * n_mb, step -> (head, first row).
-struct BackwardSteps {
-  int mb_lo = 0, n_mb = 0, steps = 0;
-  __device__ int head(int step, int hk, int group) const { return hk * group + step / n_mb; }
-  __device__ int row0(int step, int block_m) const { return (mb_lo + step % n_mb) * block_m; }
-};
-
-__device__ __forceinline__ BackwardSteps backward_steps(const cuda::AttentionParams& p, const cuda::Sequence& seq,
-                                                        int n0, int block_n, int block_m) {
-  BackwardSteps s;
-  const int rows_k = min(block_n, seq.sk - n0);
-  if (rows_k <= 0) return s;
-  const cuda::QueryInterval qi = cuda::queries_seeing(p, n0, n0 + rows_k, seq);
-  if (qi.end <= qi.begin) return s;
-  s.mb_lo = qi.begin / block_m;
-  s.n_mb = (qi.end + block_m - 1) / block_m - s.mb_lo;
-  s.steps = p.group * s.n_mb;
-  return s;
 }
 
 // Issues warpgroup w's acc[64 keys x 64 queries] = X_w Y^T as one commit group: S^T with
@@ -234,22 +238,40 @@ template <int D, typename T>
 __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
     attention_backward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
                                    const __grid_constant__ CUtensorMap tma_v, const __grid_constant__ CUtensorMap tma_do,
-                                   const cuda::AttentionParams p, const int64_t padded_rows) {
+                                   const cuda::AttentionParams p, const int64_t row_pitch, const VarlenTiles list) {
 #if defined(FLASH4_SM90A)
   using C = BackwardSm90Config<D>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  float* sRows = reinterpret_cast<float*>(smem + C::kOffRows);  // [stage][lse2 | D][BM]
+  float* sRows = reinterpret_cast<float*>(smem + C::kOffRows);  // [stage][lse2 | D][kRowFloats]
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::kOffBars);
   uint64_t* kv_full = bars;
   uint64_t* q_full = bars + 1;
   uint64_t* q_empty = bars + 1 + kStages;
 
-  const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  // Dense: grid (key block, KV head, sequence). Varlen: one dimension, (pair, KV head) with
+  // the KV heads of one pair side by side; CTAs past the list's pairs have nothing to do.
+  int n_block, hk, b;
+  if (list.pairs != nullptr) {
+    const int pair_index = int(blockIdx.x) / p.heads_kv;
+    if (pair_index >= *list.count) return;  // the whole CTA, before any barrier
+    const int2 pair = list.pairs[pair_index];
+    b = pair.x;
+    n_block = pair.y;
+    hk = int(blockIdx.x) % p.heads_kv;
+  } else {
+    n_block = blockIdx.x;
+    hk = blockIdx.y;
+    b = blockIdx.z;
+  }
   const cuda::Sequence seq = cuda::sequence_of(p, b);
   const int n0 = n_block * BN;
   const BackwardSteps steps = backward_steps(p, seq, n0, BN, BM);
+  // Tensor-map coordinates: dense rows from 0 in batch b; packed rows from the sequence's
+  // first token in the one batch.
+  const bool packed = p.cu_seqlens_q != nullptr;
+  const int q_row = packed ? int(seq.q_start) : 0, k_row = packed ? int(seq.k_start) : 0, tma_b = packed ? 0 : b;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warpgroup = warp / 4;
   if (threadIdx.x == 0) {
@@ -266,13 +288,14 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
     // ---------------------------------------------------------------- producer
     setmaxnreg_dec<C::kProducerRegs>();
     if (warp == 0 && lane == 0) {
-      // K / V once (rows past Sk arrive as zeros and are masked). The consumers wait for
-      // them even when there is no step, so no copy is in flight when the CTA exits.
+      // K / V once (rows past Sk arrive as zeros -- or, packed, as the next sequence's rows --
+      // and are masked). The consumers wait for them even when there is no step, so no copy
+      // is in flight when the CTA exits.
       mbarrier_arrive_expect_tx(kv_full, 2 * C::kKBytes);
 #pragma unroll
       for (int c = 0; c < C::kChunks; ++c) {
-        tma_load_4d(smem + C::kOffK + c * C::kKChunkBytes, &tma_k, 64 * c, n0, hk, b, kv_full);
-        tma_load_4d(smem + C::kOffV + c * C::kKChunkBytes, &tma_v, 64 * c, n0, hk, b, kv_full);
+        tma_load_4d(smem + C::kOffK + c * C::kKChunkBytes, &tma_k, 64 * c, k_row + n0, hk, tma_b, kv_full);
+        tma_load_4d(smem + C::kOffV + c * C::kKChunkBytes, &tma_v, 64 * c, k_row + n0, hk, tma_b, kv_full);
       }
       for (int step = 0; step < steps.steps; ++step) {
         const int stage = step % kStages, h = steps.head(step, hk, p.group), m0 = steps.row0(step, BM);
@@ -281,16 +304,17 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
         mbarrier_arrive_expect_tx(&q_full[stage], C::kStepTxBytes);
 #pragma unroll
         for (int c = 0; c < C::kChunks; ++c) {
-          tma_load_4d(smem + C::kOffQ + stage * C::kQBytes + c * C::kQChunkBytes, &tma_q, 64 * c, m0, h, b,
-                      &q_full[stage]);
-          tma_load_4d(smem + C::kOffO + stage * C::kQBytes + c * C::kQChunkBytes, &tma_do, 64 * c, m0, h, b,
-                      &q_full[stage]);
+          tma_load_4d(smem + C::kOffQ + stage * C::kQBytes + c * C::kQChunkBytes, &tma_q, 64 * c, q_row + m0, h,
+                      tma_b, &q_full[stage]);
+          tma_load_4d(smem + C::kOffO + stage * C::kQBytes + c * C::kQChunkBytes, &tma_do, 64 * c, q_row + m0, h,
+                      tma_b, &q_full[stage]);
         }
-        // m0 is a multiple of BM and each (b, h) owns padded_rows (a multiple of BM) floats:
-        // 256-byte aligned sources.
-        const int64_t r0 = (int64_t(b) * p.heads_q + h) * padded_rows + m0;
-        bulk_load(sRows + stage * 2 * BM, p.lse_log2 + r0, BM * 4, &q_full[stage]);
-        bulk_load(sRows + stage * 2 * BM + BM, p.d_rows + r0, BM * 4, &q_full[stage]);
+        // The rows' lse2 / D from the 16-byte boundary at or below the block's first row
+        // (h row_pitch is a multiple of 4 floats; the room after the last token keeps the
+        // copy inside the buffer).
+        const int64_t r0 = (int64_t(h) * row_pitch + seq.q_token + m0) & ~int64_t(3);
+        bulk_load(sRows + stage * 2 * C::kRowFloats, p.lse_log2 + r0, C::kRowFloats * 4, &q_full[stage]);
+        bulk_load(sRows + stage * 2 * C::kRowFloats + C::kRowFloats, p.d_rows + r0, C::kRowFloats * 4, &q_full[stage]);
       }
     }
   } else {
@@ -309,10 +333,31 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
     for (int i = 0; i < D / 2; ++i) dv[i] = dk[i] = 0.0f;
 
     mbarrier_wait(kv_full, 0);
+    // Varlen: K rows past the sequence's keys hold the next sequence's (dQ = dS K multiplies
+    // them by dS = 0): zero them. Warpgroup w zeroes its own 64 rows, which its S^T reads
+    // first (barrier 3 + w: its four warps); the other warpgroup's dQ (d = 128) reads them
+    // after the per-step barrier 1, which comes later in both warpgroups' program order.
+    if (packed && n0 + BN > seq.sk_rows) {
+      zero_tile_rows(smem + C::kOffK, C::kKChunkBytes, C::kChunks, max(seq.sk_rows - n0, 64 * cw), 64 * cw + 64,
+                     threadIdx.x % 128, 128);
+      fence_proxy_async();
+      named_barrier_sync(3 + cw, 128);
+    }
     for (int step = 0; step < steps.steps; ++step) {
       const int stage = step % kStages, h = steps.head(step, hk, p.group), m0 = steps.row0(step, BM);
       const uint32_t q_addr = q_addr0 + stage * C::kQBytes, o_addr = o_addr0 + stage * C::kQBytes;
       mbarrier_wait(&q_full[stage], (step / kStages) & 1);
+      // Varlen: the block's last rows may be the next sequence's: zero Q and dO there (dK and
+      // dV multiply them by dS = P = 0). Both warpgroups read every row: split the stores,
+      // fence, barrier 5 (256). No one reads this stage before: it was refilled after both
+      // warpgroups released it.
+      if (packed && m0 + BM > seq.sq) {
+        const int first = seq.sq - m0, thread = threadIdx.x - 128;
+        zero_tile_rows(smem + C::kOffQ + stage * C::kQBytes, C::kQChunkBytes, C::kChunks, first, BM, thread, 256);
+        zero_tile_rows(smem + C::kOffO + stage * C::kQBytes, C::kQChunkBytes, C::kChunks, first, BM, thread, 256);
+        fence_proxy_async();
+        named_barrier_sync(5, 256);
+      }
 
       // S^T = K_w Q^T and dP^T = V_w dO^T (M = this warpgroup's 64 keys, N = the 64 queries,
       // K = the head dim), as two commit groups so P^T can start before dP^T is done.
@@ -322,14 +367,16 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       issue_scores_transposed<D, T>(dp, v_addr, o_addr, cw);
 
       // Accumulator element 4i + e: key row g + 8 (e >> 1), query column 8i + 2t + (e & 1).
-      const float* lse2 = sRows + stage * 2 * BM;
-      const float* drow = lse2 + BM;
+      // The copy started up to 3 rows early (the producer's r0): skip them.
+      const int row_skip = int((int64_t(h) * row_pitch + seq.q_token + m0) & 3);
+      const float* lse2 = sRows + stage * 2 * C::kRowFloats + row_skip;
+      const float* drow = lse2 + C::kRowFloats;
       wgmma_wait_group<1>();  // S^T done (groups complete in order)
 #pragma unroll
       for (int i = 0; i < BM / 2; ++i) fence_operand(s[i]);
 #pragma unroll
       for (int i = 0; i < BM / 8; ++i) {
-        const float2 l = *reinterpret_cast<const float2*>(lse2 + 8 * i + 2 * t);
+        const float2 l = make_float2(lse2[8 * i + 2 * t], lse2[8 * i + 2 * t + 1]);  // 4-byte aligned only
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[4 * i + e] = cuda::exp2_hardware(fmaf(s[4 * i + e], scale_log2, (e & 1) ? -l.y : -l.x));
       }
@@ -338,7 +385,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       for (int i = 0; i < BM / 2; ++i) fence_operand(dp[i]);
 #pragma unroll
       for (int i = 0; i < BM / 8; ++i) {
-        const float2 dd = *reinterpret_cast<const float2*>(drow + 8 * i + 2 * t);
+        const float2 dd = make_float2(drow[8 * i + 2 * t], drow[8 * i + 2 * t + 1]);
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp[4 * i + e] = s[4 * i + e] * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x));
       }
@@ -452,15 +499,20 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
 namespace flash4::hopper {
 
 template <int D>
-void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& p, int64_t padded_rows,
-                   cudaStream_t stream) {
+void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& p, int64_t row_pitch,
+                   const VarlenTiles& list, int64_t list_capacity, cudaStream_t stream) {
   using C = BackwardSm90Config<D>;
   static_assert(C::kBlockN == kTmaBoxRows && C::kBlockM == kBackwardQBoxRows, "tensor-map boxes = tile rows");
-  const dim3 grid(unsigned((p.seqlen_k + C::kBlockN - 1) / C::kBlockN), unsigned(p.heads_kv), unsigned(p.batch));
+  static_assert(C::kBlockN == kVarlenBlockRows, "varlen work list blocks = key blocks");
+  // Dense: (key block, KV head, sequence). Varlen: (capacity x KV heads) in one dimension;
+  // the kernel reads how many pairs exist.
+  const dim3 grid = list.pairs != nullptr
+                        ? dim3(unsigned(list_capacity * p.heads_kv))
+                        : dim3(unsigned((p.seqlen_k + C::kBlockN - 1) / C::kBlockN), unsigned(p.heads_kv), unsigned(p.batch));
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
   auto launch = [&](auto kernel) {
     FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmemBytes)));
-    kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.dout, p, padded_rows);
+    kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.dout, p, row_pitch, list);
     FLASH4_CUDA_CHECK_LAUNCH("attention_backward_sm90_kernel");
   };
   if (p.dtype == cuda::DType::bf16)

@@ -1,7 +1,6 @@
 // Launchers of the Hopper (sm90a) backward (backward_sm90.cuh), one explicit instantiation
 // per head dim in its own .cu file. Called by backward_sm90_host.cpp with params it has
 // checked are covered, tensor maps it has encoded and a workspace it has carved.
-// NOT YET RUN ON A GPU.
 #pragma once
 
 #include <cuda.h>
@@ -10,32 +9,36 @@
 #include <cstdint>
 
 #include "cuda/params.hpp"
+#include "hopper/varlen_tiles.hpp"
 
 namespace flash4::hopper {
 
-// Tensor maps: 4-d (D, S, H, B) views with the 128-byte swizzle and a box 64 columns wide;
-// q and dout kBackwardQBoxRows rows high (the query block), k and v kTmaBoxRows (the key
-// block, launch.hpp).
+// Tensor maps: 4-d (D, S, H, B) views (packed: (D, T, H, 1)) with the 128-byte swizzle and a
+// box 64 columns wide; q and dout kBackwardQBoxRows rows high (the query block), k and v
+// kTmaBoxRows (the key block, launch.hpp).
 struct BackwardTensorMaps {
   CUtensorMap q, k, v, dout;
 };
 
 inline constexpr int kBackwardQBoxRows = 64;  // = BackwardSm90Config::kBlockM
 
-// Rows of the per-row arrays (lse2, D) of one (sequence, head): Sq rounded up to the query
-// block, so that every block's rows are one aligned 256-byte copy.
-inline int64_t backward_sm90_padded_rows(int seqlen_q) {
-  return (int64_t(seqlen_q) + kBackwardQBoxRows - 1) / kBackwardQBoxRows * kBackwardQBoxRows;
+// Floats per query head of the per-row arrays (lse2, D), indexed by the workspace token
+// (dense b Sq + i, packed the token): every token, then room for one block's copy of
+// kBackwardQBoxRows + 4 floats past the last one; a multiple of 4 (16-byte aligned heads).
+inline int64_t backward_sm90_row_pitch(int64_t tokens_q) {
+  return (tokens_q + kBackwardQBoxRows + 4 + 3) / 4 * 4;
 }
 
-// The per-row inputs lse2 / D, [B][Hq][backward_sm90_padded_rows(Sq)] floats (p.lse_log2,
-// p.d_rows), from out, dout and lse.
-void backward_sm90_rows(const cuda::AttentionParams& p, int64_t padded_rows, cudaStream_t stream);
+// The per-row inputs lse2 / D, [Hq][row_pitch] floats (p.lse_log2, p.d_rows), from out,
+// dout and lse (dense or packed).
+void backward_sm90_rows(const cuda::AttentionParams& p, int64_t row_pitch, cudaStream_t stream);
 
-// The main kernel: dk, dv written, dQ added to p.dq_accum (zeroed by the caller).
+// The main kernel: dk, dv written (rows of the sequences' keys), dQ added to p.dq_accum
+// (zeroed by the caller). `list`: the varlen work list (pairs == nullptr for a dense call),
+// at most `list_capacity` pairs.
 template <int D>
-void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& p, int64_t padded_rows,
-                   cudaStream_t stream);
+void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& p, int64_t row_pitch,
+                   const VarlenTiles& list, int64_t list_capacity, cudaStream_t stream);
 
 // Whether this binary's backward kernels are sm_90a machine code the current device runs.
 bool backward_sm90_runs_here();

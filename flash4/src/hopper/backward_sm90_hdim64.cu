@@ -1,20 +1,20 @@
 // Hopper backward kernels for head dim 64 (bf16, fp16), and the per-row preprocess.
-// NOT YET RUN ON A GPU.
 #include "hopper/backward_sm90.cuh"
 
 namespace flash4::hopper {
 
-template void backward_sm90<64>(const BackwardTensorMaps&, const cuda::AttentionParams&, int64_t, cudaStream_t);
+template void backward_sm90<64>(const BackwardTensorMaps&, const cuda::AttentionParams&, int64_t, const VarlenTiles&,
+                                int64_t, cudaStream_t);
 
-void backward_sm90_rows(const cuda::AttentionParams& p, int64_t padded_rows, cudaStream_t stream) {
+void backward_sm90_rows(const cuda::AttentionParams& p, int64_t row_pitch, cudaStream_t stream) {
   constexpr int kWarps = 8;  // backward_sm90_rows_kernel: one warp per row
-  const int64_t rows = int64_t(p.batch) * p.heads_q * padded_rows;
+  const int64_t rows = int64_t(p.heads_q) * row_pitch;
   if (rows == 0) return;
   const unsigned blocks = unsigned((rows + kWarps - 1) / kWarps);
   if (p.dtype == cuda::DType::bf16)
-    backward_sm90_rows_kernel<__nv_bfloat16><<<blocks, 32 * kWarps, 0, stream>>>(p, padded_rows);
+    backward_sm90_rows_kernel<__nv_bfloat16><<<blocks, 32 * kWarps, 0, stream>>>(p, row_pitch);
   else
-    backward_sm90_rows_kernel<__half><<<blocks, 32 * kWarps, 0, stream>>>(p, padded_rows);
+    backward_sm90_rows_kernel<__half><<<blocks, 32 * kWarps, 0, stream>>>(p, row_pitch);
   FLASH4_CUDA_CHECK_LAUNCH("backward_sm90_rows_kernel");
 }
 

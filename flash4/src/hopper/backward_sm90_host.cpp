@@ -1,6 +1,6 @@
 // flash4's Hopper (sm90a) backward, host side: what it covers, its tensor maps, params,
-// workspace and the kernel sequence (rows preprocess, main kernel, the portable backward's
-// dQ conversion). On by default for the calls it covers (first run on an H200, 2026-11-30:
+// workspace and the kernel sequence (varlen work list, rows preprocess, main kernel, the
+// portable backward's dQ conversion and zero rows). On by default for the calls it covers (first run on an H200, 2026-11-30:
 // scripts/hopper_bwd_check.sh, 43/43 tests, 1.3-1.6x the portable backward);
 // FLASH4_HOPPER_BWD=0 turns it off for A/B runs (api.cpp asks hopper_backward_preferred).
 #include <cuda.h>
@@ -22,6 +22,7 @@
 #include "hopper/backward_sm90.hpp"
 #include "hopper/host.hpp"
 #include "hopper/launch.hpp"
+#include "hopper/varlen_tiles.hpp"
 #include "validate.hpp"
 
 namespace flash4::detail {
@@ -30,7 +31,6 @@ namespace {
 // Why the Hopper backward does not run `a` ("" when it does).
 std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shape) {
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
-  if (shape.varlen) return "varlen (cu_seqlens) is not covered yet";
   if (a.varlen.seqused_k != nullptr) return "seqused_k is not covered yet";
   if (a.options.window_left >= 0 || a.options.window_right >= 0) return "sliding window is not covered yet";
   if (a.options.softcap > 0) return "softcap is not covered yet";
@@ -39,9 +39,17 @@ std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shap
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
   if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128))
     return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128)");
-  if (shape.batch == 0 || shape.seqlen_q == 0 || shape.seqlen_k == 0) return "empty problem";
   if (shape.heads_kv > 65535 || shape.batch > 65535) return "more than 65535 KV heads or sequences";
-  if (shape.seqlen_q > (int64_t(1) << 30) || shape.seqlen_k > (int64_t(1) << 30)) return "sequences over 2^30";
+  if (shape.varlen) {
+    // No grid needs max_seqlen (the work list is built on the device from cu_seqlens).
+    if (shape.batch == 0 || shape.tokens_q == 0 || shape.tokens_k == 0) return "empty problem";
+    if (shape.tokens_q > (int64_t(1) << 30) || shape.tokens_k > (int64_t(1) << 30)) return "more than 2^30 tokens";
+    if (hopper::varlen_tile_capacity(shape.tokens_k, shape.batch) * shape.heads_kv >= (int64_t(1) << 31))
+      return "2^31 or more key blocks";
+  } else {
+    if (shape.batch == 0 || shape.seqlen_q == 0 || shape.seqlen_k == 0) return "empty problem";
+    if (shape.seqlen_q > (int64_t(1) << 30) || shape.seqlen_k > (int64_t(1) << 30)) return "sequences over 2^30";
+  }
   if (shape.tokens_q * shape.heads_q * shape.d_qk >= (int64_t(1) << 40)) return "dQ workspace too large";
   for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}, {&a.dout, "dout"},
                          {&a.dq, "dq"}, {&a.dk, "dk"}, {&a.dv, "dv"}})
@@ -70,30 +78,48 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
       return false;
     }
 
-  cuda::AttentionParams p = dense_attention_params(a, shape);  // lse: [B, Hq, Sq], required here
-  p.dout = dense_layout(a.dout);
-  p.dq = dense_layout(a.dq);
-  p.dk = dense_layout(a.dk);
-  p.dv = dense_layout(a.dv);
+  cuda::AttentionParams p = attention_params(a, shape);  // lse: required here
+  p.dout = row_layout(a.dout);
+  p.dq = row_layout(a.dq);
+  p.dk = row_layout(a.dk);
+  p.dv = row_layout(a.dv);
   p.deterministic = false;
 
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
   try {
-    const int64_t padded_rows = hopper::backward_sm90_padded_rows(p.seqlen_q);
-    const size_t rows = size_t(p.batch) * size_t(p.heads_q) * size_t(padded_rows);
+    const int64_t row_pitch = hopper::backward_sm90_row_pitch(p.tokens_q);
+    const size_t rows = size_t(p.heads_q) * size_t(row_pitch);
     const size_t dq_count = size_t(p.tokens_q) * size_t(p.heads_q) * size_t(p.d_qk);
-    Workspace ws(Workspace::bytes_for(dq_count) + 2 * Workspace::bytes_for(rows), stream);
+    // Varlen: the work list of (sequence, key block) pairs.
+    const int64_t capacity = shape.varlen ? hopper::varlen_tile_capacity(shape.tokens_k, shape.batch) : 0;
+    const size_t first_count = shape.varlen ? size_t(shape.batch) + 1 : 0;
+    const size_t list_bytes = shape.varlen ? Workspace::bytes_for(2 * size_t(capacity)) + Workspace::bytes_for(1) +
+                                                 Workspace::bytes_for(first_count)
+                                           : 0;
+    Workspace ws(Workspace::bytes_for(dq_count) + 2 * Workspace::bytes_for(rows) + list_bytes, stream);
     p.dq_accum = ws.take(dq_count);
     p.lse_log2 = ws.take(rows);
     p.d_rows = ws.take(rows);
+    hopper::VarlenTiles list;
+    if (shape.varlen) {
+      hopper::VarlenTilesScratch scratch;
+      scratch.pairs = reinterpret_cast<int2*>(ws.take(2 * size_t(capacity)));
+      scratch.count = reinterpret_cast<int*>(ws.take(1));
+      scratch.first = reinterpret_cast<int*>(ws.take(first_count));
+      scratch.capacity = capacity;
+      hopper::build_varlen_tiles(p, hopper::TileKind::key_blocks, scratch, stream);
+      list.pairs = scratch.pairs;
+      list.count = scratch.count;
+    }
     FLASH4_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, dq_count * sizeof(float), stream));
-    hopper::backward_sm90_rows(p, padded_rows, stream);
+    hopper::backward_sm90_rows(p, row_pitch, stream);
     if (shape.d_qk == 64)
-      hopper::backward_sm90<64>(maps, p, padded_rows, stream);
+      hopper::backward_sm90<64>(maps, p, row_pitch, list, capacity, stream);
     else
-      hopper::backward_sm90<128>(maps, p, padded_rows, stream);
-    // dq = scale * dq_accum in the output dtype (the portable backward's finish; dense,
-    // atomic mode, no sink: nothing else runs).
+      hopper::backward_sm90<128>(maps, p, row_pitch, list, capacity, stream);
+    // dq = scale * dq_accum in the output dtype, for every token row (rows of no sequence:
+    // 0), and zeros in the dk / dv rows of no sequence (varlen): the portable backward's
+    // finish (atomic mode, no sink: nothing else runs).
     cuda::backward_finish(p, stream);
     *status = FLASH4_OK;
   } catch (const cuda::CudaError& e) {

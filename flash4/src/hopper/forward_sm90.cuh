@@ -14,14 +14,23 @@
 // tiles in a static round-robin, heaviest (causal) first; Q is double-buffered so the next
 // tile's Q and first K / V blocks load while this tile finishes.
 //
-// Covered here: dense (B, S, H, D) tensors with any 16-byte-multiple strides, bf16 / fp16,
-// d_qk = d_v in {64, 128}, GQA / MQA, causal (bottom-right) or not, LSE. Everything else
-// runs on the portable kernels (hopper.cpp decides).
-// Verified on an H200 (2026-11-30): the whole flash4 gpu suite with this path on.
+// Varlen (cu_seqlens): the tensor maps cover the packed token axis ([T, H, D] as (D, T, H, 1));
+// the tiles come from the work list (varlen_tiles.hpp: only the (sequence, query block) pairs
+// that exist, heaviest first). A box that runs past its sequence's end reads the next
+// sequence's rows: their keys are masked like keys past Sk, their query rows are never
+// written, and the V rows are zeroed in shared memory before P V (P = 0 there, but 0 * NaN
+// would not be 0 if the neighbour held one).
+//
+// Covered here: dense (B, S, H, D) and packed (T, H, D) tensors with any 16-byte-multiple
+// strides (the column blocks of a fused qkv buffer included), bf16 / fp16, d_qk = d_v in
+// {64, 128}, GQA / MQA, causal (bottom-right) or not, LSE. Everything else runs on the
+// portable kernels (hopper.cpp decides).
+// Verified on an H200 (2026-11-30): the whole flash4 gpu suite with this path on (dense).
+// Varlen: compiles, NOT YET RUN ON A GPU (scripts/hopper_varlen_check.sh).
 //
 // Pingpong (FA3): the consumer warpgroups alternate their wgmma batches (named barriers).
 // Missing vs issue 4 (follow-ups): a dynamic (atomic) tile scheduler, TMA stores of O, d 96 / 192 / 256,
-// varlen, window, softcap, sink, paged KV, GQA packing of small Sq into the M tile.
+// window, softcap, sink, paged KV, seqused_k, GQA packing of small Sq into the M tile.
 #pragma once
 
 #include <cuda.h>
@@ -31,7 +40,9 @@
 #include "cuda/params.hpp"
 #include "cuda/ptx.cuh"
 #include "cuda/sequence.cuh"
+#include "hopper/blocks.cuh"
 #include "hopper/ptx_sm90.cuh"
+#include "hopper/varlen_tiles.hpp"
 
 namespace flash4::hopper {
 
@@ -124,34 +135,50 @@ __device__ __forceinline__ void scores_to_a(uint32_t (&a)[N / 16][4], const floa
   }
 }
 
-// The work of one CTA tile: BM query rows of one (sequence, head), and the key blocks
-// [0, n_blocks) that hold every key its rows see (no window here).
+// The work of one CTA tile: BM query rows of one (sequence, head), the key blocks
+// [kb_begin, kb_end) that hold every key its rows see, and its tensor-map coordinates.
 struct Tile {
-  int m0, h, b, n_blocks;
+  int m0, h, b, kb_begin, kb_end;
+  int q_row, k_row, tma_b;  // row of query m0, row of key 0, and the batch coordinate (dense: b; packed: 0)
   cuda::Sequence seq;
 };
 
-// Tiles in launch order: under causal, the heaviest (last) query blocks of every head first,
+// Tiles in launch order. Dense, causal: the heaviest (last) query blocks of every head first,
 // so the static round-robin over CTAs hands every CTA tiles of similar cost at each step and
-// ends on light ones; otherwise the query blocks of one head side by side (their K / V stay
-// in L2).
-__device__ __forceinline__ Tile tile_at(const AttentionParams& p, int index, int m_blocks, int block_m, int block_n) {
+// ends on light ones; dense otherwise: the query blocks of one head side by side (their K / V
+// stay in L2). Varlen: the work list's pairs (heaviest first), the query heads of one pair
+// side by side (under GQA they share K / V).
+__device__ __forceinline__ Tile tile_at(const AttentionParams& p, const VarlenTiles& list, int index, int m_blocks,
+                                        int block_m, int block_n) {
   Tile w;
-  const int heads = p.heads_q * p.batch;
-  int m_block, hb;
-  if (p.causal) {
-    m_block = m_blocks - 1 - index / heads;
-    hb = index % heads;
+  int m_block;
+  if (list.pairs != nullptr) {
+    const int2 pair = list.pairs[index / p.heads_q];
+    w.h = index % p.heads_q;
+    w.b = pair.x;
+    m_block = pair.y;
   } else {
-    m_block = index % m_blocks;
-    hb = index / m_blocks;
+    const int heads = p.heads_q * p.batch;
+    int hb;
+    if (p.causal) {
+      m_block = m_blocks - 1 - index / heads;
+      hb = index % heads;
+    } else {
+      m_block = index % m_blocks;
+      hb = index / m_blocks;
+    }
+    w.h = hb % p.heads_q;
+    w.b = hb / p.heads_q;
   }
-  w.h = hb % p.heads_q;
-  w.b = hb / p.heads_q;
   w.m0 = m_block * block_m;
   w.seq = cuda::sequence_of(p, w.b);
-  const int last_row = min(w.m0 + block_m, w.seq.sq) - 1;
-  w.n_blocks = (cuda::visible_keys(p, last_row, w.seq).hi + block_n - 1) / block_n;
+  const BlockRange kb = key_blocks_of_query_tile(p, w.seq, w.m0, block_m, block_n);
+  w.kb_begin = kb.begin;
+  w.kb_end = kb.end > kb.begin ? kb.end : kb.begin;
+  const bool packed = p.cu_seqlens_q != nullptr;
+  w.q_row = packed ? int(w.seq.q_start) + w.m0 : w.m0;
+  w.k_row = packed ? int(w.seq.k_start) : 0;
+  w.tma_b = packed ? 0 : w.b;
   return w;
 }
 
@@ -163,7 +190,7 @@ template <int D, typename T>
 __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
     attention_forward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
                                   const __grid_constant__ CUtensorMap tma_v, const AttentionParams p,
-                                  const int flags) {
+                                  const VarlenTiles list, const int flags) {
 #if defined(FLASH4_SM90A)
   const bool emulate_exp2 = (flags & kEmulateExp2) != 0, pingpong = (flags & kPingpong) != 0;
   using C = ForwardSm90Config<D>;
@@ -182,8 +209,8 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
   uint64_t* k_empty = k_full + 2 * kStages;
   uint64_t* v_empty = k_full + 3 * kStages;
 
-  const int m_blocks = (p.seqlen_q + BM - 1) / BM;
-  const int tiles = m_blocks * p.heads_q * p.batch;
+  const int m_blocks = (p.seqlen_q + BM - 1) / BM;  // dense only
+  const int tiles = list.pairs != nullptr ? *list.count * p.heads_q : m_blocks * p.heads_q * p.batch;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warpgroup = warp / 4;
   if (threadIdx.x == 0) {
@@ -208,7 +235,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
       int loaded = 0;  // K / V blocks issued so far (all tiles)
       int tile_count = 0;
       for (int index = blockIdx.x; index < tiles; index += gridDim.x, ++tile_count) {
-        const Tile w = tile_at(p, index, m_blocks, BM, BN);
+        const Tile w = tile_at(p, list, index, m_blocks, BM, BN);
         const int hk = w.h / p.group;
         // Q buffer qs is free once both consumer warpgroups are done with tile tile_count - 2.
         const int qs = tile_count % kQStages;
@@ -217,9 +244,9 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
 #pragma unroll
         for (int c = 0; c < C::kChunks; ++c)
           tma_load_4d(reinterpret_cast<unsigned char*>(sQ) + qs * C::kQBytes + c * C::kQChunkBytes, &tma_q, 64 * c,
-                      w.m0, w.h, w.b, &q_full[qs]);
-        for (int it = 0; it < w.n_blocks; ++it, ++loaded) {
-          const int nb = w.n_blocks - 1 - it, stage = loaded % kStages;
+                      w.q_row, w.h, w.tma_b, &q_full[qs]);
+        for (int it = 0; it < w.kb_end - w.kb_begin; ++it, ++loaded) {
+          const int nb = w.kb_end - 1 - it, stage = loaded % kStages;
           // The consumers' release of this stage's previous use (block loaded - kStages).
           const uint32_t empty_parity = ((loaded / kStages) & 1) ^ 1;
           unsigned char* k_dst = reinterpret_cast<unsigned char*>(sK) + stage * C::kKVBytes;
@@ -228,12 +255,12 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
           mbarrier_arrive_expect_tx(&k_full[stage], C::kKVBytes);
 #pragma unroll
           for (int c = 0; c < C::kChunks; ++c)
-            tma_load_4d(k_dst + c * C::kKVChunkBytes, &tma_k, 64 * c, nb * BN, hk, w.b, &k_full[stage]);
+            tma_load_4d(k_dst + c * C::kKVChunkBytes, &tma_k, 64 * c, w.k_row + nb * BN, hk, w.tma_b, &k_full[stage]);
           if (loaded >= kStages) mbarrier_wait(&v_empty[stage], empty_parity);
           mbarrier_arrive_expect_tx(&v_full[stage], C::kKVBytes);
 #pragma unroll
           for (int c = 0; c < C::kChunks; ++c)
-            tma_load_4d(v_dst + c * C::kKVChunkBytes, &tma_v, 64 * c, nb * BN, hk, w.b, &v_full[stage]);
+            tma_load_4d(v_dst + c * C::kKVChunkBytes, &tma_v, 64 * c, w.k_row + nb * BN, hk, w.tma_b, &v_full[stage]);
         }
       }
     }
@@ -286,14 +313,14 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
     int consumed = 0;  // K / V blocks consumed so far (all tiles)
     int tile_count = 0;
     for (int index = blockIdx.x; index < tiles; index += gridDim.x, ++tile_count) {
-      const Tile w = tile_at(p, index, m_blocks, BM, BN);
+      const Tile w = tile_at(p, list, index, m_blocks, BM, BN);
       const int wg_row0 = w.m0 + 64 * cw;
       const int row[2] = {wg_row0 + 16 * wq + g, wg_row0 + 16 * wq + g + 8};
       const int key_end[2] = {cuda::visible_keys(p, row[0], w.seq).hi, cuda::visible_keys(p, row[1], w.seq).hi};
       // Blocks ending at or before every row's bound need no per-element mask (bounds grow
       // with the row).
       const int unmasked_end = cuda::visible_keys(p, wg_row0, w.seq).hi;
-      const int n_blocks = w.n_blocks;
+      const int n_blocks = w.kb_end - w.kb_begin;
 
       float o[D / 2];
 #pragma unroll
@@ -315,7 +342,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
       q_addr = q_base + qs * C::kQBytes;
       mbarrier_wait(&q_full[qs], (tile_count / kQStages) & 1);
       if (n_blocks > 0) {
-        // Block it = 0 (key block n_blocks - 1): S, softmax, P.
+        // Block it = 0 (key block kb_end - 1): S, softmax, P.
         float factor[2];
         const int stage0 = consumed % kStages;
         mbarrier_wait(&k_full[stage0], (consumed / kStages) & 1);
@@ -326,8 +353,19 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) fence_operand(s[i]);
         release(&k_empty[stage0]);
-        softmax(n_blocks - 1, factor);  // O is still zero: its factor does not matter
+        softmax(w.kb_end - 1, factor);  // O is still zero: its factor does not matter
         scores_to_a<T, BN>(pa, s);
+        // Varlen: the first block (the highest) may run past the sequence's keys into the
+        // next sequence's rows. Zero those V rows before the first P V reads them (both
+        // warpgroups read the whole stage: split the stores, fence, then barrier 3).
+        const int first_n0 = (w.kb_end - 1) * BN;
+        if (p.cu_seqlens_k != nullptr && first_n0 + BN > w.seq.sk_rows) {
+          mbarrier_wait(&v_full[stage0], (consumed / kStages) & 1);
+          zero_tile_rows(reinterpret_cast<unsigned char*>(sV) + stage0 * C::kKVBytes, C::kKVChunkBytes, C::kChunks,
+                         w.seq.sk_rows - first_n0, BN, threadIdx.x - 128, 256);
+          fence_proxy_async();
+          named_barrier_sync(3, 256);
+        }
 
         for (int it = 1; it < n_blocks; ++it) {
           const int cur = consumed + it, prv = cur - 1;
@@ -342,7 +380,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
 #pragma unroll
           for (int i = 0; i < BN / 2; ++i) fence_operand(s[i]);
           release(&k_empty[stage]);
-          softmax(n_blocks - 1 - it, factor);
+          softmax(w.kb_end - 1 - it, factor);
           wgmma_wait_group<0>();  // P V done: O and the P fragments are free again
 #pragma unroll
           for (int i = 0; i < D / 2; ++i) fence_operand(o[i]);

@@ -3,6 +3,6 @@
 #include "hopper/launch_impl.cuh"
 
 namespace flash4::hopper {
-template void forward_sm90<64>(const ForwardTensorMaps&, const cuda::AttentionParams&, const ForwardSchedule&,
-                                   cudaStream_t);
+template void forward_sm90<64>(const ForwardTensorMaps&, const cuda::AttentionParams&, const VarlenTiles&, int64_t,
+                                const ForwardSchedule&, cudaStream_t);
 }  // namespace flash4::hopper

@@ -1,6 +1,7 @@
 // flash4's Hopper (sm90a) backend, host side: what it covers, the TMA tensor maps
 // (cuTensorMapEncodeTiled, reached through the runtime's driver entry point so nothing
-// links libcuda), params, launch, and the FLASH4_BACKEND / FLASH4_LOG switches.
+// links libcuda), params, the varlen work list, launch, and the FLASH4_BACKEND / FLASH4_LOG
+// switches.
 #include <cuda.h>
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
@@ -17,8 +18,10 @@
 #include "cuda/cuda_check.hpp"
 #include "cuda/fa4_softmax.cuh"
 #include "cuda/params.hpp"
+#include "cuda/workspace.hpp"
 #include "hopper/host.hpp"
 #include "hopper/launch.hpp"
+#include "hopper/varlen_tiles.hpp"
 #include "validate.hpp"
 
 namespace flash4::detail {
@@ -71,12 +74,18 @@ std::string sm90_device_gap(bool kernel_present) {
   return "";
 }
 
-cuda::RowLayout dense_layout(const flash4_tensor& t) {
+cuda::RowLayout row_layout(const flash4_tensor& t) {
   cuda::RowLayout L;
   L.data = t.data;
-  L.batch_stride = t.stride[0];
-  L.row_stride = t.stride[1];
-  L.head_stride = t.stride[2];
+  if (t.rank == 3) {  // packed [T, H, D]
+    L.batch_stride = t.stride[0];
+    L.row_stride = t.stride[0];
+    L.head_stride = t.stride[1];
+  } else {
+    L.batch_stride = t.stride[0];
+    L.row_stride = t.stride[1];
+    L.head_stride = t.stride[2];
+  }
   return L;
 }
 
@@ -95,16 +104,23 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return encode;
 }
 
-// (D, S, H, B) view of a dense [B, S, H, D] tensor, box 64 columns x box_rows rows,
-// 128-byte swizzle. Returns the driver's error code (0 = success).
+// (D, S, H, B) view of a dense [B, S, H, D] tensor or (D, T, H, 1) of a packed [T, H, D]
+// one, box 64 columns x box_rows rows, 128-byte swizzle. Returns the driver's error code
+// (0 = success). Rows past the tensor's end arrive as zeros; a packed tensor's rows past one
+// sequence's end are the next sequence's (the kernels mask or zero them).
 int encode_tensor_map(CUtensorMap* map, const flash4_tensor& t, int box_rows) {
   const cuuint64_t elem = 2;
-  cuuint64_t dims[4] = {cuuint64_t(t.shape[3]), cuuint64_t(t.shape[1]), cuuint64_t(t.shape[2]), cuuint64_t(t.shape[0])};
-  const int64_t s[3] = {t.stride[1], t.stride[2], t.stride[0]};
-  const int64_t extent[3] = {t.shape[1], t.shape[2], t.shape[0]};
+  const bool packed = t.rank == 3;
+  const int64_t d = t.shape[t.rank - 1];
+  // Dimensions 1 .. 3 (rows, heads, batch): extent and stride in elements.
+  const int64_t extent[3] = {packed ? t.shape[0] : t.shape[1], packed ? t.shape[1] : t.shape[2],
+                             packed ? 1 : t.shape[0]};
+  const int64_t s[3] = {packed ? t.stride[0] : t.stride[1], packed ? t.stride[1] : t.stride[2],
+                        packed ? 0 : t.stride[0]};
+  cuuint64_t dims[4] = {cuuint64_t(d), cuuint64_t(extent[0]), cuuint64_t(extent[1]), cuuint64_t(extent[2])};
   cuuint64_t strides[3];
   for (int i = 0; i < 3; ++i)  // a stride of an extent-1 dimension is never used: any legal value
-    strides[i] = extent[i] > 1 ? cuuint64_t(s[i]) * elem : cuuint64_t(t.shape[3]) * elem;
+    strides[i] = extent[i] > 1 ? cuuint64_t(s[i]) * elem : cuuint64_t(d) * elem;
   cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1};
   cuuint32_t element_strides[4] = {1, 1, 1, 1};
   const CUtensorMapDataType type =
@@ -119,7 +135,6 @@ namespace {
 // Why the Hopper forward does not run `a` ("" when it does).
 std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape) {
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
-  if (shape.varlen) return "varlen (cu_seqlens) is not covered yet";
   if (shape.paged) return "paged KV is not covered yet";
   if (a.varlen.seqused_k != nullptr) return "seqused_k is not covered yet";
   if (a.options.window_left >= 0 || a.options.window_right >= 0) return "sliding window is not covered yet";
@@ -128,10 +143,18 @@ std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape)
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
   if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128))
     return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128)");
-  if (shape.batch == 0 || shape.seqlen_q == 0 || shape.seqlen_k == 0) return "empty problem";
   if (shape.heads_q > 65535 || shape.batch > 65535) return "more than 65535 heads or sequences";
-  if (shape.seqlen_q > (int64_t(1) << 30) || shape.seqlen_k > (int64_t(1) << 30)) return "sequences over 2^30";
-  if ((shape.seqlen_q + 127) / 128 * shape.heads_q * shape.batch >= (int64_t(1) << 31)) return "2^31 or more tiles";
+  if (shape.varlen) {
+    // No tile needs max_seqlen (the work list is built on the device from cu_seqlens).
+    if (shape.batch == 0 || shape.tokens_q == 0 || shape.tokens_k == 0) return "empty problem";
+    if (shape.tokens_q > (int64_t(1) << 30) || shape.tokens_k > (int64_t(1) << 30)) return "more than 2^30 tokens";
+    if (hopper::varlen_tile_capacity(shape.tokens_q, shape.batch) * shape.heads_q >= (int64_t(1) << 31))
+      return "2^31 or more tiles";
+  } else {
+    if (shape.batch == 0 || shape.seqlen_q == 0 || shape.seqlen_k == 0) return "empty problem";
+    if (shape.seqlen_q > (int64_t(1) << 30) || shape.seqlen_k > (int64_t(1) << 30)) return "sequences over 2^30";
+    if ((shape.seqlen_q + 127) / 128 * shape.heads_q * shape.batch >= (int64_t(1) << 31)) return "2^31 or more tiles";
+  }
   for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}})
     if (std::string gap = row_alignment_gap(*t, name); !gap.empty()) return gap;
   return sm90_device_gap(hopper::forward_sm90_runs_here());
@@ -162,17 +185,35 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
       return false;
     }
 
-  cuda::AttentionParams p = dense_attention_params(a, shape);
+  cuda::AttentionParams p = attention_params(a, shape);
   const int emulation = a.tuning.exp2_emulation;
   p.emulate_exp2 = emulation == 2 || (emulation == 0 && kEmulateExp2ByDefault);
   p.rescale_tau = cuda::effective_rescale_threshold(a.tuning.rescale_threshold);
 
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
   try {
+    // Varlen: the work list of (sequence, query block) pairs, built on the stream first.
+    const int64_t capacity = shape.varlen ? hopper::varlen_tile_capacity(shape.tokens_q, shape.batch) : 0;
+    const size_t first_count = shape.varlen ? size_t(shape.batch) + 1 : 0;
+    Workspace ws(shape.varlen ? Workspace::bytes_for(2 * size_t(capacity)) + Workspace::bytes_for(1) +
+                                    Workspace::bytes_for(first_count)
+                              : 0,
+                 stream);
+    hopper::VarlenTiles list;
+    if (shape.varlen) {
+      hopper::VarlenTilesScratch scratch;
+      scratch.pairs = reinterpret_cast<int2*>(ws.take(2 * size_t(capacity)));
+      scratch.count = reinterpret_cast<int*>(ws.take(1));
+      scratch.first = reinterpret_cast<int*>(ws.take(first_count));
+      scratch.capacity = capacity;
+      hopper::build_varlen_tiles(p, hopper::TileKind::query_blocks, scratch, stream);
+      list.pairs = scratch.pairs;
+      list.count = scratch.count;
+    }
     if (shape.d_qk == 64)
-      hopper::forward_sm90<64>(maps, p, forward_schedule(), stream);
+      hopper::forward_sm90<64>(maps, p, list, capacity, forward_schedule(), stream);
     else
-      hopper::forward_sm90<128>(maps, p, forward_schedule(), stream);
+      hopper::forward_sm90<128>(maps, p, list, capacity, forward_schedule(), stream);
     *status = FLASH4_OK;
   } catch (const cuda::CudaError& e) {
     set_last_error(std::string("flash4 Hopper CUDA backend: ") + e.what());

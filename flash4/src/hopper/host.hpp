@@ -20,8 +20,10 @@ namespace flash4::detail {
 // libcuda), or nullptr when the driver has none.
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder();
 
-// (D, S, H, B) view of a dense [B, S, H, D] 16-bit tensor, box 64 columns x box_rows rows,
-// 128-byte swizzle. Returns the driver's error code (0 = success).
+// (D, S, H, B) view of a dense [B, S, H, D] 16-bit tensor, or (D, T, H, 1) of a packed
+// [T, H, D] one (rank 3: varlen), box 64 columns x box_rows rows, 128-byte swizzle. Any row
+// stride TMA accepts (a multiple of 16 bytes): the column blocks of a fused qkv buffer too.
+// Returns the driver's error code (0 = success).
 int encode_tensor_map(CUtensorMap* map, const flash4_tensor& t, int box_rows);
 
 // Why `t` breaks TMA's alignment rules (16-byte aligned data, 16-byte multiple strides);
@@ -33,25 +35,37 @@ std::string row_alignment_gap(const flash4_tensor& t, const char* name);
 // encoder in the driver; "" when it can.
 std::string sm90_device_gap(bool kernel_present);
 
-// The row layout of a dense [B, S, H, D] tensor (strides in elements).
-cuda::RowLayout dense_layout(const flash4_tensor& t);
+// The row layout (cuda::RowLayout, strides in elements) of a dense [B, S, H, D] tensor, or of
+// a packed [T, H, D] one (rank 3), whose start(b) = cu_seqlens[b] counts rows.
+cuda::RowLayout row_layout(const flash4_tensor& t);
 
-// Kernel parameters of a dense [B, S, H, D] call (forward or backward arguments): dtype,
-// q / k / v / out layouts, LSE [B, Hq, Sq] when given, sizes, scale, causal. Each caller
-// adds what only it needs.
+// Kernel parameters of a call (forward or backward arguments), dense or packed (varlen):
+// dtype, q / k / v / out layouts, LSE ([B, Hq, Sq] or [Hq, Tq]) when given, cu_seqlens and
+// sizes (varlen: seqlen_q / seqlen_k = max_seqlen, 0 when not given: the Hopper kernels take
+// their tiles from the work list instead), scale, causal. Each caller adds what only it needs.
 template <class Args>
-cuda::AttentionParams dense_attention_params(const Args& a, const ProblemShape& shape) {
+cuda::AttentionParams attention_params(const Args& a, const ProblemShape& shape) {
   cuda::AttentionParams p;
   p.dtype = a.q.dtype == FLASH4_BF16 ? cuda::DType::bf16 : cuda::DType::f16;
-  p.q = dense_layout(a.q);
-  p.k = dense_layout(a.k);
-  p.v = dense_layout(a.v);
-  p.out = dense_layout(a.out);
+  p.q = row_layout(a.q);
+  p.k = row_layout(a.k);
+  p.v = row_layout(a.v);
+  p.out = row_layout(a.out);
   if (a.lse.data != nullptr) {
     p.lse = static_cast<float*>(a.lse.data);
-    p.lse_batch_stride = a.lse.stride[0];
-    p.lse_head_stride = a.lse.stride[1];
-    p.lse_row_stride = a.lse.stride[2];
+    if (shape.varlen) {  // [Hq, Tq]: start(b) = cu_seqlens_q[b] counts tokens
+      p.lse_batch_stride = a.lse.stride[1];
+      p.lse_head_stride = a.lse.stride[0];
+      p.lse_row_stride = a.lse.stride[1];
+    } else {  // [B, Hq, Sq]
+      p.lse_batch_stride = a.lse.stride[0];
+      p.lse_head_stride = a.lse.stride[1];
+      p.lse_row_stride = a.lse.stride[2];
+    }
+  }
+  if (shape.varlen) {
+    p.cu_seqlens_q = a.varlen.cu_seqlens_q;
+    p.cu_seqlens_k = a.varlen.cu_seqlens_k;
   }
   p.batch = int(shape.batch);
   p.heads_q = int(shape.heads_q);

@@ -7,11 +7,12 @@
 #include <cuda_runtime.h>
 
 #include "cuda/params.hpp"
+#include "hopper/varlen_tiles.hpp"
 
 namespace flash4::hopper {
 
-// Tensor maps: 4-d (D, S, H, B) views of q, k, v with a box of 64 columns x 128 rows and
-// the 128-byte swizzle (see ptx_sm90.cuh).
+// Tensor maps: 4-d (D, S, H, B) views of q, k, v (packed: (D, T, H, 1)) with a box of 64
+// columns x 128 rows and the 128-byte swizzle (see ptx_sm90.cuh).
 struct ForwardTensorMaps {
   CUtensorMap q, k, v;
 };
@@ -23,9 +24,11 @@ struct ForwardSchedule {
   bool pingpong = false;  // the two consumer warpgroups alternate their wgmma batches
 };
 
+// `list`: the varlen work list (pairs == nullptr for a dense call), of at most
+// `list_capacity` pairs (it bounds the grid; the kernel reads the real count).
 template <int D>
-void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p, const ForwardSchedule& schedule,
-                  cudaStream_t stream);
+void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p, const VarlenTiles& list,
+                  int64_t list_capacity, const ForwardSchedule& schedule, cudaStream_t stream);
 
 }  // namespace flash4::hopper
 

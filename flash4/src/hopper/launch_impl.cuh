@@ -8,13 +8,16 @@
 namespace flash4::hopper {
 
 template <int D>
-void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p, const ForwardSchedule& schedule,
-                  cudaStream_t stream) {
+void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p, const VarlenTiles& list,
+                  int64_t list_capacity, const ForwardSchedule& schedule, cudaStream_t stream) {
   using C = ForwardSm90Config<D>;
   static_assert(C::kBlockM == kTmaBoxRows && C::kBlockN == kTmaBoxRows, "tensor-map box = tile rows");
+  static_assert(C::kBlockM == kVarlenBlockRows, "varlen work list blocks = query tiles");
   // Persistent: one CTA per SM (shared memory and registers allow no second), each walking
-  // the tiles with stride gridDim.x (tile_at).
-  const int64_t tiles = int64_t((p.seqlen_q + C::kBlockM - 1) / C::kBlockM) * p.heads_q * p.batch;
+  // the tiles with stride gridDim.x (tile_at). Varlen: the list's capacity bounds the tiles.
+  const int64_t tiles = list.pairs != nullptr
+                            ? list_capacity * p.heads_q
+                            : int64_t((p.seqlen_q + C::kBlockM - 1) / C::kBlockM) * p.heads_q * p.batch;
   if (tiles == 0) return;
   int device = 0, sms = 0;
   FLASH4_CUDA_CHECK(cudaGetDevice(&device));
@@ -23,7 +26,7 @@ void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p,
   auto launch = [&](auto kernel) {
     FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmemBytes)));
     const int flags = (p.emulate_exp2 ? kEmulateExp2 : 0) | (schedule.pingpong ? kPingpong : 0);
-    kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, p, flags);
+    kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, p, list, flags);
     FLASH4_CUDA_CHECK_LAUNCH("attention_forward_sm90_kernel");
   };
   if (p.dtype == cuda::DType::bf16)

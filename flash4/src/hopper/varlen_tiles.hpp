@@ -1,0 +1,50 @@
+// The work list of a packed (varlen, cu_seqlens) call for the Hopper kernels: every
+// (sequence, block) pair that exists -- no tile of a sequence shorter than the longest --
+// ordered heaviest first (the most blocks of the other side to visit), built on the device
+// from cu_seqlens by one small kernel before the main one, so the host needs neither
+// max_seqlen nor a copy of cu_seqlens. The forward's persistent CTAs walk the pairs
+// round-robin (each pair times the query heads); the backward launches one CTA per pair
+// and KV head. Heaviest first makes the last wave the lightest (FA3's longest-processing-
+// time-first idea, here by a counting sort on the cost).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/params.hpp"
+
+namespace flash4::hopper {
+
+struct VarlenTiles {
+  const int2* pairs = nullptr;  // {sequence b, block index}, heaviest first; NULL: a dense call
+  const int* count = nullptr;   // how many pairs the list holds (device)
+};
+
+enum class TileKind {
+  query_blocks,  // forward: blocks of 128 query rows; cost = key blocks they see
+  key_blocks     // backward: blocks of 128 keys; cost = query blocks of 64 that see them
+};
+
+// Rows per block of each kind (ForwardSm90Config::kBlockM, BackwardSm90Config::kBlockN).
+inline constexpr int kVarlenBlockRows = 128;
+
+// An upper bound on the pairs of a packed batch: sum_b ceil(len_b / 128) <= tokens / 128 + batch
+// (cu_seqlens end within the packed tensor: the API's contract).
+inline int64_t varlen_tile_capacity(int64_t tokens, int64_t batch) {
+  return (tokens + kVarlenBlockRows - 1) / kVarlenBlockRows + batch;
+}
+
+// Device scratch of the list: pairs [capacity], count, first [batch + 1] (ints).
+struct VarlenTilesScratch {
+  int2* pairs = nullptr;
+  int* count = nullptr;
+  int* first = nullptr;  // first[b] = pairs of the sequences before b (the builder's prefix sum)
+  int64_t capacity = 0;
+};
+
+// Fills scratch (on `stream`) for the sequences of p (cu_seqlens_q / _k, batch, causal, window).
+void build_varlen_tiles(const cuda::AttentionParams& p, TileKind kind, const VarlenTilesScratch& scratch,
+                        cudaStream_t stream);
+
+}  // namespace flash4::hopper
