@@ -9,7 +9,8 @@
 #              fails, memcheck of it and stop;
 #   3. test    the varlen tests (forward: Varlen/Flash4Hopper.*, backward:
 #              Varlen/Flash4HopperVarlenBackward.*, adept's fused qkv layout with
-#              cu_seqlens[0] > 0: Adept/Flash4HopperVarlenFused.*), then every existing
+#              cu_seqlens[0] > 0: Adept/Flash4HopperVarlenFused.*), the sliding-window tests
+#              (Window/Flash4Hopper.*, Window/Flash4HopperBackward.*), then every existing
 #              Hopper test (dense forward and backward, dispatch, wgmma layouts);
 #   4. check   compute-sanitizer memcheck on one small varlen case of each direction;
 #   5. bench   flash4-bench --varlen (4 x 4096 tokens in documents of random lengths,
@@ -113,12 +114,13 @@ run_suite() {
 run_suite varlen_forward 'Varlen/Flash4Hopper.*' 90
 run_suite varlen_backward 'Varlen/Flash4HopperVarlenBackward.*' 150
 run_suite varlen_fused 'Adept/Flash4HopperVarlenFused.*' 60
+run_suite window 'Window/Flash4Hopper.*:Window/Flash4HopperBackward.*' 90
 # worst FIELD: the largest value after FIELD over the varlen lines of the test logs.
 worst() {
-  cat "$OUT"/tests_varlen_*.txt | grep -E "^\[ errors \]" | grep "$2" |
+  cat "$OUT"/tests_varlen_*.txt "$OUT"/tests_window.txt | grep -E "^\[ errors \]" | grep "$2" |
     awk -v f="$1" '{for (i = 1; i < NF; i++) if ($i == f) {print $(i + 1); break}}' | sort -g | tail -1
 }
-note "varlen worst: bf16 out $(worst out bf16) dq $(worst dq bf16) dk $(worst dk bf16) dv $(worst dv bf16); fp16 out $(worst out fp16) dq $(worst dq fp16) dk $(worst dk fp16) dv $(worst dv fp16)"
+note "varlen + window worst: bf16 out $(worst out bf16) dq $(worst dq bf16) dk $(worst dk bf16) dv $(worst dv bf16); fp16 out $(worst out fp16) dq $(worst dq fp16) dk $(worst dk fp16) dv $(worst dv fp16)"
 run_suite dense_hopper 'Covered/Flash4Hopper.*:Flash4HopperDispatch.*:Covered/Flash4HopperBackward.*:Flash4HopperBackwardDispatch.*:Flash4HopperBackwardLayouts.*' 240
 
 # ---- 4. memcheck ------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 // flash4's Hopper (sm90a) forward against the float64 CPU reference, on an sm_90 device:
 // every case the Hopper kernels cover (dense bf16 / fp16, d = 64 and 128, GQA / MQA,
-// causal or not, BSHD / BHSD; packed varlen batches) must run on them --
+// causal or not, sliding windows, BSHD / BHSD; packed varlen batches) must run on them --
 // flash4_last_backend() says "hopper" -- and match the reference; out and lse are
 // NaN-poisoned before each call, and the rows of no sequence (varlen: tokens past
 // cu_seqlens[batch]) must keep the poison. Lengths {1, 17, 128, 1000, 4097} as Sq = Sk,
@@ -252,6 +252,50 @@ std::vector<Problem> varlen_cases() {
   return cases;
 }
 INSTANTIATE_TEST_SUITE_P(Varlen, Flash4Hopper, ::testing::ValuesIn(varlen_cases()), test_name);
+
+// Sliding windows (left, right; < 0 unbounded), with and without causal, aligned bottom-right
+// like causal: Sq = Sk, Sq < Sk, Sq > Sk (rows that see no key), windows narrower and wider
+// than a tile, 0 on one side, larger than the sequence; d x dtype in turn.
+std::vector<Problem> window_cases() {
+  struct Window {
+    int Sq, Sk, left, right;
+    bool causal;
+  };
+  const Window windows[] = {{1000, 1000, 128, -1, true}, {700, 1500, 64, 64, false}, {1000, 1000, 0, -1, false},
+                            {600, 600, -1, 5, false},    {1000, 300, 300, 17, false}, {1000, 1000, 1 << 30, -1, true},
+                            {300, 1000, 1, 0, true},     {1000, 1000, 200, 50, true}};
+  const std::pair<int, flash4_dtype> kinds[] = {{64, FLASH4_BF16}, {128, FLASH4_F16}, {128, FLASH4_BF16}, {64, FLASH4_F16}};
+  std::vector<Problem> cases;
+  int i = 0;
+  for (const Window& w : windows) {
+    const auto [d, dtype] = kinds[i++ % 4];
+    Problem p;
+    p.label = "hopper window";
+    p.dtype = dtype;
+    p.Dqk = p.Dv = d;
+    p.B = 2, p.Hq = 4, p.Hkv = 2, p.Sq = w.Sq, p.Sk = w.Sk;
+    p.window_left = w.left, p.window_right = w.right;
+    p.causal = w.causal;
+    cases.push_back(forward_only(p));
+  }
+  {  // Packed documents with a causal left window (local attention inside each document).
+    Problem p;
+    p.label = "hopper window varlen";
+    p.Dqk = p.Dv = 64;
+    p.seqs = documents(17, 10, 500, {1, 17, 1200});
+    p.Hq = 8, p.Hkv = 2, p.pad_q = 3, p.pad_k = 3;
+    p.window_left = 100;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+    p.dtype = FLASH4_F16;  // and a two-sided window without causal, d = 128
+    p.Dqk = p.Dv = 128;
+    p.window_left = 50, p.window_right = 20;
+    p.causal = false;
+    cases.push_back(forward_only(p));
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Window, Flash4Hopper, ::testing::ValuesIn(window_cases()), test_name);
 
 TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";

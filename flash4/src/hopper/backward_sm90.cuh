@@ -40,11 +40,12 @@
 //
 // Covered: dense (B, S, H, D) and packed (T, H, D) tensors (any 16-byte-multiple strides:
 // the column blocks of a fused qkv buffer too), bf16 / fp16, d_qk = d_v in {64, 128},
-// GQA / MQA, causal (bottom-right) or not, atomic dQ (deterministic calls stay on the
-// portable backward). Varlen: compiles, NOT YET RUN ON A GPU.
+// GQA / MQA, causal (bottom-right) or not, sliding window (left / right: a CTA visits only
+// the query blocks that see its keys), atomic dQ (deterministic calls stay on the portable
+// backward). Varlen and window: compile, NOT YET RUN ON A GPU.
 // Missing (follow-ups): dQ by TMA reduce-add from shared memory, intra-warpgroup overlap
 // of the next block's S / dP with this block's dV / dK / dQ, persistent scheduling,
-// window, softcap, sink, seqused_k, deterministic dQ, d 96 / 192 / 256.
+// softcap, sink, seqused_k, deterministic dQ, d 96 / 192 / 256.
 #pragma once
 
 #include <cuda.h>
@@ -327,6 +328,11 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
     const uint32_t ds_addr0 = smem_u32(smem + C::kOffDs);
     // Keys of this thread's accumulator rows g and g + 8 (S^T, dP^T, dV, dK).
     const int key0 = n0 + 64 * cw + 16 * wq + g;
+    // How far right / left of its diagonal a query sees (causal: right 0; a window side < 0
+    // is unbounded), as visible_keys (sequence.cuh).
+    const bool has_right = p.causal || p.window_right >= 0, has_left = p.window_left >= 0;
+    const int64_t right = p.window_right >= 0 ? (p.causal ? min(0, p.window_right) : p.window_right) : 0;
+    const int64_t left = has_left ? p.window_left : 0;
 
     float dv[D / 2], dk[D / 2];
 #pragma unroll
@@ -389,20 +395,24 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp[4 * i + e] = s[4 * i + e] * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x));
       }
-      // Per-element mask only where the tile crosses the causal diagonal, the end of the keys
-      // or of the queries: P = dS = 0 outside (K / Q rows past the ends are TMA zeros, whose
-      // P = 2^(-lse2) is not).
+      // Per-element mask only where the tile crosses the causal diagonal, a window edge, the
+      // end of the keys or of the queries: P = dS = 0 outside (K / Q rows past the ends are
+      // TMA zeros or the next sequence's rows, whose P = 2^(-lse2) is not). Query i sees keys
+      // i + shift - left <= j <= i + shift + right (visible_keys in sequence.cuh).
       const int sq = seq.sq, sk = seq.sk;
-      const int64_t shift = int64_t(sk) - sq;  // query i sees keys j <= i + shift (causal)
-      const bool masked =
-          m0 + BM > sq || n0 + BN > sk || (p.causal && int64_t(n0) + BN - 1 > int64_t(m0) + shift);
+      const int64_t shift = int64_t(sk) - sq;
+      const bool masked = m0 + BM > sq || n0 + BN > sk ||
+                          (has_right && int64_t(n0) + BN - 1 > int64_t(m0) + shift + right) ||
+                          (has_left && int64_t(n0) < int64_t(m0) + BM - 1 + shift - left);
       if (masked) {
 #pragma unroll
         for (int i = 0; i < BM / 8; ++i)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int j = key0 + 8 * (e >> 1), qi = m0 + 8 * i + 2 * t + (e & 1);
-            if (qi >= sq || j >= sk || (p.causal && int64_t(j) > int64_t(qi) + shift)) s[4 * i + e] = dp[4 * i + e] = 0.0f;
+            const int64_t diagonal = int64_t(qi) + shift;
+            if (qi >= sq || j >= sk || (has_right && j > diagonal + right) || (has_left && j < diagonal - left))
+              s[4 * i + e] = dp[4 * i + e] = 0.0f;
           }
       }
 

@@ -32,7 +32,6 @@ namespace {
 std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shape) {
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
   if (a.varlen.seqused_k != nullptr) return "seqused_k is not covered yet";
-  if (a.options.window_left >= 0 || a.options.window_right >= 0) return "sliding window is not covered yet";
   if (a.options.softcap > 0) return "softcap is not covered yet";
   if (a.options.sink != nullptr || a.dsink != nullptr) return "sink is not covered yet";
   if (a.deterministic) return "deterministic dQ is not covered yet";

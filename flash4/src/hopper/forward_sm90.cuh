@@ -10,7 +10,8 @@
 //    from registers. Intra-warpgroup overlap: block j's S = Q K^T is issued before block
 //    j-1's P V is, and block j's softmax runs while that P V is on the tensor cores.
 // Key blocks run from the last (the causal diagonal, masked) down, so only the first
-// blocks of a row tile pay for per-element masks. Persistent CTAs (one per SM) walk the
+// blocks of a row tile pay for per-element masks (and, with a left window, the last ones:
+// a tile visits only the key blocks [kb_begin, kb_end) its rows see). Persistent CTAs (one per SM) walk the
 // tiles in a static round-robin, heaviest (causal) first; Q is double-buffered so the next
 // tile's Q and first K / V blocks load while this tile finishes.
 //
@@ -23,14 +24,14 @@
 //
 // Covered here: dense (B, S, H, D) and packed (T, H, D) tensors with any 16-byte-multiple
 // strides (the column blocks of a fused qkv buffer included), bf16 / fp16, d_qk = d_v in
-// {64, 128}, GQA / MQA, causal (bottom-right) or not, LSE. Everything else runs on the
-// portable kernels (hopper.cpp decides).
+// {64, 128}, GQA / MQA, causal (bottom-right) or not, sliding window (left / right, aligned
+// like causal), LSE. Everything else runs on the portable kernels (hopper.cpp decides).
 // Verified on an H200 (2026-11-30): the whole flash4 gpu suite with this path on (dense).
-// Varlen: compiles, NOT YET RUN ON A GPU (scripts/hopper_varlen_check.sh).
+// Varlen and window: compile, NOT YET RUN ON A GPU (scripts/hopper_varlen_check.sh).
 //
 // Pingpong (FA3): the consumer warpgroups alternate their wgmma batches (named barriers).
 // Missing vs issue 4 (follow-ups): a dynamic (atomic) tile scheduler, TMA stores of O, d 96 / 192 / 256,
-// window, softcap, sink, paged KV, seqused_k, GQA packing of small Sq into the M tile.
+// softcap, sink, paged KV, seqused_k, GQA packing of small Sq into the M tile.
 #pragma once
 
 #include <cuda.h>
@@ -87,17 +88,21 @@ __device__ __forceinline__ float quad_sum(float x) {
 }
 
 // One block of scores (m64n128 accumulators, raw Q.K) -> unnormalised P = 2^(x - m) in
-// place, with x = s * scale_log2; masked elements (key >= the row's bound) -> 0. Returns
-// each row's rescale factor for O (1 when the stale max is kept).
+// place, with x = s * scale_log2; masked elements (key outside the row's [key_lo, key_end):
+// causal, window, the sequence's end) -> 0. Returns each row's rescale factor for O (1 when
+// the stale max is kept).
 template <bool EMULATE, int N>
-__device__ __forceinline__ void softmax_block(float (&s)[N / 2], bool masked, int n0, int t, const int (&key_end)[2],
-                                              float scale_log2, float tau, SoftmaxRows& rows, float (&factor)[2]) {
+__device__ __forceinline__ void softmax_block(float (&s)[N / 2], bool masked, int n0, int t, const int (&key_lo)[2],
+                                              const int (&key_end)[2], float scale_log2, float tau, SoftmaxRows& rows,
+                                              float (&factor)[2]) {
   if (masked) {
 #pragma unroll
     for (int i = 0; i < N / 8; ++i)
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        if (n0 + 8 * i + 2 * t + (e & 1) >= key_end[e >> 1]) s[4 * i + e] = -__builtin_huge_valf();
+      for (int e = 0; e < 4; ++e) {
+        const int key = n0 + 8 * i + 2 * t + (e & 1);
+        if (key >= key_end[e >> 1] || key < key_lo[e >> 1]) s[4 * i + e] = -__builtin_huge_valf();
+      }
   }
   float offset[2];
 #pragma unroll
@@ -316,10 +321,12 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
       const Tile w = tile_at(p, list, index, m_blocks, BM, BN);
       const int wg_row0 = w.m0 + 64 * cw;
       const int row[2] = {wg_row0 + 16 * wq + g, wg_row0 + 16 * wq + g + 8};
-      const int key_end[2] = {cuda::visible_keys(p, row[0], w.seq).hi, cuda::visible_keys(p, row[1], w.seq).hi};
-      // Blocks ending at or before every row's bound need no per-element mask (bounds grow
-      // with the row).
+      const cuda::KeyInterval keys[2] = {cuda::visible_keys(p, row[0], w.seq), cuda::visible_keys(p, row[1], w.seq)};
+      const int key_lo[2] = {keys[0].lo, keys[1].lo}, key_end[2] = {keys[0].hi, keys[1].hi};
+      // Blocks inside every row's [lo, hi) need no per-element mask: both bounds grow with
+      // the row, so the first row's hi and the last row's lo bound them all.
       const int unmasked_end = cuda::visible_keys(p, wg_row0, w.seq).hi;
+      const int unmasked_begin = cuda::visible_keys(p, wg_row0 + 63, w.seq).lo;
       const int n_blocks = w.kb_end - w.kb_begin;
 
       float o[D / 2];
@@ -331,11 +338,11 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
 
       auto softmax = [&](int nb, float (&factor)[2]) {
         const int n0 = nb * BN;
-        const bool masked = n0 + BN > unmasked_end;
+        const bool masked = n0 + BN > unmasked_end || n0 < unmasked_begin;
         if (emulate_exp2)
-          softmax_block<true, BN>(s, masked, n0, t, key_end, scale_log2, tau, rows, factor);
+          softmax_block<true, BN>(s, masked, n0, t, key_lo, key_end, scale_log2, tau, rows, factor);
         else
-          softmax_block<false, BN>(s, masked, n0, t, key_end, scale_log2, tau, rows, factor);
+          softmax_block<false, BN>(s, masked, n0, t, key_lo, key_end, scale_log2, tau, rows, factor);
       };
 
       const int qs = tile_count % kQStages;

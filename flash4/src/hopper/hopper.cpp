@@ -137,7 +137,6 @@ std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape)
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
   if (shape.paged) return "paged KV is not covered yet";
   if (a.varlen.seqused_k != nullptr) return "seqused_k is not covered yet";
-  if (a.options.window_left >= 0 || a.options.window_right >= 0) return "sliding window is not covered yet";
   if (a.options.softcap > 0) return "softcap is not covered yet";
   if (a.options.sink != nullptr) return "sink is not covered yet";
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";

@@ -42,7 +42,8 @@ cuda::RowLayout row_layout(const flash4_tensor& t);
 // Kernel parameters of a call (forward or backward arguments), dense or packed (varlen):
 // dtype, q / k / v / out layouts, LSE ([B, Hq, Sq] or [Hq, Tq]) when given, cu_seqlens and
 // sizes (varlen: seqlen_q / seqlen_k = max_seqlen, 0 when not given: the Hopper kernels take
-// their tiles from the work list instead), scale, causal. Each caller adds what only it needs.
+// their tiles from the work list instead), scale, causal, window. Each caller adds what only
+// it needs.
 template <class Args>
 cuda::AttentionParams attention_params(const Args& a, const ProblemShape& shape) {
   cuda::AttentionParams p;
@@ -80,6 +81,8 @@ cuda::AttentionParams attention_params(const Args& a, const ProblemShape& shape)
   p.scale = float(shape.softmax_scale);
   p.scale_log2 = float(shape.softmax_scale * 1.4426950408889634);
   p.causal = a.options.causal != 0;
+  p.window_left = a.options.window_left < 0 ? -1 : a.options.window_left;
+  p.window_right = a.options.window_right < 0 ? -1 : a.options.window_right;
   return p;
 }
 
