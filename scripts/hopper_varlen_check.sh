@@ -9,17 +9,20 @@
 #              fails, memcheck of it and stop;
 #   3. test    the varlen tests (forward: Varlen/Flash4Hopper.*, backward:
 #              Varlen/Flash4HopperVarlenBackward.*, adept's fused qkv layout with
-#              cu_seqlens[0] > 0: Adept/Flash4HopperVarlenFused.*), the sliding-window tests
-#              (Window/Flash4Hopper.*, Window/Flash4HopperBackward.*), then every existing
-#              Hopper test (dense forward and backward, dispatch, wgmma layouts);
+#              cu_seqlens[0] > 0: Adept/Flash4HopperVarlenFused.*);
 #   4. check   compute-sanitizer memcheck on one small varlen case of each direction;
 #   5. bench   flash4-bench --varlen (4 x 4096 tokens in documents of random lengths,
 #              Hq 32 / Hkv 8, causal, fused qkv: adept's batches) at d 64 and 128, Hopper
 #              vs portable (FLASH4_BACKEND=portable);
-#   6. race    compute-sanitizer racecheck on the small backward case, if time is left.
-# Every stage's timeout is cut to the time left of a ~8-minute budget (BUDGET seconds).
+#   6. test    every existing Hopper test (dense forward and backward, dispatch, wgmma
+#              layouts), then the sliding-window tests (Window/Flash4Hopper.*,
+#              Window/Flash4HopperBackward.*);
+#   7. race    compute-sanitizer racecheck on the small backward case, if time is left.
+# Every stage's timeout is cut to the time left of a ~8-minute budget (BUDGET seconds, 480),
+# most-needed stages first; a suite cut short says how to rerun it alone.
 # Everything goes to $OUT (default ./hopper-varlen-out): log, tests_*.txt, bench_*.txt,
-# sass.txt.gz; the last lines printed are the summary. --no-bench skips stage 5.
+# sass.txt.gz; the last lines printed are the summary (with each stage's seconds). --no-bench
+# skips stage 5.
 #
 #   bash scripts/hopper_varlen_check.sh [--no-bench]
 set -uo pipefail
@@ -101,35 +104,29 @@ if [ $rc -ne 0 ]; then
 fi
 note "smoke passed"
 
-# ---- 3. tests ---------------------------------------------------------------------------
-# run_suite NAME FILTER LIMIT: one gtest run, its pass / fail counts and worst errors noted.
+# ---- 3. tests (new), 4. memcheck, 5. bench, 3b. tests (existing, window), 6. racecheck ----
+# The stages run most-needed first, so a spent budget cuts the least-needed ones.
+# run_suite NAME FILTER LIMIT: one gtest run, its pass / fail counts and time noted; on a
+# timeout (rc 124) the note says how to rerun the suite alone.
 run_suite() {
-  local name=$1 filter=$2 limit=$3
+  local name=$1 filter=$2 limit=$3 t=$(date +%s)
   say "tests: $name ($filter)"
   timeout "$(budget "$limit")" $T --gtest_filter="$filter" > "$OUT/tests_$name.txt" 2>&1
   local rc=$?
   grep -E -A4 "Failure$" "$OUT/tests_$name.txt" | head -24 | tee -a "$LOG"
-  note "$name: rc $rc ($(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_$name.txt" | head -2 | tr '\n' ' ')$(grep -c '^\[       OK' "$OUT/tests_$name.txt") ok)"
+  note "$name: rc $rc in $(($(date +%s) - t)) s ($(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_$name.txt" | head -2 | tr '\n' ' ')$(grep -c '^\[       OK' "$OUT/tests_$name.txt") ok)"
+  [ $rc -eq 124 ] && note "  $name timed out: rerun alone with $T --gtest_filter='$filter'"
 }
 run_suite varlen_forward 'Varlen/Flash4Hopper.*' 90
 run_suite varlen_backward 'Varlen/Flash4HopperVarlenBackward.*' 150
 run_suite varlen_fused 'Adept/Flash4HopperVarlenFused.*' 60
-run_suite window 'Window/Flash4Hopper.*:Window/Flash4HopperBackward.*' 90
-# worst FIELD: the largest value after FIELD over the varlen lines of the test logs.
-worst() {
-  cat "$OUT"/tests_varlen_*.txt "$OUT"/tests_window.txt | grep -E "^\[ errors \]" | grep "$2" |
-    awk -v f="$1" '{for (i = 1; i < NF; i++) if ($i == f) {print $(i + 1); break}}' | sort -g | tail -1
-}
-note "varlen + window worst: bf16 out $(worst out bf16) dq $(worst dq bf16) dk $(worst dk bf16) dv $(worst dv bf16); fp16 out $(worst out fp16) dq $(worst dq fp16) dk $(worst dk fp16) dv $(worst dv fp16)"
-run_suite dense_hopper 'Covered/Flash4Hopper.*:Flash4HopperDispatch.*:Covered/Flash4HopperBackward.*:Flash4HopperBackwardDispatch.*:Flash4HopperBackwardLayouts.*' 240
 
-# ---- 4. memcheck ------------------------------------------------------------------------
 say "compute-sanitizer memcheck: varlen forward case 0, backward case 0"
+t=$(date +%s)
 timeout "$(budget 120)" compute-sanitizer --tool memcheck --error-exitcode 9 $T --gtest_filter="$FWD0:$BWD0" \
   > "$OUT/memcheck.txt" 2>&1
-note "memcheck rc $? ($(grep -E 'ERROR SUMMARY' "$OUT/memcheck.txt" | tail -1))"
+note "memcheck rc $? in $(($(date +%s) - t)) s ($(grep -E 'ERROR SUMMARY' "$OUT/memcheck.txt" | tail -1))"
 
-# ---- 5. bench ---------------------------------------------------------------------------
 if [ $BENCH -eq 1 ]; then
   say "flash4-bench --varlen: 4 x 4096 tokens, random documents (mean 1024), Hq 32 Hkv 8, causal, fused qkv"
   table=("| d | fwd TF/s Hopper | fwd TF/s portable | fwd ratio | bwd TF/s Hopper | bwd TF/s portable | bwd ratio |"
@@ -150,14 +147,23 @@ if [ $BENCH -eq 1 ]; then
   printf '%s\n' "${table[@]}" | tee "$OUT/bench_table.md" >>"$LOG"
 fi
 
-# ---- 6. racecheck -----------------------------------------------------------------------
+# Every existing Hopper test: the dense backward's per-row arrays changed layout with varlen.
+run_suite dense_hopper 'Covered/Flash4Hopper.*:Flash4HopperDispatch.*:Covered/Flash4HopperBackward.*:Flash4HopperBackwardDispatch.*:Flash4HopperBackwardLayouts.*' 240
+run_suite window 'Window/Flash4Hopper.*:Window/Flash4HopperBackward.*' 90
+# worst FIELD DTYPE: the largest value after FIELD over the new tests' error lines.
+worst() {
+  cat "$OUT"/tests_varlen_*.txt "$OUT"/tests_window.txt 2>/dev/null | grep -E "^\[ errors \]" | grep "$2" |
+    awk -v f="$1" '{for (i = 1; i < NF; i++) if ($i == f) {print $(i + 1); break}}' | sort -g | tail -1
+}
+note "varlen + window worst: bf16 out $(worst out bf16) dq $(worst dq bf16) dk $(worst dk bf16) dv $(worst dv bf16); fp16 out $(worst out fp16) dq $(worst dq fp16) dk $(worst dk fp16) dv $(worst dv fp16)"
+
 if [ $((BUDGET - ($(date +%s) - START))) -ge 60 ]; then
   say "compute-sanitizer racecheck: varlen backward case 0 (shared-memory zeroing and barriers)"
   timeout "$(budget 150)" compute-sanitizer --tool racecheck --error-exitcode 9 $T --gtest_filter="$BWD0" \
     > "$OUT/racecheck.txt" 2>&1
   note "racecheck rc $? ($(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.txt" | tail -1))"
 else
-  note "racecheck skipped (budget spent)"
+  note "racecheck skipped (budget spent); alone: compute-sanitizer --tool racecheck $T --gtest_filter='$BWD0'"
 fi
 
 finish
