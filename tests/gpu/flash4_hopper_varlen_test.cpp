@@ -5,12 +5,14 @@
 // GQA. The documents start at token `lead` (cu_seqlens[0] > 0) and `tail` tokens follow the
 // last one. Both calls must run on the Hopper kernels (flash4_last_backend() == "hopper":
 // a silent fallback fails), the tokens of no sequence must keep the forward's NaN poison in
-// out and lse and get exact zeros in dq, dk, dv, and every other element must match.
-// The reference backward takes the GPU's out and lse, so D = dO . O is the same on both
-// sides and the tolerances are the dtype's alone.
+// out and lse and get exact zeros in dq, dk, dv, and every other element must match within
+// the dtype's tolerance (dq, dk: plus the slack ProblemRunner allows for the 16-bit out that
+// D = dO . O reads on the GPU, while the reference recomputes O in float64).
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <string>
@@ -167,7 +169,7 @@ void check_fused(const FusedCase& c) {
 
   std::vector<double> ref_dqkv(dqkv.size(), std::numeric_limits<double>::quiet_NaN());
   const Blocks grad_cpu = column_blocks(ref_dqkv.data(), FLASH4_F64, 8, N, Hq, Hkv, D);
-  std::vector<float> lse_in = lse;  // the GPU's, NaN rows of no sequence included (never read)
+  std::vector<float> lse_in = lse;  // only shape-checked: the reference recomputes P and O
   flash4_backward_args rb = b;
   rb.device = FLASH4_CPU;
   rb.stream = nullptr;
@@ -188,18 +190,38 @@ void check_fused(const FusedCase& c) {
       ASSERT_FALSE(std::isnan(dqkv[e])) << "dqkv token " << n << " column " << col << " was not written";
       if (!in_sequence(n)) ASSERT_EQ(dqkv[e], 0.0) << "dqkv token " << n << " (no sequence) column " << col;
     }
-  double grad_err[3];
+  double grad_err[3], ref_norm[3];
   for (int which = 0; which < 3; ++which) {
     std::vector<char> use(dqkv.size());
-    for (size_t e = 0; e < use.size(); ++e) use[e] = block_of[e] == which;
+    double r2 = 0;
+    for (size_t e = 0; e < use.size(); ++e) {
+      use[e] = block_of[e] == which;
+      if (use[e]) r2 += ref_dqkv[e] * ref_dqkv[e];
+    }
     grad_err[which] = relative_error(dqkv, ref_dqkv, use);
+    ref_norm[which] = std::sqrt(r2);
   }
-  std::printf("[ errors ] %s | out %.2e lse %.2e | dq %.2e dk %.2e dv %.2e\n", c.label.c_str(), out_err, lse_err,
-              grad_err[0], grad_err[1], grad_err[2]);
+  // Slack for the 16-bit out (ProblemRunner's Errors::dq_slack): D_i moves by about
+  // (u / sqrt 3) |dO_i| |O_i| / sqrt(d) per row, allowed 3x that; dq_i then gains scale |dD_i|
+  // max_j |k_j| (dk likewise with q).
+  const double u = (c.dtype == FLASH4_BF16 ? 1.0 / 256 : 1.0 / 2048) * std::sqrt(3.0 / double(D));
+  double dd = 0, max_q = 0, max_k = 0;
+  for (int64_t n = cu.front(); n < cu.back(); ++n)
+    for (int64_t h = 0; h < Hq; ++h) {
+      const double x = u * norm2(&out[size_t((n * Hq + h) * D)], D) * norm2(&dout[size_t((n * Hq + h) * D)], D);
+      dd += x * x;
+      max_q = std::max(max_q, norm2(&qkv[size_t(n * W + h * D)], D));
+      if (h < Hkv) max_k = std::max(max_k, norm2(&qkv[size_t(n * W + (Hq + h) * D)], D));
+    }
+  const double scale = 1.0 / std::sqrt(double(D));
+  const double dq_slack = scale * std::sqrt(dd) * max_k / std::max(ref_norm[0], 1e-30);
+  const double dk_slack = scale * std::sqrt(dd) * max_q / std::max(ref_norm[1], 1e-30);
+  std::printf("[ errors ] %s | out %.2e lse %.2e | dq %.2e dk %.2e dv %.2e (slack dq %.1e dk %.1e)\n",
+              c.label.c_str(), out_err, lse_err, grad_err[0], grad_err[1], grad_err[2], dq_slack, dk_slack);
   EXPECT_LT(out_err, tol.out) << "out";
   EXPECT_LT(lse_err, tol.lse_abs) << "lse (max abs)";
-  EXPECT_LT(grad_err[0], tol.grad) << "dq";
-  EXPECT_LT(grad_err[1], tol.grad) << "dk";
+  EXPECT_LT(grad_err[0], tol.grad + dq_slack) << "dq (slack for the 16-bit out: " << dq_slack << ")";
+  EXPECT_LT(grad_err[1], tol.grad + dk_slack) << "dk (slack for the 16-bit out: " << dk_slack << ")";
   EXPECT_LT(grad_err[2], tol.grad) << "dv";
 }
 
