@@ -1,6 +1,7 @@
-// ZeRO-1's arithmetic: shards cover the trainable state exactly once, slices are
-// aligned and equal on every rank, frozen tensors take no part, buckets follow the order
-// in which backward finishes the layers, and one rank is the single-GPU layout.
+// ZeRO's arithmetic: shards cover the trainable state exactly once, slices are aligned
+// and equal on every rank, frozen tensors take no part, buckets follow the order in
+// which backward finishes the layers, one rank is the single-GPU layout, and optimizer
+// state saved from N ranks loads on M.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -191,6 +192,49 @@ TEST(DistShardPlan, ChunksCoverThePiecesAndStayWithinTheChunkSize) {
       b += x.end - x.begin;
     }
     EXPECT_EQ(a, b);
+  }
+}
+
+// Every rank's shard of a host-layout state, gathered back the way the all-gather lays
+// it out (slice r of each bucket from rank r), as host layout again.
+std::vector<float> gather_to_host(const ShardPlan& p, const std::vector<TensorRange>& tr,
+                                  const std::vector<int64_t>& host_offset, const std::vector<std::vector<float>>& shards,
+                                  size_t host_size) {
+  std::vector<float> host(host_size, -1.0f);
+  for (size_t t = 0; t < tr.size(); ++t)
+    for (int64_t j = 0; j < tr[t].numel; ++j) {
+      const int64_t flat = tr[t].offset + j;
+      host[size_t(host_offset[t] + j)] = shards[size_t(p.owner(flat))][size_t(p.shard_index(flat))];
+    }
+  return host;
+}
+
+TEST(DistShardPlan, OptimizerStateSavedFromNRanksLoadsOnMRanks) {
+  auto rng = make_rng(17);
+  for (int trial = 0; trial < 20; ++trial) {
+    Model m = random_model(rng, 1 + int(rng() % 6));
+    // The host layout: trainable tensors back to back, in another order than the flat one.
+    std::vector<int64_t> host_offset(m.tensors.size());
+    int64_t host_size = 0;
+    for (size_t t = m.tensors.size(); t-- > 0;) host_offset[t] = host_size, host_size += m.tensors[t].numel;
+    std::vector<float> saved(static_cast<size_t>(host_size));
+    for (float& x : saved) x = float(rng() % 100000) / 7.0f;
+    std::vector<float> state = saved;
+    // N ranks load it, gather it for the next checkpoint; then M ranks do the same.
+    for (int world : {1 + int(rng() % 5), 1 + int(rng() % 5), 1}) {
+      ShardPlanConfig cfg;
+      cfg.world = world;
+      cfg.bucket_numel = 1 + int64_t(rng() % 20000);
+      ShardPlan p = plan_shards(m.unit_numel, cfg);
+      std::vector<TensorRange> tr = ranges(m, p);
+      std::vector<std::vector<float>> shards;
+      for (int r = 0; r < world; ++r) {
+        shards.push_back(shard_from_host(owned_pieces(p, tr, r), host_offset, state.data(), p.shard_numel));
+        ASSERT_EQ(shards.back().size(), size_t(p.shard_numel));
+      }
+      state = gather_to_host(p, tr, host_offset, shards, size_t(host_size));
+      ASSERT_EQ(state, saved) << "world " << world << ", trial " << trial;
+    }
   }
 }
 

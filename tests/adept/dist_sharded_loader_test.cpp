@@ -3,6 +3,7 @@
 // is the global one, so a run saved on N ranks resumes on M.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "common/random.hpp"
@@ -141,6 +142,53 @@ TEST(DistShardedLoader, SliceRowsKeepsDocumentBoundaries) {
   EXPECT_EQ(mid.B, 2);
   EXPECT_EQ(mid.tokens, (std::vector<int32_t>{4, 5, 6, 7, 8, 9, 10, 11}));
   EXPECT_EQ(mid.documents, (std::vector<int32_t>{0, 4, 5, 8}));
+}
+
+TEST(DistShardedLoader, RanksShareAHeldOutBatchByRowsDifferingByAtMostOne) {
+  for (int64_t rows : {0, 1, 2, 5, 8, 13})
+    for (int world : {1, 2, 3, 4, 8}) {
+      int64_t at = 0, least = rows, most = 0;
+      for (int r = 0; r < world; ++r) {
+        RowRange range = rank_rows(rows, r, world);
+        EXPECT_EQ(range.begin, at) << rows << " rows, rank " << r << " of " << world;
+        at = range.end;
+        least = std::min(least, range.end - range.begin);
+        most = std::max(most, range.end - range.begin);
+      }
+      EXPECT_EQ(at, rows);
+      EXPECT_LE(most - least, 1);
+      EXPECT_EQ(most, (rows + world - 1) / world);
+    }
+}
+
+TEST(DistShardedLoader, TheRanksPiecesTogetherAreTheBatchAndTheBusiestRankSetsThePieceCount) {
+  auto rng = make_rng(34);
+  for (int trial = 0; trial < 30; ++trial) {
+    TokenBatch b;
+    b.B = 1 + int64_t(rng() % 9), b.S = 1 + int64_t(rng() % 7);
+    for (int64_t n = 0; n < b.B * b.S; ++n) b.tokens.push_back(int32_t(rng() % 1000)), b.targets.push_back(int32_t(n));
+    for (int64_t r = 0; r < b.B; ++r) {
+      b.documents.push_back(int32_t(r * b.S));
+      if (b.S > 2 && rng() % 2) b.documents.push_back(int32_t(r * b.S + 1 + int64_t(rng() % uint64_t(b.S - 1))));
+    }
+    b.documents.push_back(int32_t(b.B * b.S));
+    const int world = 1 + int(rng() % 4);
+    const int64_t max_rows = 1 + int64_t(rng() % 3);
+    std::vector<TokenBatch> all;
+    int64_t most = 0;
+    for (int r = 0; r < world; ++r) {
+      std::vector<TokenBatch> mine = rank_pieces(b, r, world, max_rows);
+      for (const TokenBatch& p : mine) EXPECT_LE(p.B, max_rows);
+      most = std::max(most, int64_t(mine.size()));
+      all.insert(all.end(), mine.begin(), mine.end());
+    }
+    EXPECT_EQ(most, most_pieces(b.B, world, max_rows));
+    TokenBatch whole = concat(all);
+    EXPECT_EQ(whole.B, b.B);
+    EXPECT_EQ(whole.tokens, b.tokens);
+    EXPECT_EQ(whole.targets, b.targets);
+    EXPECT_EQ(whole.documents, b.documents);
+  }
 }
 
 }  // namespace

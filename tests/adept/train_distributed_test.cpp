@@ -1,8 +1,10 @@
 // Data parallelism in the training loop and the CLI's checks (dist/README.md): one
 // process (no launcher, or a communicator of world 1) trains bit for bit as before;
 // several processes need the CUDA backend and a global batch the process count divides;
-// a rank other than 0 writes nothing and counts the job's tokens. The collectives
-// themselves run on GPUs only (tests/gpu/train_data_parallel_test.cpp).
+// a rank other than 0 writes nothing and counts the job's tokens; a checkpoint of a
+// two-process job resumes in one process at the same global batch; the held-out loss
+// summed over the ranks' rows is the whole batch's; train.zero_stage is 1 or 2. The
+// collectives themselves run on GPUs only (tests/gpu/train_data_parallel_test.cpp).
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -196,6 +198,103 @@ TEST(TrainDistributed, ARankOtherThanZeroWritesNoMetricsNorCheckpointsAndCountsT
   EXPECT_EQ(lead.tokens, other.tokens);
   // Each rank trains on its share of the global batch: the job's tokens are world × its own.
   EXPECT_EQ(lead.tokens, 2 * rc.train.steps * rc.train.grad_accum * rc.train.batch_size * rc.train.seq_len);
+}
+
+TEST(TrainDistributed, ACheckpointOfATwoProcessJobResumesInOneProcessAtTheSameGlobalBatch) {
+  auto rng = testing_support::make_rng(104);
+  TempDir tmp(rng());
+  RunConfig rc = small_run(tmp.path, rng);  // 5 steps, global batch 4, checkpoints every 2
+  StudyData data = open_study_data(rc, rc.run.out_dir, false);
+  std::vector<LoaderSource> sources;
+  add_loader_sources(sources, data.domain, 1.0);
+  const LoaderConfig lc = data.loader_config(rc.train);
+  const uint64_t seed = rng();
+  auto options = [&](int rank, int world) {
+    TrainOptions o;
+    o.show_progress = false;
+    o.rank = rank, o.world = world;
+    o.checkpoint.dir = (tmp.path / "checkpoints").string();
+    o.checkpoint.every = rc.train.checkpoint_every;
+    o.checkpoint.key = "the same training";
+    return o;
+  };
+
+  // Rank 0 of 2 (its rows of each global batch; the engine is the CPU's, which sums
+  // nothing over ranks: the loop and the checkpoint are under test), interrupted after
+  // 3 steps: the checkpoint at step 2 is the last one written.
+  Decoder<float> two(rc.model);
+  two.init_random(seed, 0.1);
+  dist::ShardedLoader sharded(sources, lc, 0, 2);
+  auto two_engine = make_cpu_engine(two, adamw_config(rc.train));
+  TrainOptions o2 = options(0, 2);
+  o2.stop_after = 3;
+  train(two, *two_engine, rc.train, loader_train_data(sharded), o2);
+  ASSERT_TRUE(fs::exists(tmp.path / "checkpoints" / "latest.json"));
+
+  // One process resumes from it: the global batches it draws are those one process draws
+  // from the start, from step 2 on.
+  Decoder<float> one(rc.model);
+  one.init_random(rng(), 0.1);  // other weights: the checkpoint's must replace them
+  PackedLoader loader(sources, lc);
+  std::vector<TokenBatch> drawn;
+  TrainData recorded = loader_train_data(loader);
+  auto next = recorded.next;
+  recorded.next = [&](int64_t step, int64_t micro) { return drawn.emplace_back(next(step, micro)); };
+  auto one_engine = make_cpu_engine(one, adamw_config(rc.train));
+  TrainResult resumed = train(one, *one_engine, rc.train, recorded, options(0, 1));
+  EXPECT_EQ(resumed.resumed_from, 2);
+  ASSERT_EQ(drawn.size(), size_t(rc.train.steps - 2));
+
+  PackedLoader reference(sources, lc);
+  for (int64_t step = 0; step < rc.train.steps; ++step) {
+    TokenBatch b = reference.next_batch();
+    if (step < 2) continue;
+    EXPECT_EQ(drawn[size_t(step - 2)].B, rc.train.batch_size) << "one process trains on the whole global batch";
+    EXPECT_EQ(drawn[size_t(step - 2)].tokens, b.tokens) << "step " << step;
+  }
+}
+
+TEST(TrainDistributed, HeldOutLossSummedOverTheRanksRowsIsTheWholeBatchs) {
+  auto rng = testing_support::make_rng(105);
+  TempDir tmp(rng());
+  RunConfig rc = small_run(tmp.path, rng);
+  StudyData data = open_study_data(rc, rc.run.out_dir, false);
+  Decoder<float> model(rc.model);
+  model.init_random(rng(), 0.1);
+  auto engine = make_cpu_engine(model, adamw_config(rc.train));
+  int batches = 0;
+  for (const HeldOutSet& set : data.domain_holdout.sets)
+    for (int64_t k = 0; k < set.batch_count(); ++k, ++batches) {
+      TokenBatch b = set.batch(k);
+      cpu::CrossEntropyResult whole = engine->loss(b);
+      for (int world : {2, 3, 4}) {
+        // What each rank of a data-parallel engine evaluates (in pieces of at most 1 row,
+        // as when its arena is small), summed as all_reduce_host sums it.
+        double loss_sum = 0.0;
+        int64_t count = 0;
+        for (int r = 0; r < world; ++r)
+          for (const TokenBatch& piece : dist::rank_pieces(b, r, world, 1)) {
+            cpu::CrossEntropyResult part = engine->loss(piece);
+            loss_sum += part.loss_sum, count += part.count;
+          }
+        EXPECT_EQ(count, whole.count) << "world " << world;
+        EXPECT_NEAR(loss_sum, whole.loss_sum, 1e-5 * std::abs(whole.loss_sum)) << "world " << world;
+      }
+    }
+  EXPECT_GT(batches, 0);
+}
+
+TEST(TrainDistributed, ZeroStageIsOneOrTwo) {
+  auto config = [](const std::string& text) {
+    TempDir tmp(std::random_device{}());
+    const fs::path path = tmp.path / "run.toml";
+    std::ofstream(path) << text;
+    return load_run_config(path.string());
+  };
+  EXPECT_EQ(load_run_config("").train.zero_stage, 1);
+  EXPECT_EQ(config("[train]\nzero_stage = 2\n").train.zero_stage, 2);
+  std::string e = error_of([&] { config("[train]\nzero_stage = 3\n"); });
+  EXPECT_NE(e.find("train.zero_stage must be 1"), std::string::npos) << e;
 }
 
 }  // namespace

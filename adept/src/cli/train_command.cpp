@@ -4,7 +4,8 @@
 // `adept train --method adept|full|llama-pro|freeze --base DIR`: one method of the study
 // on a Hugging Face checkpoint: continual pretraining on the domain corpus.
 // Both run data parallel when a launcher (mpirun, srun, torchrun-style variables)
-// starts one process per GPU: see Launch below and dist/README.md. NOT yet run on GPUs.
+// starts one process per GPU: see Launch below and dist/README.md. NOT yet run on GPUs
+// (scripts/dp_check.sh's `cli` stage runs both under 2 processes).
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -35,6 +36,7 @@ namespace {
 struct TrainArgs {
   std::string config_path;
   int64_t steps = 0;
+  int64_t zero_stage = 0;  // 0: the config's
   std::string out_dir;
   bool quiet = false;
   std::string method, base, backend;
@@ -96,6 +98,7 @@ void run_method(const TrainArgs& args) {
   if (!args.after.empty()) rc.expand.after = args.after;
   if (!args.backend.empty()) rc.train.backend = args.backend;
   if (args.steps > 0) rc.train.steps = args.steps;
+  if (args.zero_stage > 0) rc.train.zero_stage = args.zero_stage;
   if (!args.out_dir.empty()) rc.train.out_dir = args.out_dir;
   validate_run_config(rc);
   const Launch launch = join_launch(rc, env);
@@ -129,8 +132,8 @@ void run_method(const TrainArgs& args) {
                double(m.model.params().total_numel()) / 1e6, rc.train.steps, rc.train.batch_size, rc.train.seq_len,
                fmt::join(rc.data.domain, ", "), rc.train.backend);
   if (launch.lead() && launch.env.distributed())
-    fmt::print("launch   {} processes ({}), global batch {} = {} per GPU\n", launch.env.world, launch.env.launcher,
-               rc.train.batch_size, rc.train.batch_size / launch.env.world);
+    fmt::print("launch   {} processes ({}), global batch {} = {} per GPU, ZeRO-{}\n", launch.env.world,
+               launch.env.launcher, rc.train.batch_size, rc.train.batch_size / launch.env.world, rc.train.zero_stage);
   std::fflush(stdout);
   MethodTraining t = train_method(args.method, m, data, rc, out.string(), show, -1, launch.communicator);
   if (!launch.lead()) return launch.barrier();
@@ -154,8 +157,10 @@ void run_train(const TrainArgs& args) {
   if (!args.method.empty()) return run_method(args);
   const dist::LaunchEnv env = dist::read_launch_env();
   RunConfig rc = load_run_config(args.config_path);
-  if (!args.backend.empty()) rc.train.backend = args.backend, validate_run_config(rc);
   if (args.steps > 0) rc.train.steps = args.steps;
+  if (args.zero_stage > 0) rc.train.zero_stage = args.zero_stage;
+  if (!args.backend.empty()) rc.train.backend = args.backend;
+  if (!args.backend.empty() || args.zero_stage > 0) validate_run_config(rc);
   if (!args.out_dir.empty()) rc.train.out_dir = args.out_dir;
   const Launch launch = join_launch(rc, env);
   const bool lead = launch.lead();
@@ -177,8 +182,8 @@ void run_train(const TrainArgs& args) {
   std::vector<LoaderSource> sources;
   add_loader_sources(sources, corpus, 1.0);
   // lc.batch_size is the global batch: data parallel, each rank trains on its share of
-  // the rows (ShardedLoader) and holds the whole held-out set (every rank evaluates it
-  // alike, so the loss needs no message).
+  // the rows (ShardedLoader) and holds the whole held-out set; the engine evaluates each
+  // held-out batch's rows shared out over the ranks and sums the losses.
   std::optional<PackedLoader> loader;
   std::optional<dist::ShardedLoader> sharded;
   if (launch.env.distributed()) sharded.emplace(std::move(sources), lc, launch.env.rank, launch.env.world);
@@ -198,8 +203,8 @@ void run_train(const TrainArgs& args) {
     fmt::print("train    {} steps x {} sequences x {} tokens (x{} accumulation), lr {} cosine, backend {}\n",
                rc.train.steps, rc.train.batch_size, rc.train.seq_len, rc.train.grad_accum, rc.train.lr, rc.train.backend);
     if (launch.env.distributed())
-      fmt::print("launch   {} processes ({}), global batch {} = {} per GPU\n", launch.env.world, launch.env.launcher,
-                 rc.train.batch_size, rc.train.batch_size / launch.env.world);
+      fmt::print("launch   {} processes ({}), global batch {} = {} per GPU, ZeRO-{}\n", launch.env.world,
+                 launch.env.launcher, rc.train.batch_size, rc.train.batch_size / launch.env.world, rc.train.zero_stage);
   }
   std::fflush(stdout);
 
@@ -254,6 +259,10 @@ void add_train_command(CLI::App& app) {
       ->delimiter(',');
   cmd->add_option("--backend", args->backend, "cpu | cuda (overrides train.backend)");
   cmd->add_option("--steps", args->steps, "Override train.steps");
+  cmd->add_option("--zero-stage", args->zero_stage,
+                  "Data parallel over several GPUs: 1 shards the optimizer state, 2 the gradients too "
+                  "(overrides train.zero_stage)")
+      ->check(CLI::Range(1, 2));
   cmd->add_option("--out", args->out_dir, "Override train.out_dir (model/, metrics.jsonl, summary.json)");
   cmd->add_flag("--quiet", args->quiet, "No progress bar");
   cmd->callback([args] { run_train(*args); });

@@ -97,4 +97,17 @@ std::vector<OwnedPiece> split_into_chunks(const std::vector<OwnedPiece>& pieces,
   return out;
 }
 
+std::vector<float> shard_from_host(const std::vector<OwnedPiece>& pieces, const std::vector<int64_t>& host_offset,
+                                   const float* host, int64_t shard_numel) {
+  std::vector<float> shard(size_t(std::max<int64_t>(shard_numel, 0)), 0.0f);
+  for (const OwnedPiece& p : pieces) {
+    if (p.tensor < 0 || size_t(p.tensor) >= host_offset.size()) fail("shard plan: piece of tensor {} has no host offset", p.tensor);
+    if (p.shard_offset < 0 || p.shard_offset + (p.end - p.begin) > shard_numel)
+      fail("shard plan: piece at {} + {} outside a shard of {}", p.shard_offset, p.end - p.begin, shard_numel);
+    std::copy(host + host_offset[size_t(p.tensor)] + p.begin, host + host_offset[size_t(p.tensor)] + p.end,
+              shard.begin() + p.shard_offset);
+  }
+  return shard;
+}
+
 }  // namespace adept::dist

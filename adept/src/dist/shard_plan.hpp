@@ -1,4 +1,4 @@
-// ZeRO-1's arithmetic, with no GPU in sight: how the trainable fp32 state (master
+// ZeRO's arithmetic, with no GPU in sight: how the trainable fp32 state (master
 // weights, AdamW moments, gradients) is cut into reduce-scatter buckets and rank shards.
 //
 // The state is a flat array of units in forward order: unit 0 the embedding, units
@@ -75,5 +75,13 @@ struct OwnedPiece {
 std::vector<OwnedPiece> owned_pieces(const ShardPlan& plan, const std::vector<TensorRange>& tensors, int rank);
 // The same pieces cut into AdamW chunks of at most `chunk` elements (one CUDA block each).
 std::vector<OwnedPiece> split_into_chunks(const std::vector<OwnedPiece>& pieces, int64_t chunk);
+
+// Checkpoints hold fp32 state (AdamW's moments) in the host layout, which no world size
+// shapes: tensor t's element j at host_offset[t] + j. A rank's shard of it (`pieces` are
+// that rank's, shard_numel elements, padding zero) is what the rank loads on resume, on
+// any number of ranks; gathering every rank's shard back (ShardPlan::owner /
+// shard_index) gives the host layout again.
+std::vector<float> shard_from_host(const std::vector<OwnedPiece>& pieces, const std::vector<int64_t>& host_offset,
+                                   const float* host, int64_t shard_numel);
 
 }  // namespace adept::dist

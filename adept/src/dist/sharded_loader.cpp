@@ -25,6 +25,26 @@ TokenBatch slice_rows(const TokenBatch& batch, int64_t begin, int64_t end) {
   return out;
 }
 
+RowRange rank_rows(int64_t rows, int rank, int world) {
+  if (world < 1 || rank < 0 || rank >= world) fail("rank_rows: rank {} of {}", rank, world);
+  if (rows < 0) fail("rank_rows: {} rows", rows);
+  return {rows * rank / world, rows * (rank + 1) / world};
+}
+
+std::vector<TokenBatch> rank_pieces(const TokenBatch& batch, int rank, int world, int64_t max_rows) {
+  if (max_rows < 1) fail("rank_pieces: pieces of {} rows", max_rows);
+  const RowRange r = rank_rows(batch.B, rank, world);
+  std::vector<TokenBatch> out;
+  for (int64_t b = r.begin; b < r.end; b += max_rows) out.push_back(slice_rows(batch, b, std::min(r.end, b + max_rows)));
+  return out;
+}
+
+int64_t most_pieces(int64_t rows, int world, int64_t max_rows) {
+  if (world < 1 || max_rows < 1) fail("most_pieces: world {}, pieces of {} rows", world, max_rows);
+  const int64_t most_rows = (rows + world - 1) / world;
+  return (most_rows + max_rows - 1) / max_rows;
+}
+
 ShardedLoader::ShardedLoader(std::vector<LoaderSource> sources, const LoaderConfig& config, int rank, int world)
     : loader_(std::move(sources), config), rank_(rank), world_(world) {
   if (world < 1 || rank < 0 || rank >= world) fail("sharded loader: rank {} of {}", rank, world);

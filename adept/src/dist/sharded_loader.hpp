@@ -18,6 +18,20 @@ namespace adept::dist {
 // Rows [begin, end) of `batch` as a batch of their own (documents re-based).
 TokenBatch slice_rows(const TokenBatch& batch, int64_t begin, int64_t end);
 
+// A batch every rank holds whole and the ranks share (held-out loss, a gradient for
+// ADEPT's importance estimates): rank r takes rows [rows·r/world, rows·(r+1)/world),
+// contiguous, the ranks' counts differing by at most one (a rank may have none).
+struct RowRange {
+  int64_t begin = 0, end = 0;
+};
+RowRange rank_rows(int64_t rows, int rank, int world);
+// Rank `rank`'s rows of `batch` in pieces of at most max_rows rows (none when it has no
+// rows); the sum over ranks and pieces of a per-row quantity is the whole batch's.
+std::vector<TokenBatch> rank_pieces(const TokenBatch& batch, int rank, int world, int64_t max_rows);
+// How many pieces the rank with the most rows has: what every rank runs when each piece
+// is collective (an idle rank runs a piece that counts no target).
+int64_t most_pieces(int64_t rows, int world, int64_t max_rows);
+
 class ShardedLoader {
  public:
   // config.batch_size is the global batch; it must divide evenly by world.

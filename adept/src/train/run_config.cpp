@@ -34,6 +34,7 @@ void read_train(const toml::table& root, const char* section, const std::string&
   r.read("eval_batches", t.eval_batches);
   r.read("checkpoint_every", t.checkpoint_every);
   r.read("out_dir", t.out_dir);
+  r.read("zero_stage", t.zero_stage);
   r.reject_unknown_keys();
 }
 
@@ -156,6 +157,9 @@ void validate_train(const std::string& s, const char* section, const TrainConfig
          "-DADEPT_CUDA=ON)",
          s, section);
   if (t.checkpoint_every < 0) fail("{}: {}.checkpoint_every must not be negative, got {}", s, section, t.checkpoint_every);
+  if (t.zero_stage != 1 && t.zero_stage != 2)
+    fail("{}: {}.zero_stage must be 1 (optimizer state sharded) or 2 (gradients too), got {}", s, section,
+         t.zero_stage);
   if (t.seq_len > model.max_position_embeddings)
     fail("{}: {}.seq_len ({}) exceeds model.max_position_embeddings ({})", s, section, t.seq_len,
          model.max_position_embeddings);

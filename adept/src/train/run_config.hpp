@@ -66,6 +66,10 @@ struct TrainConfig {
   int64_t eval_batches = 8;
   int64_t checkpoint_every = 0;  // optimizer steps between resumable checkpoints; 0: none
   std::string out_dir = "runs/tiny";
+  // Data parallelism over several GPUs (dist/README.md): 1 shards the optimizer state
+  // (ZeRO-1), 2 the gradients too (ZeRO-2: less memory, more communication with
+  // grad_accum > 1). One process ignores it; results agree within bf16 noise either way.
+  int64_t zero_stage = 1;
 };
 
 struct PipelineConfig {

@@ -13,6 +13,7 @@
 
 #include "backend/cuda/attention.hpp"
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/data_parallel_kernels.hpp"
 #include "backend/cuda/device_arena.hpp"
 #include "backend/cuda/gemm.hpp"
 #include "core/error.hpp"
@@ -43,6 +44,10 @@ struct Tensor {
   bool trainable = true;
   int64_t weight_offset = 0;  // elements into the bf16 weights
   int64_t state_offset = -1;  // elements into master / grads / m / v; -1 = frozen
+  // Data parallel: the tensor's place in the flat state layout, which the bf16 weights
+  // mirror (-1: outside it, a frozen tensor of a frozen group); a frozen member of a
+  // group that trains has a place (a zero hole in the state) but no state_offset.
+  int64_t flat_offset = -1;
   int64_t row_multiplier_offset = -1;
   float lr_multiplier = 1.0f;
   std::vector<float> row_multiplier;
@@ -173,48 +178,79 @@ struct CudaDecoder::Impl {
   size_t timing_used = 0;
   double attention_ms = 0.0;
 
-  // ---- Data parallel (ZeRO-1), when options.communicator has several ranks ----------
+  // ---- Data parallel (ZeRO), when options.communicator has several ranks -------------
   // Layout: the fp32 state is cut into units (0 the embedding, 1 + l layer l, L + 1 the
   // final norm and head) and buckets of units (dist/shard_plan.hpp), each bucket padded
-  // to world equal slices; tensors keep their single-GPU order, shifted per unit.
-  // Every rank holds: bf16 weights (whole), gradients (whole, flat layout), its slice
-  // of the reduced gradient (grad_shard) and its slices of master / m / v. A step:
-  //   backward of the last micro-batch: as each bucket's lowest unit finishes, an event
-  //     on `stream` lets comm_stream reduce-scatter (sum) that bucket into grad_shard,
-  //     while backward goes on below it; `stream` waits for comm_stream before the step;
+  // to world equal slices; tensors keep their single-GPU order, shifted per unit. The
+  // bf16 weights of every group that trains mirror this flat layout element for element
+  // (frozen groups follow it), so a bucket's weights are one contiguous run whose slice
+  // r is rank r's to update: the all-gather lands in the weights themselves, in place.
+  // Every rank holds: bf16 weights (whole), its slices of master / m / v and of the
+  // reduced gradient (grad_shard), and the fp32 gradient: whole (ZeRO-1) or one bucket
+  // at a time (ZeRO-2: bucket_grad points each bucket into one of two rotating buffers,
+  // or into its own buffer for the bucket holding the head, written during the forward).
+  // A step:
+  //   start: the step's target count all-reduced on comm_stream and turned into the
+  //     gradient scale on the device (count_ready), so that no host round trip waits
+  //     behind the previous step's all-gathers;
+  //   forward: before the first use of each bucket's weights, `stream` waits for that
+  //     bucket's all-gather of the previous step (gather_done), so the all-gathers run
+  //     under the forward, layer by layer; the cross-entropy waits for count_ready;
+  //   backward of the reducing micro-batch (the last one; with ZeRO-2 every one): as
+  //     each bucket's lowest unit finishes, an event on `stream` lets comm_stream
+  //     reduce-scatter (sum) that bucket into grad_shard while backward goes on below
+  //     it; `stream` waits for comm_stream before the optimizer;
   //   optimizer: loss / count and the gradient norm's partial sums all-reduced (every
   //     rank takes the same clip and skip decision), AdamW on the shard writing updated
-  //     bf16 weights into `staging` (flat layout, aliasing the gradient buffer, dead by
-  //     then), one all-gather per bucket in place, then staging → weights.
+  //     bf16 weights into the rank's slices, then on comm_stream one in-place all-gather
+  //     per bucket in forward order, left running when the step returns.
+  // Micro-batches replay CUDA graphs (ZeRO-1): the graph records bucket_ready and waits
+  // for gather_done / count_ready as external event nodes, and the collectives are
+  // enqueued by the host right after the launch (NCCL stays outside the graph; its
+  // error polling is unchanged). ZeRO-2 runs eagerly: its buffer rotation waits for
+  // reduce-scatters that the host enqueues while it enqueues backward.
   // The gradient's scale is 1 / (targets counted over all ranks' micro-batches), so the
   // sum over ranks is the gradient one GPU takes on the global batch.
   std::shared_ptr<dist::Communicator> comm;
-  int world = 1, rank = 0;
+  int world = 1, rank = 0, zero_stage = 1;
   dist::ShardPlan shard_plan;
-  std::vector<int> tensor_unit;               // unit of each tensor
+  std::vector<int> tensor_unit;               // unit of each tensor (-1: no place in the flat layout)
   std::vector<int64_t> unit_begin;            // single-GPU state offset of each unit
   std::vector<dist::OwnedPiece> owned;        // this rank's pieces (tensor = index into tensors)
-  int64_t num_adam_tensors = 0, num_gather_chunks = 0;
+  std::vector<float*> tensor_grad;            // each tensor's gradient (nullptr: frozen)
+  std::vector<float*> bucket_grad;            // each bucket's gradient buffer (its flat start)
+  int head_bucket = -1;                       // ZeRO-2: the bucket with the head's gradient (own buffer)
+  std::vector<int> bucket_slot;               // ZeRO-2: rotating buffer of each bucket (-1: its own)
+  int64_t ring_numel = 0;                     // ZeRO-2: elements of each rotating buffer
+  float *head_grad = nullptr, *ring[2] = {nullptr, nullptr};
+  int slot_user[2] = {-1, -1};                // ZeRO-2: the bucket that last used each rotating buffer
+  std::vector<char> acquired;                 // ZeRO-2: bucket buffers zeroed for this micro-batch
+  int64_t num_adam_tensors = 0;
   float* grad_shard = nullptr;
-  bf16* staging = nullptr;
-  cuda::AdamWTensor* gather_tensors = nullptr;
-  cuda::AdamWChunk* gather_chunks = nullptr;
   int64_t* dp_count = nullptr;
   int64_t* dp_count_host = nullptr;
+  float* dp_scale = nullptr;                  // the step's gradient scale, from the all-reduced count
   cudaStream_t comm_stream = nullptr;
-  std::vector<cudaEvent_t> bucket_ready;
-  cudaEvent_t reduced_event = nullptr;
-  size_t next_bucket = 0;
+  std::vector<cudaEvent_t> bucket_ready, reduced, gathered;  // per bucket
+  cudaEvent_t count_ready = nullptr, adam_done = nullptr, comm_joined = nullptr, reduced_event = nullptr;
+  size_t next_bucket = 0;                     // the next bucket to reduce-scatter
+  int next_gather = -1;                       // the next bucket whose all-gather the forward waits for
   bool reducing = false, grads_reduced = false;
+  bool dp_step = false;                       // inside train_step: the cross-entropy reads dp_scale
+  bool capturing = false;                     // in a graph capture: external events, deferred collectives
+  std::vector<int> deferred;                  // buckets to reduce-scatter after the graph launch
   bool dp() const { return world > 1; }
+  bool zero2() const { return dp() && zero_stage == 2; }
   int64_t optimizer_numel() const { return dp() ? shard_plan.shard_numel : state_numel; }
 
   ~Impl() {
     for (auto& [key, g] : graphs)
       if (g.exec) cudaGraphExecDestroy(g.exec);
     for (cudaEvent_t e : timing_events) cudaEventDestroy(e);
-    for (cudaEvent_t e : bucket_ready) cudaEventDestroy(e);
-    if (reduced_event) cudaEventDestroy(reduced_event);
+    for (auto* events : {&bucket_ready, &reduced, &gathered})
+      for (cudaEvent_t e : *events) cudaEventDestroy(e);
+    for (cudaEvent_t e : {count_ready, adam_done, comm_joined, reduced_event})
+      if (e) cudaEventDestroy(e);
     if (comm_stream) cudaStreamDestroy(comm_stream);
     if (dp_count_host) cudaFreeHost(dp_count_host);
     attention.reset();
@@ -245,6 +281,9 @@ struct CudaDecoder::Impl {
     if (comm && comm->world() > 1) {
       if (!comm->device_buffers()) fail("CudaDecoder: a {}-rank communicator must work on device memory (NCCL)", comm->world());
       world = comm->world(), rank = comm->rank();
+      zero_stage = opt.zero_stage;
+      if (zero_stage != 1 && zero_stage != 2)
+        fail("CudaDecoderOptions.zero_stage must be 1 or 2, got {}", opt.zero_stage);
     }
 
     auto add = [&](const std::string& name, std::vector<int64_t> shape, bool weight_decay) {
@@ -287,28 +326,10 @@ struct CudaDecoder::Impl {
     lm_head = c.tie_word_embeddings ? embed : add("lm_head.weight", {V, C}, true);
   }
 
-  // Weights in the order the fused GEMMs read them: q|k|v, their biases, and gate|up are
-  // each one contiguous matrix. Trainable tensors' fp32 state follows the same order, so
-  // a fused group whose members all train has one contiguous gradient too.
-  void lay_out() {
-    int64_t w = 0, s = 0, r = 0;
-    int unit = 0;
-    tensor_unit.assign(tensors.size(), 0);
-    unit_begin.assign(size_t(L + 2), 0);
-    auto begin_unit = [&](int u) { unit = u, unit_begin[u] = round_up(s, 64); };
-    auto place = [&](std::initializer_list<int> group) {
-      w = round_up(w, 128);
-      s = round_up(s, 64);
-      for (int i : group) {
-        if (i < 0) continue;
-        tensor_unit[i] = unit;
-        Tensor& t = tensors[i];
-        t.weight_offset = w;
-        w += t.numel;
-        t.state_offset = t.trainable ? s : -1;
-        if (t.trainable) s += t.numel;
-      }
-    };
+  // The fused groups in forward order, each unit opened by `begin_unit(u)`: q|k|v, their
+  // biases, and gate|up are each one contiguous matrix in the weights.
+  template <typename BeginUnit, typename Place>
+  void for_each_group(BeginUnit begin_unit, Place place) const {
     begin_unit(0);
     place({embed});
     for (const Layer& y : layers) {
@@ -327,9 +348,33 @@ struct CudaDecoder::Impl {
     begin_unit(int(L) + 1);
     place({final_norm});
     if (lm_head != embed) place({lm_head});
-    weights_numel = round_up(w, 128);
-    state_numel = round_up(s, 64);
-    if (dp()) shard_state();
+  }
+
+  // Weights in the order the fused GEMMs read them: q|k|v, their biases, and gate|up are
+  // each one contiguous matrix. Trainable tensors' fp32 state follows the same order, so
+  // a fused group whose members all train has one contiguous gradient too.
+  void lay_out() {
+    if (dp()) {
+      lay_out_data_parallel();
+    } else {
+      int64_t w = 0, s = 0;
+      for_each_group([](int) {},
+                     [&](std::initializer_list<int> group) {
+                       w = round_up(w, 128);
+                       s = round_up(s, 64);
+                       for (int i : group) {
+                         if (i < 0) continue;
+                         Tensor& t = tensors[i];
+                         t.weight_offset = w;
+                         w += t.numel;
+                         t.state_offset = t.trainable ? s : -1;
+                         if (t.trainable) s += t.numel;
+                       }
+                     });
+      weights_numel = round_up(w, 128);
+      state_numel = round_up(s, 64);
+    }
+    int64_t r = 0;
     trainable_count = 0;
     for (Tensor& t : tensors) {
       if (!t.trainable) continue;
@@ -340,8 +385,47 @@ struct CudaDecoder::Impl {
     row_multiplier_numel = r;
   }
 
-  // Data parallel: the shard plan over the units, tensors moved to the plan's flat
-  // offsets (a whole unit shifts, so fused groups stay contiguous), this rank's pieces.
+  // Data parallel: a group with a trainable member takes flat room for all its members
+  // (a frozen member is a zero hole in the state: the group's weights, which mirror the
+  // flat layout, stay one matrix for the fused GEMM); the shard plan over the units; the
+  // weights of the flat layout first, frozen groups after them.
+  void lay_out_data_parallel() {
+    int64_t s = 0;
+    int unit = 0;
+    tensor_unit.assign(tensors.size(), -1);
+    unit_begin.assign(size_t(L + 2), 0);
+    std::vector<std::vector<int>> frozen_groups;
+    for_each_group([&](int u) { unit = u, unit_begin[u] = round_up(s, 64); },
+                   [&](std::initializer_list<int> group) {
+                     bool trains = false;
+                     std::vector<int> members;
+                     for (int i : group)
+                       if (i >= 0) members.push_back(i), trains = trains || tensors[i].trainable;
+                     if (!trains) {
+                       if (!members.empty()) frozen_groups.push_back(members);
+                       return;
+                     }
+                     s = round_up(s, 64);
+                     for (int i : members) {
+                       tensor_unit[i] = unit;
+                       tensors[i].flat_offset = s;
+                       s += tensors[i].numel;
+                     }
+                   });
+    state_numel = round_up(s, 64);
+    shard_state();
+    int64_t w = shard_plan.total_numel;
+    for (Tensor& t : tensors)
+      if (t.flat_offset >= 0) t.weight_offset = t.flat_offset;
+    for (const std::vector<int>& group : frozen_groups) {
+      w = round_up(w, 128);
+      for (int i : group) tensors[i].weight_offset = w, w += tensors[i].numel;
+    }
+    weights_numel = round_up(w, 128);
+  }
+
+  // The shard plan over the units, tensors moved to the plan's flat offsets (a whole unit
+  // shifts, so fused groups stay contiguous), this rank's pieces, ZeRO-2's buffers.
   void shard_state() {
     std::vector<int64_t> unit_numel(unit_begin.size());
     for (size_t u = 0; u < unit_begin.size(); ++u)
@@ -355,14 +439,34 @@ struct CudaDecoder::Impl {
     std::vector<int> index;
     for (size_t i = 0; i < tensors.size(); ++i) {
       Tensor& t = tensors[i];
+      if (t.flat_offset < 0) continue;
+      t.flat_offset += shard_plan.unit_offset[tensor_unit[i]] - unit_begin[tensor_unit[i]];
+      t.state_offset = t.trainable ? t.flat_offset : -1;
       if (!t.trainable) continue;
-      t.state_offset += shard_plan.unit_offset[tensor_unit[i]] - unit_begin[tensor_unit[i]];
       ranges.push_back({t.state_offset, t.numel});
       index.push_back(int(i));
     }
     state_numel = shard_plan.total_numel;
     owned = dist::owned_pieces(shard_plan, ranges, rank);
     for (dist::OwnedPiece& p : owned) p.tensor = index[p.tensor];
+
+    const size_t B = shard_plan.buckets.size();
+    bucket_slot.assign(B, -1);
+    acquired.assign(B, 0);
+    head_bucket = -1;
+    ring_numel = 0;
+    if (zero_stage != 2) return;
+    // ZeRO-2: the head's gradient is written by the forward, long before backward reaches
+    // the rest of its bucket, so that bucket keeps a buffer of its own; the others take
+    // turns in two buffers, in reduction order.
+    if (tensor_unit[lm_head] >= 0 && tensors[lm_head].trainable)
+      head_bucket = shard_plan.unit_bucket[tensor_unit[lm_head]];
+    int turn = 0;
+    for (size_t k = 0; k < B; ++k) {
+      if (int(k) == head_bucket || shard_plan.buckets[k].slice == 0) continue;
+      bucket_slot[k] = turn++ % 2;
+      ring_numel = std::max(ring_numel, shard_plan.buckets[k].padded());
+    }
   }
 
   template <typename T>
@@ -375,7 +479,15 @@ struct CudaDecoder::Impl {
     const int64_t N = N_max;
     plan(weights, "weights (bf16)", weights_numel);
     plan(master, "master weights (fp32)", optimizer_numel());
-    plan(grads, "gradients (fp32)", state_numel);
+    if (zero2()) {
+      if (head_bucket >= 0) plan(head_grad, "gradients (fp32, ZeRO-2 head bucket)", shard_plan.buckets[head_bucket].padded());
+      if (ring_numel > 0) {
+        plan(ring[0], "gradients (fp32, ZeRO-2 buckets)", ring_numel);
+        plan(ring[1], "gradients (fp32, ZeRO-2 buckets)", ring_numel);
+      }
+    } else {
+      plan(grads, "gradients (fp32)", state_numel);
+    }
     plan(adam_m, "AdamW moments (fp32)", optimizer_numel());
     plan(adam_v, "AdamW moments (fp32)", optimizer_numel());
     plan(row_multipliers, "optimizer tables", row_multiplier_numel);
@@ -384,12 +496,11 @@ struct CudaDecoder::Impl {
       if (t.trainable) num_chunks += (t.numel + kAdamWChunk - 1) / kAdamWChunk;
     num_adam_tensors = trainable_count;
     if (dp()) {
-      num_gather_chunks = num_chunks, num_adam_tensors = int64_t(owned.size());
+      num_adam_tensors = int64_t(owned.size());
       num_chunks = int64_t(dist::split_into_chunks(owned, kAdamWChunk).size());
       plan(grad_shard, "gradient shard (fp32)", shard_plan.shard_numel);
-      plan(gather_tensors, "optimizer tables", trainable_count);
-      plan(gather_chunks, "optimizer tables", num_gather_chunks);
       plan(dp_count, "optimizer tables", 1);
+      plan(dp_scale, "optimizer tables", 1);
     }
     plan(adam_tensors, "optimizer tables", num_adam_tensors);
     plan(adam_chunks, "optimizer tables", num_chunks);
@@ -456,8 +567,7 @@ struct CudaDecoder::Impl {
     arena.allocate();
     for (auto& f : fixups) f();
     fixups.clear();
-    // The gradient buffer is dead once reduce-scattered: it carries the all-gather.
-    if (dp()) staging = reinterpret_cast<bf16*>(grads);
+    point_gradients();
     if (opt.recompute)
       for (LayerActivations& a : acts) a.h1 = h1_shared_ptr, a.h2 = h2_shared_ptr, a.act = act_shared_ptr;
     gemm = std::make_unique<cuda::Gemm>(gemm_workspace, kGemmWorkspace);
@@ -500,16 +610,17 @@ struct CudaDecoder::Impl {
     ADEPT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     ADEPT_CUDA_CHECK(cudaEventCreateWithFlags(&upload_done, cudaEventDisableTiming));
     choose_attention();
+    auto event = [](cudaEvent_t& e) { ADEPT_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming)); };
     if (dp()) {
       ADEPT_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream, cudaStreamNonBlocking));
-      ADEPT_CUDA_CHECK(cudaEventCreateWithFlags(&reduced_event, cudaEventDisableTiming));
+      for (cudaEvent_t* e : {&count_ready, &adam_done, &comm_joined, &reduced_event}) event(*e);
       ADEPT_CUDA_CHECK(cudaMallocHost(&dp_count_host, sizeof(int64_t)));
     }
     lay_out();
     plan_memory();
-    for (size_t b = 0; b < shard_plan.buckets.size() && dp(); ++b) {
-      bucket_ready.push_back(nullptr);
-      ADEPT_CUDA_CHECK(cudaEventCreateWithFlags(&bucket_ready.back(), cudaEventDisableTiming));
+    for (auto* events : {&bucket_ready, &reduced, &gathered}) {
+      events->assign(shard_plan.buckets.size(), nullptr);
+      for (cudaEvent_t& e : *events) event(e);
     }
     ADEPT_CUDA_CHECK(cudaMallocHost(&batch_host, batch_layout.bytes));
     ADEPT_CUDA_CHECK(cudaMallocHost(&state_host, sizeof(cuda::StepState)));
@@ -559,11 +670,9 @@ struct CudaDecoder::Impl {
       table.push_back(a);
     }
     if (dp()) {
-      // The whole-tensor table copies staging → weights (state_offset is the flat one);
-      // AdamW runs over this rank's pieces: weights := staging at the flat offset, the
-      // fp32 arrays at the piece's shard offset (indexed by the tensor's element j).
-      if (!table.empty()) upload(gather_tensors, table.data(), table.size() * sizeof(table[0]));
-      if (!chunks.empty()) upload(gather_chunks, chunks.data(), chunks.size() * sizeof(chunks[0]));
+      // AdamW runs over this rank's pieces: the bf16 weights at the tensor's offset (the
+      // flat one, which the weights mirror), the fp32 arrays at the piece's shard offset
+      // (both indexed by the tensor's element j).
       std::vector<cuda::AdamWTensor> pieces;
       std::vector<cuda::AdamWChunk> piece_chunks;
       for (const dist::OwnedPiece& p : owned) {
@@ -601,38 +710,57 @@ struct CudaDecoder::Impl {
   }
 
   void upload_weights(const ParameterStore<float>& host) {
-    for (const Tensor& t : tensors) {
+    auto source = [&](const Tensor& t) {
       int i = host.index(t.name);
       if (host.info(i).numel != t.numel) fail("{}: host tensor has {} values, expected {}", t.name, host.info(i).numel, t.numel);
-      const float* src = host.value(i);
-      if (t.trainable) {
-        float* full = (dp() ? grads : master) + t.state_offset;  // data parallel: staged in the gradient buffer
-        upload(full, src, size_t(t.numel) * 4);
-        cuda::convert_f32_to_bf16(weights + t.weight_offset, full, t.numel, stream);
-      } else {
+      return host.value(i);
+    };
+    // fp32 on the device (master, or a staging buffer), converted there.
+    auto upload_full = [&](const Tensor& t, float* full) {
+      upload(full, source(t), size_t(t.numel) * 4);
+      cuda::convert_f32_to_bf16(weights + t.weight_offset, full, t.numel, stream);
+    };
+    for (const Tensor& t : tensors) {
+      if (t.trainable && !dp()) {
+        upload_full(t, master + t.state_offset);
+      } else if (!t.trainable && t.flat_offset < 0) {
         // Staged by cudaMemcpyAsync before it returns, so `b` may go out of scope.
+        const float* src = source(t);
         std::vector<bf16> b(size_t(t.numel));
         for (int64_t j = 0; j < t.numel; ++j) b[j] = __float2bfloat16(src[j]);
         upload(weights + t.weight_offset, b.data(), b.size() * 2);
       }
     }
-    if (dp()) take_master_shard_from_grads();
+    if (dp()) stage_buckets([&](int i, float* full) { upload_full(tensors[i], full); });
     ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
 
-  // Data parallel: this rank's pieces of the full fp32 weights staged in `grads` into
-  // master; then the gradient buffer is zeroed (padding must stay zero).
-  void take_master_shard_from_grads() {
-    for (const dist::OwnedPiece& p : owned)
-      ADEPT_CUDA_CHECK(cudaMemcpyAsync(master + p.shard_offset, grads + tensors[p.tensor].state_offset + p.begin,
-                                       size_t(p.end - p.begin) * 4, cudaMemcpyDeviceToDevice, stream));
-    ADEPT_CUDA_CHECK(cudaMemsetAsync(grads, 0, size_t(state_numel) * 4, stream));
+  int bucket_of(int tensor) const { return shard_plan.unit_bucket[tensor_unit[tensor]]; }
+
+  // Data parallel, while the decoder is built: bucket by bucket, `fill(i, full)` writes
+  // tensor i's fp32 values to `full` in the bucket's gradient buffer (and its bf16
+  // weights), and this rank keeps its pieces of them as master weights. Then the
+  // gradient is zero again (padding and holes must stay zero).
+  template <typename Fill>
+  void stage_buckets(Fill fill) {
+    for (size_t k = 0; k < shard_plan.buckets.size(); ++k) {
+      const dist::Bucket& b = shard_plan.buckets[k];
+      if (b.numel == 0) continue;
+      for (size_t i = 0; i < tensors.size(); ++i)
+        if (tensors[i].flat_offset >= 0 && bucket_of(int(i)) == int(k))
+          fill(int(i), bucket_grad[k] + (tensors[i].flat_offset - b.offset));
+      for (const dist::OwnedPiece& p : owned)
+        if (bucket_of(p.tensor) == int(k))
+          ADEPT_CUDA_CHECK(cudaMemcpyAsync(master + p.shard_offset,
+                                           bucket_grad[k] + (tensors[p.tensor].state_offset + p.begin - b.offset),
+                                           size_t(p.end - p.begin) * 4, cudaMemcpyDeviceToDevice, stream));
+    }
+    if (!zero2()) ADEPT_CUDA_CHECK(cudaMemsetAsync(grads, 0, size_t(state_numel) * 4, stream));
   }
 
   void init_weights(uint64_t seed, double init_std) {
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      const Tensor& t = tensors[i];
-      float* m = t.trainable ? (dp() ? grads : master) + t.state_offset : nullptr;
+    auto fill = [&](int i, float* m) {
+      const Tensor& t = tensors[size_t(i)];
       bool is_norm = t.name.find("norm") != std::string::npos;
       bool is_bias = t.name.size() > 5 && t.name.compare(t.name.size() - 5, 5, ".bias") == 0;
       if (is_norm || is_bias)
@@ -640,14 +768,41 @@ struct CudaDecoder::Impl {
       else
         cuda::fill_normal(weights + t.weight_offset, m, t.numel, seed + 0x9E3779B97F4A7C15ull * (i + 1),
                           float(init_std), stream);
+    };
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const Tensor& t = tensors[i];
+      if (!dp()) fill(int(i), t.trainable ? master + t.state_offset : nullptr);
+      else if (t.flat_offset < 0) fill(int(i), nullptr);
     }
-    if (dp()) take_master_shard_from_grads();
+    if (dp()) stage_buckets(fill);
     ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  // After the arena is allocated: each bucket's and each trainable tensor's gradient.
+  void point_gradients() {
+    const std::vector<dist::Bucket>& buckets = shard_plan.buckets;
+    bucket_grad.assign(buckets.size(), nullptr);
+    for (size_t k = 0; k < buckets.size(); ++k) {
+      if (!zero2()) bucket_grad[k] = grads + buckets[k].offset;
+      else if (int(k) == head_bucket) bucket_grad[k] = head_grad;
+      else if (bucket_slot[k] >= 0) bucket_grad[k] = ring[bucket_slot[k]];
+    }
+    tensor_grad.assign(tensors.size(), nullptr);
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const Tensor& t = tensors[i];
+      if (t.state_offset < 0) continue;
+      if (!dp()) {
+        tensor_grad[i] = grads + t.state_offset;
+      } else {
+        const int k = bucket_of(int(i));
+        tensor_grad[i] = bucket_grad[k] + (t.state_offset - buckets[k].offset);
+      }
+    }
   }
 
   // ---- helpers ------------------------------------------------------------------
   const bf16* W(int i) const { return i < 0 ? nullptr : weights + tensors[i].weight_offset; }
-  float* G(int i) const { return (i < 0 || tensors[i].state_offset < 0) ? nullptr : grads + tensors[i].state_offset; }
+  float* G(int i) const { return i < 0 ? nullptr : tensor_grad[i]; }
   const int32_t* batch_i32(size_t offset) const { return reinterpret_cast<const int32_t*>(batch_device + offset); }
   const int32_t* tokens() const { return batch_i32(batch_layout.tokens); }
   const int32_t* targets() const { return batch_i32(batch_layout.targets); }
@@ -752,8 +907,11 @@ struct CudaDecoder::Impl {
 
   void enqueue_forward(bool train) {
     ADEPT_CUDA_CHECK(cudaMemsetAsync(forward_loss, 0, sizeof(LossAccumulator), stream));
+    begin_gathered_weights();
+    weights_ready(0);
     cuda::embedding_forward(x[0], tokens(), W(embed), N, C, stream);
     for (int64_t l = 0; l < L; ++l) {
+      weights_ready(int(l) + 1);
       if (skip[l]) {
         ADEPT_CUDA_CHECK(cudaMemcpyAsync(x[l + 1], x[l], size_t(N * C) * 2, cudaMemcpyDeviceToDevice, stream));
         continue;
@@ -776,8 +934,17 @@ struct CudaDecoder::Impl {
       cuda::swiglu_forward(a.act, a.gateup, N, I, stream);
       cuda::linear_forward(*gemm, x[l + 1], C, a.act, I, W(y.down), nullptr, a.x2, N, I, C, stream);
     }
+    weights_ready(int(L) + 1);
     cuda::rmsnorm_forward(h_final, rstd_final, x[L], W(final_norm), N, C, c.rms_norm_eps, stream);
     const float* grad_scale = reinterpret_cast<const float*>(batch_device + batch_layout.grad_scale);
+    if (train && zero2()) {
+      std::fill(acquired.begin(), acquired.end(), 0);
+      if (head_bucket >= 0) acquire(head_bucket);  // the head's gradient is written below
+    }
+    if (train && dp_step) {
+      wait(stream, count_ready);  // the step's scale, from every rank's count
+      grad_scale = dp_scale;
+    }
     for (int64_t c0 = 0; c0 < N; c0 += logits_chunk) {
       const int64_t n = std::min(logits_chunk, N - c0);
       cuda::GemmArgs g;  // logits[n][V] = h[c0..][C] · W_headᵀ, fp32
@@ -838,9 +1005,11 @@ struct CudaDecoder::Impl {
       if (!skip[l] && layer_trainable(l)) lowest = l;
 
     // dh holds d(h_final), written by the chunked cross-entropy.
+    gradients_begin(int(L) + 1);
     cuda::rmsnorm_backward(dx, G(final_norm), partials, dh, x[L], W(final_norm), rstd_final, nullptr, N, C, stream);
     for (int64_t l = L - 1; l >= 0 && l >= lowest; --l) {
       units_done(int(l) + 2);  // the head and layers above l are final
+      gradients_begin(int(l) + 1);
       if (skip[l]) continue;
       const Layer& y = layers[l];
       LayerActivations& a = acts[l];
@@ -874,6 +1043,7 @@ struct CudaDecoder::Impl {
       cuda::rmsnorm_backward(dx, G(y.input_norm), partials, dh, x[l], W(y.input_norm), a.rstd1, dx, N, C, stream);
     }
     units_done(1);
+    gradients_begin(0);
     if (G(embed)) {
       auto* b = batch_device;
       const BatchLayout& bl = batch_layout;
@@ -885,119 +1055,203 @@ struct CudaDecoder::Impl {
     units_done(0);
   }
 
-  // ---- data parallel: reduce-scatter overlapped with backward ----------------------
-  // Launches, on comm_stream, the reduce-scatter of every bucket whose units are all
-  // final (units >= `unit`). Does nothing outside a reducing backward.
+  // ---- data parallel: events, reduce-scatter under backward, all-gather under forward --
+  // In a graph capture, events recorded or waited for across the graph's boundary are
+  // external event nodes (the graph's launch records / waits for them).
+  void record(cudaEvent_t e, cudaStream_t on) {
+    ADEPT_CUDA_CHECK(cudaEventRecordWithFlags(e, on, capturing ? cudaEventRecordExternal : cudaEventRecordDefault));
+  }
+  void wait(cudaStream_t on, cudaEvent_t e) {
+    ADEPT_CUDA_CHECK(cudaStreamWaitEvent(on, e, capturing ? cudaEventWaitExternal : cudaEventWaitDefault));
+  }
+
+  // The forward waits, bucket by bucket in forward order, for the all-gather that
+  // brought the last update of its weights (an event never recorded is no wait).
+  void begin_gathered_weights() { next_gather = dp() ? int(shard_plan.buckets.size()) - 1 : -1; }
+  void weights_ready(int unit) {
+    for (; next_gather >= 0 && shard_plan.buckets[next_gather].first_unit <= unit; --next_gather)
+      if (shard_plan.buckets[next_gather].slice > 0) wait(stream, gathered[next_gather]);
+  }
+
+  // ZeRO-2: bucket k's buffer, zeroed, once the reduce-scatter of its previous user is
+  // done (the same bucket in the last micro-batch, or the bucket before it in the turn).
+  void acquire(int k) {
+    if (!zero2() || acquired[k] || shard_plan.buckets[k].slice == 0) return;
+    acquired[k] = 1;
+    const int slot = bucket_slot[k];
+    const int previous = slot < 0 ? k : slot_user[slot];
+    if (previous >= 0) wait(stream, reduced[previous]);
+    if (slot >= 0) slot_user[slot] = k;
+    ADEPT_CUDA_CHECK(cudaMemsetAsync(bucket_grad[k], 0, size_t(shard_plan.buckets[k].padded()) * 4, stream));
+  }
+  // Backward is about to write unit `unit`'s gradients.
+  void gradients_begin(int unit) {
+    if (zero2() && reducing) acquire(shard_plan.unit_bucket[unit]);
+  }
+
+  // Marks, on `stream`, every bucket whose units are all final (units >= `unit`) and
+  // reduce-scatters it on comm_stream (after the graph's launch when capturing). Does
+  // nothing outside a reducing backward.
   void units_done(int unit) {
     if (!reducing) return;
     const std::vector<dist::Bucket>& buckets = shard_plan.buckets;
     while (next_bucket < buckets.size() && buckets[next_bucket].first_unit >= unit) {
-      const dist::Bucket& b = buckets[next_bucket];
-      if (b.slice > 0) {
-        ADEPT_CUDA_CHECK(cudaEventRecord(bucket_ready[next_bucket], stream));
-        ADEPT_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, bucket_ready[next_bucket], 0));
-        comm->reduce_scatter(grads + b.offset, grad_shard + b.shard_offset, size_t(b.slice), dist::DataType::f32,
-                             dist::ReduceOp::sum, comm_stream);
-      }
-      ++next_bucket;
+      const int k = int(next_bucket++);
+      if (buckets[k].slice == 0) continue;
+      acquire(k);  // ZeRO-2: a bucket backward never reached (below the lowest trainable layer) sends zeros
+      record(bucket_ready[k], stream);
+      if (capturing)
+        deferred.push_back(k);
+      else
+        reduce_scatter(k);
     }
+  }
+
+  void reduce_scatter(int k) {
+    const dist::Bucket& b = shard_plan.buckets[k];
+    ADEPT_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, bucket_ready[k], 0));
+    float* g = bucket_grad[k];
+    if (!zero2()) {
+      comm->reduce_scatter(g, grad_shard + b.shard_offset, size_t(b.slice), dist::DataType::f32, dist::ReduceOp::sum,
+                           comm_stream);
+      return;
+    }
+    // In place (the rank's slice of the buffer receives the sum), then into the shard.
+    float* mine = g + int64_t(rank) * b.slice;
+    comm->reduce_scatter(g, mine, size_t(b.slice), dist::DataType::f32, dist::ReduceOp::sum, comm_stream);
+    cuda::accumulate_f32(grad_shard + b.shard_offset, mine, b.slice, comm_stream);
+    ADEPT_CUDA_CHECK(cudaEventRecord(reduced[k], comm_stream));
   }
 
   void begin_reduction() {
     reducing = true;
     next_bucket = 0;
   }
-
-  // Any bucket not yet launched, then `stream` waits for comm_stream.
-  void finish_reduction() {
+  // Every bucket not yet marked (the embedding's, and those of layers backward skipped).
+  void end_reduction() {
     units_done(0);
     reducing = false;
+  }
+  // The collectives a captured graph deferred, once the graph is launched.
+  void launch_deferred() {
+    for (int k : deferred) reduce_scatter(k);
+    deferred.clear();
+  }
+  // `stream` waits for everything queued on comm_stream so far.
+  void join_comm() {
+    ADEPT_CUDA_CHECK(cudaEventRecord(comm_joined, comm_stream));
+    ADEPT_CUDA_CHECK(cudaStreamWaitEvent(stream, comm_joined, 0));
+  }
+  void join_reduction() {
+    join_comm();
     grads_reduced = true;
-    ADEPT_CUDA_CHECK(cudaEventRecord(reduced_event, comm_stream));
-    ADEPT_CUDA_CHECK(cudaStreamWaitEvent(stream, reduced_event, 0));
   }
 
-  // The sum over ranks of a host count (the step's counted targets).
-  int64_t sum_over_ranks(int64_t value) {
-    *dp_count_host = value;
-    ADEPT_CUDA_CHECK(cudaMemcpyAsync(dp_count, dp_count_host, sizeof(int64_t), cudaMemcpyHostToDevice, stream));
-    comm->all_reduce(dp_count, dp_count, 1, dist::DataType::i64, dist::ReduceOp::sum, stream);
-    ADEPT_CUDA_CHECK(cudaMemcpyAsync(dp_count_host, dp_count, sizeof(int64_t), cudaMemcpyDeviceToHost, stream));
-    comm->synchronize(stream);
-    return *dp_count_host;
+  // train_step's start, data parallel: the step's counted targets summed over ranks and
+  // turned into the gradient scale on the device, queued on comm_stream behind the last
+  // step's all-gathers (the forward waits for it only at its cross-entropy).
+  void start_data_parallel_step(int64_t counted) {
+    *dp_count_host = counted;
+    ADEPT_CUDA_CHECK(cudaMemcpyAsync(dp_count, dp_count_host, sizeof(int64_t), cudaMemcpyHostToDevice, comm_stream));
+    comm->all_reduce(dp_count, dp_count, 1, dist::DataType::i64, dist::ReduceOp::sum, comm_stream);
+    cuda::grad_scale_from_count(dp_scale, dp_count, comm_stream);
+    ADEPT_CUDA_CHECK(cudaEventRecord(count_ready, comm_stream));
+    dp_step = true;
   }
 
-  // A sharded fp32 array (master, m or v) gathered into the flat layout in `grads`.
-  void gather_into_grads(const float* shard) {
-    for (const dist::Bucket& b : shard_plan.buckets)
-      if (b.slice > 0)
-        comm->all_gather(shard + b.shard_offset, grads + b.offset, size_t(b.slice), dist::DataType::f32, stream);
-    comm->synchronize(stream);
-  }
-
-  // Data parallel, the step's last micro-batch: eager, with each bucket's reduce-scatter
-  // launched as backward finishes it (not captured: a graph would hold the collectives).
-  void run_reducing_micro_batch() {
-    enqueue_forward(true);
-    begin_reduction();
-    enqueue_backward();
-    finish_reduction();
-  }
-
-  // Forward + backward of the prepared micro-batch: replayed from a CUDA graph when this
-  // shape and document layout has been seen before.
-  void run_training_micro_batch() {
-    if (!opt.cuda_graphs || !graphs_ok || opt.time_attention) {
-      enqueue_forward(true);
-      enqueue_backward();
-      return;
+  // A sharded fp32 array (master, m, v or the reduced gradient) gathered bucket by bucket
+  // into the bucket's gradient buffer; `take(tensor, values)` copies each trainable
+  // tensor out before the next bucket (ZeRO-2's buffers take turns).
+  template <typename Take>
+  void gather_sharded(const float* shard, Take take) {
+    join_comm();
+    const std::vector<dist::Bucket>& buckets = shard_plan.buckets;
+    for (size_t k = 0; k < buckets.size(); ++k) {
+      const dist::Bucket& b = buckets[k];
+      if (b.slice == 0) continue;
+      comm->all_gather(shard + b.shard_offset, bucket_grad[k], size_t(b.slice), dist::DataType::f32, stream);
+      comm->synchronize(stream);
+      for (size_t i = 0; i < tensors.size(); ++i)
+        if (tensors[i].state_offset >= 0 && bucket_of(int(i)) == int(k))
+          take(tensors[i], bucket_grad[k] + (tensors[i].state_offset - b.offset));
     }
-    std::vector<int64_t> key{N};
-    key.insert(key.end(), docs.cu_seqlens.begin(), docs.cu_seqlens.end());
-    for (bool s : skip) key.push_back(s);
-    auto it = graphs.find(key);
-    if (it == graphs.end()) {
-      // First sight: run eagerly (this also settles the attention backend and fills the
-      // GEMM plan cache, so the capture below records only launches).
-      if (graphs.size() < kMaxGraphs) graphs.emplace(key, Graph{});
+  }
+
+  // Forward + backward of the prepared micro-batch. Data parallel: `reduce` reduce-
+  // scatters its gradient as backward goes (the step's last micro-batch; ZeRO-2 every
+  // one), `join` makes `stream` wait for the reductions (the last). Replayed from a CUDA
+  // graph when this shape, document layout and role has been seen before.
+  void run_micro_batch(bool reduce, bool join) {
+    auto eager = [&] {
       enqueue_forward(true);
+      if (reduce) begin_reduction();
       enqueue_backward();
-      return;
-    }
-    if (!it->second.exec) {
-      cudaGraph_t graph = nullptr;
-      ADEPT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-      std::string why;
-      try {
-        enqueue_forward(true);
-        enqueue_backward();
-      } catch (const std::exception& e) {
-        why = e.what();
-      }
-      cudaError_t end = cudaStreamEndCapture(stream, &graph);
-      cudaGraphExec_t exec = nullptr;
-      if (why.empty() && end == cudaSuccess && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess) {
-        it->second.exec = exec;
+      if (reduce) end_reduction();
+    };
+    const bool use_graphs = opt.cuda_graphs && graphs_ok && !opt.time_attention && !zero2();
+    if (!use_graphs) {
+      eager();
+    } else {
+      std::vector<int64_t> key{N, int64_t(reduce), int64_t(dp_step)};
+      key.insert(key.end(), docs.cu_seqlens.begin(), docs.cu_seqlens.end());
+      for (bool s : skip) key.push_back(s);
+      auto it = graphs.find(key);
+      if (it == graphs.end()) {
+        // First sight: run eagerly (this also settles the attention backend and fills the
+        // GEMM plan cache, so the capture below records only launches).
+        if (graphs.size() < kMaxGraphs) graphs.emplace(key, Graph{});
+        eager();
       } else {
-        if (why.empty()) why = cudaGetErrorString(end != cudaSuccess ? end : cudaGetLastError());
-        cudaGetLastError();  // clear the capture's error
-        spdlog::warn("CUDA decoder: graph capture failed ({}); running without graphs", why);
-        graphs_ok = false;
-      }
-      if (graph) cudaGraphDestroy(graph);
-      if (!graphs_ok) {
-        enqueue_forward(true);
-        enqueue_backward();
-        return;
+        if (!it->second.exec) capture(it->second, reduce);
+        if (it->second.exec) {
+          ADEPT_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream));
+          graph_replayed = true;
+          launch_deferred();
+        } else {
+          eager();
+        }
       }
     }
-    ADEPT_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream));
-    graph_replayed = true;
+    if (join) join_reduction();
+  }
+
+  // Records the micro-batch into g.exec, or turns graphs off (leaving g.exec null) when
+  // capture fails. No collective is enqueued while capturing: they are deferred.
+  void capture(Graph& g, bool reduce) {
+    cudaGraph_t graph = nullptr;
+    ADEPT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    capturing = true;
+    std::string why;
+    try {
+      enqueue_forward(true);
+      if (reduce) begin_reduction();
+      enqueue_backward();
+      if (reduce) end_reduction();
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    capturing = false;
+    reducing = false;
+    cudaError_t end = cudaStreamEndCapture(stream, &graph);
+    cudaGraphExec_t exec = nullptr;
+    if (why.empty() && end == cudaSuccess && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess) {
+      g.exec = exec;
+    } else {
+      if (why.empty()) why = cudaGetErrorString(end != cudaSuccess ? end : cudaGetLastError());
+      cudaGetLastError();  // clear the capture's error
+      spdlog::warn("CUDA decoder: graph capture failed ({}); running without graphs", why);
+      graphs_ok = false;
+      deferred.clear();  // nothing was launched: the eager run enqueues them again
+    }
+    if (graph) cudaGraphDestroy(graph);
   }
 
   void zero_gradients() {
     grads_reduced = false;
-    ADEPT_CUDA_CHECK(cudaMemsetAsync(grads, 0, size_t(state_numel) * 4, stream));
+    if (zero2())
+      ADEPT_CUDA_CHECK(cudaMemsetAsync(grad_shard, 0, size_t(shard_plan.shard_numel) * 4, stream));
+    else
+      ADEPT_CUDA_CHECK(cudaMemsetAsync(grads, 0, size_t(state_numel) * 4, stream));
     // loss_sum and count are adjacent in StepState.
     ADEPT_CUDA_CHECK(cudaMemsetAsync(&state->loss_sum, 0, sizeof(double) + sizeof(int64_t), stream));
   }
@@ -1033,12 +1287,13 @@ struct CudaDecoder::Impl {
     return r;
   }
 
-  // ZeRO-1's step (the design is at the data-parallel members above).
+  // ZeRO's step (the design is at the data-parallel members above).
   void data_parallel_update() {
     const AdamWConfig& ac = opt.adamw;
-    if (!grads_reduced) {  // backward() called directly: reduce everything now
+    if (!grads_reduced && !zero2()) {  // backward() called directly (ZeRO-1): reduce everything now
       begin_reduction();
-      finish_reduction();
+      end_reduction();
+      join_reduction();
     }
     // Loss and count summed over ranks: the reported loss is the global mean, and a
     // non-finite loss anywhere skips the step everywhere.
@@ -1050,13 +1305,20 @@ struct CudaDecoder::Impl {
     comm->all_reduce(norm_partials, norm_partials, cuda::kReduceBlocks, dist::DataType::f64, dist::ReduceOp::sum,
                      stream);
     cuda::grad_norm_finalize(state, norm_partials, float(ac.beta1), float(ac.beta2), stream);
-    cuda::adamw_update(master, staging, grad_shard, adam_m, adam_v, adam_tensors, adam_chunks, num_chunks,
+    // The updated bf16 weights land in this rank's slices of the weights themselves.
+    cuda::adamw_update(master, weights, grad_shard, adam_m, adam_v, adam_tensors, adam_chunks, num_chunks,
                        row_multipliers, state, float(ac.beta1), float(ac.beta2), float(ac.eps), stream);
-    for (const dist::Bucket& b : shard_plan.buckets)
-      if (b.slice > 0)
-        comm->all_gather(staging + b.offset + int64_t(rank) * b.slice, staging + b.offset, size_t(b.slice),
-                         dist::DataType::bf16, stream);
-    cuda::copy_staging_to_weights(weights, staging, gather_tensors, gather_chunks, num_gather_chunks, state, stream);
+    // Every rank's slices to every rank, in place, in the order the next forward needs
+    // them; left running when the step returns (a skipped step gathers what is there).
+    ADEPT_CUDA_CHECK(cudaEventRecord(adam_done, stream));
+    ADEPT_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, adam_done, 0));
+    for (int k = int(shard_plan.buckets.size()) - 1; k >= 0; --k) {
+      const dist::Bucket& b = shard_plan.buckets[k];
+      if (b.slice == 0) continue;
+      comm->all_gather(weights + b.offset + int64_t(rank) * b.slice, weights + b.offset, size_t(b.slice),
+                       dist::DataType::bf16, comm_stream);
+      ADEPT_CUDA_CHECK(cudaEventRecord(gathered[k], comm_stream));
+    }
     grads_reduced = false;
   }
 };
@@ -1101,7 +1363,12 @@ cpu::CrossEntropyResult CudaDecoder::forward(const Batch& batch, const ForwardOp
 void CudaDecoder::backward() {
   Impl& s = *impl_;
   if (!s.have_activations) fail("CudaDecoder::backward called without a forward that kept activations");
+  if (!s.zero2()) return s.enqueue_backward();
+  // ZeRO-2 holds no whole gradient: backward reduce-scatters into the shard as it goes.
+  s.begin_reduction();
   s.enqueue_backward();
+  s.end_reduction();
+  s.join_reduction();
 }
 
 void CudaDecoder::zero_gradients() { impl_->zero_gradients(); }
@@ -1117,19 +1384,19 @@ CudaStepResult CudaDecoder::train_step(const std::vector<Batch>& micro_batches, 
   int64_t counted = 0;
   for (const Batch& b : micro_batches)
     for (int64_t n = 0; n < b.B * b.S; ++n) counted += b.targets[n] != kIgnoreIndex;
-  // Data parallel: over every rank's micro-batches, as one GPU would count them.
-  if (s.dp()) counted = s.sum_over_ranks(counted);
   ForwardOptions fo;
   fo.keep_activations = true;
   fo.grad_scale = counted ? 1.0 / double(counted) : 0.0;
   s.zero_gradients();
+  // Data parallel: over every rank's micro-batches, as one GPU would count them (on the
+  // device; the cross-entropy reads the scale from there).
+  if (s.dp()) s.start_data_parallel_step(counted);
   for (size_t i = 0; i < micro_batches.size(); ++i) {
     s.prepare_batch(micro_batches[i], fo, true);
-    if (s.dp() && i + 1 == micro_batches.size())
-      s.run_reducing_micro_batch();
-    else
-      s.run_training_micro_batch();
+    const bool last = i + 1 == micro_batches.size();
+    s.run_micro_batch(s.dp() && (last || s.zero2()), s.dp() && last);
   }
+  s.dp_step = false;
   s.have_activations = false;
   return s.optimizer_step(lr, max_grad_norm);
 }
@@ -1137,32 +1404,33 @@ CudaStepResult CudaDecoder::train_step(const std::vector<Batch>& micro_batches, 
 void CudaDecoder::copy_weights_to_host(ParameterStore<float>& host) const {
   Impl& s = *impl_;
   ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
-  const float* full = s.master;
-  if (s.dp()) s.gather_into_grads(s.master), full = s.grads;
-  for (const Tensor& t : s.tensors) {
-    if (!t.trainable) continue;
-    int i = host.index(t.name);
-    ADEPT_CUDA_CHECK(cudaMemcpy(host.value(i), full + t.state_offset, size_t(t.numel) * 4, cudaMemcpyDeviceToHost));
-  }
+  auto take = [&](const Tensor& t, const float* full) {
+    ADEPT_CUDA_CHECK(cudaMemcpy(host.value(host.index(t.name)), full, size_t(t.numel) * 4, cudaMemcpyDeviceToHost));
+  };
+  if (s.dp()) return s.gather_sharded(s.master, take);
+  for (const Tensor& t : s.tensors)
+    if (t.trainable) take(t, s.master + t.state_offset);
 }
 
 void CudaDecoder::copy_gradients_to_host(ParameterStore<float>& host) const {
   Impl& s = *impl_;
   ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  const float mean = s.dp() ? 1.0f / float(s.world) : 1.0f;
+  auto take = [&](const Tensor& t, const float* g_device) {
+    float* g = host.grad(host.index(t.name));
+    if (!g) fail("{} trains on the GPU but has no gradient slot in the host store", t.name);
+    ADEPT_CUDA_CHECK(cudaMemcpy(g, g_device, size_t(t.numel) * 4, cudaMemcpyDeviceToHost));
+    if (s.dp())
+      for (int64_t j = 0; j < t.numel; ++j) g[j] *= mean;
+  };
+  if (s.zero2()) return s.gather_sharded(s.grad_shard, take);  // backward reduced it
   if (s.dp()) {
+    s.join_comm();
     s.comm->all_reduce(s.grads, s.grads, size_t(s.state_numel), dist::DataType::f32, dist::ReduceOp::sum, s.stream);
     s.comm->synchronize(s.stream);
   }
-  const float mean = s.dp() ? 1.0f / float(s.world) : 1.0f;
-  for (const Tensor& t : s.tensors) {
-    if (!t.trainable) continue;
-    int i = host.index(t.name);
-    float* g = host.grad(i);
-    if (!g) fail("{} trains on the GPU but has no gradient slot in the host store", t.name);
-    ADEPT_CUDA_CHECK(cudaMemcpy(g, s.grads + t.state_offset, size_t(t.numel) * 4, cudaMemcpyDeviceToHost));
-    if (s.dp())
-      for (int64_t j = 0; j < t.numel; ++j) g[j] *= mean;
-  }
+  for (const Tensor& t : s.tensors)
+    if (t.trainable) take(t, s.G(int(&t - s.tensors.data())));
 }
 
 void CudaDecoder::copy_optimizer_state_to_host(const ParameterStore<float>& host, std::vector<float>& first_moment,
@@ -1171,29 +1439,18 @@ void CudaDecoder::copy_optimizer_state_to_host(const ParameterStore<float>& host
   ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
   first_moment.assign(size_t(host.trainable_numel()), 0.0f);
   second_moment.assign(size_t(host.trainable_numel()), 0.0f);
-  if (s.dp()) {
-    // Each moment gathered into the flat layout in turn (the gradient buffer holds one).
-    for (auto [shard, out] : {std::pair{s.adam_m, &first_moment}, std::pair{s.adam_v, &second_moment}}) {
-      s.gather_into_grads(shard);
-      for (const Tensor& t : s.tensors) {
-        if (!t.trainable) continue;
-        const ParameterInfo& p = host.info(host.index(t.name));
-        if (p.grad_offset < 0) fail("{} trains on the GPU but has no gradient slot in the host store", t.name);
-        ADEPT_CUDA_CHECK(cudaMemcpy(out->data() + p.grad_offset, s.grads + t.state_offset, size_t(t.numel) * 4,
-                                    cudaMemcpyDeviceToHost));
-      }
+  for (auto [moment, out] : {std::pair{s.adam_m, &first_moment}, std::pair{s.adam_v, &second_moment}}) {
+    auto take = [&, out = out](const Tensor& t, const float* values) {
+      const ParameterInfo& p = host.info(host.index(t.name));
+      if (p.grad_offset < 0) fail("{} trains on the GPU but has no gradient slot in the host store", t.name);
+      ADEPT_CUDA_CHECK(cudaMemcpy(out->data() + p.grad_offset, values, size_t(t.numel) * 4, cudaMemcpyDeviceToHost));
+    };
+    if (s.dp()) {
+      s.gather_sharded(moment, take);
+    } else {
+      for (const Tensor& t : s.tensors)
+        if (t.trainable) take(t, moment + t.state_offset);
     }
-    return;
-  }
-  for (const Tensor& t : s.tensors) {
-    if (!t.trainable) continue;
-    const ParameterInfo& p = host.info(host.index(t.name));
-    if (p.grad_offset < 0) fail("{} trains on the GPU but has no gradient slot in the host store", t.name);
-    const size_t bytes = size_t(t.numel) * 4;
-    ADEPT_CUDA_CHECK(cudaMemcpy(first_moment.data() + p.grad_offset, s.adam_m + t.state_offset, bytes,
-                                cudaMemcpyDeviceToHost));
-    ADEPT_CUDA_CHECK(cudaMemcpy(second_moment.data() + p.grad_offset, s.adam_v + t.state_offset, bytes,
-                                cudaMemcpyDeviceToHost));
   }
 }
 
@@ -1207,13 +1464,18 @@ void CudaDecoder::load_optimizer_state(const ParameterStore<float>& host, const 
   if (steps_taken < 0) fail("optimizer state: {} steps taken", steps_taken);
   ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
   if (s.dp()) {
-    for (const dist::OwnedPiece& piece : s.owned) {  // this rank's pieces only: no collective
+    // This rank's shard of the host layout (saved on any number of ranks): no collective.
+    std::vector<int64_t> host_offset(s.tensors.size(), -1);
+    for (const dist::OwnedPiece& piece : s.owned) {
       const Tensor& t = s.tensors[piece.tensor];
-      const ParameterInfo& p = host.info(host.index(t.name));
-      if (p.grad_offset < 0) fail("{} trains on the GPU but has no gradient slot in the host store", t.name);
-      const size_t bytes = size_t(piece.end - piece.begin) * 4;
-      s.upload(s.adam_m + piece.shard_offset, first_moment.data() + p.grad_offset + piece.begin, bytes);
-      s.upload(s.adam_v + piece.shard_offset, second_moment.data() + p.grad_offset + piece.begin, bytes);
+      host_offset[piece.tensor] = host.info(host.index(t.name)).grad_offset;
+      if (host_offset[piece.tensor] < 0) fail("{} trains on the GPU but has no gradient slot in the host store", t.name);
+    }
+    const int64_t n = s.shard_plan.shard_numel;
+    for (auto [moment, values] : {std::pair{s.adam_m, &first_moment}, std::pair{s.adam_v, &second_moment}}) {
+      std::vector<float> shard = dist::shard_from_host(s.owned, host_offset, values->data(), n);
+      s.upload(moment, shard.data(), size_t(n) * 4);
+      ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));  // `shard` goes out of scope
     }
   }
   for (const Tensor& t : s.tensors) {
@@ -1250,6 +1512,14 @@ std::string CudaDecoder::attention_backend() const {
 
 size_t CudaDecoder::device_bytes() const { return impl_->arena.bytes(); }
 size_t CudaDecoder::optimizer_state_bytes() const { return size_t(impl_->optimizer_numel()) * 3 * sizeof(float); }
+size_t CudaDecoder::gradient_bytes() const {
+  const Impl& s = *impl_;
+  int64_t n = s.zero2() ? (s.head_bucket >= 0 ? s.shard_plan.buckets[s.head_bucket].padded() : 0) + 2 * s.ring_numel
+                        : s.state_numel;
+  if (s.dp()) n += s.shard_plan.shard_numel;
+  return size_t(n) * sizeof(float);
+}
+int CudaDecoder::zero_stage() const { return impl_->dp() ? impl_->zero_stage : 0; }
 int CudaDecoder::data_parallel_world() const { return impl_->world; }
 std::string CudaDecoder::memory_report() const { return impl_->arena.report(); }
 bool CudaDecoder::graphs_active() const { return impl_->graph_replayed; }

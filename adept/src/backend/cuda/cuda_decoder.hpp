@@ -46,15 +46,23 @@ struct CudaDecoderOptions {
   // forces eager launches, since a graph's nodes cannot be timed one by one).
   bool time_attention = false;
   AdamWConfig adamw;
-  // Data parallelism with a ZeRO-1 optimizer (dist/communicator.hpp; the design is in
+  // Data parallelism with a ZeRO optimizer (dist/communicator.hpp; the design is in
   // cuda_decoder.cpp, "Data parallel"). nullptr or a world of one rank: the single-GPU
-  // path, unchanged. Otherwise every rank holds the whole bf16 model and the whole
-  // gradient, but only its shard of the fp32 master weights and AdamW moments; each
-  // rank trains on its own micro-batches, and a step is the step one GPU would take on
-  // all ranks' micro-batches together. The device is the one current when the decoder
-  // is built (make_communicator made env.local_rank current).
+  // path, unchanged. Otherwise every rank holds the whole bf16 model but only its shard
+  // of the fp32 master weights and AdamW moments; each rank trains on its own
+  // micro-batches, and a step is the step one GPU would take on all ranks'
+  // micro-batches together. The device is the one current when the decoder is built
+  // (make_communicator made env.local_rank current).
   std::shared_ptr<dist::Communicator> communicator;
   int64_t bucket_numel = int64_t(32) << 20;  // fp32 elements per reduce-scatter bucket (128 MiB)
+  // 1: ZeRO-1, every rank holds the whole fp32 gradient, reduce-scattered once per step
+  //    (during the last micro-batch's backward); micro-batches replay CUDA graphs.
+  // 2: ZeRO-2, gradients sharded too: a bucket's fp32 gradient exists only while
+  //    backward fills it (two rotating bucket buffers, plus one for the bucket holding
+  //    the head, which the forward already writes) and is reduce-scattered into the
+  //    rank's shard after every micro-batch: less memory, more communication with
+  //    gradient accumulation, eager launches. Ignored on one GPU.
+  int zero_stage = 1;
 };
 
 struct CudaStepResult {
@@ -85,6 +93,7 @@ class CudaDecoder {
   // Data parallel: train_step is the way to train (it scales by the targets of every
   // rank's micro-batches). forward / backward / optimizer_step sum the ranks'
   // gradients as they are, so there grad_scale must be 1 / (targets over all ranks).
+  // With ZeRO-2 backward is collective (it reduce-scatters as it goes).
   void backward();
   // Zeroes the gradients and the step's loss.
   void zero_gradients();
@@ -121,8 +130,12 @@ class CudaDecoder {
   int64_t skipped_steps() const;      // steps skipped as non-finite
   std::string attention_backend() const;  // "flash4" or the fallback's name (fwd / bwd)
   size_t device_bytes() const;        // the arena
-  // fp32 master weights and AdamW moments held on this GPU (ZeRO-1: this rank's shard).
+  // fp32 master weights and AdamW moments held on this GPU (ZeRO: this rank's shard).
   size_t optimizer_state_bytes() const;
+  // fp32 gradient buffers held on this GPU (data parallel: with the rank's reduced
+  // shard; ZeRO-2: the bucket buffers instead of the whole gradient).
+  size_t gradient_bytes() const;
+  int zero_stage() const;             // 0 on the single-GPU path, else 1 or 2
   int data_parallel_world() const;    // 1 on the single-GPU path
   std::string memory_report() const;
   bool graphs_active() const;         // a captured graph has been replayed

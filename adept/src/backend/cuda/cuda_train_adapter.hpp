@@ -13,9 +13,10 @@
 
 namespace adept {
 
-// Options sized for `config`'s micro-batches (batch_size × seq_len) and its AdamW;
-// `communicator` (data parallelism, dist/README.md) goes into
-// CudaDecoderOptions::communicator (nullptr: one GPU).
+// Options sized for `config`'s micro-batches (batch_size × seq_len; data parallel, a
+// rank's batch_size / world rows) and its AdamW and ZeRO stage; `communicator` (data
+// parallelism, dist/README.md) goes into CudaDecoderOptions::communicator (nullptr: one
+// GPU).
 CudaDecoderOptions cuda_options_for(const TrainConfig& config,
                                     std::shared_ptr<dist::Communicator> communicator = nullptr);
 
@@ -28,8 +29,11 @@ StepRecord cuda_train_step(CudaDecoder& model, const std::vector<TokenBatch>& mi
 // now; batches of up to max_tokens tokens in rows of up to max_seq_len). Gradients for importance estimates come
 // from the device (copy_gradients_to_host); the optimizer state stays on the device.
 // With a communicator of several ranks it is this rank's part of a data-parallel job:
-// step, pull_weights, gradient, save_optimizer_state and push_weights are collective
-// (every rank calls them at the same points); loss is local.
+// step, loss, gradient, pull_weights, save_optimizer_state and push_weights are
+// collective (every rank calls them at the same points). A batch passed to loss or
+// gradient is held whole by every rank, and each evaluates its share of the rows
+// (dist::rank_rows): the held-out loss and the importance gradient are the single-GPU
+// values, and a rank's arena is sized for its share of max_tokens.
 std::unique_ptr<TrainEngine> make_cuda_engine(Decoder<float>& host, const TrainConfig& config, int64_t max_tokens,
                                               int64_t max_seq_len,
                                               std::shared_ptr<dist::Communicator> communicator = nullptr);
