@@ -461,7 +461,10 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
           fence_operand(dsa[k][r]);
         }
       // Every wgmma reading this stage's Q / dO is done, and so are this warp's reads of its
-      // lse2 / D rows.
+      // lse2 / D rows: __syncwarp orders all 32 lanes' reads before lane 0's arrive (a
+      // release for lane 0 alone), so the producer's next bulk copy into the stage cannot
+      // overtake a lane's read (compute-sanitizer racecheck flagged it without).
+      __syncwarp();
       if (lane == 0) mbarrier_arrive(&q_empty[stage]);
 
       // dq_accum[token][h][:] += dQ (unscaled; the finish kernel multiplies by scale).
