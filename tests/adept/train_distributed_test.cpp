@@ -50,6 +50,7 @@ class CountOnlyCommunicator final : public dist::Communicator {
   void reduce_scatter(const void*, void*, size_t, dist::DataType, dist::ReduceOp, void*) override { unreachable(); }
   void all_gather(const void*, void*, size_t, dist::DataType, void*) override { unreachable(); }
   void synchronize(void*) override { unreachable(); }
+  void synchronize_event(void*) override { unreachable(); }
   void all_reduce_host(double*, size_t, dist::ReduceOp) override { unreachable(); }
 
  private:

@@ -50,6 +50,9 @@ class Communicator {
   virtual void all_gather(const void* send, void* recv, size_t send_count, DataType type, void* stream) = 0;
   // Waits for everything queued on `stream`, within the collective timeout.
   virtual void synchronize(void* stream) = 0;
+  // Waits for a recorded CUDA event (a cudaEvent_t as void*), within the collective
+  // timeout: for work queued behind collectives (a forward that waits for all-gathers).
+  virtual void synchronize_event(void* event) = 0;
   // Host values, reduced in place and returned when done (blocking): the trainer's
   // scalars (held-out loss sums, token counts, a stop flag). NCCL stages them through a
   // small device buffer on a stream of its own.
@@ -73,6 +76,7 @@ class LocalCommunicator final : public Communicator {
                       void* stream) override;
   void all_gather(const void* send, void* recv, size_t send_count, DataType type, void* stream) override;
   void synchronize(void*) override {}
+  void synchronize_event(void*) override {}
   void all_reduce_host(double*, size_t, ReduceOp) override {}
 };
 

@@ -689,7 +689,16 @@ struct CudaDecoder::Impl {
     if (!table.empty()) upload(adam_tensors, table.data(), table.size() * sizeof(table[0]));
     if (!chunks.empty()) upload(adam_chunks, chunks.data(), chunks.size() * sizeof(chunks[0]));
     upload(row_multipliers, rows.data(), rows.size() * 4);
-    ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host tables go out of scope
+    sync_stream();  // the host tables go out of scope
+  }
+
+  // Waits for `stream`; data parallel, within the collective timeout (the stream may
+  // wait for all-gathers or reductions of ranks that failed).
+  void sync_stream() {
+    if (dp())
+      comm->synchronize(stream);
+    else
+      ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
 
   // Every host→device copy goes on `stream`, in order with the kernels that read it. A
@@ -864,8 +873,12 @@ struct CudaDecoder::Impl {
       cu.resize(b.B + 1);
       for (int64_t r = 0; r <= b.B; ++r) cu[r] = int32_t(r * b.S);
     }
-    // Wait until the previous upload has left the pinned buffer.
-    ADEPT_CUDA_CHECK(cudaEventSynchronize(upload_done));
+    // Wait until the previous upload has left the pinned buffer (data parallel: it may
+    // queue behind collectives, so within their timeout).
+    if (dp())
+      comm->synchronize_event(upload_done);
+    else
+      ADEPT_CUDA_CHECK(cudaEventSynchronize(upload_done));
     auto host_i32 = [&](size_t offset) { return reinterpret_cast<int32_t*>(batch_host + offset); };
     int32_t* pos = host_i32(batch_layout.positions);
     docs.max_len = 0;
@@ -1271,10 +1284,7 @@ struct CudaDecoder::Impl {
                          row_multipliers, state, float(ac.beta1), float(ac.beta2), float(ac.eps), stream);
     }
     ADEPT_CUDA_CHECK(cudaMemcpyAsync(state_host, state, sizeof(cuda::StepState), cudaMemcpyDeviceToHost, stream));
-    if (dp())
-      comm->synchronize(stream);  // within the collective timeout, never a silent hang
-    else
-      ADEPT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    sync_stream();  // data parallel: within the collective timeout, never a silent hang
     collect_attention_time();
     CudaStepResult r;
     r.count = state_host->count;
@@ -1352,7 +1362,7 @@ cpu::CrossEntropyResult CudaDecoder::forward(const Batch& batch, const ForwardOp
   s.have_activations = options.keep_activations;
   ADEPT_CUDA_CHECK(cudaMemcpyAsync(s.forward_loss_host, s.forward_loss, sizeof(LossAccumulator),
                                    cudaMemcpyDeviceToHost, s.stream));
-  ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  s.sync_stream();
   cpu::CrossEntropyResult r;
   r.loss_sum = s.forward_loss_host->loss_sum;
   r.count = s.forward_loss_host->count;
@@ -1403,7 +1413,7 @@ CudaStepResult CudaDecoder::train_step(const std::vector<Batch>& micro_batches, 
 
 void CudaDecoder::copy_weights_to_host(ParameterStore<float>& host) const {
   Impl& s = *impl_;
-  ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  s.sync_stream();
   auto take = [&](const Tensor& t, const float* full) {
     ADEPT_CUDA_CHECK(cudaMemcpy(host.value(host.index(t.name)), full, size_t(t.numel) * 4, cudaMemcpyDeviceToHost));
   };
@@ -1414,7 +1424,7 @@ void CudaDecoder::copy_weights_to_host(ParameterStore<float>& host) const {
 
 void CudaDecoder::copy_gradients_to_host(ParameterStore<float>& host) const {
   Impl& s = *impl_;
-  ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  s.sync_stream();
   const float mean = s.dp() ? 1.0f / float(s.world) : 1.0f;
   auto take = [&](const Tensor& t, const float* g_device) {
     float* g = host.grad(host.index(t.name));
@@ -1436,7 +1446,7 @@ void CudaDecoder::copy_gradients_to_host(ParameterStore<float>& host) const {
 void CudaDecoder::copy_optimizer_state_to_host(const ParameterStore<float>& host, std::vector<float>& first_moment,
                                                std::vector<float>& second_moment) const {
   Impl& s = *impl_;
-  ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  s.sync_stream();
   first_moment.assign(size_t(host.trainable_numel()), 0.0f);
   second_moment.assign(size_t(host.trainable_numel()), 0.0f);
   for (auto [moment, out] : {std::pair{s.adam_m, &first_moment}, std::pair{s.adam_v, &second_moment}}) {
@@ -1462,7 +1472,7 @@ void CudaDecoder::load_optimizer_state(const ParameterStore<float>& host, const 
     fail("optimizer state has {} / {} moments, the trainable tensors hold {}", first_moment.size(),
          second_moment.size(), n);
   if (steps_taken < 0) fail("optimizer state: {} steps taken", steps_taken);
-  ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  s.sync_stream();
   if (s.dp()) {
     // This rank's shard of the host layout (saved on any number of ranks): no collective.
     std::vector<int64_t> host_offset(s.tensors.size(), -1);
@@ -1475,7 +1485,7 @@ void CudaDecoder::load_optimizer_state(const ParameterStore<float>& host, const 
     for (auto [moment, values] : {std::pair{s.adam_m, &first_moment}, std::pair{s.adam_v, &second_moment}}) {
       std::vector<float> shard = dist::shard_from_host(s.owned, host_offset, values->data(), n);
       s.upload(moment, shard.data(), size_t(n) * 4);
-      ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));  // `shard` goes out of scope
+      s.sync_stream();  // `shard` goes out of scope
     }
   }
   for (const Tensor& t : s.tensors) {
@@ -1488,10 +1498,10 @@ void CudaDecoder::load_optimizer_state(const ParameterStore<float>& host, const 
   }
   // The step counter lives in the device's StepState (the update kernel advances it).
   ADEPT_CUDA_CHECK(cudaMemcpyAsync(s.state_host, s.state, sizeof(cuda::StepState), cudaMemcpyDeviceToHost, s.stream));
-  ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  s.sync_stream();
   s.state_host->t = steps_taken;
   s.upload(s.state, s.state_host, sizeof(cuda::StepState));
-  ADEPT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  s.sync_stream();
   s.steps_taken = steps_taken;
 }
 

@@ -125,15 +125,10 @@ class NcclCommunicator final : public Communicator {
   }
 
   void synchronize(void* stream) override {
-    const auto start = Clock::now();
-    for (;;) {
-      cudaError_t q = cudaStreamQuery(cudaStream_t(stream));
-      if (q == cudaSuccess) return;
-      if (q != cudaErrorNotReady) cuda_or_fail(env_.rank, q, "cudaStreamQuery (waiting for collectives)");
-      poll_async_error("a collective");
-      if (Clock::now() - start > std::chrono::duration<double>(options_.timeout_seconds)) abort_with_timeout("a collective");
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
+    wait_until([&] { return cudaStreamQuery(cudaStream_t(stream)); }, "cudaStreamQuery (waiting for collectives)");
+  }
+  void synchronize_event(void* event) override {
+    wait_until([&] { return cudaEventQuery(cudaEvent_t(event)); }, "cudaEventQuery (waiting for collectives)");
   }
 
  private:
@@ -152,6 +147,25 @@ class NcclCommunicator final : public Communicator {
       fail("rank {} of {}: NCCL reported error {} ({}) during {}; another rank probably failed — ending this rank "
            "(NCCL_DEBUG=WARN says more)",
            env_.rank, env_.world, int(state), ncclGetErrorString(state), what);
+    }
+  }
+
+  // Polls `query` (cudaSuccess: done) with NCCL's asynchronous error and the timeout. The
+  // first millisecond spins (a step's end is usually that close), then 50 µs naps.
+  template <typename Query>
+  void wait_until(Query query, const char* call) {
+    const auto start = Clock::now();
+    for (;;) {
+      cudaError_t q = query();
+      if (q == cudaSuccess) return;
+      if (q != cudaErrorNotReady) cuda_or_fail(env_.rank, q, call);
+      poll_async_error("a collective");
+      const auto waited = Clock::now() - start;
+      if (waited > std::chrono::duration<double>(options_.timeout_seconds)) abort_with_timeout("a collective");
+      if (waited < std::chrono::milliseconds(1))
+        std::this_thread::yield();
+      else
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
 
