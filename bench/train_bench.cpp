@@ -4,10 +4,12 @@
 //
 //   train-bench [--model llama-3.2-1b|tiny] [--batch B] [--seq S] [--steps N] [--warmup W]
 //               [--recompute] [--no-graphs] [--attention auto|flash4|fallback] [--data-parallel]
+//               [--zero 1|2]
 //
 // --data-parallel: one process per GPU, launched with the torchrun-style environment,
 // mpirun or srun (dist/launch_env.hpp; bench/train_dp_bench.sh starts them): NCCL with a
-// ZeRO-1 optimizer, --batch rows per GPU, tokens/s reported per GPU (rank 0 prints).
+// ZeRO optimizer (--zero: 1 shards the optimizer state, 2 the gradients too), --batch
+// rows per GPU, tokens/s reported per GPU (rank 0 prints).
 //
 // FLOPs per token: 6·N (N = parameters that take part in matrix products: all of them,
 // the tied embedding counted once as the head) + causal attention 6·L·S·Hq·D (QKᵀ and PV,
@@ -39,6 +41,7 @@ struct Args {
   std::string model = "llama-3.2-1b";
   int64_t batch = 2, seq = 4096, steps = 10, warmup = 3;
   bool recompute = false, graphs = true, time_attention = false, data_parallel = false;
+  int zero = 1;
   std::string attention = "auto";
 };
 
@@ -63,10 +66,11 @@ Args parse(int argc, char** argv) {
     else if (s == "--time-attention") a.time_attention = true;
     else if (s == "--attention") a.attention = next();
     else if (s == "--data-parallel") a.data_parallel = true;
+    else if (s == "--zero") a.zero = std::stoi(next());
     else {
       std::fprintf(stderr, "usage: train-bench [--model llama-3.2-1b|tiny] [--batch B] [--seq S] [--steps N] "
                            "[--warmup W] [--recompute] [--no-graphs] [--time-attention] [--attention auto|flash4|fallback] "
-                           "[--data-parallel]\n");
+                           "[--data-parallel] [--zero 1|2]\n");
       std::exit(2);
     }
   }
@@ -184,6 +188,7 @@ int main(int argc, char** argv) {
     o.attention = a.attention;
     o.time_attention = a.time_attention;
     o.communicator = comm;
+    o.zero_stage = a.zero;
     auto t_build = std::chrono::steady_clock::now();
     CudaDecoder model(c, o, 1234, 0.02);
     const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_build).count();
@@ -226,6 +231,7 @@ int main(int argc, char** argv) {
     const double mfu = tokens_per_s * flops_per_token / (gemm_tflops * 1e12);
     const double used_gib = double(free0 - free1) / double(1 << 30);
     const double optimizer_gib = double(model.optimizer_state_bytes()) / double(1 << 30);
+    const double gradient_gib = double(model.gradient_bytes()) / double(1 << 30);
     if (world > 1)
       std::fprintf(stderr, "rank %d of %d: %.0f tokens/s on this GPU, %.1f ms/step, optimizer state %.2f GiB\n", rank,
                    world, tokens_per_s, 1e3 * seconds / double(a.steps), optimizer_gib);
@@ -244,12 +250,12 @@ int main(int argc, char** argv) {
                 "\"tokens_per_s\": %.1f, \"step_ms\": %.2f, \"gemm_tflops\": %.1f, \"flops_per_token\": %.6e, "
                 "\"mfu\": %.4f, \"peak_mem_gib\": %.3f, \"arena_gib\": %.3f, \"attention\": \"%s\", "
                 "\"graphs\": %s, \"recompute\": %s, \"loss_first\": %.4f, \"loss_last\": %.4f, \"attention_ms\": %.2f, "
-                "\"gpus\": %d, \"optimizer_state_gib\": %.3f}\n",
+                "\"gpus\": %d, \"optimizer_state_gib\": %.3f, \"gradient_gib\": %.3f, \"zero\": %d}\n",
                 prop.name, a.model.c_str(), (long long)a.batch, (long long)a.seq, tokens_per_s,
                 1e3 * seconds / double(a.steps), gemm_tflops, flops_per_token, mfu, used_gib,
                 double(model.device_bytes()) / double(1 << 30), model.attention_backend().c_str(),
                 model.graphs_active() ? "true" : "false", a.recompute ? "true" : "false", first_loss, last_loss,
-                attention_ms, world, optimizer_gib);
+                attention_ms, world, optimizer_gib, gradient_gib, model.zero_stage());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "train-bench: %s\n", e.what());
     return 1;

@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # Data-parallel scaling of the CUDA backend (issue 10's goal): train-bench on one GPU,
-# then on N GPUs (one process per GPU, torchrun-style environment, NCCL + ZeRO-1) at the
-# same per-GPU batch; prints both JSON lines and the per-GPU throughput ratio (goal:
-# >= 95%) and the optimizer state per GPU (goal: 1/N of one GPU's).
+# then on N GPUs (one process per GPU, torchrun-style environment, NCCL) with ZeRO-1 and
+# with ZeRO-2, at the same per-GPU batch; prints the JSON lines, a table and the per-GPU
+# throughput ratio (goal: >= 95%), the optimizer state per GPU (goal: 1/N of one GPU's)
+# and ZeRO-2's fp32 gradient buffers per GPU against ZeRO-1's.
 #
-#   bench/train_dp_bench.sh [--build DIR] [--gpus N] [train-bench arguments...]
+#   bench/train_dp_bench.sh [--build DIR] [--gpus N] [--zero "1 2"] [train-bench arguments...]
 #   e.g. bench/train_dp_bench.sh --build build-dp --gpus 2 --model llama-3.2-1b --batch 2 --seq 4096 --steps 20
 #
 # NCCL_NVLS_ENABLE=0 is set by adept itself unless given (NVLink multicast stays off on
-# shared machines). Logs of every rank go to ${OUT:-.}/train_dp_bench.rank<r>.log.
+# shared machines). Logs of every rank go to ${OUT:-.}/train_dp_bench.zero<z>.rank<r>.log.
 set -uo pipefail
 BUILD=build
 GPUS=2
+ZEROS="1 2"
 args=()
 while (($#)); do
   case $1 in
     --build) BUILD=$2; shift 2 ;;
     --gpus) GPUS=$2; shift 2 ;;
+    --zero) ZEROS=$2; shift 2 ;;
     *) args+=("$1"); shift ;;
   esac
 done
@@ -26,36 +29,47 @@ OUT=${OUT:-.}
 
 echo "== 1 GPU"
 "$BENCH" "${args[@]}" >"$OUT/train_dp_bench.single.log" 2>&1 || { tail -20 "$OUT/train_dp_bench.single.log"; exit 1; }
-single=$(grep '^{"engine"' "$OUT/train_dp_bench.single.log" | tail -1)
-echo "$single"
+lines=("$(grep '^{"engine"' "$OUT/train_dp_bench.single.log" | tail -1)")
+echo "${lines[0]}"
 
-echo "== $GPUS GPUs (data parallel, ZeRO-1)"
-port=$((29500 + RANDOM % 1000))
-pids=()
-for ((r = 0; r < GPUS; r++)); do
-  RANK=$r WORLD_SIZE=$GPUS LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-    "$BENCH" "${args[@]}" --data-parallel >"$OUT/train_dp_bench.rank$r.log" 2>&1 &
-  pids+=($!)
-done
 status=0
-for p in "${pids[@]}"; do wait "$p" || status=1; done
-grep -h "tokens/s on this GPU" "$OUT"/train_dp_bench.rank*.log
-multi=$(grep '^{"engine"' "$OUT/train_dp_bench.rank0.log" | tail -1)
-echo "$multi"
-if ((status)); then
-  echo "train_dp_bench: a rank failed; logs in $OUT/train_dp_bench.rank*.log" >&2
-  tail -20 "$OUT"/train_dp_bench.rank*.log >&2
-  exit 1
-fi
-python3 - "$single" "$multi" <<'PY'
+for zero in $ZEROS; do
+  echo "== $GPUS GPUs (data parallel, ZeRO-$zero)"
+  port=$((29500 + RANDOM % 1000))
+  pids=()
+  for ((r = 0; r < GPUS; r++)); do
+    RANK=$r WORLD_SIZE=$GPUS LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+      "$BENCH" "${args[@]}" --data-parallel --zero "$zero" >"$OUT/train_dp_bench.zero$zero.rank$r.log" 2>&1 &
+    pids+=($!)
+  done
+  failed=0
+  for p in "${pids[@]}"; do wait "$p" || failed=1; done
+  grep -h "tokens/s on this GPU" "$OUT"/train_dp_bench.zero$zero.rank*.log
+  if ((failed)); then
+    echo "train_dp_bench: a rank failed (ZeRO-$zero); logs in $OUT/train_dp_bench.zero$zero.rank*.log" >&2
+    tail -20 "$OUT"/train_dp_bench.zero$zero.rank*.log >&2
+    status=1
+    continue
+  fi
+  lines+=("$(grep '^{"engine"' "$OUT/train_dp_bench.zero$zero.rank0.log" | tail -1)")
+  echo "${lines[-1]}"
+done
+
+python3 - "${lines[@]}" <<'PY'
 import json, sys
-a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-ratio = b["tokens_per_s"] / a["tokens_per_s"]
-print(f"| GPUs | batch/GPU | seq | tokens/s per GPU | step ms | optimizer GiB/GPU | arena GiB |")
-print(f"|---|---|---|---|---|---|---|")
-for r in (a, b):
-    print(f"| {r['gpus']} | {r['batch']} | {r['seq']} | {r['tokens_per_s']:.0f} | {r['step_ms']:.1f} | "
-          f"{r['optimizer_state_gib']:.2f} | {r['arena_gib']:.2f} |")
-print(f"per-GPU throughput {100 * ratio:.1f}% of one GPU (goal >= 95%); optimizer state "
-      f"{b['optimizer_state_gib'] / a['optimizer_state_gib']:.3f}x (goal {1 / b['gpus']:.3f}x)")
+rows = [json.loads(line) for line in sys.argv[1:] if line.strip()]
+one = rows[0]
+print("| GPUs | ZeRO | batch/GPU | seq | tokens/s per GPU | step ms | graphs | optimizer GiB/GPU | gradients GiB/GPU | arena GiB |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for r in rows:
+    zero = r.get("zero", 0) or "-"
+    print(f"| {r['gpus']} | {zero} | {r['batch']} | {r['seq']} | {r['tokens_per_s']:.0f} | {r['step_ms']:.1f} | "
+          f"{'on' if r['graphs'] else 'off'} | {r['optimizer_state_gib']:.2f} | {r.get('gradient_gib', float('nan')):.2f} | "
+          f"{r['arena_gib']:.2f} |")
+for r in rows[1:]:
+    ratio = r["tokens_per_s"] / one["tokens_per_s"]
+    print(f"ZeRO-{r['zero']}: per-GPU throughput {100 * ratio:.1f}% of one GPU (goal >= 95%); optimizer state "
+          f"{r['optimizer_state_gib'] / one['optimizer_state_gib']:.3f}x (goal {1 / r['gpus']:.3f}x); gradient "
+          f"buffers {r['gradient_gib']:.2f} GiB/GPU ({r['gradient_gib'] / one['gradient_gib']:.3f}x one GPU's)")
 PY
+exit $status
