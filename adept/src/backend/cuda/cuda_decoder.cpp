@@ -168,6 +168,7 @@ struct CudaDecoder::Impl {
   // CUDA graphs of a training micro-step, by shape and documents.
   struct Graph {
     cudaGraphExec_t exec = nullptr;
+    std::vector<int> reduce;  // data parallel: buckets whose reduce-scatter follows each launch
   };
   std::map<std::vector<int64_t>, Graph> graphs;
   bool graphs_ok = true;
@@ -238,7 +239,7 @@ struct CudaDecoder::Impl {
   bool reducing = false, grads_reduced = false;
   bool dp_step = false;                       // inside train_step: the cross-entropy reads dp_scale
   bool capturing = false;                     // in a graph capture: external events, deferred collectives
-  std::vector<int> deferred;                  // buckets to reduce-scatter after the graph launch
+  std::vector<int> deferred;                  // buckets marked ready during a capture
   bool dp() const { return world > 1; }
   bool zero2() const { return dp() && zero_stage == 2; }
   int64_t optimizer_numel() const { return dp() ? shard_plan.shard_numel : state_numel; }
@@ -1145,11 +1146,6 @@ struct CudaDecoder::Impl {
     units_done(0);
     reducing = false;
   }
-  // The collectives a captured graph deferred, once the graph is launched.
-  void launch_deferred() {
-    for (int k : deferred) reduce_scatter(k);
-    deferred.clear();
-  }
   // `stream` waits for everything queued on comm_stream so far.
   void join_comm() {
     ADEPT_CUDA_CHECK(cudaEventRecord(comm_joined, comm_stream));
@@ -1219,7 +1215,7 @@ struct CudaDecoder::Impl {
         if (it->second.exec) {
           ADEPT_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream));
           graph_replayed = true;
-          launch_deferred();
+          for (int k : it->second.reduce) reduce_scatter(k);  // the collectives the graph marks ready
         } else {
           eager();
         }
@@ -1229,11 +1225,13 @@ struct CudaDecoder::Impl {
   }
 
   // Records the micro-batch into g.exec, or turns graphs off (leaving g.exec null) when
-  // capture fails. No collective is enqueued while capturing: they are deferred.
+  // capture fails. No collective is enqueued while capturing: the buckets the graph marks
+  // ready go to g.reduce, reduce-scattered by the host after every launch.
   void capture(Graph& g, bool reduce) {
     cudaGraph_t graph = nullptr;
     ADEPT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     capturing = true;
+    deferred.clear();
     std::string why;
     try {
       enqueue_forward(true);
@@ -1249,13 +1247,14 @@ struct CudaDecoder::Impl {
     cudaGraphExec_t exec = nullptr;
     if (why.empty() && end == cudaSuccess && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess) {
       g.exec = exec;
+      g.reduce = deferred;
     } else {
       if (why.empty()) why = cudaGetErrorString(end != cudaSuccess ? end : cudaGetLastError());
       cudaGetLastError();  // clear the capture's error
       spdlog::warn("CUDA decoder: graph capture failed ({}); running without graphs", why);
       graphs_ok = false;
-      deferred.clear();  // nothing was launched: the eager run enqueues them again
     }
+    deferred.clear();  // failed: nothing was launched, the eager run enqueues them again
     if (graph) cudaGraphDestroy(graph);
   }
 
