@@ -6,17 +6,23 @@
 // rotated over two sets (random normal, never zeros).
 //
 //   flash4-bench [--quick] [--repeats N] [--csv FILE] [--tuning] [--d D] [--seqlen S] [--causal 0|1]
+//                [--deterministic 0|1]
 //     --quick   d = 128 only, S in {1024, 4096, 16384}
 //     --tuning  also times the forward's FA4 switches (exp2 emulation on, always-rescale)
 //     --d, --seqlen, --causal   run only that configuration (e.g. under a profiler)
+//     --deterministic 0|1   time only the backward with atomic (0) or deterministic (1) dQ;
+//               by default both ("bwd" and "bwd-det" columns; each row ends with the backend
+//               that ran the deterministic one: the Hopper kernel or the portable fallback)
 //   flash4-bench --varlen [--rows R] [--row-len L] [--mean-doc M] [--hq H] [--hkv H] [--d D] [--causal 0|1]
+//                [--deterministic 0|1]
 //     a packed batch as adept trains on it: R rows of L tokens (default 4 x 4096), each cut
 //     into documents of random lengths (uniform in [1, 2M - 1], default M = 1024; the last
 //     one cut at the row's end; a fixed seed, so every run sees the same documents), q / k / v
 //     the column blocks of one fused qkv buffer, cu_seqlens_q = cu_seqlens_k, GQA (default
 //     Hq 32, Hkv 8, d 64, causal); FLOPs by convention per document (4 Hq L^2 d, halved
 //     under causal). Prints the backend that ran each direction (FLASH4_BACKEND=portable
-//     forces the portable kernels).
+//     forces the portable kernels): "varlen | fwd B MS ms TF TF | bwd B MS ms TF TF |
+//     bwd-det B MS ms TF TF" (a column not timed, --deterministic, reads "- -1").
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <flash4/flash4.h>
@@ -195,7 +201,12 @@ flash4_tensor strided(void* data, flash4_dtype dtype, std::vector<int64_t> shape
   return t;
 }
 
-int run_varlen(const VarlenShape& v, int repeats) {
+// Which backward dQ modes to time (--deterministic).
+struct BackwardModes {
+  bool atomic = true, deterministic = true;
+};
+
+int run_varlen(const VarlenShape& v, int repeats, BackwardModes modes) {
   const std::vector<int32_t> cu = document_boundaries(v);
   const int64_t N = cu.back(), Hq = v.hq, Hkv = v.hkv, D = v.d, W = (Hq + 2 * Hkv) * D;
   const int batch = int(cu.size()) - 1;
@@ -234,15 +245,28 @@ int run_varlen(const VarlenShape& v, int repeats) {
 
   check(flash4_forward(&f), "flash4_forward");
   const std::string fwd_backend = flash4_last_backend();
-  check(flash4_backward(&b), "flash4_backward");
-  const std::string bwd_backend = flash4_last_backend();
   const double fwd_ms = median_ms(3, repeats, [&](int) { check(flash4_forward(&f), "flash4_forward"); });
-  const double bwd_ms = median_ms(3, repeats, [&](int) { check(flash4_backward(&b), "flash4_backward"); });
+  // One backward mode: "NAME BACKEND MS ms TF TF", or "NAME - -1 ms -1 TF" when not timed.
+  auto backward_column = [&](const char* name, bool deterministic, bool timed) {
+    char text[128];
+    if (!timed) {
+      std::snprintf(text, sizeof text, "%s - -1 ms -1 TF", name);
+      return std::string(text);
+    }
+    b.deterministic = deterministic;
+    check(flash4_backward(&b), "flash4_backward");
+    const std::string backend = flash4_last_backend();
+    const double ms = median_ms(3, repeats, [&](int) { check(flash4_backward(&b), "flash4_backward"); });
+    std::snprintf(text, sizeof text, "%s %s %.3f ms %.1f TF", name, backend.c_str(), ms, 2.5 * flops / ms * 1e-9);
+    return std::string(text);
+  };
+  const std::string bwd = backward_column("bwd", false, modes.atomic);
+  const std::string det = backward_column("bwd-det", true, modes.deterministic);
   std::printf("varlen %d x %d tokens, %d documents (longest %d, mean %.0f), Hq %lld Hkv %lld d %lld causal %d, fused qkv\n",
               v.rows, v.row_len, batch, max_len, double(N) / batch, (long long)Hq, (long long)Hkv, (long long)D,
               int(v.causal));
-  std::printf("varlen | fwd %s %.3f ms %.1f TF | bwd %s %.3f ms %.1f TF\n", fwd_backend.c_str(), fwd_ms,
-              flops / fwd_ms * 1e-9, bwd_backend.c_str(), bwd_ms, 2.5 * flops / bwd_ms * 1e-9);
+  std::printf("varlen | fwd %s %.3f ms %.1f TF | %s | %s\n", fwd_backend.c_str(), fwd_ms, flops / fwd_ms * 1e-9,
+              bwd.c_str(), det.c_str());
   return 0;
 }
 
@@ -255,6 +279,7 @@ int main(int argc, char** argv) {
   int only_d = 0, only_s = 0, only_causal = -1;
   bool varlen = false;
   VarlenShape vs;
+  BackwardModes modes;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--varlen")) varlen = true;
@@ -269,10 +294,16 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--tuning")) tuning = true;
     else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) csv_path = argv[++i];
-    else {
+    else if (!std::strcmp(argv[i], "--deterministic") && i + 1 < argc) {
+      const bool det = std::atoi(argv[++i]) != 0;
+      modes.atomic = !det;
+      modes.deterministic = det;
+    } else {
       std::fprintf(stderr,
                    "usage: %s [--quick] [--tuning] [--repeats N] [--csv FILE] [--d D] [--seqlen S] [--causal 0|1]\n"
-                   "       %s --varlen [--rows R] [--row-len L] [--mean-doc M] [--hq H] [--hkv H] [--d D] [--causal 0|1]\n",
+                   "          [--deterministic 0|1]\n"
+                   "       %s --varlen [--rows R] [--row-len L] [--mean-doc M] [--hq H] [--hkv H] [--d D] [--causal 0|1]\n"
+                   "          [--deterministic 0|1]\n",
                    argv[0], argv[0]);
       return 2;
     }
@@ -280,22 +311,23 @@ int main(int argc, char** argv) {
   if (varlen) {
     if (only_d) vs.d = only_d;
     if (only_causal >= 0) vs.causal = only_causal != 0;
-    return run_varlen(vs, repeats);
+    return run_varlen(vs, repeats, modes);
   }
   cudaDeviceProp prop{};
   BENCH_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("flash4-bench on %s (%d SMs), bf16, BSHD, 16384 tokens, hidden 2048, median of %d\n", prop.name,
               prop.multiProcessorCount, repeats);
   FILE* csv = csv_path ? std::fopen(csv_path, "w") : nullptr;
-  if (csv) std::fprintf(csv, "d,S,B,H,causal,variant,fwd_ms,fwd_tflops,bwd_ms,bwd_tflops,bwd_det_ms,bwd_det_tflops\n");
+  if (csv)
+    std::fprintf(csv, "d,S,B,H,causal,variant,fwd_ms,fwd_tflops,bwd_ms,bwd_tflops,bwd_det_ms,bwd_det_tflops,bwd_det_backend\n");
 
   std::vector<int> dims = quick ? std::vector<int>{128} : std::vector<int>{64, 128, 256};
   std::vector<int> lengths =
       quick ? std::vector<int>{1024, 4096, 16384} : std::vector<int>{512, 1024, 2048, 4096, 8192, 16384};
   if (only_d) dims = {only_d};
   if (only_s) lengths = {only_s};
-  std::printf("%5s %6s %4s %4s %7s | %9s %8s | %9s %8s | %12s %11s\n", "d", "S", "B", "H", "causal", "fwd ms",
-              "fwd TF", "bwd ms", "bwd TF", "bwd-det ms", "bwd-det TF");
+  std::printf("%5s %6s %4s %4s %7s | %9s %8s | %9s %8s | %12s %11s %s\n", "d", "S", "B", "H", "causal", "fwd ms",
+              "fwd TF", "bwd ms", "bwd TF", "bwd-det ms", "bwd-det TF", "det backend");
   for (int d : dims)
     for (int S : lengths)
       for (bool causal : {false, true}) {
@@ -310,19 +342,23 @@ int main(int argc, char** argv) {
           });
         };
         const double fwd_ms = fwd(defaults);
-        auto bwd = [&](bool deterministic) {
+        // Median ms of one backward mode; -1 when --deterministic left it out.
+        auto bwd = [&](bool deterministic, bool timed) {
+          if (!timed) return -1.0;
           return median_ms(3, repeats, [&](int i) {
             flash4_backward_args a = backward_args(sets[i % 2], s, deterministic);
             check(flash4_backward(&a), "flash4_backward");
           });
         };
-        const double bwd_ms = bwd(false), det_ms = bwd(true);
+        const double bwd_ms = bwd(false, modes.atomic), det_ms = bwd(true, modes.deterministic);
+        const std::string det_backend = modes.deterministic ? flash4_last_backend() : "-";
         const double f = forward_flops(s);
-        std::printf("%5d %6d %4d %4d %7d | %9.3f %8.1f | %9.3f %8.1f | %12.3f %11.1f\n", d, S, s.B, s.H, int(causal),
-                    fwd_ms, f / fwd_ms * 1e-9, bwd_ms, 2.5 * f / bwd_ms * 1e-9, det_ms, 2.5 * f / det_ms * 1e-9);
+        auto tf = [&](double ms) { return ms > 0 ? 2.5 * f / ms * 1e-9 : -1.0; };
+        std::printf("%5d %6d %4d %4d %7d | %9.3f %8.1f | %9.3f %8.1f | %12.3f %11.1f %s\n", d, S, s.B, s.H, int(causal),
+                    fwd_ms, f / fwd_ms * 1e-9, bwd_ms, tf(bwd_ms), det_ms, tf(det_ms), det_backend.c_str());
         if (csv)
-          std::fprintf(csv, "%d,%d,%d,%d,%d,default,%.4f,%.1f,%.4f,%.1f,%.4f,%.1f\n", d, S, s.B, s.H, int(causal),
-                       fwd_ms, f / fwd_ms * 1e-9, bwd_ms, 2.5 * f / bwd_ms * 1e-9, det_ms, 2.5 * f / det_ms * 1e-9);
+          std::fprintf(csv, "%d,%d,%d,%d,%d,default,%.4f,%.1f,%.4f,%.1f,%.4f,%.1f,%s\n", d, S, s.B, s.H, int(causal),
+                       fwd_ms, f / fwd_ms * 1e-9, bwd_ms, tf(bwd_ms), det_ms, tf(det_ms), det_backend.c_str());
         if (tuning) {
           flash4_tuning emulate{}, always{}, plain{};
           emulate.exp2_emulation = 2;

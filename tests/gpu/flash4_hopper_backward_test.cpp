@@ -7,16 +7,20 @@
 // must match the reference within the dtype's tolerance; the gradients are NaN-poisoned
 // before each call (ProblemRunner), so an unwritten element fails (varlen: the rows of no
 // sequence too, whose reference gradient is 0). Lengths {1, 17, 128, 1000, 4097} as
-// Sq = Sk, Sq < Sk and Sq > Sk. Calls the kernel does not
-// cover (deterministic, softcap, d = 96) run on the portable backward, as does every call
-// with FLASH4_HOPPER_BWD=0 or FLASH4_BACKEND=portable.
+// Sq = Sk, Sq < Sk and Sq > Sk. Deterministic calls (what adept's training asks for) run on
+// it too, match the reference, and repeat bit for bit (Flash4HopperDeterministicBackward).
+// Calls the kernel does not cover (softcap, d = 96) run on the portable backward, as does
+// every call with FLASH4_HOPPER_BWD=0 or FLASH4_BACKEND=portable.
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <algorithm>
 #include <functional>
 #include <optional>
 #include <random>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -324,6 +328,297 @@ std::vector<Problem> window_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Window, Flash4HopperBackward, ::testing::ValuesIn(window_cases()), test_name);
 
+// ---- deterministic dQ ----------------------------------------------------------------------
+
+// Deterministic calls (flash4_backward_args.deterministic = 1): each case runs once against
+// the float64 reference (...MatchesFloat64Reference) and three times on the GPU alone, whose
+// dq, dk, dv must be the same bits (...ThreeRunsGiveTheSameBits). Most cases have several key
+// blocks per query block (the dQ tiles whose order is fixed): dense Sq = Sk, Sq < Sk, Sq > Sk,
+// causal and not, sliding windows (left only, right only, both, with causal), GQA / MQA, BHSD,
+// d 64 and 128, bf16 and fp16; packed batches with empty sequences, Sq != Sk, tokens of no
+// sequence, adept's GQA shape.
+std::vector<Problem> deterministic_cases() {
+  struct Dense {
+    int d;
+    flash4_dtype dtype;
+    int B, Hq, Hkv, Sq, Sk;
+    bool causal;
+    int left, right;
+  };
+  const Dense dense[] = {
+      {64, FLASH4_BF16, 1, 4, 2, 1000, 1000, false, -1, -1},  {64, FLASH4_F16, 1, 4, 2, 1000, 1000, true, -1, -1},
+      {128, FLASH4_BF16, 1, 4, 1, 700, 1500, true, -1, -1},   {128, FLASH4_F16, 2, 2, 2, 1000, 300, false, -1, -1},
+      {64, FLASH4_BF16, 2, 2, 1, 17, 1000, true, -1, -1},     {128, FLASH4_BF16, 2, 2, 1, 1, 1, false, -1, -1},
+      {64, FLASH4_BF16, 1, 4, 2, 1000, 1000, true, 128, -1},  {128, FLASH4_F16, 1, 4, 2, 700, 1500, false, 64, 64},
+      {64, FLASH4_F16, 1, 4, 2, 600, 600, false, -1, 5},      {128, FLASH4_BF16, 1, 4, 2, 1000, 1000, true, 200, 50},
+      {64, FLASH4_BF16, 1, 4, 2, 1000, 1000, false, 300, -1},
+  };
+  std::vector<Problem> cases;
+  for (const Dense& c : dense) {
+    Problem p;
+    p.label = "hopper bwd deterministic";
+    p.deterministic = true;
+    p.dtype = c.dtype;
+    p.Dqk = p.Dv = c.d;
+    p.B = c.B, p.Hq = c.Hq, p.Hkv = c.Hkv, p.Sq = c.Sq, p.Sk = c.Sk;
+    p.causal = c.causal;
+    p.window_left = c.left, p.window_right = c.right;
+    cases.push_back(p);
+  }
+  {  // MQA, BHSD memory order.
+    Problem p;
+    p.label = "hopper bwd deterministic bhsd mqa";
+    p.deterministic = true;
+    p.dtype = FLASH4_F16;
+    p.B = 2, p.Hq = 6, p.Hkv = 1, p.Sq = 300, p.Sk = 520;
+    p.bhsd = true;
+    p.causal = true;
+    cases.push_back(p);
+  }
+  struct Packed {
+    std::vector<std::pair<int, int>> seqs;
+    int d;
+    flash4_dtype dtype;
+    int Hq, Hkv, pad_q, pad_k;
+    bool causal;
+    int left;
+  };
+  const Packed packed[] = {
+      {{{1, 1}, {17, 17}, {64, 64}, {129, 129}, {300, 300}}, 64, FLASH4_BF16, 4, 2, 0, 0, true, -1},
+      {documents(21, 8, 400), 128, FLASH4_F16, 8, 2, 5, 3, false, -1},
+      {{{17, 100}, {100, 17}, {1, 300}, {65, 65}, {0, 5}, {5, 0}, {130, 260}}, 128, FLASH4_BF16, 4, 1, 3, 0, true, -1},
+      {documents(23, 4, 400, {900, 1}), 64, FLASH4_BF16, 16, 4, 0, 0, true, -1},  // adept's GQA 4, causal
+      {documents(27, 6, 400, {1, 1000}), 64, FLASH4_F16, 4, 2, 3, 3, true, 100},
+  };
+  for (const Packed& c : packed) {
+    Problem p;
+    p.label = "hopper bwd deterministic varlen";
+    p.deterministic = true;
+    p.dtype = c.dtype;
+    p.Dqk = p.Dv = c.d;
+    p.seqs = c.seqs;
+    p.Hq = c.Hq, p.Hkv = c.Hkv, p.pad_q = c.pad_q, p.pad_k = c.pad_k;
+    p.causal = c.causal;
+    p.window_left = c.left;
+    cases.push_back(p);
+  }
+  return cases;
+}
+
+// One problem on the GPU alone (no reference, so long sequences stay cheap): random 16-bit
+// inputs from a fixed seed in contiguous tensors (dense [B, S, H, D], packed [T, H, D]), the
+// forward once, then backward calls whose dq, dk, dv come back as raw bits. Each backward
+// first fills dq, dk, dv with NaN.
+class GpuOnlyProblem {
+ public:
+  struct Gradients {
+    std::vector<uint16_t> dq, dk, dv;
+    std::string backend;  // flash4_last_backend() of the call
+  };
+
+  explicit GpuOnlyProblem(const Problem& p) : p_(p) {}
+
+  void setup() {
+    const Problem& p = p_;
+    const int64_t Hq = p.Hq, Hkv = p.Hkv, D = p.Dqk;
+    if (p.varlen()) {
+      std::vector<int32_t> cu_q = {0}, cu_k = {0};
+      int max_q = 0, max_k = 0;
+      for (auto [sq, sk] : p.seqs) {
+        cu_q.push_back(cu_q.back() + sq), cu_k.push_back(cu_k.back() + sk);
+        max_q = std::max(max_q, sq), max_k = std::max(max_k, sk);
+      }
+      const int64_t Tq = cu_q.back() + p.pad_q, Tk = cu_k.back() + p.pad_k;
+      q_ = tensor({Tq, Hq, D}), out_ = tensor({Tq, Hq, D}), dout_ = tensor({Tq, Hq, D}), dq_ = tensor({Tq, Hq, D});
+      k_ = tensor({Tk, Hkv, D}), v_ = tensor({Tk, Hkv, D}), dk_ = tensor({Tk, Hkv, D}), dv_ = tensor({Tk, Hkv, D});
+      lse_ = tensor({Hq, Tq}, /*fp32=*/true);
+      cu_q_ = upload(cu_q), cu_k_ = upload(cu_k);
+      varlen_.cu_seqlens_q = static_cast<const int32_t*>(cu_q_.get());
+      varlen_.cu_seqlens_k = static_cast<const int32_t*>(cu_k_.get());
+      varlen_.batch = p.batch();
+      varlen_.max_seqlen_q = max_q, varlen_.max_seqlen_k = max_k;
+    } else {
+      const int64_t B = p.B, Sq = p.Sq, Sk = p.Sk;
+      q_ = tensor({B, Sq, Hq, D}), out_ = tensor({B, Sq, Hq, D}), dout_ = tensor({B, Sq, Hq, D}), dq_ = tensor({B, Sq, Hq, D});
+      k_ = tensor({B, Sk, Hkv, D}), v_ = tensor({B, Sk, Hkv, D}), dk_ = tensor({B, Sk, Hkv, D}), dv_ = tensor({B, Sk, Hkv, D});
+      lse_ = tensor({B, Hq, Sq}, /*fp32=*/true);
+    }
+    options_.causal = p.causal;
+    options_.window_left = p.window_left, options_.window_right = p.window_right;
+    std::mt19937_64 rng(std::hash<std::string>{}(p.describe()));
+    for (Tensor* t : {&q_, &k_, &v_, &dout_}) fill(*t, rng);
+
+    flash4_forward_args f;
+    flash4_forward_args_init(&f);
+    f.device = FLASH4_CUDA;
+    f.q = q_.view, f.k = k_.view, f.v = v_.view, f.out = out_.view, f.lse = lse_.view;
+    f.options = options_;
+    f.varlen = varlen_;
+    ASSERT_EQ(flash4_forward(&f), FLASH4_OK) << flash4_last_error();
+    FLASH4_TEST_CUDA(cudaDeviceSynchronize());
+  }
+
+  void backward(bool deterministic, Gradients* g) {
+    for (Tensor* t : {&dq_, &dk_, &dv_}) FLASH4_TEST_CUDA(cudaMemset(t->memory.get(), 0xFF, t->memory.bytes()));
+    flash4_backward_args b;
+    flash4_backward_args_init(&b);
+    b.device = FLASH4_CUDA;
+    b.q = q_.view, b.k = k_.view, b.v = v_.view, b.out = out_.view, b.dout = dout_.view, b.lse = lse_.view;
+    b.dq = dq_.view, b.dk = dk_.view, b.dv = dv_.view;
+    b.options = options_;
+    b.varlen = varlen_;
+    b.deterministic = deterministic;
+    ASSERT_EQ(flash4_backward(&b), FLASH4_OK) << flash4_last_error();
+    g->backend = flash4_last_backend();
+    FLASH4_TEST_CUDA(cudaDeviceSynchronize());
+    for (auto [t, bits] : {std::pair{&dq_, &g->dq}, {&dk_, &g->dk}, {&dv_, &g->dv}}) {
+      bits->resize(t->memory.bytes() / 2);
+      FLASH4_TEST_CUDA(cudaMemcpy(bits->data(), t->memory.get(), t->memory.bytes(), cudaMemcpyDeviceToHost));
+    }
+  }
+
+  flash4_dtype dtype() const { return p_.dtype; }
+
+ private:
+  struct Tensor {
+    flash4_tensor view{};
+    DeviceMemory memory;
+  };
+  // A contiguous tensor of `shape`: the problem's 16-bit dtype, or fp32 (lse).
+  Tensor tensor(std::vector<int64_t> shape, bool fp32 = false) {
+    const flash4_dtype dtype = fp32 ? FLASH4_F32 : p_.dtype;
+    Tensor t;
+    t.view.dtype = dtype;
+    t.view.rank = int(shape.size());
+    int64_t stride = 1;
+    for (int i = t.view.rank - 1; i >= 0; --i) t.view.shape[i] = shape[i], t.view.stride[i] = stride, stride *= shape[i];
+    t.memory = DeviceMemory(size_t(stride) * (dtype == FLASH4_F32 ? 4 : 2));
+    t.view.data = t.memory.get();
+    return t;
+  }
+  void fill(Tensor& t, std::mt19937_64& rng) {
+    std::normal_distribution<double> normal(0.0, 1.0);
+    std::vector<uint16_t> bits(t.memory.bytes() / 2);
+    for (uint16_t& x : bits) x = to_bits(normal(rng), p_.dtype);
+    cudaMemcpy(t.memory.get(), bits.data(), t.memory.bytes(), cudaMemcpyHostToDevice);
+  }
+
+  Problem p_;
+  Tensor q_, k_, v_, out_, dout_, lse_, dq_, dk_, dv_;
+  DeviceMemory cu_q_, cu_k_;
+  flash4_varlen varlen_{};
+  flash4_options options_{};
+};
+
+// The first element where a and b differ, -1 when they are the same bits (memcmp).
+int64_t first_difference(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b) {
+  if (a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(uint16_t)) == 0) return -1;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+    if (a[i] != b[i]) return int64_t(i);
+  return int64_t(std::min(a.size(), b.size()));
+}
+
+// Every run of a deterministic backward after the first must give its dq, dk, dv bits.
+void expect_same_bits(const GpuOnlyProblem::Gradients& first, const GpuOnlyProblem::Gradients& again, int run) {
+  for (auto [name, a, b] : {std::tuple{"dq", &first.dq, &again.dq}, std::tuple{"dk", &first.dk, &again.dk},
+                            std::tuple{"dv", &first.dv, &again.dv}}) {
+    const int64_t at = first_difference(*a, *b);
+    EXPECT_EQ(at, -1) << name << " of run " << run << " differs from run 1 at element " << at;
+  }
+}
+
+// ||a - r|| / ||r|| of two 16-bit gradients, NaN when a has a NaN.
+double relative_difference(const std::vector<uint16_t>& a, const std::vector<uint16_t>& r, flash4_dtype dtype) {
+  std::vector<double> x(a.size()), y(r.size());
+  for (size_t i = 0; i < a.size(); ++i) x[i] = from_bits(a[i], dtype), y[i] = from_bits(r[i], dtype);
+  return relative_error(x, y);
+}
+
+class Flash4HopperDeterministicBackward : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperDeterministicBackward, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv on("FLASH4_HOPPER_BWD", nullptr);
+  ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
+  const std::string backend = check_backward(GetParam());
+  EXPECT_EQ(backend, "hopper") << "a covered deterministic case ran elsewhere (FLASH4_LOG=1 says why)";
+}
+
+TEST_P(Flash4HopperDeterministicBackward, ThreeRunsGiveTheSameBits) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv on("FLASH4_HOPPER_BWD", nullptr);
+  ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
+  SCOPED_TRACE(GetParam().describe());
+  GpuOnlyProblem gpu(GetParam());
+  gpu.setup();
+  if (::testing::Test::HasFatalFailure()) return;
+  GpuOnlyProblem::Gradients first;
+  gpu.backward(true, &first);
+  if (::testing::Test::HasFatalFailure()) return;
+  EXPECT_EQ(first.backend, "hopper");
+  for (int run = 2; run <= 3; ++run) {
+    GpuOnlyProblem::Gradients again;
+    gpu.backward(true, &again);
+    if (::testing::Test::HasFatalFailure()) return;
+    expect_same_bits(first, again, run);
+  }
+}
+INSTANTIATE_TEST_SUITE_P(Deterministic, Flash4HopperDeterministicBackward, ::testing::ValuesIn(deterministic_cases()),
+                         test_name);
+
+// Long chains of dQ tiles under contention: Sq = Sk = 4097 (33 key blocks, 65 query blocks),
+// so a query block waits for up to 32 key blocks' tiles, with more CTAs than an H200 has SMs
+// (132): not causal (every query block takes a tile from all 33 key blocks), causal (chains
+// that start at the diagonal) and a causal GQA group of 4. Three deterministic runs must give
+// the same bits, and the atomic backward the same gradients up to the order of the fp32 sums
+// (a quarter of the tolerance; dk and dv do not depend on the dQ order at all).
+TEST(Flash4HopperDeterministicBackwardContention, LongSequencesWithMoreTilesThanSmsRepeatBitForBit) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv on("FLASH4_HOPPER_BWD", nullptr);
+  ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
+  struct Case {
+    int d;
+    flash4_dtype dtype;
+    int B, Hq, Hkv;
+    bool causal;
+  };
+  // 33 key blocks x Hkv x B CTAs: 264, 264, 264.
+  const Case cases[] = {{64, FLASH4_BF16, 2, 8, 4, false}, {128, FLASH4_F16, 1, 8, 8, true}, {64, FLASH4_BF16, 4, 8, 2, true}};
+  for (const Case& c : cases) {
+    Problem p;
+    p.label = "hopper bwd deterministic contention";
+    p.deterministic = true;
+    p.dtype = c.dtype;
+    p.Dqk = p.Dv = c.d;
+    p.B = c.B, p.Hq = c.Hq, p.Hkv = c.Hkv, p.Sq = p.Sk = 4097;
+    p.causal = c.causal;
+    SCOPED_TRACE(p.describe());
+    GpuOnlyProblem gpu(p);
+    gpu.setup();
+    if (::testing::Test::HasFatalFailure()) return;
+    GpuOnlyProblem::Gradients first, atomic;
+    gpu.backward(true, &first);
+    if (::testing::Test::HasFatalFailure()) return;
+    EXPECT_EQ(first.backend, "hopper");
+    for (int run = 2; run <= 3; ++run) {
+      GpuOnlyProblem::Gradients again;
+      gpu.backward(true, &again);
+      if (::testing::Test::HasFatalFailure()) return;
+      expect_same_bits(first, again, run);
+    }
+    gpu.backward(false, &atomic);
+    if (::testing::Test::HasFatalFailure()) return;
+    EXPECT_EQ(atomic.backend, "hopper");
+    const double limit = tolerance_for(p.dtype).grad / 4;
+    const double dq = relative_difference(first.dq, atomic.dq, p.dtype), dk = relative_difference(first.dk, atomic.dk, p.dtype),
+                 dv = relative_difference(first.dv, atomic.dv, p.dtype);
+    std::printf("[ errors ] %s | deterministic vs atomic: dq %.2e dk %.2e dv %.2e\n", p.describe().c_str(), dq, dk, dv);
+    EXPECT_LT(dq, limit) << "dq, deterministic vs atomic";
+    EXPECT_LT(dk, limit) << "dk, deterministic vs atomic";
+    EXPECT_LT(dv, limit) << "dv, deterministic vs atomic";
+  }
+}
+
 Problem small(const char* label) {
   Problem p;
   p.label = label;
@@ -347,10 +642,11 @@ TEST(Flash4HopperBackwardDispatch, UncoveredCallsRunOnThePortableBackward) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   ScopedEnv on("FLASH4_HOPPER_BWD", nullptr);
   ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
-  Problem p = small("deterministic");
-  p.deterministic = true;
+  Problem p = small("softcap");
+  p.softcap = 20;
   EXPECT_EQ(check_backward(p), "portable");
-  p = small("softcap");
+  p = small("deterministic softcap");  // deterministic is covered, softcap is not
+  p.deterministic = true;
   p.softcap = 20;
   EXPECT_EQ(check_backward(p), "portable");
   p = small("d = 96");

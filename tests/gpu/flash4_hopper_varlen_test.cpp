@@ -7,12 +7,15 @@
 // a silent fallback fails), the tokens of no sequence must keep the forward's NaN poison in
 // out and lse and get exact zeros in dq, dk, dv, and every other element must match within
 // the dtype's tolerance (dq, dk: plus the slack ProblemRunner allows for the 16-bit out that
-// D = dO . O reads on the GPU, while the reference recomputes O in float64).
+// D = dO . O reads on the GPU, while the reference recomputes O in float64). Deterministic
+// cases (adept's training asks for deterministic = 1) also rerun the backward twice: the
+// dqkv buffer must come back the same bits each time.
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
@@ -39,6 +42,7 @@ struct FusedCase {
   std::vector<int> docs;  // document lengths, packed from token `lead` on
   int lead = 0, tail = 0;
   bool causal = true;
+  bool deterministic = false;
 };
 
 flash4_tensor view(void* base, flash4_dtype dtype, std::vector<int64_t> shape, std::vector<int64_t> stride) {
@@ -159,11 +163,24 @@ void check_fused(const FusedCase& c) {
   b.dq = grad_gpu.q, b.dk = grad_gpu.k, b.dv = grad_gpu.v;
   b.options = o;
   b.varlen = f.varlen;
+  b.deterministic = c.deterministic;
   ASSERT_EQ(flash4_backward(&b), FLASH4_OK) << flash4_last_error();
   EXPECT_STREQ(flash4_last_backend(), "hopper") << "the backward ran elsewhere (FLASH4_LOG=1 says why)";
   FLASH4_TEST_CUDA(cudaDeviceSynchronize());
   std::vector<uint16_t> dqkv_bits(size_t(N * W));
   cudaMemcpy(dqkv_bits.data(), d_dqkv.get(), dqkv_bits.size() * 2, cudaMemcpyDeviceToHost);
+  for (int run = 2; c.deterministic && run <= 3; ++run) {
+    cudaMemset(d_dqkv.get(), 0xFF, d_dqkv.bytes());
+    ASSERT_EQ(flash4_backward(&b), FLASH4_OK) << flash4_last_error();
+    FLASH4_TEST_CUDA(cudaDeviceSynchronize());
+    std::vector<uint16_t> again(dqkv_bits.size());
+    cudaMemcpy(again.data(), d_dqkv.get(), again.size() * 2, cudaMemcpyDeviceToHost);
+    if (std::memcmp(again.data(), dqkv_bits.data(), again.size() * 2) != 0) {
+      const size_t at = size_t(std::mismatch(again.begin(), again.end(), dqkv_bits.begin()).first - again.begin());
+      ADD_FAILURE() << "deterministic run " << run << " differs from run 1 at dqkv token " << at / W << " column "
+                    << at % W;
+    }
+  }
   std::vector<double> dqkv(dqkv_bits.size());
   for (size_t i = 0; i < dqkv.size(); ++i) dqkv[i] = from_bits(dqkv_bits[i], c.dtype);
 
@@ -259,6 +276,20 @@ std::vector<FusedCase> fused_cases() {
   c.dtype = FLASH4_F16, c.D = 128, c.Hq = 4, c.Hkv = 4;
   c.docs = {129, 127, 1};
   c.lead = 64;
+  cases.push_back(c);
+  // Deterministic (what adept's training asks for): adept's shape, and d = 128 fp16.
+  c = FusedCase{};
+  c.label = "deterministic adept bf16 d64 Hq32 Hkv8 causal lead7 tail5";
+  c.docs = {1, 17, 300, 129, 600, 64, 2};
+  c.lead = 7, c.tail = 5;
+  c.deterministic = true;
+  cases.push_back(c);
+  c = FusedCase{};
+  c.label = "deterministic fp16 d128 Hq8 Hkv2 not causal tail3";
+  c.dtype = FLASH4_F16, c.D = 128, c.Hq = 8, c.Hkv = 2, c.causal = false;
+  c.docs = {600, 1, 257, 33};
+  c.tail = 3;
+  c.deterministic = true;
   cases.push_back(c);
   return cases;
 }

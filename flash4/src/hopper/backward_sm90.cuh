@@ -38,14 +38,57 @@
 // are zeroed in shared memory first, so that a non-finite neighbour cannot leak in as
 // 0 * inf. dQ accumulates per token ([token][Hq][d]), so sequences never share a row.
 //
+// Deterministic dQ (flash4_backward_args.deterministic: attention_backward_sm90_kernel<D, T,
+// true>): the same kernel, but the dQ tiles a query block receives are added in one fixed
+// order, so the fp32 sums -- and dq -- are the same bits on every run (dK / dV already are:
+// each CTA sums them alone, in a fixed order). FlashAttention-3's semaphore scheme:
+//  - Order. The key blocks that see query block m of a sequence form an interval F .. L:
+//    each row sees an interval of keys whose ends grow with the row, consecutive rows'
+//    intervals touch, so their union has no gap; L holds the last row's last visible key
+//    (key_blocks_of_query_tile). They add their tiles from L down to F. The two consumer
+//    warpgroups of a key block add disjoint parts: d = 128 a column half each; d = 64 their
+//    partial sums (each over its own 64 keys) are first summed through shared memory
+//    (dq_combine_halves), then each adds half the columns.
+//  - Counts. counts[h][slot of (b, m)] (dq_order_slots) = key blocks whose tile is in. Key
+//    block n may add once count >= L - n. Warp 1 of the producer warpgroup, the order warp,
+//    walks the CTA's steps: its lane 0 spins on an acquire load of the step's count; the
+//    warp arrives at named barrier 8 ("ready"), where the consumers wait before their adds;
+//    the consumers arrive at barrier 7 ("done") once their adds are issued, where the order
+//    warp waits; then lane 0 adds 1 to the count with a release. In the PTX memory model a
+//    bar.arrive / bar.sync synchronizes with the bar.sync that completes the barrier, and
+//    release / acquire patterns are cumulative, so the acquire reaches the consumers' adds
+//    and the release covers them: the pattern of cooperative groups' grid sync (a CTA
+//    barrier, then one thread's gpu-scope fence and atomic).
+//    The consumers' float2 reductions are unchanged; with one writer at a time the sums are
+//    formed in one order. The waits on global memory and the release's fence sit in the
+//    order warp, so they overlap the consumers' next step.
+//  - No deadlock. A CTA waits only for the key blocks above its own, of its own sequence and
+//    KV head. The CTAs take their tiles from a ticket (an atomicAdd when they start) in an
+//    order where those come first: dense, ticket t -> key block nblocks - 1 - t % nblocks of
+//    (KV head, sequence) t / nblocks; varlen, a work list holding each sequence's key blocks
+//    from the last to the first (TileKind::key_blocks_in_dq_order). So every CTA a CTA waits
+//    for holds a smaller ticket: it has started, holds its SM until it ends, and is running
+//    or done. The unfinished CTA with the smallest ticket waits only for finished CTAs, so
+//    it finishes; by induction every CTA does. (FA3 relies on the hardware starting CTAs in
+//    blockIdx order, which CUDA does not promise; the ticket does not need it.) Inside a
+//    CTA: the order warp arrives at "ready" for step s + 1 only after "done" of step s has
+//    completed, and the consumers arrive at "done" for step s + 1 only after "ready" of
+//    step s + 1, so no barrier instance counts an arrival of another step; the consumers'
+//    adds of step s wait for nothing but the order warp's arrive (the other CTAs' counts).
+//  - Why from L down. Under a causal mask key block n first sees query block 2n (64-row
+//    blocks, 128 keys), and the block that reaches query block m first is L(m). Counting
+//    from L, a CTA waits for CTAs that started their walk over the query blocks no later
+//    than it did (a lag of about a step per key block); counting up from F would hold key
+//    block n until key block 0 had walked 2n query blocks (half the SMs idle under causal).
+//
 // Covered: dense (B, S, H, D) and packed (T, H, D) tensors (any 16-byte-multiple strides:
 // the column blocks of a fused qkv buffer too), bf16 / fp16, d_qk = d_v in {64, 128},
 // GQA / MQA, causal (bottom-right) or not, sliding window (left / right: a CTA visits only
-// the query blocks that see its keys), atomic dQ (deterministic calls stay on the portable
-// backward). Varlen and window: compile, NOT YET RUN ON A GPU.
+// the query blocks that see its keys), atomic or deterministic dQ. Deterministic dQ:
+// compiles, NOT YET RUN ON A GPU.
 // Missing (follow-ups): dQ by TMA reduce-add from shared memory, intra-warpgroup overlap
 // of the next block's S / dP with this block's dV / dK / dQ, persistent scheduling,
-// softcap, sink, seqused_k, deterministic dQ, d 96 / 192 / 256.
+// softcap, sink, seqused_k, d 96 / 192 / 256.
 #pragma once
 
 #include <cuda.h>
@@ -88,11 +131,16 @@ struct BackwardSm90Config {
   static constexpr uint32_t kOffBars = kOffRows + kStages * kRowsBytes;
   static constexpr int kBarriers = 1 + 2 * kStages;  // kv_full, q_full[], q_empty[]
   static constexpr size_t kSmemBytes = 1024 + kOffBars + 8 * kBarriers;
+  // Deterministic dQ, d = 64: two buffers (step parity) of float2 [2 warpgroups][8][128
+  // threads] for dq_combine_halves, after the barriers (the atomic kernel has none).
+  static constexpr uint32_t kOffSwap = (kOffBars + 8 * kBarriers + 15) / 16 * 16;
+  static constexpr uint32_t kSwapBytes = D == 64 ? 2 * 2 * 8 * 128 * 8 : 0;
+  static constexpr size_t kSmemBytesDeterministic = 1024 + kOffSwap + kSwapBytes;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(D == 64 || D == 128, "d = 64 or 128");
   static_assert(kKBytes % 1024 == 0 && kQBytes % 1024 == 0 && kDsBytes % 1024 == 0, "tiles 1024-aligned");
   static_assert(kRowFloats * 4 % 16 == 0, "bulk copies: 16-byte multiples");
-  static_assert(kSmemBytes <= 227 * 1024, "shared memory per block");
+  static_assert(kSmemBytes <= 227 * 1024 && kSmemBytesDeterministic + 16 <= 227 * 1024, "shared memory per block");
 };
 
 // One warp per workspace row (h, token), token < row_pitch: lse2 and D (see the header
@@ -235,11 +283,67 @@ __device__ __forceinline__ void issue_dq(float (&dq)[32], uint32_t ds_addr, uint
   wgmma_commit_group();
 }
 
-template <int D, typename T>
+// Deterministic dQ, d = 64 (see the header): the two consumer warpgroups' dQ partial sums
+// (each over its own 64 keys, all 64 columns) -> their sum, of which warpgroup w keeps the
+// columns 32 w .. 32 w + 31, in dq[0 .. 15] (element 4j + e: column 32 w + 8j + 2t + (e & 1),
+// rows as in the accumulator). kKeep = 4 w, the first n8 column tile kept (a template
+// argument: register arrays take constant indices only). Each warpgroup stores the half it
+// gives away in `swap` (float2 [2 warpgroups][8][128 threads]: a warp's accesses are
+// contiguous), both meet at barrier 6, then each thread adds the same thread of the other
+// warpgroup's half (same rows and columns) to its own. x + y == y + x in IEEE arithmetic, so
+// the sum does not depend on which warpgroup forms it. `swap` alternates between two buffers
+// by step: a warpgroup overwrites one only after the next barrier 6, which the other passes
+// only after reading it.
+// Deterministic dQ: L - n for query block [m0, m0 + 64) of `seq` and key block n, which sees
+// it ("Order" in the header): L = (hi - 1) / 128 with hi = visible_keys(p, last row).hi, as
+// key_blocks_of_query_tile, in 32-bit arithmetic for the order warp's 24 registers. The last
+// row sees a key (n does; the rows that see none are the first ones), so hi is the right end
+// of its window: with diagonal d = last + Sk - Sq (<= Sk - 1), causal d + 1; a right window w
+// alone min(Sk, d + 1 + w) = d + 1 + min(w, Sq - 1 - last); neither, Sk. No sum exceeds Sk.
+template <int BM, int BN>
+__device__ __forceinline__ int key_blocks_above(const cuda::AttentionParams& p, const cuda::Sequence& seq, int m0,
+                                                int n_block) {
+  const int last = min(m0 + BM, seq.sq) - 1;
+  const int diagonal_end = last + seq.sk - seq.sq + 1;
+  int hi = seq.sk;
+  if (p.causal)
+    hi = diagonal_end;
+  else if (p.window_right >= 0)
+    hi = diagonal_end + min(p.window_right, seq.sq - 1 - last);
+  return (hi - 1) / BN - n_block;
+}
+
+// Deterministic dQ: named barriers between the order warp and the consumers (header; ids 1-6
+// are the steps' own), each counting the order warp and the two consumer warpgroups.
+inline constexpr int kDqReadyBarrier = 8, kDqDoneBarrier = 7, kDqOrderThreads = 32 + 256;
+
+template <int kKeep>
+__device__ __forceinline__ void dq_combine_halves(float (&dq)[32], float2* swap, int w, int thread) {
+  constexpr int kGive = 4 - kKeep;
+  float2* mine = swap + w * 8 * 128;
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+      mine[(2 * j + half) * 128 + thread] = make_float2(dq[4 * (kGive + j) + 2 * half], dq[4 * (kGive + j) + 2 * half + 1]);
+  named_barrier_sync(6, 256);
+  const float2* theirs = swap + (1 - w) * 8 * 128;
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float2 y = theirs[(2 * j + half) * 128 + thread];
+      dq[4 * j + 2 * half] = dq[4 * (kKeep + j) + 2 * half] + y.x;
+      dq[4 * j + 2 * half + 1] = dq[4 * (kKeep + j) + 2 * half + 1] + y.y;
+    }
+}
+
+template <int D, typename T, bool kDeterministic>
 __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
     attention_backward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
                                    const __grid_constant__ CUtensorMap tma_v, const __grid_constant__ CUtensorMap tma_do,
-                                   const cuda::AttentionParams p, const int64_t row_pitch, const VarlenTiles list) {
+                                   const cuda::AttentionParams p, const int64_t row_pitch, const VarlenTiles list,
+                                   const DqOrder order) {
 #if defined(FLASH4_SM90A)
   using C = BackwardSm90Config<D>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
@@ -251,16 +355,32 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
   uint64_t* q_full = bars + 1;
   uint64_t* q_empty = bars + 1 + kStages;
 
-  // Dense: grid (key block, KV head, sequence). Varlen: one dimension, (pair, KV head) with
-  // the KV heads of one pair side by side; CTAs past the list's pairs have nothing to do.
+  // Atomic dQ, dense: grid (key block, KV head, sequence). Varlen: tile = (pair, KV head)
+  // with the KV heads of one pair side by side; tiles past the list's pairs have nothing to
+  // do. Deterministic dQ: the tile is a ticket, taken in the order the CTAs start (header),
+  // and dense tiles count (key blocks from the last to the first, KV head, sequence).
+  int ticket_tile = 0;
+  if constexpr (kDeterministic) {
+    __shared__ int ticket;
+    if (threadIdx.x == 0) ticket = atomicAdd(order.ticket, 1);
+    __syncthreads();
+    ticket_tile = ticket;
+  }
   int n_block, hk, b;
   if (list.pairs != nullptr) {
-    const int pair_index = int(blockIdx.x) / p.heads_kv;
+    const int tile = kDeterministic ? ticket_tile : int(blockIdx.x);
+    const int pair_index = tile / p.heads_kv;
     if (pair_index >= *list.count) return;  // the whole CTA, before any barrier
     const int2 pair = list.pairs[pair_index];
     b = pair.x;
     n_block = pair.y;
-    hk = int(blockIdx.x) % p.heads_kv;
+    hk = tile % p.heads_kv;
+  } else if constexpr (kDeterministic) {
+    const int n_blocks = (p.seqlen_k + BN - 1) / BN;
+    const int kv = ticket_tile / n_blocks;  // KV head + heads_kv * sequence
+    n_block = n_blocks - 1 - (ticket_tile - kv * n_blocks);
+    hk = kv % p.heads_kv;
+    b = kv / p.heads_kv;
   } else {
     n_block = blockIdx.x;
     hk = blockIdx.y;
@@ -316,6 +436,35 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
         const int64_t r0 = (int64_t(h) * row_pitch + seq.q_token + m0) & ~int64_t(3);
         bulk_load(sRows + stage * 2 * C::kRowFloats, p.lse_log2 + r0, C::kRowFloats * 4, &q_full[stage]);
         bulk_load(sRows + stage * 2 * C::kRowFloats + C::kRowFloats, p.d_rows + r0, C::kRowFloats * 4, &q_full[stage]);
+      }
+    } else if (kDeterministic && warp == 1) {
+      // The order warp (header, "Counts"): per step, wait until the key blocks above this one
+      // have added their tiles to the step's query block, let the consumers add theirs, and
+      // count this key block in once they have. The wait for the next step's count comes
+      // before the wait for this step's adds, so the global-memory round trips overlap the
+      // consumers' work (it waits for key blocks above this one only, which never wait for
+      // this one: no cycle). The whole warp runs it (the barriers count warps); lane 0
+      // touches the counts.
+      auto count_of = [&](int step) {
+        const int h = steps.head(step, hk, p.group), m0 = steps.row0(step, BM);
+        return order.counts + int64_t(h) * order.slots + (seq.q_token + m0) / BM + b;
+      };
+      auto wait_above = [&](int step) {  // until the key blocks n + 1 .. L have added theirs
+        if (lane == 0) {
+          const int above = key_blocks_above<BM, BN>(p, seq, steps.row0(step, BM), n_block);
+          const int* count = count_of(step);
+          while (ld_acquire_gpu(count) < above) {
+          }
+        }
+        __syncwarp();
+      };
+      if (steps.steps > 0) wait_above(0);
+      for (int step = 0; step < steps.steps; ++step) {
+        named_barrier_arrive(kDqReadyBarrier, kDqOrderThreads);
+        if (step + 1 < steps.steps) wait_above(step + 1);
+        named_barrier_sync(kDqDoneBarrier, kDqOrderThreads);
+        if (lane == 0) red_release_gpu_add(count_of(step), 1);
+        __syncwarp();
       }
     }
   } else {
@@ -470,14 +619,41 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       // dq_accum[token][h][:] += dQ (unscaled; the finish kernel multiplies by scale).
       // Accumulator element 4n + 2 half + {0, 1}: query row 16 wq + g + 8 half, columns
       // dq_col0 + 8n + 2t, +1.
+      if constexpr (kDeterministic) {
+        // d = 64: first the two warpgroups' partial sums -> one, 32 columns each (n < 4).
+        constexpr int kTiles = D == 64 ? 4 : 8;
+        const int col0 = D == 64 ? 32 * cw : dq_col0;
+        if constexpr (D == 64) {
+          float2* swap = reinterpret_cast<float2*>(smem + C::kOffSwap) + (step & 1) * 2 * 8 * 128;
+          if (cw == 0)
+            dq_combine_halves<0>(dq, swap, cw, threadIdx.x % 128);
+          else
+            dq_combine_halves<4>(dq, swap, cw, threadIdx.x % 128);
+        }
+        // The key blocks above this one have added theirs (the order warp's acquire).
+        named_barrier_sync(kDqReadyBarrier, kDqOrderThreads);
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int qi = m0 + 16 * wq + g + 8 * half;
-        if (qi >= sq) continue;
-        float* dst = p.dq_accum + ((seq.q_token + qi) * p.heads_q + h) * int64_t(D) + dq_col0 + 2 * t;
+        for (int half = 0; half < 2; ++half) {
+          const int qi = m0 + 16 * wq + g + 8 * half;
+          if (qi >= sq) continue;
+          float* dst = p.dq_accum + ((seq.q_token + qi) * p.heads_q + h) * int64_t(D) + col0 + 2 * t;
 #pragma unroll
-        for (int n = 0; n < 8; ++n)
-          atomicAdd(reinterpret_cast<float2*>(dst + 8 * n), make_float2(dq[4 * n + 2 * half], dq[4 * n + 2 * half + 1]));
+          for (int n = 0; n < kTiles; ++n)
+            atomicAdd(reinterpret_cast<float2*>(dst + 8 * n), make_float2(dq[4 * n + 2 * half], dq[4 * n + 2 * half + 1]));
+        }
+        // Issued: the order warp may count this key block in (its release covers them).
+        __syncwarp();  // the lanes that skipped rows past sq, back in step for the barrier
+        named_barrier_arrive(kDqDoneBarrier, kDqOrderThreads);
+      } else {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int qi = m0 + 16 * wq + g + 8 * half;
+          if (qi >= sq) continue;
+          float* dst = p.dq_accum + ((seq.q_token + qi) * p.heads_q + h) * int64_t(D) + dq_col0 + 2 * t;
+#pragma unroll
+          for (int n = 0; n < 8; ++n)
+            atomicAdd(reinterpret_cast<float2*>(dst + 8 * n), make_float2(dq[4 * n + 2 * half], dq[4 * n + 2 * half + 1]));
+        }
       }
     }
 
@@ -513,25 +689,32 @@ namespace flash4::hopper {
 
 template <int D>
 void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& p, int64_t row_pitch,
-                   const VarlenTiles& list, int64_t list_capacity, cudaStream_t stream) {
+                   const VarlenTiles& list, int64_t list_capacity, const DqOrder* order, cudaStream_t stream) {
   using C = BackwardSm90Config<D>;
   static_assert(C::kBlockN == kTmaBoxRows && C::kBlockM == kBackwardQBoxRows, "tensor-map boxes = tile rows");
   static_assert(C::kBlockN == kVarlenBlockRows, "varlen work list blocks = key blocks");
-  // Dense: (key block, KV head, sequence). Varlen: (capacity x KV heads) in one dimension;
-  // the kernel reads how many pairs exist.
-  const dim3 grid = list.pairs != nullptr
-                        ? dim3(unsigned(list_capacity * p.heads_kv))
-                        : dim3(unsigned((p.seqlen_k + C::kBlockN - 1) / C::kBlockN), unsigned(p.heads_kv), unsigned(p.batch));
+  static_assert(C::kBlockM == kBackwardQBoxRows, "dq_order_slots counts query blocks of kBackwardQBoxRows");
+  // Dense: (key block, KV head, sequence); deterministic, the same tiles in one dimension (the
+  // host checked the count fits). Varlen: (capacity x KV heads) in one dimension; the kernel
+  // reads how many pairs exist.
+  const int64_t n_blocks = (p.seqlen_k + C::kBlockN - 1) / C::kBlockN;
+  const dim3 grid = list.pairs != nullptr ? dim3(unsigned(list_capacity * p.heads_kv))
+                    : order != nullptr    ? dim3(unsigned(n_blocks * p.heads_kv * p.batch))
+                                          : dim3(unsigned(n_blocks), unsigned(p.heads_kv), unsigned(p.batch));
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-  auto launch = [&](auto kernel) {
-    FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmemBytes)));
-    kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.dout, p, row_pitch, list);
+  const DqOrder dq_order = order != nullptr ? *order : DqOrder{};
+  auto launch = [&](auto kernel, size_t smem) {
+    FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kernel<<<grid, C::kThreads, smem, stream>>>(maps.q, maps.k, maps.v, maps.dout, p, row_pitch, list, dq_order);
     FLASH4_CUDA_CHECK_LAUNCH("attention_backward_sm90_kernel");
   };
-  if (p.dtype == cuda::DType::bf16)
-    launch(attention_backward_sm90_kernel<D, __nv_bfloat16>);
+  const bool bf16 = p.dtype == cuda::DType::bf16;
+  if (order != nullptr)
+    launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, true> : attention_backward_sm90_kernel<D, __half, true>,
+           C::kSmemBytesDeterministic);
   else
-    launch(attention_backward_sm90_kernel<D, __half>);
+    launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false> : attention_backward_sm90_kernel<D, __half, false>,
+           C::kSmemBytes);
 }
 
 }  // namespace flash4::hopper

@@ -33,12 +33,32 @@ inline int64_t backward_sm90_row_pitch(int64_t tokens_q) {
 // dout and lse (dense or packed).
 void backward_sm90_rows(const cuda::AttentionParams& p, int64_t row_pitch, cudaStream_t stream);
 
+// Deterministic dQ (backward_sm90.cuh, "Deterministic dQ"): per (query head, query block) the
+// count of dQ tiles added to it so far, and the ticket that hands the CTAs their tiles in
+// the order they start. Workspace ints the caller zeroes before each launch.
+struct DqOrder {
+  int* counts = nullptr;  // [Hq][slots]
+  int* ticket = nullptr;  // one int
+  int64_t slots = 0;      // per query head: dq_order_slots
+};
+
+// Slots per query head: query block m (64 rows) of sequence b has slot
+// (q_token(b) + 64 m) / 64 + b, q_token(b) its first workspace token (dense b Sq, packed
+// cu_seqlens_q[b]). Two blocks of one sequence start 64 tokens apart; a block of a later
+// sequence b' > b starts at a later token and adds b' > b: no two blocks share a slot, and
+// every slot is below ceil(tokens_q / 64) + batch.
+inline int64_t dq_order_slots(int64_t tokens_q, int64_t batch) {
+  return (tokens_q + kBackwardQBoxRows - 1) / kBackwardQBoxRows + batch;
+}
+
 // The main kernel: dk, dv written (rows of the sequences' keys), dQ added to p.dq_accum
 // (zeroed by the caller). `list`: the varlen work list (pairs == nullptr for a dense call),
-// at most `list_capacity` pairs.
+// at most `list_capacity` pairs; for a deterministic call built with
+// TileKind::key_blocks_in_dq_order. `order`: nullptr for atomic dQ (any order), else the
+// deterministic dQ's counts and ticket, zeroed.
 template <int D>
 void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& p, int64_t row_pitch,
-                   const VarlenTiles& list, int64_t list_capacity, cudaStream_t stream);
+                   const VarlenTiles& list, int64_t list_capacity, const DqOrder* order, cudaStream_t stream);
 
 // Whether this binary's backward kernels are sm_90a machine code the current device runs.
 bool backward_sm90_runs_here();

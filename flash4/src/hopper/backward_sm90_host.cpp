@@ -1,6 +1,8 @@
 // flash4's Hopper (sm90a) backward, host side: what it covers, its tensor maps, params,
 // workspace and the kernel sequence (varlen work list, rows preprocess, main kernel, the
-// portable backward's dQ conversion and zero rows). On by default for the calls it covers (first run on an H200, 2026-11-30:
+// portable backward's dQ conversion and zero rows). Deterministic calls run the same sequence
+// with the deterministic dQ kernel (backward_sm90.cuh), its zeroed counts and ticket, and
+// (varlen) the work list in its order. On by default for the calls it covers (first run on an H200, 2026-11-30:
 // scripts/hopper_bwd_check.sh, 43/43 tests, 1.3-1.6x the portable backward);
 // FLASH4_HOPPER_BWD=0 turns it off for A/B runs (api.cpp asks hopper_backward_preferred).
 #include <cuda.h>
@@ -34,7 +36,6 @@ std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shap
   if (a.varlen.seqused_k != nullptr) return "seqused_k is not covered yet";
   if (a.options.softcap > 0) return "softcap is not covered yet";
   if (a.options.sink != nullptr || a.dsink != nullptr) return "sink is not covered yet";
-  if (a.deterministic) return "deterministic dQ is not covered yet";
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
   if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128))
     return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128)");
@@ -48,6 +49,10 @@ std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shap
   } else {
     if (shape.batch == 0 || shape.seqlen_q == 0 || shape.seqlen_k == 0) return "empty problem";
     if (shape.seqlen_q > (int64_t(1) << 30) || shape.seqlen_k > (int64_t(1) << 30)) return "sequences over 2^30";
+    // Deterministic dQ numbers the dense tiles in one grid dimension.
+    if (a.deterministic && (shape.seqlen_k + hopper::kTmaBoxRows - 1) / hopper::kTmaBoxRows * shape.heads_kv *
+                                   shape.batch >= (int64_t(1) << 31))
+      return "deterministic dQ with 2^31 or more key blocks";
   }
   if (shape.tokens_q * shape.heads_q * shape.d_qk >= (int64_t(1) << 40)) return "dQ workspace too large";
   for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}, {&a.dout, "dout"},
@@ -82,7 +87,9 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
   p.dq = row_layout(a.dq);
   p.dk = row_layout(a.dk);
   p.dv = row_layout(a.dv);
+  // The portable finish reads p.deterministic: false, dQ comes from dq_accum in both modes.
   p.deterministic = false;
+  const bool deterministic = a.deterministic != 0;
 
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
   try {
@@ -95,7 +102,12 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     const size_t list_bytes = shape.varlen ? Workspace::bytes_for(2 * size_t(capacity)) + Workspace::bytes_for(1) +
                                                  Workspace::bytes_for(first_count)
                                            : 0;
-    Workspace ws(Workspace::bytes_for(dq_count) + 2 * Workspace::bytes_for(rows) + list_bytes, stream);
+    // Deterministic dQ: the counts [Hq][slots] and the ticket after them, one zeroed range.
+    const int64_t slots = hopper::dq_order_slots(p.tokens_q, p.batch);
+    const size_t order_count = deterministic ? size_t(p.heads_q) * size_t(slots) + 1 : 0;
+    Workspace ws(Workspace::bytes_for(dq_count) + 2 * Workspace::bytes_for(rows) + list_bytes +
+                     Workspace::bytes_for(order_count),
+                 stream);
     p.dq_accum = ws.take(dq_count);
     p.lse_log2 = ws.take(rows);
     p.d_rows = ws.take(rows);
@@ -106,16 +118,25 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
       scratch.count = reinterpret_cast<int*>(ws.take(1));
       scratch.first = reinterpret_cast<int*>(ws.take(first_count));
       scratch.capacity = capacity;
-      hopper::build_varlen_tiles(p, hopper::TileKind::key_blocks, scratch, stream);
+      hopper::build_varlen_tiles(
+          p, deterministic ? hopper::TileKind::key_blocks_in_dq_order : hopper::TileKind::key_blocks, scratch, stream);
       list.pairs = scratch.pairs;
       list.count = scratch.count;
     }
+    hopper::DqOrder order;
+    if (deterministic) {
+      order.counts = reinterpret_cast<int*>(ws.take(order_count));
+      order.ticket = order.counts + size_t(p.heads_q) * size_t(slots);
+      order.slots = slots;
+      FLASH4_CUDA_CHECK(cudaMemsetAsync(order.counts, 0, order_count * sizeof(int), stream));
+    }
     FLASH4_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, dq_count * sizeof(float), stream));
     hopper::backward_sm90_rows(p, row_pitch, stream);
+    const hopper::DqOrder* dq_order = deterministic ? &order : nullptr;
     if (shape.d_qk == 64)
-      hopper::backward_sm90<64>(maps, p, row_pitch, list, capacity, stream);
+      hopper::backward_sm90<64>(maps, p, row_pitch, list, capacity, dq_order, stream);
     else
-      hopper::backward_sm90<128>(maps, p, row_pitch, list, capacity, stream);
+      hopper::backward_sm90<128>(maps, p, row_pitch, list, capacity, dq_order, stream);
     // dq = scale * dq_accum in the output dtype, for every token row (rows of no sequence:
     // 0), and zeros in the dk / dv rows of no sequence (varlen): the portable backward's
     // finish (atomic mode, no sink: nothing else runs).

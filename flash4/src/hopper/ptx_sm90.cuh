@@ -114,6 +114,23 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// ---- flags in global memory, gpu scope (the backward's deterministic dQ order) ------------
+
+// An acquire load: this thread's later accesses (and, through a barrier after it, those of
+// the threads that wait there) are ordered after whatever the releases it reads from ordered
+// before them (PTX memory model: release / acquire patterns, causality order).
+__device__ __forceinline__ int ld_acquire_gpu(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+// *p += v as a release: everything ordered before it -- this thread's writes and, through a
+// barrier this thread waited at, those of the threads that arrived there (release is
+// cumulative) -- is visible to an acquire that reads the new value.
+__device__ __forceinline__ void red_release_gpu_add(int* p, int v) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
 // ---- register reallocation between warpgroups ------------------------------------------
 
 template <int N>

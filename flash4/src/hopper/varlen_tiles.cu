@@ -7,6 +7,9 @@
 //   3. an exclusive scan of the histogram, heaviest bucket first, then each pair takes the
 //      next slot of its bucket (atomicAdd): a counting sort. The order within a bucket
 //      varies from run to run; the results do not (every tile is computed whole by one CTA).
+// TileKind::key_blocks_in_dq_order (varlen_tiles_dq_order_kernel) is another list: after
+// step 1, each sequence's rank among the sequences (heaviest first, ties by index) gives the
+// offset of its block of pairs, which it fills from its last key block to its first.
 // Pairs 128 tokens per block: tens to thousands per call, so one CTA takes microseconds.
 #include "cuda/cuda_check.hpp"
 #include "cuda/sequence.cuh"
@@ -51,7 +54,7 @@ __device__ int block_exclusive_scan(int x, int* total) {
 
 __device__ int blocks_of(const cuda::AttentionParams& p, int b, TileKind kind) {
   const cuda::Sequence s = cuda::sequence_of(p, b);
-  const int rows = kind == TileKind::query_blocks ? s.sq : s.sk_rows;
+  const int rows = kind == TileKind::query_blocks ? s.sq : s.sk_rows;  // key blocks of either backward kind
   return rows > 0 ? (rows + kVarlenBlockRows - 1) / kVarlenBlockRows : 0;
 }
 
@@ -80,10 +83,9 @@ __device__ int sequence_of_pair(const int* first, int batch, int j) {
 
 __device__ int bucket_of(int cost) { return kBuckets - 1 - min(cost, kBuckets - 1); }  // heaviest: bucket 0
 
-__global__ void __launch_bounds__(kThreads) varlen_tiles_kernel(const cuda::AttentionParams p, TileKind kind,
-                                                                int2* pairs, int* count, int* first, int capacity) {
-  __shared__ int buckets[kBuckets];  // counts, then each bucket's next slot
-  // 1. first[b], b = 0 .. batch (first[batch] = all pairs).
+// 1. first[b], b = 0 .. batch (first[batch] = all pairs); returns all pairs. Every thread of
+// the block must call it; first[] is visible to the whole block after the next __syncthreads.
+__device__ int first_pairs(const cuda::AttentionParams& p, TileKind kind, int* first) {
   int carry = 0;
   for (int base = 0; base <= p.batch; base += kThreads) {
     const int b = base + int(threadIdx.x);
@@ -93,7 +95,13 @@ __global__ void __launch_bounds__(kThreads) varlen_tiles_kernel(const cuda::Atte
     if (b <= p.batch) first[b] = carry + prefix;
     carry += total;
   }
-  const int n = min(carry, capacity);
+  return carry;
+}
+
+__global__ void __launch_bounds__(kThreads) varlen_tiles_kernel(const cuda::AttentionParams p, TileKind kind,
+                                                                int2* pairs, int* count, int* first, int capacity) {
+  __shared__ int buckets[kBuckets];  // counts, then each bucket's next slot
+  const int n = min(first_pairs(p, kind, first), capacity);
   for (int i = threadIdx.x; i < kBuckets; i += kThreads) buckets[i] = 0;
   __syncthreads();  // first[] (global) and the zeroed buckets, visible to the whole block
 
@@ -121,10 +129,52 @@ __global__ void __launch_bounds__(kThreads) varlen_tiles_kernel(const cuda::Atte
   if (threadIdx.x == 0) *count = n;
 }
 
+// TileKind::key_blocks_in_dq_order (varlen_tiles.hpp). Sequence b's weight: the query blocks
+// that see its first or its last key block, whichever is more (the whole sequence's walk
+// takes about as long as its heaviest block's: causal, the first; a left window without
+// causal, the last; in between, about the same).
+__global__ void __launch_bounds__(kThreads) varlen_tiles_dq_order_kernel(const cuda::AttentionParams p, int2* pairs,
+                                                                         int* count, int* first, int capacity) {
+  __shared__ int2 seqs[kOrderedSequences];  // (weight, pairs) per sequence, when sorted
+  const TileKind kind = TileKind::key_blocks;
+  const int n = min(first_pairs(p, kind, first), capacity);
+  const bool sorted = p.batch <= kOrderedSequences;
+  __syncthreads();  // first[] (global), visible to the whole block
+  if (sorted) {
+    for (int b = threadIdx.x; b < p.batch; b += kThreads) {
+      const int blocks = first[b + 1] - first[b];
+      const int weight = blocks > 0 ? max(cost_of(p, b, 0, kind), cost_of(p, b, blocks - 1, kind)) : 0;
+      seqs[b] = make_int2(weight, blocks);
+    }
+    __syncthreads();
+  }
+  for (int b = threadIdx.x; b < p.batch; b += kThreads) {
+    const int blocks = first[b + 1] - first[b];
+    int offset = first[b];
+    if (sorted) {
+      // Pairs of the sequences before b: heavier, or as heavy with a smaller index.
+      offset = 0;
+      const int2 mine = seqs[b];
+      for (int c = 0; c < p.batch; ++c) {
+        const int2 other = seqs[c];
+        if (other.x > mine.x || (other.x == mine.x && c < b)) offset += other.y;
+      }
+    }
+    for (int k = 0; k < blocks && offset + k < n; ++k) pairs[offset + k] = make_int2(b, blocks - 1 - k);
+  }
+  if (threadIdx.x == 0) *count = n;
+}
+
 }  // namespace
 
 void build_varlen_tiles(const cuda::AttentionParams& p, TileKind kind, const VarlenTilesScratch& scratch,
                         cudaStream_t stream) {
+  if (kind == TileKind::key_blocks_in_dq_order) {
+    varlen_tiles_dq_order_kernel<<<1, kThreads, 0, stream>>>(p, scratch.pairs, scratch.count, scratch.first,
+                                                             int(scratch.capacity));
+    FLASH4_CUDA_CHECK_LAUNCH("varlen_tiles_dq_order_kernel");
+    return;
+  }
   varlen_tiles_kernel<<<1, kThreads, 0, stream>>>(p, kind, scratch.pairs, scratch.count, scratch.first,
                                                   int(scratch.capacity));
   FLASH4_CUDA_CHECK_LAUNCH("varlen_tiles_kernel");

@@ -5,7 +5,8 @@
 // max_seqlen nor a copy of cu_seqlens. The forward's persistent CTAs walk the pairs
 // round-robin (each pair times the query heads); the backward launches one CTA per pair
 // and KV head. Heaviest first makes the last wave the lightest (FA3's longest-processing-
-// time-first idea, here by a counting sort on the cost).
+// time-first idea, here by a counting sort on the cost). The backward with deterministic dQ
+// needs another order (key_blocks_in_dq_order).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -23,8 +24,18 @@ struct VarlenTiles {
 
 enum class TileKind {
   query_blocks,  // forward: blocks of 128 query rows; cost = key blocks they see
-  key_blocks     // backward: blocks of 128 keys; cost = query blocks of 64 that see them
+  key_blocks,    // backward: blocks of 128 keys; cost = query blocks of 64 that see them
+  // Backward with deterministic dQ: the same pairs, each sequence's key blocks together and
+  // from its last block to its first (a CTA waits for the key blocks above its own, which
+  // must start first: backward_sm90.cuh, "No deadlock"); the sequences heaviest first (the
+  // query blocks of 64 that see their first or last key block, whichever is more; ties by
+  // sequence index, so the list is the same on every run). Past kOrderedSequences sequences
+  // they keep their index order.
+  key_blocks_in_dq_order
 };
+
+// Sequences the key_blocks_in_dq_order list sorts (an O(batch^2 / 1024) rank per sequence).
+inline constexpr int kOrderedSequences = 2048;
 
 // Rows per block of each kind (ForwardSm90Config::kBlockM, BackwardSm90Config::kBlockN).
 inline constexpr int kVarlenBlockRows = 128;
