@@ -45,7 +45,7 @@
 //  - Order. The key blocks that see query block m of a sequence form an interval F .. L:
 //    each row sees an interval of keys whose ends grow with the row, consecutive rows'
 //    intervals touch, so their union has no gap; L holds the last row's last visible key
-//    (key_blocks_of_query_tile). They add their tiles from L down to F. The two consumer
+//    (key_blocks_above). They add their tiles from L down to F. The two consumer
 //    warpgroups of a key block add disjoint parts: d = 128 a column half each; d = 64 their
 //    partial sums (each over its own 64 keys) are first summed through shared memory
 //    (dq_combine_halves), then each adds half the columns.
@@ -54,7 +54,8 @@
 //    walks the CTA's steps: its lane 0 spins on an acquire load of the step's count; the
 //    warp arrives at named barrier 8 ("ready"), where the consumers wait before their adds;
 //    the consumers arrive at barrier 7 ("done") once their adds are issued, where the order
-//    warp waits; then lane 0 adds 1 to the count with a release. In the PTX memory model a
+//    warp waits; then lane 0 adds 1 to the count with a release (a fence.acq_rel, which
+//    also makes the next step's count, loaded early, an acquire). In the PTX memory model a
 //    bar.arrive / bar.sync synchronizes with the bar.sync that completes the barrier, and
 //    release / acquire patterns are cumulative, so the acquire reaches the consumers' adds
 //    and the release covers them: the pattern of cooperative groups' grid sync (a CTA
@@ -77,9 +78,10 @@
 //    adds of step s wait for nothing but the order warp's arrive (the other CTAs' counts).
 //  - Why from L down. Under a causal mask key block n first sees query block 2n (64-row
 //    blocks, 128 keys), and the block that reaches query block m first is L(m). Counting
-//    from L, a CTA waits for CTAs that started their walk over the query blocks no later
-//    than it did (a lag of about a step per key block); counting up from F would hold key
-//    block n until key block 0 had walked 2n query blocks (half the SMs idle under causal).
+//    from L, a CTA waits for CTAs that started no later than it did and reach each query
+//    block two steps earlier in their walk (without a mask, at the same step: a lag of one
+//    count round trip per key block); counting up from F would hold key block n until key
+//    block 0 had walked 2n query blocks (half the SMs idle under causal).
 //
 // Covered: dense (B, S, H, D) and packed (T, H, D) tensors (any 16-byte-multiple strides:
 // the column blocks of a fused qkv buffer too), bf16 / fp16, d_qk = d_v in {64, 128},
@@ -440,30 +442,40 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
     } else if (kDeterministic && warp == 1) {
       // The order warp (header, "Counts"): per step, wait until the key blocks above this one
       // have added their tiles to the step's query block, let the consumers add theirs, and
-      // count this key block in once they have. The wait for the next step's count comes
-      // before the wait for this step's adds, so the global-memory round trips overlap the
-      // consumers' work (it waits for key blocks above this one only, which never wait for
-      // this one: no cycle). The whole warp runs it (the barriers count warps); lane 0
-      // touches the counts.
+      // count this key block in once they have. The whole warp runs it (the barriers count
+      // warps); lane 0 touches the counts. The next step's count is loaded (relaxed) before
+      // the wait for this step's adds, so its round trip overlaps them, but only looked at
+      // after this step's release: a release that waited for the key blocks above to finish
+      // the next step would make each key block of a chain a step later than the one above.
+      // One fence serves both: the release of this step's adds and the acquire of that load.
       auto count_of = [&](int step) {
         const int h = steps.head(step, hk, p.group), m0 = steps.row0(step, BM);
         return order.counts + int64_t(h) * order.slots + (seq.q_token + m0) / BM + b;
       };
-      auto wait_above = [&](int step) {  // until the key blocks n + 1 .. L have added theirs
-        if (lane == 0) {
-          const int above = key_blocks_above<BM, BN>(p, seq, steps.row0(step, BM), n_block);
-          const int* count = count_of(step);
-          while (ld_acquire_gpu(count) < above) {
-          }
+      auto above = [&](int step) { return key_blocks_above<BM, BN>(p, seq, steps.row0(step, BM), n_block); };
+      if (lane == 0 && steps.steps > 0) {
+        const int* count = count_of(0);
+        const int wait_for = above(0);
+        while (ld_acquire_gpu(count) < wait_for) {
         }
-        __syncwarp();
-      };
-      if (steps.steps > 0) wait_above(0);
+      }
+      __syncwarp();
       for (int step = 0; step < steps.steps; ++step) {
         named_barrier_arrive(kDqReadyBarrier, kDqOrderThreads);
-        if (step + 1 < steps.steps) wait_above(step + 1);
+        const bool more = step + 1 < steps.steps;
+        int next = 0;
+        if (lane == 0 && more) next = ld_relaxed_gpu(count_of(step + 1));
+        __syncwarp();
         named_barrier_sync(kDqDoneBarrier, kDqOrderThreads);
-        if (lane == 0) red_release_gpu_add(count_of(step), 1);
+        if (lane == 0) {
+          fence_acq_rel_gpu();
+          red_relaxed_gpu_add(count_of(step), 1);
+          if (more) {
+            const int* count = count_of(step + 1);
+            const int wait_for = above(step + 1);
+            while (next < wait_for) next = ld_acquire_gpu(count);
+          }
+        }
         __syncwarp();
       }
     }

@@ -124,11 +124,21 @@ __device__ __forceinline__ int ld_acquire_gpu(const int* p) {
   asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
-// *p += v as a release: everything ordered before it -- this thread's writes and, through a
-// barrier this thread waited at, those of the threads that arrived there (release is
-// cumulative) -- is visible to an acquire that reads the new value.
-__device__ __forceinline__ void red_release_gpu_add(int* p, int v) {
-  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+// A relaxed load: no ordering by itself; a fence_acq_rel_gpu after it makes it an acquire
+// (PTX memory model: acquire patterns), and the load can be issued early and waited on later.
+__device__ __forceinline__ int ld_relaxed_gpu(const int* p) {
+  int v;
+  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+// fence.acq_rel at gpu scope: with a relaxed write after it, a release of everything ordered
+// before it -- this thread's accesses and, through a barrier this thread waited at, those of
+// the threads that arrived there (release patterns are cumulative); with a relaxed read
+// before it, an acquire for everything after it.
+__device__ __forceinline__ void fence_acq_rel_gpu() { asm volatile("fence.acq_rel.gpu;\n" ::: "memory"); }
+// *p += v, relaxed (after fence_acq_rel_gpu: a release).
+__device__ __forceinline__ void red_relaxed_gpu_add(int* p, int v) {
+  asm volatile("red.relaxed.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
 
 // ---- register reallocation between warpgroups ------------------------------------------
