@@ -11,11 +11,11 @@
 // it too, match the reference, and repeat bit for bit (Flash4HopperDeterministicBackward).
 // Calls the kernel does not cover (softcap, d = 96) run on the portable backward, as does
 // every call with FLASH4_HOPPER_BWD=0 or FLASH4_BACKEND=portable.
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <algorithm>
 #include <functional>
 #include <optional>
 #include <random>
