@@ -1,11 +1,10 @@
 // flash4's Hopper (sm90a) forward against the float64 CPU reference, on an sm_90 device:
-// every case the Hopper kernels cover (dense bf16 / fp16, d = 64 and 128, GQA / MQA,
-// causal or not, sliding windows, BSHD / BHSD; packed varlen batches) must run on them --
-// flash4_last_backend() says "hopper" -- and match the reference; out and lse are
-// NaN-poisoned before each call, and the rows of no sequence (varlen: tokens past
-// cu_seqlens[batch]) must keep the poison. Lengths {1, 17, 128, 1000, 4097} as Sq = Sk,
-// Sq < Sk and Sq > Sk. Calls the kernels do not cover fall back to the portable ones, and
-// FLASH4_BACKEND=portable forces those.
+// every case the Hopper kernels cover (dense bf16 / fp16, d = 64, 128 and 256, GQA / MQA,
+// causal or not, sliding windows, BSHD / BHSD; packed varlen batches) must run on them -- flash4_last_backend() says "hopper" -- and match the
+// reference; out and lse are NaN-poisoned before each call, and the rows of no sequence
+// (varlen: tokens past cu_seqlens[batch]) must keep the poison. Lengths {1, 17, 128, 1000,
+// 4097} as Sq = Sk, Sq < Sk and Sq > Sk. Calls the kernels do not cover fall back to the
+// portable ones, and FLASH4_BACKEND=portable forces those.
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -297,16 +296,139 @@ std::vector<Problem> window_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Window, Flash4Hopper, ::testing::ValuesIn(window_cases()), test_name);
 
+// d = 256 (tiles of 128 queries x 80 keys, one Q buffer: ForwardSm90Config<256>): the shapes
+// of covered_cases over dtype x causal, lengths {1, 17, 128, 1000, 4097} as Sq = Sk, Sq < Sk
+// and Sq > Sk, GQA / MQA, more tiles than SMs, BHSD, padded rows, packed documents, windows,
+// large logits with each FA4 switch.
+std::vector<Problem> d256_cases() {
+  std::vector<Problem> cases;
+  auto d256 = [](const char* label, flash4_dtype dtype = FLASH4_BF16) {
+    Problem p;
+    p.label = label;
+    p.dtype = dtype;
+    p.Dqk = p.Dv = 256;
+    return p;
+  };
+  struct Shape {
+    int B, Hq, Hkv, Sq, Sk;
+  };
+  const Shape shapes[] = {{2, 4, 2, 128, 128}, {1, 2, 2, 17, 1000}, {2, 2, 1, 1000, 17}, {3, 2, 2, 1, 128},
+                          {1, 2, 1, 1000, 1000}, {1, 1, 1, 128, 4097}, {1, 8, 1, 17, 17},  {2, 2, 1, 1, 1}};
+  int i = 0;
+  for (flash4_dtype dtype : {FLASH4_BF16, FLASH4_F16})
+    for (bool causal : {false, true})
+      for (int repeat = 0; repeat < 2; ++repeat) {
+        const Shape& s = shapes[i++ % 8];
+        Problem p = d256("hopper d256", dtype);
+        p.B = s.B, p.Hq = s.Hq, p.Hkv = s.Hkv, p.Sq = s.Sq, p.Sk = s.Sk;
+        p.causal = causal;
+        cases.push_back(forward_only(p));
+      }
+  const int pairs[][2] = {{4097, 4097}, {4097, 1000}, {1000, 4097}, {17, 4097}, {4097, 17}, {1, 4097}, {4097, 1}};
+  i = 0;
+  for (auto [sq, sk] : pairs)
+    for (bool causal : {false, true}) {
+      Problem p = d256("hopper d256 length", i++ % 2 ? FLASH4_F16 : FLASH4_BF16);
+      p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = sq, p.Sk = sk;
+      p.causal = causal;
+      cases.push_back(forward_only(p));
+    }
+  for (int variant = 0; variant < 2; ++variant) {  // several tiles per persistent CTA
+    Problem p = d256("hopper d256 persistent", variant ? FLASH4_F16 : FLASH4_BF16);
+    p.B = 3, p.Hq = 8, p.Hkv = 2, p.Sq = 1100, p.Sk = 1100;
+    if (variant == 1) p.Sq = 2000, p.Sk = 300;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+  }
+  {
+    Problem p = d256("hopper d256 bhsd mqa", FLASH4_F16);
+    p.B = 2, p.Hq = 6, p.Hkv = 1, p.Sq = 300, p.Sk = 520;
+    p.bhsd = true;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+  }
+  {
+    Problem p = d256("hopper d256 row_pad");
+    p.B = 2, p.Hq = 2, p.Hkv = 2, p.Sq = 260, p.Sk = 260;
+    p.row_pad = 8;
+    cases.push_back(forward_only(p));
+  }
+  {  // Packed documents: ends inside an 80-key block, empty sequences, tokens of no sequence.
+    Problem p = d256("hopper d256 varlen");
+    p.seqs = {{1, 1}, {17, 17}, {80, 80}, {81, 81}, {128, 128}, {129, 129}, {300, 300}};
+    p.Hq = 4, p.Hkv = 2;
+    for (bool causal : {false, true}) {
+      p.causal = causal;
+      cases.push_back(forward_only(p));
+    }
+    p.dtype = FLASH4_F16;
+    p.seqs = {{17, 100}, {100, 17}, {1, 300}, {64, 64}, {0, 5}, {5, 0}, {130, 260}};
+    p.Hq = 4, p.Hkv = 1, p.pad_q = 3, p.pad_k = 5;
+    for (bool causal : {false, true}) {
+      p.causal = causal;
+      cases.push_back(forward_only(p));
+    }
+    p.dtype = FLASH4_BF16;
+    p.seqs = documents(21, 12, 600, {1000});
+    p.Hq = 8, p.Hkv = 2, p.pad_q = 0, p.pad_k = 0;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+  }
+  {
+    struct Window {
+      int Sq, Sk, left, right;
+      bool causal;
+    };
+    const Window windows[] = {{1000, 1000, 128, -1, true}, {700, 1500, 64, 64, false}, {1000, 300, 300, 17, false},
+                              {300, 1000, 1, 0, true}, {600, 600, 79, 80, false}};
+    i = 0;
+    for (const Window& w : windows) {
+      Problem p = d256("hopper d256 window", i++ % 2 ? FLASH4_F16 : FLASH4_BF16);
+      p.B = 2, p.Hq = 4, p.Hkv = 2, p.Sq = w.Sq, p.Sk = w.Sk;
+      p.window_left = w.left, p.window_right = w.right;
+      p.causal = w.causal;
+      cases.push_back(forward_only(p));
+    }
+    Problem p = d256("hopper d256 window varlen");
+    p.seqs = documents(22, 6, 500, {1, 17, 900});
+    p.Hq = 4, p.Hkv = 2, p.pad_q = 2, p.pad_k = 2;
+    p.window_left = 100;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+  }
+  for (int variant = 0; variant < 3; ++variant) {  // large logits: the rescaling runs
+    Problem p = d256("hopper d256 rescale");
+    p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = 700, p.Sk = 1500;
+    p.q_scale = 6.0;
+    p.causal = variant == 2;
+    if (variant == 1) p.tuning.exp2_emulation = 2;
+    if (variant == 2) p.tuning.rescale_threshold = -1;
+    cases.push_back(forward_only(p));
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(D256, Flash4Hopper, ::testing::ValuesIn(d256_cases()), test_name);
+
+// Features the Hopper forward does not cover (yet): d = 96, d_v != d_qk, seqused_k, paged KV.
 TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  Problem p;
-  p.label = "softcap";
-  p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = 100, p.Sk = 100;
-  p.softcap = 20;
-  EXPECT_EQ(check_forward(forward_only(p)), "portable");
+  Problem base;
+  base.B = 1, base.Hq = 2, base.Hkv = 1, base.Sq = 100, base.Sk = 100;
+  Problem p = base;
   p.label = "d = 96";
-  p.softcap = 0;
   p.Dqk = p.Dv = 96;
+  EXPECT_EQ(check_forward(forward_only(p)), "portable");
+  p = base;
+  p.label = "d = 192/128";
+  p.Dqk = 192, p.Dv = 128;
+  EXPECT_EQ(check_forward(forward_only(p)), "portable");
+  p = base;
+  p.label = "seqused_k";
+  p.seqused = {70};
+  EXPECT_EQ(check_forward(forward_only(p)), "portable");
+  p = base;
+  p.label = "paged";
+  p.page_size = 16, p.Sk = 300, p.seqused = {300};
   EXPECT_EQ(check_forward(forward_only(p)), "portable");
 }
 

@@ -24,14 +24,15 @@
 //
 // Covered here: dense (B, S, H, D) and packed (T, H, D) tensors with any 16-byte-multiple
 // strides (the column blocks of a fused qkv buffer included), bf16 / fp16, d_qk = d_v in
-// {64, 128}, GQA / MQA, causal (bottom-right) or not, sliding window (left / right, aligned
-// like causal), LSE. Everything else runs on the portable kernels (hopper.cpp decides).
-// Verified on an H200 (2026-11-30): the whole flash4 gpu suite with this path on (dense).
-// Varlen and window: compile, NOT YET RUN ON A GPU (scripts/hopper_varlen_check.sh).
+// {64, 128, 256}, GQA / MQA, causal (bottom-right) or not, sliding window (left / right,
+// aligned like causal), LSE. Everything else runs on the portable kernels (hopper.cpp decides).
+// Verified on an H200 (2026-11-30): d 64 / 128 dense, varlen and window (the whole flash4 gpu
+// suite with this path on; scripts/hopper_varlen_check.sh). d = 256: compile, NOT YET RUN ON
+// A GPU.
 //
 // Pingpong (FA3): the consumer warpgroups alternate their wgmma batches (named barriers).
-// Missing vs issue 4 (follow-ups): a dynamic (atomic) tile scheduler, TMA stores of O, d 96 / 192 / 256,
-// softcap, sink, paged KV, seqused_k, GQA packing of small Sq into the M tile.
+// Missing vs issue 4 (follow-ups): a dynamic (atomic) tile scheduler, TMA stores of O, d 96 / 192,
+// d_v != d_qk, softcap, sink, paged KV, seqused_k, GQA packing of small Sq into the M tile.
 #pragma once
 
 #include <cuda.h>
@@ -43,29 +44,51 @@
 #include "cuda/sequence.cuh"
 #include "hopper/blocks.cuh"
 #include "hopper/ptx_sm90.cuh"
+#include "hopper/ptx_sm90_wgmma_wide.cuh"
 #include "hopper/varlen_tiles.hpp"
 
 namespace flash4::hopper {
 
 using cuda::AttentionParams;
 
+// Tile shapes. One consumer thread holds (a warpgroup of 128 threads owns 64 query rows):
+//   O accumulator 64 x D fp32           D / 2 registers   (d 64: 32, d 128: 64, d 256: 128)
+//   S block 64 x BN fp32                BN / 2            (BN 128: 64, BN 80: 40)
+//   P as 16-bit A fragments 64 x BN     BN / 4            (BN 128: 32, BN 80: 20)
+// and S of block j is live beside P of block j - 1 (intra-warpgroup overlap), so the three
+// add up, plus ~30 for row max / sum, masks and addresses, under setmaxnreg's 240.
+//   d <= 128: BN = 128: 64 + 64 + 32 = 160 at d 128.
+//   d = 256:  BN = 128 would be 128 + 64 + 32 = 224 + ~30 > 240; BN = 80 gives
+//             128 + 40 + 20 = 188 (FA3 and FA4 pick 128 x 80 at d 256 too). BN must be a
+//             multiple of 16 (the P V k-steps) and of 8 (wgmma N, 8-row swizzle groups).
+// Shared memory (227 KB = 232448 bytes a block on sm_90): Q 128 x D x 2, K and V stages
+// BN x D x 2 each, two stages of each.
+//   d 128: 2 Q buffers 64 KB + 4 x 32 KB = 192 KB.
+//   d 256: Q 128 x 256 x 2 = 64 KB, one buffer only (a second would not fit); K / V stages
+//          80 x 256 x 2 = 40 KB, 4 of them = 160 KB; 224 KB + 1 KB alignment slack + 80 bytes
+//          of barriers = 230480 bytes. BN = 96 would need 192 KB of stages: too much.
+// Swizzle: each 64-column (128-byte) block of a tile ("chunk", ptx_sm90.cuh) is rows x 128
+// bytes: 80 x 128 = 10240 is a multiple of the 1024-byte swizzle atom, so every chunk and
+// stage stays 1024-aligned and the descriptors keep base offset 0.
 template <int D>
 struct ForwardSm90Config {
   static constexpr int kBlockM = 128;  // two consumer warpgroups of 64 rows
-  static constexpr int kBlockN = 128;
+  static constexpr int kBlockN = D <= 128 ? 128 : 80;
   static constexpr int kStages = 2;
   static constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
   static constexpr int kChunks = D / 64;  // 128-byte swizzle blocks along the head dim
   static constexpr uint32_t kQBytes = kBlockM * D * 2;
   static constexpr uint32_t kKVBytes = kBlockN * D * 2;  // one stage of K (or of V)
   static constexpr uint32_t kQChunkBytes = kBlockM * 128, kKVChunkBytes = kBlockN * 128;
-  static constexpr int kQStages = 2;  // the next tile's Q loads during this tile
+  static constexpr int kQStages = D <= 128 ? 2 : 1;  // 2: the next tile's Q loads during this tile
   static constexpr int kBarriers = 2 * kQStages + 4 * kStages;
   // 1024 bytes of slack to align the tiles to the swizzle atom.
   static constexpr size_t kSmemBytes = 1024 + kQStages * kQBytes + 2 * kStages * kKVBytes + 8 * kBarriers;
   // Registers per thread after setmaxnreg: 128 * 24 + 256 * 240 <= 64K.
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
-  static_assert(D % 64 == 0 && D <= 128, "d = 64 or 128");
+  static_assert(D == 64 || D == 128 || D == 256, "d = 64, 128 or 256");
+  static_assert(kBlockN % 16 == 0 && kKVChunkBytes % 1024 == 0, "chunks stay 1024-aligned");
+  static_assert(kSmemBytes <= 232448, "sm_90's shared memory per block");
 };
 
 // Kernel flags (run-time switches, for A/B measurements).
@@ -87,7 +110,7 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// One block of scores (m64n128 accumulators, raw Q.K) -> unnormalised P = 2^(x - m) in
+// One block of scores (m64nN accumulators, raw Q.K) -> unnormalised P = 2^(x - m) in
 // place, with x = s * scale_log2; masked elements (key outside the row's [key_lo, key_end):
 // causal, window, the sequence's end) -> 0. Returns each row's rescale factor for O (1 when
 // the stale max is kept).
@@ -203,6 +226,10 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   constexpr int kQStages = C::kQStages;
+  // One Q buffer (d 256): it is handed back as soon as the tile's last S = Q K^T is done, so
+  // the next tile's Q (and, behind it, its first K / V blocks) load during the last P V and the
+  // finish. With two buffers the release waits for the end of the tile, as before.
+  constexpr bool kEarlyQRelease = kQStages == 1;
   T* sQ = reinterpret_cast<T*>(smem);                                                // [q stage][chunk][BM][64]
   T* sK = reinterpret_cast<T*>(smem + kQStages * C::kQBytes);                        // [stage][chunk][BN][64]
   T* sV = reinterpret_cast<T*>(smem + kQStages * C::kQBytes + kStages * C::kKVBytes);  // [stage][chunk][BN][64]
@@ -242,7 +269,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
       for (int index = blockIdx.x; index < tiles; index += gridDim.x, ++tile_count) {
         const Tile w = tile_at(p, list, index, m_blocks, BM, BN);
         const int hk = w.h / p.group;
-        // Q buffer qs is free once both consumer warpgroups are done with tile tile_count - 2.
+        // Q buffer qs is free once both consumer warpgroups are done with tile tile_count - kQStages.
         const int qs = tile_count % kQStages;
         if (tile_count >= kQStages) mbarrier_wait(&q_empty[qs], ((tile_count / kQStages) & 1) ^ 1);
         mbarrier_arrive_expect_tx(&q_full[qs], C::kQBytes);
@@ -278,13 +305,23 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
     const uint32_t k_addr = smem_u32(sK), v_addr = smem_u32(sV);
     uint32_t q_addr = q_base;
     auto issue_qk = [&](float (&s)[BN / 2], int stage) {
+      // d = 256: Q's 16 descriptors are stepped from one base made opaque here, so the
+      // compiler rebuilds them with an add each instead of holding all 16 (32 registers) across
+      // the loop. The start-address field (bits 0-13,
+      // address >> 4) takes the add without a carry: shared addresses stay below 256 KB.
+      uint64_t q_desc = smem_descriptor(q_addr, 16, 1024);
+      if constexpr (D == 256) asm volatile("" : "+l"(q_desc));
       wgmma_fence();
 #pragma unroll
       for (int k = 0; k < D / 16; ++k) {
         const uint32_t in_chunk = (k % 4) * 32;
-        const uint64_t da = smem_descriptor(q_addr + (k / 4) * C::kQChunkBytes + in_chunk, 16, 1024);
+        const uint64_t da = D == 256 ? q_desc + (((k / 4) * C::kQChunkBytes + in_chunk) >> 4)
+                                     : smem_descriptor(q_addr + (k / 4) * C::kQChunkBytes + in_chunk, 16, 1024);
         const uint64_t db = smem_descriptor(k_addr + stage * C::kKVBytes + (k / 4) * C::kKVChunkBytes + in_chunk, 16, 1024);
-        wgmma_ss_m64n128k16<T>(s, da, db, k > 0);
+        if constexpr (BN == 128)
+          wgmma_ss_m64n128k16<T>(s, da, db, k > 0);
+        else
+          wgmma_ss_m64n80k16<T>(s, da, db, k > 0);
       }
       wgmma_commit_group();
     };
@@ -293,7 +330,10 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
 #pragma unroll
       for (int k = 0; k < BN / 16; ++k) {
         const uint64_t db = smem_descriptor(v_addr + stage * C::kKVBytes + k * 16 * 128, C::kKVChunkBytes, 1024);
-        if constexpr (D == 128)
+        // N = D: the D / 64 chunks of V are LBO = kKVChunkBytes apart.
+        if constexpr (D == 256)
+          wgmma_rs_m64n256k16<T>(o, pa[k], db, 1);
+        else if constexpr (D == 128)
           wgmma_rs_m64n128k16<T>(o, pa[k], db, 1);
         else
           wgmma_rs_m64n64k16<T>(o, pa[k], db, 1);
@@ -360,6 +400,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) fence_operand(s[i]);
         release(&k_empty[stage0]);
+        if (kEarlyQRelease && n_blocks == 1) release(&q_empty[qs]);
         softmax(w.kb_end - 1, factor);  // O is still zero: its factor does not matter
         scores_to_a<T, BN>(pa, s);
         // Varlen: the first block (the highest) may run past the sequence's keys into the
@@ -387,6 +428,8 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
 #pragma unroll
           for (int i = 0; i < BN / 2; ++i) fence_operand(s[i]);
           release(&k_empty[stage]);
+          if constexpr (kEarlyQRelease)
+            if (it == n_blocks - 1) release(&q_empty[qs]);
           softmax(w.kb_end - 1 - it, factor);
           wgmma_wait_group<0>();  // P V done: O and the P fragments are free again
 #pragma unroll
@@ -419,7 +462,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
         release(&v_empty[last % kStages]);
         consumed += n_blocks;
       }
-      release(&q_empty[qs]);  // every S = Q K^T of this tile is done: Q buffer qs may refill
+      if (!kEarlyQRelease || n_blocks == 0) release(&q_empty[qs]);  // every S = Q K^T of this tile is done
 
       // Finish: O / l, lse = (m + log2 l) ln 2; a row with no visible key: O = 0, lse = -inf.
 #pragma unroll

@@ -140,8 +140,8 @@ std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape)
   if (a.options.softcap > 0) return "softcap is not covered yet";
   if (a.options.sink != nullptr) return "sink is not covered yet";
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
-  if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128))
-    return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128)");
+  if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128 && shape.d_qk != 256))
+    return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128, 256/256)");
   if (shape.heads_q > 65535 || shape.batch > 65535) return "more than 65535 heads or sequences";
   if (shape.varlen) {
     // No tile needs max_seqlen (the work list is built on the device from cu_seqlens).
@@ -178,8 +178,10 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   *gap = forward_gap(a, shape);
   if (!gap->empty()) return false;
   hopper::ForwardTensorMaps maps;
-  for (auto [map, t, name] : {std::tuple{&maps.q, &a.q, "q"}, {&maps.k, &a.k, "k"}, {&maps.v, &a.v, "v"}})
-    if (int error = encode_tensor_map(map, *t, hopper::kTmaBoxRows); error != 0) {
+  const int key_rows = hopper::forward_key_box_rows(int(shape.d_qk));
+  for (auto [map, t, name, rows] : {std::tuple{&maps.q, &a.q, "q", hopper::kTmaBoxRows}, {&maps.k, &a.k, "k", key_rows},
+                                    {&maps.v, &a.v, "v", key_rows}})
+    if (int error = encode_tensor_map(map, *t, rows); error != 0) {
       *gap = concat("cuTensorMapEncodeTiled rejected ", name, " (CUresult ", error, ")");
       return false;
     }
@@ -211,8 +213,10 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
     }
     if (shape.d_qk == 64)
       hopper::forward_sm90<64>(maps, p, list, capacity, forward_schedule(), stream);
-    else
+    else if (shape.d_qk == 128)
       hopper::forward_sm90<128>(maps, p, list, capacity, forward_schedule(), stream);
+    else
+      hopper::forward_sm90<256>(maps, p, list, capacity, forward_schedule(), stream);
     *status = FLASH4_OK;
   } catch (const cuda::CudaError& e) {
     set_last_error(std::string("flash4 Hopper CUDA backend: ") + e.what());

@@ -12,12 +12,17 @@
 namespace flash4::hopper {
 
 // Tensor maps: 4-d (D, S, H, B) views of q, k, v (packed: (D, T, H, 1)) with a box of 64
-// columns x 128 rows and the 128-byte swizzle (see ptx_sm90.cuh).
+// columns x rows (q: kTmaBoxRows; k, v: forward_key_box_rows(d)) and the 128-byte swizzle
+// (see ptx_sm90.cuh).
 struct ForwardTensorMaps {
   CUtensorMap q, k, v;
 };
 
-inline constexpr int kTmaBoxRows = 128;  // kBlockM = kBlockN of the forward
+inline constexpr int kTmaBoxRows = 128;  // kBlockM of the forward, kBlockN of the backward
+
+// The forward's key block (ForwardSm90Config<d>::kBlockN, launch_impl.cuh checks): the rows
+// of the k / v boxes. 80 at d = 256, where registers and shared memory allow no more.
+constexpr int forward_key_box_rows(int d) { return d <= 128 ? 128 : 80; }
 
 // Scheduling switches of the forward (forward_sm90.cuh), for A/B runs.
 struct ForwardSchedule {

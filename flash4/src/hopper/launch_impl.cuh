@@ -11,7 +11,7 @@ template <int D>
 void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p, const VarlenTiles& list,
                   int64_t list_capacity, const ForwardSchedule& schedule, cudaStream_t stream) {
   using C = ForwardSm90Config<D>;
-  static_assert(C::kBlockM == kTmaBoxRows && C::kBlockN == kTmaBoxRows, "tensor-map box = tile rows");
+  static_assert(C::kBlockM == kTmaBoxRows && C::kBlockN == forward_key_box_rows(D), "tensor-map boxes = tile rows");
   static_assert(C::kBlockM == kVarlenBlockRows, "varlen work list blocks = query tiles");
   // Persistent: one CTA per SM (shared memory and registers allow no second), each walking
   // the tiles with stride gridDim.x (tile_at). Varlen: the list's capacity bounds the tiles.
