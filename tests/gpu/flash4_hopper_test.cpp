@@ -1,6 +1,6 @@
 // flash4's Hopper (sm90a) forward against the float64 CPU reference, on an sm_90 device:
 // every case the Hopper kernels cover (dense bf16 / fp16, d = 64, 128 and 256, GQA / MQA,
-// causal or not, sliding windows, BSHD / BHSD; packed varlen batches) must run on them -- flash4_last_backend() says "hopper" -- and match the
+// causal or not, sliding windows, softcap, BSHD / BHSD; packed varlen batches) must run on them -- flash4_last_backend() says "hopper" -- and match the
 // reference; out and lse are NaN-poisoned before each call, and the rows of no sequence
 // (varlen: tokens past cu_seqlens[batch]) must keep the poison. Lengths {1, 17, 128, 1000,
 // 4097} as Sq = Sk, Sq < Sk and Sq > Sk. Calls the kernels do not cover fall back to the
@@ -408,6 +408,63 @@ std::vector<Problem> d256_cases() {
   return cases;
 }
 INSTANTIATE_TEST_SUITE_P(D256, Flash4Hopper, ::testing::ValuesIn(d256_cases()), test_name);
+
+// Softcap (s = c tanh(s / c) before the softmax) at d 64 / 128 / 256: large logits that the
+// cap bends (q_scale 4, c = 30) and a hard cap (c = 5), causal and not, both dtypes; with
+// windows, packed documents, the exp2 emulation and tau = 0 (rescaling after the cap).
+std::vector<Problem> softcap_cases() {
+  std::vector<Problem> cases;
+  int i = 0;
+  for (int d : {64, 128, 256})
+    for (float cap : {30.0f, 5.0f}) {
+      Problem p;
+      p.label = "hopper softcap";
+      p.dtype = i % 2 ? FLASH4_F16 : FLASH4_BF16;
+      p.Dqk = p.Dv = d;
+      p.B = 2, p.Hq = 4, p.Hkv = 2, p.Sq = 700, p.Sk = 900;
+      p.softcap = cap;
+      p.q_scale = cap > 10 ? 4.0 : 1.0;
+      p.causal = i++ % 3 != 1;
+      cases.push_back(forward_only(p));
+    }
+  {
+    Problem p;
+    p.label = "hopper softcap window";
+    p.Dqk = p.Dv = 64;
+    p.B = 2, p.Hq = 4, p.Hkv = 2, p.Sq = 1000, p.Sk = 1000;
+    p.softcap = 20.0f, p.q_scale = 3.0;
+    p.window_left = 200, p.window_right = 50;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+  }
+  {
+    Problem p;
+    p.label = "hopper softcap varlen";
+    p.dtype = FLASH4_F16;
+    p.seqs = {{1, 1}, {17, 100}, {100, 17}, {300, 300}, {0, 5}, {5, 0}, {700, 700}};
+    p.Hq = 4, p.Hkv = 1, p.pad_q = 3, p.pad_k = 3;
+    p.softcap = 15.0f, p.q_scale = 3.0;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+    p.Dqk = p.Dv = 256;
+    p.dtype = FLASH4_BF16;
+    p.causal = false;
+    cases.push_back(forward_only(p));
+  }
+  for (int variant = 0; variant < 2; ++variant) {
+    Problem p;
+    p.label = "hopper softcap tuning";
+    p.Dqk = p.Dv = 128;
+    p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = 700, p.Sk = 1500;
+    p.softcap = 50.0f, p.q_scale = 8.0;
+    p.causal = true;
+    if (variant == 0) p.tuning.exp2_emulation = 2;
+    if (variant == 1) p.tuning.rescale_threshold = -1;
+    cases.push_back(forward_only(p));
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Softcap, Flash4Hopper, ::testing::ValuesIn(softcap_cases()), test_name);
 
 // Features the Hopper forward does not cover (yet): d = 96, d_v != d_qk, seqused_k, paged KV.
 TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {

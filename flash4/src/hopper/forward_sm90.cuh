@@ -25,14 +25,18 @@
 // Covered here: dense (B, S, H, D) and packed (T, H, D) tensors with any 16-byte-multiple
 // strides (the column blocks of a fused qkv buffer included), bf16 / fp16, d_qk = d_v in
 // {64, 128, 256}, GQA / MQA, causal (bottom-right) or not, sliding window (left / right,
-// aligned like causal), LSE. Everything else runs on the portable kernels (hopper.cpp decides).
+// aligned like causal), softcap, LSE. Everything else runs on the portable kernels
+// (hopper.cpp decides).
 // Verified on an H200 (2026-11-30): d 64 / 128 dense, varlen and window (the whole flash4 gpu
-// suite with this path on; scripts/hopper_varlen_check.sh). d = 256: compile, NOT YET RUN ON
-// A GPU.
+// suite with this path on; scripts/hopper_varlen_check.sh). d = 256 and softcap: compile,
+// NOT YET RUN ON A GPU.
+//
+// Softcap is a template parameter (its tanh runs on every score of every block); without it
+// the main loop is the one it was before softcap existed.
 //
 // Pingpong (FA3): the consumer warpgroups alternate their wgmma batches (named barriers).
 // Missing vs issue 4 (follow-ups): a dynamic (atomic) tile scheduler, TMA stores of O, d 96 / 192,
-// d_v != d_qk, softcap, sink, paged KV, seqused_k, GQA packing of small Sq into the M tile.
+// d_v != d_qk, sink, paged KV, seqused_k, GQA packing of small Sq into the M tile.
 #pragma once
 
 #include <cuda.h>
@@ -110,14 +114,36 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// tanh for the softcap, y = s * scale / c: 1 - 2 / (2^(2 |y| log2 e) + 1) with y's sign
+// (as the portable kernels' tanh_softcap). Absolute error ~1e-7, which is what matters: the
+// capped logit's absolute error c * 1e-7 becomes P's relative error. tanh.approx.f32 would
+// be one MUFU op instead of two, but its relative error (~2^-11) times logits of ~10 gives
+// lse errors near the tests' 2e-3.
+__device__ __forceinline__ float softcap_tanh(float y) {
+  const float e = cuda::exp2_hardware(2.0f * cuda::kLog2e * fabsf(y));
+  return copysignf(1.0f - __fdividef(2.0f, e + 1.0f), y);
+}
+
+// Softcap constants (AttentionParams::softcap_log2 / softcap_inv_scale), read by
+// softmax_block only when it is instantiated with SOFTCAP.
+struct Softcap {
+  float log2_c = 0, inv_scale = 0;  // c log2 e, scale / c
+};
+
 // One block of scores (m64nN accumulators, raw Q.K) -> unnormalised P = 2^(x - m) in
-// place, with x = s * scale_log2; masked elements (key outside the row's [key_lo, key_end):
-// causal, window, the sequence's end) -> 0. Returns each row's rescale factor for O (1 when
-// the stale max is kept).
-template <bool EMULATE, int N>
+// place, with x = s * scale_log2, or with SOFTCAP x = c log2(e) tanh(s * scale / c) (the cap
+// comes first: max, conditional rescaling and exp2 all see capped logits); masked elements
+// (key outside the row's [key_lo, key_end): causal, window, the sequence's end) -> 0.
+// Returns each row's rescale factor for O (1 when the stale max is kept).
+template <bool EMULATE, bool SOFTCAP, int N>
 __device__ __forceinline__ void softmax_block(float (&s)[N / 2], bool masked, int n0, int t, const int (&key_lo)[2],
-                                              const int (&key_end)[2], float scale_log2, float tau, SoftmaxRows& rows,
-                                              float (&factor)[2]) {
+                                              const int (&key_end)[2], float scale_log2, const Softcap& cap, float tau,
+                                              SoftmaxRows& rows, float (&factor)[2]) {
+  if constexpr (SOFTCAP) {
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) s[i] = cap.log2_c * softcap_tanh(s[i] * cap.inv_scale);
+    scale_log2 = 1.0f;  // s now holds log2-domain logits
+  }
   if (masked) {
 #pragma unroll
     for (int i = 0; i < N / 8; ++i)
@@ -214,7 +240,7 @@ __device__ __forceinline__ Tile tile_at(const AttentionParams& p, const VarlenTi
 // The producer runs ahead across tile boundaries (the next tile's Q and first K / V blocks
 // load while the consumers finish and store the current one). The K / V ring's stage and
 // phase follow one running block count per CTA, shared by producer and consumers.
-template <int D, typename T>
+template <int D, typename T, bool SOFTCAP>
 __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
     attention_forward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
                                   const __grid_constant__ CUtensorMap tma_v, const AttentionParams p,
@@ -307,7 +333,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
     auto issue_qk = [&](float (&s)[BN / 2], int stage) {
       // d = 256: Q's 16 descriptors are stepped from one base made opaque here, so the
       // compiler rebuilds them with an add each instead of holding all 16 (32 registers) across
-      // the loop. The start-address field (bits 0-13,
+      // the loop (ptxas spilled them with softcap). The start-address field (bits 0-13,
       // address >> 4) takes the add without a carry: shared addresses stay below 256 KB.
       uint64_t q_desc = smem_descriptor(q_addr, 16, 1024);
       if constexpr (D == 256) asm volatile("" : "+l"(q_desc));
@@ -379,10 +405,11 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
       auto softmax = [&](int nb, float (&factor)[2]) {
         const int n0 = nb * BN;
         const bool masked = n0 + BN > unmasked_end || n0 < unmasked_begin;
+        const Softcap cap{p.softcap_log2, p.softcap_inv_scale};  // read only with SOFTCAP
         if (emulate_exp2)
-          softmax_block<true, BN>(s, masked, n0, t, key_lo, key_end, scale_log2, tau, rows, factor);
+          softmax_block<true, SOFTCAP, BN>(s, masked, n0, t, key_lo, key_end, scale_log2, cap, tau, rows, factor);
         else
-          softmax_block<false, BN>(s, masked, n0, t, key_lo, key_end, scale_log2, tau, rows, factor);
+          softmax_block<false, SOFTCAP, BN>(s, masked, n0, t, key_lo, key_end, scale_log2, cap, tau, rows, factor);
       };
 
       const int qs = tile_count % kQStages;

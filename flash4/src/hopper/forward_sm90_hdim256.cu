@@ -1,4 +1,4 @@
-// Hopper forward kernels for head dim 256 (d_qk = d_v), bf16 and fp16:
+// Hopper forward kernels for head dim 256 (d_qk = d_v), bf16 and fp16, with and without softcap:
 // tiles of 128 queries x 80 keys, one Q buffer (ForwardSm90Config<256> has the arithmetic).
 #include "hopper/forward_sm90.cuh"
 #include "hopper/launch_impl.cuh"

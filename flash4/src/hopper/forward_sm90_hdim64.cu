@@ -1,4 +1,4 @@
-// Hopper forward kernels for head dim 64, bf16 and fp16.
+// Hopper forward kernels for head dim 64, bf16 and fp16, with and without softcap.
 #include "hopper/forward_sm90.cuh"
 #include "hopper/launch_impl.cuh"
 

@@ -1,4 +1,4 @@
-// forward_sm90<D>: grid, shared memory and dtype dispatch of the Hopper forward kernel.
+// forward_sm90<D>: grid, shared memory and dtype / softcap dispatch of the Hopper forward kernel.
 #pragma once
 
 #include "cuda/cuda_check.hpp"
@@ -29,10 +29,18 @@ void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p,
     kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, p, list, flags);
     FLASH4_CUDA_CHECK_LAUNCH("attention_forward_sm90_kernel");
   };
-  if (p.dtype == cuda::DType::bf16)
-    launch(attention_forward_sm90_kernel<D, __nv_bfloat16>);
-  else
-    launch(attention_forward_sm90_kernel<D, __half>);
+  const bool softcap = p.softcap > 0;
+  if (p.dtype == cuda::DType::bf16) {
+    if (softcap)
+      launch(attention_forward_sm90_kernel<D, __nv_bfloat16, true>);
+    else
+      launch(attention_forward_sm90_kernel<D, __nv_bfloat16, false>);
+  } else {
+    if (softcap)
+      launch(attention_forward_sm90_kernel<D, __half, true>);
+    else
+      launch(attention_forward_sm90_kernel<D, __half, false>);
+  }
 }
 
 }  // namespace flash4::hopper
