@@ -1,6 +1,7 @@
 // flash4's Hopper (sm90a) forward against the float64 CPU reference, on an sm_90 device:
 // every case the Hopper kernels cover (dense bf16 / fp16, d = 64, 128 and 256, GQA / MQA,
-// causal or not, sliding windows, softcap, BSHD / BHSD; packed varlen batches) must run on them -- flash4_last_backend() says "hopper" -- and match the
+// causal or not, sliding windows, softcap, learnable sink, BSHD / BHSD; packed varlen
+// batches) must run on them -- flash4_last_backend() says "hopper" -- and match the
 // reference; out and lse are NaN-poisoned before each call, and the rows of no sequence
 // (varlen: tokens past cu_seqlens[batch]) must keep the poison. Lengths {1, 17, 128, 1000,
 // 4097} as Sq = Sk, Sq < Sk and Sq > Sk. Calls the kernels do not cover fall back to the
@@ -465,6 +466,67 @@ std::vector<Problem> softcap_cases() {
   return cases;
 }
 INSTANTIATE_TEST_SUITE_P(Softcap, Flash4Hopper, ::testing::ValuesIn(softcap_cases()), test_name);
+
+// Learnable sink (a per-head logit in the denominator only) at d 64 / 128 / 256: rows that see
+// keys, rows that see none (Sq > Sk causal: the first Sq - Sk rows; a sequence with no keys):
+// out 0 and lse = sink there; with softcap, windows, GQA, packed documents, large logits
+// (the row max far above the sink) and the rescaling always on.
+std::vector<Problem> sink_cases() {
+  std::vector<Problem> cases;
+  int i = 0;
+  for (int d : {64, 128, 256})
+    for (bool causal : {false, true}) {
+      Problem p;
+      p.label = "hopper sink";
+      p.dtype = i++ % 2 ? FLASH4_F16 : FLASH4_BF16;
+      p.Dqk = p.Dv = d;
+      p.B = 2, p.Hq = 4, p.Hkv = 2, p.Sq = 300, p.Sk = 500;
+      p.sink = true;
+      p.causal = causal;
+      cases.push_back(forward_only(p));
+      // Rows that see no key (bottom-right alignment, Sq > Sk): causal, rows 0 .. 199; a right
+      // window of 5 without causal, rows 0 .. 193.
+      p.label = "hopper sink empty rows";
+      p.Sq = 300, p.Sk = 100;
+      if (!causal) p.window_right = 5;
+      cases.push_back(forward_only(p));
+    }
+  {
+    Problem p;
+    p.label = "hopper sink varlen";
+    p.seqs = {{1, 1}, {17, 17}, {0, 5}, {5, 0}, {130, 260}, {260, 130}};
+    p.Hq = 4, p.Hkv = 2, p.pad_q = 3, p.pad_k = 2;
+    p.sink = true;
+    p.causal = true;
+    for (int d : {64, 256}) {
+      p.Dqk = p.Dv = d;
+      cases.push_back(forward_only(p));
+    }
+  }
+  {
+    Problem p;
+    p.label = "hopper sink softcap window";
+    p.B = 2, p.Hq = 6, p.Hkv = 2, p.Sq = 400, p.Sk = 600;
+    p.sink = true, p.softcap = 20.0f, p.q_scale = 3.0;
+    p.window_left = 90, p.window_right = 3;
+    p.causal = true;
+    for (int d : {128, 256}) {
+      p.Dqk = p.Dv = d;
+      p.dtype = d == 128 ? FLASH4_F16 : FLASH4_BF16;
+      cases.push_back(forward_only(p));
+    }
+  }
+  {
+    Problem p;
+    p.label = "hopper sink large logits";
+    p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = 700, p.Sk = 1500;
+    p.sink = true, p.q_scale = 6.0;
+    p.tuning.rescale_threshold = -1;
+    cases.push_back(forward_only(p));
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Sink, Flash4Hopper, ::testing::ValuesIn(sink_cases()), test_name);
 
 // Features the Hopper forward does not cover (yet): d = 96, d_v != d_qk, seqused_k, paged KV.
 TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {

@@ -25,18 +25,19 @@
 // Covered here: dense (B, S, H, D) and packed (T, H, D) tensors with any 16-byte-multiple
 // strides (the column blocks of a fused qkv buffer included), bf16 / fp16, d_qk = d_v in
 // {64, 128, 256}, GQA / MQA, causal (bottom-right) or not, sliding window (left / right,
-// aligned like causal), softcap, LSE. Everything else runs on the portable kernels
-// (hopper.cpp decides).
+// aligned like causal), softcap, a learnable sink, LSE. Everything else runs on the portable
+// kernels (hopper.cpp decides).
 // Verified on an H200 (2026-11-30): d 64 / 128 dense, varlen and window (the whole flash4 gpu
-// suite with this path on; scripts/hopper_varlen_check.sh). d = 256 and softcap: compile,
-// NOT YET RUN ON A GPU.
+// suite with this path on; scripts/hopper_varlen_check.sh). d = 256, softcap and sink:
+// compile, NOT YET RUN ON A GPU (scripts/hopper_fwd256_check.sh).
 //
 // Softcap is a template parameter (its tanh runs on every score of every block); without it
-// the main loop is the one it was before softcap existed.
+// the main loop is the one it was before softcap existed. The sink joins the denominator only,
+// once per row in the finish, outside the loop.
 //
 // Pingpong (FA3): the consumer warpgroups alternate their wgmma batches (named barriers).
 // Missing vs issue 4 (follow-ups): a dynamic (atomic) tile scheduler, TMA stores of O, d 96 / 192,
-// d_v != d_qk, sink, paged KV, seqused_k, GQA packing of small Sq into the M tile.
+// d_v != d_qk, paged KV, seqused_k, GQA packing of small Sq into the M tile.
 #pragma once
 
 #include <cuda.h>
@@ -492,10 +493,21 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
       if (!kEarlyQRelease || n_blocks == 0) release(&q_empty[qs]);  // every S = Q K^T of this tile is done
 
       // Finish: O / l, lse = (m + log2 l) ln 2; a row with no visible key: O = 0, lse = -inf.
+      // The sink x_s = sink_h log2 e joins l only: m' = max(m, x_s), l' = l 2^(m - m') +
+      // 2^(x_s - m'), O scaled by 2^(m - m') / l'; a row with no visible key then has m = -inf,
+      // l' = 1, O = 0 and lse = sink_h (flash4.h).
+      const float sink_log2 = p.sink != nullptr ? p.sink[w.h] * cuda::kLog2e : 0.0f;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const float l = quad_sum(rows.sum[half]);
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        float l = quad_sum(rows.sum[half]);
+        float m = rows.max[half].m, f = 1.0f;
+        if (p.sink != nullptr) {
+          const float m_new = fmaxf(m, sink_log2);
+          f = cuda::exp2_hardware(m - m_new);  // m = -inf: 0
+          l = l * f + cuda::exp2_hardware(sink_log2 - m_new);
+          m = m_new;
+        }
+        const float inv = l > 0.0f ? f / l : 0.0f;
         const int i = row[half];
         if (i >= w.seq.sq) continue;
         T* out = cuda::query_row<T>(p.out, w.seq, i, w.h);
@@ -505,7 +517,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
               cuda::pack2<T>(o[4 * n + 2 * half] * inv, o[4 * n + 2 * half + 1] * inv);
         if (p.lse != nullptr && t == 0)
           p.lse[w.seq.q_start * p.lse_batch_stride + int64_t(w.h) * p.lse_head_stride + int64_t(i) * p.lse_row_stride] =
-              l > 0.0f ? (rows.max[half].m + __log2f(l)) * cuda::kLn2 : -__builtin_huge_valf();
+              l > 0.0f ? (m + __log2f(l)) * cuda::kLn2 : -__builtin_huge_valf();
       }
     }
     // Warpgroup 1's last turn_end arrived on warpgroup 0's barrier: consume it, so no

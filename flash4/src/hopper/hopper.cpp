@@ -137,7 +137,6 @@ std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape)
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
   if (shape.paged) return "paged KV is not covered yet";
   if (a.varlen.seqused_k != nullptr) return "seqused_k is not covered yet";
-  if (a.options.sink != nullptr) return "sink is not covered yet";
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
   if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128 && shape.d_qk != 256))
     return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128, 256/256)");
@@ -189,13 +188,14 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   const int emulation = a.tuning.exp2_emulation;
   p.emulate_exp2 = emulation == 2 || (emulation == 0 && kEmulateExp2ByDefault);
   p.rescale_tau = cuda::effective_rescale_threshold(a.tuning.rescale_threshold);
-  // Softcap (the kernels with it take x = c log2(e) tanh(s scale / c)), here rather than in
-  // attention_params: the Hopper backward does not cover it yet.
+  // Softcap (the kernels with it take x = c log2(e) tanh(s scale / c)) and sink, here rather
+  // than in attention_params: the Hopper backward covers neither yet.
   if (a.options.softcap > 0) {
     p.softcap = a.options.softcap;
     p.softcap_inv_scale = float(shape.softmax_scale / a.options.softcap);
     p.softcap_log2 = float(double(a.options.softcap) * 1.4426950408889634);
   }
+  p.sink = a.options.sink;
 
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
   try {

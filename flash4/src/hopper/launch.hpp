@@ -31,7 +31,7 @@ struct ForwardSchedule {
 
 // `list`: the varlen work list (pairs == nullptr for a dense call), of at most
 // `list_capacity` pairs (it bounds the grid; the kernel reads the real count).
-// p.softcap > 0 picks the kernels with the softcap.
+// p.softcap > 0 picks the kernels with the softcap; p.sink (may be null) is read in the finish.
 template <int D>
 void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p, const VarlenTiles& list,
                   int64_t list_capacity, const ForwardSchedule& schedule, cudaStream_t stream);
