@@ -80,18 +80,20 @@ class CudaEngine final : public TrainEngine {
   }
   // Data parallel: every rank holds the whole batch and evaluates its rows; the sums of
   // per-token losses and of counted targets over ranks give the single-GPU result (up to
-  // the order of the additions and the GEMMs' bf16 rounding at another row count).
+  // the order of the additions and the GEMMs' bf16 rounding at another row count). One
+  // GPU given a batch larger than its plan runs it in pieces of rows the same way (a
+  // batch within the plan runs whole, as it always did).
   cpu::CrossEntropyResult loss(const TokenBatch& batch, const std::vector<bool>& skip_layers) override {
     ForwardOptions fo;
     fo.skip_layers = skip_layers;
-    if (world() <= 1) return device_->forward(batch_view(batch), fo);
+    if (world() <= 1 && fits(batch)) return device_->forward(batch_view(batch), fo);
     double sums[2] = {0.0, 0.0};
     for (const TokenBatch& piece : pieces(batch)) {
       cpu::CrossEntropyResult r = device_->forward(batch_view(piece), fo);
       sums[0] += r.loss_sum;
       sums[1] += double(r.count);
     }
-    options_.communicator->all_reduce_host(sums, 2, dist::ReduceOp::sum);
+    if (world() > 1) options_.communicator->all_reduce_host(sums, 2, dist::ReduceOp::sum);
     cpu::CrossEntropyResult r;
     r.loss_sum = sums[0];
     r.count = int64_t(sums[1]);
@@ -102,12 +104,13 @@ class CudaEngine final : public TrainEngine {
   // whole batch), so that the mean over ranks copy_gradients_to_host returns is the
   // gradient of the batch's mean loss. Every rank runs the same number of pieces (an
   // idle one: a row whose targets count nothing, gradient zero), since backward may be
-  // collective (ZeRO-2).
+  // collective (ZeRO-2). One GPU and a batch larger than its plan: the pieces' gradients
+  // accumulate, each scaled by 1 / (targets of the whole batch).
   void gradient(const TokenBatch& batch) override {
     device_->zero_gradients();
     ForwardOptions fo;
     fo.keep_activations = true;
-    if (world() <= 1) {
+    if (world() <= 1 && fits(batch)) {
       device_->forward(batch_view(batch), fo);
       device_->backward();
     } else {
@@ -115,7 +118,8 @@ class CudaEngine final : public TrainEngine {
       for (int32_t t : batch.targets) counted += t != kIgnoreIndex;
       fo.grad_scale = counted ? double(world()) / double(counted) : 0.0;
       std::vector<TokenBatch> mine = pieces(batch);
-      const int64_t runs = dist::most_pieces(batch.B, world(), rows_per_piece(batch));
+      const int64_t runs =
+          world() > 1 ? dist::most_pieces(batch.B, world(), rows_per_piece(batch)) : int64_t(mine.size());
       for (int64_t k = 0; k < runs; ++k) {
         const TokenBatch& piece = size_t(k) < mine.size() ? mine[size_t(k)] : idle_piece(batch);
         device_->forward(batch_view(piece), fo);
@@ -154,11 +158,13 @@ class CudaEngine final : public TrainEngine {
     sample_memory();
   }
   int world() const { return world_of(options_.communicator); }
+  int rank() const { return options_.communicator ? options_.communicator->rank() : 0; }
+  bool fits(const TokenBatch& batch) const { return batch.B * batch.S <= options_.max_tokens; }
   int64_t rows_per_piece(const TokenBatch& batch) const {
     return std::max<int64_t>(1, options_.max_tokens / std::max<int64_t>(1, batch.S));
   }
   std::vector<TokenBatch> pieces(const TokenBatch& batch) const {
-    return dist::rank_pieces(batch, options_.communicator->rank(), world(), rows_per_piece(batch));
+    return dist::rank_pieces(batch, rank(), world(), rows_per_piece(batch));
   }
   // One row of `batch` whose targets are all ignored: a forward and backward that add
   // nothing, for a rank with no rows left.

@@ -26,8 +26,10 @@ StepRecord cuda_train_step(CudaDecoder& model, const std::vector<TokenBatch>& mi
                            const TrainConfig& config, int64_t step);
 
 // A TrainEngine on one GPU over `host` (weights, trainable set and multipliers copied in
-// now; batches of up to max_tokens tokens in rows of up to max_seq_len). Gradients for importance estimates come
-// from the device (copy_gradients_to_host); the optimizer state stays on the device.
+// now; the arena is planned for batches of up to max_tokens tokens in rows of up to
+// max_seq_len; loss and gradient run a larger batch in pieces of rows, whose sums are
+// the whole batch's). Gradients for importance estimates come from the device
+// (copy_gradients_to_host); the optimizer state stays on the device.
 // With a communicator of several ranks it is this rank's part of a data-parallel job:
 // step, loss, gradient, pull_weights, save_optimizer_state and push_weights are
 // collective (every rank calls them at the same points). A batch passed to loss or
