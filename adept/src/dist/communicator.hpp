@@ -12,7 +12,12 @@
 // A failure never hangs: synchronize() polls the stream, checks NCCL's asynchronous
 // error and gives up after CommOptions::timeout_seconds, aborting the communicator and
 // throwing an adept::Error that names this rank (the launcher then ends the others,
-// whose own timeouts fire in any case).
+// whose own timeouts fire in any case). Behind that, NCCL's communicator runs a
+// watchdog thread: a collective unfinished timeout_seconds after it was enqueued, or a
+// failure the host thread reported, gives the process failure_grace_seconds to end by
+// itself (the host thread may be blocked where no timeout applies: in a CUDA or NCCL
+// call behind the failed collective, in the abort, in a destructor that synchronizes the
+// device); then the watchdog prints the error and ends it (exit status 1).
 #pragma once
 
 #include <cstddef>
@@ -32,6 +37,7 @@ size_t type_size(DataType type);
 struct CommOptions {
   double timeout_seconds = 600.0;      // a collective (or the whole step behind it) longer than this is a hang
   double rendezvous_seconds = 300.0;  // for every rank to reach rank 0
+  double failure_grace_seconds = 30.0;  // after a failure, then the watchdog ends the process (NCCL only)
 };
 
 class Communicator {
