@@ -6,11 +6,13 @@
 // summed over the ranks' rows is the whole batch's; train.zero_stage is 1 or 2. The
 // collectives themselves run on GPUs only (tests/gpu/train_data_parallel_test.cpp).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 
 #include "common/random.hpp"
 #include "common/temp_dir.hpp"
@@ -67,6 +69,22 @@ std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
+// The CPU reference's OpenMP reductions (the cross-entropy's loss sum, AdamW's gradient
+// norm) add the threads' partial sums in the order the threads finish: with more than
+// two threads two identical runs differ in the last bits (a 16-core machine showed it;
+// OMP_NUM_THREADS=16 shows it anywhere). Tests that compare two runs bit for bit hold
+// one of these while they train.
+class OneOpenMpThread {
+ public:
+  OneOpenMpThread() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~OneOpenMpThread() { omp_set_num_threads(saved_); }
+  OneOpenMpThread(const OneOpenMpThread&) = delete;
+  OneOpenMpThread& operator=(const OneOpenMpThread&) = delete;
+
+ private:
+  int saved_;
+};
+
 bool same_values(const Decoder<float>& a, const Decoder<float>& b) {
   const auto& x = a.params().values();
   const auto& y = b.params().values();
@@ -110,6 +128,7 @@ TEST(TrainDistributed, GlobalBatchNotAMultipleOfTheProcessCountIsAnErrorNamingTh
 }
 
 TEST(TrainDistributed, AWorldOneCommunicatorTrainsBitForBitAsNone) {
+  OneOpenMpThread one_thread;
   auto rng = testing_support::make_rng(101);
   TempDir tmp(rng());
   RunConfig rc = small_run(tmp.path, rng);
@@ -133,6 +152,7 @@ TEST(TrainDistributed, AWorldOneCommunicatorTrainsBitForBitAsNone) {
 }
 
 TEST(TrainDistributed, AOneRankShardedLoaderTrainsBitForBitAsThePackedLoader) {
+  OneOpenMpThread one_thread;
   auto rng = testing_support::make_rng(102);
   TempDir tmp(rng());
   RunConfig rc = small_run(tmp.path, rng);
@@ -253,6 +273,91 @@ TEST(TrainDistributed, ACheckpointOfATwoProcessJobResumesInOneProcessAtTheSameGl
     EXPECT_EQ(drawn[size_t(step - 2)].B, rc.train.batch_size) << "one process trains on the whole global batch";
     EXPECT_EQ(drawn[size_t(step - 2)].tokens, b.tokens) << "step " << step;
   }
+}
+
+// What `adept train` does under two processes, the loop's side of it: each rank's loop
+// (loader_train_data over a ShardedLoader, as the CLI wires it) takes the same steps at
+// the same learning rates and evaluates at the same steps as one process, and the rows
+// it trains on in each step, rank 0's then rank 1's, are that step's rows of one process,
+// in order, documents included; with gradient accumulation too (each micro-batch is
+// shared out). The engine is the CPU's (the ranks' own arithmetic is not under test);
+// it records what it is given.
+TEST(TrainDistributed, EachStepOfTwoRanksTrainsOnTheOneProcessRowsAtItsLearningRate) {
+  auto rng = testing_support::make_rng(106);
+  TempDir tmp(rng());
+  RunConfig rc = small_run(tmp.path, rng);
+  rc.train.batch_size = 4, rc.train.grad_accum = 2, rc.train.steps = 6, rc.train.eval_every = 2;
+  StudyData data = open_study_data(rc, rc.run.out_dir, false);
+  std::vector<LoaderSource> sources;
+  add_loader_sources(sources, data.domain, 1.0);
+  const LoaderConfig lc = data.loader_config(rc.train);
+  const uint64_t seed = rng();
+
+  struct Seen {
+    std::vector<std::pair<int64_t, int64_t>> draws;  // (step, micro-batch) of each draw
+    std::vector<TokenBatch> batches;
+    std::vector<size_t> evaluated_at;  // draws made before each evaluation
+    TrainResult result;
+  };
+  auto run = [&](int rank, int world) {
+    Seen seen;
+    Decoder<float> model(rc.model);
+    model.init_random(seed, 0.1);
+    auto engine = make_cpu_engine(model, adamw_config(rc.train));
+    std::optional<PackedLoader> packed;
+    std::optional<dist::ShardedLoader> sharded;
+    TrainData data_of_rank;
+    if (world == 1) {
+      packed.emplace(sources, lc);
+      data_of_rank = loader_train_data(*packed);
+    } else {
+      sharded.emplace(sources, lc, rank, world);
+      data_of_rank = loader_train_data(*sharded);
+    }
+    auto next = data_of_rank.next;
+    data_of_rank.next = [&](int64_t step, int64_t micro) {
+      seen.draws.push_back({step, micro});
+      return seen.batches.emplace_back(next(step, micro));
+    };
+    TrainOptions o;
+    o.show_progress = false;
+    o.rank = rank, o.world = world;
+    o.evaluate = [&](TrainEngine&) {
+      seen.evaluated_at.push_back(seen.draws.size());
+      return 0.0;
+    };
+    seen.result = train(model, *engine, rc.train, data_of_rank, o);
+    return seen;
+  };
+  const Seen one = run(0, 1), r0 = run(0, 2), r1 = run(1, 2);
+
+  const size_t draws = size_t(rc.train.steps * rc.train.grad_accum);
+  ASSERT_EQ(one.draws.size(), draws);
+  EXPECT_EQ(one.evaluated_at, (std::vector<size_t>{0, 4, 8, 12}));  // steps 0, 2, 4 and the end
+  for (const Seen* rank : {&r0, &r1}) {
+    EXPECT_EQ(rank->draws, one.draws) << "the same steps and micro-batches, in the same order";
+    EXPECT_EQ(rank->evaluated_at, one.evaluated_at) << "evaluations at the same steps";
+    ASSERT_EQ(rank->result.steps.size(), one.result.steps.size());
+    for (size_t i = 0; i < one.result.steps.size(); ++i) {
+      EXPECT_EQ(rank->result.steps[i].step, one.result.steps[i].step);
+      EXPECT_EQ(rank->result.steps[i].lr, one.result.steps[i].lr) << "step " << i;
+    }
+  }
+  for (size_t d = 0; d < draws; ++d) {
+    const TokenBatch &a = r0.batches[d], &b = r1.batches[d], &whole = one.batches[d];
+    ASSERT_EQ(a.B + b.B, whole.B) << "draw " << d;
+    EXPECT_EQ(a.B, b.B) << "an equal share of the rows";
+    std::vector<int32_t> tokens = a.tokens, targets = a.targets, documents = a.documents;
+    tokens.insert(tokens.end(), b.tokens.begin(), b.tokens.end());
+    targets.insert(targets.end(), b.targets.begin(), b.targets.end());
+    for (size_t i = 1; i < b.documents.size(); ++i) documents.push_back(int32_t(a.B * a.S) + b.documents[i]);
+    EXPECT_EQ(tokens, whole.tokens) << "draw " << d << ": rank 0's rows, then rank 1's, are one process's";
+    EXPECT_EQ(targets, whole.targets) << "draw " << d;
+    EXPECT_EQ(documents, whole.documents) << "draw " << d;
+  }
+  // The job's token count (each rank counts world x its own) is one process's.
+  EXPECT_EQ(r0.result.tokens, one.result.tokens);
+  EXPECT_EQ(r1.result.tokens, one.result.tokens);
 }
 
 TEST(TrainDistributed, HeldOutLossSummedOverTheRanksRowsIsTheWholeBatchs) {
