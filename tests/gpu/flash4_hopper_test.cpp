@@ -60,7 +60,12 @@ class Flash4Hopper : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4Hopper, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  // d = 256, softcap and sink run on Hopper only with this switch until validated (hopper.cpp).
+  const char* was = std::getenv("FLASH4_HOPPER_UNVALIDATED");
+  const std::string saved = was ? was : "";
+  setenv("FLASH4_HOPPER_UNVALIDATED", "1", 1);
   const std::string backend = check_forward(GetParam());
+  if (was) setenv("FLASH4_HOPPER_UNVALIDATED", saved.c_str(), 1); else unsetenv("FLASH4_HOPPER_UNVALIDATED");
   EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
 }
 
