@@ -4,8 +4,8 @@
 // `adept train --method adept|full|llama-pro|freeze --base DIR`: one method of the study
 // on a Hugging Face checkpoint: continual pretraining on the domain corpus.
 // Both run data parallel when a launcher (mpirun, srun, torchrun-style variables)
-// starts one process per GPU: see Launch below and dist/README.md. NOT yet run on GPUs
-// (scripts/dp_check.sh's `cli` stage runs both under 2 processes).
+// starts one process per GPU: see Launch below and dist/README.md. scripts/dp_check.sh's
+// `cli` stage runs both under 2 processes (first run on 2x H200, 2026-11-30).
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
