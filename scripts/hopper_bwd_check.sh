@@ -20,11 +20,10 @@
 #
 #   bash scripts/hopper_bwd_check.sh [--no-bench] [--full]
 set -uo pipefail
+# shellcheck source=scripts/lib/hopper_check_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
 
-OUT=${OUT:-$PWD/hopper-bwd-out}
-mkdir -p "$OUT"
-LOG=$OUT/log
-B=${BUILD:-build-gpu}
+check_setup hopper-bwd-out
 BENCH=1
 FULL=0
 for arg in "$@"; do
@@ -34,44 +33,16 @@ for arg in "$@"; do
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
-say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
-summary=()
-note() { summary+=("$*"); say "$*"; }
 
 # ---- 1. build -------------------------------------------------------------------------
-[ -f .device-carry/deps.tar ] && tar xf .device-carry/deps.tar -C / --skip-old-files 2>/dev/null
-say "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null); $(nvcc --version | tail -1)"
-cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" \
-  >>"$LOG" 2>&1 || { say "configure failed"; tail -30 "$LOG"; exit 1; }
-t0=$(date +%s%N)
-ninja -C $B -j16 flash4 >>"$LOG" 2>&1 || { say "flash4 build failed"; grep -A12 -m3 "error" "$LOG"; exit 1; }
-note "flash4 built in $(( ($(date +%s%N) - t0) / 1000000 )) ms (-j16)"
-NV=(nvcc -std=c++20 -O2 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Itests -Iflash4/include
-    -Iflash4/src)
-mkdir -p $B/t $B/bin
-pids=()
-for f in tests/gpu/flash4_*.cpp tests/gpu/flash4_*.cu; do
-  "${NV[@]}" -c "$f" -o $B/t/$(basename "$f").o >>"$LOG" 2>&1 &
-  pids+=($!)
-done
-"${NV[@]}" bench/flash4_bench.cu $B/flash4/libflash4.a -lgomp -o $B/bin/flash4-bench >>"$LOG" 2>&1 &
-pids+=($!)
-for p in "${pids[@]}"; do
-  wait "$p" || { say "a test / bench compile failed"; grep -B2 -A8 -m5 "error" "$LOG"; exit 1; }
-done
-"${NV[@]}" $B/t/*.o $B/flash4/libflash4.a -lgtest -lgtest_main -lgomp -lpthread -o $B/flash4_gpu_tests >>"$LOG" 2>&1 ||
-  { say "test link failed"; tail -20 "$LOG"; exit 1; }
-say "tests and bench built"
-O=$B/flash4/CMakeFiles/flash4.dir/src/hopper
+build_flash4
+build_tests_and_bench
 for d in 64 128; do
-  obj=$O/backward_sm90_hdim$d.cu.o
-  cuobjdump -sass "$obj" > "$OUT/sass_bwd_hdim$d.txt" 2>&1
-  cuobjdump -res-usage "$obj" 2>&1 | grep -o "REG:[0-9]* STACK:[0-9]*" | sort | uniq -c | tr '\n' ' ' > "$OUT/res_hdim$d.txt"
-  note "d=$d backward SASS (both dtypes): HGMMA $(grep -c HGMMA "$OUT/sass_bwd_hdim$d.txt") (expect 2 x $((d == 128 ? 32 : 20))), UTMALDG $(grep -c UTMALDG "$OUT/sass_bwd_hdim$d.txt"), UBLKCP $(grep -c UBLKCP "$OUT/sass_bwd_hdim$d.txt"), LDL/STL $(grep -cE 'LDL|STL' "$OUT/sass_bwd_hdim$d.txt"), resources: $(cat "$OUT/res_hdim$d.txt")"
+  obj=backward_sm90_hdim$d
+  dump_sass $obj
+  note "d=$d backward SASS (both dtypes): HGMMA $(sass_count HGMMA $obj) (expect 2 x $((d == 128 ? 32 : 20))), UTMALDG $(sass_count UTMALDG $obj), UBLKCP $(sass_count UBLKCP $obj), LDL/STL $(sass_count 'LDL|STL' $obj), resources: $(registers $obj)"
 done
-cat "$OUT"/sass_bwd_hdim*.txt | gzip > "$OUT/sass.txt.gz"
-rm -f "$OUT"/sass_bwd_hdim*.txt "$OUT"/res_hdim*.txt
-T=$B/flash4_gpu_tests
+pack_sass
 
 # ---- 2. smoke -------------------------------------------------------------------------
 say "layouts: the five wgmma products of one backward step in isolation (d 64 / 128, bf16 / fp16)"
@@ -79,15 +50,13 @@ timeout 60 $T --gtest_filter='Flash4HopperBackwardLayouts.*' > "$OUT/layouts.txt
 note "layout tests rc $? ($(grep -cE '^\[ layout \].*, first wrong' "$OUT/layouts.txt") wrong products)"
 grep -E "^\[ layout \]|FAILED|OK \]" "$OUT/layouts.txt" | head -24 | tee -a "$LOG"
 say "smoke: two small Hopper backward cases (d 64 and d 128, bf16, B 2, Hq 4, Hkv 2, S 128)"
-FLASH4_LOG=1 timeout 90 $T --gtest_filter='Covered/Flash4HopperBackward.*/0_*:Covered/Flash4HopperBackward.*/8_*' \
-  > "$OUT/smoke.txt" 2>&1
+smoke 'Covered/Flash4HopperBackward.*/0_*:Covered/Flash4HopperBackward.*/8_*' 90
 rc=$?
-grep -E "errors|flash4:|OK \]|FAILED|Failure|Expected|Which is" "$OUT/smoke.txt" | head -30 | tee -a "$LOG"
 if [ $rc -ne 0 ]; then
   note "SMOKE FAILED (rc $rc, 124 = timeout: a hang, likely an mbarrier phase / named barrier); memcheck of case 0:"
   FLASH4_HOPPER_BWD=1 timeout 150 compute-sanitizer --tool memcheck $T \
     --gtest_filter='Covered/Flash4HopperBackward.*/0_*' 2>&1 | tail -60 | tee "$OUT/memcheck.txt" | tail -25
-  printf '%s\n' "${summary[@]}"
+  print_summary
   exit 1
 fi
 note "smoke passed"
@@ -98,18 +67,15 @@ timeout 300 $T --gtest_filter='*Flash4HopperBackward*' > "$OUT/tests.txt" 2>&1
 rc=$?
 grep -E "^\[  (PASSED|FAILED) |^\[  FAILED|tests? ran" "$OUT/tests.txt" | tail -30 | tee -a "$LOG"
 grep -E -A4 "Failure$" "$OUT/tests.txt" | head -24 | tee -a "$LOG"
-worst() {  # worst value of field $1 over the Hopper backward lines of tests.txt
-  grep -E "bwd hopper" "$OUT/tests.txt" | grep "$2" | awk -v f="$1" '{for (i = 1; i < NF; i++) if ($i == f) {print $(i + 1); break}}' |
-    sort -g | tail -1
-}
+worst() { grep -E "bwd hopper" "$OUT/tests.txt" | grep "$2" | max_after "$1"; }  # worst FIELD DTYPE
 note "hopper backward tests rc $rc; worst bf16 dq $(worst dq bf16) dk $(worst dk bf16) dv $(worst dv bf16); fp16 dq $(worst dq fp16) dk $(worst dk fp16) dv $(worst dv fp16)"
 say "Hopper forward tests (unchanged by the backward)"
 timeout 90 $T --gtest_filter='*Flash4Hopper.*:*Flash4HopperDispatch*' > "$OUT/tests_forward.txt" 2>&1
-note "hopper forward tests rc $? ($(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_forward.txt" | head -2 | tr '\n' ' '))"
+note "hopper forward tests rc $? ($(gtest_result "$OUT/tests_forward.txt"))"
 if [ $FULL -eq 1 ]; then
   say "whole flash4 GPU suite (Hopper backward on: the default)"
   timeout 400 $T > "$OUT/tests_full.txt" 2>&1
-  note "full suite with the switch on: rc $? ($(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_full.txt" | head -2 | tr '\n' ' '))"
+  note "full suite with the switch on: rc $? ($(gtest_result "$OUT/tests_full.txt"))"
 fi
 
 # ---- 4. bench ---------------------------------------------------------------------------
@@ -134,11 +100,10 @@ fi
 # ---- 5. sanitizers ----------------------------------------------------------------------
 for tool in memcheck racecheck; do
   say "compute-sanitizer $tool (case 1: d 64 bf16 Sq 17 Sk 1000)"
-  timeout 90 compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_filter='Covered/Flash4HopperBackward.*/1_*' \
-    > "$OUT/$tool.txt" 2>&1
+  sanitize $tool 'Covered/Flash4HopperBackward.*/1_*' 90
   note "$tool rc $? ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.txt" | tail -1))"
 done
 
 say "summary"
-printf '%s\n' "${summary[@]}"
+print_summary
 [ $BENCH -eq 1 ] && cat "$OUT/bench_table.md"

@@ -28,70 +28,26 @@
 #
 #   bash scripts/hopper_det_check.sh [--no-bench]
 set -uo pipefail
+# shellcheck source=scripts/lib/hopper_check_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
 
-OUT=${OUT:-$PWD/hopper-det-out}
-mkdir -p "$OUT"
-LOG=$OUT/log
-B=${BUILD:-build-gpu}
+check_setup hopper-det-out
 BUDGET=${BUDGET:-360}
-BENCH=1
-for arg in "$@"; do
-  case $arg in
-    --no-bench) BENCH=0 ;;
-    *) echo "unknown argument: $arg" >&2; exit 2 ;;
-  esac
-done
+check_options "$@"
 START=$(date +%s)
-say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
-summary=()
-note() { summary+=("$*"); say "$*"; }
-# Seconds for a stage: its own limit, cut to what is left of the budget (at least 10).
-budget() {
-  local left=$((BUDGET - ($(date +%s) - START)))
-  [ "$left" -lt "$1" ] && echo $((left > 10 ? left : 10)) || echo "$1"
-}
-finish() {
-  say "summary ($(($(date +%s) - START)) s)"
-  printf '%s\n' "${summary[@]}"
-  [ -f "$OUT/bench_table.md" ] && cat "$OUT/bench_table.md"
-}
 
 # ---- 1. build -------------------------------------------------------------------------
-[ -f .device-carry/deps.tar ] && tar xf .device-carry/deps.tar -C / --skip-old-files 2>/dev/null
-say "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null); $(nvcc --version | tail -1)"
-cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" \
-  >>"$LOG" 2>&1 || { say "configure failed"; tail -30 "$LOG"; exit 1; }
-t0=$(date +%s%N)
-ninja -C $B -j16 flash4 >>"$LOG" 2>&1 || { say "flash4 build failed"; grep -A12 -m3 "error" "$LOG"; exit 1; }
-note "flash4 built in $(( ($(date +%s%N) - t0) / 1000000 )) ms (-j16)"
-NV=(nvcc -std=c++20 -O2 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Itests -Iflash4/include
-    -Iflash4/src)
-mkdir -p $B/t $B/bin
-pids=()
-for f in tests/gpu/flash4_*.cpp tests/gpu/flash4_*.cu; do
-  "${NV[@]}" -c "$f" -o $B/t/$(basename "$f").o >>"$LOG" 2>&1 &
-  pids+=($!)
-done
-"${NV[@]}" bench/flash4_bench.cu $B/flash4/libflash4.a -lgomp -o $B/bin/flash4-bench >>"$LOG" 2>&1 &
-pids+=($!)
-for p in "${pids[@]}"; do
-  wait "$p" || { say "a test / bench compile failed"; grep -B2 -A8 -m5 "error" "$LOG"; exit 1; }
-done
-"${NV[@]}" $B/t/*.o $B/flash4/libflash4.a -lgtest -lgtest_main -lgomp -lpthread -o $B/flash4_gpu_tests >>"$LOG" 2>&1 ||
-  { say "test link failed"; tail -20 "$LOG"; exit 1; }
-say "tests and bench built"
-O=$B/flash4/CMakeFiles/flash4.dir/src/hopper
+build_flash4
+build_tests_and_bench
 for obj in backward_sm90_hdim64 backward_sm90_hdim128; do
-  cuobjdump -sass "$O/$obj.cu.o" > "$OUT/sass_$obj.txt" 2>&1
+  dump_sass $obj
   # Per kernel: Lb0 = atomic dQ, Lb1 = deterministic (the template's bool).
-  res=$(cuobjdump -res-usage "$O/$obj.cu.o" 2>&1 | awk '/Function .*attention_backward_sm90/ {
+  res=$(cuobjdump -res-usage "$(hopper_object $obj)" 2>&1 | awk '/Function .*attention_backward_sm90/ {
           k = ($0 ~ /Lb1E/) ? "det" : "atomic"; t = ($0 ~ /bfloat16/) ? "bf16" : "fp16"; getline;
           match($0, /REG:[0-9]+ STACK:[0-9]+/); printf "%s/%s %s; ", k, t, substr($0, RSTART, RLENGTH)}')
-  note "$obj: $res HGMMA $(grep -c HGMMA "$OUT/sass_$obj.txt"), LDL/STL $(grep -cE 'LDL|STL' "$OUT/sass_$obj.txt") (expect 0)"
+  note "$obj: $res HGMMA $(sass_count HGMMA $obj), LDL/STL $(sass_count 'LDL|STL' $obj) (expect 0)"
 done
-cat "$OUT"/sass_*.txt | gzip > "$OUT/sass.txt.gz"
-rm -f "$OUT"/sass_*.txt
-T=$B/flash4_gpu_tests
+pack_sass
 
 # ---- 2. smoke -------------------------------------------------------------------------
 # Case 0: dense d 64 bf16 Sq = Sk = 1000 not causal (8 key blocks per query block); case 12:
@@ -99,30 +55,15 @@ T=$B/flash4_gpu_tests
 SMOKE='Deterministic/Flash4HopperDeterministicBackward.ThreeRunsGiveTheSameBits/0_*:Deterministic/Flash4HopperDeterministicBackward.ThreeRunsGiveTheSameBits/12_*'
 SMALL='Deterministic/Flash4HopperDeterministicBackward.ThreeRunsGiveTheSameBits/12_*'
 say "smoke: deterministic dense case 0 and varlen case 12, three runs each"
-FLASH4_LOG=1 timeout "$(budget 60)" $T --gtest_filter="$SMOKE" > "$OUT/smoke.txt" 2>&1
+smoke "$SMOKE" "$(budget 60)" differs
 rc=$?
-grep -E "errors|flash4:|OK \]|FAILED|Failure|Expected|Which is|differs" "$OUT/smoke.txt" | head -30 | tee -a "$LOG"
 if [ $rc -ne 0 ]; then
-  note "SMOKE FAILED (rc $rc, 124 = timeout: a hang, likely the dQ order (counts, ticket) or a named barrier); memcheck:"
-  timeout "$(budget 150)" compute-sanitizer --tool memcheck $T --gtest_filter="$SMOKE" 2>&1 | tail -80 |
-    tee "$OUT/memcheck.txt" | tail -30
-  finish
-  exit 1
+  stop_after_smoke "SMOKE FAILED (rc $rc, 124 = timeout: a hang, likely the dQ order (counts, ticket) or a named barrier); memcheck:" \
+    "$SMOKE" "$(budget 150)"
 fi
 note "smoke passed"
 
 # ---- 3. tests, 4. memcheck / synccheck, 5. bench, 6. racecheck, 7. existing tests --------
-# run_suite NAME FILTER LIMIT: one gtest run, its pass / fail counts and time noted; on a
-# timeout (rc 124) the note says how to rerun the suite alone.
-run_suite() {
-  local name=$1 filter=$2 limit=$3 t=$(date +%s)
-  say "tests: $name ($filter)"
-  timeout "$(budget "$limit")" $T --gtest_filter="$filter" > "$OUT/tests_$name.txt" 2>&1
-  local rc=$?
-  grep -E -A4 "Failure$" "$OUT/tests_$name.txt" | head -24 | tee -a "$LOG"
-  note "$name: rc $rc in $(($(date +%s) - t)) s ($(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_$name.txt" | head -2 | tr '\n' ' ')$(grep -c '^\[       OK' "$OUT/tests_$name.txt") ok)"
-  [ $rc -eq 124 ] && note "  $name timed out: rerun alone with $T --gtest_filter='$filter'"
-}
 run_suite deterministic 'Deterministic/Flash4HopperDeterministicBackward.*' 120
 run_suite contention 'Flash4HopperDeterministicBackwardContention.*' 60
 # The portable suite's determinism / fused-layout tests run on the Hopper kernel now (AUTO).
@@ -130,17 +71,14 @@ run_suite fused 'Adept/Flash4HopperVarlenFused.*:Flash4HopperBackwardDispatch.*:
 # worst FIELD DTYPE: the largest value after FIELD over the deterministic tests' error lines.
 worst() {
   grep -hE "^\[ errors \].*deterministic" "$OUT"/tests_deterministic.txt "$OUT"/tests_fused.txt 2>/dev/null | grep "$2" |
-    awk -v f="$1" '{for (i = 1; i < NF; i++) if ($i == f) {print $(i + 1); break}}' | sort -g | tail -1
+    max_after "$1"
 }
 note "deterministic worst vs float64: bf16 dq $(worst dq bf16) dk $(worst dk bf16) dv $(worst dv bf16); fp16 dq $(worst dq fp16) dk $(worst dk fp16) dv $(worst dv fp16)"
 grep -hE "deterministic vs atomic" "$OUT/tests_contention.txt" 2>/dev/null | tee -a "$LOG"
 
 for tool in memcheck synccheck; do
   say "compute-sanitizer $tool: deterministic varlen case 12"
-  t=$(date +%s)
-  timeout "$(budget 90)" compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_filter="$SMALL" \
-    > "$OUT/$tool.txt" 2>&1
-  note "$tool rc $? in $(($(date +%s) - t)) s ($(grep -E 'ERROR SUMMARY' "$OUT/$tool.txt" | tail -1))"
+  sanitize_stage $tool "$SMALL" 90
 done
 
 if [ $BENCH -eq 1 ]; then
@@ -167,17 +105,16 @@ if [ $BENCH -eq 1 ]; then
   printf '%s\n' "${table[@]}" | tee "$OUT/bench_table.md" >>"$LOG"
 fi
 
-if [ $((BUDGET - ($(date +%s) - START))) -ge 45 ]; then
+if [ "$(time_left)" -ge 45 ]; then
   say "compute-sanitizer racecheck: deterministic varlen case 12"
-  timeout "$(budget 120)" compute-sanitizer --tool racecheck --error-exitcode 9 $T --gtest_filter="$SMALL" \
-    > "$OUT/racecheck.txt" 2>&1
+  sanitize racecheck "$SMALL" "$(budget 120)"
   note "racecheck rc $? ($(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.txt" | tail -1))"
 else
   note "racecheck skipped (budget spent); alone: compute-sanitizer --tool racecheck $T --gtest_filter='$SMALL'"
 fi
 
 # The atomic path's kernels are unchanged (same PTX); its host code is not: the existing suites.
-if [ $((BUDGET - ($(date +%s) - START))) -ge 30 ]; then
+if [ "$(time_left)" -ge 30 ]; then
   run_suite atomic 'Covered/Flash4HopperBackward.*:Window/Flash4HopperBackward.*:Varlen/Flash4HopperVarlenBackward.*' 150
 else
   note "existing backward suites skipped (budget spent); alone: $T --gtest_filter='Covered/Flash4HopperBackward.*:Window/Flash4HopperBackward.*:Varlen/Flash4HopperVarlenBackward.*'"

@@ -24,124 +24,64 @@
 #
 #   bash scripts/hopper_fwd256_check.sh [--no-bench]
 set -uo pipefail
+# shellcheck source=scripts/lib/hopper_check_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
 
-OUT=${OUT:-$PWD/hopper-fwd256-out}
-mkdir -p "$OUT"
-LOG=$OUT/log
-B=${BUILD:-build-gpu}
+check_setup hopper-fwd256-out
 BUDGET=${BUDGET:-420}
-BENCH=1
-for arg in "$@"; do
-  case $arg in
-    --no-bench) BENCH=0 ;;
-    *) echo "unknown argument: $arg" >&2; exit 2 ;;
-  esac
-done
+check_options "$@"
 # d = 256 / softcap / sink run on Hopper only with this switch until this check has passed
 # (src/hopper/hopper.cpp); the bench and smoke need it, the tests set it themselves.
 export FLASH4_HOPPER_UNVALIDATED=1
 START=$(date +%s)
-say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
-summary=()
-note() { summary+=("$*"); say "$*"; }
-# Seconds for a stage: its own limit, cut to what is left of the budget (at least 10).
-budget() {
-  local left=$((BUDGET - ($(date +%s) - START)))
-  [ "$left" -lt "$1" ] && echo $((left > 10 ? left : 10)) || echo "$1"
-}
-finish() {
-  say "summary ($(($(date +%s) - START)) s)"
-  printf '%s\n' "${summary[@]}"
-  [ -f "$OUT/bench_table.md" ] && cat "$OUT/bench_table.md"
-}
 
 # ---- 1. build -------------------------------------------------------------------------
-[ -f .device-carry/deps.tar ] && tar xf .device-carry/deps.tar -C / --skip-old-files 2>/dev/null
-say "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null); $(nvcc --version | tail -1)"
-cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" \
-  >>"$LOG" 2>&1 || { say "configure failed"; tail -30 "$LOG"; exit 1; }
-t0=$(date +%s%N)
-ninja -C $B -j16 flash4 >>"$LOG" 2>&1 || { say "flash4 build failed"; grep -A12 -m3 "error" "$LOG"; exit 1; }
-note "flash4 built in $(( ($(date +%s%N) - t0) / 1000000 )) ms (-j16)"
-NV=(nvcc -std=c++20 -O2 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Itests -Iflash4/include
-    -Iflash4/src)
-mkdir -p $B/t $B/bin
-pids=()
-for f in tests/gpu/flash4_*.cpp tests/gpu/flash4_*.cu; do
-  "${NV[@]}" -c "$f" -o $B/t/$(basename "$f").o >>"$LOG" 2>&1 &
-  pids+=($!)
-done
+build_flash4
+compile_tests_in_background
 # ptxas -v of the d 256 instantiations (registers, spills), beside the test compiles.
 "${NV[@]}" -O3 -DNDEBUG -DFLASH4_HAVE_HOPPER=1 -Xptxas -v -c flash4/src/hopper/forward_sm90_hdim256.cu \
   -o $B/ptxas_d256.o > "$OUT/ptxas_d256.txt" 2>&1 &
 ptxas_pid=$!
-for p in "${pids[@]}"; do
-  wait "$p" || { say "a test compile failed"; grep -B2 -A8 -m5 "error" "$LOG"; exit 1; }
-done
-"${NV[@]}" $B/t/*.o $B/flash4/libflash4.a -lgtest -lgtest_main -lgomp -lpthread -o $B/flash4_gpu_tests >>"$LOG" 2>&1 ||
-  { say "test link failed"; tail -20 "$LOG"; exit 1; }
+wait_for_compiles "a test compile failed"
+link_tests
 # The bench is someone else's file too: a failure here skips stage 5, not the tests.
 if [ $BENCH -eq 1 ]; then
-  "${NV[@]}" bench/flash4_bench.cu $B/flash4/libflash4.a -lgomp -o $B/bin/flash4-bench >>"$LOG" 2>&1 ||
-    { note "flash4-bench did not build (stage 5 skipped)"; BENCH=0; }
+  compile_bench || { note "flash4-bench did not build (stage 5 skipped)"; BENCH=0; }
 fi
 say "tests and bench built"
 wait $ptxas_pid
 note "ptxas -v d 256 (4 kernels: bf16 / fp16 x softcap): $(grep -oE '[0-9]+ bytes spill (stores|loads)|Used [0-9]+ registers' \
   "$OUT/ptxas_d256.txt" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
-O=$B/flash4/CMakeFiles/flash4.dir/src/hopper
 for obj in forward_sm90_hdim64 forward_sm90_hdim128 forward_sm90_hdim256; do
-  cuobjdump -sass "$O/$obj.cu.o" > "$OUT/sass_$obj.txt" 2>&1
-  res=$(cuobjdump -res-usage "$O/$obj.cu.o" 2>&1 | grep -o "REG:[0-9]* STACK:[0-9]*" | sort | uniq -c | tr '\n' ' ')
+  dump_sass $obj
   shapes=$(grep -oE "HGMMA\.64x[0-9]+x16" "$OUT/sass_$obj.txt" | sort | uniq -c | tr '\n' ' ')
-  note "$obj SASS (4 kernels: bf16 / fp16 x softcap): $shapes, UTMALDG $(grep -c UTMALDG "$OUT/sass_$obj.txt"), LDL/STL $(grep -cE 'LDL|STL' "$OUT/sass_$obj.txt") (expect 0), resources: $res"
+  note "$obj SASS (4 kernels: bf16 / fp16 x softcap): $shapes, UTMALDG $(sass_count UTMALDG $obj), LDL/STL $(sass_count 'LDL|STL' $obj) (expect 0), resources: $(registers $obj)"
 done
-cat "$OUT"/sass_*.txt | gzip > "$OUT/sass.txt.gz"
-rm -f "$OUT"/sass_*.txt
-T=$B/flash4_gpu_tests
+pack_sass
 
 # ---- 2. smoke -------------------------------------------------------------------------
 SMOKE='D256/Flash4Hopper.*/0_*:Softcap/Flash4Hopper.*/0_*:Sink/Flash4Hopper.*/1_*'
 say "smoke: d 256 case 0 (B 2, Hq 4, Hkv 2, 128 x 128), softcap case 0 (d 64), sink case 1 (d 64, rows with no key)"
-FLASH4_LOG=1 timeout "$(budget 90)" $T --gtest_filter="$SMOKE" > "$OUT/smoke.txt" 2>&1
+smoke "$SMOKE" "$(budget 90)"
 rc=$?
-grep -E "errors|flash4:|OK \]|FAILED|Failure|Expected|Which is" "$OUT/smoke.txt" | head -30 | tee -a "$LOG"
 if [ $rc -ne 0 ]; then
-  note "SMOKE FAILED (rc $rc, 124 = timeout: a hang, likely an mbarrier phase / named barrier); memcheck:"
-  timeout "$(budget 200)" compute-sanitizer --tool memcheck $T --gtest_filter="$SMOKE" 2>&1 | tail -80 |
-    tee "$OUT/memcheck.txt" | tail -30
-  finish
-  exit 1
+  stop_after_smoke "SMOKE FAILED (rc $rc, 124 = timeout: a hang, likely an mbarrier phase / named barrier); memcheck:" \
+    "$SMOKE" "$(budget 200)"
 fi
 note "smoke passed"
 
 # ---- 3. tests (new), 4. memcheck, 5. bench, 6. tests (existing) ---------------------------
-# run_suite NAME FILTER LIMIT: one gtest run, its pass / fail counts and time noted; on a
-# timeout (rc 124) the note says how to rerun the suite alone.
-run_suite() {
-  local name=$1 filter=$2 limit=$3 t=$(date +%s)
-  say "tests: $name ($filter)"
-  timeout "$(budget "$limit")" $T --gtest_filter="$filter" > "$OUT/tests_$name.txt" 2>&1
-  local rc=$?
-  grep -E -A4 "Failure$" "$OUT/tests_$name.txt" | head -24 | tee -a "$LOG"
-  note "$name: rc $rc in $(($(date +%s) - t)) s ($(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests_$name.txt" | head -2 | tr '\n' ' ')$(grep -c '^\[       OK' "$OUT/tests_$name.txt") ok)"
-  [ $rc -eq 124 ] && note "  $name timed out: rerun alone with $T --gtest_filter='$filter'"
-}
 run_suite d256 'D256/Flash4Hopper.*' 150
 run_suite softcap_sink 'Softcap/Flash4Hopper.*:Sink/Flash4Hopper.*:Flash4HopperDispatch.*' 90
 # worst FIELD DTYPE: the largest value after FIELD over the new suites' error lines.
 worst() {
-  cat "$OUT"/tests_d256.txt "$OUT"/tests_softcap_sink.txt 2>/dev/null | grep -E "^\[ errors \]" | grep "$2" |
-    awk -v f="$1" '{for (i = 1; i < NF; i++) if ($i == f) {print $(i + 1); break}}' | sort -g | tail -1
+  cat "$OUT"/tests_d256.txt "$OUT"/tests_softcap_sink.txt 2>/dev/null | grep -E "^\[ errors \]" | grep "$2" | max_after "$1"
 }
 note "new suites worst: bf16 out $(worst out bf16) lse $(worst lse bf16); fp16 out $(worst out fp16) lse $(worst lse fp16)"
 
 MC='D256/Flash4Hopper.*/0_*:D256/Flash4Hopper.*hopper_d256_varlen*'
 say "compute-sanitizer memcheck: d 256 case 0 and the d 256 varlen cases"
-t=$(date +%s)
-timeout "$(budget 150)" compute-sanitizer --tool memcheck --error-exitcode 9 $T --gtest_filter="$MC" \
-  > "$OUT/memcheck.txt" 2>&1
-note "memcheck rc $? in $(($(date +%s) - t)) s ($(grep -E 'ERROR SUMMARY' "$OUT/memcheck.txt" | tail -1))"
+sanitize_stage memcheck "$MC" 150
 
 if [ $BENCH -eq 1 ]; then
   say "flash4-bench --d 256: bf16, 16k tokens, hidden 2048 (8 heads), S 512 .. 16k, causal 0 / 1"
@@ -162,7 +102,7 @@ if [ $BENCH -eq 1 ]; then
 fi
 
 run_suite existing_forward 'Covered/Flash4Hopper.*:Varlen/Flash4Hopper.*:Window/Flash4Hopper.*' 120
-if [ $((BUDGET - ($(date +%s) - START))) -ge 40 ]; then
+if [ "$(time_left)" -ge 40 ]; then
   run_suite portable '*Flash4Portable*' 120
 else
   note "portable suites skipped (budget spent); alone: $T --gtest_filter='*Flash4Portable*'"

@@ -1,0 +1,182 @@
+# shellcheck shell=bash
+# The parts shared by the device checks of flash4's Hopper (sm90a) kernels,
+# scripts/hopper_{bwd,varlen,det,fwd256}_check.sh: sourced by them, not run.
+#
+# A check calls check_setup first; the functions then use
+#   OUT      results folder (the OUT variable, default ./NAME given to check_setup), LOG its log
+#   B        build folder (the BUILD variable, default build-gpu)
+#   T        the flash4-only GPU test binary, $B/flash4_gpu_tests
+#   summary  the lines that note() keeps for the summary printed last
+#   START, BUDGET  (checks with a time budget, for budget / time_left / finish) when the check
+#            started and the seconds it may take, both set by the check.
+
+# check_setup NAME: $OUT (default ./NAME) created, $LOG, $B, $T and an empty summary.
+check_setup() {
+  OUT=${OUT:-$PWD/$1}
+  mkdir -p "$OUT"
+  LOG=$OUT/log
+  B=${BUILD:-build-gpu}
+  T=$B/flash4_gpu_tests
+  summary=()
+}
+
+# check_options ARG...: a check's one option, --no-bench (BENCH=0, else BENCH=1); any other
+# argument ends the check (exit 2).
+check_options() {
+  local arg
+  BENCH=1
+  for arg in "$@"; do
+    case $arg in
+      --no-bench) BENCH=0 ;;
+      *) echo "unknown argument: $arg" >&2; exit 2 ;;
+    esac
+  done
+}
+
+say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
+# note LINE: said now and printed again in the summary.
+note() { summary+=("$*"); say "$*"; }
+print_summary() { printf '%s\n' "${summary[@]}"; }
+
+# time_left: seconds left of the check's BUDGET.
+time_left() { echo $((BUDGET - ($(date +%s) - START))); }
+# budget LIMIT: seconds for a stage: its own LIMIT, cut to what is left of the budget (at least 10).
+budget() {
+  local left=$(time_left)
+  [ "$left" -lt "$1" ] && echo $((left > 10 ? left : 10)) || echo "$1"
+}
+# finish: the summary (with the check's seconds), then the bench table if there is one. Its status
+# is the check's exit status when it ends the check: 1 without a bench table.
+finish() {
+  say "summary ($(($(date +%s) - START)) s)"
+  print_summary
+  [ -f "$OUT/bench_table.md" ] && cat "$OUT/bench_table.md"
+}
+
+# ---- build ------------------------------------------------------------------------------
+# The test and bench binaries are built by nvcc against libflash4.a alone (no adept).
+NV=(nvcc -std=c++20 -O2 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Itests -Iflash4/include
+    -Iflash4/src)
+
+# build_flash4: the carried build dependencies unpacked, GPU and nvcc versions logged, $B
+# configured for sm_90a only and flash4 built with ninja -j16 (its time noted); exits on a failure.
+build_flash4() {
+  [ -f .device-carry/deps.tar ] && tar xf .device-carry/deps.tar -C / --skip-old-files 2>/dev/null
+  say "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null); $(nvcc --version | tail -1)"
+  cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" \
+    >>"$LOG" 2>&1 || { say "configure failed"; tail -30 "$LOG"; exit 1; }
+  local t0=$(date +%s%N)
+  ninja -C $B -j16 flash4 >>"$LOG" 2>&1 || { say "flash4 build failed"; grep -A12 -m3 "error" "$LOG"; exit 1; }
+  note "flash4 built in $(( ($(date +%s%N) - t0) / 1000000 )) ms (-j16)"
+}
+
+# compile_tests_in_background: every tests/gpu/flash4_*.cpp / .cu compiled into $B/t, all at
+# once; their pids in $pids, for wait_for_compiles.
+compile_tests_in_background() {
+  local f
+  mkdir -p $B/t $B/bin
+  pids=()
+  for f in tests/gpu/flash4_*.cpp tests/gpu/flash4_*.cu; do
+    "${NV[@]}" -c "$f" -o $B/t/$(basename "$f").o >>"$LOG" 2>&1 &
+    pids+=($!)
+  done
+}
+
+# compile_bench: $B/bin/flash4-bench; returns nvcc's status.
+compile_bench() { "${NV[@]}" bench/flash4_bench.cu $B/flash4/libflash4.a -lgomp -o $B/bin/flash4-bench >>"$LOG" 2>&1; }
+
+# wait_for_compiles MESSAGE: waits for $pids; if one failed, says MESSAGE, shows the errors, exits.
+wait_for_compiles() {
+  local p
+  for p in "${pids[@]}"; do
+    wait "$p" || { say "$1"; grep -B2 -A8 -m5 "error" "$LOG"; exit 1; }
+  done
+}
+
+# link_tests: $T from the compiled tests; exits on a failure.
+link_tests() {
+  "${NV[@]}" $B/t/*.o $B/flash4/libflash4.a -lgtest -lgtest_main -lgomp -lpthread -o $T >>"$LOG" 2>&1 ||
+    { say "test link failed"; tail -20 "$LOG"; exit 1; }
+}
+
+# build_tests_and_bench: the tests and flash4-bench compiled side by side, the tests linked;
+# exits on a failure.
+build_tests_and_bench() {
+  compile_tests_in_background
+  compile_bench &
+  pids+=($!)
+  wait_for_compiles "a test / bench compile failed"
+  link_tests
+  say "tests and bench built"
+}
+
+# ---- SASS -------------------------------------------------------------------------------
+# hopper_object NAME: the object flash4's build made of src/hopper/NAME.cu.
+hopper_object() { echo "$B/flash4/CMakeFiles/flash4.dir/src/hopper/$1.cu.o"; }
+# dump_sass NAME: NAME's SASS into $OUT/sass_NAME.txt (pack_sass gathers the dumps).
+dump_sass() { cuobjdump -sass "$(hopper_object "$1")" > "$OUT/sass_$1.txt" 2>&1; }
+# sass_count ERE NAME: how many lines of NAME's SASS match ERE.
+sass_count() { grep -cE "$1" "$OUT/sass_$2.txt"; }
+# registers NAME: "COUNT REG:r STACK:s" for each register / stack use over NAME's kernels.
+registers() {
+  cuobjdump -res-usage "$(hopper_object "$1")" 2>&1 | grep -o "REG:[0-9]* STACK:[0-9]*" | sort | uniq -c | tr '\n' ' '
+}
+# pack_sass: the SASS dumps into $OUT/sass.txt.gz.
+pack_sass() {
+  cat "$OUT"/sass_*.txt | gzip > "$OUT/sass.txt.gz"
+  rm -f "$OUT"/sass_*.txt
+}
+
+# ---- tests and sanitizers ---------------------------------------------------------------
+# gtest_result FILE: gtest's PASSED / FAILED lines of FILE, on one line.
+gtest_result() { grep -E '^\[  PASSED|^\[  FAILED' "$1" | head -2 | tr '\n' ' '; }
+
+# max_after WORD: the largest number that follows WORD on the lines read (the worst error).
+max_after() { awk -v f="$1" '{for (i = 1; i < NF; i++) if ($i == f) {print $(i + 1); break}}' | sort -g | tail -1; }
+
+# smoke FILTER SECONDS [ERE]: FILTER's tests with FLASH4_LOG=1 under a timeout of SECONDS into
+# $OUT/smoke.txt, their error / result lines (and lines matching ERE) logged; returns their status.
+smoke() {
+  FLASH4_LOG=1 timeout "$2" $T --gtest_filter="$1" > "$OUT/smoke.txt" 2>&1
+  local rc=$?
+  grep -E "errors|flash4:|OK \]|FAILED|Failure|Expected|Which is${3:+|$3}" "$OUT/smoke.txt" | head -30 | tee -a "$LOG"
+  return $rc
+}
+
+# stop_after_smoke NOTE FILTER SECONDS: after a failed smoke: NOTE noted, memcheck of FILTER's
+# tests under a timeout of SECONDS (the end of its report into $OUT/memcheck.txt and shown), the
+# summary; exits 1.
+stop_after_smoke() {
+  note "$1"
+  timeout "$3" compute-sanitizer --tool memcheck $T --gtest_filter="$2" 2>&1 | tail -80 |
+    tee "$OUT/memcheck.txt" | tail -30
+  finish
+  exit 1
+}
+
+# run_suite NAME FILTER LIMIT: one gtest run into $OUT/tests_NAME.txt under LIMIT seconds cut to
+# the budget, its pass / fail counts and time noted; on a timeout (rc 124) the note says how to
+# rerun the suite alone.
+run_suite() {
+  local name=$1 filter=$2 limit=$3 t=$(date +%s)
+  say "tests: $name ($filter)"
+  timeout "$(budget "$limit")" $T --gtest_filter="$filter" > "$OUT/tests_$name.txt" 2>&1
+  local rc=$?
+  grep -E -A4 "Failure$" "$OUT/tests_$name.txt" | head -24 | tee -a "$LOG"
+  note "$name: rc $rc in $(($(date +%s) - t)) s ($(gtest_result "$OUT/tests_$name.txt")$(grep -c '^\[       OK' "$OUT/tests_$name.txt") ok)"
+  [ $rc -eq 124 ] && note "  $name timed out: rerun alone with $T --gtest_filter='$filter'"
+}
+
+# sanitize TOOL FILTER SECONDS: compute-sanitizer TOOL (exit status 9 on an error) on FILTER's
+# tests under a timeout of SECONDS, into $OUT/TOOL.txt; returns its status.
+sanitize() {
+  timeout "$3" compute-sanitizer --tool $1 --error-exitcode 9 $T --gtest_filter="$2" > "$OUT/$1.txt" 2>&1
+}
+
+# sanitize_stage TOOL FILTER LIMIT: sanitize under LIMIT seconds cut to the budget; its status,
+# time and ERROR SUMMARY noted.
+sanitize_stage() {
+  local t=$(date +%s)
+  sanitize "$1" "$2" "$(budget "$3")"
+  note "$1 rc $? in $(($(date +%s) - t)) s ($(grep -E 'ERROR SUMMARY' "$OUT/$1.txt" | tail -1))"
+}
