@@ -12,12 +12,9 @@
 // Calls the kernel does not cover (softcap, d = 96) run on the portable backward, as does
 // every call with FLASH4_HOPPER_BWD=0 or FLASH4_BACKEND=portable.
 #include <algorithm>
-#include <cctype>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <optional>
 #include <random>
 #include <string>
 #include <tuple>
@@ -25,41 +22,20 @@
 #include <vector>
 
 #include "common/random.hpp"
+#include "common/scoped_env.hpp"
 #include "flash4_gpu_problem.hpp"
+#include "flash4_hopper_test_util.hpp"
 
 namespace flash4_gpu {
 namespace {
 
-bool is_sm90() {
-  int device = 0, major = 0, minor = 0;
-  if (!have_gpu() || cudaGetDevice(&device) != cudaSuccess) return false;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  return major == 9 && minor == 0;
-}
+using testing_support::ScopedEnv;
 
-// Sets (or, with nullptr, unsets) an environment variable for one scope.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* before = std::getenv(name)) before_ = before;
-    if (value != nullptr)
-      setenv(name, value, 1);
-    else
-      unsetenv(name);
-  }
-  ~ScopedEnv() {
-    if (before_)
-      setenv(name_, before_->c_str(), 1);
-    else
-      unsetenv(name_);
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> before_;
+// FLASH4_HOPPER_BWD and FLASH4_BACKEND unset for one scope: the backend choice of a default
+// process (the Hopper backward for what it covers).
+struct DefaultBackendSwitches {
+  ScopedEnv hopper_bwd{"FLASH4_HOPPER_BWD", nullptr};
+  ScopedEnv backend{"FLASH4_BACKEND", nullptr};
 };
 
 // Forward (whichever backend covers it) and backward of p on the GPU and the reference;
@@ -86,56 +62,22 @@ std::string check_backward(const Problem& p, std::string* forward_backend = null
   return runner.gpu_backward_backend();
 }
 
-std::string test_name(const ::testing::TestParamInfo<Problem>& info) {
-  std::string s = std::to_string(info.index) + "_" + info.param.describe();
-  std::string out;
-  for (char c : s) out += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
-  return out;
-}
-
 class Flash4HopperBackward : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperBackward, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv on("FLASH4_HOPPER_BWD", nullptr);
-  ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
+  DefaultBackendSwitches defaults;
   const std::string backend = check_backward(GetParam());
   EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
 }
 
-// d x dtype x causal over shapes with Sq = Sk, Sq < Sk, Sq > Sk and GQA.
+// d x dtype x causal over shapes with Sq = Sk, Sq < Sk, Sq > Sk and GQA, lengths {1, 17, 128,
+// 1000, 4097}, and more.
 std::vector<Problem> covered_cases() {
-  struct Shape {
-    int B, Hq, Hkv, Sq, Sk;
-  };
-  const Shape shapes[] = {{2, 4, 2, 128, 128}, {1, 2, 2, 17, 1000}, {2, 2, 1, 1000, 17}, {3, 2, 2, 1, 128},
-                          {1, 2, 1, 1000, 1000}, {1, 1, 1, 128, 300},  {1, 8, 1, 17, 17},  {2, 2, 1, 1, 1}};
-  std::vector<Problem> cases;
-  int i = 0;
-  for (int d : {64, 128})
-    for (flash4_dtype dtype : {FLASH4_BF16, FLASH4_F16})
-      for (bool causal : {false, true})
-        for (int repeat = 0; repeat < 2; ++repeat) {
-          const Shape& s = shapes[i++ % 8];
-          Problem p;
-          p.label = "hopper bwd";
-          p.dtype = dtype;
-          p.Dqk = p.Dv = d;
-          p.B = s.B, p.Hq = s.Hq, p.Hkv = s.Hkv, p.Sq = s.Sq, p.Sk = s.Sk;
-          p.causal = causal;
-          cases.push_back(p);
-        }
-  // Lengths {1, 17, 128, 1000, 4097}: square, fewer and more queries than keys.
-  const int pairs[][2] = {{4097, 4097}, {4097, 1000}, {1000, 4097}, {17, 4097}, {4097, 17}, {1, 4097}, {4097, 1}};
-  for (auto [sq, sk] : pairs)
-    for (bool causal : {false, true}) {
-      Problem p;
-      p.label = "hopper bwd length";
-      p.Dqk = p.Dv = 64;
-      p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = sq, p.Sk = sk;
-      p.causal = causal;
-      cases.push_back(p);
-    }
+  constexpr Shape shapes[] = {{2, 4, 2, 128, 128},   {1, 2, 2, 17, 1000}, {2, 2, 1, 1000, 17}, {3, 2, 2, 1, 128},
+                              {1, 2, 1, 1000, 1000}, {1, 1, 1, 128, 300}, {1, 8, 1, 17, 17},   {2, 2, 1, 1, 1}};
+  std::vector<Problem> cases = shape_sweep(named("hopper bwd"), {64, 128}, shapes);
+  append(cases, length_sweep(named("hopper bwd length", 64)));
   {  // d = 128 at a length with many key and query blocks, fp16, causal, GQA.
     Problem p;
     p.label = "hopper bwd long";
@@ -182,27 +124,12 @@ std::vector<Problem> covered_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackward, ::testing::ValuesIn(covered_cases()), test_name);
 
-// `count` document lengths in [1, max_len] from a fixed generator (stable test names), then
-// `extra` appended.
-std::vector<std::pair<int, int>> documents(uint64_t seed, int count, int max_len, std::vector<int> extra = {}) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int> length(1, max_len);
-  std::vector<std::pair<int, int>> docs;
-  for (int i = 0; i < count; ++i) {
-    const int n = length(rng);
-    docs.push_back({n, n});
-  }
-  for (int n : extra) docs.push_back({n, n});
-  return docs;
-}
-
 class Flash4HopperVarlenBackward : public ::testing::TestWithParam<Problem> {};
 
 // Packed batches: the forward and the backward must both run on the Hopper kernels.
 TEST_P(Flash4HopperVarlenBackward, ForwardAndBackwardRunOnHopperAndMatchFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv on("FLASH4_HOPPER_BWD", nullptr);
-  ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
+  DefaultBackendSwitches defaults;
   std::string forward;
   const std::string backward = check_backward(GetParam(), &forward);
   EXPECT_EQ(forward, "hopper") << "the varlen forward ran elsewhere (FLASH4_LOG=1 says why)";
@@ -215,35 +142,12 @@ TEST_P(Flash4HopperVarlenBackward, ForwardAndBackwardRunOnHopperAndMatchFloat64R
 // (their dq / dk / dv rows must be written as 0), padded rows, GQA; each batch causal and
 // not, over d {64, 128} x {bf16, fp16}.
 std::vector<Problem> varlen_cases() {
-  struct Batch {
-    std::vector<std::pair<int, int>> seqs;
-    int Hq, Hkv, pad_q, pad_k;
-  };
-  const Batch batches[] = {
-      {{{1, 1}, {17, 17}, {64, 64}, {129, 129}, {300, 300}}, 4, 2, 0, 0},
-      {documents(21, 8, 400), 8, 2, 5, 3},
-      {{{1000, 1000}, {1, 1}, {17, 17}, {255, 255}}, 2, 1, 0, 7},
-      {{{17, 100}, {100, 17}, {1, 300}, {65, 65}, {0, 5}, {5, 0}, {130, 260}}, 4, 1, 3, 0},
-  };
-  // Every batch causal and not, each with two of the four (d, dtype) pairs: over the
-  // batches, every pair runs twice causal and twice not.
-  const std::pair<int, flash4_dtype> kinds[] = {{64, FLASH4_BF16}, {128, FLASH4_F16}, {128, FLASH4_BF16}, {64, FLASH4_F16}};
-  std::vector<Problem> cases;
-  int i = 0;
-  for (const Batch& batch : batches)
-    for (bool causal : {false, true})
-      for (int repeat = 0; repeat < 2; ++repeat) {
-        const auto [d, dtype] = kinds[(i + i / 4) % 4];  // batch b: kinds b, b + 1 (not causal), b + 2, b + 3
-        ++i;
-        Problem p;
-        p.label = "hopper bwd varlen";
-        p.dtype = dtype;
-        p.Dqk = p.Dv = d;
-        p.seqs = batch.seqs;
-        p.Hq = batch.Hq, p.Hkv = batch.Hkv, p.pad_q = batch.pad_q, p.pad_k = batch.pad_k;
-        p.causal = causal;
-        cases.push_back(p);
-      }
+  std::vector<Problem> cases =
+      batch_sweep(named("hopper bwd varlen"),
+                  {{{{1, 1}, {17, 17}, {64, 64}, {129, 129}, {300, 300}}, 4, 2, 0, 0},
+                   {documents(21, 8, 400), 8, 2, 5, 3},
+                   {{{1000, 1000}, {1, 1}, {17, 17}, {255, 255}}, 2, 1, 0, 7},
+                   {{{17, 100}, {100, 17}, {1, 300}, {65, 65}, {0, 5}, {5, 0}, {130, 260}}, 4, 1, 3, 0}});
   {  // Many short documents: most key and query blocks cross a sequence end.
     Problem p;
     p.label = "hopper bwd varlen many";
@@ -284,46 +188,10 @@ std::vector<Problem> varlen_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Varlen, Flash4HopperVarlenBackward, ::testing::ValuesIn(varlen_cases()), test_name);
 
-// Sliding windows (left, right; < 0 unbounded), with and without causal, aligned bottom-right
-// like causal: Sq = Sk, Sq < Sk, Sq > Sk (rows that see no key), windows narrower and wider
-// than a tile, 0 on one side, larger than the sequence; d x dtype in turn.
+// Sliding windows (window_sweep), then packed documents with windows.
 std::vector<Problem> window_cases() {
-  struct Window {
-    int Sq, Sk, left, right;
-    bool causal;
-  };
-  const Window windows[] = {{1000, 1000, 128, -1, true}, {700, 1500, 64, 64, false}, {1000, 1000, 0, -1, false},
-                            {600, 600, -1, 5, false},    {1000, 300, 300, 17, false}, {1000, 1000, 1 << 30, -1, true},
-                            {300, 1000, 1, 0, true},     {1000, 1000, 200, 50, true}};
-  const std::pair<int, flash4_dtype> kinds[] = {{64, FLASH4_BF16}, {128, FLASH4_F16}, {128, FLASH4_BF16}, {64, FLASH4_F16}};
-  std::vector<Problem> cases;
-  int i = 0;
-  for (const Window& w : windows) {
-    const auto [d, dtype] = kinds[i++ % 4];
-    Problem p;
-    p.label = "hopper bwd window";
-    p.dtype = dtype;
-    p.Dqk = p.Dv = d;
-    p.B = 2, p.Hq = 4, p.Hkv = 2, p.Sq = w.Sq, p.Sk = w.Sk;
-    p.window_left = w.left, p.window_right = w.right;
-    p.causal = w.causal;
-    cases.push_back(p);
-  }
-  {  // Packed documents with a causal left window (local attention inside each document).
-    Problem p;
-    p.label = "hopper bwd window varlen";
-    p.Dqk = p.Dv = 64;
-    p.seqs = documents(27, 8, 400, {1, 17, 1000});
-    p.Hq = 8, p.Hkv = 2, p.pad_q = 3, p.pad_k = 3;
-    p.window_left = 100;
-    p.causal = true;
-    cases.push_back(p);
-    p.dtype = FLASH4_F16;  // and a two-sided window without causal, d = 128
-    p.Dqk = p.Dv = 128;
-    p.window_left = 50, p.window_right = 20;
-    p.causal = false;
-    cases.push_back(p);
-  }
+  std::vector<Problem> cases = window_sweep(named("hopper bwd window"));
+  append(cases, packed_window_cases(named("hopper bwd window varlen"), documents(27, 8, 400, {1, 17, 1000})));
   return cases;
 }
 INSTANTIATE_TEST_SUITE_P(Window, Flash4HopperBackward, ::testing::ValuesIn(window_cases()), test_name);
@@ -527,6 +395,21 @@ void expect_same_bits(const GpuOnlyProblem::Gradients& first, const GpuOnlyProbl
   }
 }
 
+// Three deterministic backwards of `gpu` (set up): the first's gradients into *first (on the
+// Hopper kernel), each later run's compared with them bit for bit. Returns early on a fatal
+// failure (the caller checks HasFatalFailure).
+void expect_three_runs_same_bits(GpuOnlyProblem& gpu, GpuOnlyProblem::Gradients* first) {
+  gpu.backward(true, first);
+  if (::testing::Test::HasFatalFailure()) return;
+  EXPECT_EQ(first->backend, "hopper");
+  for (int run = 2; run <= 3; ++run) {
+    GpuOnlyProblem::Gradients again;
+    gpu.backward(true, &again);
+    if (::testing::Test::HasFatalFailure()) return;
+    expect_same_bits(*first, again, run);
+  }
+}
+
 // ||a - r|| / ||r|| of two 16-bit gradients, NaN when a has a NaN.
 double relative_difference(const std::vector<uint16_t>& a, const std::vector<uint16_t>& r, flash4_dtype dtype) {
   std::vector<double> x(a.size()), y(r.size());
@@ -538,30 +421,20 @@ class Flash4HopperDeterministicBackward : public ::testing::TestWithParam<Proble
 
 TEST_P(Flash4HopperDeterministicBackward, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv on("FLASH4_HOPPER_BWD", nullptr);
-  ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
+  DefaultBackendSwitches defaults;
   const std::string backend = check_backward(GetParam());
   EXPECT_EQ(backend, "hopper") << "a covered deterministic case ran elsewhere (FLASH4_LOG=1 says why)";
 }
 
 TEST_P(Flash4HopperDeterministicBackward, ThreeRunsGiveTheSameBits) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv on("FLASH4_HOPPER_BWD", nullptr);
-  ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
+  DefaultBackendSwitches defaults;
   SCOPED_TRACE(GetParam().describe());
   GpuOnlyProblem gpu(GetParam());
   gpu.setup();
   if (::testing::Test::HasFatalFailure()) return;
   GpuOnlyProblem::Gradients first;
-  gpu.backward(true, &first);
-  if (::testing::Test::HasFatalFailure()) return;
-  EXPECT_EQ(first.backend, "hopper");
-  for (int run = 2; run <= 3; ++run) {
-    GpuOnlyProblem::Gradients again;
-    gpu.backward(true, &again);
-    if (::testing::Test::HasFatalFailure()) return;
-    expect_same_bits(first, again, run);
-  }
+  expect_three_runs_same_bits(gpu, &first);
 }
 INSTANTIATE_TEST_SUITE_P(Deterministic, Flash4HopperDeterministicBackward, ::testing::ValuesIn(deterministic_cases()),
                          test_name);
@@ -574,8 +447,7 @@ INSTANTIATE_TEST_SUITE_P(Deterministic, Flash4HopperDeterministicBackward, ::tes
 // (a quarter of the tolerance; dk and dv do not depend on the dQ order at all).
 TEST(Flash4HopperDeterministicBackwardContention, LongSequencesWithMoreTilesThanSmsRepeatBitForBit) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv on("FLASH4_HOPPER_BWD", nullptr);
-  ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
+  DefaultBackendSwitches defaults;
   struct Case {
     int d;
     flash4_dtype dtype;
@@ -597,15 +469,8 @@ TEST(Flash4HopperDeterministicBackwardContention, LongSequencesWithMoreTilesThan
     gpu.setup();
     if (::testing::Test::HasFatalFailure()) return;
     GpuOnlyProblem::Gradients first, atomic;
-    gpu.backward(true, &first);
+    expect_three_runs_same_bits(gpu, &first);
     if (::testing::Test::HasFatalFailure()) return;
-    EXPECT_EQ(first.backend, "hopper");
-    for (int run = 2; run <= 3; ++run) {
-      GpuOnlyProblem::Gradients again;
-      gpu.backward(true, &again);
-      if (::testing::Test::HasFatalFailure()) return;
-      expect_same_bits(first, again, run);
-    }
     gpu.backward(false, &atomic);
     if (::testing::Test::HasFatalFailure()) return;
     EXPECT_EQ(atomic.backend, "hopper");
@@ -640,8 +505,7 @@ TEST(Flash4HopperBackwardDispatch, OnByDefaultAndZeroSwitchesItOff) {
 
 TEST(Flash4HopperBackwardDispatch, UncoveredCallsRunOnThePortableBackward) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv on("FLASH4_HOPPER_BWD", nullptr);
-  ScopedEnv auto_backend("FLASH4_BACKEND", nullptr);
+  DefaultBackendSwitches defaults;
   Problem p = small("softcap");
   p.softcap = 20;
   EXPECT_EQ(check_backward(p), "portable");

@@ -6,26 +6,17 @@
 // (varlen: tokens past cu_seqlens[batch]) must keep the poison. Lengths {1, 17, 128, 1000,
 // 4097} as Sq = Sk, Sq < Sk and Sq > Sk. Calls the kernels do not cover fall back to the
 // portable ones, and FLASH4_BACKEND=portable forces those.
-#include <cctype>
 #include <cstdio>
-#include <cstdlib>
-#include <random>
-#include <utility>
+#include <string>
 #include <vector>
 
 #include "common/random.hpp"
+#include "common/scoped_env.hpp"
 #include "flash4_gpu_problem.hpp"
+#include "flash4_hopper_test_util.hpp"
 
 namespace flash4_gpu {
 namespace {
-
-bool is_sm90() {
-  int device = 0, major = 0, minor = 0;
-  if (!have_gpu() || cudaGetDevice(&device) != cudaSuccess) return false;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  return major == 9 && minor == 0;
-}
 
 // Runs p's forward on the GPU and the reference; returns the backend that ran it.
 std::string check_forward(const Problem& p) {
@@ -44,13 +35,6 @@ std::string check_forward(const Problem& p) {
   return runner.gpu_backend();
 }
 
-std::string test_name(const ::testing::TestParamInfo<Problem>& info) {
-  std::string s = std::to_string(info.index) + "_" + info.param.describe();
-  std::string out;
-  for (char c : s) out += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
-  return out;
-}
-
 Problem forward_only(Problem p) {
   p.backward = false;
   return p;
@@ -61,47 +45,19 @@ class Flash4Hopper : public ::testing::TestWithParam<Problem> {};
 TEST_P(Flash4Hopper, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   // d = 256, softcap and sink run on Hopper only with this switch until validated (hopper.cpp).
-  const char* was = std::getenv("FLASH4_HOPPER_UNVALIDATED");
-  const std::string saved = was ? was : "";
-  setenv("FLASH4_HOPPER_UNVALIDATED", "1", 1);
+  testing_support::ScopedEnv unvalidated("FLASH4_HOPPER_UNVALIDATED", "1");
   const std::string backend = check_forward(GetParam());
-  if (was) setenv("FLASH4_HOPPER_UNVALIDATED", saved.c_str(), 1); else unsetenv("FLASH4_HOPPER_UNVALIDATED");
   EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
 }
 
-// d x dtype x causal over shapes with Sq = Sk, Sq < Sk, Sq > Sk and GQA.
+// Shapes with Sq = Sk, Sq < Sk, Sq > Sk, GQA / MQA (covered_cases and d256_cases).
+constexpr Shape kShapes[] = {{2, 4, 2, 128, 128},   {1, 2, 2, 17, 1000},  {2, 2, 1, 1000, 17}, {3, 2, 2, 1, 128},
+                             {1, 2, 1, 1000, 1000}, {1, 1, 1, 128, 4097}, {1, 8, 1, 17, 17},   {2, 2, 1, 1, 1}};
+
+// d x dtype x causal over kShapes, lengths {1, 17, 128, 1000, 4097}, and more.
 std::vector<Problem> covered_cases() {
-  struct Shape {
-    int B, Hq, Hkv, Sq, Sk;
-  };
-  const Shape shapes[] = {{2, 4, 2, 128, 128}, {1, 2, 2, 17, 1000}, {2, 2, 1, 1000, 17}, {3, 2, 2, 1, 128},
-                          {1, 2, 1, 1000, 1000}, {1, 1, 1, 128, 4097}, {1, 8, 1, 17, 17},  {2, 2, 1, 1, 1}};
-  std::vector<Problem> cases;
-  int i = 0;
-  for (int d : {64, 128})
-    for (flash4_dtype dtype : {FLASH4_BF16, FLASH4_F16})
-      for (bool causal : {false, true})
-        for (int repeat = 0; repeat < 2; ++repeat) {
-          const Shape& s = shapes[i++ % 8];
-          Problem p;
-          p.label = "hopper";
-          p.dtype = dtype;
-          p.Dqk = p.Dv = d;
-          p.B = s.B, p.Hq = s.Hq, p.Hkv = s.Hkv, p.Sq = s.Sq, p.Sk = s.Sk;
-          p.causal = causal;
-          cases.push_back(forward_only(p));
-        }
-  // Lengths {1, 17, 128, 1000, 4097}: square, fewer and more queries than keys.
-  const int pairs[][2] = {{4097, 4097}, {4097, 1000}, {1000, 4097}, {17, 4097}, {4097, 17}, {1, 4097}, {4097, 1}};
-  for (auto [sq, sk] : pairs)
-    for (bool causal : {false, true}) {
-      Problem p;
-      p.label = "hopper length";
-      p.Dqk = p.Dv = 64;
-      p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = sq, p.Sk = sk;
-      p.causal = causal;
-      cases.push_back(forward_only(p));
-    }
+  std::vector<Problem> cases = shape_sweep(forward_only(named("hopper")), {64, 128}, kShapes);
+  append(cases, length_sweep(forward_only(named("hopper length", 64))));
   // More tiles than SMs: each persistent CTA runs several, of different lengths (causal,
   // and Sq > Sk where whole tiles see no key).
   for (int variant = 0; variant < 4; ++variant) {
@@ -163,54 +119,17 @@ std::vector<Problem> covered_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4Hopper, ::testing::ValuesIn(covered_cases()), test_name);
 
-// `count` document lengths in [1, max_len] from a fixed generator (stable test names), then
-// `extra` appended.
-std::vector<std::pair<int, int>> documents(uint64_t seed, int count, int max_len, std::vector<int> extra = {}) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int> length(1, max_len);
-  std::vector<std::pair<int, int>> docs;
-  for (int i = 0; i < count; ++i) {
-    const int n = length(rng);
-    docs.push_back({n, n});
-  }
-  for (int n : extra) docs.push_back({n, n});
-  return docs;
-}
-
 // Packed batches (cu_seqlens): documents of lengths 1, 17, not multiples of the 128-row
 // tiles, one of 1000+ tokens, Sq != Sk per sequence (bottom-right causal), empty sequences,
 // tokens past cu_seqlens[batch] (pad_q / pad_k: their out / lse rows must keep the poison),
 // padded rows, GQA; each batch causal and not, over d {64, 128} x {bf16, fp16}.
 std::vector<Problem> varlen_cases() {
-  struct Batch {
-    std::vector<std::pair<int, int>> seqs;
-    int Hq, Hkv, pad_q, pad_k;
-  };
-  const Batch batches[] = {
-      {{{1, 1}, {17, 17}, {128, 128}, {129, 129}, {300, 300}}, 4, 2, 0, 0},
-      {documents(11, 8, 400), 8, 2, 5, 3},
-      {{{1000, 1000}, {1, 1}, {17, 17}, {255, 255}}, 2, 1, 0, 7},
-      {{{17, 100}, {100, 17}, {1, 300}, {64, 64}, {0, 5}, {5, 0}, {130, 260}}, 4, 1, 3, 0},
-  };
-  // Every batch causal and not, each with two of the four (d, dtype) pairs: over the
-  // batches, every pair runs twice causal and twice not.
-  const std::pair<int, flash4_dtype> kinds[] = {{64, FLASH4_BF16}, {128, FLASH4_F16}, {128, FLASH4_BF16}, {64, FLASH4_F16}};
-  std::vector<Problem> cases;
-  int i = 0;
-  for (const Batch& batch : batches)
-    for (bool causal : {false, true})
-      for (int repeat = 0; repeat < 2; ++repeat) {
-        const auto [d, dtype] = kinds[(i + i / 4) % 4];  // batch b: kinds b, b + 1 (not causal), b + 2, b + 3
-        ++i;
-        Problem p;
-        p.label = "hopper varlen";
-        p.dtype = dtype;
-        p.Dqk = p.Dv = d;
-        p.seqs = batch.seqs;
-        p.Hq = batch.Hq, p.Hkv = batch.Hkv, p.pad_q = batch.pad_q, p.pad_k = batch.pad_k;
-        p.causal = causal;
-        cases.push_back(forward_only(p));
-      }
+  std::vector<Problem> cases =
+      batch_sweep(forward_only(named("hopper varlen")),
+                  {{{{1, 1}, {17, 17}, {128, 128}, {129, 129}, {300, 300}}, 4, 2, 0, 0},
+                   {documents(11, 8, 400), 8, 2, 5, 3},
+                   {{{1000, 1000}, {1, 1}, {17, 17}, {255, 255}}, 2, 1, 0, 7},
+                   {{{17, 100}, {100, 17}, {1, 300}, {64, 64}, {0, 5}, {5, 0}, {130, 260}}, 4, 1, 3, 0}});
   {  // Many short documents: most tiles cross a sequence end; several tiles per CTA.
     Problem p;
     p.label = "hopper varlen many";
@@ -258,46 +177,11 @@ std::vector<Problem> varlen_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Varlen, Flash4Hopper, ::testing::ValuesIn(varlen_cases()), test_name);
 
-// Sliding windows (left, right; < 0 unbounded), with and without causal, aligned bottom-right
-// like causal: Sq = Sk, Sq < Sk, Sq > Sk (rows that see no key), windows narrower and wider
-// than a tile, 0 on one side, larger than the sequence; d x dtype in turn.
+// Sliding windows (window_sweep), then packed documents with windows.
 std::vector<Problem> window_cases() {
-  struct Window {
-    int Sq, Sk, left, right;
-    bool causal;
-  };
-  const Window windows[] = {{1000, 1000, 128, -1, true}, {700, 1500, 64, 64, false}, {1000, 1000, 0, -1, false},
-                            {600, 600, -1, 5, false},    {1000, 300, 300, 17, false}, {1000, 1000, 1 << 30, -1, true},
-                            {300, 1000, 1, 0, true},     {1000, 1000, 200, 50, true}};
-  const std::pair<int, flash4_dtype> kinds[] = {{64, FLASH4_BF16}, {128, FLASH4_F16}, {128, FLASH4_BF16}, {64, FLASH4_F16}};
-  std::vector<Problem> cases;
-  int i = 0;
-  for (const Window& w : windows) {
-    const auto [d, dtype] = kinds[i++ % 4];
-    Problem p;
-    p.label = "hopper window";
-    p.dtype = dtype;
-    p.Dqk = p.Dv = d;
-    p.B = 2, p.Hq = 4, p.Hkv = 2, p.Sq = w.Sq, p.Sk = w.Sk;
-    p.window_left = w.left, p.window_right = w.right;
-    p.causal = w.causal;
-    cases.push_back(forward_only(p));
-  }
-  {  // Packed documents with a causal left window (local attention inside each document).
-    Problem p;
-    p.label = "hopper window varlen";
-    p.Dqk = p.Dv = 64;
-    p.seqs = documents(17, 10, 500, {1, 17, 1200});
-    p.Hq = 8, p.Hkv = 2, p.pad_q = 3, p.pad_k = 3;
-    p.window_left = 100;
-    p.causal = true;
-    cases.push_back(forward_only(p));
-    p.dtype = FLASH4_F16;  // and a two-sided window without causal, d = 128
-    p.Dqk = p.Dv = 128;
-    p.window_left = 50, p.window_right = 20;
-    p.causal = false;
-    cases.push_back(forward_only(p));
-  }
+  std::vector<Problem> cases = window_sweep(forward_only(named("hopper window")));
+  append(cases,
+         packed_window_cases(forward_only(named("hopper window varlen")), documents(17, 10, 500, {1, 17, 1200})));
   return cases;
 }
 INSTANTIATE_TEST_SUITE_P(Window, Flash4Hopper, ::testing::ValuesIn(window_cases()), test_name);
@@ -307,7 +191,6 @@ INSTANTIATE_TEST_SUITE_P(Window, Flash4Hopper, ::testing::ValuesIn(window_cases(
 // and Sq > Sk, GQA / MQA, more tiles than SMs, BHSD, padded rows, packed documents, windows,
 // large logits with each FA4 switch.
 std::vector<Problem> d256_cases() {
-  std::vector<Problem> cases;
   auto d256 = [](const char* label, flash4_dtype dtype = FLASH4_BF16) {
     Problem p;
     p.label = label;
@@ -315,30 +198,12 @@ std::vector<Problem> d256_cases() {
     p.Dqk = p.Dv = 256;
     return p;
   };
-  struct Shape {
-    int B, Hq, Hkv, Sq, Sk;
-  };
-  const Shape shapes[] = {{2, 4, 2, 128, 128}, {1, 2, 2, 17, 1000}, {2, 2, 1, 1000, 17}, {3, 2, 2, 1, 128},
-                          {1, 2, 1, 1000, 1000}, {1, 1, 1, 128, 4097}, {1, 8, 1, 17, 17},  {2, 2, 1, 1, 1}};
+  std::vector<Problem> cases = shape_sweep(forward_only(d256("hopper d256")), {256}, kShapes);
   int i = 0;
-  for (flash4_dtype dtype : {FLASH4_BF16, FLASH4_F16})
-    for (bool causal : {false, true})
-      for (int repeat = 0; repeat < 2; ++repeat) {
-        const Shape& s = shapes[i++ % 8];
-        Problem p = d256("hopper d256", dtype);
-        p.B = s.B, p.Hq = s.Hq, p.Hkv = s.Hkv, p.Sq = s.Sq, p.Sk = s.Sk;
-        p.causal = causal;
-        cases.push_back(forward_only(p));
-      }
-  const int pairs[][2] = {{4097, 4097}, {4097, 1000}, {1000, 4097}, {17, 4097}, {4097, 17}, {1, 4097}, {4097, 1}};
-  i = 0;
-  for (auto [sq, sk] : pairs)
-    for (bool causal : {false, true}) {
-      Problem p = d256("hopper d256 length", i++ % 2 ? FLASH4_F16 : FLASH4_BF16);
-      p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = sq, p.Sk = sk;
-      p.causal = causal;
-      cases.push_back(forward_only(p));
-    }
+  for (Problem p : length_sweep(forward_only(d256("hopper d256 length")))) {
+    p.dtype = i++ % 2 ? FLASH4_F16 : FLASH4_BF16;  // the dtypes in turn
+    cases.push_back(p);
+  }
   for (int variant = 0; variant < 2; ++variant) {  // several tiles per persistent CTA
     Problem p = d256("hopper d256 persistent", variant ? FLASH4_F16 : FLASH4_BF16);
     p.B = 3, p.Hq = 8, p.Hkv = 2, p.Sq = 1100, p.Sk = 1100;
@@ -381,10 +246,6 @@ std::vector<Problem> d256_cases() {
     cases.push_back(forward_only(p));
   }
   {
-    struct Window {
-      int Sq, Sk, left, right;
-      bool causal;
-    };
     const Window windows[] = {{1000, 1000, 128, -1, true}, {700, 1500, 64, 64, false}, {1000, 300, 300, 17, false},
                               {300, 1000, 1, 0, true}, {600, 600, 79, 80, false}};
     i = 0;
@@ -558,15 +419,11 @@ TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {
 
 TEST(Flash4HopperDispatch, EnvironmentForcesThePortableKernels) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  const char* before = std::getenv("FLASH4_BACKEND");
-  const std::string saved = before ? before : "";
-  setenv("FLASH4_BACKEND", "portable", 1);
+  testing_support::ScopedEnv portable("FLASH4_BACKEND", "portable");
   Problem p;
   p.label = "forced portable";
   p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = 200, p.Sk = 200;
-  const std::string backend = check_forward(forward_only(p));
-  if (before) setenv("FLASH4_BACKEND", saved.c_str(), 1); else unsetenv("FLASH4_BACKEND");
-  EXPECT_EQ(backend, "portable");
+  EXPECT_EQ(check_forward(forward_only(p)), "portable");
 }
 
 }  // namespace

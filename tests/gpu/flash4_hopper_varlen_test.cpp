@@ -23,17 +23,10 @@
 
 #include "common/random.hpp"
 #include "flash4_gpu_problem.hpp"
+#include "flash4_hopper_test_util.hpp"
 
 namespace flash4_gpu {
 namespace {
-
-bool is_sm90() {
-  int device = 0, major = 0, minor = 0;
-  if (!have_gpu() || cudaGetDevice(&device) != cudaSuccess) return false;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  return major == 9 && minor == 0;
-}
 
 struct FusedCase {
   std::string label;
