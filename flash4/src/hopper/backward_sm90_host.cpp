@@ -40,15 +40,12 @@ std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shap
   if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128))
     return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128)");
   if (shape.heads_kv > 65535 || shape.batch > 65535) return "more than 65535 KV heads or sequences";
+  if (std::string gap = problem_size_gap(shape); !gap.empty()) return gap;
   if (shape.varlen) {
     // No grid needs max_seqlen (the work list is built on the device from cu_seqlens).
-    if (shape.batch == 0 || shape.tokens_q == 0 || shape.tokens_k == 0) return "empty problem";
-    if (shape.tokens_q > (int64_t(1) << 30) || shape.tokens_k > (int64_t(1) << 30)) return "more than 2^30 tokens";
     if (hopper::varlen_tile_capacity(shape.tokens_k, shape.batch) * shape.heads_kv >= (int64_t(1) << 31))
       return "2^31 or more key blocks";
   } else {
-    if (shape.batch == 0 || shape.seqlen_q == 0 || shape.seqlen_k == 0) return "empty problem";
-    if (shape.seqlen_q > (int64_t(1) << 30) || shape.seqlen_k > (int64_t(1) << 30)) return "sequences over 2^30";
     // Deterministic dQ numbers the dense tiles in one grid dimension.
     if (a.deterministic && (shape.seqlen_k + hopper::kTmaBoxRows - 1) / hopper::kTmaBoxRows * shape.heads_kv *
                                    shape.batch >= (int64_t(1) << 31))
@@ -98,10 +95,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     const size_t dq_count = size_t(p.tokens_q) * size_t(p.heads_q) * size_t(p.d_qk);
     // Varlen: the work list of (sequence, key block) pairs.
     const int64_t capacity = shape.varlen ? hopper::varlen_tile_capacity(shape.tokens_k, shape.batch) : 0;
-    const size_t first_count = shape.varlen ? size_t(shape.batch) + 1 : 0;
-    const size_t list_bytes = shape.varlen ? Workspace::bytes_for(2 * size_t(capacity)) + Workspace::bytes_for(1) +
-                                                 Workspace::bytes_for(first_count)
-                                           : 0;
+    const size_t list_bytes = shape.varlen ? varlen_tiles_bytes(capacity, shape.batch) : 0;
     // Deterministic dQ: the counts [Hq][slots] and the ticket after them, one zeroed range.
     const int64_t slots = hopper::dq_order_slots(p.tokens_q, p.batch);
     const size_t order_count = deterministic ? size_t(p.heads_q) * size_t(slots) + 1 : 0;
@@ -112,17 +106,10 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     p.lse_log2 = ws.take(rows);
     p.d_rows = ws.take(rows);
     hopper::VarlenTiles list;
-    if (shape.varlen) {
-      hopper::VarlenTilesScratch scratch;
-      scratch.pairs = reinterpret_cast<int2*>(ws.take(2 * size_t(capacity)));
-      scratch.count = reinterpret_cast<int*>(ws.take(1));
-      scratch.first = reinterpret_cast<int*>(ws.take(first_count));
-      scratch.capacity = capacity;
-      hopper::build_varlen_tiles(
-          p, deterministic ? hopper::TileKind::key_blocks_in_dq_order : hopper::TileKind::key_blocks, scratch, stream);
-      list.pairs = scratch.pairs;
-      list.count = scratch.count;
-    }
+    if (shape.varlen)
+      list = build_varlen_tiles_in(
+          ws, p, deterministic ? hopper::TileKind::key_blocks_in_dq_order : hopper::TileKind::key_blocks, capacity,
+          shape.batch, stream);
     hopper::DqOrder order;
     if (deterministic) {
       order.counts = reinterpret_cast<int*>(ws.take(order_count));

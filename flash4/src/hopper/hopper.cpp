@@ -89,6 +89,31 @@ cuda::RowLayout row_layout(const flash4_tensor& t) {
   return L;
 }
 
+std::string problem_size_gap(const ProblemShape& shape) {
+  if (shape.varlen) {
+    if (shape.batch == 0 || shape.tokens_q == 0 || shape.tokens_k == 0) return "empty problem";
+    if (shape.tokens_q > (int64_t(1) << 30) || shape.tokens_k > (int64_t(1) << 30)) return "more than 2^30 tokens";
+  } else {
+    if (shape.batch == 0 || shape.seqlen_q == 0 || shape.seqlen_k == 0) return "empty problem";
+    if (shape.seqlen_q > (int64_t(1) << 30) || shape.seqlen_k > (int64_t(1) << 30)) return "sequences over 2^30";
+  }
+  return "";
+}
+
+hopper::VarlenTiles build_varlen_tiles_in(Workspace& ws, const cuda::AttentionParams& p, hopper::TileKind kind,
+                                          int64_t capacity, int64_t batch, cudaStream_t stream) {
+  hopper::VarlenTilesScratch scratch;
+  scratch.pairs = reinterpret_cast<int2*>(ws.take(2 * size_t(capacity)));
+  scratch.count = reinterpret_cast<int*>(ws.take(1));
+  scratch.first = reinterpret_cast<int*>(ws.take(size_t(batch) + 1));
+  scratch.capacity = capacity;
+  hopper::build_varlen_tiles(p, kind, scratch, stream);
+  hopper::VarlenTiles list;
+  list.pairs = scratch.pairs;
+  list.count = scratch.count;
+  return list;
+}
+
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
@@ -148,15 +173,12 @@ std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape)
     return "d = 256 / softcap / sink on Hopper are not yet validated on a GPU (FLASH4_HOPPER_UNVALIDATED=1 "
            "enables them)";
   if (shape.heads_q > 65535 || shape.batch > 65535) return "more than 65535 heads or sequences";
+  if (std::string gap = problem_size_gap(shape); !gap.empty()) return gap;
   if (shape.varlen) {
     // No tile needs max_seqlen (the work list is built on the device from cu_seqlens).
-    if (shape.batch == 0 || shape.tokens_q == 0 || shape.tokens_k == 0) return "empty problem";
-    if (shape.tokens_q > (int64_t(1) << 30) || shape.tokens_k > (int64_t(1) << 30)) return "more than 2^30 tokens";
     if (hopper::varlen_tile_capacity(shape.tokens_q, shape.batch) * shape.heads_q >= (int64_t(1) << 31))
       return "2^31 or more tiles";
   } else {
-    if (shape.batch == 0 || shape.seqlen_q == 0 || shape.seqlen_k == 0) return "empty problem";
-    if (shape.seqlen_q > (int64_t(1) << 30) || shape.seqlen_k > (int64_t(1) << 30)) return "sequences over 2^30";
     if ((shape.seqlen_q + 127) / 128 * shape.heads_q * shape.batch >= (int64_t(1) << 31)) return "2^31 or more tiles";
   }
   for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}})
@@ -208,22 +230,10 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   try {
     // Varlen: the work list of (sequence, query block) pairs, built on the stream first.
     const int64_t capacity = shape.varlen ? hopper::varlen_tile_capacity(shape.tokens_q, shape.batch) : 0;
-    const size_t first_count = shape.varlen ? size_t(shape.batch) + 1 : 0;
-    Workspace ws(shape.varlen ? Workspace::bytes_for(2 * size_t(capacity)) + Workspace::bytes_for(1) +
-                                    Workspace::bytes_for(first_count)
-                              : 0,
-                 stream);
+    Workspace ws(shape.varlen ? varlen_tiles_bytes(capacity, shape.batch) : 0, stream);
     hopper::VarlenTiles list;
-    if (shape.varlen) {
-      hopper::VarlenTilesScratch scratch;
-      scratch.pairs = reinterpret_cast<int2*>(ws.take(2 * size_t(capacity)));
-      scratch.count = reinterpret_cast<int*>(ws.take(1));
-      scratch.first = reinterpret_cast<int*>(ws.take(first_count));
-      scratch.capacity = capacity;
-      hopper::build_varlen_tiles(p, hopper::TileKind::query_blocks, scratch, stream);
-      list.pairs = scratch.pairs;
-      list.count = scratch.count;
-    }
+    if (shape.varlen)
+      list = build_varlen_tiles_in(ws, p, hopper::TileKind::query_blocks, capacity, shape.batch, stream);
     if (shape.d_qk == 64)
       hopper::forward_sm90<64>(maps, p, list, capacity, forward_schedule(), stream);
     else if (shape.d_qk == 128)

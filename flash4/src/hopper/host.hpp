@@ -1,5 +1,6 @@
 // Host-side helpers the Hopper forward and backward share (defined in hopper.cpp): TMA
-// tensor maps through the driver's cuTensorMapEncodeTiled and the alignment TMA needs.
+// tensor maps through the driver's cuTensorMapEncodeTiled and the alignment TMA needs, the
+// problem sizes both cover, the varlen work list in a call's workspace.
 #pragma once
 
 #include <cuda.h>
@@ -12,6 +13,8 @@
 #include <string>
 
 #include "cuda/params.hpp"
+#include "cuda/workspace.hpp"
+#include "hopper/varlen_tiles.hpp"
 #include "validate.hpp"
 
 namespace flash4::detail {
@@ -34,6 +37,22 @@ std::string row_alignment_gap(const flash4_tensor& t, const char* name);
 // sm_90, no sm_90a code in the binary (`kernel_present` false), or no tensor-map
 // encoder in the driver; "" when it can.
 std::string sm90_device_gap(bool kernel_present);
+
+// Why the Hopper kernels do not take a call of `shape` for its size alone: no sequence, query
+// or key ("empty problem"), or a length their 32-bit row indices do not reach (varlen: more
+// than 2^30 tokens; dense: a sequence over 2^30); "" when they do. The forward and the
+// backward each add their own limit on tiles.
+std::string problem_size_gap(const ProblemShape& shape);
+
+// The varlen work list (hopper/varlen_tiles.hpp) in a call's workspace: the list's scratch
+// (pairs for `capacity` tiles, the count, first[batch + 1]) needs varlen_tiles_bytes;
+// build_varlen_tiles_in takes it from `ws` -- at that point of the call's takes -- and builds
+// the list of `kind` on `stream`.
+inline size_t varlen_tiles_bytes(int64_t capacity, int64_t batch) {
+  return Workspace::bytes_for(2 * size_t(capacity)) + Workspace::bytes_for(1) + Workspace::bytes_for(size_t(batch) + 1);
+}
+hopper::VarlenTiles build_varlen_tiles_in(Workspace& ws, const cuda::AttentionParams& p, hopper::TileKind kind,
+                                          int64_t capacity, int64_t batch, cudaStream_t stream);
 
 // The row layout (cuda::RowLayout, strides in elements) of a dense [B, S, H, D] tensor, or of
 // a packed [T, H, D] one (rank 3), whose start(b) = cu_seqlens[b] counts rows.
