@@ -106,4 +106,4 @@ done
 
 say "summary"
 print_summary
-[ $BENCH -eq 1 ] && cat "$OUT/bench_table.md"
+if [ $BENCH -eq 1 ]; then cat "$OUT/bench_table.md"; fi
