@@ -23,6 +23,10 @@
 //     under causal). Prints the backend that ran each direction (FLASH4_BACKEND=portable
 //     forces the portable kernels): "varlen | fwd B MS ms TF TF | bwd B MS ms TF TF |
 //     bwd-det B MS ms TF TF" (a column not timed, --deterministic, reads "- -1").
+//   The Hopper backward's dQ path comes from the environment, for A/B runs:
+//   FLASH4_HOPPER_DQ=bulk (bulk reduce-add from shared memory) or unset (float2 atomics);
+//   both modes print it in their header line ("hopper dQ: ..."; FLASH4_LOG=1 confirms it
+//   per call, and names the atomics when the bulk path was asked for but not taken).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <flash4/flash4.h>
@@ -201,6 +205,14 @@ flash4_tensor strided(void* data, flash4_dtype dtype, std::vector<int64_t> shape
   return t;
 }
 
+// The Hopper backward's dQ path this process asked for (FLASH4_HOPPER_DQ, read by flash4 at
+// each call).
+const char* hopper_dq_path() {
+  const char* v = std::getenv("FLASH4_HOPPER_DQ");
+  return v != nullptr && std::strcmp(v, "bulk") == 0 ? "bulk reduce-add (FLASH4_HOPPER_DQ=bulk)"
+                                                      : "float2 atomics (FLASH4_HOPPER_DQ not bulk)";
+}
+
 // Which backward dQ modes to time (--deterministic).
 struct BackwardModes {
   bool atomic = true, deterministic = true;
@@ -265,6 +277,7 @@ int run_varlen(const VarlenShape& v, int repeats, BackwardModes modes) {
   std::printf("varlen %d x %d tokens, %d documents (longest %d, mean %.0f), Hq %lld Hkv %lld d %lld causal %d, fused qkv\n",
               v.rows, v.row_len, batch, max_len, double(N) / batch, (long long)Hq, (long long)Hkv, (long long)D,
               int(v.causal));
+  std::printf("hopper dQ: %s\n", hopper_dq_path());
   std::printf("varlen | fwd %s %.3f ms %.1f TF | %s | %s\n", fwd_backend.c_str(), fwd_ms, flops / fwd_ms * 1e-9,
               bwd.c_str(), det.c_str());
   return 0;
@@ -317,6 +330,7 @@ int main(int argc, char** argv) {
   BENCH_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("flash4-bench on %s (%d SMs), bf16, BSHD, 16384 tokens, hidden 2048, median of %d\n", prop.name,
               prop.multiProcessorCount, repeats);
+  std::printf("hopper dQ: %s\n", hopper_dq_path());
   FILE* csv = csv_path ? std::fopen(csv_path, "w") : nullptr;
   if (csv)
     std::fprintf(csv, "d,S,B,H,causal,variant,fwd_ms,fwd_tflops,bwd_ms,bwd_tflops,bwd_det_ms,bwd_det_tflops,bwd_det_backend\n");

@@ -181,3 +181,25 @@ sanitize_stage() {
   sanitize "$1" "$2" "$(budget "$3")"
   note "$1 rc $? in $(($(date +%s) - t)) s ($(grep -E 'ERROR SUMMARY' "$OUT/$1.txt" | tail -1))"
 }
+
+# kernel_counts NAME ERE...: per kernel of NAME's SASS dump (dump_sass first), a line
+# "KERNEL: ERE=count ..." for each ERE, the kernel named by its template arguments
+# (attention_backward_sm90_kernel<D, T, deterministic, DqAdd> -> "d128 bf16 det0 bulk1").
+kernel_counts() {
+  local name=$1
+  shift
+  awk -v pats="$*" '
+    function flush() { if (k != "") { line = k ":"; for (i = 1; i <= n; i++) line = line " " p[i] "=" (c[i] + 0); print line } }
+    BEGIN { n = split(pats, p, " ") }
+    /Function :/ {
+      flush(); k = $NF; delete c
+      if (match(k, /ILi[0-9]+E/)) d = substr(k, RSTART + 3, RLENGTH - 4); else d = "?"
+      t = (k ~ /bfloat16/) ? "bf16" : "fp16"
+      det = (k ~ /Lb1E/) ? "det1" : "det0"
+      bulk = (k ~ /DqAddE1E/) ? "bulk1" : "bulk0"
+      k = (k ~ /attention_backward/) ? "d" d " " t " " det " " bulk : substr(k, 1, 40)
+      next
+    }
+    { for (i = 1; i <= n; i++) if ($0 ~ p[i]) c[i]++ }
+    END { flush() }' "$OUT/sass_$name.txt"
+}

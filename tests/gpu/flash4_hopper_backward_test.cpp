@@ -11,10 +11,16 @@
 // it too, match the reference, and repeat bit for bit (Flash4HopperDeterministicBackward).
 // Calls the kernel does not cover (softcap, d = 96) run on the portable backward, as does
 // every call with FLASH4_HOPPER_BWD=0 or FLASH4_BACKEND=portable.
+// Every suite runs twice: with dQ added by float2 atomics (the default; FLASH4_HOPPER_DQ
+// unset for the test) and, in the suites named ...BulkDq, by bulk reduce-add from shared
+// memory (FLASH4_HOPPER_DQ=bulk); the deterministic bulk path must also give the same bits
+// as the deterministic atomics (the same fp32 adds in the same order).
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <random>
 #include <string>
 #include <tuple>
@@ -31,12 +37,27 @@ namespace {
 
 using testing_support::ScopedEnv;
 
-// FLASH4_HOPPER_BWD and FLASH4_BACKEND unset for one scope: the backend choice of a default
-// process (the Hopper backward for what it covers).
+// FLASH4_HOPPER_BWD, FLASH4_BACKEND and FLASH4_HOPPER_DQ unset for one scope: the backend
+// choice of a default process (the Hopper backward for what it covers, dQ by atomics).
 struct DefaultBackendSwitches {
   ScopedEnv hopper_bwd{"FLASH4_HOPPER_BWD", nullptr};
   ScopedEnv backend{"FLASH4_BACKEND", nullptr};
+  ScopedEnv dq{"FLASH4_HOPPER_DQ", nullptr};
 };
+
+// The same, with dQ by bulk reduce-add (FLASH4_HOPPER_DQ=bulk): the ...BulkDq suites.
+struct BulkDqSwitches : DefaultBackendSwitches {
+  ScopedEnv bulk{"FLASH4_HOPPER_DQ", "bulk"};
+};
+
+// How a test adds dQ: which switches it sets.
+enum class DqPath { atomics, bulk };
+
+// " (FLASH4_HOPPER_DQ=bulk)" while the switch is set, for the error lines.
+const char* bulk_dq_note() {
+  const char* v = std::getenv("FLASH4_HOPPER_DQ");
+  return v != nullptr && std::string(v) == "bulk" ? " (FLASH4_HOPPER_DQ=bulk)" : "";
+}
 
 // Forward (whichever backend covers it) and backward of p on the GPU and the reference;
 // checks dq, dk, dv and returns the backend that ran the GPU backward (the forward's in
@@ -52,8 +73,8 @@ std::string check_backward(const Problem& p, std::string* forward_backend = null
   if (forward_backend != nullptr) *forward_backend = runner.gpu_backend();
   runner.backward(e);
   if (::testing::Test::HasFatalFailure()) return "";
-  std::printf("[ errors ] %s | bwd %s | dq %.2e dk %.2e dv %.2e (slack dq %.1e dk %.1e)\n", p.describe().c_str(),
-              runner.gpu_backward_backend().c_str(), e.dq, e.dk, e.dv, e.dq_slack, e.dk_slack);
+  std::printf("[ errors ] %s | bwd %s%s | dq %.2e dk %.2e dv %.2e (slack dq %.1e dk %.1e)\n", p.describe().c_str(),
+              runner.gpu_backward_backend().c_str(), bulk_dq_note(), e.dq, e.dk, e.dv, e.dq_slack, e.dk_slack);
   const Tolerance tol = tolerance_for(p.dtype);
   EXPECT_LT(e.out, tol.out) << "out (forward)";
   EXPECT_LT(e.dq, tol.grad + e.dq_slack) << "dq (slack for the 16-bit out: " << e.dq_slack << ")";
@@ -62,13 +83,29 @@ std::string check_backward(const Problem& p, std::string* forward_backend = null
   return runner.gpu_backward_backend();
 }
 
+// check_backward under the switches of `dq`, which must run on the Hopper kernel.
+void expect_hopper_matches_reference(const Problem& p, DqPath dq) {
+  std::string backend;
+  if (dq == DqPath::bulk) {
+    BulkDqSwitches bulk;
+    backend = check_backward(p);
+  } else {
+    DefaultBackendSwitches defaults;
+    backend = check_backward(p);
+  }
+  EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+}
+
 class Flash4HopperBackward : public ::testing::TestWithParam<Problem> {};
+class Flash4HopperBackwardBulkDq : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperBackward, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  DefaultBackendSwitches defaults;
-  const std::string backend = check_backward(GetParam());
-  EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+  expect_hopper_matches_reference(GetParam(), DqPath::atomics);
+}
+TEST_P(Flash4HopperBackwardBulkDq, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_hopper_matches_reference(GetParam(), DqPath::bulk);
 }
 
 // d x dtype x causal over shapes with Sq = Sk, Sq < Sk, Sq > Sk and GQA, lengths {1, 17, 128,
@@ -123,17 +160,32 @@ std::vector<Problem> covered_cases() {
   return cases;
 }
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackward, ::testing::ValuesIn(covered_cases()), test_name);
-
-class Flash4HopperVarlenBackward : public ::testing::TestWithParam<Problem> {};
+INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(covered_cases()), test_name);
 
 // Packed batches: the forward and the backward must both run on the Hopper kernels.
-TEST_P(Flash4HopperVarlenBackward, ForwardAndBackwardRunOnHopperAndMatchFloat64Reference) {
-  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  DefaultBackendSwitches defaults;
-  std::string forward;
-  const std::string backward = check_backward(GetParam(), &forward);
+void expect_varlen_on_hopper_matches_reference(const Problem& p, DqPath dq) {
+  std::string forward, backward;
+  if (dq == DqPath::bulk) {
+    BulkDqSwitches bulk;
+    backward = check_backward(p, &forward);
+  } else {
+    DefaultBackendSwitches defaults;
+    backward = check_backward(p, &forward);
+  }
   EXPECT_EQ(forward, "hopper") << "the varlen forward ran elsewhere (FLASH4_LOG=1 says why)";
   EXPECT_EQ(backward, "hopper") << "the varlen backward ran elsewhere (FLASH4_LOG=1 says why)";
+}
+
+class Flash4HopperVarlenBackward : public ::testing::TestWithParam<Problem> {};
+class Flash4HopperVarlenBackwardBulkDq : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperVarlenBackward, ForwardAndBackwardRunOnHopperAndMatchFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_varlen_on_hopper_matches_reference(GetParam(), DqPath::atomics);
+}
+TEST_P(Flash4HopperVarlenBackwardBulkDq, ForwardAndBackwardRunOnHopperAndMatchFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_varlen_on_hopper_matches_reference(GetParam(), DqPath::bulk);
 }
 
 // Packed batches (cu_seqlens): documents of lengths 1, 17, not multiples of the tiles (128
@@ -187,6 +239,7 @@ std::vector<Problem> varlen_cases() {
   return cases;
 }
 INSTANTIATE_TEST_SUITE_P(Varlen, Flash4HopperVarlenBackward, ::testing::ValuesIn(varlen_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Varlen, Flash4HopperVarlenBackwardBulkDq, ::testing::ValuesIn(varlen_cases()), test_name);
 
 // Sliding windows (window_sweep), then packed documents with windows.
 std::vector<Problem> window_cases() {
@@ -195,6 +248,7 @@ std::vector<Problem> window_cases() {
   return cases;
 }
 INSTANTIATE_TEST_SUITE_P(Window, Flash4HopperBackward, ::testing::ValuesIn(window_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Window, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(window_cases()), test_name);
 
 // ---- deterministic dQ ----------------------------------------------------------------------
 
@@ -417,27 +471,67 @@ double relative_difference(const std::vector<uint16_t>& a, const std::vector<uin
   return relative_error(x, y);
 }
 
-class Flash4HopperDeterministicBackward : public ::testing::TestWithParam<Problem> {};
-
-TEST_P(Flash4HopperDeterministicBackward, RunsOnHopperAndMatchesFloat64Reference) {
-  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+// Three deterministic runs of p on the GPU under the switches of `dq`: the same bits.
+void expect_deterministic_runs_same_bits(const Problem& p, DqPath dq) {
+  SCOPED_TRACE(p.describe());
   DefaultBackendSwitches defaults;
-  const std::string backend = check_backward(GetParam());
-  EXPECT_EQ(backend, "hopper") << "a covered deterministic case ran elsewhere (FLASH4_LOG=1 says why)";
-}
-
-TEST_P(Flash4HopperDeterministicBackward, ThreeRunsGiveTheSameBits) {
-  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  DefaultBackendSwitches defaults;
-  SCOPED_TRACE(GetParam().describe());
-  GpuOnlyProblem gpu(GetParam());
+  std::optional<ScopedEnv> bulk;
+  if (dq == DqPath::bulk) bulk.emplace("FLASH4_HOPPER_DQ", "bulk");
+  GpuOnlyProblem gpu(p);
   gpu.setup();
   if (::testing::Test::HasFatalFailure()) return;
   GpuOnlyProblem::Gradients first;
   expect_three_runs_same_bits(gpu, &first);
 }
+
+class Flash4HopperDeterministicBackward : public ::testing::TestWithParam<Problem> {};
+class Flash4HopperDeterministicBackwardBulkDq : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperDeterministicBackward, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_hopper_matches_reference(GetParam(), DqPath::atomics);
+}
+TEST_P(Flash4HopperDeterministicBackwardBulkDq, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_hopper_matches_reference(GetParam(), DqPath::bulk);
+}
+
+TEST_P(Flash4HopperDeterministicBackward, ThreeRunsGiveTheSameBits) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_deterministic_runs_same_bits(GetParam(), DqPath::atomics);
+}
+TEST_P(Flash4HopperDeterministicBackwardBulkDq, ThreeRunsGiveTheSameBits) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_deterministic_runs_same_bits(GetParam(), DqPath::bulk);
+}
+
+// The deterministic bulk path adds the same fp32 tiles (the d = 64 halves combined the same
+// way) in the same key-block order as the deterministic atomics, and the zeros it adds to
+// rows past a sequence leave them unchanged: dq, dk, dv must be the same bits. (A difference
+// would mean the bulk reduction rounds differently from a float atomic -- e.g. subnormals.)
+TEST_P(Flash4HopperDeterministicBackwardBulkDq, SameBitsAsTheDeterministicAtomics) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  SCOPED_TRACE(GetParam().describe());
+  DefaultBackendSwitches defaults;
+  GpuOnlyProblem gpu(GetParam());
+  gpu.setup();
+  if (::testing::Test::HasFatalFailure()) return;
+  GpuOnlyProblem::Gradients atomics, bulk;
+  gpu.backward(true, &atomics);
+  if (::testing::Test::HasFatalFailure()) return;
+  {
+    ScopedEnv bulk_dq("FLASH4_HOPPER_DQ", "bulk");
+    gpu.backward(true, &bulk);
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+  EXPECT_EQ(atomics.backend, "hopper");
+  EXPECT_EQ(bulk.backend, "hopper");
+  expect_same_bits(atomics, bulk, 2);
+}
 INSTANTIATE_TEST_SUITE_P(Deterministic, Flash4HopperDeterministicBackward, ::testing::ValuesIn(deterministic_cases()),
                          test_name);
+INSTANTIATE_TEST_SUITE_P(Deterministic, Flash4HopperDeterministicBackwardBulkDq,
+                         ::testing::ValuesIn(deterministic_cases()), test_name);
 
 // Long chains of dQ tiles under contention: Sq = Sk = 4097 (33 key blocks, 65 query blocks),
 // so a query block waits for up to 32 key blocks' tiles, with more CTAs than an H200 has SMs
@@ -445,9 +539,10 @@ INSTANTIATE_TEST_SUITE_P(Deterministic, Flash4HopperDeterministicBackward, ::tes
 // that start at the diagonal) and a causal GQA group of 4. Three deterministic runs must give
 // the same bits, and the atomic backward the same gradients up to the order of the fp32 sums
 // (a quarter of the tolerance; dk and dv do not depend on the dQ order at all).
-TEST(Flash4HopperDeterministicBackwardContention, LongSequencesWithMoreTilesThanSmsRepeatBitForBit) {
-  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+void expect_contention_cases_repeat_bit_for_bit(DqPath dq) {
   DefaultBackendSwitches defaults;
+  std::optional<ScopedEnv> bulk;
+  if (dq == DqPath::bulk) bulk.emplace("FLASH4_HOPPER_DQ", "bulk");
   struct Case {
     int d;
     flash4_dtype dtype;
@@ -477,11 +572,22 @@ TEST(Flash4HopperDeterministicBackwardContention, LongSequencesWithMoreTilesThan
     const double limit = tolerance_for(p.dtype).grad / 4;
     const double dq = relative_difference(first.dq, atomic.dq, p.dtype), dk = relative_difference(first.dk, atomic.dk, p.dtype),
                  dv = relative_difference(first.dv, atomic.dv, p.dtype);
-    std::printf("[ errors ] %s | deterministic vs atomic: dq %.2e dk %.2e dv %.2e\n", p.describe().c_str(), dq, dk, dv);
+    std::printf("[ errors ] %s | deterministic vs atomic%s: dq %.2e dk %.2e dv %.2e\n", p.describe().c_str(),
+                bulk_dq_note(), dq, dk, dv);
     EXPECT_LT(dq, limit) << "dq, deterministic vs atomic";
     EXPECT_LT(dk, limit) << "dk, deterministic vs atomic";
     EXPECT_LT(dv, limit) << "dv, deterministic vs atomic";
   }
+}
+
+TEST(Flash4HopperDeterministicBackwardContention, LongSequencesWithMoreTilesThanSmsRepeatBitForBit) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_contention_cases_repeat_bit_for_bit(DqPath::atomics);
+}
+// The same with dQ by bulk reduce-add (both the deterministic and the atomic-mode runs).
+TEST(Flash4HopperDeterministicBackwardContentionBulkDq, LongSequencesWithMoreTilesThanSmsRepeatBitForBit) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_contention_cases_repeat_bit_for_bit(DqPath::bulk);
 }
 
 Problem small(const char* label) {

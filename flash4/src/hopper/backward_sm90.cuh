@@ -21,7 +21,13 @@
 //    warpgroups' dS^T: a named barrier between them); d = 64: warpgroup w computes the
 //    part of dQ that its own 64 keys contribute (no barrier, twice the atomics).
 //    dQ is added to an fp32 buffer [token][Hq][d] with float2 atomics; the portable
-//    backward's finish kernel scales and converts it.
+//    backward's finish kernel scales and converts it. Or, FLASH4_HOPPER_DQ=bulk
+//    (DqAdd::bulk, a template argument: the atomic kernels are unchanged, the same SASS):
+//    the consumers stage their dQ fp32 tiles in shared memory (dq_stage_tile, two buffers)
+//    and warp 1 of the producer warpgroup, the dQ writer, adds them with one bulk tensor
+//    reduce-add per 64 x 32 chunk through a tensor map of dq_accum (the layout unchanged:
+//    the tensor form takes the [token][Hq][d] strides, where the non-tensor form would need
+//    one op per row or a layout of our own with its own finish kernel); see the writer.
 // dK = scale dS^T Q and dV are written from registers at the end (rows past Sk skipped).
 //
 // The per-row inputs come from backward_sm90_rows_kernel: lse2 = lse log2 e (+inf for a
@@ -88,7 +94,8 @@
 // GQA / MQA, causal (bottom-right) or not, sliding window (left / right: a CTA visits only
 // the query blocks that see its keys), atomic or deterministic dQ. Deterministic dQ:
 // compiles, NOT YET RUN ON A GPU.
-// Missing (follow-ups): dQ by TMA reduce-add from shared memory, intra-warpgroup overlap
+// Bulk dQ (FLASH4_HOPPER_DQ=bulk): compiles, NOT YET RUN ON A GPU (scripts/hopper_dq_check.sh).
+// Missing (follow-ups): intra-warpgroup overlap
 // of the next block's S / dP with this block's dV / dK / dQ, persistent scheduling,
 // softcap, sink, seqused_k, d 96 / 192 / 256.
 #pragma once
@@ -138,8 +145,26 @@ struct BackwardSm90Config {
   static constexpr uint32_t kOffSwap = (kOffBars + 8 * kBarriers + 15) / 16 * 16;
   static constexpr uint32_t kSwapBytes = D == 64 ? 2 * 2 * 8 * 128 * 8 : 0;
   static constexpr size_t kSmemBytesDeterministic = 1024 + kOffSwap + kSwapBytes;
+  // Bulk dQ (DqAdd::bulk, see dq_stage_tile): the staged dQ tiles, [2 buffers (step parity)]
+  // [2 warpgroups][2 chunks][64 rows][32 fp32 columns] (each chunk a TMA box, 128B-swizzled,
+  // 1024-aligned), take the place of rows / barriers / swap, which move up by kBulkShift.
+  //   d = 128: 2 x 2 x 2 x 8 KB = 64 KB (two full 64 x 128 fp32 tiles). Atomic layout 165,992
+  //   bytes (K, V 2 x 32 KB, Q and dO 2 x 2 x 16 KB, dS^T 2 x 16 KB = 163,840, rows 1,088,
+  //   barriers 40, slack 1,024) + 65,536 = 231,528 <= 232,448 - 16 (the deterministic
+  //   ticket's static int); no room for a third buffer, so double buffering is the ceiling.
+  //   d = 64: 100,456 + 65,536 = 165,992; deterministic (+ the 32 KB swap) 198,768.
+  // Two buffers so that the consumers stage step s + 1 while step s's adds still read theirs.
+  static constexpr uint32_t kDqChunkBytes = kBlockM * 32 * 4;
+  static constexpr uint32_t kDqBufferBytes = 2 * 2 * kDqChunkBytes;
+  static constexpr uint32_t kOffDqStage = kOffDs + 2 * kDsBytes;
+  static constexpr uint32_t kBulkShift = 2 * kDqBufferBytes;
+  static constexpr size_t kSmemBytesBulk = kSmemBytes + kBulkShift;
+  static constexpr size_t kSmemBytesDeterministicBulk = kSmemBytesDeterministic + kBulkShift;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(D == 64 || D == 128, "d = 64 or 128");
+  static_assert(kOffDqStage % 1024 == 0 && kDqChunkBytes % 1024 == 0, "bulk dQ chunks 1024-aligned (128B swizzle)");
+  static_assert(kSmemBytesBulk <= 227 * 1024 && kSmemBytesDeterministicBulk + 16 <= 227 * 1024,
+                "shared memory per block, bulk dQ");
   static_assert(kKBytes % 1024 == 0 && kQBytes % 1024 == 0 && kDsBytes % 1024 == 0, "tiles 1024-aligned");
   static_assert(kRowFloats * 4 % 16 == 0, "bulk copies: 16-byte multiples");
   static_assert(kSmemBytes <= 227 * 1024 && kSmemBytesDeterministic + 16 <= 227 * 1024, "shared memory per block");
@@ -319,6 +344,38 @@ __device__ __forceinline__ int key_blocks_above(const cuda::AttentionParams& p, 
 // are the steps' own), each counting the order warp and the two consumer warpgroups.
 inline constexpr int kDqReadyBarrier = 8, kDqDoneBarrier = 7, kDqOrderThreads = 32 + 256;
 
+// Bulk dQ (DqAdd::bulk): named barriers between the dQ writer (warp 1 of the producer
+// warpgroup; in deterministic mode it is also the order warp) and the consumers, each
+// counting the writer warp and both consumer warpgroups (kDqOrderThreads): "staged" (the
+// consumers' tiles of a step are in shared memory, fenced for the async proxy), "free" (the
+// buffer a step stages into has been read by the adds two steps back).
+inline constexpr int kDqStagedBarrier = 9, kDqFreeBarrier = 10;
+
+// Bulk dQ: this thread's part of a dQ accumulator, kTiles n8 column tiles (element
+// 4n + 2 half + e: row 16 wq + g + 8 half, column 8n + 2t + e of the warpgroup's part), ->
+// chunks of [64 rows][32 fp32] at `tile` in the layout TMA reads for a box of the dq_accum
+// map with the 128-byte swizzle: row r at byte 128 r, its 16-byte unit u at u ^ (r % 8)
+// (r % 8 = g). Rows at or past valid_rows are the next sequence's tokens (or past Sq): they
+// get zeros, and adding +0.0 to another token's row changes nothing (a sum that starts at
+// +0.0 never becomes -0.0). A half-warp's float2 stores hit 4 rows x 2 units: 2-way bank
+// conflicts (the 128-byte swizzle spreads 8 rows, a half-warp covers 4).
+template <int kTiles>
+__device__ __forceinline__ void dq_stage_tile(unsigned char* tile, const float (&dq)[32], int wq, int g, int t,
+                                              int valid_rows) {
+  constexpr uint32_t kChunkBytes = 64 * 32 * 4;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = 16 * wq + g + 8 * half;
+    const bool keep = r < valid_rows;
+#pragma unroll
+    for (int n = 0; n < kTiles; ++n) {
+      const int unit = 2 * (n % 4) + t / 2;
+      float2* dst = reinterpret_cast<float2*>(tile + (n / 4) * kChunkBytes + r * 128 + ((unit ^ g) << 4) + (t & 1) * 8);
+      *dst = keep ? make_float2(dq[4 * n + 2 * half], dq[4 * n + 2 * half + 1]) : make_float2(0.0f, 0.0f);
+    }
+  }
+}
+
 template <int kKeep>
 __device__ __forceinline__ void dq_combine_halves(float (&dq)[32], float2* swap, int w, int thread) {
   constexpr int kGive = 4 - kKeep;
@@ -340,19 +397,24 @@ __device__ __forceinline__ void dq_combine_halves(float (&dq)[32], float2* swap,
     }
 }
 
-template <int D, typename T, bool kDeterministic>
+// tma_dq: the dq_accum map (DqAdd::bulk; unused by the atomic kernels), last so that the
+// other parameters keep their offsets.
+template <int D, typename T, bool kDeterministic, DqAdd kDqAdd>
 __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
     attention_backward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
                                    const __grid_constant__ CUtensorMap tma_v, const __grid_constant__ CUtensorMap tma_do,
                                    const cuda::AttentionParams p, const int64_t row_pitch, const VarlenTiles list,
-                                   const DqOrder order) {
+                                   const DqOrder order, const __grid_constant__ CUtensorMap tma_dq) {
 #if defined(FLASH4_SM90A)
   using C = BackwardSm90Config<D>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
+  constexpr bool kBulk = kDqAdd == DqAdd::bulk;
+  // Bulk dQ: rows, barriers and swap sit kBulkShift higher (the staged tiles before them).
+  constexpr uint32_t kShift = kBulk ? C::kBulkShift : 0;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  float* sRows = reinterpret_cast<float*>(smem + C::kOffRows);  // [stage][lse2 | D][kRowFloats]
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::kOffBars);
+  float* sRows = reinterpret_cast<float*>(smem + C::kOffRows + kShift);  // [stage][lse2 | D][kRowFloats]
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::kOffBars + kShift);
   uint64_t* kv_full = bars;
   uint64_t* q_full = bars + 1;
   uint64_t* q_empty = bars + 1 + kStages;
@@ -439,6 +501,77 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
         bulk_load(sRows + stage * 2 * C::kRowFloats, p.lse_log2 + r0, C::kRowFloats * 4, &q_full[stage]);
         bulk_load(sRows + stage * 2 * C::kRowFloats + C::kRowFloats, p.d_rows + r0, C::kRowFloats * 4, &q_full[stage]);
       }
+    } else if (kBulk && warp == 1) {
+      // The dQ writer (bulk dQ, FA3's scheme): per step it waits until both consumer
+      // warpgroups have staged their tiles ("staged"), lane 0 adds them to dq_accum with one
+      // bulk reduce-add per 32-column chunk (4 ops; d = 64 deterministic: 2, the combined
+      // halves) and commits them as one bulk group, and the warp hands the buffer of step + 1
+      // back ("free") once the adds of step - 1, which read it, are done reading: only the
+      // issuing thread's wait covers its bulk ops, so lane 0 waits and the warp's arrive
+      // carries that to the consumers, who wait at "free" before their stores (a wait, then
+      // a barrier, then the writes: the order a TMA store's source buffer is reused in).
+      // Instances of one barrier never mix steps: the writer arrives at "free" for step + 1
+      // only after "staged" of step completed, and the consumers arrive at "staged" for
+      // step + 1 only after "free" of step + 1 did.
+      // Deterministic, it is also the order warp (header, "Counts"), with the adds in it
+      // rather than in the consumers: lane 0 issues a step's adds only after its acquire of
+      // the step's count, and since bulk ops complete asynchronously, it waits for them to
+      // complete (cp.async.bulk.wait_group 0: the writes performed, not just the source read)
+      // before the release that counts this key block in. fence.proxy.async.global on both
+      // sides orders the async-proxy adds with the generic-proxy acquire / release. The
+      // consumers never wait on other CTAs (only on this warp), so the no-deadlock argument
+      // is unchanged; the wait on global memory overlaps their next step.
+      constexpr int kOps = kDeterministic && D == 64 ? 1 : 2;  // chunks per warpgroup
+      auto count_of = [&](int step) {
+        const int h = steps.head(step, hk, p.group), m0 = steps.row0(step, BM);
+        return order.counts + int64_t(h) * order.slots + (seq.q_token + m0) / BM + b;
+      };
+      auto above = [&](int step) { return key_blocks_above<BM, BN>(p, seq, steps.row0(step, BM), n_block); };
+      if (kDeterministic && lane == 0 && steps.steps > 0) {
+        const int* count = count_of(0);
+        const int wait_for = above(0);
+        while (ld_acquire_gpu(count) < wait_for) {
+        }
+      }
+      __syncwarp();
+      if (steps.steps > 0) named_barrier_arrive(kDqFreeBarrier, kDqOrderThreads);
+      for (int step = 0; step < steps.steps; ++step) {
+        const bool more = step + 1 < steps.steps;
+        named_barrier_sync(kDqStagedBarrier, kDqOrderThreads);
+        int next = 0;
+        if (lane == 0) {
+          const int h = steps.head(step, hk, p.group);
+          const int token = int(seq.q_token + steps.row0(step, BM));  // the host checked tokens_q < 2^31
+          const unsigned char* buffer = smem + C::kOffDqStage + (step & 1) * C::kDqBufferBytes;
+          if constexpr (kDeterministic) fence_proxy_async_global();  // after the acquire of the count
+#pragma unroll
+          for (int w = 0; w < 2; ++w)
+#pragma unroll
+            for (int k = 0; k < kOps; ++k) {
+              const int col = D == 128 ? 64 * w + 32 * k : kDeterministic ? 32 * w : 32 * k;
+              bulk_reduce_add_3d(&tma_dq, col, token, h, buffer + (2 * w + k) * C::kDqChunkBytes);
+            }
+          bulk_commit_group();
+          if constexpr (kDeterministic) {
+            if (more) next = ld_relaxed_gpu(count_of(step + 1));  // looked at after the fence below
+            bulk_wait_group<0>();
+            fence_proxy_async_global();
+            fence_acq_rel_gpu();
+            red_relaxed_gpu_add(count_of(step), 1);
+          } else {
+            bulk_wait_group_read<1>();  // step - 1's adds have read buffer (step + 1) & 1
+          }
+        }
+        __syncwarp();
+        if (more) named_barrier_arrive(kDqFreeBarrier, kDqOrderThreads);
+        if (kDeterministic && lane == 0 && more) {
+          const int* count = count_of(step + 1);
+          const int wait_for = above(step + 1);
+          while (next < wait_for) next = ld_acquire_gpu(count);
+        }
+        __syncwarp();
+      }
+      if (lane == 0) bulk_wait_group<0>();  // the staged tiles stay until the adds are done
     } else if (kDeterministic && warp == 1) {
       // The order warp (header, "Counts"): per step, wait until the key blocks above this one
       // have added their tiles to the step's query block, let the consumers add theirs, and
@@ -631,12 +764,28 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       // dq_accum[token][h][:] += dQ (unscaled; the finish kernel multiplies by scale).
       // Accumulator element 4n + 2 half + {0, 1}: query row 16 wq + g + 8 half, columns
       // dq_col0 + 8n + 2t, +1.
-      if constexpr (kDeterministic) {
+      if constexpr (kBulk) {
+        // Bulk dQ: the tile goes to shared memory, the dQ writer adds it (see there). d = 64
+        // deterministic: first the two partial sums -> one, 32 columns each, as below.
+        if constexpr (kDeterministic && D == 64) {
+          float2* swap = reinterpret_cast<float2*>(smem + C::kOffSwap + kShift) + (step & 1) * 2 * 8 * 128;
+          if (cw == 0)
+            dq_combine_halves<0>(dq, swap, cw, threadIdx.x % 128);
+          else
+            dq_combine_halves<4>(dq, swap, cw, threadIdx.x % 128);
+        }
+        constexpr int kTiles = kDeterministic && D == 64 ? 4 : 8;
+        named_barrier_sync(kDqFreeBarrier, kDqOrderThreads);  // the adds of step - 2 have read it
+        dq_stage_tile<kTiles>(smem + C::kOffDqStage + (step & 1) * C::kDqBufferBytes + cw * 2 * C::kDqChunkBytes, dq, wq,
+                              g, t, sq - m0);
+        fence_proxy_async();  // the generic-proxy stores above, before the bulk reduce (async proxy) reads them
+        named_barrier_arrive(kDqStagedBarrier, kDqOrderThreads);
+      } else if constexpr (kDeterministic) {
         // d = 64: first the two warpgroups' partial sums -> one, 32 columns each (n < 4).
         constexpr int kTiles = D == 64 ? 4 : 8;
         const int col0 = D == 64 ? 32 * cw : dq_col0;
         if constexpr (D == 64) {
-          float2* swap = reinterpret_cast<float2*>(smem + C::kOffSwap) + (step & 1) * 2 * 8 * 128;
+          float2* swap = reinterpret_cast<float2*>(smem + C::kOffSwap + kShift) + (step & 1) * 2 * 8 * 128;
           if (cw == 0)
             dq_combine_halves<0>(dq, swap, cw, threadIdx.x % 128);
           else
@@ -701,7 +850,8 @@ namespace flash4::hopper {
 
 template <int D>
 void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& p, int64_t row_pitch,
-                   const VarlenTiles& list, int64_t list_capacity, const DqOrder* order, cudaStream_t stream) {
+                   const VarlenTiles& list, int64_t list_capacity, const DqOrder* order, DqAdd dq_add,
+                   cudaStream_t stream) {
   using C = BackwardSm90Config<D>;
   static_assert(C::kBlockN == kTmaBoxRows && C::kBlockM == kBackwardQBoxRows, "tensor-map boxes = tile rows");
   static_assert(C::kBlockN == kVarlenBlockRows, "varlen work list blocks = key blocks");
@@ -717,16 +867,30 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
   const DqOrder dq_order = order != nullptr ? *order : DqOrder{};
   auto launch = [&](auto kernel, size_t smem) {
     FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<grid, C::kThreads, smem, stream>>>(maps.q, maps.k, maps.v, maps.dout, p, row_pitch, list, dq_order);
+    kernel<<<grid, C::kThreads, smem, stream>>>(maps.q, maps.k, maps.v, maps.dout, p, row_pitch, list, dq_order,
+                                                maps.dq_accum);
     FLASH4_CUDA_CHECK_LAUNCH("attention_backward_sm90_kernel");
   };
   const bool bf16 = p.dtype == cuda::DType::bf16;
-  if (order != nullptr)
-    launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, true> : attention_backward_sm90_kernel<D, __half, true>,
+  constexpr DqAdd kAtomics = DqAdd::atomics, kBulk = DqAdd::bulk;
+  if (dq_add == DqAdd::bulk) {
+    if (order != nullptr)
+      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, true, kBulk>
+                  : attention_backward_sm90_kernel<D, __half, true, kBulk>,
+             C::kSmemBytesDeterministicBulk);
+    else
+      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kBulk>
+                  : attention_backward_sm90_kernel<D, __half, false, kBulk>,
+             C::kSmemBytesBulk);
+  } else if (order != nullptr) {
+    launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, true, kAtomics>
+                : attention_backward_sm90_kernel<D, __half, true, kAtomics>,
            C::kSmemBytesDeterministic);
-  else
-    launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false> : attention_backward_sm90_kernel<D, __half, false>,
+  } else {
+    launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kAtomics>
+                : attention_backward_sm90_kernel<D, __half, false, kAtomics>,
            C::kSmemBytes);
+  }
 }
 
 }  // namespace flash4::hopper

@@ -18,7 +18,19 @@ namespace flash4::hopper {
 // kTmaBoxRows (the key block, launch.hpp).
 struct BackwardTensorMaps {
   CUtensorMap q, k, v, dout;
+  CUtensorMap dq_accum;  // DqAdd::bulk only: see kDqBulkBoxCols
 };
+
+// How the main kernel adds its dQ tiles to the fp32 workspace dq_accum [token][Hq][d]:
+//  atomics  each consumer thread, float2 atomicAdd from its accumulator registers (default);
+//  bulk     the consumers stage the tile in shared memory, one thread of the producer
+//           warpgroup adds it with cp.reduce.async.bulk.tensor (FLASH4_HOPPER_DQ=bulk).
+enum class DqAdd : int { atomics = 0, bulk = 1 };
+
+// DqAdd::bulk: dq_accum as a 3-d fp32 tensor map (d, tokens_q, Hq) -- the layout the
+// portable finish reads, unchanged -- with a box of kDqBulkBoxCols columns (128 bytes, the
+// widest box the 128-byte swizzle takes) x kBackwardQBoxRows tokens x 1 head.
+inline constexpr int kDqBulkBoxCols = 32;
 
 inline constexpr int kBackwardQBoxRows = 64;  // = BackwardSm90Config::kBlockM
 
@@ -55,10 +67,12 @@ inline int64_t dq_order_slots(int64_t tokens_q, int64_t batch) {
 // (zeroed by the caller). `list`: the varlen work list (pairs == nullptr for a dense call),
 // at most `list_capacity` pairs; for a deterministic call built with
 // TileKind::key_blocks_in_dq_order. `order`: nullptr for atomic dQ (any order), else the
-// deterministic dQ's counts and ticket, zeroed.
+// deterministic dQ's counts and ticket, zeroed. `dq_add`: how the tiles are added (bulk:
+// maps.dq_accum encoded, tokens_q < 2^31).
 template <int D>
 void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& p, int64_t row_pitch,
-                   const VarlenTiles& list, int64_t list_capacity, const DqOrder* order, cudaStream_t stream);
+                   const VarlenTiles& list, int64_t list_capacity, const DqOrder* order, DqAdd dq_add,
+                   cudaStream_t stream);
 
 // Whether this binary's backward kernels are sm_90a machine code the current device runs.
 bool backward_sm90_runs_here();

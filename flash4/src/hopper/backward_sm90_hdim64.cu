@@ -4,7 +4,7 @@
 namespace flash4::hopper {
 
 template void backward_sm90<64>(const BackwardTensorMaps&, const cuda::AttentionParams&, int64_t, const VarlenTiles&,
-                                int64_t, const DqOrder*, cudaStream_t);
+                                int64_t, const DqOrder*, DqAdd, cudaStream_t);
 
 void backward_sm90_rows(const cuda::AttentionParams& p, int64_t row_pitch, cudaStream_t stream) {
   constexpr int kWarps = 8;  // backward_sm90_rows_kernel: one warp per row
@@ -20,7 +20,7 @@ void backward_sm90_rows(const cuda::AttentionParams& p, int64_t row_pitch, cudaS
 
 bool backward_sm90_runs_here() {
   cudaFuncAttributes attributes{};
-  if (cudaFuncGetAttributes(&attributes, attention_backward_sm90_kernel<64, __nv_bfloat16, false>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&attributes, attention_backward_sm90_kernel<64, __nv_bfloat16, false, DqAdd::atomics>) != cudaSuccess) {
     cudaGetLastError();  // clear it: not covered is not an error
     return false;
   }

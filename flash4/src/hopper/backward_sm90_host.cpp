@@ -5,6 +5,9 @@
 // (varlen) the work list in its order. On by default for the calls it covers (first run on an H200, 2026-11-30:
 // scripts/hopper_bwd_check.sh, 43/43 tests, 1.3-1.6x the portable backward);
 // FLASH4_HOPPER_BWD=0 turns it off for A/B runs (api.cpp asks hopper_backward_preferred).
+// FLASH4_HOPPER_DQ=bulk (read at each call) adds dQ by bulk reduce-add from shared memory
+// instead of float2 atomics (hopper::DqAdd; compiles, not yet run on a GPU); FLASH4_LOG=1
+// says which ran.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -56,6 +59,20 @@ std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shap
                          {&a.dq, "dq"}, {&a.dk, "dk"}, {&a.dv, "dv"}})
     if (std::string gap = row_alignment_gap(*t, name); !gap.empty()) return gap;
   return sm90_device_gap(hopper::backward_sm90_runs_here());
+}
+
+// DqAdd::bulk: dq_accum [tokens_q][Hq][d] fp32 as the 3-d tensor map (d, tokens_q, Hq) the
+// kernel's bulk reduce-adds write through: box kDqBulkBoxCols x kBackwardQBoxRows x 1, the
+// 128-byte swizzle of dq_stage_tile (backward_sm90.cuh). Rows past tokens_q are clipped by
+// TMA. Returns the driver's error code (0 = success).
+int encode_dq_accum_map(CUtensorMap* map, float* dq_accum, int64_t tokens_q, int64_t heads_q, int64_t d) {
+  const cuuint64_t dims[3] = {cuuint64_t(d), cuuint64_t(tokens_q), cuuint64_t(heads_q)};
+  const cuuint64_t strides[2] = {cuuint64_t(heads_q * d * 4), cuuint64_t(d * 4)};  // bytes, dims 1 and 2
+  const cuuint32_t box[3] = {hopper::kDqBulkBoxCols, hopper::kBackwardQBoxRows, 1};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  return int(tensor_map_encoder()(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, dq_accum, dims, strides, box,
+                                  element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
 }
 
 }  // namespace
@@ -117,13 +134,31 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
       order.slots = slots;
       FLASH4_CUDA_CHECK(cudaMemsetAsync(order.counts, 0, order_count * sizeof(int), stream));
     }
+    // How dQ is added (hopper::DqAdd): FLASH4_HOPPER_DQ=bulk asks for bulk reduce-adds; its
+    // tensor coordinates are 32-bit (tokens_q < 2^31) and it needs the dq_accum map, else
+    // the atomics run (FLASH4_LOG=1 says which ran, and why not bulk when asked).
+    hopper::DqAdd dq_add = hopper::DqAdd::atomics;
+    std::string dq_note = "dQ by float2 atomics";
+    if (env_is("FLASH4_HOPPER_DQ", "bulk")) {
+      if (p.tokens_q >= (int64_t(1) << 31)) {
+        dq_note += " (FLASH4_HOPPER_DQ=bulk: 2^31 or more query tokens)";
+      } else if (int error = encode_dq_accum_map(&maps.dq_accum, p.dq_accum, p.tokens_q, p.heads_q, p.d_qk);
+                 error != 0) {
+        dq_note += concat(" (FLASH4_HOPPER_DQ=bulk: cuTensorMapEncodeTiled rejected dq_accum, CUresult ", error, ")");
+      } else {
+        dq_add = hopper::DqAdd::bulk;
+        dq_note = "dQ by bulk reduce-add (FLASH4_HOPPER_DQ=bulk)";
+      }
+    }
+    if (deterministic) dq_note += ", deterministic";
+    log_backend("flash4_backward", "hopper", dq_note);
     FLASH4_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, dq_count * sizeof(float), stream));
     hopper::backward_sm90_rows(p, row_pitch, stream);
     const hopper::DqOrder* dq_order = deterministic ? &order : nullptr;
     if (shape.d_qk == 64)
-      hopper::backward_sm90<64>(maps, p, row_pitch, list, capacity, dq_order, stream);
+      hopper::backward_sm90<64>(maps, p, row_pitch, list, capacity, dq_order, dq_add, stream);
     else
-      hopper::backward_sm90<128>(maps, p, row_pitch, list, capacity, dq_order, stream);
+      hopper::backward_sm90<128>(maps, p, row_pitch, list, capacity, dq_order, dq_add, stream);
     // dq = scale * dq_accum in the output dtype, for every token row (rows of no sequence:
     // 0), and zeros in the dk / dv rows of no sequence (varlen): the portable backward's
     // finish (atomic mode, no sink: nothing else runs).

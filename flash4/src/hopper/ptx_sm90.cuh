@@ -103,6 +103,43 @@ __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
+// ---- bulk reduce-add shared -> global (the backward's dQ, FLASH4_HOPPER_DQ=bulk) ---------
+
+// global[box at (c0, c1, c2) of the 3-d tensor map] += the box at smem_src, element-wise and
+// atomically per element (the tensor map's dtype: fp32 here). smem_src is laid out as TMA
+// writes a box of the map (swizzle included; 1024-byte aligned for the 128-byte swizzle).
+// Elements of the box outside the tensor are skipped. Completes in the async proxy: a
+// thread's ops join its next bulk_commit_group, and only that thread's bulk_wait_group*
+// waits for them. The writes to smem_src before it must be made visible to the async proxy
+// (fence_proxy_async by each writing thread, then a barrier) first.
+__device__ __forceinline__ void bulk_reduce_add_3d(const void* map, int c0, int c1, int c2, const void* smem_src) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%1, %2, %3}], [%4];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(smem_src))
+      : "memory");
+}
+// Closes this thread's bulk ops issued since the last commit into one bulk async-group.
+__device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's bulk async-groups are pending in reading their
+// source: shared memory they read may be overwritten (after a barrier, by other threads too).
+// Their writes to global memory may still be in flight.
+template <int N>
+__device__ __forceinline__ void bulk_wait_group_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+// Waits until at most N of this thread's bulk async-groups are pending at all: with N = 0,
+// their writes to global memory have been performed.
+template <int N>
+__device__ __forceinline__ void bulk_wait_group() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// fence.proxy.async.global: orders this thread's generic-proxy accesses of global memory with
+// its async-proxy ones (bulk copies / reductions), both ways.
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+
 // ---- named barriers (bar 0 is __syncthreads) ---------------------------------------------
 
 // Waits at barrier `id` until `threads` threads (this warp's 32 included) have arrived.
