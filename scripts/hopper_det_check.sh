@@ -41,9 +41,11 @@ build_flash4
 build_tests_and_bench
 for obj in backward_sm90_hdim64 backward_sm90_hdim128; do
   dump_sass $obj
-  # Per kernel: Lb0 = atomic dQ, Lb1 = deterministic (the template's bool).
+  # Per kernel: Lb0 = atomic dQ, Lb1 = deterministic (the template's bool); DqAddE1E = dQ by
+  # bulk reduce-add (FLASH4_HOPPER_DQ=bulk, scripts/hopper_dq_check.sh), "+bulk".
   res=$(cuobjdump -res-usage "$(hopper_object $obj)" 2>&1 | awk '/Function .*attention_backward_sm90/ {
-          k = ($0 ~ /Lb1E/) ? "det" : "atomic"; t = ($0 ~ /bfloat16/) ? "bf16" : "fp16"; getline;
+          k = ($0 ~ /Lb1E/) ? "det" : "atomic"; if ($0 ~ /DqAddE1E/) k = k "+bulk";
+          t = ($0 ~ /bfloat16/) ? "bf16" : "fp16"; getline;
           match($0, /REG:[0-9]+ STACK:[0-9]+/); printf "%s/%s %s; ", k, t, substr($0, RSTART, RLENGTH)}')
   note "$obj: $res HGMMA $(sass_count HGMMA $obj), LDL/STL $(sass_count 'LDL|STL' $obj) (expect 0)"
 done
