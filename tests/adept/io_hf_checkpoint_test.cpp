@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/error_of.hpp"
 #include "common/random.hpp"
 #include "core/error.hpp"
 #include "io/hf_checkpoint.hpp"
@@ -16,6 +17,7 @@ namespace adept {
 namespace {
 
 namespace fs = std::filesystem;
+using testing_support::error_of;
 #define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
 const std::string kTokenizerDir = std::string(ADEPT_SOURCE_DIR) + "/tests/fixtures/tokenizer/llama3";
 
@@ -52,15 +54,6 @@ TensorMap random_tensors(const ModelConfig& cfg, std::mt19937_64& rng) {
     m[s.name] = {s.shape, testing_support::random_vector<float>(rng, size_t(n), 0.5)};
   }
   return m;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 // --- the name/shape table -----------------------------------------------------------

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "common/cli_shape_study.hpp"
 #include "common/random.hpp"
 #include "common/temp_dir.hpp"
 #include "dist/sharded_loader.hpp"
@@ -34,55 +35,8 @@ namespace {
 namespace fs = std::filesystem;
 using testing_support::TempDir;
 
-// scripts/dp_check.sh's cli.toml.
-constexpr const char* kCliToml = R"([data]
-general_split = "blocks"
-[train]
-backend = "cpu"
-steps = 600
-batch_size = 8
-eval_every = 200
-eval_batches = 4
-checkpoint_every = 0
-)";
-
-// What run_train (cli/train_command.cpp) builds before the engine.
-struct CliRun {
-  RunConfig rc;
-  Corpus corpus;
-  LoaderConfig lc;
-  HeldOutCorpus holdout;
-
-  explicit CliRun(const fs::path& dir) {
-    const fs::path toml = dir / "cli.toml";
-    std::ofstream(toml) << kCliToml;
-    rc = load_run_config(toml.string());
-    RunTokenizer tokenizer = resolve_tokenizer(rc.data.tokenizer, "");
-    corpus = open_corpus(corpus_spec("train", rc.data.train, rc.data.train_split, rc.data), tokenizer.named,
-                         (dir / "data").string(), false);
-    lc = loader_config(rc.train);
-    holdout = held_out_corpus(corpus, lc);
-  }
-  LoaderConfig loader_config(const TrainConfig& tc) const {
-    LoaderConfig l;
-    l.batch_size = tc.batch_size;
-    l.seq_len = tc.seq_len;
-    l.seed = tc.seed;
-    l.holdout_fraction = rc.data.holdout_fraction;
-    l.split_seed = rc.data.split_seed;
-    return l;
-  }
-  PackedLoader loader(const TrainConfig& tc) const {
-    std::vector<LoaderSource> sources;
-    add_loader_sources(sources, corpus, 1.0);
-    return PackedLoader(std::move(sources), loader_config(tc));
-  }
-  std::unique_ptr<Decoder<float>> model() const {
-    auto m = std::make_unique<Decoder<float>>(rc.model);
-    m->init_random(rc.train.seed, rc.init_std);
-    return m;
-  }
-};
+// What run_train (cli/train_command.cpp) builds before the engine (tests/common/cli_shape_study.hpp).
+using cli_shape_study::CliRun;
 
 TEST(TrainBackendParity, TheCudaEngineIsPlannedWithTheCliConfigsBatchAndAdamW) {
 #ifndef ADEPT_WITH_CUDA

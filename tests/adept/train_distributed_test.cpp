@@ -14,6 +14,7 @@
 #include <map>
 #include <optional>
 
+#include "common/error_of.hpp"
 #include "common/random.hpp"
 #include "common/temp_dir.hpp"
 #include "small_study.hpp"
@@ -28,6 +29,7 @@ namespace adept {
 namespace {
 
 namespace fs = std::filesystem;
+using testing_support::error_of;
 
 using testing_support::TempDir;
 
@@ -37,6 +39,13 @@ RunConfig small_run(const fs::path& dir, std::mt19937_64& rng) {
   RunConfig rc = testing_study::small_study_config(dir, rng, s);
   validate_run_config(rc);
   return rc;
+}
+
+// The study's domain corpus as the only loader source.
+std::vector<LoaderSource> domain_sources(const StudyData& data) {
+  std::vector<LoaderSource> sources;
+  add_loader_sources(sources, data.domain, 1.0);
+  return sources;
 }
 
 // A communicator that only says how many ranks there are (no collective is reached
@@ -59,15 +68,6 @@ class CountOnlyCommunicator final : public dist::Communicator {
   static void unreachable() { FAIL() << "a collective was called"; }
   int rank_, world_;
 };
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 // The CPU reference's OpenMP reductions (the cross-entropy's loss sum, AdamW's gradient
 // norm) add the threads' partial sums in the order the threads finish: with more than
@@ -157,8 +157,7 @@ TEST(TrainDistributed, AOneRankShardedLoaderTrainsBitForBitAsThePackedLoader) {
   TempDir tmp(rng());
   RunConfig rc = small_run(tmp.path, rng);
   StudyData data = open_study_data(rc, rc.run.out_dir, false);
-  std::vector<LoaderSource> sources;
-  add_loader_sources(sources, data.domain, 1.0);
+  const std::vector<LoaderSource> sources = domain_sources(data);
   const uint64_t seed = rng();
   TrainOptions o;
   o.show_progress = false;
@@ -186,8 +185,7 @@ TEST(TrainDistributed, ARankOtherThanZeroWritesNoMetricsNorCheckpointsAndCountsT
   TempDir tmp(rng());
   RunConfig rc = small_run(tmp.path, rng);
   StudyData data = open_study_data(rc, rc.run.out_dir, false);
-  std::vector<LoaderSource> sources;
-  add_loader_sources(sources, data.domain, 1.0);
+  const std::vector<LoaderSource> sources = domain_sources(data);
   const uint64_t seed = rng();
 
   // The loop's own part only: a CPU engine that communicates nothing, told it is rank r
@@ -226,8 +224,7 @@ TEST(TrainDistributed, ACheckpointOfATwoProcessJobResumesInOneProcessAtTheSameGl
   TempDir tmp(rng());
   RunConfig rc = small_run(tmp.path, rng);  // 5 steps, global batch 4, checkpoints every 2
   StudyData data = open_study_data(rc, rc.run.out_dir, false);
-  std::vector<LoaderSource> sources;
-  add_loader_sources(sources, data.domain, 1.0);
+  const std::vector<LoaderSource> sources = domain_sources(data);
   const LoaderConfig lc = data.loader_config(rc.train);
   const uint64_t seed = rng();
   auto options = [&](int rank, int world) {
@@ -288,8 +285,7 @@ TEST(TrainDistributed, EachStepOfTwoRanksTrainsOnTheOneProcessRowsAtItsLearningR
   RunConfig rc = small_run(tmp.path, rng);
   rc.train.batch_size = 4, rc.train.grad_accum = 2, rc.train.steps = 6, rc.train.eval_every = 2;
   StudyData data = open_study_data(rc, rc.run.out_dir, false);
-  std::vector<LoaderSource> sources;
-  add_loader_sources(sources, data.domain, 1.0);
+  const std::vector<LoaderSource> sources = domain_sources(data);
   const LoaderConfig lc = data.loader_config(rc.train);
   const uint64_t seed = rng();
 
