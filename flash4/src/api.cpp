@@ -64,6 +64,27 @@ flash4_status dispatch(const Args& args, Reference reference, Portable portable)
   return portable(args);
 }
 
+#ifdef FLASH4_HAVE_HOPPER
+// Offers a call to the Hopper kernels (`run_hopper`: hopper_forward or hopper_backward). True
+// when that settles it, with *status its result: they ran it, or FLASH4_BACKEND_HOPPER asked
+// for them and they do not cover it. False: *not_hopper says why they did not run it.
+template <class Args, class RunHopper>
+bool hopper_settles(const char* entry_point, const Args& args, RunHopper run_hopper, flash4_status* status,
+                    std::string* not_hopper) {
+  if (run_hopper(args, status, not_hopper)) {
+    if (*status == FLASH4_OK) set_last_backend("hopper");
+    flash4::detail::log_backend(entry_point, "hopper", "");
+    return true;
+  }
+  if (args.backend == FLASH4_BACKEND_HOPPER) {
+    set_last_error(std::string(entry_point) + ": FLASH4_BACKEND_HOPPER does not cover this call: " + *not_hopper);
+    *status = FLASH4_UNSUPPORTED;
+    return true;
+  }
+  return false;
+}
+#endif
+
 }  // namespace
 
 extern "C" void flash4_forward_args_init(flash4_forward_args* args) {
@@ -92,15 +113,8 @@ extern "C" flash4_status flash4_forward(const flash4_forward_args* args) {
 #ifdef FLASH4_HAVE_HOPPER
     if (args->device == FLASH4_CUDA && flash4::detail::hopper_preferred(args->backend)) {
       flash4_status status = FLASH4_OK;
-      if (flash4::detail::hopper_forward(*args, &status, &not_hopper)) {
-        if (status == FLASH4_OK) set_last_backend("hopper");
-        flash4::detail::log_backend("flash4_forward", "hopper", "");
+      if (hopper_settles("flash4_forward", *args, flash4::detail::hopper_forward, &status, &not_hopper))
         return status;
-      }
-      if (args->backend == FLASH4_BACKEND_HOPPER) {
-        set_last_error("flash4_forward: FLASH4_BACKEND_HOPPER does not cover this call: " + not_hopper);
-        return FLASH4_UNSUPPORTED;
-      }
     }
 #endif
     return dispatch(*args, flash4::detail::reference_forward, [&](const flash4_forward_args& a) {
@@ -128,15 +142,8 @@ extern "C" flash4_status flash4_backward(const flash4_backward_args* args) {
     // On unless FLASH4_HOPPER_BWD=0: AUTO and HOPPER try it first.
     if (args->device == FLASH4_CUDA && flash4::detail::hopper_backward_preferred(args->backend)) {
       flash4_status status = FLASH4_OK;
-      if (flash4::detail::hopper_backward(*args, &status, &not_hopper)) {
-        if (status == FLASH4_OK) set_last_backend("hopper");
-        flash4::detail::log_backend("flash4_backward", "hopper", "");
+      if (hopper_settles("flash4_backward", *args, flash4::detail::hopper_backward, &status, &not_hopper))
         return status;
-      }
-      if (args->backend == FLASH4_BACKEND_HOPPER) {
-        set_last_error("flash4_backward: FLASH4_BACKEND_HOPPER does not cover this call: " + not_hopper);
-        return FLASH4_UNSUPPORTED;
-      }
     }
 #endif
     return dispatch(*args, flash4::detail::reference_backward, [&](const flash4_backward_args& a) {

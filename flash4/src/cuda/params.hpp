@@ -3,6 +3,8 @@
 // value to every kernel. Plain data, shared by host and device code.
 #pragma once
 
+#include <flash4/flash4.h>
+
 #include <cstdint>
 
 namespace flash4::cuda {
@@ -60,5 +62,39 @@ struct AttentionParams {
   float* dsink = nullptr;      // [Hq] output, or NULL
   bool deterministic = false;
 };
+
+// Host side, shared by the portable and Hopper backends: where a validated flash4 tensor's rows
+// live. q-like [B, S, H, D], packed [T, H, D] (packed = true), or paged k-like
+// [pages, page_size, H, D] (packed = false).
+inline RowLayout row_layout(const flash4_tensor& t, bool packed) {
+  RowLayout L;
+  L.data = t.data;
+  if (packed) {
+    L.batch_stride = t.stride[0];
+    L.row_stride = t.stride[0];
+    L.head_stride = t.stride[1];
+  } else {
+    L.batch_stride = t.stride[0];
+    L.row_stride = t.stride[1];
+    L.head_stride = t.stride[2];
+  }
+  return L;
+}
+
+// p.lse and its strides from lse [B, Hq, Sq], or [Hq, Tq] when packed (start(b) =
+// cu_seqlens_q[b] counts tokens). A NULL lse leaves p as it is.
+inline void set_lse(AttentionParams& p, const flash4_tensor& lse, bool packed) {
+  if (lse.data == nullptr) return;
+  p.lse = static_cast<float*>(lse.data);
+  if (packed) {  // [Hq, Tq]
+    p.lse_batch_stride = lse.stride[1];
+    p.lse_head_stride = lse.stride[0];
+    p.lse_row_stride = lse.stride[1];
+  } else {  // [B, Hq, Sq]
+    p.lse_batch_stride = lse.stride[0];
+    p.lse_head_stride = lse.stride[1];
+    p.lse_row_stride = lse.stride[2];
+  }
+}
 
 }  // namespace flash4::cuda

@@ -25,6 +25,8 @@ namespace {
 
 using cuda::AttentionParams;
 using cuda::RowLayout;
+using cuda::row_layout;
+using cuda::set_lse;
 
 // FA4's exp2 emulation on this mma.sync path: off unless asked for. Measured on an H200
 // (bench/RESULTS.md): 4% slower at d = 64 and 128, 1% faster at d = 256 (geometric means
@@ -75,22 +77,6 @@ void check_rows_aligned(const flash4_tensor& t, const char* name) {
   for (int d = 0; d + 1 < t.rank; ++d)
     if (t.shape[d] > 1 && t.stride[d] % 8 != 0)
       unsupported(name, ".stride[", d, "] (", t.stride[d], ") must be a multiple of 8 elements (16-byte rows)");
-}
-
-// q-like [B, S, H, D] / [T, H, D], or paged k-like [pages, page_size, H, D].
-RowLayout row_layout(const flash4_tensor& t, bool packed) {
-  RowLayout L;
-  L.data = t.data;
-  if (packed) {
-    L.batch_stride = t.stride[0];
-    L.row_stride = t.stride[0];
-    L.head_stride = t.stride[1];
-  } else {
-    L.batch_stride = t.stride[0];
-    L.row_stride = t.stride[1];
-    L.head_stride = t.stride[2];
-  }
-  return L;
 }
 
 int device_attribute(cudaDeviceAttr attribute) {
@@ -148,18 +134,7 @@ AttentionParams common_params(const Args& a, const ProblemShape& shape, cudaStre
   p.k = row_layout(a.k, packed && !shape.paged);
   p.v = row_layout(a.v, packed && !shape.paged);
   p.out = row_layout(a.out, packed);
-  if (a.lse.data != nullptr) {
-    p.lse = static_cast<float*>(a.lse.data);
-    if (packed) {  // [Hq, Tq]
-      p.lse_batch_stride = a.lse.stride[1];
-      p.lse_head_stride = a.lse.stride[0];
-      p.lse_row_stride = a.lse.stride[1];
-    } else {  // [B, Hq, Sq]
-      p.lse_batch_stride = a.lse.stride[0];
-      p.lse_head_stride = a.lse.stride[1];
-      p.lse_row_stride = a.lse.stride[2];
-    }
-  }
+  set_lse(p, a.lse, packed);
   p.batch = int(shape.batch);
   p.heads_q = int(shape.heads_q);
   p.heads_kv = int(shape.heads_kv);

@@ -74,20 +74,7 @@ std::string sm90_device_gap(bool kernel_present) {
   return "";
 }
 
-cuda::RowLayout row_layout(const flash4_tensor& t) {
-  cuda::RowLayout L;
-  L.data = t.data;
-  if (t.rank == 3) {  // packed [T, H, D]
-    L.batch_stride = t.stride[0];
-    L.row_stride = t.stride[0];
-    L.head_stride = t.stride[1];
-  } else {
-    L.batch_stride = t.stride[0];
-    L.row_stride = t.stride[1];
-    L.head_stride = t.stride[2];
-  }
-  return L;
-}
+cuda::RowLayout row_layout(const flash4_tensor& t) { return cuda::row_layout(t, t.rank == 3); }
 
 std::string problem_size_gap(const ProblemShape& shape) {
   if (shape.varlen) {

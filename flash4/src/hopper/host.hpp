@@ -71,18 +71,7 @@ cuda::AttentionParams attention_params(const Args& a, const ProblemShape& shape)
   p.k = row_layout(a.k);
   p.v = row_layout(a.v);
   p.out = row_layout(a.out);
-  if (a.lse.data != nullptr) {
-    p.lse = static_cast<float*>(a.lse.data);
-    if (shape.varlen) {  // [Hq, Tq]: start(b) = cu_seqlens_q[b] counts tokens
-      p.lse_batch_stride = a.lse.stride[1];
-      p.lse_head_stride = a.lse.stride[0];
-      p.lse_row_stride = a.lse.stride[1];
-    } else {  // [B, Hq, Sq]
-      p.lse_batch_stride = a.lse.stride[0];
-      p.lse_head_stride = a.lse.stride[1];
-      p.lse_row_stride = a.lse.stride[2];
-    }
-  }
+  cuda::set_lse(p, a.lse, shape.varlen);
   if (shape.varlen) {
     p.cu_seqlens_q = a.varlen.cu_seqlens_q;
     p.cu_seqlens_k = a.varlen.cu_seqlens_k;
