@@ -25,15 +25,8 @@ stages=("$@")
 
 START=$(date +%s)
 BUDGET=${GAP_CHECK_SECONDS:-240}
-left() {
-  local l=$((BUDGET - ($(date +%s) - START)))
-  ((l > $1)) && l=$1
-  ((l < 5)) && l=5
-  echo $l
-}
-say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
-status=0
-fail() { say "FAILED: $*"; status=1; }
+# shellcheck source=scripts/lib/device_check_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/device_check_lib.sh"
 
 say "backend_gap_check: ${stages[*]} on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 
@@ -83,24 +76,20 @@ TOML
   python3 - "$CLI" <<'PY' | tee "$OUT/cli.md" | tee -a "$LOG"
 import json, os, sys
 cli = sys.argv[1]
+def series(run, event, field):
+    """{step: field} over run's metrics.jsonl lines of that event ({} without the file)."""
+    path = os.path.join(cli, run, "metrics.jsonl")
+    out = {}
+    if os.path.exists(path):
+        for line in open(path):
+            j = json.loads(line)
+            if j.get("event") == event:
+                out[j["step"]] = j[field]
+    return out
 def evals(run):
-    path = os.path.join(cli, run, "metrics.jsonl")
-    out = {}
-    if os.path.exists(path):
-        for line in open(path):
-            j = json.loads(line)
-            if j.get("event") == "eval":
-                out[j["step"]] = j["heldout_loss"]
-    return out
+    return series(run, "eval", "heldout_loss")
 def losses(run):
-    path = os.path.join(cli, run, "metrics.jsonl")
-    out = {}
-    if os.path.exists(path):
-        for line in open(path):
-            j = json.loads(line)
-            if j.get("event") == "step":
-                out[j["step"]] = j["loss"]
-    return out
+    return series(run, "step", "loss")
 for variant, what in (("cli", "head_dim 24 (dp_check's cli config)"), ("hd32", "head_dim 32 (3 q heads, 1 kv head)")):
     c, g = evals(f"{variant}-cpu"), evals(f"{variant}-cuda")
     print(f"held-out loss, {what}, 200 steps:")

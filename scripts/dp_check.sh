@@ -37,16 +37,8 @@ stages=("$@")
 
 START=$(date +%s)
 BUDGET=${DP_CHECK_SECONDS:-570}
-# Seconds left of the budget, capped at $1.
-left() {
-  local l=$((BUDGET - ($(date +%s) - START)))
-  ((l > $1)) && l=$1
-  ((l < 5)) && l=5
-  echo $l
-}
-say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
-status=0
-fail() { say "FAILED: $*"; status=1; }
+# shellcheck source=scripts/lib/device_check_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/device_check_lib.sh"
 NCCL_ARGS=()
 
 say "dp_check: ${stages[*]} on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | tr '\n' ';')"
