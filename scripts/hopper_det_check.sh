@@ -31,10 +31,7 @@ set -uo pipefail
 # shellcheck source=scripts/lib/hopper_check_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
 
-check_setup hopper-det-out
-BUDGET=${BUDGET:-360}
-check_options "$@"
-START=$(date +%s)
+check_start hopper-det-out 360 "$@"
 
 # ---- 1. build -------------------------------------------------------------------------
 build_flash4
@@ -57,12 +54,7 @@ pack_sass
 SMOKE='Deterministic/Flash4HopperDeterministicBackward.ThreeRunsGiveTheSameBits/0_*:Deterministic/Flash4HopperDeterministicBackward.ThreeRunsGiveTheSameBits/12_*'
 SMALL='Deterministic/Flash4HopperDeterministicBackward.ThreeRunsGiveTheSameBits/12_*'
 say "smoke: deterministic dense case 0 and varlen case 12, three runs each"
-smoke "$SMOKE" "$(budget 60)" differs
-rc=$?
-if [ $rc -ne 0 ]; then
-  stop_after_smoke "SMOKE FAILED (rc $rc, 124 = timeout: a hang, likely the dQ order (counts, ticket) or a named barrier); memcheck:" \
-    "$SMOKE" "$(budget 150)"
-fi
+smoke_or_stop "$SMOKE" 60 150 "the dQ order (counts, ticket) or a named barrier" differs
 note "smoke passed"
 
 # ---- 3. tests, 4. memcheck / synccheck, 5. bench, 6. racecheck, 7. existing tests --------

@@ -30,10 +30,7 @@ set -uo pipefail
 # shellcheck source=scripts/lib/hopper_check_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
 
-check_setup hopper-dq-out
-BUDGET=${BUDGET:-360}
-check_options "$@"
-START=$(date +%s)
+check_start hopper-dq-out 360 "$@"
 
 # ---- 1. build -------------------------------------------------------------------------
 build_flash4
@@ -53,12 +50,7 @@ SMOKE='Covered/Flash4HopperBackwardBulkDq.*/0_*:Deterministic/Flash4HopperDeterm
 SMALL_DET='Deterministic/Flash4HopperDeterministicBackwardBulkDq.ThreeRunsGiveTheSameBits/12_*'
 SMALL_ATOMIC='Varlen/Flash4HopperVarlenBackwardBulkDq.*/0_*'
 say "smoke: bulk dQ, dense case 0 and deterministic varlen case 12"
-smoke "$SMOKE" "$(budget 60)" "differs|dQ by"
-rc=$?
-if [ $rc -ne 0 ]; then
-  stop_after_smoke "SMOKE FAILED (rc $rc, 124 = timeout: a hang, likely the staged / free barriers or the dQ order); memcheck:" \
-    "$SMOKE" "$(budget 150)"
-fi
+smoke_or_stop "$SMOKE" 60 150 "the staged / free barriers or the dQ order" "differs|dQ by"
 if grep -q "dQ by bulk reduce-add" "$OUT/smoke.txt"; then
   note "smoke passed (FLASH4_LOG: dQ by bulk reduce-add)"
 else

@@ -27,13 +27,10 @@ set -uo pipefail
 # shellcheck source=scripts/lib/hopper_check_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
 
-check_setup hopper-fwd256-out
-BUDGET=${BUDGET:-420}
-check_options "$@"
+check_start hopper-fwd256-out 420 "$@"
 # d = 256 / softcap / sink run on Hopper only with this switch until this check has passed
 # (src/hopper/hopper.cpp); the bench and smoke need it, the tests set it themselves.
 export FLASH4_HOPPER_UNVALIDATED=1
-START=$(date +%s)
 
 # ---- 1. build -------------------------------------------------------------------------
 build_flash4
@@ -62,12 +59,7 @@ pack_sass
 # ---- 2. smoke -------------------------------------------------------------------------
 SMOKE='D256/Flash4Hopper.*/0_*:Softcap/Flash4Hopper.*/0_*:Sink/Flash4Hopper.*/1_*'
 say "smoke: d 256 case 0 (B 2, Hq 4, Hkv 2, 128 x 128), softcap case 0 (d 64), sink case 1 (d 64, rows with no key)"
-smoke "$SMOKE" "$(budget 90)"
-rc=$?
-if [ $rc -ne 0 ]; then
-  stop_after_smoke "SMOKE FAILED (rc $rc, 124 = timeout: a hang, likely an mbarrier phase / named barrier); memcheck:" \
-    "$SMOKE" "$(budget 200)"
-fi
+smoke_or_stop "$SMOKE" 90 200 "an mbarrier phase / named barrier"
 note "smoke passed"
 
 # ---- 3. tests (new), 4. memcheck, 5. bench, 6. tests (existing) ---------------------------

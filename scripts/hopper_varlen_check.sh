@@ -29,10 +29,7 @@ set -uo pipefail
 # shellcheck source=scripts/lib/hopper_check_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
 
-check_setup hopper-varlen-out
-BUDGET=${BUDGET:-480}
-check_options "$@"
-START=$(date +%s)
+check_start hopper-varlen-out 480 "$@"
 
 # ---- 1. build -------------------------------------------------------------------------
 build_flash4
@@ -47,12 +44,7 @@ pack_sass
 FWD0='Varlen/Flash4Hopper.*/0_*'
 BWD0='Varlen/Flash4HopperVarlenBackward.*/0_*'
 say "smoke: varlen forward case 0 and backward case 0 (docs 1, 17, 64..300, Hq 4 Hkv 2)"
-smoke "$FWD0:$BWD0" "$(budget 90)"
-rc=$?
-if [ $rc -ne 0 ]; then
-  stop_after_smoke "SMOKE FAILED (rc $rc, 124 = timeout: a hang, likely an mbarrier phase / named barrier); memcheck of both:" \
-    "$FWD0:$BWD0" "$(budget 200)"
-fi
+smoke_or_stop "$FWD0:$BWD0" 90 200 "an mbarrier phase / named barrier" "" both
 note "smoke passed"
 
 # ---- 3. tests (new), 4. memcheck, 5. bench, 3b. tests (existing, window), 6. racecheck ----

@@ -33,6 +33,16 @@ check_options() {
   done
 }
 
+# check_start NAME SECONDS ARG...: check_setup NAME, BUDGET (default SECONDS), check_options ARG...,
+# START now.
+check_start() {
+  check_setup "$1"
+  BUDGET=${BUDGET:-$2}
+  shift 2
+  check_options "$@"
+  START=$(date +%s)
+}
+
 say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
 # note LINE: said now and printed again in the summary.
 note() { summary+=("$*"); say "$*"; }
@@ -153,6 +163,18 @@ stop_after_smoke() {
     tee "$OUT/memcheck.txt" | tail -30
   finish
   exit 1
+}
+
+# smoke_or_stop FILTER LIMIT MEMCHECK_LIMIT LIKELY [ERE [WHAT]]: smoke FILTER ERE under LIMIT seconds
+# cut to the budget; if it fails, stop_after_smoke with a note naming LIKELY as the likely cause
+# of a hang and memcheck ("of WHAT") under MEMCHECK_LIMIT seconds cut to the budget.
+smoke_or_stop() {
+  smoke "$1" "$(budget "$2")" "${5:-}"
+  local rc=$?
+  if [ $rc -ne 0 ]; then
+    stop_after_smoke "SMOKE FAILED (rc $rc, 124 = timeout: a hang, likely $4); memcheck${6:+ of $6}:" \
+      "$1" "$(budget "$3")"
+  fi
 }
 
 # run_suite NAME FILTER LIMIT: one gtest run into $OUT/tests_NAME.txt under LIMIT seconds cut to
