@@ -24,9 +24,9 @@
 //     forces the portable kernels): "varlen | fwd B MS ms TF TF | bwd B MS ms TF TF |
 //     bwd-det B MS ms TF TF" (a column not timed, --deterministic, reads "- -1").
 //   The Hopper backward's dQ path comes from the environment, for A/B runs:
-//   FLASH4_HOPPER_DQ=bulk (bulk reduce-add from shared memory) or unset (float2 atomics);
-//   both modes print it in their header line ("hopper dQ: ..."; FLASH4_LOG=1 confirms it
-//   per call, and names the atomics when the bulk path was asked for but not taken).
+//   unset (bulk reduce-add from shared memory, the default) or FLASH4_HOPPER_DQ=atomics
+//   (float2 atomics); both modes print it in their header line ("hopper dQ: ...";
+//   FLASH4_LOG=1 confirms it per call, and names the atomics when bulk could not run).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <flash4/flash4.h>
@@ -209,8 +209,8 @@ flash4_tensor strided(void* data, flash4_dtype dtype, std::vector<int64_t> shape
 // each call).
 const char* hopper_dq_path() {
   const char* v = std::getenv("FLASH4_HOPPER_DQ");
-  return v != nullptr && std::strcmp(v, "bulk") == 0 ? "bulk reduce-add (FLASH4_HOPPER_DQ=bulk)"
-                                                      : "float2 atomics (FLASH4_HOPPER_DQ not bulk)";
+  return v != nullptr && std::strcmp(v, "atomics") == 0 ? "float2 atomics (FLASH4_HOPPER_DQ=atomics)"
+                                                         : "bulk reduce-add (FLASH4_HOPPER_DQ not atomics)";
 }
 
 // Which backward dQ modes to time (--deterministic).

@@ -63,16 +63,16 @@ if [ $BENCH -eq 1 ]; then
   table=("| case | bwd TF/s atomics | bwd TF/s bulk | bulk / atomics | det TF/s atomics | det TF/s bulk | bulk / atomics (det) |"
          "|---|---|---|---|---|---|---|")
   ratio() { awk -v b="$1" -v a="$2" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", b / a; else print "-"}'; }
-  # dense_row D S C ENV: "bwd_TF det_TF" of one flash4-bench call with FLASH4_HOPPER_DQ=ENV ("" unset).
+  # dense_row D S C ENV: "bwd_TF det_TF" of one flash4-bench call with FLASH4_HOPPER_DQ=ENV.
   dense_row() {
-    env ${4:+FLASH4_HOPPER_DQ=$4} timeout "$(budget 30)" $B/bin/flash4-bench --d $1 --seqlen $2 --causal $3 --repeats 10 2>&1 |
-      tee -a "$OUT/bench_dense_${4:-atomics}.txt" | awk -F'|' 'NF >= 4 && $1 ~ /[0-9]/ {split($3, a, " "); split($4, b, " ");
+    env FLASH4_HOPPER_DQ=$4 timeout "$(budget 30)" $B/bin/flash4-bench --d $1 --seqlen $2 --causal $3 --repeats 10 2>&1 |
+      tee -a "$OUT/bench_dense_$4.txt" | awk -F'|' 'NF >= 4 && $1 ~ /[0-9]/ {split($3, a, " "); split($4, b, " ");
       print a[2], b[2]}'
   }
   for d in 128 64; do
     for S in 16384 4096; do
       for c in 0 1; do
-        read -r a ad <<<"$(dense_row $d $S $c '')"
+        read -r a ad <<<"$(dense_row $d $S $c atomics)"
         read -r u ud <<<"$(dense_row $d $S $c bulk)"
         table+=("| dense d $d S $S causal $c | ${a:--} | ${u:--} | $(ratio "${u:-}" "${a:-}") | ${ad:--} | ${ud:--} | $(ratio "${ud:-}" "${ad:-}") |")
       done
@@ -80,11 +80,11 @@ if [ $BENCH -eq 1 ]; then
   done
   # varlen_row D ENV: "bwd_TF det_TF" ("varlen | fwd B MS ms TF TF | bwd B MS ms TF TF | bwd-det B MS ms TF TF").
   varlen_row() {
-    env ${2:+FLASH4_HOPPER_DQ=$2} timeout "$(budget 30)" $B/bin/flash4-bench --varlen --d $1 --repeats 20 2>&1 |
-      tee -a "$OUT/bench_varlen_${2:-atomics}.txt" | awk -F'|' '/^varlen \|/ {split($3, a, " "); split($4, b, " "); print a[5], b[5]}'
+    env FLASH4_HOPPER_DQ=$2 timeout "$(budget 30)" $B/bin/flash4-bench --varlen --d $1 --repeats 20 2>&1 |
+      tee -a "$OUT/bench_varlen_$2.txt" | awk -F'|' '/^varlen \|/ {split($3, a, " "); split($4, b, " "); print a[5], b[5]}'
   }
   for d in 64 128; do
-    read -r a ad <<<"$(varlen_row $d '')"
+    read -r a ad <<<"$(varlen_row $d atomics)"
     read -r u ud <<<"$(varlen_row $d bulk)"
     table+=("| varlen adept-like d $d (Hq 32 Hkv 8 causal) | ${a:--} | ${u:--} | $(ratio "${u:-}" "${a:-}") | ${ad:--} | ${ud:--} | $(ratio "${ud:-}" "${ad:-}") |")
   done

@@ -28,9 +28,6 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
 
 check_start hopper-fwd256-out 420 "$@"
-# d = 256 / softcap / sink run on Hopper only with this switch until this check has passed
-# (src/hopper/hopper.cpp); the bench and smoke need it, the tests set it themselves.
-export FLASH4_HOPPER_UNVALIDATED=1
 
 # ---- 1. build -------------------------------------------------------------------------
 build_flash4

@@ -37,15 +37,16 @@ namespace {
 
 using testing_support::ScopedEnv;
 
-// FLASH4_HOPPER_BWD, FLASH4_BACKEND and FLASH4_HOPPER_DQ unset for one scope: the backend
-// choice of a default process (the Hopper backward for what it covers, dQ by atomics).
+// FLASH4_HOPPER_BWD and FLASH4_BACKEND unset for one scope (the backend choice of a default
+// process: the Hopper backward for what it covers), dQ by float2 atomics
+// (FLASH4_HOPPER_DQ=atomics; the default is bulk reduce-add).
 struct DefaultBackendSwitches {
   ScopedEnv hopper_bwd{"FLASH4_HOPPER_BWD", nullptr};
   ScopedEnv backend{"FLASH4_BACKEND", nullptr};
-  ScopedEnv dq{"FLASH4_HOPPER_DQ", nullptr};
+  ScopedEnv dq{"FLASH4_HOPPER_DQ", "atomics"};
 };
 
-// The same, with dQ by bulk reduce-add (FLASH4_HOPPER_DQ=bulk): the ...BulkDq suites.
+// The same, with dQ by bulk reduce-add (the default; set explicitly): the ...BulkDq suites.
 struct BulkDqSwitches : DefaultBackendSwitches {
   ScopedEnv bulk{"FLASH4_HOPPER_DQ", "bulk"};
 };

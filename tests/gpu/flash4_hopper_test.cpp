@@ -44,8 +44,6 @@ class Flash4Hopper : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4Hopper, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  // d = 256, softcap and sink run on Hopper only with this switch until validated (hopper.cpp).
-  testing_support::ScopedEnv unvalidated("FLASH4_HOPPER_UNVALIDATED", "1");
   const std::string backend = check_forward(GetParam());
   EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
 }

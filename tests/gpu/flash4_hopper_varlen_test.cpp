@@ -246,12 +246,12 @@ std::string hopper_off_reason() {
   return "";
 }
 
-// dQ by float2 atomics (FLASH4_HOPPER_DQ unset for the test) ...
+// dQ by float2 atomics (FLASH4_HOPPER_DQ=atomics for the test) ...
 class Flash4HopperVarlenFused : public ::testing::TestWithParam<FusedCase> {};
 
 TEST_P(Flash4HopperVarlenFused, FusedQkvColumnBlocksRunOnHopperAndMatchFloat64Reference) {
   if (const std::string why = hopper_off_reason(); !why.empty()) GTEST_SKIP() << why;
-  testing_support::ScopedEnv atomics("FLASH4_HOPPER_DQ", nullptr);
+  testing_support::ScopedEnv atomics("FLASH4_HOPPER_DQ", "atomics");
   check_fused(GetParam());
 }
 

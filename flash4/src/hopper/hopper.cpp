@@ -152,13 +152,6 @@ std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape)
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
   if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128 && shape.d_qk != 256))
     return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128, 256/256)");
-  // d = 256, softcap and sink were written without a GPU (2026-11-30): they run only when
-  // FLASH4_HOPPER_UNVALIDATED=1 until scripts/hopper_fwd256_check.sh has passed on a device;
-  // the portable kernels (validated) take these calls otherwise.
-  if ((shape.d_qk == 256 || a.options.softcap > 0 || a.options.sink != nullptr) &&
-      !env_is("FLASH4_HOPPER_UNVALIDATED", "1"))
-    return "d = 256 / softcap / sink on Hopper are not yet validated on a GPU (FLASH4_HOPPER_UNVALIDATED=1 "
-           "enables them)";
   if (shape.heads_q > 65535 || shape.batch > 65535) return "more than 65535 heads or sequences";
   if (std::string gap = problem_size_gap(shape); !gap.empty()) return gap;
   if (shape.varlen) {
