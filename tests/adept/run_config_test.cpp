@@ -47,5 +47,23 @@ TEST(RunConfig, AnUnknownKeyIsAnErrorNamingTheFileAndKey) {
   }
 }
 
+// The CUDA backend's switches: graphs on and recomputation off unless the file says so,
+// and a non-boolean value refused with the key named.
+TEST(RunConfig, CudaGraphsAndRecomputeAreReadFromTrain) {
+  TempDir dir(3);
+  const RunConfig defaults = load_run_config("");
+  EXPECT_TRUE(defaults.train.cuda_graphs);
+  EXPECT_FALSE(defaults.train.recompute);
+  RunConfig rc = load_run_config(write(dir, "[train]\ncuda_graphs = false\nrecompute = true\n"));
+  EXPECT_FALSE(rc.train.cuda_graphs);
+  EXPECT_TRUE(rc.train.recompute);
+  try {
+    load_run_config(write(dir, "[train]\ncuda_graphs = 3\n"));
+    FAIL() << "a number for a boolean key must not pass";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda_graphs"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace adept

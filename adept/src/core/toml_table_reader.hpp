@@ -58,7 +58,8 @@ class TomlTableReader {
   template <typename T>
   T scalar(const toml::node& node, const char* key) const {
     if constexpr (std::is_same_v<T, bool>) {
-      if (auto v = node.value<bool>()) return *v;
+      // node.value<bool>() would also take an integer (3 -> true): booleans only.
+      if (node.is_boolean()) return *node.value<bool>();
     } else if constexpr (std::is_integral_v<T>) {
       if (node.is_integer()) {
         int64_t v = *node.value<int64_t>();

@@ -35,6 +35,8 @@ void read_train(const toml::table& root, const char* section, const std::string&
   r.read("checkpoint_every", t.checkpoint_every);
   r.read("out_dir", t.out_dir);
   r.read("zero_stage", t.zero_stage);
+  r.read("cuda_graphs", t.cuda_graphs);
+  r.read("recompute", t.recompute);
   r.reject_unknown_keys();
 }
 

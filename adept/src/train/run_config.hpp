@@ -70,6 +70,11 @@ struct TrainConfig {
   // (ZeRO-1), 2 the gradients too (ZeRO-2: less memory, more communication with
   // grad_accum > 1). One process ignores it; results agree within bf16 noise either way.
   int64_t zero_stage = 1;
+  // CUDA backend: replay a micro-batch's forward + backward from a CUDA graph when its
+  // shape and document layout recur (false: every launch eager, for debugging), and
+  // recompute RMSNorm outputs and the SwiGLU activation in backward (less memory).
+  bool cuda_graphs = true;
+  bool recompute = false;
 };
 
 struct PipelineConfig {

@@ -34,6 +34,8 @@ CudaDecoderOptions cuda_options_for(const TrainConfig& config, std::shared_ptr<d
   o.max_seq_len = config.seq_len;
   o.adamw = adamw_config(config);
   o.zero_stage = int(config.zero_stage);
+  o.cuda_graphs = config.cuda_graphs;
+  o.recompute = config.recompute;
   o.communicator = std::move(communicator);
   return o;
 }
