@@ -9,7 +9,10 @@
 #   cli    scripts/dp_check.sh's cli config for 200 steps (--steps 200, held-out every
 #          50) on the cpu and the cuda backend, and the same with head_dim 32 instead of
 #          24 (3 query heads, 1 key-value head) to tell a head_dim-24 kernel from the
-#          rest; held-out losses side by side (cli.md)
+#          rest; the head_dim-24 run again with train.cuda_graphs = false (eager) and
+#          once more with graphs (run-to-run determinism), the cpu run with the lr 1e-6
+#          larger (a perturbation below rounding), both at lr 5e-4; held-out and training losses
+#          side by side, and the first step where runs part (cli.md)
 # Logs go to $OUT (or ./backend-gap-out): gap.log (everything), tests.log, cli.md. The
 # whole run keeps within GAP_CHECK_SECONDS (default 240).
 #
@@ -64,14 +67,22 @@ eval_batches = 4
 checkpoint_every = 0
 TOML
   { cat "$CLI/cli.toml"; printf '[model]\nnum_attention_heads = 3\nnum_key_value_heads = 1\n'; } >"$CLI/hd32.toml"
-  local variant backend
-  for variant in cli hd32; do
-    for backend in cuda cpu; do
-      say "adept train $variant.toml --backend $backend --steps 200"
-      OMP_NUM_THREADS=$(nproc) CUDA_VISIBLE_DEVICES=0 timeout "$(left 120)" "$BUILD/bin/adept" train "$CLI/$variant.toml" \
-        --backend "$backend" --steps 200 --out "$CLI/$variant-$backend" --quiet >"$CLI/$variant-$backend.log" 2>&1 ||
-        fail "adept train $variant on $backend"
-    done
+  # The same run without CUDA graphs (every launch eager), and the graphed run again (is
+  # the CUDA backend deterministic run to run?): tells a replay bug from chaotic growth.
+  sed 's/^checkpoint_every = 0$/checkpoint_every = 0\ncuda_graphs = false/' "$CLI/cli.toml" >"$CLI/eager.toml"
+  # Chaos or a bug: the CPU engine against itself with the lr 1e-6 larger (a perturbation
+  # far below bf16 rounding), and both engines at a quarter of the lr (training far from
+  # the edge of stability, where rounding-sized differences should stay small).
+  sed 's/^steps = 600$/steps = 600\nlr = 5e-4/' "$CLI/cli.toml" >"$CLI/lowlr.toml"
+  sed 's/^steps = 600$/steps = 600\nlr = 0.002000002/' "$CLI/cli.toml" >"$CLI/nudged.toml"
+  local run config backend
+  for run in cli-cuda:cli:cuda cli-cpu:cli:cpu cli-eager:eager:cuda cli-again:cli:cuda cli-nudged:nudged:cpu \
+             lowlr-cuda:lowlr:cuda lowlr-cpu:lowlr:cpu hd32-cuda:hd32:cuda hd32-cpu:hd32:cpu; do
+    IFS=: read -r run config backend <<<"$run"
+    say "adept train $config.toml --backend $backend --steps 200 ($run)"
+    OMP_NUM_THREADS=$(nproc) CUDA_VISIBLE_DEVICES=0 timeout "$(left 120)" "$BUILD/bin/adept" train "$CLI/$config.toml" \
+      --backend "$backend" --steps 200 --out "$CLI/$run" --quiet >"$CLI/$run.log" 2>&1 ||
+      fail "adept train $config.toml on $backend ($run)"
   done
   python3 - "$CLI" <<'PY' | tee "$OUT/cli.md" | tee -a "$LOG"
 import json, os, sys
@@ -86,23 +97,37 @@ def series(run, event, field):
             if j.get("event") == event:
                 out[j["step"]] = j[field]
     return out
-def evals(run):
-    return series(run, "eval", "heldout_loss")
-def losses(run):
-    return series(run, "step", "loss")
-for variant, what in (("cli", "head_dim 24 (dp_check's cli config)"), ("hd32", "head_dim 32 (3 q heads, 1 kv head)")):
-    c, g = evals(f"{variant}-cpu"), evals(f"{variant}-cuda")
-    print(f"held-out loss, {what}, 200 steps:")
-    print("| step | cpu | cuda | cuda / cpu - 1 |")
-    print("|---|---|---|---|")
-    for s in sorted(set(c) | set(g)):
-        cs, gs = c.get(s), g.get(s)
-        rel = f"{gs / cs - 1:+.1%}" if cs and gs else "-"
-        print(f"| {s} | {cs if cs is None else f'{cs:.5f}'} | {gs if gs is None else f'{gs:.5f}'} | {rel} |")
-    lc, lg = losses(f"{variant}-cpu"), losses(f"{variant}-cuda")
-    print("training loss (cpu / cuda) at steps " +
-          ", ".join(f"{s}: {lc[s]:.4f} / {lg[s]:.4f}" for s in (0, 1, 5, 10, 20, 50, 100, 199) if s in lc and s in lg))
+def fmt(v):
+    return "-" if v is None else f"{v:.5f}"
+def table(title, runs, event, field, steps=None):
+    cols = [series(r, event, field) for r in runs]
+    print(f"{title}:")
+    print("| step | " + " | ".join(runs) + " | " + " | ".join(f"{r} / {runs[0]} - 1" for r in runs[1:]) + " |")
+    print("|---" * (2 * len(runs)) + "|")
+    for s in steps or sorted(set().union(*cols)):
+        vals = [c.get(s) for c in cols]
+        rel = [f"{v / vals[0] - 1:+.2%}" if v and vals[0] else "-" for v in vals[1:]]
+        print(f"| {s} | " + " | ".join(fmt(v) for v in vals) + " | " + " | ".join(rel) + " |")
     print()
+def first_apart(a, b, tol):
+    """The first step where runs a and b's training losses differ by more than tol (relative)."""
+    la, lb = series(a, "step", "loss"), series(b, "step", "loss")
+    for s in sorted(set(la) & set(lb)):
+        if abs(la[s] / lb[s] - 1) > tol:
+            return s
+    return None
+steps = (0, 1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 125, 150, 175, 199)
+h24 = ["cli-cpu", "cli-cuda", "cli-eager", "cli-again", "cli-nudged"]
+table("held-out loss, head_dim 24 (dp_check's cli config), 200 steps", h24, "eval", "heldout_loss")
+table("training loss, head_dim 24", h24, "step", "loss", steps)
+table("held-out loss, head_dim 24, lr 5e-4", ["lowlr-cpu", "lowlr-cuda"], "eval", "heldout_loss")
+table("training loss, head_dim 24, lr 5e-4", ["lowlr-cpu", "lowlr-cuda"], "step", "loss", steps)
+table("held-out loss, head_dim 32 (3 q heads, 1 kv head), 200 steps", ["hd32-cpu", "hd32-cuda"], "eval", "heldout_loss")
+table("training loss, head_dim 32", ["hd32-cpu", "hd32-cuda"], "step", "loss", steps)
+for a, b in (("cli-cuda", "cli-cpu"), ("cli-eager", "cli-cpu"), ("cli-again", "cli-cuda"), ("cli-eager", "cli-cuda"),
+             ("cli-nudged", "cli-cpu"), ("lowlr-cuda", "lowlr-cpu"), ("hd32-cuda", "hd32-cpu")):
+    print(f"first step where {a} and {b} training losses differ by > 1e-3: {first_apart(a, b, 1e-3)}, "
+          f"> 1e-2: {first_apart(a, b, 1e-2)}")
 PY
 }
 
