@@ -4,7 +4,7 @@
 //
 //   train-bench [--model llama-3.2-1b|tiny] [--batch B] [--seq S] [--steps N] [--warmup W]
 //               [--recompute] [--no-graphs] [--attention auto|flash4|fallback] [--data-parallel]
-//               [--zero 1|2]
+//               [--zero 1|2] [--log-steps]
 //
 // --data-parallel: one process per GPU, launched with the torchrun-style environment,
 // mpirun or srun (dist/launch_env.hpp; bench/train_dp_bench.sh starts them): NCCL with a
@@ -40,7 +40,7 @@ using namespace adept;
 struct Args {
   std::string model = "llama-3.2-1b";
   int64_t batch = 2, seq = 4096, steps = 10, warmup = 3;
-  bool recompute = false, graphs = true, time_attention = false, data_parallel = false;
+  bool recompute = false, graphs = true, time_attention = false, data_parallel = false, log_steps = false;
   int zero = 1;
   std::string attention = "auto";
 };
@@ -67,10 +67,11 @@ Args parse(int argc, char** argv) {
     else if (s == "--attention") a.attention = next();
     else if (s == "--data-parallel") a.data_parallel = true;
     else if (s == "--zero") a.zero = std::stoi(next());
+    else if (s == "--log-steps") a.log_steps = true;
     else {
       std::fprintf(stderr, "usage: train-bench [--model llama-3.2-1b|tiny] [--batch B] [--seq S] [--steps N] "
                            "[--warmup W] [--recompute] [--no-graphs] [--time-attention] [--attention auto|flash4|fallback] "
-                           "[--data-parallel] [--zero 1|2]\n");
+                           "[--data-parallel] [--zero 1|2] [--log-steps]\n");
       std::exit(2);
     }
   }
@@ -207,9 +208,18 @@ int main(int argc, char** argv) {
       return Batch{a.batch, a.seq, tokens[step % 4].data(), targets[step % 4].data(), nullptr};
     };
     double first_loss = 0, last_loss = 0;
+    // --log-steps: every step's loss (before its update), gradient norm (before clipping) and
+    // whether it was skipped, on stderr (the same batches cycle, so the loss of a batch seen
+    // before shows what the updates learned).
+    auto log_step = [&](int64_t s, const CudaStepResult& r) {
+      if (a.log_steps && rank == 0)
+        std::fprintf(stderr, "step %lld (batch %lld): loss %.4f, grad_norm %.4g%s\n", (long long)s, (long long)(s % 4),
+                     r.loss, r.grad_norm, r.skipped ? ", skipped" : "");
+    };
     for (int64_t s = 0; s < a.warmup; ++s) {
       CudaStepResult r = model.train_step({batch(s)}, 1e-4, 1.0);
       if (s == 0) first_loss = r.loss;
+      log_step(s, r);
     }
     ADEPT_CUDA_CHECK(cudaDeviceSynchronize());
     auto t0 = std::chrono::steady_clock::now();
@@ -217,6 +227,7 @@ int main(int argc, char** argv) {
     double attention_ms = 0.0;
     for (int64_t s = 0; s < a.steps; ++s) {
       CudaStepResult r = model.train_step({batch(a.warmup + s)}, 1e-4, 1.0);
+      log_step(a.warmup + s, r);
       last_loss = r.loss;
       skipped += r.skipped;
       attention_ms += model.attention_milliseconds() / double(a.steps);
