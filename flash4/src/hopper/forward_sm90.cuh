@@ -13,7 +13,9 @@
 // blocks of a row tile pay for per-element masks (and, with a left window, the last ones:
 // a tile visits only the key blocks [kb_begin, kb_end) its rows see). Persistent CTAs (one per SM) walk the
 // tiles in a static round-robin, heaviest (causal) first; Q is double-buffered so the next
-// tile's Q and first K / V blocks load while this tile finishes.
+// tile's Q and first K / V blocks load while this tile finishes. With a tile counter
+// (FLASH4_HOPPER_SCHEDULE=dynamic, off by default until measured) the CTAs take their tiles
+// from it instead (the dynamic schedule, see the kernel).
 //
 // Varlen (cu_seqlens): the tensor maps cover the packed token axis ([T, H, D] as (D, T, H, 1));
 // the tiles come from the work list (varlen_tiles.hpp: only the (sequence, query block) pairs
@@ -36,7 +38,9 @@
 // once per row in the finish, outside the loop.
 //
 // Pingpong (FA3): the consumer warpgroups alternate their wgmma batches (named barriers).
-// Missing vs issue 4 (follow-ups): a dynamic (atomic) tile scheduler, TMA stores of O, d 96 / 192,
+// Dynamic (atomic) tile schedule: written without a GPU, NOT YET RUN ON ONE
+// (scripts/hopper_sched_check.sh).
+// Missing vs issue 4 (follow-ups): TMA stores of O, d 96 / 192,
 // d_v != d_qk, paged KV, seqused_k, GQA packing of small Sq into the M tile.
 #pragma once
 
@@ -71,7 +75,8 @@ using cuda::AttentionParams;
 //   d 128: 2 Q buffers 64 KB + 4 x 32 KB = 192 KB.
 //   d 256: Q 128 x 256 x 2 = 64 KB, one buffer only (a second would not fit); K / V stages
 //          80 x 256 x 2 = 40 KB, 4 of them = 160 KB; 224 KB + 1 KB alignment slack + 80 bytes
-//          of barriers = 230480 bytes. BN = 96 would need 192 KB of stages: too much.
+//          of barriers + 4 of tile slot = 230484 bytes. BN = 96 would need 192 KB of stages:
+//          too much.
 // Swizzle: each 64-column (128-byte) block of a tile ("chunk", ptx_sm90.cuh) is rows x 128
 // bytes: 80 x 128 = 10240 is a multiple of the 1024-byte swizzle atom, so every chunk and
 // stage stays 1024-aligned and the descriptors keep base offset 0.
@@ -88,7 +93,9 @@ struct ForwardSm90Config {
   static constexpr int kQStages = D <= 128 ? 2 : 1;  // 2: the next tile's Q loads during this tile
   static constexpr int kBarriers = 2 * kQStages + 4 * kStages;
   // 1024 bytes of slack to align the tiles to the swizzle atom.
-  static constexpr size_t kSmemBytes = 1024 + kQStages * kQBytes + 2 * kStages * kKVBytes + 8 * kBarriers;
+  // After the barriers: the tile index of each Q buffer (the dynamic schedule's handoff).
+  static constexpr size_t kSmemBytes =
+      1024 + kQStages * kQBytes + 2 * kStages * kKVBytes + 8 * kBarriers + 4 * kQStages;
   // Registers per thread after setmaxnreg: 128 * 24 + 256 * 240 <= 64K.
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(D == 64 || D == 128 || D == 256, "d = 64, 128 or 256");
@@ -202,7 +209,8 @@ struct Tile {
 // so the static round-robin over CTAs hands every CTA tiles of similar cost at each step and
 // ends on light ones; dense otherwise: the query blocks of one head side by side (their K / V
 // stay in L2). Varlen: the work list's pairs (heaviest first), the query heads of one pair
-// side by side (under GQA they share K / V).
+// side by side (under GQA they share K / V). The dynamic schedule takes the dense tiles in
+// another order (dynamic_tile).
 __device__ __forceinline__ Tile tile_at(const AttentionParams& p, const VarlenTiles& list, int index, int m_blocks,
                                         int block_m, int block_n) {
   Tile w;
@@ -237,7 +245,31 @@ __device__ __forceinline__ Tile tile_at(const AttentionParams& p, const VarlenTi
   return w;
 }
 
+// The dynamic schedule's order: its `position`-th tile, as a tile_at index. Dense: the query
+// blocks of one (sequence, head) side by side, under causal the heaviest (last) first -- the
+// CTAs running at once then share a few heads' K / V (L2), and the counter, not the order,
+// evens out the costs. Under causal that is tile_at's index rank * heads + head; without
+// causal tile_at's order is already this one. Varlen: the work list's order (heaviest first).
+// Positions past the last tile stay as they are (the sentinel). Both roles map the same way:
+// the producer maps, the consumers read the mapped index from the slot.
+__device__ __forceinline__ int dynamic_tile(const AttentionParams& p, const VarlenTiles& list, int position,
+                                            int m_blocks, int tiles) {
+  if (list.pairs != nullptr || !p.causal || unsigned(position) >= unsigned(tiles)) return position;
+  const int head = position / m_blocks;
+  return (position - head * m_blocks) * (p.heads_q * p.batch) + head;
+}
+
 // Persistent: gridDim.x CTAs (one per SM) walk the tiles index = blockIdx.x, + gridDim.x, ...
+// (the static schedule), or, with `tile_counter` (zeroed on the stream before the launch),
+// the dynamic one: CTA i starts with tile i, then its producer takes the next one from the
+// counter (an atom, relaxed: a ticket) when it has issued the current tile's last K / V block -- the CTAs that finish
+// early take more tiles -- and hands it to the consumers in tile_slot[q stage], written before
+// the arrival on that stage's q_full (mbarrier arrive releases, the wait acquires). The slot
+// shares the Q buffer's life: the producer rewrites it only after q_empty says both consumer
+// warpgroups are done with the tile kQStages back, so a consumer can read only the index of
+// the tile it waits for. An index >= tiles (the sentinel, with a bare arrival: no Q load)
+// ends both loops on the same tile count. In every consumer warp lane 0 alone reads the slot
+// and shuffles it to the others: the lane that later arrives on q_empty has read it first.
 // The producer runs ahead across tile boundaries (the next tile's Q and first K / V blocks
 // load while the consumers finish and store the current one). The K / V ring's stage and
 // phase follow one running block count per CTA, shared by producer and consumers.
@@ -245,7 +277,7 @@ template <int D, typename T, bool SOFTCAP>
 __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
     attention_forward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
                                   const __grid_constant__ CUtensorMap tma_v, const AttentionParams p,
-                                  const VarlenTiles list, const int flags) {
+                                  const VarlenTiles list, int* tile_counter, const int flags) {
 #if defined(FLASH4_SM90A)
   const bool emulate_exp2 = (flags & kEmulateExp2) != 0, pingpong = (flags & kPingpong) != 0;
   using C = ForwardSm90Config<D>;
@@ -267,9 +299,16 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
   uint64_t* v_full = k_full + kStages;
   uint64_t* k_empty = k_full + 2 * kStages;
   uint64_t* v_empty = k_full + 3 * kStages;
+  const uint32_t tile_slot = smem_u32(bars + C::kBarriers);  // int [q stage], dynamic schedule
+  const bool dynamic = tile_counter != nullptr;
 
-  const int m_blocks = (p.seqlen_q + BM - 1) / BM;  // dense only
-  const int tiles = list.pairs != nullptr ? *list.count * p.heads_q : m_blocks * p.heads_q * p.batch;
+  // Query blocks per head (dense only) and tiles, computed by each role after its setmaxnreg;
+  // the producer recomputes m_blocks where it needs it (with the dynamic schedule's state, one
+  // more value held in its 24 registers across the tile was spilled at d = 64).
+  auto m_blocks_of = [&] { return (p.seqlen_q + BM - 1) / BM; };
+  auto tile_total = [&] {
+    return list.pairs != nullptr ? *list.count * p.heads_q : m_blocks_of() * p.heads_q * p.batch;
+  };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warpgroup = warp / 4;
   if (threadIdx.x == 0) {
@@ -291,14 +330,27 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
     // ---------------------------------------------------------------- producer
     setmaxnreg_dec<C::kProducerRegs>();
     if (warp == 0 && lane == 0) {
+      const int tiles = tile_total();
       int loaded = 0;  // K / V blocks issued so far (all tiles)
-      int tile_count = 0;
-      for (int index = blockIdx.x; index < tiles; index += gridDim.x, ++tile_count) {
-        const Tile w = tile_at(p, list, index, m_blocks, BM, BN);
-        const int hk = w.h / p.group;
-        // Q buffer qs is free once both consumer warpgroups are done with tile tile_count - kQStages.
+      int index = dynamic ? dynamic_tile(p, list, blockIdx.x, m_blocks_of(), tiles) : blockIdx.x;
+      for (int tile_count = 0;; ++tile_count) {
+        // Q buffer qs (and its tile slot) is free once both consumer warpgroups are done with
+        // tile tile_count - kQStages.
         const int qs = tile_count % kQStages;
-        if (tile_count >= kQStages) mbarrier_wait(&q_empty[qs], ((tile_count / kQStages) & 1) ^ 1);
+        if (dynamic) {
+          // The slot first, so that `index` is not held through tile_at (24 registers).
+          if (tile_count >= kQStages) mbarrier_wait(&q_empty[qs], ((tile_count / kQStages) & 1) ^ 1);
+          st_shared_b32(tile_slot + 4 * qs, index);
+          if (unsigned(index) >= unsigned(tiles)) {  // the sentinel: the consumers stop here too
+            mbarrier_arrive(&q_full[qs]);
+            break;
+          }
+        } else if (unsigned(index) >= unsigned(tiles)) {
+          break;
+        }
+        const Tile w = tile_at(p, list, index, m_blocks_of(), BM, BN);
+        const int hk = w.h / p.group;
+        if (!dynamic && tile_count >= kQStages) mbarrier_wait(&q_empty[qs], ((tile_count / kQStages) & 1) ^ 1);
         mbarrier_arrive_expect_tx(&q_full[qs], C::kQBytes);
 #pragma unroll
         for (int c = 0; c < C::kChunks; ++c)
@@ -321,11 +373,21 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
           for (int c = 0; c < C::kChunks; ++c)
             tma_load_4d(v_dst + c * C::kKVChunkBytes, &tma_v, 64 * c, w.k_row + nb * BN, hk, w.tma_b, &v_full[stage]);
         }
+        // Dynamic: the last takes reach tiles + gridDim.x - 1 < 2^31 + 132, so the sentinel may
+        // wrap to a negative int: both sides compare it unsigned. Static: the next index from
+        // tile_count, so that `index` is not held across the tile either.
+        if (dynamic) {
+          const int position = int(gridDim.x + unsigned(atom_relaxed_gpu_add(tile_counter, 1)));
+          index = dynamic_tile(p, list, position, m_blocks_of(), tiles);
+        } else {
+          index = int(blockIdx.x + (tile_count + 1) * gridDim.x);
+        }
       }
     }
   } else {
     // ---------------------------------------------------------------- consumers
     setmaxnreg_inc<C::kConsumerRegs>();
+    const int m_blocks = m_blocks_of(), tiles = tile_total();
     const int cw = warpgroup - 1, wq = warp % 4, g = lane / 4, t = lane % 4;
     const float scale_log2 = p.scale_log2, tau = p.rescale_tau;
     const uint32_t q_base = smem_u32(sQ) + cw * 64 * 128;  // this warpgroup's 64 rows
@@ -383,8 +445,15 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
     if (pingpong && cw == 1) named_barrier_arrive(1, 256);
 
     int consumed = 0;  // K / V blocks consumed so far (all tiles)
-    int tile_count = 0;
-    for (int index = blockIdx.x; index < tiles; index += gridDim.x, ++tile_count) {
+    int index = blockIdx.x;
+    for (int tile_count = 0;; ++tile_count, index += gridDim.x) {
+      if (dynamic) {
+        // The tile of Q buffer tile_count % kQStages (the wait below then returns at once).
+        const int qs = tile_count % kQStages;
+        mbarrier_wait(&q_full[qs], (tile_count / kQStages) & 1);
+        index = __shfl_sync(0xffffffffu, lane == 0 ? ld_shared_b32(tile_slot + 4 * qs) : 0, 0);
+      }
+      if (unsigned(index) >= unsigned(tiles)) break;
       const Tile w = tile_at(p, list, index, m_blocks, BM, BN);
       const int wg_row0 = w.m0 + 64 * cw;
       const int row[2] = {wg_row0 + 16 * wq + g, wg_row0 + 16 * wq + g + 8};

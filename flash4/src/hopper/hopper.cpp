@@ -41,6 +41,11 @@ constexpr bool kHopperByDefault = true;
 // top of the intra-warpgroup overlap, as implemented here.
 constexpr bool kPingpongByDefault = false;
 
+// The dynamic tile schedule (persistent CTAs take tiles from an atomic counter, forward_sm90.cuh)
+// runs only with FLASH4_HOPPER_SCHEDULE=dynamic (read at each call) until a GPU run shows it
+// correct and faster than the static round-robin (scripts/hopper_sched_check.sh).
+bool dynamic_schedule_asked() { return env_is("FLASH4_HOPPER_SCHEDULE", "dynamic"); }
+
 // FLASH4_HOPPER_PINGPONG=0|1 overrides the default.
 hopper::ForwardSchedule forward_schedule() {
   hopper::ForwardSchedule s;
@@ -208,18 +213,28 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
 
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
   try {
-    // Varlen: the work list of (sequence, query block) pairs, built on the stream first.
+    // Varlen: the work list of (sequence, query block) pairs, built on the stream first. The
+    // dynamic schedule: its tile counter, zeroed on the stream (graph capture records both).
     const int64_t capacity = shape.varlen ? hopper::varlen_tile_capacity(shape.tokens_q, shape.batch) : 0;
-    Workspace ws(shape.varlen ? varlen_tiles_bytes(capacity, shape.batch) : 0, stream);
+    const bool dynamic = dynamic_schedule_asked();
+    Workspace ws((shape.varlen ? varlen_tiles_bytes(capacity, shape.batch) : 0) +
+                     (dynamic ? Workspace::bytes_for(1) : 0),
+                 stream);
     hopper::VarlenTiles list;
     if (shape.varlen)
       list = build_varlen_tiles_in(ws, p, hopper::TileKind::query_blocks, capacity, shape.batch, stream);
+    hopper::ForwardSchedule schedule = forward_schedule();
+    if (dynamic) {
+      schedule.tile_counter = reinterpret_cast<int*>(ws.take(1));
+      FLASH4_CUDA_CHECK(cudaMemsetAsync(schedule.tile_counter, 0, sizeof(int), stream));
+      log_backend("flash4_forward", "hopper", "dynamic schedule (FLASH4_HOPPER_SCHEDULE=dynamic)");
+    }
     if (shape.d_qk == 64)
-      hopper::forward_sm90<64>(maps, p, list, capacity, forward_schedule(), stream);
+      hopper::forward_sm90<64>(maps, p, list, capacity, schedule, stream);
     else if (shape.d_qk == 128)
-      hopper::forward_sm90<128>(maps, p, list, capacity, forward_schedule(), stream);
+      hopper::forward_sm90<128>(maps, p, list, capacity, schedule, stream);
     else
-      hopper::forward_sm90<256>(maps, p, list, capacity, forward_schedule(), stream);
+      hopper::forward_sm90<256>(maps, p, list, capacity, schedule, stream);
     *status = FLASH4_OK;
   } catch (const cuda::CudaError& e) {
     set_last_error(std::string("flash4 Hopper CUDA backend: ") + e.what());

@@ -27,6 +27,10 @@ constexpr int forward_key_box_rows(int d) { return d <= 128 ? 128 : 80; }
 // Scheduling switches of the forward (forward_sm90.cuh), for A/B runs.
 struct ForwardSchedule {
   bool pingpong = false;  // the two consumer warpgroups alternate their wgmma batches
+  // Non-null: the dynamic schedule -- persistent CTAs take tiles from this counter, which the
+  // caller has zeroed on the launch's stream (one int of the call's workspace). Null: the
+  // static round-robin.
+  int* tile_counter = nullptr;
 };
 
 // `list`: the varlen work list (pairs == nullptr for a dense call), of at most

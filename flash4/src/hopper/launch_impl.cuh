@@ -14,7 +14,8 @@ void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p,
   static_assert(C::kBlockM == kTmaBoxRows && C::kBlockN == forward_key_box_rows(D), "tensor-map boxes = tile rows");
   static_assert(C::kBlockM == kVarlenBlockRows, "varlen work list blocks = query tiles");
   // Persistent: one CTA per SM (shared memory and registers allow no second), each walking
-  // the tiles with stride gridDim.x (tile_at). Varlen: the list's capacity bounds the tiles.
+  // the tiles with stride gridDim.x (tile_at), or taking them from schedule.tile_counter.
+  // Varlen: the list's capacity bounds the tiles.
   const int64_t tiles = list.pairs != nullptr
                             ? list_capacity * p.heads_q
                             : int64_t((p.seqlen_q + C::kBlockM - 1) / C::kBlockM) * p.heads_q * p.batch;
@@ -26,7 +27,8 @@ void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p,
   auto launch = [&](auto kernel) {
     FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmemBytes)));
     const int flags = (p.emulate_exp2 ? kEmulateExp2 : 0) | (schedule.pingpong ? kPingpong : 0);
-    kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, p, list, flags);
+    kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, p, list, schedule.tile_counter,
+                                                         flags);
     FLASH4_CUDA_CHECK_LAUNCH("attention_forward_sm90_kernel");
   };
   const bool softcap = p.softcap > 0;

@@ -68,6 +68,18 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
   } while (!done);
 }
 
+// One 32-bit word of shared memory at a 32-bit shared address (a generic pointer would cost a
+// 64-bit register pair). asm volatile with a memory clobber: kept in order with the mbarrier
+// arrive / wait around it, which carry the release / acquire.
+__device__ __forceinline__ void st_shared_b32(uint32_t addr, int v) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ int ld_shared_b32(uint32_t addr) {
+  int v;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+
 // ---- TMA ------------------------------------------------------------------------------
 
 // Box at coordinates (c0 innermost .. c3) of a 4-d tensor map -> shared memory; completes
@@ -176,6 +188,14 @@ __device__ __forceinline__ void fence_acq_rel_gpu() { asm volatile("fence.acq_re
 // *p += v, relaxed (after fence_acq_rel_gpu: a release).
 __device__ __forceinline__ void red_relaxed_gpu_add(int* p, int v) {
   asm volatile("red.relaxed.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+// The value before *p += v, relaxed (a ticket: only its uniqueness matters). One lane's
+// atom, where atomicAdd would add the compiler's warp aggregation (a vote, a popc and a
+// shuffle, and registers the Hopper forward's 24-register producer does not have).
+__device__ __forceinline__ int atom_relaxed_gpu_add(int* p, int v) {
+  int old;
+  asm volatile("atom.relaxed.gpu.global.add.s32 %0, [%1], %2;\n" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
 }
 
 // ---- register reallocation between warpgroups ------------------------------------------
