@@ -197,6 +197,41 @@ __device__ __forceinline__ void scores_to_a(uint32_t (&a)[N / 16][4], const floa
   }
 }
 
+// One row of O, 16-bit, D columns: packed[n] holds columns 8n + 2t, 8n + 2t + 1 (n8 tile n,
+// the accumulator layout; t = lane % 4, the four lanes of a quad share the row). Stored as
+// they are, a warp's 4-byte stores fill 16 of every 32 bytes of the sectors they touch (ncu,
+// 2026-12-01: half the sectors of O wasted). Instead, per group of four n8 tiles, a 4 x 4
+// transpose within the quad (three shuffle rounds: lane t swaps its piece of tile 4k + (t ^ r)
+// for lane t ^ r's piece of tile 4k + t) gives lane t tile 4k + t whole: one 16-byte store,
+// and the quad's four fill 64 contiguous bytes. Every lane of the warp must call it (the
+// shuffles); `keep` = the row exists (only then is anything written).
+template <int D>
+__device__ __forceinline__ void store_o_row(void* row_ptr, const uint32_t (&packed)[D / 8], int t, bool keep) {
+  static_assert(D % 32 == 0, "whole groups of four n8 tiles");
+#pragma unroll
+  for (int k = 0; k < D / 32; ++k) {
+    const uint32_t e[4] = {packed[4 * k], packed[4 * k + 1], packed[4 * k + 2], packed[4 * k + 3]};
+    // piece[j] = lane j's piece of tile 4k + t (columns 8 (4k + t) + 2j, + 1); selects keep the
+    // run-time indices out of local memory.
+    uint32_t piece[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) piece[j] = e[j];  // j == t is right; the others are replaced below
+#pragma unroll
+    for (int r = 1; r < 4; ++r) {
+      const int other = t ^ r;  // the lane we trade with, and the tile it gets from us
+      const uint32_t give = other == 0 ? e[0] : other == 1 ? e[1] : other == 2 ? e[2] : e[3];
+      const uint32_t got = __shfl_xor_sync(0xffffffffu, give, r);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) piece[j] = j == other ? got : piece[j];
+    }
+    if (keep) {
+      // piece[t] still holds e[t], this lane's own piece of tile 4k + t.
+      *reinterpret_cast<uint4*>(static_cast<unsigned char*>(row_ptr) + 2 * (32 * k + 8 * t)) =
+          make_uint4(piece[0], piece[1], piece[2], piece[3]);
+    }
+  }
+}
+
 // The work of one CTA tile: BM query rows of one (sequence, head), the key blocks
 // [kb_begin, kb_end) that hold every key its rows see, and its tensor-map coordinates.
 struct Tile {
@@ -578,12 +613,12 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
         }
         const float inv = l > 0.0f ? f / l : 0.0f;
         const int i = row[half];
-        if (i >= w.seq.sq) continue;
-        T* out = cuda::query_row<T>(p.out, w.seq, i, w.h);
+        const bool keep = i < w.seq.sq;  // the whole quad agrees (one row); store_o_row shuffles
+        uint32_t packed[D / 8];
 #pragma unroll
-        for (int n = 0; n < D / 8; ++n)
-          *reinterpret_cast<uint32_t*>(out + 8 * n + 2 * t) =
-              cuda::pack2<T>(o[4 * n + 2 * half] * inv, o[4 * n + 2 * half + 1] * inv);
+        for (int n = 0; n < D / 8; ++n) packed[n] = cuda::pack2<T>(o[4 * n + 2 * half] * inv, o[4 * n + 2 * half + 1] * inv);
+        store_o_row<D>(keep ? cuda::query_row<T>(p.out, w.seq, i, w.h) : nullptr, packed, t, keep);
+        if (!keep) continue;
         if (p.lse != nullptr && t == 0)
           p.lse[w.seq.q_start * p.lse_batch_stride + int64_t(w.h) * p.lse_head_stride + int64_t(i) * p.lse_row_stride] =
               l > 0.0f ? (m + __log2f(l)) * cuda::kLn2 : -__builtin_huge_valf();
