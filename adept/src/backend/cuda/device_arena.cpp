@@ -34,7 +34,13 @@ void DeviceArena::allocate() {
     fail("device arena: cannot allocate {:.2f} GiB ({} GiB free of {}): {}\n{}", double(size_) / (1 << 30),
          double(free_bytes) / (1 << 30), double(total_bytes) / (1 << 30), cudaGetErrorString(status), report());
   }
+  // cudaMemset of device memory returns before it is done, on the legacy default stream,
+  // which the decoder's non-blocking stream does not wait for: the tables and weights the
+  // decoder uploads right after could land first and be zeroed by it (2026-12-01: the
+  // 1B-shape train-bench learned, half-learned or did not learn depending on the machine's
+  // timing). So the zeros are complete before anything else is written.
   ADEPT_CUDA_CHECK(cudaMemset(base_, 0, size_));
+  ADEPT_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 std::string DeviceArena::report() const {
