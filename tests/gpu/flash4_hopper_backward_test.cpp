@@ -11,6 +11,11 @@
 // it too, match the reference, and repeat bit for bit (Flash4HopperDeterministicBackward).
 // Calls the kernel does not cover (softcap, d = 96) run on the portable backward, as does
 // every call with FLASH4_HOPPER_BWD=0 or FLASH4_BACKEND=portable.
+// Learnable sink logits (options.sink, random per head) with dsink: the Sink/... suites
+// (dense and packed, GQA, causal, windows whose rows see no key so that lse = sink, atomic
+// and deterministic dQ) must run on it and match the reference in dq, dk, dv and dsink;
+// deterministic calls repeat dsink bit for bit too, and a call without dsink gives the
+// gradients of one with it (Flash4HopperBackwardSink).
 // Every suite runs twice: with dQ added by float2 atomics (the default; FLASH4_HOPPER_DQ
 // unset for the test) and, in the suites named ...BulkDq, by bulk reduce-add from shared
 // memory (FLASH4_HOPPER_DQ=bulk); the deterministic bulk path must also give the same bits
@@ -74,13 +79,18 @@ std::string check_backward(const Problem& p, std::string* forward_backend = null
   if (forward_backend != nullptr) *forward_backend = runner.gpu_backend();
   runner.backward(e);
   if (::testing::Test::HasFatalFailure()) return "";
-  std::printf("[ errors ] %s | bwd %s%s | dq %.2e dk %.2e dv %.2e (slack dq %.1e dk %.1e)\n", p.describe().c_str(),
+  std::printf("[ errors ] %s | bwd %s%s | dq %.2e dk %.2e dv %.2e (slack dq %.1e dk %.1e)", p.describe().c_str(),
               runner.gpu_backward_backend().c_str(), bulk_dq_note(), e.dq, e.dk, e.dv, e.dq_slack, e.dk_slack);
+  if (p.sink) std::printf(" dsink %.2e", e.dsink);
+  std::printf("\n");
   const Tolerance tol = tolerance_for(p.dtype);
   EXPECT_LT(e.out, tol.out) << "out (forward)";
   EXPECT_LT(e.dq, tol.grad + e.dq_slack) << "dq (slack for the 16-bit out: " << e.dq_slack << ")";
   EXPECT_LT(e.dk, tol.grad + e.dk_slack) << "dk (slack for the 16-bit out: " << e.dk_slack << ")";
   EXPECT_LT(e.dv, tol.grad) << "dv";
+  // dsink (NaN-poisoned before the call, so an unwritten dsink fails): the sum over rows of
+  // -exp(sink - lse) D, D from the 16-bit out, as in the portable suites.
+  if (p.sink) EXPECT_LT(e.dsink, tol.grad) << "dsink";
   return runner.gpu_backward_backend();
 }
 
@@ -330,13 +340,14 @@ std::vector<Problem> deterministic_cases() {
 
 // One problem on the GPU alone (no reference, so long sequences stay cheap): random 16-bit
 // inputs from a fixed seed in contiguous tensors (dense [B, S, H, D], packed [T, H, D]), the
-// forward once, then backward calls whose dq, dk, dv come back as raw bits. Each backward
-// first fills dq, dk, dv with NaN.
+// forward once, then backward calls whose dq, dk, dv (and dsink, with p.sink: random sink
+// logits) come back as raw bits. Each backward first fills dq, dk, dv, dsink with NaN.
 class GpuOnlyProblem {
  public:
   struct Gradients {
     std::vector<uint16_t> dq, dk, dv;
-    std::string backend;  // flash4_last_backend() of the call
+    std::vector<uint32_t> dsink;  // fp32 bits [Hq]; empty without a sink or when not asked for
+    std::string backend;          // flash4_last_backend() of the call
   };
 
   explicit GpuOnlyProblem(const Problem& p) : p_(p) {}
@@ -370,6 +381,14 @@ class GpuOnlyProblem {
     options_.window_left = p.window_left, options_.window_right = p.window_right;
     std::mt19937_64 rng(std::hash<std::string>{}(p.describe()));
     for (Tensor* t : {&q_, &k_, &v_, &dout_}) fill(*t, rng);
+    if (p.sink) {
+      std::normal_distribution<double> normal(0.0, 1.0);
+      std::vector<float> sink(size_t(p.Hq));
+      for (float& x : sink) x = float(normal(rng));
+      sink_ = upload(sink);
+      dsink_ = DeviceMemory(sink.size() * 4);
+      options_.sink = static_cast<const float*>(sink_.get());
+    }
 
     flash4_forward_args f;
     flash4_forward_args_init(&f);
@@ -381,8 +400,11 @@ class GpuOnlyProblem {
     FLASH4_TEST_CUDA(cudaDeviceSynchronize());
   }
 
-  void backward(bool deterministic, Gradients* g) {
+  // `want_dsink`: pass dsink when the problem has a sink (else dsink = NULL).
+  void backward(bool deterministic, Gradients* g, bool want_dsink = true) {
     for (Tensor* t : {&dq_, &dk_, &dv_}) FLASH4_TEST_CUDA(cudaMemset(t->memory.get(), 0xFF, t->memory.bytes()));
+    const bool dsink = p_.sink && want_dsink;
+    if (dsink) FLASH4_TEST_CUDA(cudaMemset(dsink_.get(), 0xFF, dsink_.bytes()));
     flash4_backward_args b;
     flash4_backward_args_init(&b);
     b.device = FLASH4_CUDA;
@@ -391,12 +413,18 @@ class GpuOnlyProblem {
     b.options = options_;
     b.varlen = varlen_;
     b.deterministic = deterministic;
+    b.dsink = dsink ? static_cast<float*>(dsink_.get()) : nullptr;
     ASSERT_EQ(flash4_backward(&b), FLASH4_OK) << flash4_last_error();
     g->backend = flash4_last_backend();
     FLASH4_TEST_CUDA(cudaDeviceSynchronize());
     for (auto [t, bits] : {std::pair{&dq_, &g->dq}, {&dk_, &g->dk}, {&dv_, &g->dv}}) {
       bits->resize(t->memory.bytes() / 2);
       FLASH4_TEST_CUDA(cudaMemcpy(bits->data(), t->memory.get(), t->memory.bytes(), cudaMemcpyDeviceToHost));
+    }
+    g->dsink.clear();
+    if (dsink) {
+      g->dsink.resize(size_t(p_.Hq));
+      FLASH4_TEST_CUDA(cudaMemcpy(g->dsink.data(), dsink_.get(), g->dsink.size() * 4, cudaMemcpyDeviceToHost));
     }
   }
 
@@ -428,14 +456,15 @@ class GpuOnlyProblem {
 
   Problem p_;
   Tensor q_, k_, v_, out_, dout_, lse_, dq_, dk_, dv_;
-  DeviceMemory cu_q_, cu_k_;
+  DeviceMemory cu_q_, cu_k_, sink_, dsink_;
   flash4_varlen varlen_{};
   flash4_options options_{};
 };
 
 // The first element where a and b differ, -1 when they are the same bits (memcmp).
-int64_t first_difference(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b) {
-  if (a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(uint16_t)) == 0) return -1;
+template <typename Bits>
+int64_t first_difference(const std::vector<Bits>& a, const std::vector<Bits>& b) {
+  if (a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(Bits)) == 0) return -1;
   for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
     if (a[i] != b[i]) return int64_t(i);
   return int64_t(std::min(a.size(), b.size()));
@@ -448,6 +477,8 @@ void expect_same_bits(const GpuOnlyProblem::Gradients& first, const GpuOnlyProbl
     const int64_t at = first_difference(*a, *b);
     EXPECT_EQ(at, -1) << name << " of run " << run << " differs from run 1 at element " << at;
   }
+  const int64_t at = first_difference(first.dsink, again.dsink);
+  EXPECT_EQ(at, -1) << "dsink of run " << run << " differs from run 1 at head " << at;
 }
 
 // Three deterministic backwards of `gpu` (set up): the first's gradients into *first (on the
@@ -589,6 +620,170 @@ TEST(Flash4HopperDeterministicBackwardContention, LongSequencesWithMoreTilesThan
 TEST(Flash4HopperDeterministicBackwardContentionBulkDq, LongSequencesWithMoreTilesThanSmsRepeatBitForBit) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   expect_contention_cases_repeat_bit_for_bit(DqPath::bulk);
+}
+
+// Deterministic dQ with a sink: dense (causal Sq > Sk: rows that see no key; a window; GQA)
+// and packed (empty sequences, tokens of no sequence), d 64 / 128, bf16 / fp16. Also run by
+// Sink/Flash4HopperDeterministicBackward...: three runs give the same dq, dk, dv and dsink
+// bits, and the bulk dQ path the bits of the atomics.
+std::vector<Problem> sink_deterministic_cases() {
+  std::vector<Problem> cases;
+  Problem p = named("hopper bwd sink deterministic", 64);
+  p.sink = true, p.deterministic = true;
+  p.B = 1, p.Hq = 4, p.Hkv = 2, p.Sq = 1000, p.Sk = 700;
+  p.causal = true;
+  cases.push_back(p);
+  p.dtype = FLASH4_F16;
+  p.Dqk = p.Dv = 128;
+  p.B = 2, p.Hq = 4, p.Hkv = 1, p.Sq = 600, p.Sk = 600;
+  p.causal = false;
+  p.window_left = 64, p.window_right = 64;
+  cases.push_back(p);
+  p.label = "hopper bwd sink deterministic varlen";
+  p.dtype = FLASH4_BF16;
+  p.Dqk = p.Dv = 128;
+  p.seqs = {{1, 1}, {17, 17}, {0, 5}, {129, 129}, {300, 100}};
+  p.Hq = 4, p.Hkv = 2, p.pad_q = 3, p.pad_k = 1;
+  p.window_left = -1, p.window_right = -1;
+  p.causal = true;
+  cases.push_back(p);
+  p.dtype = FLASH4_F16;
+  p.Dqk = p.Dv = 64;
+  p.seqs = documents(33, 4, 400, {900, 1});
+  p.Hq = 16, p.Hkv = 4, p.pad_q = 0, p.pad_k = 0;  // adept's GQA 4
+  cases.push_back(p);
+  return cases;
+}
+
+// ---- sink logits and dsink ------------------------------------------------------------------
+
+// Learnable sink logits (random per head, never 0) with dsink asked for: dense shape sweep
+// (d 64 / 128 x bf16 / fp16 x causal, GQA / MQA, Sq > Sk causal so that the first rows see
+// no key: lse = sink, P = 0, their dsink term -D), windows whose rows see no key, large
+// logits (the row max far above the sink), packed batches (empty sequences, Sq != Sk,
+// tokens of no sequence: their dsink term 0) with and without windows, and deterministic dQ
+// dense and packed. Each must run on the Hopper kernel and match the reference in dq, dk,
+// dv and dsink.
+std::vector<Problem> sink_cases() {
+  // shape_sweep gives the first two shapes to the cases without causal, the last two to the
+  // causal ones: 500 x 200 causal, rows 0 .. 299 see no key.
+  constexpr Shape shapes[] = {{2, 4, 2, 300, 300}, {2, 2, 1, 17, 700}, {1, 4, 1, 500, 200}, {1, 8, 2, 600, 600}};
+  Problem base = named("hopper bwd sink");
+  base.sink = true;
+  std::vector<Problem> cases = shape_sweep(base, {64, 128}, shapes);
+  {  // Windows: rows 0 .. 682 see no key (the right edge 17 stops before key 0), d 64 bf16.
+    Problem p = base;
+    p.label = "hopper bwd sink window empty rows";
+    p.Dqk = p.Dv = 64;
+    p.B = 2, p.Hq = 4, p.Hkv = 2, p.Sq = 1000, p.Sk = 300;
+    p.window_left = 300, p.window_right = 17;
+    cases.push_back(p);
+  }
+  {  // A causal window of one key each side, Sq < Sk, fp16 d 128.
+    Problem p = base;
+    p.label = "hopper bwd sink window";
+    p.dtype = FLASH4_F16;
+    p.B = 1, p.Hq = 4, p.Hkv = 1, p.Sq = 300, p.Sk = 1000;
+    p.window_left = 1, p.window_right = 0;
+    p.causal = true;
+    cases.push_back(p);
+  }
+  {  // Large logits: lse far above the sink, exp(sink - lse) tiny.
+    Problem p = base;
+    p.label = "hopper bwd sink large logits";
+    p.Dqk = p.Dv = 64;
+    p.B = 1, p.Hq = 2, p.Hkv = 1, p.Sq = 700, p.Sk = 1500;
+    p.q_scale = 4.0;
+    cases.push_back(p);
+  }
+  {  // Packed: empty sequences, Sq != Sk (causal: rows before the diagonal see no key),
+     // tokens of no sequence, GQA; d 64 bf16 causal and d 128 fp16 not.
+    Problem p = base;
+    p.label = "hopper bwd sink varlen";
+    p.Dqk = p.Dv = 64;
+    p.seqs = {{17, 100}, {100, 17}, {1, 300}, {65, 65}, {0, 5}, {5, 0}, {130, 260}};
+    p.Hq = 4, p.Hkv = 2, p.pad_q = 3, p.pad_k = 2;
+    p.causal = true;
+    cases.push_back(p);
+    p.dtype = FLASH4_F16;
+    p.Dqk = p.Dv = 128;
+    p.seqs = documents(31, 8, 400, {1, 1000});
+    p.Hq = 8, p.Hkv = 2, p.pad_q = 5, p.pad_k = 0;
+    p.causal = false;
+    cases.push_back(p);
+  }
+  Problem windowed = named("hopper bwd sink window varlen");
+  windowed.sink = true;
+  append(cases, packed_window_cases(windowed, documents(32, 6, 400, {1, 17})));
+  append(cases, sink_deterministic_cases());
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperBackward, ::testing::ValuesIn(sink_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(sink_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperDeterministicBackward, ::testing::ValuesIn(sink_deterministic_cases()),
+                         test_name);
+INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperDeterministicBackwardBulkDq,
+                         ::testing::ValuesIn(sink_deterministic_cases()), test_name);
+
+// dsink = NULL with a sink (the sink a constant): the same kernels, only the dsink terms are
+// skipped, so a deterministic call gives the dq, dk, dv bits of one that asks for dsink --
+// dense and packed, on the Hopper kernel both times.
+TEST(Flash4HopperBackwardSink, WithoutDsinkGivesTheGradientsOfACallWithIt) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  DefaultBackendSwitches defaults;
+  for (const Problem& p : sink_deterministic_cases()) {
+    SCOPED_TRACE(p.describe());
+    GpuOnlyProblem gpu(p);
+    gpu.setup();
+    if (::testing::Test::HasFatalFailure()) return;
+    GpuOnlyProblem::Gradients with, without;
+    gpu.backward(true, &with, /*want_dsink=*/true);
+    if (::testing::Test::HasFatalFailure()) return;
+    gpu.backward(true, &without, /*want_dsink=*/false);
+    if (::testing::Test::HasFatalFailure()) return;
+    EXPECT_EQ(with.backend, "hopper");
+    EXPECT_EQ(without.backend, "hopper");
+    EXPECT_EQ(with.dsink.size(), size_t(p.Hq));
+    EXPECT_TRUE(without.dsink.empty());
+    for (auto [name, a, b] : {std::tuple{"dq", &with.dq, &without.dq}, std::tuple{"dk", &with.dk, &without.dk},
+                              std::tuple{"dv", &with.dv, &without.dv}}) {
+      const int64_t at = first_difference(*a, *b);
+      EXPECT_EQ(at, -1) << name << " without dsink differs from the call with it at element " << at;
+    }
+  }
+}
+
+// dsink is written, not accumulated: a call with no query token still writes dsink = 0 (as
+// the portable backward does; the Hopper backward leaves empty problems to it), and a packed
+// call whose tokens all belong to no sequence runs on the Hopper kernel and writes dsink = 0
+// and zero gradients. dsink starts as NaN.
+TEST(Flash4HopperBackwardSink, CallsWithoutQueryRowsWriteZeroDsink) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  DefaultBackendSwitches defaults;
+  Problem empty = named("hopper bwd sink no tokens", 64);
+  empty.sink = true;
+  empty.B = 1, empty.Hq = 4, empty.Hkv = 2, empty.Sq = 0, empty.Sk = 0;
+  Problem outside = named("hopper bwd sink no sequence rows", 64);
+  outside.sink = true;
+  outside.seqs = {{0, 0}, {0, 0}};
+  outside.Hq = 4, outside.Hkv = 2, outside.pad_q = 70, outside.pad_k = 130;
+  for (const Problem& p : {empty, outside}) {
+    SCOPED_TRACE(p.describe());
+    for (bool deterministic : {false, true}) {
+      GpuOnlyProblem gpu(p);
+      gpu.setup();
+      if (::testing::Test::HasFatalFailure()) return;
+      GpuOnlyProblem::Gradients g;
+      gpu.backward(deterministic, &g);
+      if (::testing::Test::HasFatalFailure()) return;
+      if (p.varlen()) EXPECT_EQ(g.backend, "hopper");
+      ASSERT_EQ(g.dsink.size(), size_t(p.Hq));
+      for (size_t h = 0; h < g.dsink.size(); ++h) EXPECT_EQ(g.dsink[h], 0u) << "dsink[" << h << "] bits";
+      for (auto [name, bits] : {std::pair{"dq", &g.dq}, {"dk", &g.dk}, {"dv", &g.dv}})
+        EXPECT_EQ(std::count(bits->begin(), bits->end(), uint16_t(0)), int64_t(bits->size()))
+            << name << ": rows of no sequence must be 0";
+    }
+  }
 }
 
 Problem small(const char* label) {

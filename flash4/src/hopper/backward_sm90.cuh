@@ -36,6 +36,13 @@
 // after the last token so that a block's rows always come in one bulk copy of BM + 4
 // floats from the 16-byte boundary at or below its first row (kRowFloats).
 //
+// Sink (options.sink): the forward's lse already holds the sink's exp(sink_h) in its sum,
+// so P = 2^(S scale log2e - lse2) is the sink-aware probability and dS = P o (dP - D)
+// holds as it is: this kernel does not change. A row that sees no key has lse = sink_h and
+// P = 0 for every key. dsink_h = -sum_i exp(sink_h - lse_i) D_i: the rows kernel writes each
+// row's term, the portable finish (cuda::backward_finish) sums them per head in a fixed
+// order (deterministic).
+//
 // Varlen (cu_seqlens): one CTA per (pair of the work list, KV head): the list
 // (varlen_tiles.hpp) holds only the key blocks that exist, the heaviest (most query blocks)
 // first. The tensor maps cover the packed token axis; a box past its sequence's end reads
@@ -95,9 +102,10 @@
 // the query blocks that see its keys), atomic or deterministic dQ (bit-identical runs; both
 // passed on an H200). dQ by bulk reduce-add (the default; FLASH4_HOPPER_DQ=atomics: float2
 // atomics): passed scripts/hopper_dq_check.sh on an H200.
+// Sink logits and dsink (see "Sink" above): not yet run on a GPU.
 // Missing (follow-ups): intra-warpgroup overlap
 // of the next block's S / dP with this block's dV / dK / dQ, persistent scheduling,
-// softcap, sink, seqused_k, d 96 / 192 / 256.
+// softcap, seqused_k, d 96 / 192 / 256.
 #pragma once
 
 #include <cuda.h>
@@ -172,6 +180,11 @@ struct BackwardSm90Config {
 
 // One warp per workspace row (h, token), token < row_pitch: lse2 and D (see the header
 // comment); tokens of no sequence and the room after the last one get lse2 = +inf, D = 0.
+// With p.dsink_rows (a sink and dsink asked for): each token's dsink term
+// -exp(sink_h - lse) D at dsink_rows[h][token] ([Hq][tokens_q], no pitch: the layout the
+// portable finish's fixed-order sum reads), 0 for tokens of no sequence -- the portable
+// preprocess's expression (cuda/backward_rows.cu), with the natural-log lse, so both
+// backends sum the same terms.
 template <typename T>
 __global__ void backward_sm90_rows_kernel(const cuda::AttentionParams p, int64_t row_pitch) {
   constexpr int kWarps = 8;
@@ -187,6 +200,7 @@ __global__ void backward_sm90_rows_kernel(const cuda::AttentionParams p, int64_t
     if (lane == 0) {
       p.lse_log2[row] = __builtin_huge_valf();
       p.d_rows[row] = 0.0f;
+      if (p.dsink_rows != nullptr && token < p.tokens_q) p.dsink_rows[int64_t(h) * p.tokens_q + token] = 0.0f;
     }
     return;
   }
@@ -215,6 +229,7 @@ __global__ void backward_sm90_rows_kernel(const cuda::AttentionParams p, int64_t
     const float lse = p.lse[start * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + i * p.lse_row_stride];
     p.lse_log2[row] = lse == -__builtin_huge_valf() ? __builtin_huge_valf() : lse * cuda::kLog2e;
     p.d_rows[row] = acc;
+    if (p.dsink_rows != nullptr) p.dsink_rows[int64_t(h) * p.tokens_q + token] = -expf(p.sink[h] - lse) * acc;
   }
 }
 

@@ -9,6 +9,10 @@
 // scripts/hopper_dq_check.sh on an H200, 2026-12-01: every backward suite passes, 1.07-1.35x
 // the atomics); FLASH4_HOPPER_DQ=atomics (read at each call) adds it by float2 atomics
 // instead, for A/B runs. FLASH4_LOG=1 says which ran.
+// Sink logits (options.sink) need nothing of the main kernel (the forward's lse holds the
+// sink); with dsink asked for, the rows preprocess writes each row's term and the portable
+// finish sums them per head in a fixed order (backward_sm90.cuh, "Sink"). Not yet run on a
+// GPU (scripts/hopper_bwd_sink_check.sh).
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -39,7 +43,6 @@ std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shap
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
   if (a.varlen.seqused_k != nullptr) return "seqused_k is not covered yet";
   if (a.options.softcap > 0) return "softcap is not covered yet";
-  if (a.options.sink != nullptr || a.dsink != nullptr) return "sink is not covered yet";
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
   if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128))
     return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128)");
@@ -102,6 +105,9 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
   p.dq = row_layout(a.dq);
   p.dk = row_layout(a.dk);
   p.dv = row_layout(a.dv);
+  p.sink = a.options.sink;  // device [Hq]; read by the rows preprocess only
+  // dsink asked for: as the portable backward decides it (validation rejects dsink without a sink).
+  const bool want_dsink = a.dsink != nullptr && a.options.sink != nullptr;
   // The portable finish reads p.deterministic: false, dQ comes from dq_accum in both modes.
   p.deterministic = false;
   const bool deterministic = a.deterministic != 0;
@@ -111,18 +117,24 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     const int64_t row_pitch = hopper::backward_sm90_row_pitch(p.tokens_q);
     const size_t rows = size_t(p.heads_q) * size_t(row_pitch);
     const size_t dq_count = size_t(p.tokens_q) * size_t(p.heads_q) * size_t(p.d_qk);
+    // dsink: the rows' terms [Hq][tokens_q] (every one written by the rows preprocess).
+    const size_t dsink_count = want_dsink ? size_t(p.heads_q) * size_t(p.tokens_q) : 0;
     // Varlen: the work list of (sequence, key block) pairs.
     const int64_t capacity = shape.varlen ? hopper::varlen_tile_capacity(shape.tokens_k, shape.batch) : 0;
     const size_t list_bytes = shape.varlen ? varlen_tiles_bytes(capacity, shape.batch) : 0;
     // Deterministic dQ: the counts [Hq][slots] and the ticket after them, one zeroed range.
     const int64_t slots = hopper::dq_order_slots(p.tokens_q, p.batch);
     const size_t order_count = deterministic ? size_t(p.heads_q) * size_t(slots) + 1 : 0;
-    Workspace ws(Workspace::bytes_for(dq_count) + 2 * Workspace::bytes_for(rows) + list_bytes +
-                     Workspace::bytes_for(order_count),
+    Workspace ws(Workspace::bytes_for(dq_count) + 2 * Workspace::bytes_for(rows) +
+                     Workspace::bytes_for(dsink_count) + list_bytes + Workspace::bytes_for(order_count),
                  stream);
     p.dq_accum = ws.take(dq_count);
     p.lse_log2 = ws.take(rows);
     p.d_rows = ws.take(rows);
+    if (want_dsink) {
+      p.dsink_rows = ws.take(dsink_count);
+      p.dsink = a.dsink;  // written by backward_finish, the fixed-order sum of the rows' terms
+    }
     hopper::VarlenTiles list;
     if (shape.varlen)
       list = build_varlen_tiles_in(
@@ -152,6 +164,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
       dq_note = "dQ by bulk reduce-add";
     }
     if (deterministic) dq_note += ", deterministic";
+    if (p.sink != nullptr) dq_note += want_dsink ? ", sink + dsink" : ", sink (no dsink)";
     log_backend("flash4_backward", "hopper", dq_note);
     FLASH4_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, dq_count * sizeof(float), stream));
     hopper::backward_sm90_rows(p, row_pitch, stream);
@@ -161,8 +174,9 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     else
       hopper::backward_sm90<128>(maps, p, row_pitch, list, capacity, dq_order, dq_add, stream);
     // dq = scale * dq_accum in the output dtype, for every token row (rows of no sequence:
-    // 0), and zeros in the dk / dv rows of no sequence (varlen): the portable backward's
-    // finish (atomic mode, no sink: nothing else runs).
+    // 0), zeros in the dk / dv rows of no sequence (varlen), and with p.dsink dsink_h = the
+    // sum of dsink_rows[h][:] in a fixed order (dsink_reduce_kernel: the same bits on every
+    // run, deterministic or not): the portable backward's finish in its atomic mode.
     cuda::backward_finish(p, stream);
     *status = FLASH4_OK;
   } catch (const cuda::CudaError& e) {
