@@ -372,21 +372,35 @@ inline constexpr int kDqStagedBarrier = 9, kDqFreeBarrier = 10;
 // map with the 128-byte swizzle: row r at byte 128 r, its 16-byte unit u at u ^ (r % 8)
 // (r % 8 = g). Rows at or past valid_rows are the next sequence's tokens (or past Sq): they
 // get zeros, and adding +0.0 to another token's row changes nothing (a sum that starts at
-// +0.0 never becomes -0.0). A half-warp's float2 stores hit 4 rows x 2 units: 2-way bank
-// conflicts (the 128-byte swizzle spreads 8 rows, a half-warp covers 4).
+// +0.0 never becomes -0.0).
+// Banks: a half-warp's float2 stores cover 4 rows (g % 4) x 4 lanes. Were every lane to store
+// tile n at the same time, rows g and g ^ 1 would hit the same two units (the swizzle flips
+// only the unit's low bit between them): 2-way conflicts on every store (ncu 2026-12-01: 40% of
+// the backward's shared-store wavefronts). So within each group of four tiles, lane (g, t)
+// stores tile 4 (n / 4) + ((n % 4) ^ gray(g % 4)) at step n; the units' pair index is then
+// (n % 4) ^ (g % 4) in one half-warp and its complement-by-2 in the other: the 16 lanes'
+// 8-byte stores fill 32 distinct banks. The tile is chosen by value (selects): a run-time
+// index into dq would put it in local memory.
 template <int kTiles>
 __device__ __forceinline__ void dq_stage_tile(unsigned char* tile, const float (&dq)[32], int wq, int g, int t,
                                               int valid_rows) {
+  static_assert(kTiles % 4 == 0, "whole groups of four n8 tiles");
   constexpr uint32_t kChunkBytes = 64 * 32 * 4;
+  const int gray = (g & 3) ^ ((g & 3) >> 1);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int r = 16 * wq + g + 8 * half;
     const bool keep = r < valid_rows;
 #pragma unroll
     for (int n = 0; n < kTiles; ++n) {
-      const int unit = 2 * (n % 4) + t / 2;
+      const int group = n & ~3, m = (n & 3) ^ gray;  // this lane's tile at this step: group + m
+      float2 v = make_float2(0.0f, 0.0f);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (j == m) v = make_float2(dq[4 * (group + j) + 2 * half], dq[4 * (group + j) + 2 * half + 1]);
+      const int unit = 2 * m + t / 2;
       float2* dst = reinterpret_cast<float2*>(tile + (n / 4) * kChunkBytes + r * 128 + ((unit ^ g) << 4) + (t & 1) * 8);
-      *dst = keep ? make_float2(dq[4 * n + 2 * half], dq[4 * n + 2 * half + 1]) : make_float2(0.0f, 0.0f);
+      *dst = keep ? v : make_float2(0.0f, 0.0f);
     }
   }
 }
