@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device check of the Hopper (sm90a) backward with learnable sink logits (options.sink, with
+# Device check of the Hopper (sm90a) backward with learnable sink logits (and softcap) (options.sink, with
 # dsink asked for or not: the rows preprocess writes each row's dsink term, the portable
 # finish sums them per head in a fixed order; the main kernel is unchanged), in one call on
 # an H100 / H200 from the repository root (carry .device-carry/ for the build dependencies,
@@ -14,7 +14,8 @@
 #              and packed, GQA, causal, windows whose rows see no key, deterministic),
 #              Sink/Flash4HopperDeterministicBackward[BulkDq] (three runs: the same dq, dk,
 #              dv and dsink bits; bulk = atomics), Flash4HopperBackwardSink (no dsink gives
-#              the same gradients; calls without query rows write dsink = 0);
+#              the same gradients; calls without query rows write dsink = 0); then the
+#              softcap suites (Softcap/Flash4HopperBackward[BulkDq], Softcap/...Deterministic...);
 #   4. test    the existing Hopper backward suites, atomic and bulk dQ (Covered, Window,
 #              Varlen, Deterministic, the dispatch tests): nothing regressed;
 #   5. check   compute-sanitizer memcheck on a small sink varlen case (atomic and bulk dQ)
@@ -58,6 +59,9 @@ fi
 # ---- 3. the sink suites ----------------------------------------------------------------
 # (Sink/Flash4Hopper.* is the forward's sink suite: not run here.)
 run_suite sink 'Sink/Flash4HopperBackward*:Sink/Flash4HopperDeterministicBackward*:Flash4HopperBackwardSink.*' 150
+# Softcap on the same kernel (a uniform branch: th = tanh(s scale / c) while the dP wgmma runs,
+# then P and dS = P (dP - D) (1 - th^2)); Softcap/Flash4Hopper.* is the forward's suite.
+run_suite softcap 'Softcap/Flash4HopperBackward*:Softcap/Flash4HopperDeterministicBackward*' 120
 worst() { grep -hE "^\[ errors \]" "$OUT/tests_sink.txt" 2>/dev/null | grep "$2" | max_after "$1"; }
 note "sink worst vs float64: bf16 dq $(worst dq bf16) dk $(worst dk bf16) dv $(worst dv bf16) dsink $(worst dsink bf16); fp16 dq $(worst dq fp16) dk $(worst dk fp16) dv $(worst dv fp16) dsink $(worst dsink fp16)"
 n_portable=$(grep -cE "^\[ errors \].*\| bwd portable" "$OUT/tests_sink.txt" 2>/dev/null)

@@ -9,17 +9,18 @@
 // sequence too, whose reference gradient is 0). Lengths {1, 17, 128, 1000, 4097} as
 // Sq = Sk, Sq < Sk and Sq > Sk. Deterministic calls (what adept's training asks for) run on
 // it too, match the reference, and repeat bit for bit (Flash4HopperDeterministicBackward).
-// Calls the kernel does not cover (softcap, d = 96) run on the portable backward, as does
+// Calls the kernel does not cover (d = 96, 256) run on the portable backward, as does
 // every call with FLASH4_HOPPER_BWD=0 or FLASH4_BACKEND=portable.
 // Learnable sink logits (options.sink, random per head) with dsink: the Sink/... suites
 // (dense and packed, GQA, causal, windows whose rows see no key so that lse = sink, atomic
 // and deterministic dQ) must run on it and match the reference in dq, dk, dv and dsink;
 // deterministic calls repeat dsink bit for bit too, and a call without dsink gives the
-// gradients of one with it (Flash4HopperBackwardSink).
-// Every suite runs twice: with dQ added by float2 atomics (the default; FLASH4_HOPPER_DQ
-// unset for the test) and, in the suites named ...BulkDq, by bulk reduce-add from shared
-// memory (FLASH4_HOPPER_DQ=bulk); the deterministic bulk path must also give the same bits
-// as the deterministic atomics (the same fp32 adds in the same order).
+// gradients of one with it (Flash4HopperBackwardSink). Softcap (the Softcap/... suites:
+// dense, window, packed, with a sink, deterministic) likewise.
+// Every suite runs twice: with dQ added by float2 atomics (FLASH4_HOPPER_DQ=atomics for the
+// test) and, in the suites named ...BulkDq, by bulk reduce-add from shared memory (the
+// default, set explicitly); the deterministic bulk path must also give the same bits as the
+// deterministic atomics (the same fp32 adds in the same order).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -725,6 +726,71 @@ INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperDeterministicBackward, ::testing::Val
 INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperDeterministicBackwardBulkDq,
                          ::testing::ValuesIn(sink_deterministic_cases()), test_name);
 
+// ---- softcap ---------------------------------------------------------------------------------
+
+// Softcap c (x = c tanh(s scale / c)): dS gains the factor 1 - tanh^2. Dense sweep (d 64 / 128
+// x bf16 / fp16 x causal, GQA / MQA) at caps where the tanh bends the logits (q scaled up so
+// |s scale| reaches several c), a window, packed batches, deterministic dQ dense and packed,
+// and softcap with a sink. Each must run on the Hopper kernel and match the reference.
+std::vector<Problem> softcap_deterministic_cases() {
+  std::vector<Problem> cases;
+  Problem p = named("hopper bwd softcap deterministic", 64);
+  p.softcap = 10.0f, p.q_scale = 3.0, p.deterministic = true;
+  p.B = 1, p.Hq = 4, p.Hkv = 2, p.Sq = 1000, p.Sk = 700;
+  p.causal = true;
+  cases.push_back(p);
+  p.label = "hopper bwd softcap deterministic varlen";
+  p.dtype = FLASH4_F16;
+  p.Dqk = p.Dv = 128;
+  p.seqs = {{1, 1}, {17, 17}, {0, 5}, {129, 129}, {300, 100}};
+  p.Hq = 4, p.Hkv = 2, p.pad_q = 3, p.pad_k = 1;
+  cases.push_back(p);
+  return cases;
+}
+
+std::vector<Problem> softcap_cases() {
+  constexpr Shape shapes[] = {{2, 4, 2, 300, 300}, {2, 2, 1, 17, 700}, {1, 4, 1, 500, 200}, {1, 8, 2, 600, 600}};
+  Problem base = named("hopper bwd softcap");
+  base.softcap = 20.0f, base.q_scale = 4.0;
+  std::vector<Problem> cases = shape_sweep(base, {64, 128}, shapes);
+  for (size_t i = 0; i < cases.size(); i += 3) cases[i].softcap = 5.0f;  // deep in the tanh's flat part
+  {  // A window (left 64, right 17), d 64 bf16.
+    Problem p = base;
+    p.label = "hopper bwd softcap window";
+    p.Dqk = p.Dv = 64;
+    p.B = 2, p.Hq = 4, p.Hkv = 2, p.Sq = 700, p.Sk = 700;
+    p.window_left = 64, p.window_right = 17;
+    cases.push_back(p);
+  }
+  {  // Packed: empty sequences, Sq != Sk, tokens of no sequence, GQA; causal d 64 bf16.
+    Problem p = base;
+    p.label = "hopper bwd softcap varlen";
+    p.Dqk = p.Dv = 64;
+    p.seqs = {{17, 100}, {100, 17}, {1, 300}, {65, 65}, {0, 5}, {5, 0}, {130, 260}};
+    p.Hq = 4, p.Hkv = 2, p.pad_q = 3, p.pad_k = 2;
+    p.causal = true;
+    cases.push_back(p);
+  }
+  {  // Softcap and a sink together (dsink too), fp16 d 128.
+    Problem p = base;
+    p.label = "hopper bwd softcap sink";
+    p.dtype = FLASH4_F16;
+    p.Dqk = p.Dv = 128;
+    p.B = 1, p.Hq = 4, p.Hkv = 1, p.Sq = 500, p.Sk = 200;
+    p.causal = true;
+    p.sink = true;
+    cases.push_back(p);
+  }
+  append(cases, softcap_deterministic_cases());
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperBackward, ::testing::ValuesIn(softcap_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(softcap_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperDeterministicBackward,
+                         ::testing::ValuesIn(softcap_deterministic_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperDeterministicBackwardBulkDq,
+                         ::testing::ValuesIn(softcap_deterministic_cases()), test_name);
+
 // dsink = NULL with a sink (the sink a constant): the same kernels, only the dsink terms are
 // skipped, so a deterministic call gives the dq, dk, dv bits of one that asks for dsink --
 // dense and packed, on the Hopper kernel both times.
@@ -808,12 +874,12 @@ TEST(Flash4HopperBackwardDispatch, OnByDefaultAndZeroSwitchesItOff) {
 TEST(Flash4HopperBackwardDispatch, UncoveredCallsRunOnThePortableBackward) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   DefaultBackendSwitches defaults;
-  Problem p = small("softcap");
-  p.softcap = 20;
+  Problem p = small("d = 256");
+  p.Dqk = p.Dv = 256;
   EXPECT_EQ(check_backward(p), "portable");
-  p = small("deterministic softcap");  // deterministic is covered, softcap is not
+  p = small("deterministic d = 256");  // deterministic is covered, d = 256 is not
   p.deterministic = true;
-  p.softcap = 20;
+  p.Dqk = p.Dv = 256;
   EXPECT_EQ(check_backward(p), "portable");
   p = small("d = 96");
   p.Dqk = p.Dv = 96;

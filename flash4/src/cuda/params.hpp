@@ -63,6 +63,15 @@ struct AttentionParams {
   bool deterministic = false;
 };
 
+// The softcap fields of p from the cap c (0: off) and the softmax scale: the kernels take
+// x = c log2(e) tanh(s scale / c).
+inline void set_softcap(AttentionParams& p, float softcap, double scale) {
+  if (!(softcap > 0)) return;
+  p.softcap = softcap;
+  p.softcap_inv_scale = float(scale / softcap);
+  p.softcap_log2 = float(double(softcap) * 1.4426950408889634);
+}
+
 // Host side, shared by the portable and Hopper backends: where a validated flash4 tensor's rows
 // live. q-like [B, S, H, D], packed [T, H, D] (packed = true), or paged k-like
 // [pages, page_size, H, D] (packed = false).

@@ -163,11 +163,7 @@ AttentionParams common_params(const Args& a, const ProblemShape& shape, cudaStre
   const double scale = shape.softmax_scale;
   p.scale = float(scale);
   p.scale_log2 = float(scale * 1.4426950408889634);
-  if (o.softcap > 0) {
-    p.softcap = o.softcap;
-    p.softcap_inv_scale = float(scale / o.softcap);
-    p.softcap_log2 = float(double(o.softcap) * 1.4426950408889634);
-  }
+  set_softcap(p, o.softcap, scale);
   p.causal = o.causal != 0;
   p.window_left = o.window_left < 0 ? -1 : o.window_left;
   p.window_right = o.window_right < 0 ? -1 : o.window_right;

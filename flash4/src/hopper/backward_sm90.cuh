@@ -646,6 +646,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
     setmaxnreg_inc<C::kConsumerRegs>();
     const int cw = warpgroup - 1, wq = warp % 4, g = lane / 4, t = lane % 4;
     const float scale_log2 = p.scale_log2;
+    const bool softcap = p.softcap > 0;  // uniform: one branch per step, outside the element loops
     const uint32_t k_addr = smem_u32(smem + C::kOffK), v_addr = smem_u32(smem + C::kOffV);
     const uint32_t q_addr0 = smem_u32(smem + C::kOffQ), o_addr0 = smem_u32(smem + C::kOffO);
     const uint32_t ds_addr0 = smem_u32(smem + C::kOffDs);
@@ -700,23 +701,47 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       const int row_skip = int((int64_t(h) * row_pitch + seq.q_token + m0) & 3);
       const float* lse2 = sRows + stage * 2 * C::kRowFloats + row_skip;
       const float* drow = lse2 + C::kRowFloats;
+      // Softcap c: P = 2^(c log2(e) th - lse2) with th = tanh(s scale / c), and
+      // dS = P (dP - D) (1 - th^2) (the scale is applied to dK / dQ later, as without). th
+      // takes P's place in s while the dP wgmma runs; P and dS follow once dP is there.
       wgmma_wait_group<1>();  // S^T done (groups complete in order)
 #pragma unroll
       for (int i = 0; i < BM / 2; ++i) fence_operand(s[i]);
+      if (softcap) {
 #pragma unroll
-      for (int i = 0; i < BM / 8; ++i) {
-        const float2 l = make_float2(lse2[8 * i + 2 * t], lse2[8 * i + 2 * t + 1]);  // 4-byte aligned only
+        for (int i = 0; i < BM / 2; ++i) s[i] = softcap_tanh(s[i] * p.softcap_inv_scale);
+      } else {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[4 * i + e] = cuda::exp2_hardware(fmaf(s[4 * i + e], scale_log2, (e & 1) ? -l.y : -l.x));
+        for (int i = 0; i < BM / 8; ++i) {
+          const float2 l = make_float2(lse2[8 * i + 2 * t], lse2[8 * i + 2 * t + 1]);  // 4-byte aligned only
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            s[4 * i + e] = cuda::exp2_hardware(fmaf(s[4 * i + e], scale_log2, (e & 1) ? -l.y : -l.x));
+        }
       }
       wgmma_wait_group<0>();  // dP^T done
 #pragma unroll
       for (int i = 0; i < BM / 2; ++i) fence_operand(dp[i]);
+      if (softcap) {
 #pragma unroll
-      for (int i = 0; i < BM / 8; ++i) {
-        const float2 dd = make_float2(drow[8 * i + 2 * t], drow[8 * i + 2 * t + 1]);
+        for (int i = 0; i < BM / 8; ++i) {
+          const float2 l = make_float2(lse2[8 * i + 2 * t], lse2[8 * i + 2 * t + 1]);
+          const float2 dd = make_float2(drow[8 * i + 2 * t], drow[8 * i + 2 * t + 1]);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dp[4 * i + e] = s[4 * i + e] * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x));
+          for (int e = 0; e < 4; ++e) {
+            const float th = s[4 * i + e];
+            const float prob = cuda::exp2_hardware(p.softcap_log2 * th - ((e & 1) ? l.y : l.x));
+            s[4 * i + e] = prob;
+            dp[4 * i + e] = prob * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x)) * (1.0f - th * th);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < BM / 8; ++i) {
+          const float2 dd = make_float2(drow[8 * i + 2 * t], drow[8 * i + 2 * t + 1]);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dp[4 * i + e] = s[4 * i + e] * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x));
+        }
       }
       // Per-element mask only where the tile crosses the causal diagonal, a window edge, the
       // end of the keys or of the queries: P = dS = 0 outside (K / Q rows past the ends are

@@ -42,7 +42,6 @@ namespace {
 std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shape) {
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
   if (a.varlen.seqused_k != nullptr) return "seqused_k is not covered yet";
-  if (a.options.softcap > 0) return "softcap is not covered yet";
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
   if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128))
     return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128)");
@@ -105,7 +104,6 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
   p.dq = row_layout(a.dq);
   p.dk = row_layout(a.dk);
   p.dv = row_layout(a.dv);
-  p.sink = a.options.sink;  // device [Hq]; read by the rows preprocess only
   // dsink asked for: as the portable backward decides it (validation rejects dsink without a sink).
   const bool want_dsink = a.dsink != nullptr && a.options.sink != nullptr;
   // The portable finish reads p.deterministic: false, dQ comes from dq_accum in both modes.

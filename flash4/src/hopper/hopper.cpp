@@ -202,14 +202,6 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   const int emulation = a.tuning.exp2_emulation;
   p.emulate_exp2 = emulation == 2 || (emulation == 0 && kEmulateExp2ByDefault);
   p.rescale_tau = cuda::effective_rescale_threshold(a.tuning.rescale_threshold);
-  // Softcap (the kernels with it take x = c log2(e) tanh(s scale / c)) and sink, here rather
-  // than in attention_params: the Hopper backward covers neither yet.
-  if (a.options.softcap > 0) {
-    p.softcap = a.options.softcap;
-    p.softcap_inv_scale = float(shape.softmax_scale / a.options.softcap);
-    p.softcap_log2 = float(double(a.options.softcap) * 1.4426950408889634);
-  }
-  p.sink = a.options.sink;
 
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
   try {

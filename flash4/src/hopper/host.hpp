@@ -91,6 +91,8 @@ cuda::AttentionParams attention_params(const Args& a, const ProblemShape& shape)
   p.causal = a.options.causal != 0;
   p.window_left = a.options.window_left < 0 ? -1 : a.options.window_left;
   p.window_right = a.options.window_right < 0 ? -1 : a.options.window_right;
+  cuda::set_softcap(p, a.options.softcap, shape.softmax_scale);
+  p.sink = a.options.sink;  // device [Hq] (the backward's rows preprocess reads it for dsink)
   return p;
 }
 
