@@ -20,7 +20,7 @@
 #              Varlen, Deterministic, the dispatch tests): nothing regressed;
 #   5. check   compute-sanitizer memcheck on a small sink varlen case (atomic and bulk dQ)
 #              and a small deterministic sink varlen case.
-# Every stage's timeout is cut to the time left of a 5-minute budget (BUDGET seconds, 300),
+# Every stage's timeout is cut to the time left of a 7-minute budget (BUDGET seconds, 420),
 # most-needed stages first; a suite cut short says how to rerun it alone.
 # Everything goes to $OUT (default ./hopper-bwd-sink-out): log, smoke.txt, tests_*.txt,
 # memcheck.txt; the last lines printed are the summary (each stage's seconds).
@@ -30,7 +30,7 @@ set -uo pipefail
 # shellcheck source=scripts/lib/hopper_check_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
 
-check_start hopper-bwd-sink-out 300 "$@"
+check_start hopper-bwd-sink-out 420 "$@"
 
 # ---- 1. build -------------------------------------------------------------------------
 build_flash4
