@@ -102,10 +102,11 @@
 // the query blocks that see its keys), atomic or deterministic dQ (bit-identical runs; both
 // passed on an H200). dQ by bulk reduce-add (the default; FLASH4_HOPPER_DQ=atomics: float2
 // atomics): passed scripts/hopper_dq_check.sh on an H200.
-// Sink logits and dsink (see "Sink" above): not yet run on a GPU.
+// Sink logits and dsink (see "Sink" above) and softcap (P and dS from th = tanh(s scale / c),
+// in the consumers' step): written, not yet run on a GPU (scripts/hopper_bwd_sink_check.sh).
 // Missing (follow-ups): intra-warpgroup overlap
 // of the next block's S / dP with this block's dV / dK / dQ, persistent scheduling,
-// softcap, seqused_k, d 96 / 192 / 256.
+// seqused_k, d 96 / 192 / 256.
 #pragma once
 
 #include <cuda.h>
