@@ -30,6 +30,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <flash4/flash4.h>
+#include <flash4/flash4.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -196,15 +197,6 @@ std::vector<int32_t> document_boundaries(const VarlenShape& v) {
   return cu;
 }
 
-flash4_tensor strided(void* data, flash4_dtype dtype, std::vector<int64_t> shape, std::vector<int64_t> stride) {
-  flash4_tensor t{};
-  t.data = data;
-  t.dtype = dtype;
-  t.rank = int(shape.size());
-  for (int i = 0; i < t.rank; ++i) t.shape[i] = shape[i], t.stride[i] = stride[i];
-  return t;
-}
-
 // The Hopper backward's dQ path this process asked for (FLASH4_HOPPER_DQ, read by flash4 at
 // each call).
 const char* hopper_dq_path() {
@@ -236,14 +228,14 @@ int run_varlen(const VarlenShape& v, int repeats, BackwardModes modes) {
   BENCH_CUDA(cudaGetLastError());
   BENCH_CUDA(cudaMemcpy(d_cu.ptr, cu.data(), cu.size() * 4, cudaMemcpyHostToDevice));
   auto column = [&](void* base, int64_t offset, int64_t H) {
-    return strided(static_cast<__nv_bfloat16*>(base) + offset, FLASH4_BF16, {N, H, D}, {W, D, 1});
+    return flash4::strided(static_cast<__nv_bfloat16*>(base) + offset, FLASH4_BF16, {N, H, D}, {W, D, 1});
   };
   flash4_forward_args f;
   flash4_forward_args_init(&f);
   f.device = FLASH4_CUDA;
   f.q = column(qkv.ptr, 0, Hq), f.k = column(qkv.ptr, Hq * D, Hkv), f.v = column(qkv.ptr, (Hq + Hkv) * D, Hkv);
-  f.out = strided(out.ptr, FLASH4_BF16, {N, Hq, D}, {Hq * D, D, 1});
-  f.lse = strided(lse.ptr, FLASH4_F32, {Hq, N}, {N, 1});
+  f.out = flash4::strided(out.ptr, FLASH4_BF16, {N, Hq, D}, {Hq * D, D, 1});
+  f.lse = flash4::strided(lse.ptr, FLASH4_F32, {Hq, N}, {N, 1});
   f.options.causal = v.causal;
   f.varlen.cu_seqlens_q = f.varlen.cu_seqlens_k = static_cast<const int32_t*>(d_cu.ptr);
   f.varlen.batch = batch;
@@ -252,7 +244,7 @@ int run_varlen(const VarlenShape& v, int repeats, BackwardModes modes) {
   flash4_backward_args_init(&b);
   b.device = FLASH4_CUDA;
   b.q = f.q, b.k = f.k, b.v = f.v, b.out = f.out, b.lse = f.lse, b.options = f.options, b.varlen = f.varlen;
-  b.dout = strided(dout.ptr, FLASH4_BF16, {N, Hq, D}, {Hq * D, D, 1});
+  b.dout = flash4::strided(dout.ptr, FLASH4_BF16, {N, Hq, D}, {Hq * D, D, 1});
   b.dq = column(dqkv.ptr, 0, Hq), b.dk = column(dqkv.ptr, Hq * D, Hkv), b.dv = column(dqkv.ptr, (Hq + Hkv) * D, Hkv);
 
   check(flash4_forward(&f), "flash4_forward");

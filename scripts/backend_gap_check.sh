@@ -55,17 +55,7 @@ stage_cli() {
   local CLI=$OUT/cli
   rm -rf "$CLI" && mkdir -p "$CLI"
   # scripts/dp_check.sh's cli.toml, backend from the command line, evaluated every 50.
-  cat >"$CLI/cli.toml" <<'TOML'
-[data]
-general_split = "blocks"
-[train]
-backend = "cuda"
-steps = 600
-batch_size = 8
-eval_every = 50
-eval_batches = 4
-checkpoint_every = 0
-TOML
+  cli_toml "$CLI/cli.toml" 50
   { cat "$CLI/cli.toml"; printf '[model]\nnum_attention_heads = 3\nnum_key_value_heads = 1\n'; } >"$CLI/hd32.toml"
   # The same run without CUDA graphs (every launch eager), and the graphed run again (is
   # the CUDA backend deterministic run to run?): tells a replay bug from chaotic growth.

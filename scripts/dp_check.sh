@@ -129,17 +129,7 @@ stage_cli() {
   CLI=$OUT/cli
   rm -rf "$CLI" && mkdir -p "$CLI"
   local cfg=$CLI/cli.toml ck=$CLI/checkpoints.toml
-  cat >"$cfg" <<'TOML'
-[data]
-general_split = "blocks"
-[train]
-backend = "cuda"
-steps = 600
-batch_size = 8
-eval_every = 200
-eval_batches = 4
-checkpoint_every = 0
-TOML
+  cli_toml "$cfg" 200
   sed 's/^checkpoint_every = 0/checkpoint_every = 20/' "$cfg" >"$ck"  # the same training (checkpoint key)
   cli_one one train "$cfg" --out "$CLI/one" --quiet || fail "cli: adept train on 1 GPU"
   # A control: one GPU again, its cosine schedule over 601 steps instead of 600 (a

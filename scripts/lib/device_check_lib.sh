@@ -15,3 +15,21 @@ say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
 status=0
 # shellcheck disable=SC2034  # status is read by the check
 fail() { say "FAILED: $*"; status=1; }
+
+# cli_toml FILE EVAL_EVERY: the CLI checks' run config (the embedded tiny default, general
+# held-out split by blocks, 8 rows a step, 600 steps unless --steps says otherwise, no
+# checkpoints), held-out loss every EVAL_EVERY steps. Shared by dp_check.sh and
+# backend_gap_check.sh so that their curves come from the same training.
+cli_toml() {
+  cat >"$1" <<TOML
+[data]
+general_split = "blocks"
+[train]
+backend = "cuda"
+steps = 600
+batch_size = 8
+eval_every = $2
+eval_batches = 4
+checkpoint_every = 0
+TOML
+}

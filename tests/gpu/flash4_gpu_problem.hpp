@@ -93,6 +93,26 @@ inline Twin make_twin(std::vector<int64_t> shape, std::vector<int64_t> stride, i
   return t;
 }
 
+// A contiguous (row-major) device tensor of `shape` in `dtype` (16-bit, or FLASH4_F32) and
+// its flash4 view, for the tests that need device buffers without host twins.
+struct DeviceTensor {
+  flash4_tensor view{};
+  DeviceMemory memory;
+};
+inline DeviceTensor contiguous_tensor(const std::vector<int64_t>& shape, flash4_dtype dtype) {
+  DeviceTensor t;
+  t.view.dtype = dtype;
+  t.view.rank = int(shape.size());
+  int64_t stride = 1;
+  for (int i = t.view.rank - 1; i >= 0; --i) {
+    t.view.shape[i] = shape[i], t.view.stride[i] = stride;
+    stride *= shape[i];
+  }
+  t.memory = DeviceMemory(size_t(stride) * (dtype == FLASH4_F32 ? 4 : 2));
+  t.view.data = t.memory.get();
+  return t;
+}
+
 inline uint16_t to_bits(double x, flash4_dtype dtype) {
   return dtype == FLASH4_BF16 ? flash4::detail::f64_to_bf16_bits(x) : flash4::detail::f64_to_f16_bits(x);
 }

@@ -381,7 +381,7 @@ class GpuOnlyProblem {
     options_.causal = p.causal;
     options_.window_left = p.window_left, options_.window_right = p.window_right;
     std::mt19937_64 rng(std::hash<std::string>{}(p.describe()));
-    for (Tensor* t : {&q_, &k_, &v_, &dout_}) fill(*t, rng);
+    for (DeviceTensor* t : {&q_, &k_, &v_, &dout_}) fill(*t, rng);
     if (p.sink) {
       std::normal_distribution<double> normal(0.0, 1.0);
       std::vector<float> sink(size_t(p.Hq));
@@ -403,7 +403,7 @@ class GpuOnlyProblem {
 
   // `want_dsink`: pass dsink when the problem has a sink (else dsink = NULL).
   void backward(bool deterministic, Gradients* g, bool want_dsink = true) {
-    for (Tensor* t : {&dq_, &dk_, &dv_}) FLASH4_TEST_CUDA(cudaMemset(t->memory.get(), 0xFF, t->memory.bytes()));
+    for (DeviceTensor* t : {&dq_, &dk_, &dv_}) FLASH4_TEST_CUDA(cudaMemset(t->memory.get(), 0xFF, t->memory.bytes()));
     const bool dsink = p_.sink && want_dsink;
     if (dsink) FLASH4_TEST_CUDA(cudaMemset(dsink_.get(), 0xFF, dsink_.bytes()));
     flash4_backward_args b;
@@ -432,23 +432,11 @@ class GpuOnlyProblem {
   flash4_dtype dtype() const { return p_.dtype; }
 
  private:
-  struct Tensor {
-    flash4_tensor view{};
-    DeviceMemory memory;
-  };
   // A contiguous tensor of `shape`: the problem's 16-bit dtype, or fp32 (lse).
-  Tensor tensor(std::vector<int64_t> shape, bool fp32 = false) {
-    const flash4_dtype dtype = fp32 ? FLASH4_F32 : p_.dtype;
-    Tensor t;
-    t.view.dtype = dtype;
-    t.view.rank = int(shape.size());
-    int64_t stride = 1;
-    for (int i = t.view.rank - 1; i >= 0; --i) t.view.shape[i] = shape[i], t.view.stride[i] = stride, stride *= shape[i];
-    t.memory = DeviceMemory(size_t(stride) * (dtype == FLASH4_F32 ? 4 : 2));
-    t.view.data = t.memory.get();
-    return t;
+  DeviceTensor tensor(const std::vector<int64_t>& shape, bool fp32 = false) {
+    return contiguous_tensor(shape, fp32 ? FLASH4_F32 : p_.dtype);
   }
-  void fill(Tensor& t, std::mt19937_64& rng) {
+  void fill(DeviceTensor& t, std::mt19937_64& rng) {
     std::normal_distribution<double> normal(0.0, 1.0);
     std::vector<uint16_t> bits(t.memory.bytes() / 2);
     for (uint16_t& x : bits) x = to_bits(normal(rng), p_.dtype);
@@ -456,7 +444,7 @@ class GpuOnlyProblem {
   }
 
   Problem p_;
-  Tensor q_, k_, v_, out_, dout_, lse_, dq_, dk_, dv_;
+  DeviceTensor q_, k_, v_, out_, dout_, lse_, dq_, dk_, dv_;
   DeviceMemory cu_q_, cu_k_, sink_, dsink_;
   flash4_varlen varlen_{};
   flash4_options options_{};

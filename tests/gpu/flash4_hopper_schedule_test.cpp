@@ -31,28 +31,6 @@ namespace {
 
 constexpr const char* kSchedule = "FLASH4_HOPPER_SCHEDULE";
 
-Problem forward_only(Problem p) {
-  p.backward = false;
-  return p;
-}
-
-// Runs p's forward on the GPU and the reference; returns the backend that ran it.
-std::string check_forward(const Problem& p) {
-  auto rng = testing_support::make_rng(std::hash<std::string>{}(p.describe()));
-  SCOPED_TRACE(p.describe());
-  ProblemRunner runner(p, rng);
-  runner.setup();
-  Errors e;
-  runner.forward(e);
-  if (::testing::Test::HasFatalFailure()) return "";
-  std::printf("[ errors ] %s | %s | out %.2e lse %.2e\n", p.describe().c_str(), runner.gpu_backend().c_str(), e.out,
-              e.lse);
-  const Tolerance tol = tolerance_for(p.dtype);
-  EXPECT_LT(e.out, tol.out) << "out";
-  EXPECT_LT(e.lse, tol.lse_abs) << "lse (max abs)";
-  return runner.gpu_backend();
-}
-
 class Flash4HopperDynamicSchedule : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperDynamicSchedule, RunsOnHopperAndMatchesFloat64Reference) {
@@ -162,7 +140,7 @@ class GpuForward {
     k_ = tensor({B, Sk, Hkv, D}), v_ = tensor({B, Sk, Hkv, D});
     lse_ = tensor({B, Hq, Sq}, /*fp32=*/true);
     std::mt19937_64 rng(std::hash<std::string>{}(p_.describe()));
-    for (Tensor* t : {&q_, &k_, &v_}) fill(*t, rng);
+    for (DeviceTensor* t : {&q_, &k_, &v_}) fill(*t, rng);
     FLASH4_TEST_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
   ~GpuForward() {
@@ -209,26 +187,12 @@ class GpuForward {
   }
 
  private:
-  struct Tensor {
-    flash4_tensor view{};
-    DeviceMemory memory;
-  };
-  Tensor tensor(std::vector<int64_t> shape, bool fp32 = false) {
-    const flash4_dtype dtype = fp32 ? FLASH4_F32 : p_.dtype;
-    Tensor t;
-    t.view.dtype = dtype;
-    t.view.rank = int(shape.size());
-    int64_t stride = 1;
-    for (int i = t.view.rank - 1; i >= 0; --i) {
-      t.view.shape[i] = shape[i], t.view.stride[i] = stride;
-      stride *= shape[i];
-    }
-    t.memory = DeviceMemory(size_t(stride) * (dtype == FLASH4_F32 ? 4 : 2));
-    t.view.data = t.memory.get();
-    return t;
+  // A contiguous tensor of `shape`: the problem's 16-bit dtype, or fp32 (lse).
+  DeviceTensor tensor(const std::vector<int64_t>& shape, bool fp32 = false) {
+    return contiguous_tensor(shape, fp32 ? FLASH4_F32 : p_.dtype);
   }
   // Uniform values in [-2, 2) rounded to the dtype (cheap for 30M+ elements).
-  void fill(Tensor& t, std::mt19937_64& rng) {
+  void fill(DeviceTensor& t, std::mt19937_64& rng) {
     std::uniform_real_distribution<double> uniform(-2.0, 2.0);
     std::vector<uint16_t> bits(t.memory.bytes() / 2);
     for (uint16_t& x : bits) x = to_bits(uniform(rng), p_.dtype);
@@ -240,7 +204,7 @@ class GpuForward {
   }
 
   Problem p_;
-  Tensor q_, k_, v_, out_, lse_;
+  DeviceTensor q_, k_, v_, out_, lse_;
   cudaStream_t stream_ = nullptr;
 };
 

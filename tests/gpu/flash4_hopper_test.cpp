@@ -18,28 +18,6 @@
 namespace flash4_gpu {
 namespace {
 
-// Runs p's forward on the GPU and the reference; returns the backend that ran it.
-std::string check_forward(const Problem& p) {
-  auto rng = testing_support::make_rng(std::hash<std::string>{}(p.describe()));
-  SCOPED_TRACE(p.describe());
-  ProblemRunner runner(p, rng);
-  runner.setup();
-  Errors e;
-  runner.forward(e);
-  if (::testing::Test::HasFatalFailure()) return "";
-  std::printf("[ errors ] %s | %s | out %.2e lse %.2e\n", p.describe().c_str(), runner.gpu_backend().c_str(), e.out,
-              e.lse);
-  const Tolerance tol = tolerance_for(p.dtype);
-  EXPECT_LT(e.out, tol.out) << "out";
-  EXPECT_LT(e.lse, tol.lse_abs) << "lse (max abs)";
-  return runner.gpu_backend();
-}
-
-Problem forward_only(Problem p) {
-  p.backward = false;
-  return p;
-}
-
 class Flash4Hopper : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4Hopper, RunsOnHopperAndMatchesFloat64Reference) {

@@ -1,5 +1,5 @@
 // What flash4's Hopper (sm90a) GPU tests share: the sm_90 device check, gtest names of
-// Problem cases, and the case sweeps the forward and backward suites both run -- shapes x
+// Problem cases, the forward check against the reference, and the case sweeps the forward and backward suites both run -- shapes x
 // (d, dtype, causal), lengths {1, 17, 128, 1000, 4097}, packed batches and sliding windows
 // over the (d, dtype) pairs in turn. A sweep copies its `base` problem (label, head dim,
 // forward only or not) into every case and sets what it sweeps; each suite keeps its own
@@ -8,6 +8,8 @@
 
 #include <cctype>
 #include <cstdint>
+#include <cstdio>
+#include <functional>
 #include <initializer_list>
 #include <random>
 #include <span>
@@ -15,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/random.hpp"
 #include "flash4_gpu_problem.hpp"
 
 namespace flash4_gpu {
@@ -36,6 +39,30 @@ inline std::string test_name(const ::testing::TestParamInfo<Problem>& info) {
 }
 
 // A case named `label` at head dim d (d_qk = d_v); Problem's defaults elsewhere.
+// p without its backward (the forward suites).
+inline Problem forward_only(Problem p) {
+  p.backward = false;
+  return p;
+}
+
+// Runs p's forward on the GPU and the reference, expects out and lse within the dtype's
+// tolerance; returns the backend that ran it ("" after a fatal failure).
+inline std::string check_forward(const Problem& p) {
+  auto rng = testing_support::make_rng(std::hash<std::string>{}(p.describe()));
+  SCOPED_TRACE(p.describe());
+  ProblemRunner runner(p, rng);
+  runner.setup();
+  Errors e;
+  runner.forward(e);
+  if (::testing::Test::HasFatalFailure()) return "";
+  std::printf("[ errors ] %s | %s | out %.2e lse %.2e\n", p.describe().c_str(), runner.gpu_backend().c_str(), e.out,
+              e.lse);
+  const Tolerance tol = tolerance_for(p.dtype);
+  EXPECT_LT(e.out, tol.out) << "out";
+  EXPECT_LT(e.lse, tol.lse_abs) << "lse (max abs)";
+  return runner.gpu_backend();
+}
+
 inline Problem named(const char* label, int d = 128) {
   Problem p;
   p.label = label;

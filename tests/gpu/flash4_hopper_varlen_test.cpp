@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include <flash4/flash4.hpp>
+
 #include "common/random.hpp"
 #include "common/scoped_env.hpp"
 #include "flash4_gpu_problem.hpp"
@@ -39,15 +41,6 @@ struct FusedCase {
   bool deterministic = false;
 };
 
-flash4_tensor view(void* base, flash4_dtype dtype, std::vector<int64_t> shape, std::vector<int64_t> stride) {
-  flash4_tensor t{};
-  t.data = base;
-  t.dtype = dtype;
-  t.rank = int(shape.size());
-  for (int i = 0; i < t.rank; ++i) t.shape[i] = shape[i], t.stride[i] = stride[i];
-  return t;
-}
-
 // The three column blocks (q, k, v or dq, dk, dv) of a fused [N, W] buffer of `element` bytes.
 struct Blocks {
   flash4_tensor q, k, v;
@@ -55,8 +48,9 @@ struct Blocks {
 Blocks column_blocks(void* base, flash4_dtype dtype, int element, int64_t N, int64_t Hq, int64_t Hkv, int64_t D) {
   const int64_t W = (Hq + 2 * Hkv) * D;
   char* b = static_cast<char*>(base);
-  return {view(b, dtype, {N, Hq, D}, {W, D, 1}), view(b + Hq * D * element, dtype, {N, Hkv, D}, {W, D, 1}),
-          view(b + (Hq + Hkv) * D * element, dtype, {N, Hkv, D}, {W, D, 1})};
+  return {flash4::strided(b, dtype, {N, Hq, D}, {W, D, 1}),
+          flash4::strided(b + Hq * D * element, dtype, {N, Hkv, D}, {W, D, 1}),
+          flash4::strided(b + (Hq + Hkv) * D * element, dtype, {N, Hkv, D}, {W, D, 1})};
 }
 
 void check_fused(const FusedCase& c) {
@@ -95,8 +89,8 @@ void check_fused(const FusedCase& c) {
   flash4_forward_args_init(&f);
   f.device = FLASH4_CUDA;
   f.q = in_gpu.q, f.k = in_gpu.k, f.v = in_gpu.v;
-  f.out = view(d_out.get(), c.dtype, {N, Hq, D}, {Hq * D, D, 1});
-  f.lse = view(d_lse.get(), FLASH4_F32, {Hq, N}, {N, 1});
+  f.out = flash4::strided(d_out.get(), c.dtype, {N, Hq, D}, {Hq * D, D, 1});
+  f.lse = flash4::strided(d_lse.get(), FLASH4_F32, {Hq, N}, {N, 1});
   f.options = o;
   f.varlen = vl;
   f.varlen.cu_seqlens_q = f.varlen.cu_seqlens_k = static_cast<const int32_t*>(d_cu.get());
@@ -116,8 +110,8 @@ void check_fused(const FusedCase& c) {
   flash4_forward_args r = f;
   r.device = FLASH4_CPU;
   r.q = in_cpu.q, r.k = in_cpu.k, r.v = in_cpu.v;
-  r.out = view(ref_out.data(), FLASH4_F64, {N, Hq, D}, {Hq * D, D, 1});
-  r.lse = view(ref_lse.data(), FLASH4_F32, {Hq, N}, {N, 1});
+  r.out = flash4::strided(ref_out.data(), FLASH4_F64, {N, Hq, D}, {Hq * D, D, 1});
+  r.lse = flash4::strided(ref_lse.data(), FLASH4_F32, {Hq, N}, {N, 1});
   r.varlen.cu_seqlens_q = r.varlen.cu_seqlens_k = cu.data();
   ASSERT_EQ(flash4_forward(&r), FLASH4_OK) << flash4_last_error();
 
@@ -153,7 +147,7 @@ void check_fused(const FusedCase& c) {
   flash4_backward_args_init(&b);
   b.device = FLASH4_CUDA;
   b.q = f.q, b.k = f.k, b.v = f.v, b.out = f.out, b.lse = f.lse;
-  b.dout = view(d_dout.get(), c.dtype, {N, Hq, D}, {Hq * D, D, 1});
+  b.dout = flash4::strided(d_dout.get(), c.dtype, {N, Hq, D}, {Hq * D, D, 1});
   b.dq = grad_gpu.q, b.dk = grad_gpu.k, b.dv = grad_gpu.v;
   b.options = o;
   b.varlen = f.varlen;
@@ -185,9 +179,9 @@ void check_fused(const FusedCase& c) {
   rb.device = FLASH4_CPU;
   rb.stream = nullptr;
   rb.q = in_cpu.q, rb.k = in_cpu.k, rb.v = in_cpu.v;
-  rb.out = view(out.data(), FLASH4_F64, {N, Hq, D}, {Hq * D, D, 1});
-  rb.dout = view(dout.data(), FLASH4_F64, {N, Hq, D}, {Hq * D, D, 1});
-  rb.lse = view(lse_in.data(), FLASH4_F32, {Hq, N}, {N, 1});
+  rb.out = flash4::strided(out.data(), FLASH4_F64, {N, Hq, D}, {Hq * D, D, 1});
+  rb.dout = flash4::strided(dout.data(), FLASH4_F64, {N, Hq, D}, {Hq * D, D, 1});
+  rb.lse = flash4::strided(lse_in.data(), FLASH4_F32, {Hq, N}, {N, 1});
   rb.dq = grad_cpu.q, rb.dk = grad_cpu.k, rb.dv = grad_cpu.v;
   rb.varlen.cu_seqlens_q = rb.varlen.cu_seqlens_k = cu.data();
   ASSERT_EQ(flash4_backward(&rb), FLASH4_OK) << flash4_last_error();

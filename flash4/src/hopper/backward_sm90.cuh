@@ -428,6 +428,23 @@ __device__ __forceinline__ void dq_combine_halves(float (&dq)[32], float2* swap,
     }
 }
 
+// Atomic dQ: dq_accum[token][h][col0 + ...] += this thread's kTiles n8 column tiles of dq (the
+// accumulator layout: element 4n + 2 half + {0, 1}, query row m0 + 16 wq + g + 8 half, column
+// col0 + 8n + 2t, +1), float2 atomics, rows past the sequence's queries skipped.
+template <int kTiles, int D>
+__device__ __forceinline__ void atomic_add_dq(const cuda::AttentionParams& p, const cuda::Sequence& seq, int h, int m0,
+                                              int col0, int wq, int g, int t, const float (&dq)[32]) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int qi = m0 + 16 * wq + g + 8 * half;
+    if (qi >= seq.sq) continue;
+    float* dst = p.dq_accum + ((seq.q_token + qi) * p.heads_q + h) * int64_t(D) + col0 + 2 * t;
+#pragma unroll
+    for (int n = 0; n < kTiles; ++n)
+      atomicAdd(reinterpret_cast<float2*>(dst + 8 * n), make_float2(dq[4 * n + 2 * half], dq[4 * n + 2 * half + 1]));
+  }
+}
+
 // tma_dq: the dq_accum map (DqAdd::bulk; unused by the atomic kernels), last so that the
 // other parameters keep their offsets.
 template <int D, typename T, bool kDeterministic, DqAdd kDqAdd>
@@ -727,57 +744,33 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
         // overtake a lane's read (compute-sanitizer racecheck flagged it without).
         __syncwarp();
         if (lane == 0) mbarrier_arrive(&q_empty[done_stage]);
+        // d = 64 deterministic: first the two warpgroups' partial sums -> one, 32 columns each
+        // (tiles n < 4), so that both the bulk and the atomic adds give one fixed order.
+        constexpr bool kCombine = kDeterministic && D == 64;
+        if constexpr (kCombine) {
+          float2* swap = reinterpret_cast<float2*>(smem + C::kOffSwap + kShift) + (step & 1) * 2 * 8 * 128;
+          if (cw == 0)
+            dq_combine_halves<0>(dq[done_u], swap, cw, threadIdx.x % 128);
+          else
+            dq_combine_halves<4>(dq[done_u], swap, cw, threadIdx.x % 128);
+        }
+        constexpr int kTiles = kCombine ? 4 : 8;
         if constexpr (kBulk) {
-          // Bulk dQ: the tile goes to shared memory, the dQ writer adds it (see there). d = 64
-          // deterministic: first the two partial sums -> one, 32 columns each, as below.
-          if constexpr (kDeterministic && D == 64) {
-            float2* swap = reinterpret_cast<float2*>(smem + C::kOffSwap + kShift) + (step & 1) * 2 * 8 * 128;
-            if (cw == 0)
-              dq_combine_halves<0>(dq[done_u], swap, cw, threadIdx.x % 128);
-            else
-              dq_combine_halves<4>(dq[done_u], swap, cw, threadIdx.x % 128);
-          }
-          constexpr int kTiles = kDeterministic && D == 64 ? 4 : 8;
+          // Bulk dQ: the tile goes to shared memory, the dQ writer adds it (see there).
           named_barrier_sync(kDqFreeBarrier, kDqOrderThreads);  // the adds of step - 2 have read it
-          dq_stage_tile<kTiles>(smem + C::kOffDqStage + (step & 1) * C::kDqBufferBytes + cw * 2 * C::kDqChunkBytes, dq[done_u], wq,
-                                g, t, sq - m0);
+          dq_stage_tile<kTiles>(smem + C::kOffDqStage + (step & 1) * C::kDqBufferBytes + cw * 2 * C::kDqChunkBytes,
+                                dq[done_u], wq, g, t, sq - m0);
           fence_proxy_async();  // the generic-proxy stores above, before the bulk reduce (async proxy) reads them
           named_barrier_arrive(kDqStagedBarrier, kDqOrderThreads);
         } else if constexpr (kDeterministic) {
-          // d = 64: first the two warpgroups' partial sums -> one, 32 columns each (n < 4).
-          constexpr int kTiles = D == 64 ? 4 : 8;
-          const int col0 = D == 64 ? 32 * cw : dq_col0;
-          if constexpr (D == 64) {
-            float2* swap = reinterpret_cast<float2*>(smem + C::kOffSwap + kShift) + (step & 1) * 2 * 8 * 128;
-            if (cw == 0)
-              dq_combine_halves<0>(dq[done_u], swap, cw, threadIdx.x % 128);
-            else
-              dq_combine_halves<4>(dq[done_u], swap, cw, threadIdx.x % 128);
-          }
           // The key blocks above this one have added theirs (the order warp's acquire).
           named_barrier_sync(kDqReadyBarrier, kDqOrderThreads);
-  #pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const int qi = m0 + 16 * wq + g + 8 * half;
-            if (qi >= sq) continue;
-            float* dst = p.dq_accum + ((seq.q_token + qi) * p.heads_q + h) * int64_t(D) + col0 + 2 * t;
-  #pragma unroll
-            for (int n = 0; n < kTiles; ++n)
-              atomicAdd(reinterpret_cast<float2*>(dst + 8 * n), make_float2(dq[done_u][4 * n + 2 * half], dq[done_u][4 * n + 2 * half + 1]));
-          }
+          atomic_add_dq<kTiles, D>(p, seq, h, m0, kCombine ? 32 * cw : dq_col0, wq, g, t, dq[done_u]);
           // Issued: the order warp may count this key block in (its release covers them).
           __syncwarp();  // the lanes that skipped rows past sq, back in step for the barrier
           named_barrier_arrive(kDqDoneBarrier, kDqOrderThreads);
         } else {
-  #pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const int qi = m0 + 16 * wq + g + 8 * half;
-            if (qi >= sq) continue;
-            float* dst = p.dq_accum + ((seq.q_token + qi) * p.heads_q + h) * int64_t(D) + dq_col0 + 2 * t;
-  #pragma unroll
-            for (int n = 0; n < 8; ++n)
-              atomicAdd(reinterpret_cast<float2*>(dst + 8 * n), make_float2(dq[done_u][4 * n + 2 * half], dq[done_u][4 * n + 2 * half + 1]));
-          }
+          atomic_add_dq<kTiles, D>(p, seq, h, m0, dq_col0, wq, g, t, dq[done_u]);
         }
       };
 #pragma unroll
@@ -820,29 +813,29 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
         // dS = P (dP - D) (1 - th^2) (the scale is applied to dK / dQ later, as without). th
         // takes P's place in s while the dP wgmma runs; P and dS follow once dP is there.
         wgmma_wait_group<1>();  // S^T done (groups complete in order)
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < BM / 2; ++i) fence_operand(s[i]);
         if (softcap) {
-  #pragma unroll
+#pragma unroll
           for (int i = 0; i < BM / 2; ++i) s[i] = softcap_tanh(s[i] * p.softcap_inv_scale);
         } else {
-  #pragma unroll
+#pragma unroll
           for (int i = 0; i < BM / 8; ++i) {
             const float2 l = make_float2(lse2[8 * i + 2 * t], lse2[8 * i + 2 * t + 1]);  // 4-byte aligned only
-  #pragma unroll
+#pragma unroll
             for (int e = 0; e < 4; ++e)
               s[4 * i + e] = cuda::exp2_hardware(fmaf(s[4 * i + e], scale_log2, (e & 1) ? -l.y : -l.x));
           }
         }
         wgmma_wait_group<0>();  // dP^T done
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < BM / 2; ++i) fence_operand(dp[i]);
         if (softcap) {
-  #pragma unroll
+#pragma unroll
           for (int i = 0; i < BM / 8; ++i) {
             const float2 l = make_float2(lse2[8 * i + 2 * t], lse2[8 * i + 2 * t + 1]);
             const float2 dd = make_float2(drow[8 * i + 2 * t], drow[8 * i + 2 * t + 1]);
-  #pragma unroll
+#pragma unroll
             for (int e = 0; e < 4; ++e) {
               const float th = s[4 * i + e];
               const float prob = cuda::exp2_hardware(p.softcap_log2 * th - ((e & 1) ? l.y : l.x));
@@ -851,10 +844,10 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
             }
           }
         } else {
-  #pragma unroll
+#pragma unroll
           for (int i = 0; i < BM / 8; ++i) {
             const float2 dd = make_float2(drow[8 * i + 2 * t], drow[8 * i + 2 * t + 1]);
-  #pragma unroll
+#pragma unroll
             for (int e = 0; e < 4; ++e) dp[4 * i + e] = s[4 * i + e] * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x));
           }
         }
@@ -868,9 +861,9 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
                             (has_right && int64_t(n0) + BN - 1 > int64_t(m0) + shift + right) ||
                             (has_left && int64_t(n0) < int64_t(m0) + BM - 1 + shift - left);
         if (masked) {
-  #pragma unroll
+#pragma unroll
           for (int i = 0; i < BM / 8; ++i)
-  #pragma unroll
+#pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int j = key0 + 8 * (e >> 1), qi = m0 + 8 * i + 2 * t + (e & 1);
               const int64_t diagonal = int64_t(qi) + shift;
