@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Device check of the Hopper (sm90a) forward's dynamic tile schedule (FLASH4_HOPPER_SCHEDULE=
 # dynamic: persistent CTAs take tiles from an atomic counter zeroed per call, head-major, the
-# heaviest query block of each head first; off by default), in one call on an H100 / H200 from
+# heaviest query block of each head first; the default since this check passed on an H200,
+# 2026-12-01; FLASH4_HOPPER_SCHEDULE=static is the round-robin), in one call on an H100 / H200 from
 # the repository root (carry .device-carry/ for the build dependencies, as
 # scripts/hopper_fwd256_check.sh):
 #   1. build   flash4 for sm_90a only (ninja -j16, timed), the flash4-only GPU tests and
@@ -11,12 +12,12 @@
 #              576 tiles over 132 SMs: CTAs take several); the log must say "dynamic
 #              schedule". A hang (rc 124) is the likely failure (the tile handoff or the
 #              sentinel): memcheck of them and stop;
-#   3. test    every existing Hopper forward suite with the default (static) schedule, then
+#   3. test    every existing Hopper forward suite with FLASH4_HOPPER_SCHEDULE=static, then
 #              the new suites (Dynamic/Flash4HopperDynamicSchedule.*: the float64 reference;
 #              ManyTiles/Flash4HopperScheduleBits.*: B 4, H 16, S 4096 dynamic = static bits,
 #              back-to-back calls and graph replays the same bits), then every existing Hopper
 #              forward suite (Covered, Varlen, Window, D256, Softcap, Sink) with
-#              FLASH4_HOPPER_SCHEDULE=dynamic exported, cut to leave the bench its time;
+#              the default (dynamic) schedule, cut to leave the bench its time;
 #   4. bench   flash4-bench at d 64, 128, 256 (bf16, 16k tokens, hidden 2048, S 512 .. 16k,
 #              causal 0 / 1), static and dynamic in separate processes; forward TF/s of each
 #              and dynamic / static per row (the backward it also times is not compared);
@@ -33,7 +34,7 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
 
 check_start hopper-sched-out 400 "$@"
-unset FLASH4_HOPPER_SCHEDULE  # the default (static) unless a stage asks for dynamic
+unset FLASH4_HOPPER_SCHEDULE  # the default (dynamic since 2026-12-01) unless a stage asks for static
 
 # ---- 1. build -------------------------------------------------------------------------
 build_flash4
@@ -74,30 +75,29 @@ else
 fi
 
 # ---- 3. tests -------------------------------------------------------------------------
-# The default (static) path first: its producer loop was restructured with the dynamic one
-# (same order and waits), so every existing forward suite must still pass without the switch.
+# The static path first (FLASH4_HOPPER_SCHEDULE=static): its producer loop shares the dynamic
+# one's order and waits, so every existing forward suite must still pass on it.
 existing='Covered/Flash4Hopper.*:Varlen/Flash4Hopper.*:Window/Flash4Hopper.*:D256/Flash4Hopper.*:Softcap/Flash4Hopper.*:Sink/Flash4Hopper.*'
-run_suite existing_static "$existing" 70
+FLASH4_HOPPER_SCHEDULE=static run_suite existing_static "$existing" 70
 run_suite dynamic 'Dynamic/Flash4HopperDynamicSchedule.*' 90
 run_suite bits 'ManyTiles/Flash4HopperScheduleBits.*' 60
 # worst FIELD DTYPE: the largest value after FIELD over the dynamic suite's error lines.
 worst() { grep -E "^\[ errors \]" "$OUT/tests_dynamic.txt" | grep "$2" | max_after "$1"; }
 note "dynamic suite worst: bf16 out $(worst out bf16) lse $(worst lse bf16); fp16 out $(worst out fp16) lse $(worst lse fp16)"
-# The existing forward suites with the switch on; the bench keeps ~75 s of the budget.
-export FLASH4_HOPPER_SCHEDULE=dynamic
+# The existing forward suites on the default (dynamic); the bench keeps ~75 s of the budget.
 reserve=$((BENCH == 1 ? 75 : 0))
 limit=$(($(time_left) - reserve))
 run_suite existing_dynamic "$existing" $((limit > 30 ? limit : 30))
-unset FLASH4_HOPPER_SCHEDULE
 
 # ---- 4. bench -------------------------------------------------------------------------
 if [ "$BENCH" -eq 1 ]; then
   say "flash4-bench d 64 / 128 / 256: bf16, 16k tokens, hidden 2048, S 512 .. 16k, causal 0 / 1; static vs dynamic"
   t=$(date +%s)
   for d in 64 128 256; do
-    FLASH4_LOG=1 timeout "$(budget 40)" "$B/bin/flash4-bench" --d $d --repeats 10 --deterministic 0 \
-      > "$OUT/bench_static_d$d.txt" 2> "$OUT/bench_static_log_d$d.txt"
-    FLASH4_HOPPER_SCHEDULE=dynamic FLASH4_LOG=1 timeout "$(budget 40)" "$B/bin/flash4-bench" --d $d --repeats 10 \
+    FLASH4_HOPPER_SCHEDULE=static FLASH4_LOG=1 timeout "$(budget 40)" "$B/bin/flash4-bench" --d $d --repeats 10 \
+      --deterministic 0 > "$OUT/bench_static_d$d.txt" 2> "$OUT/bench_static_log_d$d.txt"
+    # The default, no switch: its log lines count the calls that took the dynamic schedule.
+    FLASH4_LOG=1 timeout "$(budget 40)" "$B/bin/flash4-bench" --d $d --repeats 10 \
       --deterministic 0 > "$OUT/bench_dynamic_d$d.txt" 2> "$OUT/bench_dynamic_log_d$d.txt"
   done
   head -1 "$OUT/bench_static_d64.txt" | tee -a "$LOG"

@@ -1,5 +1,5 @@
-// flash4's Hopper (sm90a) forward under the dynamic tile schedule (FLASH4_HOPPER_SCHEDULE=
-// dynamic: persistent CTAs take their tiles from an atomic counter zeroed per call, in a
+// flash4's Hopper (sm90a) forward under the dynamic tile schedule (the default since
+// 2026-12-01; FLASH4_HOPPER_SCHEDULE=static turns it off; dynamic: persistent CTAs take their tiles from an atomic counter zeroed per call, in a
 // head-major order; forward_sm90.cuh), on an sm_90 device. The schedule changes which CTA runs
 // a tile and when, never what the tile computes, so:
 //  - a representative subset of the forward cases (dense causal / not, GQA / MQA, d 64 / 128 /
@@ -263,7 +263,7 @@ TEST_P(Flash4HopperScheduleBits, DynamicGivesTheStaticScheduleBits) {
   if (HasFatalFailure()) return;
   GpuForward::Outputs fixed, dynamic;
   {
-    testing_support::ScopedEnv schedule(kSchedule, nullptr);  // the default: static
+    testing_support::ScopedEnv schedule(kSchedule, "static");
     gpu.run(&fixed);
   }
   {

@@ -692,217 +692,182 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       fence_proxy_async();
       named_barrier_sync(3 + cw, 128);
     }
-    // Pipelined (d = 64; FA3's intra-warpgroup overlap): steps go in pairs; the second step's
-    // S^T and dP^T are issued before the first step's dV / dK / dQ are waited for, so the
-    // first's stage release and dQ hand-over run while the tensor cores work on the second's
-    // scores, which queue right behind the first's gradients. Each pair ends with everything
-    // waited for and its arrays die with it: versions that carried accumulators (s / dp, or dq)
-    // across the loop's back edge made ptxas serialise every wgmma (C7515, "non wgmma
-    // instructions defining accumulator registers"). d = 64 holds dv, dk, one step's dq
-    // and P / dS fragments and the next step's S^T, dP^T in ~190 of 240 registers; d = 128
-    // would need 256, so it runs the steps one by one (kPair = 1).
-    constexpr int kPair = D == 64 ? 2 : 1;
-    for (int base = 0; base < steps.steps; base += kPair) {
-      float dq[kPair][32];
+    // One step at a time. A d = 64 version that ran steps in pairs (the second's S^T / dP^T
+    // issued before the first's gradients were waited for, FA3's intra-warpgroup overlap) was
+    // 13% slower on an H200 (2026-12-01, scripts/hopper_dq_check.sh: dense S 16k 252 against
+    // 294 TF/s), so it went.
+    for (int step = 0; step < steps.steps; ++step) {
+      float dq[32];
       uint32_t pa[BM / 16][4], dsa[BM / 16][4];
-      // Waits until `left` wgmma groups are in flight (the gradients issued before them done),
-      // then fences what the gradient wgmmas wrote and read.
-      auto wait_gradients = [&](int left, int done_u) {
-        if (left == 2)
-          wgmma_wait_group<2>();
+      const int stage = step % kStages, h = steps.head(step, hk, p.group), m0 = steps.row0(step, BM);
+      const uint32_t q_addr = q_addr0 + stage * C::kQBytes, o_addr = o_addr0 + stage * C::kQBytes;
+      mbarrier_wait(&q_full[stage], (step / kStages) & 1);
+      // Varlen: the block's last rows may be the next sequence's: zero Q and dO there (dK
+      // and dV multiply them by dS = P = 0). Both warpgroups read every row: split the
+      // stores, fence, barrier 5 (256). No one reads this stage before: it was refilled
+      // after both warpgroups released it.
+      if (packed && m0 + BM > seq.sq) {
+        const int first = seq.sq - m0, thread = threadIdx.x - 128;
+        zero_tile_rows(smem + C::kOffQ + stage * C::kQBytes, C::kQChunkBytes, C::kChunks, first, BM, thread, 256);
+        zero_tile_rows(smem + C::kOffO + stage * C::kQBytes, C::kQChunkBytes, C::kChunks, first, BM, thread, 256);
+        fence_proxy_async();
+        named_barrier_sync(5, 256);
+      }
+
+      // S^T = K_w Q^T and dP^T = V_w dO^T (M = this warpgroup's 64 keys, N = the 64
+      // queries, K = the head dim), as two commit groups so P^T can start before dP^T is done.
+      float s[BM / 2], dp[BM / 2];
+      wgmma_fence();
+      issue_scores_transposed<D, T>(s, k_addr, q_addr, cw);
+      issue_scores_transposed<D, T>(dp, v_addr, o_addr, cw);
+
+      // Accumulator element 4i + e: key row g + 8 (e >> 1), query column 8i + 2t + (e & 1).
+      // The copy started up to 3 rows early (the producer's r0): skip them.
+      const int row_skip = int((int64_t(h) * row_pitch + seq.q_token + m0) & 3);
+      const float* lse2 = sRows + stage * 2 * C::kRowFloats + row_skip;
+      const float* drow = lse2 + C::kRowFloats;
+      // Softcap c: P = 2^(c log2(e) th - lse2) with th = tanh(s scale / c), and
+      // dS = P (dP - D) (1 - th^2) (the scale is applied to dK / dQ later, as without). th
+      // takes P's place in s while the dP wgmma runs; P and dS follow once dP is there.
+      wgmma_wait_group<1>();  // S^T done (groups complete in order)
+#pragma unroll
+      for (int i = 0; i < BM / 2; ++i) fence_operand(s[i]);
+      if (softcap) {
+#pragma unroll
+        for (int i = 0; i < BM / 2; ++i) s[i] = softcap_tanh(s[i] * p.softcap_inv_scale);
+      } else {
+#pragma unroll
+        for (int i = 0; i < BM / 8; ++i) {
+          const float2 l = make_float2(lse2[8 * i + 2 * t], lse2[8 * i + 2 * t + 1]);  // 4-byte aligned only
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            s[4 * i + e] = cuda::exp2_hardware(fmaf(s[4 * i + e], scale_log2, (e & 1) ? -l.y : -l.x));
+        }
+      }
+      wgmma_wait_group<0>();  // dP^T done
+#pragma unroll
+      for (int i = 0; i < BM / 2; ++i) fence_operand(dp[i]);
+      if (softcap) {
+#pragma unroll
+        for (int i = 0; i < BM / 8; ++i) {
+          const float2 l = make_float2(lse2[8 * i + 2 * t], lse2[8 * i + 2 * t + 1]);
+          const float2 dd = make_float2(drow[8 * i + 2 * t], drow[8 * i + 2 * t + 1]);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float th = s[4 * i + e];
+            const float prob = cuda::exp2_hardware(p.softcap_log2 * th - ((e & 1) ? l.y : l.x));
+            s[4 * i + e] = prob;
+            dp[4 * i + e] = prob * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x)) * (1.0f - th * th);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < BM / 8; ++i) {
+          const float2 dd = make_float2(drow[8 * i + 2 * t], drow[8 * i + 2 * t + 1]);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dp[4 * i + e] = s[4 * i + e] * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x));
+        }
+      }
+      // Per-element mask only where the tile crosses the causal diagonal, a window edge, the
+      // end of the keys or of the queries: P = dS = 0 outside (K / Q rows past the ends are
+      // TMA zeros or the next sequence's rows, whose P = 2^(-lse2) is not). Query i sees keys
+      // i + shift - left <= j <= i + shift + right (visible_keys in sequence.cuh).
+      const int sq = seq.sq, sk = seq.sk;
+      const int64_t shift = int64_t(sk) - sq;
+      const bool masked = m0 + BM > sq || n0 + BN > sk ||
+                          (has_right && int64_t(n0) + BN - 1 > int64_t(m0) + shift + right) ||
+                          (has_left && int64_t(n0) < int64_t(m0) + BM - 1 + shift - left);
+      if (masked) {
+#pragma unroll
+        for (int i = 0; i < BM / 8; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int j = key0 + 8 * (e >> 1), qi = m0 + 8 * i + 2 * t + (e & 1);
+            const int64_t diagonal = int64_t(qi) + shift;
+            if (qi >= sq || j >= sk || (has_right && j > diagonal + right) || (has_left && j < diagonal - left))
+              s[4 * i + e] = dp[4 * i + e] = 0.0f;
+          }
+      }
+
+      // P^T and dS^T as 16-bit A fragments (k16 slices along the queries).
+      scores_to_a<T, BM>(pa, s);
+      scores_to_a<T, BM>(dsa, dp);
+
+      // dS^T -> shared memory (double-buffered across steps), for the dQ wgmma.
+      const int ds_buffer = step & 1;
+      store_ds_transposed<BM>(smem + C::kOffDs + ds_buffer * C::kDsBytes, dsa, 64 * cw + 16 * wq + g, t);
+      fence_proxy_async();  // the generic-proxy stores above, before the wgmma (async proxy) reads
+
+      // dV += P^T dO, dK += dS^T Q, one commit group.
+      wgmma_fence();
+      issue_key_gradient<D, T>(dv, pa, o_addr);
+      issue_key_gradient<D, T>(dk, dsa, q_addr);
+      wgmma_commit_group();
+
+      // dQ = dS K (this warpgroup's part, see issue_dq).
+      if constexpr (D == 128) {
+        // Both warpgroups' dS^T rows are needed: wait for the other's stores (and its
+        // fence). The other warpgroup's reads of this buffer (two steps ago) finished
+        // before it arrived here one step ago, so the buffer was free to overwrite.
+        named_barrier_sync(1, 256);
+      } else {
+        // Only this warpgroup's dS^T rows (its own keys): its four warps' stores.
+        named_barrier_sync(1 + cw, 128);
+      }
+      issue_dq<D, T>(dq, ds_addr0 + ds_buffer * C::kDsBytes, k_addr, cw);
+      // Wait for the gradients (fences on everything they wrote or read), hand dQ over.
+      wgmma_wait_group<0>();
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) {
+        fence_operand(dv[i]);
+        fence_operand(dk[i]);
+      }
+#pragma unroll
+      for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
+#pragma unroll
+      for (int k = 0; k < BM / 16; ++k)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          fence_operand(pa[k][r]);
+          fence_operand(dsa[k][r]);
+        }
+      // dQ -> dq_accum[token][h][:] (unscaled; the finish kernel multiplies by scale).
+      // Accumulator element 4n + 2 half + {0, 1}: query row 16 wq + g + 8 half, columns
+      // dq_first_column(cw) + 8n + 2t, +1.
+      const int dq_col0 = dq_first_column<D>(cw);
+      // Every wgmma reading this stage's Q / dO is done, and so are this warp's reads of its
+      // lse2 / D rows: __syncwarp orders all 32 lanes' reads before lane 0's arrive (a
+      // release for lane 0 alone), so the producer's next bulk copy into the stage cannot
+      // overtake a lane's read (compute-sanitizer racecheck flagged it without).
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(&q_empty[stage]);
+      // d = 64 deterministic: first the two warpgroups' partial sums -> one, 32 columns each
+      // (tiles n < 4), so that both the bulk and the atomic adds give one fixed order.
+      constexpr bool kCombine = kDeterministic && D == 64;
+      if constexpr (kCombine) {
+        float2* swap = reinterpret_cast<float2*>(smem + C::kOffSwap + kShift) + (step & 1) * 2 * 8 * 128;
+        if (cw == 0)
+          dq_combine_halves<0>(dq, swap, cw, threadIdx.x % 128);
         else
-          wgmma_wait_group<0>();
-#pragma unroll
-        for (int i = 0; i < D / 2; ++i) {
-          fence_operand(dv[i]);
-          fence_operand(dk[i]);
-        }
-#pragma unroll
-        for (int u = 0; u < kPair; ++u)
-          if (u == done_u)
-#pragma unroll
-            for (int i = 0; i < 32; ++i) fence_operand(dq[u][i]);
-#pragma unroll
-        for (int k = 0; k < BM / 16; ++k)
-#pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            fence_operand(pa[k][r]);
-            fence_operand(dsa[k][r]);
-          }
-      };
-      // Releases step `done`'s stage and adds its dQ (dq[done_u]) to dq_accum[token][h][:]
-      // (unscaled; the finish kernel multiplies by scale). Accumulator element 4n + 2 half +
-      // {0, 1}: query row 16 wq + g + 8 half, columns dq_first_column(cw) + 8n + 2t, +1.
-      auto hand_over_dq = [&](int done, int done_u) {
-        const int done_stage = done % kStages, h = steps.head(done, hk, p.group), m0 = steps.row0(done, BM);
-        const int dq_col0 = dq_first_column<D>(cw);
-        const int sq = seq.sq;
-        const int step = done;  // the swap and staging buffers alternate by step
-        // Every wgmma reading this stage's Q / dO is done, and so are this warp's reads of its
-        // lse2 / D rows: __syncwarp orders all 32 lanes' reads before lane 0's arrive (a
-        // release for lane 0 alone), so the producer's next bulk copy into the stage cannot
-        // overtake a lane's read (compute-sanitizer racecheck flagged it without).
-        __syncwarp();
-        if (lane == 0) mbarrier_arrive(&q_empty[done_stage]);
-        // d = 64 deterministic: first the two warpgroups' partial sums -> one, 32 columns each
-        // (tiles n < 4), so that both the bulk and the atomic adds give one fixed order.
-        constexpr bool kCombine = kDeterministic && D == 64;
-        if constexpr (kCombine) {
-          float2* swap = reinterpret_cast<float2*>(smem + C::kOffSwap + kShift) + (step & 1) * 2 * 8 * 128;
-          if (cw == 0)
-            dq_combine_halves<0>(dq[done_u], swap, cw, threadIdx.x % 128);
-          else
-            dq_combine_halves<4>(dq[done_u], swap, cw, threadIdx.x % 128);
-        }
-        constexpr int kTiles = kCombine ? 4 : 8;
-        if constexpr (kBulk) {
-          // Bulk dQ: the tile goes to shared memory, the dQ writer adds it (see there).
-          named_barrier_sync(kDqFreeBarrier, kDqOrderThreads);  // the adds of step - 2 have read it
-          dq_stage_tile<kTiles>(smem + C::kOffDqStage + (step & 1) * C::kDqBufferBytes + cw * 2 * C::kDqChunkBytes,
-                                dq[done_u], wq, g, t, sq - m0);
-          fence_proxy_async();  // the generic-proxy stores above, before the bulk reduce (async proxy) reads them
-          named_barrier_arrive(kDqStagedBarrier, kDqOrderThreads);
-        } else if constexpr (kDeterministic) {
-          // The key blocks above this one have added theirs (the order warp's acquire).
-          named_barrier_sync(kDqReadyBarrier, kDqOrderThreads);
-          atomic_add_dq<kTiles, D>(p, seq, h, m0, kCombine ? 32 * cw : dq_col0, wq, g, t, dq[done_u]);
-          // Issued: the order warp may count this key block in (its release covers them).
-          __syncwarp();  // the lanes that skipped rows past sq, back in step for the barrier
-          named_barrier_arrive(kDqDoneBarrier, kDqOrderThreads);
-        } else {
-          atomic_add_dq<kTiles, D>(p, seq, h, m0, dq_col0, wq, g, t, dq[done_u]);
-        }
-      };
-#pragma unroll
-      for (int u = 0; u < kPair; ++u) {
-        const int step = base + u;
-        if (step >= steps.steps) break;
-        const int stage = step % kStages, h = steps.head(step, hk, p.group), m0 = steps.row0(step, BM);
-        const uint32_t q_addr = q_addr0 + stage * C::kQBytes, o_addr = o_addr0 + stage * C::kQBytes;
-        mbarrier_wait(&q_full[stage], (step / kStages) & 1);
-        // Varlen: the block's last rows may be the next sequence's: zero Q and dO there (dK
-        // and dV multiply them by dS = P = 0). Both warpgroups read every row: split the
-        // stores, fence, barrier 5 (256). No one reads this stage before: it was refilled
-        // after both warpgroups released it.
-        if (packed && m0 + BM > seq.sq) {
-          const int first = seq.sq - m0, thread = threadIdx.x - 128;
-          zero_tile_rows(smem + C::kOffQ + stage * C::kQBytes, C::kQChunkBytes, C::kChunks, first, BM, thread, 256);
-          zero_tile_rows(smem + C::kOffO + stage * C::kQBytes, C::kQChunkBytes, C::kChunks, first, BM, thread, 256);
-          fence_proxy_async();
-          named_barrier_sync(5, 256);
-        }
-
-        // S^T = K_w Q^T and dP^T = V_w dO^T (M = this warpgroup's 64 keys, N = the 64
-        // queries, K = the head dim), as two commit groups so P^T can start before dP^T is done.
-        float s[BM / 2], dp[BM / 2];
-        wgmma_fence();
-        issue_scores_transposed<D, T>(s, k_addr, q_addr, cw);
-        issue_scores_transposed<D, T>(dp, v_addr, o_addr, cw);
-        if (u > 0) {
-          // The previous step's gradients were issued before these two groups.
-          wait_gradients(2, u - 1);
-          hand_over_dq(step - 1, u - 1);
-        }
-
-        // Accumulator element 4i + e: key row g + 8 (e >> 1), query column 8i + 2t + (e & 1).
-        // The copy started up to 3 rows early (the producer's r0): skip them.
-        const int row_skip = int((int64_t(h) * row_pitch + seq.q_token + m0) & 3);
-        const float* lse2 = sRows + stage * 2 * C::kRowFloats + row_skip;
-        const float* drow = lse2 + C::kRowFloats;
-        // Softcap c: P = 2^(c log2(e) th - lse2) with th = tanh(s scale / c), and
-        // dS = P (dP - D) (1 - th^2) (the scale is applied to dK / dQ later, as without). th
-        // takes P's place in s while the dP wgmma runs; P and dS follow once dP is there.
-        wgmma_wait_group<1>();  // S^T done (groups complete in order)
-#pragma unroll
-        for (int i = 0; i < BM / 2; ++i) fence_operand(s[i]);
-        if (softcap) {
-#pragma unroll
-          for (int i = 0; i < BM / 2; ++i) s[i] = softcap_tanh(s[i] * p.softcap_inv_scale);
-        } else {
-#pragma unroll
-          for (int i = 0; i < BM / 8; ++i) {
-            const float2 l = make_float2(lse2[8 * i + 2 * t], lse2[8 * i + 2 * t + 1]);  // 4-byte aligned only
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-              s[4 * i + e] = cuda::exp2_hardware(fmaf(s[4 * i + e], scale_log2, (e & 1) ? -l.y : -l.x));
-          }
-        }
-        wgmma_wait_group<0>();  // dP^T done
-#pragma unroll
-        for (int i = 0; i < BM / 2; ++i) fence_operand(dp[i]);
-        if (softcap) {
-#pragma unroll
-          for (int i = 0; i < BM / 8; ++i) {
-            const float2 l = make_float2(lse2[8 * i + 2 * t], lse2[8 * i + 2 * t + 1]);
-            const float2 dd = make_float2(drow[8 * i + 2 * t], drow[8 * i + 2 * t + 1]);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float th = s[4 * i + e];
-              const float prob = cuda::exp2_hardware(p.softcap_log2 * th - ((e & 1) ? l.y : l.x));
-              s[4 * i + e] = prob;
-              dp[4 * i + e] = prob * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x)) * (1.0f - th * th);
-            }
-          }
-        } else {
-#pragma unroll
-          for (int i = 0; i < BM / 8; ++i) {
-            const float2 dd = make_float2(drow[8 * i + 2 * t], drow[8 * i + 2 * t + 1]);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) dp[4 * i + e] = s[4 * i + e] * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x));
-          }
-        }
-        // Per-element mask only where the tile crosses the causal diagonal, a window edge, the
-        // end of the keys or of the queries: P = dS = 0 outside (K / Q rows past the ends are
-        // TMA zeros or the next sequence's rows, whose P = 2^(-lse2) is not). Query i sees keys
-        // i + shift - left <= j <= i + shift + right (visible_keys in sequence.cuh).
-        const int sq = seq.sq, sk = seq.sk;
-        const int64_t shift = int64_t(sk) - sq;
-        const bool masked = m0 + BM > sq || n0 + BN > sk ||
-                            (has_right && int64_t(n0) + BN - 1 > int64_t(m0) + shift + right) ||
-                            (has_left && int64_t(n0) < int64_t(m0) + BM - 1 + shift - left);
-        if (masked) {
-#pragma unroll
-          for (int i = 0; i < BM / 8; ++i)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int j = key0 + 8 * (e >> 1), qi = m0 + 8 * i + 2 * t + (e & 1);
-              const int64_t diagonal = int64_t(qi) + shift;
-              if (qi >= sq || j >= sk || (has_right && j > diagonal + right) || (has_left && j < diagonal - left))
-                s[4 * i + e] = dp[4 * i + e] = 0.0f;
-            }
-        }
-
-        // P^T and dS^T as 16-bit A fragments (k16 slices along the queries).
-        scores_to_a<T, BM>(pa, s);
-        scores_to_a<T, BM>(dsa, dp);
-
-        // dS^T -> shared memory (double-buffered across steps), for the dQ wgmma.
-        const int ds_buffer = step & 1;
-        store_ds_transposed<BM>(smem + C::kOffDs + ds_buffer * C::kDsBytes, dsa, 64 * cw + 16 * wq + g, t);
-        fence_proxy_async();  // the generic-proxy stores above, before the wgmma (async proxy) reads
-
-        // dV += P^T dO, dK += dS^T Q, one commit group.
-        wgmma_fence();
-        issue_key_gradient<D, T>(dv, pa, o_addr);
-        issue_key_gradient<D, T>(dk, dsa, q_addr);
-        wgmma_commit_group();
-
-        // dQ = dS K (this warpgroup's part, see issue_dq).
-        if constexpr (D == 128) {
-          // Both warpgroups' dS^T rows are needed: wait for the other's stores (and its
-          // fence). The other warpgroup's reads of this buffer (two steps ago) finished
-          // before it arrived here one step ago, so the buffer was free to overwrite.
-          named_barrier_sync(1, 256);
-        } else {
-          // Only this warpgroup's dS^T rows (its own keys): its four warps' stores.
-          named_barrier_sync(1 + cw, 128);
-        }
-        issue_dq<D, T>(dq[u], ds_addr0 + ds_buffer * C::kDsBytes, k_addr, cw);
-        // The pair's last step (or the last of all): wait for everything, hand it over.
-        if (u + 1 == kPair || step + 1 == steps.steps) {
-          wait_gradients(0, u);
-          hand_over_dq(step, u);
-        }
+          dq_combine_halves<4>(dq, swap, cw, threadIdx.x % 128);
+      }
+      constexpr int kTiles = kCombine ? 4 : 8;
+      if constexpr (kBulk) {
+        // Bulk dQ: the tile goes to shared memory, the dQ writer adds it (see there).
+        named_barrier_sync(kDqFreeBarrier, kDqOrderThreads);  // the adds of step - 2 have read it
+        dq_stage_tile<kTiles>(smem + C::kOffDqStage + (step & 1) * C::kDqBufferBytes + cw * 2 * C::kDqChunkBytes,
+                              dq, wq, g, t, sq - m0);
+        fence_proxy_async();  // the generic-proxy stores above, before the bulk reduce (async proxy) reads them
+        named_barrier_arrive(kDqStagedBarrier, kDqOrderThreads);
+      } else if constexpr (kDeterministic) {
+        // The key blocks above this one have added theirs (the order warp's acquire).
+        named_barrier_sync(kDqReadyBarrier, kDqOrderThreads);
+        atomic_add_dq<kTiles, D>(p, seq, h, m0, kCombine ? 32 * cw : dq_col0, wq, g, t, dq);
+        // Issued: the order warp may count this key block in (its release covers them).
+        __syncwarp();  // the lanes that skipped rows past sq, back in step for the barrier
+        named_barrier_arrive(kDqDoneBarrier, kDqOrderThreads);
+      } else {
+        atomic_add_dq<kTiles, D>(p, seq, h, m0, dq_col0, wq, g, t, dq);
       }
     }
 

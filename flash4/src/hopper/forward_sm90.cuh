@@ -14,8 +14,8 @@
 // a tile visits only the key blocks [kb_begin, kb_end) its rows see). Persistent CTAs (one per SM) walk the
 // tiles in a static round-robin, heaviest (causal) first; Q is double-buffered so the next
 // tile's Q and first K / V blocks load while this tile finishes. With a tile counter
-// (FLASH4_HOPPER_SCHEDULE=dynamic, off by default until measured) the CTAs take their tiles
-// from it instead (the dynamic schedule, see the kernel).
+// (the default; FLASH4_HOPPER_SCHEDULE=static goes without) the CTAs take their tiles from it
+// instead (the dynamic schedule, see the kernel).
 //
 // Varlen (cu_seqlens): the tensor maps cover the packed token axis ([T, H, D] as (D, T, H, 1));
 // the tiles come from the work list (varlen_tiles.hpp: only the (sequence, query block) pairs
