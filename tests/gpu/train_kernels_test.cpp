@@ -322,14 +322,18 @@ TEST(TrainKernelsCpuVsCuda, LinearLayersThroughCublasLtMatchCpuIncludingColumnBl
 
 // ---- AdamW ---------------------------------------------------------------------------
 
-// A store of three tensors (one with per-row multipliers, one without decay, one frozen)
-// stepped by the CPU AdamW and by the multi-tensor kernel from the same gradients.
+// A store of four tensors (one with per-row multipliers, one without decay, one at an odd
+// offset, one frozen) stepped by the CPU AdamW and by the multi-tensor kernel from the same
+// gradients. The kernel moves four elements at a time where a chunk starts 4-aligned: w
+// (70100 elements, several chunks) takes that path, b (99) that path and a 3-element tail, c
+// (offset 70199 in both layouts) the element-wise path.
 struct OptimizerCase {
   ParameterStore<float> store;
-  int w, b, frozen;
+  int w, b, c, frozen;
   OptimizerCase() {
-    w = store.add("w", {70000 / 100, 100}, true);  // 70000 elements: several kernel chunks
-    b = store.add("b", {100}, false);
+    w = store.add("w", {701, 100}, true);
+    b = store.add("b", {99}, false);
+    c = store.add("c", {3, 7}, true);
     frozen = store.add("frozen", {16}, true);
     store.allocate();
     store.set_trainable(frozen, false);

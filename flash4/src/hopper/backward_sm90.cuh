@@ -180,59 +180,64 @@ struct BackwardSm90Config {
   static_assert(kSmemBytes <= 227 * 1024 && kSmemBytesDeterministic + 16 <= 227 * 1024, "shared memory per block");
 };
 
-// One warp per workspace row (h, token), token < row_pitch: lse2 and D (see the header
+// kLanes lanes per workspace row (h, token), token < row_pitch: lse2 and D (see the header
 // comment); tokens of no sequence and the room after the last one get lse2 = +inf, D = 0.
+// kLanes = d_v / 8 (each lane one 16-byte chunk of O and dO; the host's choice): a warp
+// takes 32 / kLanes consecutive tokens of a head. One warp per row left 3/4 of its lanes
+// idle at d_v = 64 and ran at ~0.7 TB/s on an H200 (ncu, 2026-12-01: 97 us a call in a
+// Llama-1B training step).
 // With p.dsink_rows (a sink and dsink asked for): each token's dsink term
 // -exp(sink_h - lse) D at dsink_rows[h][token] ([Hq][tokens_q], no pitch: the layout the
 // portable finish's fixed-order sum reads), 0 for tokens of no sequence -- the portable
 // preprocess's expression (cuda/backward_rows.cu), with the natural-log lse, so both
 // backends sum the same terms.
-template <typename T>
+template <typename T, int kLanes>
 __global__ void backward_sm90_rows_kernel(const cuda::AttentionParams p, int64_t row_pitch) {
-  constexpr int kWarps = 8;
-  const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= int64_t(p.heads_q) * row_pitch) return;
-  const int h = int(row / row_pitch);
-  const int64_t token = row % row_pitch;
-  bool in_sequence = token < p.tokens_q;
+  static_assert(kLanes == 8 || kLanes == 16 || kLanes == 32, "a power of two dividing the warp");
+  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kLanes;
+  const int sub = threadIdx.x % kLanes;
+  // No early return: every lane of the warp takes part in the shuffles below.
+  const bool exists = row < int64_t(p.heads_q) * row_pitch;
+  const int h = exists ? int(row / row_pitch) : 0;
+  const int64_t token = exists ? row % row_pitch : 0;
+  bool in_sequence = exists && token < p.tokens_q;
   if (in_sequence && p.cu_seqlens_q != nullptr)
     in_sequence = token >= p.cu_seqlens_q[0] && token < p.cu_seqlens_q[p.batch];
-  if (!in_sequence) {
-    if (lane == 0) {
-      p.lse_log2[row] = __builtin_huge_valf();
-      p.d_rows[row] = 0.0f;
-      if (p.dsink_rows != nullptr && token < p.tokens_q) p.dsink_rows[int64_t(h) * p.tokens_q + token] = 0.0f;
-    }
-    return;
-  }
   // start(b) and i of RowLayout: dense (b, i); packed (token, 0).
   const bool packed = p.cu_seqlens_q != nullptr;
   const int64_t start = packed ? token : token / p.seqlen_q, i = packed ? 0 : token % p.seqlen_q;
-  const T* o = static_cast<const T*>(p.out.data) + start * p.out.batch_stride + i * p.out.row_stride +
-               int64_t(h) * p.out.head_stride;
-  const T* dout = static_cast<const T*>(p.dout.data) + start * p.dout.batch_stride + i * p.dout.row_stride +
-                  int64_t(h) * p.dout.head_stride;
   float acc = 0.0f;
-  for (int c = lane; c * 8 < p.d_v; c += 32) {
-    const uint4 x = *reinterpret_cast<const uint4*>(o + c * 8);
-    const uint4 y = *reinterpret_cast<const uint4*>(dout + c * 8);
-    const uint32_t xv[4] = {x.x, x.y, x.z, x.w}, yv[4] = {y.x, y.y, y.z, y.w};
+  if (in_sequence) {
+    const T* o = static_cast<const T*>(p.out.data) + start * p.out.batch_stride + i * p.out.row_stride +
+                 int64_t(h) * p.out.head_stride;
+    const T* dout = static_cast<const T*>(p.dout.data) + start * p.dout.batch_stride + i * p.dout.row_stride +
+                    int64_t(h) * p.dout.head_stride;
+    for (int c = sub; c * 8 < p.d_v; c += kLanes) {
+      const uint4 x = *reinterpret_cast<const uint4*>(o + c * 8);
+      const uint4 y = *reinterpret_cast<const uint4*>(dout + c * 8);
+      const uint32_t xv[4] = {x.x, x.y, x.z, x.w}, yv[4] = {y.x, y.y, y.z, y.w};
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float2 a = cuda::unpack2<T>(xv[k]), e = cuda::unpack2<T>(yv[k]);
-      acc = fmaf(a.x, e.x, acc);
-      acc = fmaf(a.y, e.y, acc);
+      for (int k = 0; k < 4; ++k) {
+        const float2 a = cuda::unpack2<T>(xv[k]), e = cuda::unpack2<T>(yv[k]);
+        acc = fmaf(a.x, e.x, acc);
+        acc = fmaf(a.y, e.y, acc);
+      }
     }
   }
+  // Sum over the row's kLanes lanes (xor offsets below kLanes stay inside the group).
 #pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
-  if (lane == 0) {
-    const float lse = p.lse[start * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + i * p.lse_row_stride];
-    p.lse_log2[row] = lse == -__builtin_huge_valf() ? __builtin_huge_valf() : lse * cuda::kLog2e;
-    p.d_rows[row] = acc;
-    if (p.dsink_rows != nullptr) p.dsink_rows[int64_t(h) * p.tokens_q + token] = -expf(p.sink[h] - lse) * acc;
+  for (int offset = kLanes / 2; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+  if (!exists || sub != 0) return;
+  if (!in_sequence) {
+    p.lse_log2[row] = __builtin_huge_valf();
+    p.d_rows[row] = 0.0f;
+    if (p.dsink_rows != nullptr && token < p.tokens_q) p.dsink_rows[int64_t(h) * p.tokens_q + token] = 0.0f;
+    return;
   }
+  const float lse = p.lse[start * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + i * p.lse_row_stride];
+  p.lse_log2[row] = lse == -__builtin_huge_valf() ? __builtin_huge_valf() : lse * cuda::kLog2e;
+  p.d_rows[row] = acc;
+  if (p.dsink_rows != nullptr) p.dsink_rows[int64_t(h) * p.tokens_q + token] = -expf(p.sink[h] - lse) * acc;
 }
 
 // Issues warpgroup w's acc[64 keys x 64 queries] = X_w Y^T as one commit group: S^T with

@@ -40,6 +40,23 @@ __global__ void grad_norm_finalize_kernel(StepState* state, const double* partia
   }
 }
 
+// One element's update; the vector and scalar paths both use it, so they give the same bits.
+struct AdamWStep {
+  float beta1, beta2, eps, scale, c1, c2, weight_decay;
+  __device__ float update(float& m, float& v, float w, float g, float lr) const {
+    const float gj = g * scale;
+    m = beta1 * m + (1.0f - beta1) * gj;
+    v = beta2 * v + (1.0f - beta2) * gj * gj;
+    const float u = (m / c1) / (sqrtf(v / c2) + eps);
+    return w * (1.0f - lr * weight_decay) - lr * u;
+  }
+};
+
+// A chunk's elements: four at a time by 16-byte loads of master / grads / m / v and 8-byte
+// stores of the bf16 weights where the chunk's start is 4-aligned in both layouts (every
+// tensor of the decoders we plan: their sizes are multiples of 4), one at a time otherwise
+// and for the tail. Scalar loads alone ran at ~70% of HBM bandwidth on an H200 (ncu,
+// 2026-12-01: 10.9 ms for the Llama-1B step's 1.24e9 parameters, 37 GB moved).
 __global__ void adamw_kernel(float* master, bf16* weights, const float* grads, float* m, float* v,
                              const AdamWTensor* tensors, const AdamWChunk* chunks, const float* row_multipliers,
                              const StepState* state, float beta1, float beta2, float eps) {
@@ -47,22 +64,44 @@ __global__ void adamw_kernel(float* master, bf16* weights, const float* grads, f
   const AdamWChunk chunk = chunks[blockIdx.x];
   const AdamWTensor T = tensors[chunk.tensor];
   const float lr = float(state->lr) * T.lr_multiplier;
-  const float scale = state->clip_scale, c1 = state->bias_correction1, c2 = state->bias_correction2;
+  const AdamWStep step{beta1, beta2, eps, state->clip_scale, state->bias_correction1, state->bias_correction2,
+                       T.weight_decay};
   float* w = master + T.state_offset;
   bf16* wb = weights + T.weight_offset;
   const float* g = grads + T.state_offset;
   float* mm = m + T.state_offset;
   float* vv = v + T.state_offset;
-  for (int64_t j = chunk.begin + threadIdx.x; j < chunk.end; j += blockDim.x) {
-    const float row_lr = T.row_multiplier_offset >= 0 ? lr * row_multipliers[T.row_multiplier_offset + j / T.row_len]
-                                                      : lr;
-    const float gj = g[j] * scale;
-    const float mj = beta1 * mm[j] + (1.0f - beta1) * gj;
-    const float vj = beta2 * vv[j] + (1.0f - beta2) * gj * gj;
+  auto row_lr = [&](int64_t j) {
+    return T.row_multiplier_offset >= 0 ? lr * row_multipliers[T.row_multiplier_offset + j / T.row_len] : lr;
+  };
+  int64_t j0 = chunk.begin;
+  if ((T.state_offset + chunk.begin) % 4 == 0 && (T.weight_offset + chunk.begin) % 4 == 0) {
+    const int64_t vector_end = chunk.begin + (chunk.end - chunk.begin) / 4 * 4;
+    for (int64_t j = chunk.begin + 4 * int64_t(threadIdx.x); j < vector_end; j += 4 * int64_t(blockDim.x)) {
+      float4 w4 = *reinterpret_cast<const float4*>(w + j);
+      const float4 g4 = *reinterpret_cast<const float4*>(g + j);
+      float4 m4 = *reinterpret_cast<const float4*>(mm + j);
+      float4 v4 = *reinterpret_cast<const float4*>(vv + j);
+      w4.x = step.update(m4.x, v4.x, w4.x, g4.x, row_lr(j));
+      w4.y = step.update(m4.y, v4.y, w4.y, g4.y, row_lr(j + 1));
+      w4.z = step.update(m4.z, v4.z, w4.z, g4.z, row_lr(j + 2));
+      w4.w = step.update(m4.w, v4.w, w4.w, g4.w, row_lr(j + 3));
+      *reinterpret_cast<float4*>(w + j) = w4;
+      *reinterpret_cast<float4*>(mm + j) = m4;
+      *reinterpret_cast<float4*>(vv + j) = v4;
+      __nv_bfloat162 lo = __floats2bfloat162_rn(w4.x, w4.y), hi = __floats2bfloat162_rn(w4.z, w4.w);
+      uint2 packed;
+      packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+      packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+      *reinterpret_cast<uint2*>(wb + j) = packed;
+    }
+    j0 = vector_end;
+  }
+  for (int64_t j = j0 + threadIdx.x; j < chunk.end; j += blockDim.x) {
+    float mj = mm[j], vj = vv[j];
+    const float wj = step.update(mj, vj, w[j], g[j], row_lr(j));
     mm[j] = mj;
     vv[j] = vj;
-    const float update = (mj / c1) / (sqrtf(vj / c2) + eps);
-    const float wj = w[j] * (1.0f - row_lr * T.weight_decay) - row_lr * update;
     w[j] = wj;
     wb[j] = __float2bfloat16(wj);
   }
