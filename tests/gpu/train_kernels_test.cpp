@@ -92,8 +92,11 @@ TEST(TrainKernelsCpuVsCuda, RmsnormForwardMatchesCpu) {
 TEST(TrainKernelsCpuVsCuda, RmsnormBackwardAddsTheResidualGradientAndAccumulatesTheWeightGradient) {
   REQUIRE_GPU();
   auto rng = make_rng(4);
-  for (int64_t C : {64, 2048}) {
-    const int64_t N = 301;  // more rows than the kernel's reduction blocks
+  // C: 1, 2 and 4 chunks of 8 channels per thread (5120: 160 threads, chunks partly
+  // empty), then a row wider than 8192 (the 1024-thread kernel). N = 1037: more rows than
+  // the backward's 512 blocks, not a multiple of them (some blocks take one row more).
+  for (int64_t C : {64, 2048, 4096, 5120, 8200}) {
+    const int64_t N = C == 64 ? 301 : 1037;
     std::vector<float> x = random_bf16_values(rng, N * C, 2.0), w = random_bf16_values(rng, C, 0.3);
     std::vector<float> dy = random_bf16_values(rng, N * C), dres = random_bf16_values(rng, N * C);
     std::vector<float> dw0 = testing_support::random_vector<float>(rng, C);
@@ -101,15 +104,26 @@ TEST(TrainKernelsCpuVsCuda, RmsnormBackwardAddsTheResidualGradientAndAccumulates
     cpu::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N, C, 1e-6);
     std::vector<float> want_dx(N * C), want_dw = dw0;
     cpu::rmsnorm_backward(want_dx.data(), want_dw.data(), dy.data(), x.data(), w.data(), rstd.data(), N, C);
-    for (int64_t i = 0; i < N * C; ++i) want_dx[i] += dres[i];
+    std::vector<float> want_dx_res = want_dx;
+    for (int64_t i = 0; i < N * C; ++i) want_dx_res[i] += dres[i];
 
     DeviceBuffer<bf16> d_x(to_bf16(x)), d_w(to_bf16(w)), d_dy(to_bf16(dy));
     DeviceBuffer<float> d_rstd(rstd), d_dw(dw0), d_partials(size_t(cuda::kReduceBlocks) * C);
     // The decoder's use: din aliases dresidual (the residual stream's gradient).
     DeviceBuffer<bf16> d_dx(to_bf16(dres));
     cuda::rmsnorm_backward(d_dx, d_dw, d_partials, d_dy, d_x, d_w, d_rstd, d_dx, N, C, nullptr);
-    EXPECT_LT(relative_error(to_float(d_dx.download()), want_dx), kBf16Tolerance) << "C=" << C;
-    EXPECT_LT(relative_error(d_dw.download(), want_dw), 1e-4) << "C=" << C;
+    EXPECT_LT(relative_error(to_float(d_dx.download()), want_dx_res), kBf16Tolerance) << "C=" << C;
+    const std::vector<float> dw = d_dw.download();
+    EXPECT_LT(relative_error(dw, want_dw), 1e-4) << "C=" << C;
+
+    // No residual: din is written in full (it starts poisoned); dweight is bit-identical
+    // to the first run's (fixed summation order, scratch poisoned again in between).
+    DeviceBuffer<bf16> d_dx_plain(N * C);
+    DeviceBuffer<float> d_dw_again(dw0);
+    d_partials.poison();
+    cuda::rmsnorm_backward(d_dx_plain, d_dw_again, d_partials, d_dy, d_x, d_w, d_rstd, nullptr, N, C, nullptr);
+    EXPECT_LT(relative_error(to_float(d_dx_plain.download()), want_dx), kBf16Tolerance) << "C=" << C;
+    EXPECT_EQ(d_dw_again.download(), dw) << "C=" << C << ": the weight gradient must be bit-identical across runs";
   }
 }
 
@@ -117,13 +131,19 @@ TEST(TrainKernelsCpuVsCuda, RmsnormBackwardAddsTheResidualGradientAndAccumulates
 
 struct QkvLayout {
   int64_t N, Hq, Hkv, D;
-  int64_t ld() const { return (Hq + 2 * Hkv) * D; }
+  int64_t pad = 0;  // elements after the values in each row
+  int64_t ld() const { return (Hq + 2 * Hkv) * D + pad; }
   // Copies heads [h0, h0 + H) of every token out of qkv [N][ld] into [N][H][D].
   std::vector<float> heads(const std::vector<float>& qkv, int64_t h0, int64_t H) const {
     std::vector<float> out(N * H * D);
     for (int64_t n = 0; n < N; ++n)
       std::copy_n(qkv.begin() + n * ld() + h0 * D, H * D, out.begin() + n * H * D);
     return out;
+  }
+  // The inverse: heads [N][H][D] into heads [h0, h0 + H) of qkv.
+  void set_heads(std::vector<float>& qkv, int64_t h0, int64_t H, const std::vector<float>& heads) const {
+    for (int64_t n = 0; n < N; ++n)
+      std::copy_n(heads.begin() + n * H * D, H * D, qkv.begin() + n * ld() + h0 * D);
   }
 };
 
@@ -140,32 +160,61 @@ cpu::RopeTable test_rope_table(int64_t D, int64_t positions) {
 TEST(TrainKernelsCpuVsCuda, RopeForwardAndBackwardRotateQueriesAndKeysOnly) {
   REQUIRE_GPU();
   auto rng = make_rng(5);
-  const QkvLayout s{40, 4, 2, 32};
-  const int64_t P = 200;
-  cpu::RopeTable table = test_rope_table(s.D, P);
-  std::vector<float> cos(table.cos.begin(), table.cos.end()), sin(table.sin.begin(), table.sin.end());
-  std::vector<int32_t> pos = random_ids(rng, s.N, 0, int32_t(P));
-  std::vector<float> qkv = random_bf16_values(rng, s.N * s.ld());
-  DeviceBuffer<float> d_cos(cos), d_sin(sin);
-  DeviceBuffer<int32_t> d_pos(pos);
-  for (int direction = 0; direction < 2; ++direction) {
-    std::vector<float> q = s.heads(qkv, 0, s.Hq), k = s.heads(qkv, s.Hq, s.Hkv);
-    if (direction == 0) {
-      cpu::rope_forward(q.data(), pos.data(), table, s.N, s.Hq, s.D);
-      cpu::rope_forward(k.data(), pos.data(), table, s.N, s.Hkv, s.D);
-    } else {
-      cpu::rope_backward(q.data(), pos.data(), table, s.N, s.Hq, s.D);
-      cpu::rope_backward(k.data(), pos.data(), table, s.N, s.Hkv, s.D);
+  // One case per access width of the kernel: K pairs per thread, the widest that ld, D,
+  // D/2 and the qkv pointer (offset elements past an allocation) allow. Head counts that
+  // leave the last group of 4 heads part full; N odd.
+  struct Case {
+    QkvLayout s;
+    int64_t offset;
+    int K;
+  };
+  const Case cases[] = {
+      {{40, 4, 2, 32}, 0, 8},       // 4 threads per head, 6 heads
+      {{67, 4, 1, 128}, 0, 8},      // 8 threads per head
+      {{37, 6, 3, 64, 4}, 0, 4},    // ld = 772 = 4 mod 8
+      {{33, 4, 2, 32, 2}, 0, 2},    // ld = 258 = 2 mod 4
+      {{29, 3, 1, 6}, 0, 1},        // D/2 = 3
+      {{31, 2, 2, 32, 1}, 0, 1},    // odd ld
+      {{35, 4, 2, 64}, 1, 1},       // qkv one element past an aligned address
+  };
+  for (const Case& cs : cases) {
+    const QkvLayout& s = cs.s;
+    const int64_t P = 200;
+    cpu::RopeTable table = test_rope_table(s.D, P);
+    std::vector<float> cos(table.cos.begin(), table.cos.end()), sin(table.sin.begin(), table.sin.end());
+    std::vector<int32_t> pos = random_ids(rng, s.N, 0, int32_t(P));
+    std::vector<float> qkv = random_bf16_values(rng, s.N * s.ld());
+    DeviceBuffer<float> d_cos(cos), d_sin(sin);
+    DeviceBuffer<int32_t> d_pos(pos);
+    for (int direction = 0; direction < 2; ++direction) {
+      std::vector<float> q = s.heads(qkv, 0, s.Hq), k = s.heads(qkv, s.Hq, s.Hkv);
+      if (direction == 0) {
+        cpu::rope_forward(q.data(), pos.data(), table, s.N, s.Hq, s.D);
+        cpu::rope_forward(k.data(), pos.data(), table, s.N, s.Hkv, s.D);
+      } else {
+        cpu::rope_backward(q.data(), pos.data(), table, s.N, s.Hq, s.D);
+        cpu::rope_backward(k.data(), pos.data(), table, s.N, s.Hkv, s.D);
+      }
+      std::vector<float> padded(cs.offset, 7.0f);
+      padded.insert(padded.end(), qkv.begin(), qkv.end());
+      DeviceBuffer<bf16> d_buffer(to_bf16(padded));
+      bf16* d_qkv = d_buffer.get() + cs.offset;
+      if (direction == 0)
+        cuda::rope_forward(d_qkv, d_pos, d_cos, d_sin, s.N, s.ld(), s.Hq, s.Hkv, s.D, nullptr);
+      else
+        cuda::rope_backward(d_qkv, d_pos, d_cos, d_sin, s.N, s.ld(), s.Hq, s.Hkv, s.D, nullptr);
+      std::vector<float> all = to_float(d_buffer.download());
+      const std::string where = "D=" + std::to_string(s.D) + " ld=" + std::to_string(s.ld()) +
+                                " offset=" + std::to_string(cs.offset) + " (K=" + std::to_string(cs.K) +
+                                "), direction " + std::to_string(direction);
+      EXPECT_TRUE(std::all_of(all.begin(), all.begin() + cs.offset, [](float v) { return v == 7.0f; })) << where;
+      std::vector<float> got(all.begin() + cs.offset, all.end());
+      EXPECT_LT(relative_error(s.heads(got, 0, s.Hq), q), kBf16Tolerance) << where;
+      EXPECT_LT(relative_error(s.heads(got, s.Hq, s.Hkv), k), kBf16Tolerance) << where;
+      // Everything but the q and k heads (values, row padding) must not move.
+      s.set_heads(got, 0, s.Hq + s.Hkv, s.heads(qkv, 0, s.Hq + s.Hkv));
+      EXPECT_EQ(got, qkv) << where << ": values and padding must not move";
     }
-    DeviceBuffer<bf16> d_qkv(to_bf16(qkv));
-    if (direction == 0)
-      cuda::rope_forward(d_qkv, d_pos, d_cos, d_sin, s.N, s.ld(), s.Hq, s.Hkv, s.D, nullptr);
-    else
-      cuda::rope_backward(d_qkv, d_pos, d_cos, d_sin, s.N, s.ld(), s.Hq, s.Hkv, s.D, nullptr);
-    std::vector<float> got = to_float(d_qkv.download());
-    EXPECT_LT(relative_error(s.heads(got, 0, s.Hq), q), kBf16Tolerance) << "direction " << direction;
-    EXPECT_LT(relative_error(s.heads(got, s.Hq, s.Hkv), k), kBf16Tolerance) << "direction " << direction;
-    EXPECT_EQ(s.heads(got, s.Hq + s.Hkv, s.Hkv), s.heads(qkv, s.Hq + s.Hkv, s.Hkv)) << "values must not move";
   }
 }
 

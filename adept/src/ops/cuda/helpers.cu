@@ -8,12 +8,40 @@ namespace adept::cuda {
 
 namespace {
 
-__global__ void reduce_partials_kernel(float* dst, const float* partials, int blocks, int64_t C) {
-  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
+// A block takes 32 columns (a warp reads 128 contiguous bytes of a partial row) and
+// splits the rows into kReduceSlices runs, one per warp: each warp sums its run in row
+// order, then the runs' sums are added in run order. The order is fixed, so the result is
+// deterministic; the point is parallelism: the kernel that walked all rows of a column in
+// one thread ran C/256 blocks (8 for C = 2048) and took 43 us on an H200 for 8 MB.
+constexpr int kReduceSlices = 32;
+constexpr int kReduceUnroll = 8;  // loads in flight per thread
+
+__global__ void __launch_bounds__(32 * kReduceSlices)
+    reduce_partials_kernel(float* dst, const float* partials, int blocks, int64_t C) {
+  __shared__ float slice_sum[kReduceSlices][32];
+  const int lane = threadIdx.x % 32, slice = threadIdx.x / 32;
+  const int64_t c = int64_t(blockIdx.x) * 32 + lane;
+  const int per_slice = (blocks + kReduceSlices - 1) / kReduceSlices;
+  const int begin = std::min(blocks, slice * per_slice), end = std::min(blocks, begin + per_slice);
   float acc = 0.0f;
-  for (int b = 0; b < blocks; ++b) acc += partials[int64_t(b) * C + c];
-  dst[c] += acc;
+  if (c < C) {
+    int b = begin;
+    for (; b + kReduceUnroll <= end; b += kReduceUnroll) {
+      float v[kReduceUnroll];
+#pragma unroll
+      for (int j = 0; j < kReduceUnroll; ++j) v[j] = partials[int64_t(b + j) * C + c];
+#pragma unroll
+      for (int j = 0; j < kReduceUnroll; ++j) acc += v[j];
+    }
+    for (; b < end; ++b) acc += partials[int64_t(b) * C + c];
+  }
+  slice_sum[slice][lane] = acc;
+  __syncthreads();
+  if (slice == 0 && c < C) {
+    float total = 0.0f;
+    for (int s = 0; s < kReduceSlices; ++s) total += slice_sum[s][lane];
+    dst[c] += total;
+  }
 }
 
 // Block b sums rows b, b + gridDim.x, ... of every column; columns across threads.
@@ -76,7 +104,8 @@ unsigned elementwise_grid(int64_t n) { return unsigned(std::min<int64_t>((n + 25
 }  // namespace
 
 void reduce_partials(float* dst, const float* partials, int blocks, int64_t C, cudaStream_t stream) {
-  reduce_partials_kernel<<<grid_for(C, 256), 256, 0, stream>>>(dst, partials, blocks, C);
+  if (C <= 0) return;
+  reduce_partials_kernel<<<grid_for(C, 32), 32 * kReduceSlices, 0, stream>>>(dst, partials, blocks, C);
   ADEPT_CUDA_CHECK_LAUNCH("reduce_partials_kernel");
 }
 

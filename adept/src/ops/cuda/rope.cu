@@ -1,5 +1,9 @@
 // Rotary embeddings (rotate_half: pairs i, i + D/2) and Qwen3's per-head q/k RMSNorm
-// fused in front of them. One warp per (token, head) vector; lanes take the pairs.
+// fused in front of them. Plain RoPE: a thread takes K consecutive pairs of up to
+// kRopeHeadsPerThread heads of one token (vector accesses of K bf16 and K fp32); the q/k
+// norm kernels: one warp per (token, head) vector, lanes take the pairs.
+#include <algorithm>
+#include <cstdint>
 #include <string>
 
 #include "ops/cuda/common.cuh"
@@ -10,21 +14,104 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 constexpr int kMaxPairsPerLane = 4;  // D ≤ 256
+constexpr int kRopeThreads = 256;
+// Loads of several heads issued before any is used: more bytes in flight per thread
+// (the scalar one-pair-per-lane kernel ran at ~25% of HBM bandwidth on an H200).
+constexpr int kRopeHeadsPerThread = 4;
 
-__global__ void rope_kernel(bf16* qkv, const int32_t* pos, const float* cos, const float* sin, int64_t N, int64_t ld,
-                            int64_t H, int64_t D, float sign) {
-  const int64_t vec = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x & 31;
-  if (vec >= N * H) return;
-  const int64_t n = vec / H, h = vec % H, half = D / 2;
-  bf16* v = qkv + n * ld + h * D;
-  const float* c = cos + int64_t(pos[n]) * half;
-  const float* s = sin + int64_t(pos[n]) * half;
-  for (int64_t i = lane; i < half; i += 32) {
-    const float a = __bfloat162float(v[i]), b = __bfloat162float(v[i + half]), sn = sign * s[i];
-    v[i] = __float2bfloat16(a * c[i] - b * sn);
-    v[i + half] = __float2bfloat16(b * c[i] + a * sn);
+// K bf16 as one aligned access of 2K bytes; kept packed until used, so that the loads of
+// several heads fit in registers.
+template <int K>
+struct alignas(2 * K) Bf16Vec {
+  bf16 v[K];
+};
+
+// K fp32 in accesses of up to 16 bytes.
+template <int K>
+__device__ inline void load_f32(const float* p, float (&f)[K]) {
+  if constexpr (K == 1) {
+    f[0] = *p;
+  } else if constexpr (K == 2) {
+    const float2 t = *reinterpret_cast<const float2*>(p);
+    f[0] = t.x, f[1] = t.y;
+  } else {
+#pragma unroll
+    for (int k = 0; k < K; k += 4) {
+      const float4 t = *reinterpret_cast<const float4*>(p + k);
+      f[k] = t.x, f[k + 1] = t.y, f[k + 2] = t.z, f[k + 3] = t.w;
+    }
   }
+}
+
+// Thread t: pairs [K·g, K·g + K) (g = t mod groups, groups = half/K) of heads
+// [hb·R, hb·R + R) ∩ [0, H) of token n. Consecutive threads take consecutive pair groups
+// of one head, so a warp's accesses are contiguous runs of memory. The host picks K so that
+// ld, D, half and the pointers allow the vector accesses (K = 1: scalar fallback).
+template <int K>
+__global__ void __launch_bounds__(kRopeThreads, 3)
+    rope_kernel(bf16* qkv, const int32_t* pos, const float* cos, const float* sin, int64_t N, int64_t ld, int64_t H,
+                int64_t D, float sign) {
+  constexpr int R = kRopeHeadsPerThread;
+  const int64_t half = D / 2, groups = half / K, head_blocks = (H + R - 1) / R;
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= N * head_blocks * groups) return;
+  const int64_t i = (t % groups) * K, rest = t / groups;
+  const int64_t hb = rest % head_blocks, n = rest / head_blocks;
+  const int64_t h0 = hb * R;
+  bf16* row = qkv + n * ld + i;
+  Bf16Vec<K> a[R], b[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    if (h0 + r < H) {
+      a[r] = *reinterpret_cast<const Bf16Vec<K>*>(row + (h0 + r) * D);
+      b[r] = *reinterpret_cast<const Bf16Vec<K>*>(row + (h0 + r) * D + half);
+    }
+  float c[K], s[K];
+  const int64_t p = int64_t(pos[n]) * half + i;
+  load_f32<K>(cos + p, c);
+  load_f32<K>(sin + p, s);
+#pragma unroll
+  for (int k = 0; k < K; ++k) s[k] *= sign;
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    if (h0 + r < H) {
+      Bf16Vec<K> ya, yb;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const float x0 = __bfloat162float(a[r].v[k]), x1 = __bfloat162float(b[r].v[k]);
+        ya.v[k] = __float2bfloat16(x0 * c[k] - x1 * s[k]);
+        yb.v[k] = __float2bfloat16(x1 * c[k] + x0 * s[k]);
+      }
+      *reinterpret_cast<Bf16Vec<K>*>(row + (h0 + r) * D) = ya;
+      *reinterpret_cast<Bf16Vec<K>*>(row + (h0 + r) * D + half) = yb;
+    }
+}
+
+bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % uint64_t(bytes) == 0; }
+
+// The widest K ≤ 8 pairs per thread whose accesses are all aligned: every offset
+// n·ld + h·D + i (+ half) a multiple of K, bf16 vectors of 2K bytes, fp32 ones of
+// 4·min(K, 4) bytes at pos·half + i.
+int rope_pairs_per_thread(const bf16* qkv, const float* cos, const float* sin, int64_t ld, int64_t D) {
+  const int64_t half = D / 2;
+  for (int K : {8, 4, 2}) {
+    const int64_t f32_bytes = 4 * std::min(K, 4);
+    if (half % K == 0 && D % K == 0 && ld % K == 0 && aligned(qkv, 2 * K) && aligned(cos, f32_bytes) &&
+        aligned(sin, f32_bytes))
+      return K;
+  }
+  return 1;
+}
+
+void launch_rope(bf16* qkv, const int32_t* pos, const float* cos, const float* sin, int64_t N, int64_t ld, int64_t H,
+                 int64_t D, float sign, cudaStream_t stream) {
+  const int64_t half = D / 2;
+  if (N <= 0 || H <= 0 || half <= 0) return;
+  const int K = rope_pairs_per_thread(qkv, cos, sin, ld, D);
+  const int64_t threads = N * ((H + kRopeHeadsPerThread - 1) / kRopeHeadsPerThread) * (half / K);
+  auto kernel = K == 8 ? rope_kernel<8> : K == 4 ? rope_kernel<4> : K == 2 ? rope_kernel<2> : rope_kernel<1>;
+  kernel<<<grid_for(threads, kRopeThreads), kRopeThreads, 0, stream>>>(qkv, pos, cos, sin, N, ld, H, D, sign);
+  ADEPT_CUDA_CHECK_LAUNCH("rope_kernel");
 }
 
 // Heads [0, Hq) are queries, [Hq, Hq+Hkv) keys (normed and rotated), the next Hkv values
@@ -157,19 +244,13 @@ void check_head_dim(int64_t D) {
 
 void rope_forward(bf16* qkv, const int32_t* pos, const float* cos, const float* sin, int64_t N, int64_t ld,
                   int64_t Hq, int64_t Hkv, int64_t D, cudaStream_t stream) {
-  const int64_t vecs = N * (Hq + Hkv);
-  rope_kernel<<<grid_for(vecs * 32, 32 * kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream>>>(qkv, pos, cos, sin, N, ld,
-                                                                                           Hq + Hkv, D, 1.0f);
-  ADEPT_CUDA_CHECK_LAUNCH("rope_kernel");
+  launch_rope(qkv, pos, cos, sin, N, ld, Hq + Hkv, D, 1.0f, stream);
 }
 
 void rope_backward(bf16* dqkv, const int32_t* pos, const float* cos, const float* sin, int64_t N, int64_t ld,
                    int64_t Hq, int64_t Hkv, int64_t D, cudaStream_t stream) {
   // A rotation's transpose is its inverse: rotate by minus the angle.
-  const int64_t vecs = N * (Hq + Hkv);
-  rope_kernel<<<grid_for(vecs * 32, 32 * kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream>>>(dqkv, pos, cos, sin, N,
-                                                                                           ld, Hq + Hkv, D, -1.0f);
-  ADEPT_CUDA_CHECK_LAUNCH("rope_kernel");
+  launch_rope(dqkv, pos, cos, sin, N, ld, Hq + Hkv, D, -1.0f, stream);
 }
 
 void qk_norm_rope_forward(bf16* out, float* rstd, const bf16* in, const bf16* q_weight, const bf16* k_weight,
