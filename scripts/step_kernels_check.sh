@@ -49,7 +49,7 @@ suite() {
 }
 
 stage_tests() {
-  suite train 'TrainKernels*:TrainCrossEntropy*:TrainDecoder*:TrainEngineParity*:DeviceArena*' 200
+  suite train 'TrainKernels*:TrainCrossEntropy*:TrainDecoder*:TrainEngineParity*:DeviceArena*:*DataParallel*' 200
   suite hopper_rows 'Covered/Flash4HopperBackward*:Varlen/Flash4HopperVarlenBackward*:Deterministic/Flash4HopperDeterministicBackwardBulkDq*:Sink/Flash4HopperBackward*' 120
 }
 
