@@ -4,9 +4,10 @@
 # flash4's Hopper backward rows preprocess) and of what they did to the step, in one call on
 # an H100 / H200 from the repository root, carrying .device-carry:
 #   build    build-loss for sm_90a: train-bench and gpu_tests (-j$(nproc))
-#   tests    gpu_tests: the training kernels, decoder and engine-parity suites, the device
-#            arena, then the Hopper backward suites that read the rows preprocess (dense,
-#            varlen, deterministic, sink: dsink rows)
+#   tests    gpu_tests: the training kernels, decoder, engine-parity and data-parallel
+#            suites, the device arena
+#   rowtests the Hopper backward suites that read the rows preprocess (dense, varlen,
+#            deterministic, sink: dsink rows)
 #   steps    scripts/train_loss_check.sh steps: every variant's per-step loss (must learn as
 #            the 2026-12-01 run did: 2 x 4096 -> ~7.71 after 13 steps)
 #   peers    bench/train_peers.py --batch 2 --seq 4096: adept vs HF eager / torch.compile
@@ -17,7 +18,7 @@
 # Logs go to $OUT (or ./step-kernels-out): log, tests_*.txt, steps.md, train_peers.txt,
 # kernels.md, memcheck.txt. Keeps within STEP_CHECK_SECONDS (default 540).
 #
-#   bash scripts/step_kernels_check.sh [build] [tests] [steps] [peers] [profile] [check]
+#   bash scripts/step_kernels_check.sh [build] [tests] [steps] [peers] [profile] [rowtests] [check]
 set -uo pipefail
 
 OUT=${OUT:-$PWD/step-kernels-out}
@@ -25,7 +26,7 @@ mkdir -p "$OUT"
 LOG=$OUT/log
 BUILD=build-loss
 stages=("$@")
-((${#stages[@]})) || stages=(build tests steps peers profile check)
+((${#stages[@]})) || stages=(build tests steps peers profile rowtests check)
 
 START=$(date +%s)
 BUDGET=${STEP_CHECK_SECONDS:-540}
@@ -50,6 +51,9 @@ suite() {
 
 stage_tests() {
   suite train 'TrainKernels*:TrainCrossEntropy*:TrainDecoder*:TrainEngineParity*:DeviceArena*:*DataParallel*' 200
+}
+
+stage_rowtests() {
   suite hopper_rows 'Covered/Flash4HopperBackward*:Varlen/Flash4HopperVarlenBackward*:Deterministic/Flash4HopperDeterministicBackwardBulkDq*:Sink/Flash4HopperBackward*' 120
 }
 
