@@ -313,7 +313,8 @@ TEST(TrainKernelsCpuVsCuda, CrossEntropyLossAndGradientSkipIgnoredTargets) {
   REQUIRE_GPU();
   auto rng = make_rng(8);
   const int64_t N = 29, V = 1000;
-  std::vector<float> logits = testing_support::random_vector<float>(rng, N * V, 3.0);
+  // bf16 logits, as the head GEMM writes them; the reference sees the same values.
+  std::vector<float> logits = random_bf16_values(rng, N * V, 3.0);
   std::vector<int32_t> targets = random_ids(rng, N, 0, int32_t(V));
   for (int64_t n : {0, 5, 6, 20}) targets[n] = -100;
   int64_t count = 0;
@@ -322,7 +323,8 @@ TEST(TrainKernelsCpuVsCuda, CrossEntropyLossAndGradientSkipIgnoredTargets) {
   std::vector<float> want_d(N * V);
   cpu::CrossEntropyResult want = cpu::cross_entropy(want_d.data(), logits.data(), targets.data(), N, V, -100, scale);
 
-  DeviceBuffer<float> d_logits(logits), d_loss(N), d_scale(std::vector<float>{float(scale)});
+  DeviceBuffer<bf16> d_logits(to_bf16(logits));
+  DeviceBuffer<float> d_loss(N), d_scale(std::vector<float>{float(scale)});
   DeviceBuffer<int32_t> d_targets(targets);
   DeviceBuffer<bf16> d_dlogits(N * V);
   DeviceBuffer<double> d_sum(std::vector<double>{0.0});

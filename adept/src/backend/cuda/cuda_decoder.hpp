@@ -40,7 +40,7 @@ struct CudaDecoderOptions {
   // (same shape and documents) and replay it; falls back to eager launches if capture
   // fails (e.g. a library call that cannot be captured).
   bool cuda_graphs = true;
-  int64_t logits_chunk_tokens = 0;  // 0: as many as fit 512 MiB of fp32 logits
+  int64_t logits_chunk_tokens = 0;  // 0: as many as fit 512 MiB of bf16 logits
   std::string attention = "auto";   // auto | flash4 | fallback (materialised scores)
   // Time the attention calls of each training step with CUDA events (for benchmarks:
   // forces eager launches, since a graph's nodes cannot be timed one by one).

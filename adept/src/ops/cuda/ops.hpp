@@ -80,10 +80,11 @@ void swiglu_backward(bf16* dgateup, const bf16* dact, const bf16* gateup, int64_
                      cudaStream_t stream);
 
 // ---- cross-entropy ------------------------------------------------------------------
-// One chunk of tokens: logits[N][V] fp32. loss[n] = logsumexp − z[target] (0 when the
-// target is ignore_index); dlogits (bf16, may be null) = grad_scale · (softmax − onehot),
-// zero rows for ignored targets. grad_scale is read on the device.
-void cross_entropy_forward_backward(bf16* dlogits, float* loss, const float* logits, const int32_t* targets,
+// One chunk of tokens: logits[N][V] bf16, all math in fp32. loss[n] = logsumexp − z[target]
+// (0 when the target is ignore_index); dlogits (bf16, may be null) = grad_scale ·
+// (softmax − onehot), zero rows for ignored targets. dlogits may be logits itself (in
+// place). grad_scale is read on the device. V < 2³¹.
+void cross_entropy_forward_backward(bf16* dlogits, float* loss, const bf16* logits, const int32_t* targets,
                                     int64_t N, int64_t V, int32_t ignore_index, const float* grad_scale,
                                     cudaStream_t stream);
 // loss_sum += Σ loss[n], count += #(targets != ignore_index), in a fixed order.
