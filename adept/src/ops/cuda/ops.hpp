@@ -92,7 +92,8 @@ void loss_accumulate(double* loss_sum, int64_t* count, const float* loss, const 
                      int32_t ignore_index, cudaStream_t stream);
 
 // ---- small helpers ------------------------------------------------------------------
-// dst[c] += Σ_b partials[b][c] over b < blocks, in order.
+// dst[c] += Σ_b partials[b][c] over b < blocks, in a fixed order (runs of rows summed in
+// order, the runs then added in order): the same bits on every run and every GPU.
 void reduce_partials(float* dst, const float* partials, int blocks, int64_t C, cudaStream_t stream);
 // dbias[C] += Σ_n dout[n][c] (dout rows ld apart). partials: kReduceBlocks · C.
 void bias_backward(float* dbias, float* partials, const bf16* dout, int64_t N, int64_t C, int64_t ld,
