@@ -223,6 +223,10 @@ struct Problem {
   bool sink = false;
   bool deterministic = false;
   bool backward = true;
+  // With seqused: NaN in every K / V row a sequence owns past its seqused_k keys (a cache's
+  // unwritten slots), so that an output or gradient that reads one shows (P = dS = 0 there,
+  // but 0 * NaN is NaN).
+  bool nan_unused_keys = false;
   double q_scale = 1.0;  // input magnitude of q (large logits exercise rescaling)
   flash4_tuning tuning{};
 
@@ -247,7 +251,7 @@ struct Problem {
       s << " B=" << B << " Sq=" << Sq << " Sk=" << Sk << (bhsd ? " BHSD" : " BSHD");
     }
     if (row_pad) s << " row_pad=" << row_pad;
-    if (!seqused.empty()) s << " seqused_k";
+    if (!seqused.empty()) s << " seqused_k" << (nan_unused_keys ? " (NaN past)" : "");
     if (paged()) s << " paged(" << page_size << ")";
     if (causal) s << " causal";
     if (window_left >= 0 || window_right >= 0) s << " window(" << window_left << "," << window_right << ")";
@@ -347,6 +351,10 @@ class ProblemRunner {
     fill_random(q_, p.dtype, rng_, p.q_scale);
     fill_random(k_, p.dtype, rng_);
     fill_random(v_, p.dtype, rng_);
+    if (p.nan_unused_keys && !p.seqused.empty() && !p.paged()) {
+      nan_unused_key_rows(k_);
+      nan_unused_key_rows(v_);
+    }
     fill_random(dout_, p.dtype, rng_);
     if (p.sink) {
       std::normal_distribution<double> normal(0.0, 1.0);
@@ -512,7 +520,10 @@ class ProblemRunner {
     }
     auto max_row_norm = [](const Twin& t) {
       double m = 0;
-      for (int64_t o : row_offsets(t.view)) m = std::max(m, norm2(&t.host[size_t(o)], t.view.shape[t.view.rank - 1]));
+      for (int64_t o : row_offsets(t.view)) {
+        const double n = norm2(&t.host[size_t(o)], t.view.shape[t.view.rank - 1]);
+        if (!std::isnan(n)) m = std::max(m, n);  // NaN rows: keys no query uses (nan_unused_keys)
+      }
       return m;
     };
     auto ref_norm = [](const std::vector<double>& r, const std::vector<char>& use) {
@@ -539,6 +550,24 @@ class ProblemRunner {
   }
 
  private:
+  // Problem::nan_unused_keys: rows [seqused_k[b], own rows) of sequence b, every head, -> NaN
+  // on the host and the device (the reference reads only the keys used).
+  void nan_unused_key_rows(Twin& t) {
+    const Problem& p = p_;
+    const flash4_tensor& v = t.view;
+    const int64_t H = v.shape[v.rank - 2], D = v.shape[v.rank - 1];
+    for (int b = 0; b < p.batch(); ++b) {
+      const int own = p.varlen() ? p.seqs[b].second : p.Sk;
+      for (int j = p.key_count(b); j < own; ++j)
+        for (int64_t h = 0; h < H; ++h) {
+          const int64_t offset = p.varlen() ? (cu_k_[b] + j) * v.stride[0] + h * v.stride[1]
+                                            : b * v.stride[0] + j * v.stride[1] + h * v.stride[2];
+          for (int64_t d = 0; d < D; ++d) t.host[size_t(offset + d)] = std::numeric_limits<double>::quiet_NaN();
+          cudaMemset(static_cast<uint16_t*>(t.device.get()) + offset, 0xFF, size_t(D) * 2);
+        }
+    }
+  }
+
   Twin dense(int64_t B, int64_t S, int64_t H, int64_t D) const {
     if (p_.bhsd) return make_twin({B, S, H, D}, {H * S * D, D, S * D, 1}, B * S * H * D, 2);
     const int64_t row = H * D + p_.row_pad;

@@ -9,8 +9,9 @@
 // sequence too, whose reference gradient is 0). Lengths {1, 17, 128, 1000, 4097} as
 // Sq = Sk, Sq < Sk and Sq > Sk. Deterministic calls (what adept's training asks for) run on
 // it too, match the reference, and repeat bit for bit (Flash4HopperDeterministicBackward).
-// Calls the kernel does not cover (d = 96, 256) run on the portable backward, as does
-// every call with FLASH4_HOPPER_BWD=0 or FLASH4_BACKEND=portable.
+// Calls the kernel does not cover (d = 96, 256; seqused_k without FLASH4_HOPPER_SEQUSED=1)
+// run on the portable backward, as does every call with FLASH4_HOPPER_BWD=0 or
+// FLASH4_BACKEND=portable. seqused_k with the switch: Seqused/Flash4HopperBackwardSeqused.
 // Learnable sink logits (options.sink, random per head) with dsink: the Sink/... suites
 // (dense and packed, GQA, causal, windows whose rows see no key so that lse = sink, atomic
 // and deterministic dQ) must run on it and match the reference in dq, dk, dv and dsink;
@@ -173,6 +174,20 @@ std::vector<Problem> covered_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackward, ::testing::ValuesIn(covered_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(covered_cases()), test_name);
+
+// seqused_k: on the Hopper backward only with FLASH4_HOPPER_SEQUSED=1 until a GPU run has
+// checked it (scripts/hopper_seqused_check.sh). Both dQ paths; the K / V rows past the keys
+// used are NaN in all but one case, and their dK / dV rows must come out 0 (the reference's).
+class Flash4HopperBackwardSeqused : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperBackwardSeqused, BothDqPathsRunOnHopperAndMatchFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv on("FLASH4_HOPPER_SEQUSED", "1");
+  expect_hopper_matches_reference(GetParam(), DqPath::atomics);
+  expect_hopper_matches_reference(GetParam(), DqPath::bulk);
+}
+INSTANTIATE_TEST_SUITE_P(Seqused, Flash4HopperBackwardSeqused, ::testing::ValuesIn(seqused_cases({64, 128})),
+                         test_name);
 
 // Packed batches: the forward and the backward must both run on the Hopper kernels.
 void expect_varlen_on_hopper_matches_reference(const Problem& p, DqPath dq) {
@@ -872,6 +887,12 @@ TEST(Flash4HopperBackwardDispatch, UncoveredCallsRunOnThePortableBackward) {
   p = small("d = 96");
   p.Dqk = p.Dv = 96;
   EXPECT_EQ(check_backward(p), "portable");
+  {
+    ScopedEnv off("FLASH4_HOPPER_SEQUSED", nullptr);  // until a GPU run has checked it
+    p = small("seqused_k");
+    p.seqused = {130};
+    EXPECT_EQ(check_backward(p), "portable");
+  }
 }
 
 TEST(Flash4HopperBackwardDispatch, EnvironmentForcesThePortableBackward) {

@@ -204,4 +204,55 @@ inline std::vector<Problem> packed_window_cases(const Problem& base, const std::
   return cases;
 }
 
+// seqused_k (each sequence attends to its first seqused_k[b] keys) at each head dim of
+// `head_dims`, the K / V rows past the keys used NaN (nan_unused_keys) except in one case:
+// dense with Sq < Sk (a sequence using all keys, one using a block and one key, one a single
+// key), dense causal with none / all but one / one block of keys, block edges (128, 129,
+// 640 of 1000), packed documents (keys used < own, 0, all; padding after the last), GQA, a
+// left window, a sink, softcap, both dtypes; the deterministic flag on one dense and one
+// packed case (the backward's dQ order: the key blocks that see a query block end at the
+// keys used).
+inline std::vector<Problem> seqused_cases(std::initializer_list<int> head_dims) {
+  std::vector<Problem> cases;
+  int i = 0;
+  for (int d : head_dims) {
+    Problem p;
+    p.label = "hopper seqused";
+    p.Dqk = p.Dv = d;
+    p.dtype = i++ % 2 ? FLASH4_F16 : FLASH4_BF16;
+    p.nan_unused_keys = true;
+    p.B = 3, p.Hq = 4, p.Hkv = 2, p.Sq = 50, p.Sk = 300;
+    p.seqused = {300, 129, 1};
+    cases.push_back(p);
+    p.causal = true, p.seqused = {0, 299, 64};
+    cases.push_back(p);
+    p.B = 4, p.Hq = 2, p.Hkv = 1, p.Sq = p.Sk = 1000;
+    p.seqused = {1000, 129, 128, 640};
+    p.deterministic = true;
+    cases.push_back(p);
+    p.deterministic = false, p.causal = false, p.window_left = 70;
+    cases.push_back(p);
+    p = Problem{};
+    p.label = "hopper seqused varlen";
+    p.Dqk = p.Dv = d;
+    p.dtype = i++ % 2 ? FLASH4_F16 : FLASH4_BF16;
+    p.nan_unused_keys = true;
+    p.seqs = {{64, 200}, {100, 100}, {10, 50}, {33, 40}, {130, 300}};
+    p.seqused = {150, 37, 0, 40, 257};
+    p.Hq = 4, p.Hkv = 1, p.pad_q = 3, p.pad_k = 9, p.causal = true;
+    cases.push_back(p);
+    p.causal = false, p.sink = true, p.deterministic = true;
+    cases.push_back(p);
+    p.sink = false, p.deterministic = false, p.softcap = 30.0f, p.causal = true;
+    cases.push_back(p);
+  }
+  Problem p;  // finite values past the keys used: the same answer
+  p.label = "hopper seqused finite";
+  p.Dqk = p.Dv = 64;
+  p.B = 2, p.Hq = 2, p.Hkv = 2, p.Sq = 200, p.Sk = 400;
+  p.seqused = {333, 90};
+  cases.push_back(p);
+  return cases;
+}
+
 }  // namespace flash4_gpu

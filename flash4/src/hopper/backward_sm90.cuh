@@ -103,11 +103,12 @@
 // passed on an H200). dQ by bulk reduce-add (the default; FLASH4_HOPPER_DQ=atomics: float2
 // atomics): passed scripts/hopper_dq_check.sh on an H200.
 // Sink logits and dsink (see "Sink" above) and softcap (P and dS from th = tanh(s scale / c),
-// in the consumers' step): written, not yet run on a GPU (scripts/hopper_bwd_sink_check.sh).
-// d = 64 overlaps the next query block's S / dP with this block's dV / dK / dQ in pairs of
-// steps (see the consumers; written without a GPU, NOT YET RUN ON ONE). Missing
-// (follow-ups): that overlap at d = 128 (registers), persistent scheduling,
-// seqused_k, d 96 / 192 / 256.
+// in the consumers' step): passed scripts/hopper_bwd_sink_check.sh on an H200 (2026-12-01).
+// seqused_k (FLASH4_HOPPER_SEQUSED=1 until checked: keys are masked by Sequence::sk, the K
+// rows past it zeroed, dK / dV rows past it written as zeros): written without a GPU, NOT YET
+// RUN ON ONE (scripts/hopper_seqused_check.sh). Missing (follow-ups): overlap of one query
+// block's S / dP with the previous one's gradients (a d = 64 try in pairs of steps was 13%
+// slower), persistent scheduling, d 96 / 192 / 256.
 #pragma once
 
 #include <cuda.h>
@@ -687,12 +688,15 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
     for (int i = 0; i < D / 2; ++i) dv[i] = dk[i] = 0.0f;
 
     mbarrier_wait(kv_full, 0);
-    // Varlen: K rows past the sequence's keys hold the next sequence's (dQ = dS K multiplies
-    // them by dS = 0): zero them. Warpgroup w zeroes its own 64 rows, which its S^T reads
-    // first (barrier 3 + w: its four warps); the other warpgroup's dQ (d = 128) reads them
-    // after the per-step barrier 1, which comes later in both warpgroups' program order.
-    if (packed && n0 + BN > seq.sk_rows) {
-      zero_tile_rows(smem + C::kOffK, C::kKChunkBytes, C::kChunks, max(seq.sk_rows - n0, 64 * cw), 64 * cw + 64,
+    // Varlen: K rows past the sequence's keys hold the next sequence's; with seqused_k (dense
+    // or packed), rows past the keys used are the sequence's own unused slots (anything, NaN
+    // included). dQ = dS K multiplies them by dS = 0, and 0 * NaN is not 0: zero them.
+    // Warpgroup w zeroes its own 64 rows, which its S^T reads first (barrier 3 + w: its four
+    // warps); the other warpgroup's dQ (d = 128) reads them after the per-step barrier 1,
+    // which comes later in both warpgroups' program order. (dP^T = V dO^T reads V rows there
+    // too, but only into dP^T entries the mask then sets to 0.)
+    if ((packed || p.seqused_k != nullptr) && n0 + BN > seq.sk) {
+      zero_tile_rows(smem + C::kOffK, C::kKChunkBytes, C::kChunks, max(seq.sk - n0, 64 * cw), 64 * cw + 64,
                      threadIdx.x % 128, 128);
       fence_proxy_async();
       named_barrier_sync(3 + cw, 128);

@@ -38,10 +38,11 @@
 // once per row in the finish, outside the loop.
 //
 // Pingpong (FA3): the consumer warpgroups alternate their wgmma batches (named barriers).
-// Dynamic (atomic) tile schedule: written without a GPU, NOT YET RUN ON ONE
-// (scripts/hopper_sched_check.sh).
+// Dynamic (atomic) tile schedule: the default (scripts/hopper_sched_check.sh, H200 2026-12-01).
+// seqused_k (dense or packed): each sequence attends to its first seqused_k[b] keys (Sequence
+// sk), written without a GPU, NOT YET RUN ON ONE (scripts/hopper_seqused_check.sh).
 // Missing vs issue 4 (follow-ups): TMA stores of O, d 96 / 192,
-// d_v != d_qk, paged KV, seqused_k, GQA packing of small Sq into the M tile.
+// d_v != d_qk, paged KV, GQA packing of small Sq into the M tile.
 #pragma once
 
 #include <cuda.h>
@@ -536,13 +537,16 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
         softmax(w.kb_end - 1, factor);  // O is still zero: its factor does not matter
         scores_to_a<T, BN>(pa, s);
         // Varlen: the first block (the highest) may run past the sequence's keys into the
-        // next sequence's rows. Zero those V rows before the first P V reads them (both
-        // warpgroups read the whole stage: split the stores, fence, then barrier 3).
+        // next sequence's rows; with seqused_k, into the sequence's own rows past the keys it
+        // uses (a cache's unwritten slots: anything, NaN included). Zero those V rows before
+        // the first P V reads them, as P = 0 there but 0 * NaN is not 0 (both warpgroups read
+        // the whole stage: split the stores, fence, then barrier 3). Dense rows past Sk are
+        // TMA zeros already.
         const int first_n0 = (w.kb_end - 1) * BN;
-        if (p.cu_seqlens_k != nullptr && first_n0 + BN > w.seq.sk_rows) {
+        if ((p.cu_seqlens_k != nullptr || p.seqused_k != nullptr) && first_n0 + BN > w.seq.sk) {
           mbarrier_wait(&v_full[stage0], (consumed / kStages) & 1);
           zero_tile_rows(reinterpret_cast<unsigned char*>(sV) + stage0 * C::kKVBytes, C::kKVChunkBytes, C::kChunks,
-                         w.seq.sk_rows - first_n0, BN, threadIdx.x - 128, 256);
+                         w.seq.sk - first_n0, BN, threadIdx.x - 128, 256);
           fence_proxy_async();
           named_barrier_sync(3, 256);
         }

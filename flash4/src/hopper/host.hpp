@@ -61,7 +61,7 @@ cuda::RowLayout row_layout(const flash4_tensor& t);
 // Kernel parameters of a call (forward or backward arguments), dense or packed (varlen):
 // dtype, q / k / v / out layouts, LSE ([B, Hq, Sq] or [Hq, Tq]) when given, cu_seqlens and
 // sizes (varlen: seqlen_q / seqlen_k = max_seqlen, 0 when not given: the Hopper kernels take
-// their tiles from the work list instead), scale, causal, window. Each caller adds what only
+// their tiles from the work list instead), seqused_k, scale, causal, window. Each caller adds what only
 // it needs.
 template <class Args>
 cuda::AttentionParams attention_params(const Args& a, const ProblemShape& shape) {
@@ -76,6 +76,7 @@ cuda::AttentionParams attention_params(const Args& a, const ProblemShape& shape)
     p.cu_seqlens_q = a.varlen.cu_seqlens_q;
     p.cu_seqlens_k = a.varlen.cu_seqlens_k;
   }
+  p.seqused_k = a.varlen.seqused_k;  // dense or packed (paged KV is not covered: the callers' gaps)
   p.batch = int(shape.batch);
   p.heads_q = int(shape.heads_q);
   p.heads_kv = int(shape.heads_kv);
@@ -108,5 +109,11 @@ inline bool env_is(const char* name, const char* value) {
   const char* v = std::getenv(name);
   return v != nullptr && std::strcmp(v, value) == 0;
 }
+
+// seqused_k on the Hopper forward and backward (each sequence attends to its first
+// seqused_k[b] keys; the kernels mask by Sequence::sk and zero the rows past it that they
+// read): written without a GPU, so only with FLASH4_HOPPER_SEQUSED=1 (read at each call)
+// until scripts/hopper_seqused_check.sh has passed on one; otherwise the portable kernels.
+inline bool hopper_seqused_enabled() { return env_is("FLASH4_HOPPER_SEQUSED", "1"); }
 
 }  // namespace flash4::detail
