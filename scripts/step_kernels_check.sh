@@ -33,13 +33,7 @@ BUDGET=${STEP_CHECK_SECONDS:-540}
 # shellcheck source=scripts/lib/device_check_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/device_check_lib.sh"
 
-stage_build() {
-  [ -f .device-carry/deps.tar ] && tar xf .device-carry/deps.tar -C / --skip-old-files 2>>"$LOG"
-  say "configure and build train-bench, gpu_tests"
-  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" >>"$LOG" 2>&1 || { fail configure; return; }
-  ninja -C "$BUILD" -j"$(nproc)" train-bench gpu_tests >>"$LOG" 2>&1 || fail "build"
-}
+stage_build() { build_sm90 train-bench gpu_tests; }
 
 # suite NAME FILTER LIMIT: gpu_tests on FILTER, its summary and first failures in the log.
 suite() {

@@ -29,13 +29,7 @@ BUDGET=${LOSS_CHECK_SECONDS:-300}
 # shellcheck source=scripts/lib/device_check_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/device_check_lib.sh"
 
-stage_build() {
-  [ -f .device-carry/deps.tar ] && tar xf .device-carry/deps.tar -C / --skip-old-files 2>>"$LOG"
-  say "configure and build train-bench"
-  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" >>"$LOG" 2>&1 || { fail configure; return; }
-  ninja -C "$BUILD" -j"$(nproc)" train-bench >>"$LOG" 2>&1 || fail "build train-bench"
-}
+stage_build() { build_sm90 train-bench; }
 
 # variant NAME ENV ARGS...: one train-bench run, its per-step lines in steps/NAME.txt.
 variant() {

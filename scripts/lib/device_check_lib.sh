@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# The parts shared by the device checks of adept on whole GPUs, scripts/dp_check.sh and
-# scripts/backend_gap_check.sh: sourced by them, not run. The check sets LOG (its log), START
-# (when it started) and BUDGET (the seconds it may take) and reads status (0, 1 after a fail).
+# The parts shared by the device checks of adept on whole GPUs (scripts/dp_check.sh,
+# backend_gap_check.sh, train_loss_check.sh, step_kernels_check.sh): sourced by them, not run.
+# The check sets LOG (its log), START (when it started), BUDGET (the seconds it may take) and,
+# for build_sm90, BUILD (the build folder), and reads status (0, 1 after a fail).
 
 # left LIMIT: seconds left of the budget, capped at LIMIT (at least 5).
 left() {
@@ -32,4 +33,15 @@ eval_every = $2
 eval_batches = 4
 checkpoint_every = 0
 TOML
+}
+
+# build_sm90 TARGET...: the carried build dependencies unpacked (.device-carry/deps.tar), $BUILD
+# configured for sm_90a (Release, Ninja) and the TARGETs built on every core; a fail names
+# the step that broke.
+build_sm90() {
+  [ -f .device-carry/deps.tar ] && tar xf .device-carry/deps.tar -C / --skip-old-files 2>>"$LOG"
+  say "configure and build $*"
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" >>"$LOG" 2>&1 || { fail configure; return; }
+  ninja -C "$BUILD" -j"$(nproc)" "$@" >>"$LOG" 2>&1 || fail "build $*"
 }
