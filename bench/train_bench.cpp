@@ -9,7 +9,8 @@
 // --data-parallel: one process per GPU, launched with the torchrun-style environment,
 // mpirun or srun (dist/launch_env.hpp; bench/train_dp_bench.sh starts them): NCCL with a
 // ZeRO optimizer (--zero: 1 shards the optimizer state, 2 the gradients too), --batch
-// rows per GPU, tokens/s reported per GPU (rank 0 prints).
+// rows per GPU, tokens/s reported per GPU (rank 0 prints), and NCCL's bus bandwidth for the
+// step's two collectives at the model's size (the JSON's *_busbw_gbs; bench/scaling_model.py).
 //
 // FLOPs per token: 6·N (N = parameters that take part in matrix products: all of them,
 // the tied embedding counted once as the head) + causal attention 6·L·S·Hq·D (QKᵀ and PV,
@@ -162,6 +163,55 @@ double measure_gemm_tflops() {
   return 2.0 * double(n) * n * n / (ms[ms.size() / 2] * 1e-3) / 1e12;
 }
 
+// Data parallel: NCCL's bus bandwidth for the two collectives a ZeRO step runs, at the
+// model's size (capped at 1 GiB a buffer): the fp32 gradient's reduce-scatter and the bf16
+// weights' all-gather, median of 5 after 2 warm-ups, on a stream of its own, before the
+// model takes its memory. busbw = size (N - 1) / N / time (NCCL's convention, as nccl-tests
+// print it: comparable across GPU counts), in GB/s. bench/scaling_model.py turns it and the
+// step times into the scaling model.
+struct CollectiveRates {
+  double reduce_scatter_gbs = 0, all_gather_gbs = 0;
+};
+
+CollectiveRates measure_collectives(dist::Communicator& comm, int64_t parameters) {
+  const int world = comm.world();
+  const size_t count = std::min<size_t>(size_t(parameters), size_t(1) << 28) / size_t(world) * size_t(world);
+  void *send = nullptr, *recv = nullptr;
+  ADEPT_CUDA_CHECK(cudaMalloc(&send, count * 4));
+  ADEPT_CUDA_CHECK(cudaMalloc(&recv, count * 4));
+  ADEPT_CUDA_CHECK(cudaMemset(send, 0, count * 4));  // the values do not change the time; defined anyway
+  cudaStream_t stream = nullptr;
+  ADEPT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  ADEPT_CUDA_CHECK(cudaEventCreate(&e0));
+  ADEPT_CUDA_CHECK(cudaEventCreate(&e1));
+  auto busbw = [&](auto collective, size_t bytes) {
+    std::vector<float> ms;
+    for (int i = 0; i < 7; ++i) {
+      ADEPT_CUDA_CHECK(cudaEventRecord(e0, stream));
+      collective();
+      ADEPT_CUDA_CHECK(cudaEventRecord(e1, stream));
+      comm.synchronize(stream);
+      float t = 0;
+      ADEPT_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+      if (i >= 2) ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    return double(bytes) * double(world - 1) / double(world) / (double(ms[ms.size() / 2]) * 1e-3) / 1e9;
+  };
+  const size_t shard = count / size_t(world);
+  CollectiveRates r;
+  r.reduce_scatter_gbs = busbw(
+      [&] { comm.reduce_scatter(send, recv, shard, dist::DataType::f32, dist::ReduceOp::sum, stream); }, count * 4);
+  r.all_gather_gbs = busbw([&] { comm.all_gather(send, recv, shard, dist::DataType::bf16, stream); }, count * 2);
+  ADEPT_CUDA_CHECK(cudaEventDestroy(e0));
+  ADEPT_CUDA_CHECK(cudaEventDestroy(e1));
+  ADEPT_CUDA_CHECK(cudaStreamDestroy(stream));
+  ADEPT_CUDA_CHECK(cudaFree(send));
+  ADEPT_CUDA_CHECK(cudaFree(recv));
+  return r;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -180,6 +230,7 @@ int main(int argc, char** argv) {
     size_t free0 = 0, total = 0;
     ADEPT_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
     const double gemm_tflops = measure_gemm_tflops();
+    const CollectiveRates collectives = comm && world > 1 ? measure_collectives(*comm, matmul_parameters(c)) : CollectiveRates{};
 
     CudaDecoderOptions o;
     o.max_tokens = a.batch * a.seq;
@@ -248,6 +299,10 @@ int main(int argc, char** argv) {
                    world, tokens_per_s, 1e3 * seconds / double(a.steps), optimizer_gib);
     if (rank != 0) return 0;
     std::printf("%s\n", model.memory_report().c_str());
+    if (world > 1)
+      std::printf("NCCL bus bandwidth (%d GPUs, %lld parameters' buffers, capped at 1 GiB): reduce-scatter fp32 %.0f GB/s, "
+                  "all-gather bf16 %.0f GB/s\n",
+                  world, (long long)matmul_parameters(c), collectives.reduce_scatter_gbs, collectives.all_gather_gbs);
     std::printf("device %s | model %s | batch %lld x %lld | attention %s | graphs %s | recompute %s | GPUs %d "
                 "(tokens/s below per GPU; optimizer state %.2f GiB per GPU)\n",
                 prop.name, a.model.c_str(), (long long)a.batch, (long long)a.seq, model.attention_backend().c_str(),
@@ -261,12 +316,14 @@ int main(int argc, char** argv) {
                 "\"tokens_per_s\": %.1f, \"step_ms\": %.2f, \"gemm_tflops\": %.1f, \"flops_per_token\": %.6e, "
                 "\"mfu\": %.4f, \"peak_mem_gib\": %.3f, \"arena_gib\": %.3f, \"attention\": \"%s\", "
                 "\"graphs\": %s, \"recompute\": %s, \"loss_first\": %.4f, \"loss_last\": %.4f, \"attention_ms\": %.2f, "
-                "\"gpus\": %d, \"optimizer_state_gib\": %.3f, \"gradient_gib\": %.3f, \"zero\": %d}\n",
+                "\"gpus\": %d, \"optimizer_state_gib\": %.3f, \"gradient_gib\": %.3f, \"zero\": %d, "
+                "\"parameters\": %lld, \"reduce_scatter_busbw_gbs\": %.1f, \"all_gather_busbw_gbs\": %.1f}\n",
                 prop.name, a.model.c_str(), (long long)a.batch, (long long)a.seq, tokens_per_s,
                 1e3 * seconds / double(a.steps), gemm_tflops, flops_per_token, mfu, used_gib,
                 double(model.device_bytes()) / double(1 << 30), model.attention_backend().c_str(),
                 model.graphs_active() ? "true" : "false", a.recompute ? "true" : "false", first_loss, last_loss,
-                attention_ms, world, optimizer_gib, gradient_gib, model.zero_stage());
+                attention_ms, world, optimizer_gib, gradient_gib, model.zero_stage(), (long long)matmul_parameters(c),
+                collectives.reduce_scatter_gbs, collectives.all_gather_gbs);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "train-bench: %s\n", e.what());
     return 1;
