@@ -3,7 +3,8 @@
 # then on N GPUs (one process per GPU, torchrun-style environment, NCCL) with ZeRO-1 and
 # with ZeRO-2, at the same per-GPU batch; prints the JSON lines, a table and the per-GPU
 # throughput ratio (goal: >= 95%), the optimizer state per GPU (goal: 1/N of one GPU's)
-# and ZeRO-2's fp32 gradient buffers per GPU against ZeRO-1's.
+# and ZeRO-2's fp32 gradient buffers per GPU against ZeRO-1's; then bench/scaling_model.py on
+# the same lines (NCCL bus bandwidth measured by train-bench, predictions for 4 .. 32 GPUs).
 #
 #   bench/train_dp_bench.sh [--build DIR] [--gpus N] [--zero "1 2"] [train-bench arguments...]
 #   e.g. bench/train_dp_bench.sh --build build-dp --gpus 2 --model llama-3.2-1b --batch 2 --seq 4096 --steps 20
@@ -72,4 +73,9 @@ for r in rows[1:]:
           f"{r['optimizer_state_gib'] / one['optimizer_state_gib']:.3f}x (goal {1 / r['gpus']:.3f}x); gradient "
           f"buffers {r['gradient_gib']:.2f} GiB/GPU ({r['gradient_gib'] / one['gradient_gib']:.3f}x one GPU's)")
 PY
+# The weak-scaling model (issue 11) fitted to these lines: measured bus bandwidth, exposed
+# fraction, predictions for more GPUs on one node and across nodes.
+if ((${#lines[@]} > 1)); then
+  printf '%s\n' "${lines[@]}" | python3 "$(dirname "$0")/scaling_model.py" --predict 4 8 16 32 || status=1
+fi
 exit $status
