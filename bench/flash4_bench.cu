@@ -201,8 +201,10 @@ std::vector<int32_t> document_boundaries(const VarlenShape& v) {
 // each call).
 const char* hopper_dq_path() {
   const char* v = std::getenv("FLASH4_HOPPER_DQ");
-  return v != nullptr && std::strcmp(v, "atomics") == 0 ? "float2 atomics (FLASH4_HOPPER_DQ=atomics)"
-                                                         : "bulk reduce-add (FLASH4_HOPPER_DQ not atomics)";
+  if (v != nullptr && std::strcmp(v, "atomics") == 0) return "float2 atomics (FLASH4_HOPPER_DQ=atomics)";
+  if (v != nullptr && std::strcmp(v, "per_warpgroup") == 0)
+    return "bulk reduce-add, per-warpgroup hand-over for non-deterministic calls (FLASH4_HOPPER_DQ=per_warpgroup)";
+  return "bulk reduce-add (FLASH4_HOPPER_DQ neither atomics nor per_warpgroup)";
 }
 
 // Which backward dQ modes to time (--deterministic).

@@ -22,6 +22,8 @@
 // test) and, in the suites named ...BulkDq, by bulk reduce-add from shared memory (the
 // default, set explicitly); the deterministic bulk path must also give the same bits as the
 // deterministic atomics (the same fp32 adds in the same order).
+// The ...PerWarpgroupDq suites (covered, window, varlen, sink, softcap) run the opt-in
+// FLASH4_HOPPER_DQ=per_warpgroup hand-over.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -58,13 +60,21 @@ struct BulkDqSwitches : DefaultBackendSwitches {
   ScopedEnv bulk{"FLASH4_HOPPER_DQ", "bulk"};
 };
 
-// How a test adds dQ: which switches it sets.
-enum class DqPath { atomics, bulk };
+// Bulk reduce-add with the per-warpgroup hand-over (opt-in): the ...PerWarpgroupDq suites.
+struct PerWarpgroupDqSwitches : DefaultBackendSwitches {
+  ScopedEnv per_warpgroup{"FLASH4_HOPPER_DQ", "per_warpgroup"};
+};
 
-// " (FLASH4_HOPPER_DQ=bulk)" while the switch is set, for the error lines.
+// How a test adds dQ: which switches it sets.
+enum class DqPath { atomics, bulk, per_warpgroup };
+
+// " (FLASH4_HOPPER_DQ=...)" while a bulk switch is set, for the error lines.
 const char* bulk_dq_note() {
   const char* v = std::getenv("FLASH4_HOPPER_DQ");
-  return v != nullptr && std::string(v) == "bulk" ? " (FLASH4_HOPPER_DQ=bulk)" : "";
+  if (v == nullptr) return "";
+  if (std::string(v) == "bulk") return " (FLASH4_HOPPER_DQ=bulk)";
+  if (std::string(v) == "per_warpgroup") return " (FLASH4_HOPPER_DQ=per_warpgroup)";
+  return "";
 }
 
 // Forward (whichever backend covers it) and backward of p on the GPU and the reference;
@@ -102,6 +112,9 @@ void expect_hopper_matches_reference(const Problem& p, DqPath dq) {
   if (dq == DqPath::bulk) {
     BulkDqSwitches bulk;
     backend = check_backward(p);
+  } else if (dq == DqPath::per_warpgroup) {
+    PerWarpgroupDqSwitches per_warpgroup;
+    backend = check_backward(p);
   } else {
     DefaultBackendSwitches defaults;
     backend = check_backward(p);
@@ -111,6 +124,9 @@ void expect_hopper_matches_reference(const Problem& p, DqPath dq) {
 
 class Flash4HopperBackward : public ::testing::TestWithParam<Problem> {};
 class Flash4HopperBackwardBulkDq : public ::testing::TestWithParam<Problem> {};
+// FLASH4_HOPPER_DQ=per_warpgroup (opt-in until measured): bulk reduce-add, each consumer
+// warpgroup handed its buffers on barriers of its own; deterministic cases fall back to bulk.
+class Flash4HopperBackwardPerWarpgroupDq : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperBackward, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
@@ -119,6 +135,10 @@ TEST_P(Flash4HopperBackward, RunsOnHopperAndMatchesFloat64Reference) {
 TEST_P(Flash4HopperBackwardBulkDq, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   expect_hopper_matches_reference(GetParam(), DqPath::bulk);
+}
+TEST_P(Flash4HopperBackwardPerWarpgroupDq, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_hopper_matches_reference(GetParam(), DqPath::per_warpgroup);
 }
 
 // d x dtype x causal over shapes with Sq = Sk, Sq < Sk, Sq > Sk and GQA, lengths {1, 17, 128,
@@ -174,6 +194,7 @@ std::vector<Problem> covered_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackward, ::testing::ValuesIn(covered_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(covered_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackwardPerWarpgroupDq, ::testing::ValuesIn(covered_cases()), test_name);
 
 // seqused_k: on the Hopper backward only with FLASH4_HOPPER_SEQUSED=1 until a GPU run has
 // checked it (scripts/hopper_seqused_check.sh). Both dQ paths; the K / V rows past the keys
@@ -195,6 +216,9 @@ void expect_varlen_on_hopper_matches_reference(const Problem& p, DqPath dq) {
   if (dq == DqPath::bulk) {
     BulkDqSwitches bulk;
     backward = check_backward(p, &forward);
+  } else if (dq == DqPath::per_warpgroup) {
+    PerWarpgroupDqSwitches per_warpgroup;
+    backward = check_backward(p, &forward);
   } else {
     DefaultBackendSwitches defaults;
     backward = check_backward(p, &forward);
@@ -205,6 +229,7 @@ void expect_varlen_on_hopper_matches_reference(const Problem& p, DqPath dq) {
 
 class Flash4HopperVarlenBackward : public ::testing::TestWithParam<Problem> {};
 class Flash4HopperVarlenBackwardBulkDq : public ::testing::TestWithParam<Problem> {};
+class Flash4HopperVarlenBackwardPerWarpgroupDq : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperVarlenBackward, ForwardAndBackwardRunOnHopperAndMatchFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
@@ -213,6 +238,10 @@ TEST_P(Flash4HopperVarlenBackward, ForwardAndBackwardRunOnHopperAndMatchFloat64R
 TEST_P(Flash4HopperVarlenBackwardBulkDq, ForwardAndBackwardRunOnHopperAndMatchFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   expect_varlen_on_hopper_matches_reference(GetParam(), DqPath::bulk);
+}
+TEST_P(Flash4HopperVarlenBackwardPerWarpgroupDq, ForwardAndBackwardRunOnHopperAndMatchFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_varlen_on_hopper_matches_reference(GetParam(), DqPath::per_warpgroup);
 }
 
 // Packed batches (cu_seqlens): documents of lengths 1, 17, not multiples of the tiles (128
@@ -267,6 +296,8 @@ std::vector<Problem> varlen_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Varlen, Flash4HopperVarlenBackward, ::testing::ValuesIn(varlen_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Varlen, Flash4HopperVarlenBackwardBulkDq, ::testing::ValuesIn(varlen_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Varlen, Flash4HopperVarlenBackwardPerWarpgroupDq, ::testing::ValuesIn(varlen_cases()),
+                         test_name);
 
 // Sliding windows (window_sweep), then packed documents with windows.
 std::vector<Problem> window_cases() {
@@ -276,6 +307,7 @@ std::vector<Problem> window_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Window, Flash4HopperBackward, ::testing::ValuesIn(window_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Window, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(window_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Window, Flash4HopperBackwardPerWarpgroupDq, ::testing::ValuesIn(window_cases()), test_name);
 
 // ---- deterministic dQ ----------------------------------------------------------------------
 
@@ -724,6 +756,7 @@ std::vector<Problem> sink_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperBackward, ::testing::ValuesIn(sink_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(sink_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperBackwardPerWarpgroupDq, ::testing::ValuesIn(sink_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperDeterministicBackward, ::testing::ValuesIn(sink_deterministic_cases()),
                          test_name);
 INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperDeterministicBackwardBulkDq,
@@ -789,6 +822,7 @@ std::vector<Problem> softcap_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperBackward, ::testing::ValuesIn(softcap_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(softcap_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperBackwardPerWarpgroupDq, ::testing::ValuesIn(softcap_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperDeterministicBackward,
                          ::testing::ValuesIn(softcap_deterministic_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperDeterministicBackwardBulkDq,

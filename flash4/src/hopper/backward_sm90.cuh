@@ -28,6 +28,9 @@
 //    reduce-add per 64 x 32 chunk through a tensor map of dq_accum (the layout unchanged:
 //    the tensor form takes the [token][Hq][d] strides, where the non-tensor form would need
 //    one op per row or a layout of our own with its own finish kernel); see the writer.
+//    FLASH4_HOPPER_DQ=per_warpgroup (DqAdd::bulk_per_warpgroup, non-deterministic calls; written
+//    without a GPU, scripts/hopper_dq_warpgroup_check.sh): the writer hands each consumer
+//    warpgroup its buffers on barriers of its own instead of both at once.
 // dK = scale dS^T Q and dV are written from registers at the end (rows past Sk skipped).
 //
 // The per-row inputs come from backward_sm90_rows_kernel: lse2 = lse log2 e (+inf for a
@@ -373,6 +376,15 @@ inline constexpr int kDqReadyBarrier = 8, kDqDoneBarrier = 7, kDqOrderThreads = 
 // consumers' tiles of a step are in shared memory, fenced for the async proxy), "free" (the
 // buffer a step stages into has been read by the adds two steps back).
 inline constexpr int kDqStagedBarrier = 9, kDqFreeBarrier = 10;
+// DqAdd::bulk_per_warpgroup: the same two barriers per consumer warpgroup w, counting the
+// writer warp and that warpgroup only: "staged" 11 + 2 w, "free" 12 + 2 w. The barriers
+// above (both warpgroups at once) made the warpgroups meet at every step's hand-over, so
+// their tensor-core-idle phases (softmax, dS stores, the hand-over itself) coincided; with
+// these a warpgroup may run up to about a step ahead of the other (the writer serves them in
+// turn, and each has two buffers).
+__device__ __forceinline__ int dq_staged_barrier(int w) { return 11 + 2 * w; }
+__device__ __forceinline__ int dq_free_barrier(int w) { return 12 + 2 * w; }
+inline constexpr int kDqWarpgroupThreads = 32 + 128;
 
 // Bulk dQ: this thread's part of a dQ accumulator, kTiles n8 column tiles (element
 // 4n + 2 half + e: row 16 wq + g + 8 half, column 8n + 2t + e of the warpgroup's part), ->
@@ -462,7 +474,9 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
 #if defined(FLASH4_SM90A)
   using C = BackwardSm90Config<D>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
-  constexpr bool kBulk = kDqAdd == DqAdd::bulk;
+  constexpr bool kBulk = kDqAdd != DqAdd::atomics;
+  constexpr bool kPerWarpgroup = kDqAdd == DqAdd::bulk_per_warpgroup;
+  static_assert(!(kPerWarpgroup && kDeterministic), "deterministic dQ adds both warpgroups' tiles together");
   // Bulk dQ: rows, barriers and swap sit kBulkShift higher (the staged tiles before them).
   constexpr uint32_t kShift = kBulk ? C::kBulkShift : 0;
   extern __shared__ unsigned char smem_raw[];
@@ -588,6 +602,38 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
         }
       }
       __syncwarp();
+      if constexpr (kPerWarpgroup) {
+        // Per warpgroup (DqAdd::bulk_per_warpgroup): each (step, w) its own commit group, in
+        // the order (0, 0), (0, 1), (1, 0), ...; after committing (step, w), the groups
+        // newer than (step - 1, w) are two, so waiting until at most two are unread means
+        // (step - 1, w) has read its buffer, (step + 1) & 1 of w: handed back by "free" w.
+        if (steps.steps > 0) {
+          named_barrier_arrive(dq_free_barrier(0), kDqWarpgroupThreads);
+          named_barrier_arrive(dq_free_barrier(1), kDqWarpgroupThreads);
+        }
+        for (int step = 0; step < steps.steps; ++step) {
+          const bool more = step + 1 < steps.steps;
+#pragma unroll
+          for (int w = 0; w < 2; ++w) {
+            named_barrier_sync(dq_staged_barrier(w), kDqWarpgroupThreads);
+            if (lane == 0) {
+              const int h = steps.head(step, hk, p.group);
+              const int token = int(seq.q_token + steps.row0(step, BM));
+              const unsigned char* buffer = smem + C::kOffDqStage + (step & 1) * C::kDqBufferBytes;
+#pragma unroll
+              for (int k = 0; k < 2; ++k)
+                bulk_reduce_add_3d(&tma_dq, D == 128 ? 64 * w + 32 * k : 32 * k, token, h,
+                                   buffer + (2 * w + k) * C::kDqChunkBytes);
+              bulk_commit_group();
+              bulk_wait_group_read<2>();
+            }
+            __syncwarp();
+            if (more) named_barrier_arrive(dq_free_barrier(w), kDqWarpgroupThreads);
+          }
+        }
+        if (lane == 0) bulk_wait_group<0>();  // the staged tiles stay until the adds are done
+        return;
+      }
       if (steps.steps > 0) named_barrier_arrive(kDqFreeBarrier, kDqOrderThreads);
       for (int step = 0; step < steps.steps; ++step) {
         const bool more = step + 1 < steps.steps;
@@ -862,12 +908,16 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       }
       constexpr int kTiles = kCombine ? 4 : 8;
       if constexpr (kBulk) {
-        // Bulk dQ: the tile goes to shared memory, the dQ writer adds it (see there).
-        named_barrier_sync(kDqFreeBarrier, kDqOrderThreads);  // the adds of step - 2 have read it
+        // Bulk dQ: the tile goes to shared memory, the dQ writer adds it (see there). Per
+        // warpgroup: this warpgroup's own "free" / "staged" barriers with the writer.
+        const int free_barrier = kPerWarpgroup ? dq_free_barrier(cw) : kDqFreeBarrier;
+        const int staged_barrier = kPerWarpgroup ? dq_staged_barrier(cw) : kDqStagedBarrier;
+        const int barrier_threads = kPerWarpgroup ? kDqWarpgroupThreads : kDqOrderThreads;
+        named_barrier_sync(free_barrier, barrier_threads);  // the adds of step - 2 have read it
         dq_stage_tile<kTiles>(smem + C::kOffDqStage + (step & 1) * C::kDqBufferBytes + cw * 2 * C::kDqChunkBytes,
                               dq, wq, g, t, sq - m0);
         fence_proxy_async();  // the generic-proxy stores above, before the bulk reduce (async proxy) reads them
-        named_barrier_arrive(kDqStagedBarrier, kDqOrderThreads);
+        named_barrier_arrive(staged_barrier, barrier_threads);
       } else if constexpr (kDeterministic) {
         // The key blocks above this one have added theirs (the order warp's acquire).
         named_barrier_sync(kDqReadyBarrier, kDqOrderThreads);
@@ -935,7 +985,12 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
   };
   const bool bf16 = p.dtype == cuda::DType::bf16;
   constexpr DqAdd kAtomics = DqAdd::atomics, kBulk = DqAdd::bulk;
-  if (dq_add == DqAdd::bulk) {
+  if (dq_add == DqAdd::bulk_per_warpgroup && order == nullptr) {
+    constexpr DqAdd kPerWarpgroup = DqAdd::bulk_per_warpgroup;
+    launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kPerWarpgroup>
+                : attention_backward_sm90_kernel<D, __half, false, kPerWarpgroup>,
+           C::kSmemBytesBulk);
+  } else if (dq_add != DqAdd::atomics) {
     if (order != nullptr)
       launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, true, kBulk>
                   : attention_backward_sm90_kernel<D, __half, true, kBulk>,

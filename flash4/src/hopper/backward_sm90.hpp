@@ -24,8 +24,12 @@ struct BackwardTensorMaps {
 // How the main kernel adds its dQ tiles to the fp32 workspace dq_accum [token][Hq][d]:
 //  atomics  each consumer thread, float2 atomicAdd from its accumulator registers (default);
 //  bulk     the consumers stage the tile in shared memory, one thread of the producer
-//           warpgroup adds it with cp.reduce.async.bulk.tensor (FLASH4_HOPPER_DQ=bulk).
-enum class DqAdd : int { atomics = 0, bulk = 1 };
+//           warpgroup adds it with cp.reduce.async.bulk.tensor (the default).
+//  bulk_per_warpgroup  the same adds, but the writer hands each consumer warpgroup its
+//           buffers through barriers of its own, so the two warpgroups are not held in step
+//           at every query block (FLASH4_HOPPER_DQ=per_warpgroup; not deterministic calls:
+//           their order keeps both warpgroups' tiles together). Written without a GPU.
+enum class DqAdd : int { atomics = 0, bulk = 1, bulk_per_warpgroup = 2 };
 
 // DqAdd::bulk: dq_accum as a 3-d fp32 tensor map (d, tokens_q, Hq) -- the layout the
 // portable finish reads, unchanged -- with a box of kDqBulkBoxCols columns (128 bytes, the

@@ -8,7 +8,9 @@
 // dQ is added by bulk reduce-add from shared memory (hopper::DqAdd::bulk; the default since
 // scripts/hopper_dq_check.sh on an H200, 2026-12-01: every backward suite passes, 1.07-1.35x
 // the atomics); FLASH4_HOPPER_DQ=atomics (read at each call) adds it by float2 atomics
-// instead, for A/B runs. FLASH4_LOG=1 says which ran.
+// instead, for A/B runs; FLASH4_HOPPER_DQ=per_warpgroup (not deterministic calls; written
+// without a GPU) hands each consumer warpgroup its buffers separately. FLASH4_LOG=1 says
+// which ran.
 // Sink logits (options.sink) need nothing of the main kernel (the forward's lse holds the
 // sink); with dsink asked for, the rows preprocess writes each row's term and the portable
 // finish sums them per head in a fixed order (backward_sm90.cuh, "Sink"). Not yet run on a
@@ -158,9 +160,15 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     } else if (int error = encode_dq_accum_map(&maps.dq_accum, p.dq_accum, p.tokens_q, p.heads_q, p.d_qk);
                error != 0) {
       dq_note += concat(" (bulk reduce-add: cuTensorMapEncodeTiled rejected dq_accum, CUresult ", error, ")");
+    } else if (env_is("FLASH4_HOPPER_DQ", "per_warpgroup") && !deterministic) {
+      // Opt-in until a GPU run measures it (scripts/hopper_dq_check.sh): the writer hands
+      // each consumer warpgroup its staging buffers on barriers of its own.
+      dq_add = hopper::DqAdd::bulk_per_warpgroup;
+      dq_note = "dQ by bulk reduce-add, per-warpgroup hand-over (FLASH4_HOPPER_DQ=per_warpgroup)";
     } else {
       dq_add = hopper::DqAdd::bulk;
       dq_note = "dQ by bulk reduce-add";
+      if (env_is("FLASH4_HOPPER_DQ", "per_warpgroup")) dq_note += " (per_warpgroup: not for deterministic calls)";
     }
     if (deterministic) dq_note += ", deterministic";
     if (p.sink != nullptr) dq_note += want_dsink ? ", sink + dsink" : ", sink (no dsink)";
