@@ -25,6 +25,26 @@ flash4_varlen varlen_of(const AttentionDocuments& docs) {
   return v;
 }
 
+// q, k, v of the fused [N][(Hq + 2 Hkv) D] row (ld apart) into a forward's or backward's args.
+template <class Args>
+void set_qkv(Args& args, const __nv_bfloat16* qkv, int64_t ld, int64_t N, const AttentionShape& s) {
+  args.q = column_block(qkv, N, s.Hq, s.D, ld);
+  args.k = column_block(qkv + s.Hq * s.D, N, s.Hkv, s.D, ld);
+  args.v = column_block(qkv + (s.Hq + s.Hkv) * s.D, N, s.Hkv, s.D, ld);
+}
+
+// A flash4 call's status: true when it ran; false when flash4 has no CUDA kernel for the call
+// and the fallback can take over (said once, in the log); any other failure is an error.
+bool ran_or_fall_back(flash4_status status, const char* pass, bool fallback) {
+  if (status == FLASH4_UNSUPPORTED && fallback) {
+    spdlog::info("attention {}: flash4 has no CUDA kernel here ({}); using the {}", pass, flash4_last_error(),
+                 attention_impl_name(AttentionImpl::fallback));
+    return false;
+  }
+  if (status != FLASH4_OK) fail("flash4 {} failed: {}", pass, flash4_last_error());
+  return true;
+}
+
 flash4_options options_of(const AttentionShape& s) {
   flash4_options o{};
   o.softmax_scale = s.softmax_scale;
@@ -53,21 +73,12 @@ bool Attention::flash4_forward(__nv_bfloat16* out, float* lse, const __nv_bfloat
   flash4::ForwardArgs f = flash4::forward_args();
   f.device = FLASH4_CUDA;
   f.stream = stream;
-  f.q = column_block(qkv, N, s.Hq, s.D, ld);
-  f.k = column_block(qkv + s.Hq * s.D, N, s.Hkv, s.D, ld);
-  f.v = column_block(qkv + (s.Hq + s.Hkv) * s.D, N, s.Hkv, s.D, ld);
+  set_qkv(f, qkv, ld, N, s);
   f.out = flash4::contiguous(out, FLASH4_BF16, {N, s.Hq, s.D});
   f.lse = flash4::contiguous(lse, FLASH4_F32, {s.Hq, N});
   f.options = options_of(s);
   f.varlen = varlen_of(docs);
-  flash4_status status = ::flash4_forward(&f);
-  if (status == FLASH4_UNSUPPORTED && fallback_available()) {
-    spdlog::info("attention forward: flash4 has no CUDA kernel here ({}); using the {}", flash4_last_error(),
-                 attention_impl_name(AttentionImpl::fallback));
-    return false;
-  }
-  if (status != FLASH4_OK) fail("flash4 forward failed: {}", flash4_last_error());
-  return true;
+  return ran_or_fall_back(::flash4_forward(&f), "forward", fallback_available());
 }
 
 bool Attention::flash4_backward(__nv_bfloat16* dqkv, const __nv_bfloat16* qkv, int64_t ld, const __nv_bfloat16* out,
@@ -77,9 +88,7 @@ bool Attention::flash4_backward(__nv_bfloat16* dqkv, const __nv_bfloat16* qkv, i
   flash4::BackwardArgs b = flash4::backward_args();
   b.device = FLASH4_CUDA;
   b.stream = stream;
-  b.q = column_block(qkv, N, s.Hq, s.D, ld);
-  b.k = column_block(qkv + s.Hq * s.D, N, s.Hkv, s.D, ld);
-  b.v = column_block(qkv + (s.Hq + s.Hkv) * s.D, N, s.Hkv, s.D, ld);
+  set_qkv(b, qkv, ld, N, s);
   b.out = flash4::contiguous(const_cast<__nv_bfloat16*>(out), FLASH4_BF16, {N, s.Hq, s.D});
   b.dout = flash4::contiguous(const_cast<__nv_bfloat16*>(dout), FLASH4_BF16, {N, s.Hq, s.D});
   b.lse = flash4::contiguous(const_cast<float*>(lse), FLASH4_F32, {s.Hq, N});
@@ -89,14 +98,7 @@ bool Attention::flash4_backward(__nv_bfloat16* dqkv, const __nv_bfloat16* qkv, i
   b.options = options_of(s);
   b.varlen = varlen_of(docs);
   b.deterministic = 1;
-  flash4_status status = ::flash4_backward(&b);
-  if (status == FLASH4_UNSUPPORTED && fallback_available()) {
-    spdlog::info("attention backward: flash4 has no CUDA kernel here ({}); using the {}", flash4_last_error(),
-                 attention_impl_name(AttentionImpl::fallback));
-    return false;
-  }
-  if (status != FLASH4_OK) fail("flash4 backward failed: {}", flash4_last_error());
-  return true;
+  return ran_or_fall_back(::flash4_backward(&b), "backward", fallback_available());
 }
 
 void Attention::forward(__nv_bfloat16* out, float* lse, const __nv_bfloat16* qkv, int64_t ld, int64_t N,
