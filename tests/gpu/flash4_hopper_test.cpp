@@ -383,6 +383,33 @@ TEST_P(Flash4HopperSeqused, RunsOnHopperAndMatchesFloat64Reference) {
 }
 INSTANTIATE_TEST_SUITE_P(Seqused, Flash4HopperSeqused, ::testing::ValuesIn(seqused_cases({64, 128, 256})), test_name);
 
+// d = 64 with three consumer warpgroups (192-row tiles; FLASH4_HOPPER_FWD_WARPGROUPS=3, opt-in
+// until measured): every d = 64 case of the covered, varlen, window and sink suites, and the
+// softcap ones (which must take two warpgroups and still run on Hopper), against float64.
+// More tiles than SMs and tiles past Sq (192 does not divide the lengths) come with them.
+class Flash4HopperThreeWarpgroups : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperThreeWarpgroups, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  testing_support::ScopedEnv three("FLASH4_HOPPER_FWD_WARPGROUPS", "3");
+  const std::string backend = check_forward(GetParam());
+  EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+}
+
+std::vector<Problem> d64_cases() {
+  std::vector<Problem> all;
+  for (auto cases : {covered_cases(), varlen_cases(), window_cases(), sink_cases(), softcap_cases()})
+    append(all, cases);
+  std::vector<Problem> d64;
+  for (Problem p : all)
+    if (p.Dqk == 64) {
+      p.label += " wg3";
+      d64.push_back(p);
+    }
+  return d64;
+}
+INSTANTIATE_TEST_SUITE_P(D64, Flash4HopperThreeWarpgroups, ::testing::ValuesIn(d64_cases()), test_name);
+
 // Features the Hopper forward does not cover (yet): d = 96, d_v != d_qk, paged KV; seqused_k
 // without FLASH4_HOPPER_SEQUSED=1.
 TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {

@@ -41,6 +41,9 @@
 // Dynamic (atomic) tile schedule: the default (scripts/hopper_sched_check.sh, H200 2026-12-01).
 // seqused_k (dense or packed): each sequence attends to its first seqused_k[b] keys (Sequence
 // sk), written without a GPU, NOT YET RUN ON ONE (scripts/hopper_seqused_check.sh).
+// d = 64 with three consumer warpgroups (ForwardSm90Config<64, 3>: 192-row tiles, 160
+// registers; FLASH4_HOPPER_FWD_WARPGROUPS=3, not with softcap): written without a GPU, NOT
+// YET RUN ON ONE (scripts/hopper_fwd_warpgroups_check.sh).
 // Missing vs issue 4 (follow-ups): TMA stores of O, d 96 / 192,
 // d_v != d_qk, paged KV, GQA packing of small Sq into the M tile.
 #pragma once
@@ -81,12 +84,19 @@ using cuda::AttentionParams;
 // Swizzle: each 64-column (128-byte) block of a tile ("chunk", ptx_sm90.cuh) is rows x 128
 // bytes: 80 x 128 = 10240 is a multiple of the 1024-byte swizzle atom, so every chunk and
 // stage stays 1024-aligned and the descriptors keep base offset 0.
-template <int D>
+// kWarpgroups: consumer warpgroups of 64 rows each -- 2 (the default), or 3 at d = 64
+// (FlashAttention-3's 192 x 128 tile there: 50% more warps to hide the softmax, which at
+// d = 64 costs as much as the wgmmas; FLASH4_HOPPER_FWD_WARPGROUPS=3 until measured). Three
+// warpgroups get 160 registers each (128 * 24 + 384 * 160 <= 64K): O 32 + S 64 + P 32 fit.
+template <int D, int kWarpgroups = 2>
 struct ForwardSm90Config {
-  static constexpr int kBlockM = 128;  // two consumer warpgroups of 64 rows
+  static_assert(kWarpgroups == 2 || (kWarpgroups == 3 && D == 64), "three consumer warpgroups at d = 64 only");
+  static constexpr int kConsumerWarpgroups = kWarpgroups;
+  static constexpr int kConsumerThreads = 128 * kWarpgroups;
+  static constexpr int kBlockM = 64 * kWarpgroups;
   static constexpr int kBlockN = D <= 128 ? 128 : 80;
   static constexpr int kStages = 2;
-  static constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
+  static constexpr int kThreads = 128 + kConsumerThreads;  // producer warpgroup + the consumer warpgroups
   static constexpr int kChunks = D / 64;  // 128-byte swizzle blocks along the head dim
   static constexpr uint32_t kQBytes = kBlockM * D * 2;
   static constexpr uint32_t kKVBytes = kBlockN * D * 2;  // one stage of K (or of V)
@@ -97,8 +107,8 @@ struct ForwardSm90Config {
   // After the barriers: the tile index of each Q buffer (the dynamic schedule's handoff).
   static constexpr size_t kSmemBytes =
       1024 + kQStages * kQBytes + 2 * kStages * kKVBytes + 8 * kBarriers + 4 * kQStages;
-  // Registers per thread after setmaxnreg: 128 * 24 + 256 * 240 <= 64K.
-  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  // Registers per thread after setmaxnreg: 128 * 24 + 256 * 240 <= 64K (3 warpgroups: 160).
+  static constexpr int kProducerRegs = 24, kConsumerRegs = kWarpgroups == 2 ? 240 : 160;
   static_assert(D == 64 || D == 128 || D == 256, "d = 64, 128 or 256");
   static_assert(kBlockN % 16 == 0 && kKVChunkBytes % 1024 == 0, "chunks stay 1024-aligned");
   static_assert(kSmemBytes <= 232448, "sm_90's shared memory per block");
@@ -309,14 +319,15 @@ __device__ __forceinline__ int dynamic_tile(const AttentionParams& p, const Varl
 // The producer runs ahead across tile boundaries (the next tile's Q and first K / V blocks
 // load while the consumers finish and store the current one). The K / V ring's stage and
 // phase follow one running block count per CTA, shared by producer and consumers.
-template <int D, typename T, bool SOFTCAP>
-__global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
+template <int D, typename T, bool SOFTCAP, int kWarpgroups = 2>
+__global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1)
     attention_forward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
                                   const __grid_constant__ CUtensorMap tma_v, const AttentionParams p,
                                   const VarlenTiles list, int* tile_counter, const int flags) {
 #if defined(FLASH4_SM90A)
-  const bool emulate_exp2 = (flags & kEmulateExp2) != 0, pingpong = (flags & kPingpong) != 0;
-  using C = ForwardSm90Config<D>;
+  // Pingpong pairs two warpgroups: not with three.
+  const bool emulate_exp2 = (flags & kEmulateExp2) != 0, pingpong = kWarpgroups == 2 && (flags & kPingpong) != 0;
+  using C = ForwardSm90Config<D, kWarpgroups>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -350,13 +361,13 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < kQStages; ++s) {
       mbarrier_init(&q_full[s], 1);
-      mbarrier_init(&q_empty[s], 8);  // lane 0 of each consumer warp
+      mbarrier_init(&q_empty[s], 4 * kWarpgroups);  // lane 0 of each consumer warp
     }
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(&k_full[s], 1);
       mbarrier_init(&v_full[s], 1);
-      mbarrier_init(&k_empty[s], 8);
-      mbarrier_init(&v_empty[s], 8);
+      mbarrier_init(&k_empty[s], 4 * kWarpgroups);
+      mbarrier_init(&v_empty[s], 4 * kWarpgroups);
     }
     fence_mbarrier_init();
   }
@@ -546,9 +557,9 @@ __global__ void __launch_bounds__(ForwardSm90Config<D>::kThreads, 1)
         if ((p.cu_seqlens_k != nullptr || p.seqused_k != nullptr) && first_n0 + BN > w.seq.sk) {
           mbarrier_wait(&v_full[stage0], (consumed / kStages) & 1);
           zero_tile_rows(reinterpret_cast<unsigned char*>(sV) + stage0 * C::kKVBytes, C::kKVChunkBytes, C::kChunks,
-                         w.seq.sk - first_n0, BN, threadIdx.x - 128, 256);
+                         w.seq.sk - first_n0, BN, threadIdx.x - 128, C::kConsumerThreads);
           fence_proxy_async();
-          named_barrier_sync(3, 256);
+          named_barrier_sync(3, C::kConsumerThreads);
         }
 
         for (int it = 1; it < n_blocks; ++it) {

@@ -48,6 +48,15 @@ constexpr bool kPingpongByDefault = false;
 // call) brings the round-robin back, for A/B runs.
 bool dynamic_schedule_asked() { return !env_is("FLASH4_HOPPER_SCHEDULE", "static"); }
 
+// Consumer warpgroups of the forward: three at d = 64 with FLASH4_HOPPER_FWD_WARPGROUPS=3
+// (192-row tiles, FlashAttention-3's shape at d = 64: more warps to hide the softmax), read at
+// each call; two otherwise. Written without a GPU: opt-in until
+// scripts/hopper_fwd_warpgroups_check.sh has passed and measured it. Not with softcap (its
+// registers do not fit 160 a thread: launch_impl.cuh).
+int forward_warpgroups(int64_t d, bool softcap) {
+  return d == 64 && !softcap && env_is("FLASH4_HOPPER_FWD_WARPGROUPS", "3") ? 3 : 2;
+}
+
 // FLASH4_HOPPER_PINGPONG=0|1 overrides the default.
 hopper::ForwardSchedule forward_schedule() {
   hopper::ForwardSchedule s;
@@ -193,8 +202,9 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   *gap = forward_gap(a, shape);
   if (!gap->empty()) return false;
   hopper::ForwardTensorMaps maps;
-  const int key_rows = hopper::forward_key_box_rows(int(shape.d_qk));
-  for (auto [map, t, name, rows] : {std::tuple{&maps.q, &a.q, "q", hopper::kTmaBoxRows}, {&maps.k, &a.k, "k", key_rows},
+  const int warpgroups = forward_warpgroups(shape.d_qk, a.options.softcap > 0);
+  const int query_rows = hopper::forward_query_rows(warpgroups), key_rows = hopper::forward_key_box_rows(int(shape.d_qk));
+  for (auto [map, t, name, rows] : {std::tuple{&maps.q, &a.q, "q", query_rows}, {&maps.k, &a.k, "k", key_rows},
                                     {&maps.v, &a.v, "v", key_rows}})
     if (int error = encode_tensor_map(map, *t, rows); error != 0) {
       *gap = concat("cuTensorMapEncodeTiled rejected ", name, " (CUresult ", error, ")");
@@ -217,8 +227,11 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
                  stream);
     hopper::VarlenTiles list;
     if (shape.varlen)
-      list = build_varlen_tiles_in(ws, p, hopper::TileKind::query_blocks, capacity, shape.batch, stream);
+      list = build_varlen_tiles_in(ws, p, warpgroups == 3 ? hopper::TileKind::query_blocks_of_192 : hopper::TileKind::query_blocks,
+                                   capacity, shape.batch, stream);
     hopper::ForwardSchedule schedule = forward_schedule();
+    schedule.warpgroups = warpgroups;
+    if (warpgroups == 3) log_backend("flash4_forward", "hopper", "three consumer warpgroups (FLASH4_HOPPER_FWD_WARPGROUPS=3)");
     if (dynamic) {
       schedule.tile_counter = reinterpret_cast<int*>(ws.take(1));
       FLASH4_CUDA_CHECK(cudaMemsetAsync(schedule.tile_counter, 0, sizeof(int), stream));

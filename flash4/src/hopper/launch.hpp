@@ -12,21 +12,28 @@
 namespace flash4::hopper {
 
 // Tensor maps: 4-d (D, S, H, B) views of q, k, v (packed: (D, T, H, 1)) with a box of 64
-// columns x rows (q: kTmaBoxRows; k, v: forward_key_box_rows(d)) and the 128-byte swizzle
+// columns x rows (q: forward_query_rows; k, v: forward_key_box_rows(d)) and the 128-byte swizzle
 // (see ptx_sm90.cuh).
 struct ForwardTensorMaps {
   CUtensorMap q, k, v;
 };
 
-inline constexpr int kTmaBoxRows = 128;  // kBlockM of the forward, kBlockN of the backward
+inline constexpr int kTmaBoxRows = 128;  // kBlockN of the backward (and the forward's kBlockM with two warpgroups)
 
 // The forward's key block (ForwardSm90Config<d>::kBlockN, launch_impl.cuh checks): the rows
 // of the k / v boxes. 80 at d = 256, where registers and shared memory allow no more.
 constexpr int forward_key_box_rows(int d) { return d <= 128 ? 128 : 80; }
 
+// The forward's query block (ForwardSm90Config<d, warpgroups>::kBlockM): the rows of the q
+// box and of the varlen list's query blocks. 64 per consumer warpgroup.
+constexpr int forward_query_rows(int warpgroups) { return 64 * warpgroups; }
+
 // Scheduling switches of the forward (forward_sm90.cuh), for A/B runs.
 struct ForwardSchedule {
   bool pingpong = false;  // the two consumer warpgroups alternate their wgmma batches
+  // Consumer warpgroups: 2, or 3 at d = 64 (192-row tiles; the caller encoded the q map and
+  // built the varlen list for forward_query_rows(3)).
+  int warpgroups = 2;
   // Non-null: the dynamic schedule -- persistent CTAs take tiles from this counter, which the
   // caller has zeroed on the launch's stream (one int of the call's workspace). Null: the
   // static round-robin.

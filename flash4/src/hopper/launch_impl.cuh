@@ -7,12 +7,15 @@
 
 namespace flash4::hopper {
 
-template <int D>
-void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p, const VarlenTiles& list,
-                  int64_t list_capacity, const ForwardSchedule& schedule, cudaStream_t stream) {
-  using C = ForwardSm90Config<D>;
-  static_assert(C::kBlockM == kTmaBoxRows && C::kBlockN == forward_key_box_rows(D), "tensor-map boxes = tile rows");
-  static_assert(C::kBlockM == kVarlenBlockRows, "varlen work list blocks = query tiles");
+// One consumer-warpgroup count's kernels (kWarpgroups: ForwardSm90Config).
+template <int D, int kWarpgroups>
+void forward_sm90_launch(const ForwardTensorMaps& maps, const cuda::AttentionParams& p, const VarlenTiles& list,
+                         int64_t list_capacity, const ForwardSchedule& schedule, cudaStream_t stream) {
+  using C = ForwardSm90Config<D, kWarpgroups>;
+  static_assert(C::kBlockM == forward_query_rows(kWarpgroups) && C::kBlockN == forward_key_box_rows(D),
+                "tensor-map boxes = tile rows");
+  static_assert(C::kBlockM == (kWarpgroups == 2 ? kVarlenBlockRows : kVarlenQueryRows3),
+                "varlen work list blocks = query tiles");
   // Persistent: one CTA per SM (shared memory and registers allow no second), each walking
   // the tiles with stride gridDim.x (tile_at), or taking them from schedule.tile_counter.
   // Varlen: the list's capacity bounds the tiles.
@@ -32,17 +35,34 @@ void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p,
     FLASH4_CUDA_CHECK_LAUNCH("attention_forward_sm90_kernel");
   };
   const bool softcap = p.softcap > 0;
-  if (p.dtype == cuda::DType::bf16) {
-    if (softcap)
-      launch(attention_forward_sm90_kernel<D, __nv_bfloat16, true>);
+  if constexpr (kWarpgroups == 3) {
+    // No softcap with three warpgroups: its tanh needs registers that 160 do not hold (ptxas
+    // spilled 120 bytes); the host picks two warpgroups for softcap calls.
+    if (p.dtype == cuda::DType::bf16)
+      launch(attention_forward_sm90_kernel<D, __nv_bfloat16, false, kWarpgroups>);
     else
-      launch(attention_forward_sm90_kernel<D, __nv_bfloat16, false>);
+      launch(attention_forward_sm90_kernel<D, __half, false, kWarpgroups>);
+  } else if (p.dtype == cuda::DType::bf16) {
+    if (softcap)
+      launch(attention_forward_sm90_kernel<D, __nv_bfloat16, true, kWarpgroups>);
+    else
+      launch(attention_forward_sm90_kernel<D, __nv_bfloat16, false, kWarpgroups>);
   } else {
     if (softcap)
-      launch(attention_forward_sm90_kernel<D, __half, true>);
+      launch(attention_forward_sm90_kernel<D, __half, true, kWarpgroups>);
     else
-      launch(attention_forward_sm90_kernel<D, __half, false>);
+      launch(attention_forward_sm90_kernel<D, __half, false, kWarpgroups>);
   }
+}
+
+template <int D>
+void forward_sm90(const ForwardTensorMaps& maps, const cuda::AttentionParams& p, const VarlenTiles& list,
+                  int64_t list_capacity, const ForwardSchedule& schedule, cudaStream_t stream) {
+  if constexpr (D == 64) {
+    if (schedule.warpgroups == 3 && !(p.softcap > 0))
+      return forward_sm90_launch<D, 3>(maps, p, list, list_capacity, schedule, stream);
+  }
+  forward_sm90_launch<D, 2>(maps, p, list, list_capacity, schedule, stream);
 }
 
 }  // namespace flash4::hopper

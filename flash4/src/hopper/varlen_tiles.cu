@@ -52,16 +52,26 @@ __device__ int block_exclusive_scan(int x, int* total) {
   return prefix;
 }
 
+// Rows of one block of the kind's own side (the forward's query blocks, the backward's key blocks).
+__device__ int block_rows(TileKind kind) {
+  return kind == TileKind::query_blocks_of_192 ? kVarlenQueryRows3 : kVarlenBlockRows;
+}
+__device__ bool query_kind(TileKind kind) {
+  return kind == TileKind::query_blocks || kind == TileKind::query_blocks_of_192;
+}
+
 __device__ int blocks_of(const cuda::AttentionParams& p, int b, TileKind kind) {
   const cuda::Sequence s = cuda::sequence_of(p, b);
-  const int rows = kind == TileKind::query_blocks ? s.sq : s.sk_rows;  // key blocks of either backward kind
-  return rows > 0 ? (rows + kVarlenBlockRows - 1) / kVarlenBlockRows : 0;
+  const int rows = query_kind(kind) ? s.sq : s.sk_rows;  // key blocks of either backward kind
+  const int per_block = block_rows(kind);
+  return rows > 0 ? (rows + per_block - 1) / per_block : 0;
 }
 
 __device__ int cost_of(const cuda::AttentionParams& p, int b, int block, TileKind kind) {
   const cuda::Sequence s = cuda::sequence_of(p, b);
-  if (kind == TileKind::query_blocks) {
-    const BlockRange r = key_blocks_of_query_tile(p, s, block * kVarlenBlockRows, kVarlenBlockRows, kVarlenBlockRows);
+  if (query_kind(kind)) {
+    const int per_block = block_rows(kind);  // key blocks: kVarlenBlockRows keys either way
+    const BlockRange r = key_blocks_of_query_tile(p, s, block * per_block, per_block, kVarlenBlockRows);
     return max(r.end - r.begin, 0);
   }
   return backward_steps(p, s, block * kVarlenBlockRows, kVarlenBlockRows, kBackwardQBoxRows).n_mb;

@@ -24,6 +24,7 @@ struct VarlenTiles {
 
 enum class TileKind {
   query_blocks,  // forward: blocks of 128 query rows; cost = key blocks they see
+  query_blocks_of_192,  // the d = 64 forward with three consumer warpgroups: blocks of 192 rows
   key_blocks,    // backward: blocks of 128 keys; cost = query blocks of 64 that see them
   // Backward with deterministic dQ: the same pairs, each sequence's key blocks together and
   // from its last block to its first (a CTA waits for the key blocks above its own, which
@@ -37,8 +38,10 @@ enum class TileKind {
 // Sequences the key_blocks_in_dq_order list sorts (an O(batch^2 / 1024) rank per sequence).
 inline constexpr int kOrderedSequences = 2048;
 
-// Rows per block of each kind (ForwardSm90Config::kBlockM, BackwardSm90Config::kBlockN).
+// Rows per block of each kind (ForwardSm90Config::kBlockM, BackwardSm90Config::kBlockN);
+// query_blocks_of_192: kVarlenQueryRows3 (ForwardSm90Config<64, 3>::kBlockM).
 inline constexpr int kVarlenBlockRows = 128;
+inline constexpr int kVarlenQueryRows3 = 192;
 
 // An upper bound on the pairs of a packed batch: sum_b ceil(len_b / 128) <= tokens / 128 + batch
 // (cu_seqlens end within the packed tensor: the API's contract).
