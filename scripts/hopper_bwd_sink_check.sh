@@ -50,11 +50,7 @@ SMALL_VARLEN='Sink/Flash4HopperBackward.*/*hopper_bwd_sink_varlen__bf16*:Sink/Fl
 SMALL_DET='Sink/Flash4HopperDeterministicBackward.ThreeRunsGiveTheSameBits/2_*'
 say "smoke: sink, dense case 0 (FLASH4_LOG=1)"
 smoke_or_stop "$SMOKE" 60 120 "the rows preprocess or the dsink reduction" "sink" "the sink smoke case"
-if grep -q "sink + dsink" "$OUT/smoke.txt"; then
-  note "smoke passed (FLASH4_LOG: hopper, sink + dsink)"
-else
-  note "smoke passed, but FLASH4_LOG never said 'sink + dsink': the Hopper backward did not run the sink"
-fi
+smoke_says "sink + dsink" "the Hopper backward did not run the sink"
 
 # ---- 3. the sink suites ----------------------------------------------------------------
 # (Sink/Flash4Hopper.* is the forward's sink suite: not run here.)

@@ -51,11 +51,7 @@ SMALL_DET='Deterministic/Flash4HopperDeterministicBackwardBulkDq.ThreeRunsGiveTh
 SMALL_ATOMIC='Varlen/Flash4HopperVarlenBackwardBulkDq.*/0_*'
 say "smoke: bulk dQ, dense case 0 and deterministic varlen case 12"
 smoke_or_stop "$SMOKE" 60 150 "the staged / free barriers or the dQ order" "differs|dQ by"
-if grep -q "dQ by bulk reduce-add" "$OUT/smoke.txt"; then
-  note "smoke passed (FLASH4_LOG: dQ by bulk reduce-add)"
-else
-  note "smoke passed, but FLASH4_LOG never said 'dQ by bulk reduce-add': the bulk path did not run"
-fi
+smoke_says "dQ by bulk reduce-add" "the bulk path did not run"
 
 # ---- 3. bench -------------------------------------------------------------------------
 if [ $BENCH -eq 1 ]; then

@@ -35,11 +35,7 @@ done
 SMOKE='Covered/Flash4HopperBackwardPerWarpgroupDq.*/0_*:Varlen/Flash4HopperVarlenBackwardPerWarpgroupDq.*/0_*'
 say "smoke: per-warpgroup dQ hand-over, dense case 0 and varlen case 0"
 smoke_or_stop "$SMOKE" 60 120 "the writer's per-warpgroup staged / free barriers" "dQ by"
-if grep -q "per-warpgroup hand-over" "$OUT/smoke.txt"; then
-  note "smoke passed (FLASH4_LOG: per-warpgroup hand-over)"
-else
-  note "smoke passed, but FLASH4_LOG never said 'per-warpgroup hand-over': the path did not run"
-fi
+smoke_says "per-warpgroup hand-over" "the path did not run"
 
 # ---- 3. bench -------------------------------------------------------------------------
 if [ "$BENCH" -eq 1 ]; then

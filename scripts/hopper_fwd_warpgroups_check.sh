@@ -36,11 +36,7 @@ note "forward_sm90_hdim64 registers: $(registers forward_sm90_hdim64)"
 SMOKE='D64/Flash4HopperThreeWarpgroups.*/0_*:D64/Flash4HopperThreeWarpgroups.*/27_*'
 say "smoke: three consumer warpgroups, dense case 0 and varlen case 27 (FLASH4_LOG=1)"
 smoke_or_stop "$SMOKE" 60 120 "an mbarrier count (12 consumer warps) or barrier 3's thread count" "warpgroups"
-if grep -q "three consumer warpgroups" "$OUT/smoke.txt"; then
-  note "smoke passed (FLASH4_LOG: three consumer warpgroups)"
-else
-  note "smoke passed, but FLASH4_LOG never said 'three consumer warpgroups': the switch did not reach the launch"
-fi
+smoke_says "three consumer warpgroups" "the switch did not reach the launch"
 
 # ---- 3. tests -------------------------------------------------------------------------
 run_suite wg3 'D64/Flash4HopperThreeWarpgroups.*' 120

@@ -40,11 +40,7 @@ say "tests built"
 SMOKE='Seqused/Flash4HopperSeqused.*/0_*:Seqused/Flash4HopperBackwardSeqused.*/0_*'
 say "smoke: seqused forward and backward case 0 (FLASH4_LOG=1)"
 smoke_or_stop "$SMOKE" 60 120 "the zeroed rows' barrier (forward barrier 3, backward 3 + w)"
-if grep -q "flash4_backward ran hopper" "$OUT/smoke.txt"; then
-  note "smoke passed (FLASH4_LOG: the backward ran on hopper)"
-else
-  note "smoke passed, but FLASH4_LOG never said 'flash4_backward ran hopper': the switch did not reach the gap"
-fi
+smoke_says "flash4_backward ran hopper" "the switch did not reach the gap"
 
 # ---- 3. the seqused suites -----------------------------------------------------------------
 run_suite seqused 'Seqused/Flash4HopperSeqused.*:Seqused/Flash4HopperBackwardSeqused.*' 150

@@ -154,6 +154,16 @@ smoke() {
   return $rc
 }
 
+# smoke_says TEXT MEANING: after a smoke that passed, notes whether its FLASH4_LOG lines said
+# TEXT (the path under test ran), or MEANING (what it means that they did not).
+smoke_says() {
+  if grep -q "$1" "$OUT/smoke.txt"; then
+    note "smoke passed (FLASH4_LOG: $1)"
+  else
+    note "smoke passed, but FLASH4_LOG never said '$1': $2"
+  fi
+}
+
 # stop_after_smoke NOTE FILTER SECONDS: after a failed smoke: NOTE noted, memcheck of FILTER's
 # tests under a timeout of SECONDS (the end of its report into $OUT/memcheck.txt and shown), the
 # summary; exits 1.
