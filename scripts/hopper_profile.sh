@@ -4,10 +4,13 @@
 # .device-carry/): builds flash4 for sm_90a and flash4-bench (with -lineinfo), then one
 # launch each (after 3 warm-ups) under `ncu --set full`: the forward at d 64, S 1k,
 # non-causal and at d 128, S 1k, causal (the furthest rows from cuDNN), the backward at
-# d 128, S 4k. Writes $OUT/NAME.ncu-rep (open in Nsight Compute) and NAME.txt (details
-# page), and prints the headline metrics of each.
+# d 128, S 4k; the backward as adept's training calls it (d 64, S 4k, causal, deterministic);
+# and the opt-in variants beside their defaults (the d 64 forward with three consumer
+# warpgroups, the d 64 backward with the per-warpgroup dQ hand-over). Writes
+# $OUT/NAME.ncu-rep (open in Nsight Compute) and NAME.txt (details page), and prints the
+# headline metrics of each. NAMEs on the command line pick profiles (default: all).
 #
-#   bash scripts/hopper_profile.sh
+#   bash scripts/hopper_profile.sh [NAME...]
 set -uo pipefail
 OUT=${OUT:-$PWD/hopper-profile-out}
 mkdir -p "$OUT"
@@ -17,8 +20,10 @@ cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DADEPT_CUDA_GENCODE="-genc
 ninja -C $B -j16 flash4 > $OUT/build.txt 2>&1 || { tail $OUT/build.txt; exit 1; }
 mkdir -p $B/bin
 nvcc -std=c++20 -O2 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -lineinfo -Iflash4/include -Iflash4/src bench/flash4_bench.cu $B/flash4/libflash4.a -lgomp -lcuda -o $B/bin/flash4-bench >> $OUT/build.txt 2>&1 || { tail $OUT/build.txt; exit 1; }
-prof() { # name kernel-regex bench-args
+picked=("$@")
+prof() { # name kernel-regex bench-args (the environment of the call applies)
   local n=$1 k=$2; shift 2
+  if ((${#picked[@]})) && [[ " ${picked[*]} " != *" $n "* ]]; then return; fi
   timeout 150 ncu -k "regex:$k" --launch-skip 3 --launch-count 1 --set full --import-source no -o $OUT/$n $B/bin/flash4-bench "$@" > $OUT/$n.log 2>&1
   ncu -i $OUT/$n.ncu-rep --print-summary none --page details > $OUT/$n.txt 2>&1
   echo "== $n"; grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Executed Ipc Active|Warp Cycles Per Issued|Stall|L2 Hit|Tensor|Pipe" $OUT/$n.txt | head -40
@@ -26,4 +31,10 @@ prof() { # name kernel-regex bench-args
 prof fwd_d64_s1k attention_forward_sm90 --d 64 --seqlen 1024 --causal 0 --repeats 3 --deterministic 0
 prof fwd_d128_s1k_causal attention_forward_sm90 --d 128 --seqlen 1024 --causal 1 --repeats 3 --deterministic 0
 prof bwd_d128_s4k attention_backward_sm90_kernel --d 128 --seqlen 4096 --causal 0 --repeats 3 --deterministic 0
+prof bwd_d64_s4k_causal_det attention_backward_sm90_kernel --d 64 --seqlen 4096 --causal 1 --repeats 3 --deterministic 1
+prof bwd_d64_s4k attention_backward_sm90_kernel --d 64 --seqlen 4096 --causal 0 --repeats 3 --deterministic 0
+FLASH4_HOPPER_DQ=per_warpgroup prof bwd_d64_s4k_per_warpgroup attention_backward_sm90_kernel --d 64 --seqlen 4096 \
+  --causal 0 --repeats 3 --deterministic 0
+FLASH4_HOPPER_FWD_WARPGROUPS=3 prof fwd_d64_s1k_wg3 attention_forward_sm90 --d 64 --seqlen 1024 --causal 0 \
+  --repeats 3 --deterministic 0
 ls -la $OUT
