@@ -230,7 +230,9 @@ int main(int argc, char** argv) {
     size_t free0 = 0, total = 0;
     ADEPT_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
     const double gemm_tflops = measure_gemm_tflops();
-    const CollectiveRates collectives = comm && world > 1 ? measure_collectives(*comm, matmul_parameters(c)) : CollectiveRates{};
+    const int64_t parameters = matmul_parameters(c);
+    const CollectiveRates collectives =
+        comm && world > 1 ? measure_collectives(*comm, parameters) : CollectiveRates{};
 
     CudaDecoderOptions o;
     o.max_tokens = a.batch * a.seq;
@@ -289,7 +291,7 @@ int main(int argc, char** argv) {
 
     const double tokens_per_s = double(N * a.steps) / seconds;
     const double flops_per_token =
-        6.0 * double(matmul_parameters(c)) + 6.0 * double(c.num_hidden_layers) * double(a.seq) * double(c.q_dim());
+        6.0 * double(parameters) + 6.0 * double(c.num_hidden_layers) * double(a.seq) * double(c.q_dim());
     const double mfu = tokens_per_s * flops_per_token / (gemm_tflops * 1e12);
     const double used_gib = double(free0 - free1) / double(1 << 30);
     const double optimizer_gib = double(model.optimizer_state_bytes()) / double(1 << 30);
@@ -302,7 +304,7 @@ int main(int argc, char** argv) {
     if (world > 1)
       std::printf("NCCL bus bandwidth (%d GPUs, %lld parameters' buffers, capped at 1 GiB): reduce-scatter fp32 %.0f GB/s, "
                   "all-gather bf16 %.0f GB/s\n",
-                  world, (long long)matmul_parameters(c), collectives.reduce_scatter_gbs, collectives.all_gather_gbs);
+                  world, (long long)parameters, collectives.reduce_scatter_gbs, collectives.all_gather_gbs);
     std::printf("device %s | model %s | batch %lld x %lld | attention %s | graphs %s | recompute %s | GPUs %d "
                 "(tokens/s below per GPU; optimizer state %.2f GiB per GPU)\n",
                 prop.name, a.model.c_str(), (long long)a.batch, (long long)a.seq, model.attention_backend().c_str(),
@@ -322,7 +324,7 @@ int main(int argc, char** argv) {
                 1e3 * seconds / double(a.steps), gemm_tflops, flops_per_token, mfu, used_gib,
                 double(model.device_bytes()) / double(1 << 30), model.attention_backend().c_str(),
                 model.graphs_active() ? "true" : "false", a.recompute ? "true" : "false", first_loss, last_loss,
-                attention_ms, world, optimizer_gib, gradient_gib, model.zero_stage(), (long long)matmul_parameters(c),
+                attention_ms, world, optimizer_gib, gradient_gib, model.zero_stage(), (long long)parameters,
                 collectives.reduce_scatter_gbs, collectives.all_gather_gbs);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "train-bench: %s\n", e.what());

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -187,6 +188,16 @@ inline double norm2(const double* x, int64_t n) {
   double s = 0;
   for (int64_t i = 0; i < n; ++i) s += x[i] * x[i];
   return std::sqrt(s);
+}
+
+// The first element where a and b differ, -1 when they are the same bits (memcmp): the
+// bit-identity checks of the deterministic and scheduling suites.
+template <typename Bits>
+int64_t first_difference(const std::vector<Bits>& a, const std::vector<Bits>& b) {
+  if (a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(Bits)) == 0) return -1;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+    if (a[i] != b[i]) return int64_t(i);
+  return int64_t(std::min(a.size(), b.size()));
 }
 
 // ||a - r|| / ||r|| over the elements selected by `use` (all when empty); a NaN in a

@@ -497,15 +497,6 @@ class GpuOnlyProblem {
   flash4_options options_{};
 };
 
-// The first element where a and b differ, -1 when they are the same bits (memcmp).
-template <typename Bits>
-int64_t first_difference(const std::vector<Bits>& a, const std::vector<Bits>& b) {
-  if (a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(Bits)) == 0) return -1;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
-    if (a[i] != b[i]) return int64_t(i);
-  return int64_t(std::min(a.size(), b.size()));
-}
-
 // Every run of a deterministic backward after the first must give its dq, dk, dv bits.
 void expect_same_bits(const GpuOnlyProblem::Gradients& first, const GpuOnlyProblem::Gradients& again, int run) {
   for (auto [name, a, b] : {std::tuple{"dq", &first.dq, &again.dq}, std::tuple{"dk", &first.dk, &again.dk},
@@ -658,6 +649,18 @@ TEST(Flash4HopperDeterministicBackwardContentionBulkDq, LongSequencesWithMoreTil
   expect_contention_cases_repeat_bit_for_bit(DqPath::bulk);
 }
 
+// base as a packed batch with empty sequences, Sq != Sk (causal: rows before the diagonal
+// see no key), tokens of no sequence and GQA, d 64, causal: the sink and softcap suites'
+// packed case.
+Problem ragged_packed(Problem base, const char* label) {
+  base.label = label;
+  base.Dqk = base.Dv = 64;
+  base.seqs = {{17, 100}, {100, 17}, {1, 300}, {65, 65}, {0, 5}, {5, 0}, {130, 260}};
+  base.Hq = 4, base.Hkv = 2, base.pad_q = 3, base.pad_k = 2;
+  base.causal = true;
+  return base;
+}
+
 // Deterministic dQ with a sink: dense (causal Sq > Sk: rows that see no key; a window; GQA)
 // and packed (empty sequences, tokens of no sequence), d 64 / 128, bf16 / fp16. Also run by
 // Sink/Flash4HopperDeterministicBackward...: three runs give the same dq, dk, dv and dsink
@@ -734,12 +737,7 @@ std::vector<Problem> sink_cases() {
   }
   {  // Packed: empty sequences, Sq != Sk (causal: rows before the diagonal see no key),
      // tokens of no sequence, GQA; d 64 bf16 causal and d 128 fp16 not.
-    Problem p = base;
-    p.label = "hopper bwd sink varlen";
-    p.Dqk = p.Dv = 64;
-    p.seqs = {{17, 100}, {100, 17}, {1, 300}, {65, 65}, {0, 5}, {5, 0}, {130, 260}};
-    p.Hq = 4, p.Hkv = 2, p.pad_q = 3, p.pad_k = 2;
-    p.causal = true;
+    Problem p = ragged_packed(base, "hopper bwd sink varlen");
     cases.push_back(p);
     p.dtype = FLASH4_F16;
     p.Dqk = p.Dv = 128;
@@ -799,13 +797,7 @@ std::vector<Problem> softcap_cases() {
     cases.push_back(p);
   }
   {  // Packed: empty sequences, Sq != Sk, tokens of no sequence, GQA; causal d 64 bf16.
-    Problem p = base;
-    p.label = "hopper bwd softcap varlen";
-    p.Dqk = p.Dv = 64;
-    p.seqs = {{17, 100}, {100, 17}, {1, 300}, {65, 65}, {0, 5}, {5, 0}, {130, 260}};
-    p.Hq = 4, p.Hkv = 2, p.pad_q = 3, p.pad_k = 2;
-    p.causal = true;
-    cases.push_back(p);
+    cases.push_back(ragged_packed(base, "hopper bwd softcap varlen"));
   }
   {  // Softcap and a sink together (dsink too), fp16 d 128.
     Problem p = base;

@@ -208,15 +208,6 @@ class GpuForward {
   cudaStream_t stream_ = nullptr;
 };
 
-// The first element where a and b differ, -1 when they are the same bits.
-template <class T>
-int64_t first_difference(const std::vector<T>& a, const std::vector<T>& b) {
-  if (a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0) return -1;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
-    if (a[i] != b[i]) return int64_t(i);
-  return int64_t(std::min(a.size(), b.size()));
-}
-
 void expect_same_bits(const GpuForward::Outputs& a, const GpuForward::Outputs& b, const char* what) {
   const int64_t out_at = first_difference(a.out, b.out), lse_at = first_difference(a.lse, b.lse);
   EXPECT_EQ(out_at, -1) << what << ": out differs at element " << out_at;

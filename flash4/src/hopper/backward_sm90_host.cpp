@@ -13,8 +13,8 @@
 // which ran.
 // Sink logits (options.sink) need nothing of the main kernel (the forward's lse holds the
 // sink); with dsink asked for, the rows preprocess writes each row's term and the portable
-// finish sums them per head in a fixed order (backward_sm90.cuh, "Sink"). Not yet run on a
-// GPU (scripts/hopper_bwd_sink_check.sh).
+// finish sums them per head in a fixed order (backward_sm90.cuh, "Sink"); passed
+// scripts/hopper_bwd_sink_check.sh on an H200 (2026-12-01), with softcap.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -43,8 +43,7 @@ namespace {
 // Why the Hopper backward does not run `a` ("" when it does).
 std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shape) {
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
-  if (a.varlen.seqused_k != nullptr && !hopper_seqused_enabled())
-    return "seqused_k runs on Hopper only with FLASH4_HOPPER_SEQUSED=1 until a GPU run checks it";
+  if (std::string gap = seqused_gap(a.varlen); !gap.empty()) return gap;
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
   if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128))
     return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128)");
@@ -153,6 +152,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     // map, else the atomics run (FLASH4_LOG=1 says which ran, and why not bulk).
     hopper::DqAdd dq_add = hopper::DqAdd::atomics;
     std::string dq_note = "dQ by float2 atomics";
+    const bool per_warpgroup_asked = env_is("FLASH4_HOPPER_DQ", "per_warpgroup");
     if (env_is("FLASH4_HOPPER_DQ", "atomics")) {
       dq_note += " (FLASH4_HOPPER_DQ=atomics)";
     } else if (p.tokens_q >= (int64_t(1) << 31)) {
@@ -160,15 +160,15 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     } else if (int error = encode_dq_accum_map(&maps.dq_accum, p.dq_accum, p.tokens_q, p.heads_q, p.d_qk);
                error != 0) {
       dq_note += concat(" (bulk reduce-add: cuTensorMapEncodeTiled rejected dq_accum, CUresult ", error, ")");
-    } else if (env_is("FLASH4_HOPPER_DQ", "per_warpgroup") && !deterministic) {
-      // Opt-in until a GPU run measures it (scripts/hopper_dq_check.sh): the writer hands
+    } else if (per_warpgroup_asked && !deterministic) {
+      // Opt-in until a GPU run measures it (scripts/hopper_dq_warpgroup_check.sh): the writer hands
       // each consumer warpgroup its staging buffers on barriers of its own.
       dq_add = hopper::DqAdd::bulk_per_warpgroup;
       dq_note = "dQ by bulk reduce-add, per-warpgroup hand-over (FLASH4_HOPPER_DQ=per_warpgroup)";
     } else {
       dq_add = hopper::DqAdd::bulk;
       dq_note = "dQ by bulk reduce-add";
-      if (env_is("FLASH4_HOPPER_DQ", "per_warpgroup")) dq_note += " (per_warpgroup: not for deterministic calls)";
+      if (per_warpgroup_asked) dq_note += " (per_warpgroup: not for deterministic calls)";
     }
     if (deterministic) dq_note += ", deterministic";
     if (p.sink != nullptr) dq_note += want_dsink ? ", sink + dsink" : ", sink (no dsink)";

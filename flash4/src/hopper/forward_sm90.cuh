@@ -30,8 +30,8 @@
 // aligned like causal), softcap, a learnable sink, LSE. Everything else runs on the portable
 // kernels (hopper.cpp decides).
 // Verified on an H200 (2026-11-30): d 64 / 128 dense, varlen and window (the whole flash4 gpu
-// suite with this path on; scripts/hopper_varlen_check.sh). d = 256, softcap and sink:
-// compile, NOT YET RUN ON A GPU (scripts/hopper_fwd256_check.sh).
+// suite with this path on; scripts/hopper_varlen_check.sh); d = 256, softcap and sink
+// (scripts/hopper_fwd256_check.sh, 2026-12-01).
 //
 // Softcap is a template parameter (its tanh runs on every score of every block); without it
 // the main loop is the one it was before softcap existed. The sink joins the denominator only,

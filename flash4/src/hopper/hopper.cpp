@@ -164,8 +164,7 @@ namespace {
 std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape) {
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
   if (shape.paged) return "paged KV is not covered yet";
-  if (a.varlen.seqused_k != nullptr && !hopper_seqused_enabled())
-    return "seqused_k runs on Hopper only with FLASH4_HOPPER_SEQUSED=1 until a GPU run checks it";
+  if (std::string gap = seqused_gap(a.varlen); !gap.empty()) return gap;
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
   if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128 && shape.d_qk != 256))
     return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128, 256/256)");
@@ -203,7 +202,8 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   if (!gap->empty()) return false;
   hopper::ForwardTensorMaps maps;
   const int warpgroups = forward_warpgroups(shape.d_qk, a.options.softcap > 0);
-  const int query_rows = hopper::forward_query_rows(warpgroups), key_rows = hopper::forward_key_box_rows(int(shape.d_qk));
+  const int query_rows = hopper::forward_query_rows(warpgroups);
+  const int key_rows = hopper::forward_key_box_rows(int(shape.d_qk));
   for (auto [map, t, name, rows] : {std::tuple{&maps.q, &a.q, "q", query_rows}, {&maps.k, &a.k, "k", key_rows},
                                     {&maps.v, &a.v, "v", key_rows}})
     if (int error = encode_tensor_map(map, *t, rows); error != 0) {
@@ -226,12 +226,13 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
                      (dynamic ? Workspace::bytes_for(1) : 0),
                  stream);
     hopper::VarlenTiles list;
-    if (shape.varlen)
-      list = build_varlen_tiles_in(ws, p, warpgroups == 3 ? hopper::TileKind::query_blocks_of_192 : hopper::TileKind::query_blocks,
-                                   capacity, shape.batch, stream);
+    const hopper::TileKind kind =
+        warpgroups == 3 ? hopper::TileKind::query_blocks_of_192 : hopper::TileKind::query_blocks;
+    if (shape.varlen) list = build_varlen_tiles_in(ws, p, kind, capacity, shape.batch, stream);
     hopper::ForwardSchedule schedule = forward_schedule();
     schedule.warpgroups = warpgroups;
-    if (warpgroups == 3) log_backend("flash4_forward", "hopper", "three consumer warpgroups (FLASH4_HOPPER_FWD_WARPGROUPS=3)");
+    if (warpgroups == 3)
+      log_backend("flash4_forward", "hopper", "three consumer warpgroups (FLASH4_HOPPER_FWD_WARPGROUPS=3)");
     if (dynamic) {
       schedule.tile_counter = reinterpret_cast<int*>(ws.take(1));
       FLASH4_CUDA_CHECK(cudaMemsetAsync(schedule.tile_counter, 0, sizeof(int), stream));

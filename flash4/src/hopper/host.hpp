@@ -116,4 +116,10 @@ inline bool env_is(const char* name, const char* value) {
 // until scripts/hopper_seqused_check.sh has passed on one; otherwise the portable kernels.
 inline bool hopper_seqused_enabled() { return env_is("FLASH4_HOPPER_SEQUSED", "1"); }
 
+// The forward's and the backward's gap for seqused_k ("" when it runs on Hopper).
+inline std::string seqused_gap(const flash4_varlen& varlen) {
+  if (varlen.seqused_k == nullptr || hopper_seqused_enabled()) return "";
+  return "seqused_k runs on Hopper only with FLASH4_HOPPER_SEQUSED=1 until a GPU run checks it";
+}
+
 }  // namespace flash4::detail

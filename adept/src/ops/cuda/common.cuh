@@ -12,26 +12,31 @@
 
 namespace adept::cuda {
 
-// 8 bf16 = one 16-byte access; callers guarantee 16-byte alignment (rows of C % 8 == 0
-// elements in 256-byte-aligned arena buffers).
-__device__ inline void load8(const bf16* p, float (&f)[8]) {
-  uint4 u = *reinterpret_cast<const uint4*>(p);
+// 8 bf16 held in one 16-byte word <-> 8 floats (exact one way, round to nearest the other),
+// for kernels that keep rows packed in registers until they use them.
+__device__ inline void unpack8(const uint4& u, float (&f)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    float2 t = __bfloat1622float2(h[k]);
+    const float2 t = __bfloat1622float2(h[k]);
     f[2 * k] = t.x;
     f[2 * k + 1] = t.y;
   }
 }
 
-__device__ inline void store8(bf16* p, const float (&f)[8]) {
+__device__ inline uint4 pack8(const float (&f)[8]) {
   uint4 u;
   __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
 #pragma unroll
   for (int k = 0; k < 4; ++k) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-  *reinterpret_cast<uint4*>(p) = u;
+  return u;
 }
+
+// 8 bf16 = one 16-byte access; callers guarantee 16-byte alignment (rows of C % 8 == 0
+// elements in 256-byte-aligned arena buffers).
+__device__ inline void load8(const bf16* p, float (&f)[8]) { unpack8(*reinterpret_cast<const uint4*>(p), f); }
+
+__device__ inline void store8(bf16* p, const float (&f)[8]) { *reinterpret_cast<uint4*>(p) = pack8(f); }
 
 template <typename T>
 __device__ inline T warp_sum(T v) {

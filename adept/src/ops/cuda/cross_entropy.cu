@@ -27,24 +27,6 @@ __device__ inline void combine(float& m, float& s, float om, float os) {
   m = M;
 }
 
-// bf16 → fp32 is a 16-bit shift: word w holds element 2k in its low half (little-endian).
-__device__ inline void unpack8(const uint4& u, float (&f)[8]) {
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    f[2 * k] = __uint_as_float(w[k] << 16);
-    f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
-  }
-}
-
-__device__ inline uint4 pack8(const float (&f)[8]) {
-  uint4 u;
-  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-  return u;
-}
-
 // A row as [0, head) scalars, `vectors` aligned 8-element vectors from head, and scalars
 // again from tail = head + 8 · vectors to V. In place (or with dlogits and logits at the
 // same offset mod 16 bytes) the vectors are aligned for both; otherwise the whole row is

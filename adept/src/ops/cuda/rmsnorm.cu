@@ -52,16 +52,6 @@ struct BackwardRow {
   float r;
 };
 
-__device__ inline void unpack8(const uint4& u, float (&f)[8]) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const float2 t = __bfloat1622float2(h[k]);
-    f[2 * k] = t.x;
-    f[2 * k + 1] = t.y;
-  }
-}
-
 // Everything row n needs, the residual gradient included, in one round of loads.
 template <int CHUNKS>
 __device__ inline void load_backward_row(BackwardRow<CHUNKS>& row, const bf16* dout, const bf16* in,
@@ -165,20 +155,25 @@ __global__ void __launch_bounds__(THREADS, THREADS == kBackwardThreads ? 4 / CHU
 struct RowLaunch {
   int threads, chunks;
 };
+// What both directions support: channels in groups of 8, up to 1024 threads of 4 groups.
+void check_channels(int64_t C) {
+  if (C % 8 != 0) launch_failure("CUDA RMSNorm needs a channel count divisible by 8, got " + std::to_string(C));
+  if (C > 1024 * 4 * 8) launch_failure("CUDA RMSNorm supports up to 32768 channels, got " + std::to_string(C));
+}
+
 // Threads per row: one per 8 channels, up to 1024; more channels take 2 or 4 chunks.
 RowLaunch row_launch(int64_t C) {
-  if (C % 8 != 0) launch_failure("CUDA RMSNorm needs a channel count divisible by 8, got " + std::to_string(C));
+  check_channels(C);
   int64_t groups = C / 8;
   int64_t threads = std::min<int64_t>(1024, (groups + 31) / 32 * 32);
   int64_t chunks = (groups + threads - 1) / threads;
-  if (chunks > 4) launch_failure("CUDA RMSNorm supports up to 32768 channels, got " + std::to_string(C));
   return {int(threads), chunks <= 1 ? 1 : chunks <= 2 ? 2 : 4};
 }
 
 // The backward's rows: up to kBackwardThreads threads with 1, 2 or 4 chunks each (so the
 // prefetched row fits in registers), 1024 threads of 4 chunks beyond C = 8192.
 RowLaunch backward_row_launch(int64_t C) {
-  row_launch(C);  // the same checks as the forward
+  check_channels(C);
   const int64_t groups = C / 8;
   for (int chunks : {1, 2, 4}) {
     const int64_t threads = ((groups + chunks - 1) / chunks + 31) / 32 * 32;
