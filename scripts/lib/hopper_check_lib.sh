@@ -81,20 +81,33 @@ build_flash4() {
   note "flash4 built in $(( ($(date +%s%N) - t0) / 1000000 )) ms (-j16)"
 }
 
-# compile_tests_in_background: every tests/gpu/flash4_*.cpp / .cu compiled into $B/t, all at
-# once; their pids in $pids, for wait_for_compiles.
+# up_to_date OBJECT SOURCE: OBJECT is newer than SOURCE and than every header it may include
+# (tests/, flash4/include, flash4/src), so two checks run back to back in one device call
+# compile the tests once.
+up_to_date() {
+  [ -f "$1" ] && [ "$1" -nt "$2" ] &&
+    [ -z "$(find tests flash4/include flash4/src \( -name '*.hpp' -o -name '*.cuh' -o -name '*.h' \) -newer "$1" -print -quit)" ]
+}
+
+# compile_tests_in_background: every tests/gpu/flash4_*.cpp / .cu not up to date compiled into
+# $B/t, all at once; their pids in $pids, for wait_for_compiles.
 compile_tests_in_background() {
-  local f
+  local f o
   mkdir -p $B/t $B/bin
   pids=()
   for f in tests/gpu/flash4_*.cpp tests/gpu/flash4_*.cu; do
-    "${NV[@]}" -c "$f" -o $B/t/$(basename "$f").o >>"$LOG" 2>&1 &
+    o=$B/t/$(basename "$f").o
+    up_to_date "$o" "$f" && continue
+    "${NV[@]}" -c "$f" -o "$o" >>"$LOG" 2>&1 &
     pids+=($!)
   done
 }
 
-# compile_bench: $B/bin/flash4-bench; returns nvcc's status.
-compile_bench() { "${NV[@]}" bench/flash4_bench.cu $B/flash4/libflash4.a -lgomp -o $B/bin/flash4-bench >>"$LOG" 2>&1; }
+# compile_bench: $B/bin/flash4-bench (unless up to date); returns nvcc's status.
+compile_bench() {
+  up_to_date $B/bin/flash4-bench bench/flash4_bench.cu && [ $B/bin/flash4-bench -nt $B/flash4/libflash4.a ] && return 0
+  "${NV[@]}" bench/flash4_bench.cu $B/flash4/libflash4.a -lgomp -o $B/bin/flash4-bench >>"$LOG" 2>&1
+}
 
 # wait_for_compiles MESSAGE: waits for $pids; if one failed, says MESSAGE, shows the errors, exits.
 wait_for_compiles() {
