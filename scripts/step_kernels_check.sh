@@ -11,8 +11,8 @@
 #   steps    scripts/train_loss_check.sh steps: every variant's per-step loss (must learn as
 #            the 2026-12-01 run did: 2 x 4096 -> ~7.71 after 13 steps)
 #   peers    bench/train_peers.py --batch 2 --seq 4096: adept vs HF eager / torch.compile
-#   optin    train-bench 2 x 4096 with FLASH4_HOPPER_FWD_WARPGROUPS=3 against the default (not
-#            among the default stages: name it)
+#   optin    train-bench 2 x 4096 with FLASH4_HOPPER_FWD_WARPGROUPS=2 and =3 against the default
+#            (not among the default stages: name it)
 #   profile  ncu, one no-graphs step of train-bench 2 x 4096: every kernel's duration summed
 #            by name (kernels.md; ncu locks the clocks to base, so times are ~1.3x a real
 #            step's for compute-bound kernels)
@@ -64,18 +64,18 @@ stage_peers() {
   tail -6 "$OUT/train_peers.txt" | tee -a "$LOG"
 }
 
-# optin: train-bench 2 x 4096 with each opt-in flash4 kernel switch that reaches training (the
-# d 64 forward's three consumer warpgroups; the backward's per-warpgroup dQ is for
-# non-deterministic calls, which adept's training does not make) against the default, same
+# optin: train-bench 2 x 4096 with each flash4 kernel switch that reaches training (the d 64
+# forward's consumer warpgroups forced to two and to three; the backward's per-warpgroup dQ is
+# for non-deterministic calls, which adept's training does not make) against the default, same
 # process order, tokens/s and the 13-step loss of each.
 stage_optin() {
-  for variant in default FLASH4_HOPPER_FWD_WARPGROUPS=3; do
+  for variant in default FLASH4_HOPPER_FWD_WARPGROUPS=2 FLASH4_HOPPER_FWD_WARPGROUPS=3; do
     say "optin: train-bench 2 x 4096, $variant"
     local envs=()
     [ "$variant" != default ] && envs=("$variant")
     env "${envs[@]}" timeout "$(left 60)" "$BUILD/bin/train-bench" --batch 2 --seq 4096 \
-      >"$OUT/optin_${variant%%=*}.txt" 2>&1 || fail "optin $variant"
-    grep -E "^GEMM" "$OUT/optin_${variant%%=*}.txt" | tee -a "$LOG"
+      >"$OUT/optin_${variant//=/_}.txt" 2>&1 || fail "optin $variant"
+    grep -E "^GEMM" "$OUT/optin_${variant//=/_}.txt" | tee -a "$LOG"
   done
 }
 

@@ -9,9 +9,9 @@
 // sequence too, whose reference gradient is 0). Lengths {1, 17, 128, 1000, 4097} as
 // Sq = Sk, Sq < Sk and Sq > Sk. Deterministic calls (what adept's training asks for) run on
 // it too, match the reference, and repeat bit for bit (Flash4HopperDeterministicBackward).
-// Calls the kernel does not cover (d = 96, 256; seqused_k without FLASH4_HOPPER_SEQUSED=1)
+// Calls the kernel does not cover (d = 96, 256; seqused_k with FLASH4_HOPPER_SEQUSED=0)
 // run on the portable backward, as does every call with FLASH4_HOPPER_BWD=0 or
-// FLASH4_BACKEND=portable. seqused_k with the switch: Seqused/Flash4HopperBackwardSeqused.
+// FLASH4_BACKEND=portable. seqused_k: Seqused/Flash4HopperBackwardSeqused.
 // Learnable sink logits (options.sink, random per head) with dsink: the Sink/... suites
 // (dense and packed, GQA, causal, windows whose rows see no key so that lse = sink, atomic
 // and deterministic dQ) must run on it and match the reference in dq, dk, dv and dsink;
@@ -196,16 +196,17 @@ INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackward, ::testing::ValuesIn(cove
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(covered_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackwardPerWarpgroupDq, ::testing::ValuesIn(covered_cases()), test_name);
 
-// seqused_k: on the Hopper backward only with FLASH4_HOPPER_SEQUSED=1 until a GPU run has
-// checked it (scripts/hopper_seqused_check.sh). Both dQ paths; the K / V rows past the keys
-// used are NaN in all but one case, and their dK / dV rows must come out 0 (the reference's).
+// seqused_k on the Hopper backward (on by default since scripts/hopper_seqused_check.sh passed).
+// Every dQ path; the K / V rows past the keys used are NaN in all but one case, and their
+// dK / dV rows must come out 0 (the reference's).
 class Flash4HopperBackwardSeqused : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperBackwardSeqused, BothDqPathsRunOnHopperAndMatchFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv on("FLASH4_HOPPER_SEQUSED", "1");
+  ScopedEnv by_default("FLASH4_HOPPER_SEQUSED", nullptr);
   expect_hopper_matches_reference(GetParam(), DqPath::atomics);
   expect_hopper_matches_reference(GetParam(), DqPath::bulk);
+  expect_hopper_matches_reference(GetParam(), DqPath::per_warpgroup);
 }
 INSTANTIATE_TEST_SUITE_P(Seqused, Flash4HopperBackwardSeqused, ::testing::ValuesIn(seqused_cases({64, 128})),
                          test_name);
@@ -914,7 +915,7 @@ TEST(Flash4HopperBackwardDispatch, UncoveredCallsRunOnThePortableBackward) {
   p.Dqk = p.Dv = 96;
   EXPECT_EQ(check_backward(p), "portable");
   {
-    ScopedEnv off("FLASH4_HOPPER_SEQUSED", nullptr);  // until a GPU run has checked it
+    ScopedEnv off("FLASH4_HOPPER_SEQUSED", "0");
     p = small("seqused_k");
     p.seqused = {130};
     EXPECT_EQ(check_backward(p), "portable");

@@ -1,7 +1,7 @@
 // flash4's Hopper (sm90a) forward against the float64 CPU reference, on an sm_90 device:
 // every case the Hopper kernels cover (dense bf16 / fp16, d = 64, 128 and 256, GQA / MQA,
 // causal or not, sliding windows, softcap, learnable sink, BSHD / BHSD; packed varlen
-// batches; seqused_k with FLASH4_HOPPER_SEQUSED=1) must run on them -- flash4_last_backend() says "hopper" -- and match the
+// batches; seqused_k) must run on them -- flash4_last_backend() says "hopper" -- and match the
 // reference; out and lse are NaN-poisoned before each call, and the rows of no sequence
 // (varlen: tokens past cu_seqlens[batch]) must keep the poison. Lengths {1, 17, 128, 1000,
 // 4097} as Sq = Sk, Sq < Sk and Sq > Sk. Calls the kernels do not cover fall back to the
@@ -370,23 +370,23 @@ std::vector<Problem> sink_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Sink, Flash4Hopper, ::testing::ValuesIn(sink_cases()), test_name);
 
-// seqused_k: on the Hopper forward only with FLASH4_HOPPER_SEQUSED=1 until a GPU run has
-// checked it (scripts/hopper_seqused_check.sh); the K / V rows past the keys used are NaN in
-// all but one case, and must not reach out or lse.
+// seqused_k on the Hopper forward (on by default since scripts/hopper_seqused_check.sh passed);
+// the K / V rows past the keys used are NaN in all but one case, and must not reach out or lse.
 class Flash4HopperSeqused : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperSeqused, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  testing_support::ScopedEnv on("FLASH4_HOPPER_SEQUSED", "1");
+  testing_support::ScopedEnv by_default("FLASH4_HOPPER_SEQUSED", nullptr);
   const std::string backend = check_forward(forward_only(GetParam()));
   EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
 }
 INSTANTIATE_TEST_SUITE_P(Seqused, Flash4HopperSeqused, ::testing::ValuesIn(seqused_cases({64, 128, 256})), test_name);
 
-// d = 64 with three consumer warpgroups (192-row tiles; FLASH4_HOPPER_FWD_WARPGROUPS=3, opt-in
-// until measured): every d = 64 case of the covered, varlen, window and sink suites, and the
-// softcap ones (which must take two warpgroups and still run on Hopper), against float64.
-// More tiles than SMs and tiles past Sq (192 does not divide the lengths) come with them.
+// d = 64 with three consumer warpgroups forced (192-row tiles; FLASH4_HOPPER_FWD_WARPGROUPS=3,
+// the default but for short causal / windowed problems) and with two forced (=2): every d = 64
+// case of the covered, varlen, window and sink suites, and the softcap ones (which must take
+// two warpgroups and still run on Hopper), against float64. More tiles than SMs and tiles past
+// Sq (192 does not divide the lengths) come with them.
 class Flash4HopperThreeWarpgroups : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperThreeWarpgroups, RunsOnHopperAndMatchesFloat64Reference) {
@@ -396,22 +396,33 @@ TEST_P(Flash4HopperThreeWarpgroups, RunsOnHopperAndMatchesFloat64Reference) {
   EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
 }
 
-std::vector<Problem> d64_cases() {
+// Every d = 64 case of the forward suites, its label ending in `suffix`.
+std::vector<Problem> d64_cases(const char* suffix) {
   std::vector<Problem> all;
   for (auto cases : {covered_cases(), varlen_cases(), window_cases(), sink_cases(), softcap_cases()})
     append(all, cases);
   std::vector<Problem> d64;
   for (Problem p : all)
     if (p.Dqk == 64) {
-      p.label += " wg3";
+      p.label += suffix;
       d64.push_back(p);
     }
   return d64;
 }
-INSTANTIATE_TEST_SUITE_P(D64, Flash4HopperThreeWarpgroups, ::testing::ValuesIn(d64_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(D64, Flash4HopperThreeWarpgroups, ::testing::ValuesIn(d64_cases(" wg3")), test_name);
+
+class Flash4HopperTwoWarpgroups : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperTwoWarpgroups, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  testing_support::ScopedEnv two("FLASH4_HOPPER_FWD_WARPGROUPS", "2");
+  const std::string backend = check_forward(GetParam());
+  EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+}
+INSTANTIATE_TEST_SUITE_P(D64, Flash4HopperTwoWarpgroups, ::testing::ValuesIn(d64_cases(" wg2")), test_name);
 
 // Features the Hopper forward does not cover (yet): d = 96, d_v != d_qk, paged KV; seqused_k
-// without FLASH4_HOPPER_SEQUSED=1.
+// with FLASH4_HOPPER_SEQUSED=0.
 TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   Problem base;
@@ -428,7 +439,7 @@ TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {
   p.label = "seqused_k";
   p.seqused = {70};
   {
-    testing_support::ScopedEnv off("FLASH4_HOPPER_SEQUSED", nullptr);  // until a GPU run has checked it
+    testing_support::ScopedEnv off("FLASH4_HOPPER_SEQUSED", "0");
     EXPECT_EQ(check_forward(forward_only(p)), "portable");
   }
   p = base;

@@ -107,9 +107,10 @@
 // atomics): passed scripts/hopper_dq_check.sh on an H200.
 // Sink logits and dsink (see "Sink" above) and softcap (P and dS from th = tanh(s scale / c),
 // in the consumers' step): passed scripts/hopper_bwd_sink_check.sh on an H200 (2026-12-01).
-// seqused_k (FLASH4_HOPPER_SEQUSED=1 until checked: keys are masked by Sequence::sk, the K
-// rows past it zeroed, dK / dV rows past it written as zeros): written without a GPU, NOT YET
-// RUN ON ONE (scripts/hopper_seqused_check.sh). Missing (follow-ups): overlap of one query
+// seqused_k (keys are masked by Sequence::sk, the K rows past it zeroed, dK / dV rows past it
+// written as zeros): passed scripts/hopper_seqused_check.sh on an H200 (2026-12-01). The
+// per-warpgroup dQ hand-over (DqAdd::bulk_per_warpgroup, non-deterministic default): passed
+// scripts/hopper_dq_warpgroup_check.sh there. Missing (follow-ups): overlap of one query
 // block's S / dP with the previous one's gradients (a d = 64 try in pairs of steps was 13%
 // slower), persistent scheduling, d 96 / 192 / 256.
 #pragma once

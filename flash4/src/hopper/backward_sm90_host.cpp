@@ -8,9 +8,11 @@
 // dQ is added by bulk reduce-add from shared memory (hopper::DqAdd::bulk; the default since
 // scripts/hopper_dq_check.sh on an H200, 2026-12-01: every backward suite passes, 1.07-1.35x
 // the atomics); FLASH4_HOPPER_DQ=atomics (read at each call) adds it by float2 atomics
-// instead, for A/B runs; FLASH4_HOPPER_DQ=per_warpgroup (not deterministic calls; written
-// without a GPU) hands each consumer warpgroup its buffers separately. FLASH4_LOG=1 says
-// which ran.
+// instead, for A/B runs. Non-deterministic calls hand each consumer warpgroup its staging
+// buffers on barriers of its own (DqAdd::bulk_per_warpgroup; the default since
+// scripts/hopper_dq_warpgroup_check.sh on an H200, 2026-12-01: 114 tests vs float64,
+// 1.02-1.04x the lock-step hand-over dense, 1.00 varlen); FLASH4_HOPPER_DQ=bulk keeps both
+// warpgroups in step, as deterministic calls always do. FLASH4_LOG=1 says which ran.
 // Sink logits (options.sink) need nothing of the main kernel (the forward's lse holds the
 // sink); with dsink asked for, the rows preprocess writes each row's term and the portable
 // finish sums them per head in a fixed order (backward_sm90.cuh, "Sink"); passed
@@ -152,7 +154,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     // map, else the atomics run (FLASH4_LOG=1 says which ran, and why not bulk).
     hopper::DqAdd dq_add = hopper::DqAdd::atomics;
     std::string dq_note = "dQ by float2 atomics";
-    const bool per_warpgroup_asked = env_is("FLASH4_HOPPER_DQ", "per_warpgroup");
+    const bool lock_step_asked = env_is("FLASH4_HOPPER_DQ", "bulk");
     if (env_is("FLASH4_HOPPER_DQ", "atomics")) {
       dq_note += " (FLASH4_HOPPER_DQ=atomics)";
     } else if (p.tokens_q >= (int64_t(1) << 31)) {
@@ -160,15 +162,13 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     } else if (int error = encode_dq_accum_map(&maps.dq_accum, p.dq_accum, p.tokens_q, p.heads_q, p.d_qk);
                error != 0) {
       dq_note += concat(" (bulk reduce-add: cuTensorMapEncodeTiled rejected dq_accum, CUresult ", error, ")");
-    } else if (per_warpgroup_asked && !deterministic) {
-      // Opt-in until a GPU run measures it (scripts/hopper_dq_warpgroup_check.sh): the writer hands
-      // each consumer warpgroup its staging buffers on barriers of its own.
+    } else if (!lock_step_asked && !deterministic) {
       dq_add = hopper::DqAdd::bulk_per_warpgroup;
-      dq_note = "dQ by bulk reduce-add, per-warpgroup hand-over (FLASH4_HOPPER_DQ=per_warpgroup)";
+      dq_note = "dQ by bulk reduce-add, per-warpgroup hand-over";
     } else {
       dq_add = hopper::DqAdd::bulk;
       dq_note = "dQ by bulk reduce-add";
-      if (per_warpgroup_asked) dq_note += " (per_warpgroup: not for deterministic calls)";
+      if (lock_step_asked) dq_note += " (FLASH4_HOPPER_DQ=bulk)";
     }
     if (deterministic) dq_note += ", deterministic";
     if (p.sink != nullptr) dq_note += want_dsink ? ", sink + dsink" : ", sink (no dsink)";

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -48,13 +49,22 @@ constexpr bool kPingpongByDefault = false;
 // call) brings the round-robin back, for A/B runs.
 bool dynamic_schedule_asked() { return !env_is("FLASH4_HOPPER_SCHEDULE", "static"); }
 
-// Consumer warpgroups of the forward: three at d = 64 with FLASH4_HOPPER_FWD_WARPGROUPS=3
-// (192-row tiles, FlashAttention-3's shape at d = 64: more warps to hide the softmax), read at
-// each call; two otherwise. Written without a GPU: opt-in until
-// scripts/hopper_fwd_warpgroups_check.sh has passed and measured it. Not with softcap (its
-// registers do not fit 160 a thread: launch_impl.cuh).
-int forward_warpgroups(int64_t d, bool softcap) {
-  return d == 64 && !softcap && env_is("FLASH4_HOPPER_FWD_WARPGROUPS", "3") ? 3 : 2;
+// Consumer warpgroups of the forward at d = 64: three (192-row tiles, FlashAttention-3's
+// shape: more warps to hide the softmax, which costs as much as the wgmmas at d = 64) unless
+// the problem is causal or windowed with queries of 1k or fewer, whose small triangles the
+// larger tile wastes. On an H200 (2026-12-01, scripts/hopper_fwd_warpgroups_check.sh: 49 d = 64
+// cases vs float64, racecheck / memcheck clean) three were 1.06-1.22x two non-causal and
+// 1.06-1.16x causal at S >= 2k, but 0.95 / 0.92x causal at S 512 / 1k. Softcap keeps two (its
+// tanh does not fit 160 registers a thread: launch_impl.cuh). FLASH4_HOPPER_FWD_WARPGROUPS=2|3
+// (read at each call) forces the count, for A/B runs and tests.
+int forward_warpgroups(const flash4_forward_args& a, const ProblemShape& shape) {
+  if (shape.d_qk != 64 || a.options.softcap > 0) return 2;
+  if (env_is("FLASH4_HOPPER_FWD_WARPGROUPS", "2")) return 2;
+  if (env_is("FLASH4_HOPPER_FWD_WARPGROUPS", "3")) return 3;
+  const bool local = a.options.causal != 0 || a.options.window_left >= 0 || a.options.window_right >= 0;
+  // Varlen without max_seqlen_q: the mean length stands in.
+  const int64_t queries = shape.seqlen_q > 0 ? shape.seqlen_q : shape.tokens_q / std::max<int64_t>(shape.batch, 1);
+  return local && queries <= 1024 ? 2 : 3;
 }
 
 // FLASH4_HOPPER_PINGPONG=0|1 overrides the default.
@@ -201,7 +211,7 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   *gap = forward_gap(a, shape);
   if (!gap->empty()) return false;
   hopper::ForwardTensorMaps maps;
-  const int warpgroups = forward_warpgroups(shape.d_qk, a.options.softcap > 0);
+  const int warpgroups = forward_warpgroups(a, shape);
   const int query_rows = hopper::forward_query_rows(warpgroups);
   const int key_rows = hopper::forward_key_box_rows(int(shape.d_qk));
   for (auto [map, t, name, rows] : {std::tuple{&maps.q, &a.q, "q", query_rows}, {&maps.k, &a.k, "k", key_rows},
@@ -232,7 +242,7 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
     hopper::ForwardSchedule schedule = forward_schedule();
     schedule.warpgroups = warpgroups;
     if (warpgroups == 3)
-      log_backend("flash4_forward", "hopper", "three consumer warpgroups (FLASH4_HOPPER_FWD_WARPGROUPS=3)");
+      log_backend("flash4_forward", "hopper", "three consumer warpgroups");
     if (dynamic) {
       schedule.tile_counter = reinterpret_cast<int*>(ws.take(1));
       FLASH4_CUDA_CHECK(cudaMemsetAsync(schedule.tile_counter, 0, sizeof(int), stream));
