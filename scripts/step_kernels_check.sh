@@ -40,7 +40,7 @@ stage_build() { build_sm90 train-bench gpu_tests; }
 # suite NAME FILTER LIMIT: gpu_tests on FILTER, its summary and first failures in the log.
 suite() {
   say "tests: $1 ($2)"
-  timeout "$(left "$3")" "$BUILD/bin/gpu_tests" --gtest_filter="$2" >"$OUT/tests_$1.txt" 2>&1 || fail "tests $1 (rc $?)"
+  timeout "$(left "$3")" "$BUILD/tests/gpu_tests" --gtest_filter="$2" >"$OUT/tests_$1.txt" 2>&1 || fail "tests $1 (rc $?)"
   grep -E -A6 "Failure$" "$OUT/tests_$1.txt" | head -30 | tee -a "$LOG"
   grep -E "^\[  (PASSED|FAILED)  \]|tests? ran" "$OUT/tests_$1.txt" | tee -a "$LOG"
 }
