@@ -124,8 +124,9 @@ void expect_hopper_matches_reference(const Problem& p, DqPath dq) {
 
 class Flash4HopperBackward : public ::testing::TestWithParam<Problem> {};
 class Flash4HopperBackwardBulkDq : public ::testing::TestWithParam<Problem> {};
-// FLASH4_HOPPER_DQ=per_warpgroup (opt-in until measured): bulk reduce-add, each consumer
-// warpgroup handed its buffers on barriers of its own; deterministic cases fall back to bulk.
+// FLASH4_HOPPER_DQ=per_warpgroup (the non-deterministic default, set explicitly): bulk
+// reduce-add, each consumer warpgroup handed its buffers on barriers of its own;
+// deterministic cases take the lock-step bulk path.
 class Flash4HopperBackwardPerWarpgroupDq : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperBackward, RunsOnHopperAndMatchesFloat64Reference) {

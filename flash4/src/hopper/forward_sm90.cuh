@@ -40,10 +40,10 @@
 // Pingpong (FA3): the consumer warpgroups alternate their wgmma batches (named barriers).
 // Dynamic (atomic) tile schedule: the default (scripts/hopper_sched_check.sh, H200 2026-12-01).
 // seqused_k (dense or packed): each sequence attends to its first seqused_k[b] keys (Sequence
-// sk), written without a GPU, NOT YET RUN ON ONE (scripts/hopper_seqused_check.sh).
+// sk); passed scripts/hopper_seqused_check.sh on an H200 (2026-12-01).
 // d = 64 with three consumer warpgroups (ForwardSm90Config<64, 3>: 192-row tiles, 160
-// registers; FLASH4_HOPPER_FWD_WARPGROUPS=3, not with softcap): written without a GPU, NOT
-// YET RUN ON ONE (scripts/hopper_fwd_warpgroups_check.sh).
+// registers; not with softcap): passed scripts/hopper_fwd_warpgroups_check.sh on an H200
+// (2026-12-01), the default but for short causal / windowed problems (hopper.cpp).
 // Missing vs issue 4 (follow-ups): TMA stores of O, d 96 / 192,
 // d_v != d_qk, paged KV, GQA packing of small Sq into the M tile.
 #pragma once
@@ -86,7 +86,7 @@ using cuda::AttentionParams;
 // stage stays 1024-aligned and the descriptors keep base offset 0.
 // kWarpgroups: consumer warpgroups of 64 rows each -- 2 (the default), or 3 at d = 64
 // (FlashAttention-3's 192 x 128 tile there: 50% more warps to hide the softmax, which at
-// d = 64 costs as much as the wgmmas; FLASH4_HOPPER_FWD_WARPGROUPS=3 until measured). Three
+// d = 64 costs as much as the wgmmas; chosen by forward_warpgroups in hopper.cpp). Three
 // warpgroups get 160 registers each (128 * 24 + 384 * 160 <= 64K): O 32 + S 64 + P 32 fit.
 template <int D, int kWarpgroups = 2>
 struct ForwardSm90Config {
