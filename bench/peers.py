@@ -158,6 +158,8 @@ def main():
     ap.add_argument("--lib", help="libflash4.so for the ctypes fallback (used only when the op is not built)")
     ap.add_argument("--ctypes", action="store_true", help="use the ctypes path (--lib) even when the op is built")
     ap.add_argument("--quick", action="store_true", help="d = 128, S in {1024, 4096, 16384}")
+    ap.add_argument("--dims", help="head dims, comma-separated (default 64,128,256; e.g. 96,192: the Hopper "
+                    "kernels' zero-padded ones); heads = 2048 // d")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--markdown", help="also write the table as markdown rows to this file")
     ap.add_argument("--no-fa4", action="store_true", help="leave FlashAttention-4 out even when it imports")
@@ -175,6 +177,10 @@ def main():
           f"cuDNN {torch.backends.cudnn.version()}; flash4 via {via}; bf16, 16384 tokens, hidden 2048; "
           f"TFLOPs fwd/bwd/fwd+bwd")
     dims = [128] if args.quick else [64, 128, 256]
+    if args.dims:
+        dims = [int(x) for x in args.dims.split(",")]
+        if any(d <= 0 or d % 8 or d > 256 for d in dims):
+            sys.exit(f"peers.py: --dims {args.dims}: each a multiple of 8 from 8 to 256")
     lengths = [1024, 4096, 16384] if args.quick else [512, 1024, 2048, 4096, 8192, 16384]
     header = (f"{'d':>4} {'S':>6} {'causal':>6} | {'flash4':>15} | {'cuDNN':>15} | {'FA2':>15} | {'FA4':>15} | "
               f"{'f4/cuDNN':>14} | {'f4/FA2':>14} | {'f4/FA4':>14} | max|f4-cuDNN|")

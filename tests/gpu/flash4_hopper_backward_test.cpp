@@ -9,7 +9,7 @@
 // sequence too, whose reference gradient is 0). Lengths {1, 17, 128, 1000, 4097} as
 // Sq = Sk, Sq < Sk and Sq > Sk. Deterministic calls (what adept's training asks for) run on
 // it too, match the reference, and repeat bit for bit (Flash4HopperDeterministicBackward).
-// Calls the kernel does not cover (d = 96, 256; seqused_k with FLASH4_HOPPER_SEQUSED=0)
+// Calls the kernel does not cover (a head dim over 128; seqused_k with FLASH4_HOPPER_SEQUSED=0)
 // run on the portable backward, as does every call with FLASH4_HOPPER_BWD=0 or
 // FLASH4_BACKEND=portable. seqused_k: Seqused/Flash4HopperBackwardSeqused.
 // Learnable sink logits (options.sink, random per head) with dsink: the Sink/... suites
@@ -902,6 +902,59 @@ TEST(Flash4HopperBackwardDispatch, OnByDefaultAndZeroSwitchesItOff) {
   EXPECT_EQ(check_backward(small("switched off")), "portable");
 }
 
+// Head dims the backward rounds up (padded_head_dim in hopper/host.hpp: the d 64 or d 128
+// kernel, TMA zero-filling Q / K / V / dO past d_qk / d_v; dK, dV stored to d_qk / d_v
+// columns, dQ added to a [tokens][Hq][d_qk] workspace, the bulk reduce-adds clipped by its
+// tensor map): d 32 / 40 / 96 / 120, d_v != d_qk both ways, dense (causal, GQA, a window) and
+// packed, every dQ path, deterministic too. A write past d_qk / d_v lands on the next head's
+// columns (the head stride is the real d), which the comparison with float64 catches.
+std::vector<Problem> padded_head_dim_cases() {
+  struct Dims {
+    int qk, v;
+  };
+  const Dims dims[] = {{32, 32}, {40, 40}, {96, 96}, {120, 120}, {64, 96}, {128, 64}, {48, 80}};
+  std::vector<Problem> cases;
+  int i = 0;
+  for (Dims d : dims) {
+    Problem p;
+    p.label = "hopper bwd padded d";
+    p.Dqk = d.qk, p.Dv = d.v;
+    p.dtype = i % 2 ? FLASH4_F16 : FLASH4_BF16;
+    p.B = 2, p.Hq = 4, p.Hkv = 2, p.Sq = 300, p.Sk = 300;
+    p.causal = true;
+    cases.push_back(p);
+    p.causal = false, p.Sq = 17, p.Sk = 700;
+    p.window_left = i % 3 == 0 ? 100 : -1;
+    cases.push_back(p);
+    Problem v;
+    v.label = "hopper bwd padded d varlen";
+    v.Dqk = d.qk, v.Dv = d.v;
+    v.dtype = p.dtype;
+    v.seqs = documents(60 + i, 5, 300, {1, 17});
+    v.Hq = 8, v.Hkv = 2;
+    v.causal = true;
+    cases.push_back(v);
+    ++i;
+  }
+  return cases;
+}
+std::vector<Problem> padded_head_dim_deterministic_cases() {
+  std::vector<Problem> cases;
+  for (Problem p : padded_head_dim_cases()) {
+    p.deterministic = true;
+    cases.push_back(p);
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Padded, Flash4HopperBackward, ::testing::ValuesIn(padded_head_dim_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Padded, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(padded_head_dim_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Padded, Flash4HopperBackwardPerWarpgroupDq, ::testing::ValuesIn(padded_head_dim_cases()),
+                         test_name);
+INSTANTIATE_TEST_SUITE_P(Padded, Flash4HopperDeterministicBackward,
+                         ::testing::ValuesIn(padded_head_dim_deterministic_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Padded, Flash4HopperDeterministicBackwardBulkDq,
+                         ::testing::ValuesIn(padded_head_dim_deterministic_cases()), test_name);
+
 TEST(Flash4HopperBackwardDispatch, UncoveredCallsRunOnThePortableBackward) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   DefaultBackendSwitches defaults;
@@ -912,8 +965,8 @@ TEST(Flash4HopperBackwardDispatch, UncoveredCallsRunOnThePortableBackward) {
   p.deterministic = true;
   p.Dqk = p.Dv = 256;
   EXPECT_EQ(check_backward(p), "portable");
-  p = small("d = 96");
-  p.Dqk = p.Dv = 96;
+  p = small("d = 192/128");  // past the d 128 kernel
+  p.Dqk = 192, p.Dv = 128;
   EXPECT_EQ(check_backward(p), "portable");
   {
     ScopedEnv off("FLASH4_HOPPER_SEQUSED", "0");

@@ -421,21 +421,55 @@ TEST_P(Flash4HopperTwoWarpgroups, RunsOnHopperAndMatchesFloat64Reference) {
 }
 INSTANTIATE_TEST_SUITE_P(D64, Flash4HopperTwoWarpgroups, ::testing::ValuesIn(d64_cases(" wg2")), test_name);
 
-// Features the Hopper forward does not cover (yet): d = 96, d_v != d_qk, paged KV; seqused_k
-// with FLASH4_HOPPER_SEQUSED=0.
+// Head dims the kernels round up (forward_kernel_dim in hopper.cpp: D = 64, 128 or 256, TMA
+// zero-filling the columns past d_qk / d_v, only d_v columns of O stored): d 32 / 40 / 96 /
+// 160 / 192, and d_v != d_qk both ways (192 / 128: V's upper two 64-column boxes wholly out
+// of bounds), dense (causal, GQA, a window, lengths past one tile), packed documents, fp16,
+// a sink and softcap on one each. A store past d_v would land on the next head's columns of
+// out (the head stride is d_v), which the comparison with float64 then catches.
+std::vector<Problem> padded_head_dim_cases() {
+  struct Dims {
+    int qk, v;
+  };
+  std::vector<Problem> cases;
+  const Dims dims[] = {{32, 32}, {40, 40}, {96, 96}, {160, 160}, {192, 192}, {192, 128}, {64, 128}, {128, 96}};
+  int i = 0;
+  for (Dims d : dims) {
+    Problem p;
+    p.label = "hopper padded d";
+    p.Dqk = d.qk, p.Dv = d.v;
+    p.dtype = i % 2 ? FLASH4_F16 : FLASH4_BF16;
+    p.B = 2, p.Hq = 4, p.Hkv = 2, p.Sq = 300, p.Sk = 300;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+    p.causal = false, p.Sq = 17, p.Sk = 1000;  // Sq < Sk, several key blocks
+    cases.push_back(forward_only(p));
+    Problem w = p;  // a window, Sq > Sk, row padding
+    w.Sq = 520, w.Sk = 200, w.window_left = 50, w.window_right = 0, w.row_pad = 8;
+    cases.push_back(forward_only(w));
+    Problem v;  // packed documents, GQA 8 / 2, causal
+    v.label = "hopper padded d varlen";
+    v.Dqk = d.qk, v.Dv = d.v;
+    v.dtype = p.dtype;
+    v.seqs = documents(40 + i, 5, 400, {1, 17});
+    v.Hq = 8, v.Hkv = 2;
+    v.causal = true;
+    if (i == 2) v.sink = true;
+    if (i == 3) v.softcap = 30.0f;
+    cases.push_back(forward_only(v));
+    ++i;
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Padded, Flash4Hopper, ::testing::ValuesIn(padded_head_dim_cases()), test_name);
+
+// Features the Hopper forward does not cover (yet): paged KV; seqused_k with
+// FLASH4_HOPPER_SEQUSED=0.
 TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   Problem base;
   base.B = 1, base.Hq = 2, base.Hkv = 1, base.Sq = 100, base.Sk = 100;
   Problem p = base;
-  p.label = "d = 96";
-  p.Dqk = p.Dv = 96;
-  EXPECT_EQ(check_forward(forward_only(p)), "portable");
-  p = base;
-  p.label = "d = 192/128";
-  p.Dqk = 192, p.Dv = 128;
-  EXPECT_EQ(check_forward(forward_only(p)), "portable");
-  p = base;
   p.label = "seqused_k";
   p.seqused = {70};
   {

@@ -449,7 +449,9 @@ __device__ __forceinline__ void dq_combine_halves(float (&dq)[32], float2* swap,
 
 // Atomic dQ: dq_accum[token][h][col0 + ...] += this thread's kTiles n8 column tiles of dq (the
 // accumulator layout: element 4n + 2 half + {0, 1}, query row m0 + 16 wq + g + 8 half, column
-// col0 + 8n + 2t, +1), float2 atomics, rows past the sequence's queries skipped.
+// col0 + 8n + 2t, +1), float2 atomics, rows past the sequence's queries skipped, and columns
+// past d_qk (the zero padding when the kernel's D rounds d_qk up; d_qk is a multiple of 8, so
+// an n8 tile is wholly in or out).
 template <int kTiles, int D>
 __device__ __forceinline__ void atomic_add_dq(const cuda::AttentionParams& p, const cuda::Sequence& seq, int h, int m0,
                                               int col0, int wq, int g, int t, const float (&dq)[32]) {
@@ -457,10 +459,11 @@ __device__ __forceinline__ void atomic_add_dq(const cuda::AttentionParams& p, co
   for (int half = 0; half < 2; ++half) {
     const int qi = m0 + 16 * wq + g + 8 * half;
     if (qi >= seq.sq) continue;
-    float* dst = p.dq_accum + ((seq.q_token + qi) * p.heads_q + h) * int64_t(D) + col0 + 2 * t;
+    float* dst = p.dq_accum + ((seq.q_token + qi) * p.heads_q + h) * int64_t(p.d_qk) + col0 + 2 * t;
 #pragma unroll
     for (int n = 0; n < kTiles; ++n)
-      atomicAdd(reinterpret_cast<float2*>(dst + 8 * n), make_float2(dq[4 * n + 2 * half], dq[4 * n + 2 * half + 1]));
+      if (col0 + 8 * n < p.d_qk)
+        atomicAdd(reinterpret_cast<float2*>(dst + 8 * n), make_float2(dq[4 * n + 2 * half], dq[4 * n + 2 * half + 1]));
   }
 }
 
@@ -932,7 +935,8 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
     }
 
     // dK = scale dS^T Q, dV = P^T dO for this thread's key rows (rows past Sk are not
-    // written; a block no query sees writes zeros).
+    // written; a block no query sees writes zeros), d_qk / d_v columns of them (past those, the
+    // zero padding of head dims the kernel's D rounds up).
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int j = key0 + 8 * half;
@@ -941,9 +945,11 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       T* dv_row = cuda::key_row<T>(p, p.dv, seq, b, j, hk);
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
-        *reinterpret_cast<uint32_t*>(dk_row + 8 * n + 2 * t) =
-            cuda::pack2<T>(dk[4 * n + 2 * half] * p.scale, dk[4 * n + 2 * half + 1] * p.scale);
-        *reinterpret_cast<uint32_t*>(dv_row + 8 * n + 2 * t) = cuda::pack2<T>(dv[4 * n + 2 * half], dv[4 * n + 2 * half + 1]);
+        if (8 * n < p.d_qk)
+          *reinterpret_cast<uint32_t*>(dk_row + 8 * n + 2 * t) =
+              cuda::pack2<T>(dk[4 * n + 2 * half] * p.scale, dk[4 * n + 2 * half + 1] * p.scale);
+        if (8 * n < p.d_v)
+          *reinterpret_cast<uint32_t*>(dv_row + 8 * n + 2 * t) = cuda::pack2<T>(dv[4 * n + 2 * half], dv[4 * n + 2 * half + 1]);
       }
     }
   }

@@ -47,8 +47,8 @@ std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shap
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
   if (std::string gap = seqused_gap(a.varlen); !gap.empty()) return gap;
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
-  if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128))
-    return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128)");
+  if (const int d = padded_head_dim(shape); d == 0 || d > 128)
+    return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: multiples of 8 up to 128)");
   if (shape.heads_kv > 65535 || shape.batch > 65535) return "more than 65535 KV heads or sequences";
   if (std::string gap = problem_size_gap(shape); !gap.empty()) return gap;
   if (shape.varlen) {
@@ -176,7 +176,11 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     FLASH4_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, dq_count * sizeof(float), stream));
     hopper::backward_sm90_rows(p, row_pitch, stream);
     const hopper::DqOrder* dq_order = deterministic ? &order : nullptr;
-    if (shape.d_qk == 64)
+    const int kernel_dim = padded_head_dim(shape);
+    if (kernel_dim != shape.d_qk || kernel_dim != shape.d_v)
+      log_backend("flash4_backward", "hopper",
+                  concat("head dims ", shape.d_qk, "/", shape.d_v, " on the d ", kernel_dim, " kernel (zero-padded)"));
+    if (kernel_dim == 64)
       hopper::backward_sm90<64>(maps, p, row_pitch, list, capacity, dq_order, dq_add, stream);
     else
       hopper::backward_sm90<128>(maps, p, row_pitch, list, capacity, dq_order, dq_add, stream);

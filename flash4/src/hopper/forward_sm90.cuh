@@ -25,10 +25,11 @@
 // would not be 0 if the neighbour held one).
 //
 // Covered here: dense (B, S, H, D) and packed (T, H, D) tensors with any 16-byte-multiple
-// strides (the column blocks of a fused qkv buffer included), bf16 / fp16, d_qk = d_v in
-// {64, 128, 256}, GQA / MQA, causal (bottom-right) or not, sliding window (left / right,
-// aligned like causal), softcap, a learnable sink, LSE. Everything else runs on the portable
-// kernels (hopper.cpp decides).
+// strides (the column blocks of a fused qkv buffer included), bf16 / fp16, any d_qk and d_v
+// that are multiples of 8 up to 256 (run on the kernel of D = 64, 128 or 256 that holds both,
+// TMA zero-filling the columns past each: padded_head_dim in host.hpp), GQA / MQA, causal
+// (bottom-right) or not, sliding window (left / right, aligned like causal), softcap, a
+// learnable sink, LSE. Everything else runs on the portable kernels (hopper.cpp decides).
 // Verified on an H200 (2026-11-30): d 64 / 128 dense, varlen and window (the whole flash4 gpu
 // suite with this path on; scripts/hopper_varlen_check.sh); d = 256, softcap and sink
 // (scripts/hopper_fwd256_check.sh, 2026-12-01).
@@ -44,8 +45,8 @@
 // d = 64 with three consumer warpgroups (ForwardSm90Config<64, 3>: 192-row tiles, 160
 // registers; not with softcap): passed scripts/hopper_fwd_warpgroups_check.sh on an H200
 // (2026-12-01), the default but for short causal / windowed problems (hopper.cpp).
-// Missing vs issue 4 (follow-ups): TMA stores of O, d 96 / 192,
-// d_v != d_qk, paged KV, GQA packing of small Sq into the M tile.
+// Missing vs issue 4 (follow-ups): TMA stores of O, native (unpadded) d 96 / 192 tiles, paged
+// KV, GQA packing of small Sq into the M tile.
 #pragma once
 
 #include <cuda.h>
@@ -215,9 +216,12 @@ __device__ __forceinline__ void scores_to_a(uint32_t (&a)[N / 16][4], const floa
 // transpose within the quad (three shuffle rounds: lane t swaps its piece of tile 4k + (t ^ r)
 // for lane t ^ r's piece of tile 4k + t) gives lane t tile 4k + t whole: one 16-byte store,
 // and the quad's four fill 64 contiguous bytes. Every lane of the warp must call it (the
-// shuffles); `keep` = the row exists (only then is anything written).
+// shuffles); `keep` = the row exists (only then is anything written). Only the first `columns`
+// (d_v, a multiple of 8: whole 16-byte pieces) are stored; the rest are the zero padding of a
+// head dim the kernel's D rounds up (padded_head_dim in host.hpp).
 template <int D>
-__device__ __forceinline__ void store_o_row(void* row_ptr, const uint32_t (&packed)[D / 8], int t, bool keep) {
+__device__ __forceinline__ void store_o_row(void* row_ptr, const uint32_t (&packed)[D / 8], int t, bool keep,
+                                            int columns) {
   static_assert(D % 32 == 0, "whole groups of four n8 tiles");
 #pragma unroll
   for (int k = 0; k < D / 32; ++k) {
@@ -235,7 +239,7 @@ __device__ __forceinline__ void store_o_row(void* row_ptr, const uint32_t (&pack
 #pragma unroll
       for (int j = 0; j < 4; ++j) piece[j] = j == other ? got : piece[j];
     }
-    if (keep) {
+    if (keep && 8 * (4 * k + t) < columns) {
       // piece[t] still holds e[t], this lane's own piece of tile 4k + t.
       *reinterpret_cast<uint4*>(static_cast<unsigned char*>(row_ptr) + 2 * (32 * k + 8 * t)) =
           make_uint4(piece[0], piece[1], piece[2], piece[3]);
@@ -632,7 +636,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         uint32_t packed[D / 8];
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) packed[n] = cuda::pack2<T>(o[4 * n + 2 * half] * inv, o[4 * n + 2 * half + 1] * inv);
-        store_o_row<D>(keep ? cuda::query_row<T>(p.out, w.seq, i, w.h) : nullptr, packed, t, keep);
+        store_o_row<D>(keep ? cuda::query_row<T>(p.out, w.seq, i, w.h) : nullptr, packed, t, keep, p.d_v);
         if (!keep) continue;
         if (p.lse != nullptr && t == 0)
           p.lse[w.seq.q_start * p.lse_batch_stride + int64_t(w.h) * p.lse_head_stride + int64_t(i) * p.lse_row_stride] =

@@ -58,7 +58,7 @@ bool dynamic_schedule_asked() { return !env_is("FLASH4_HOPPER_SCHEDULE", "static
 // tanh does not fit 160 registers a thread: launch_impl.cuh). FLASH4_HOPPER_FWD_WARPGROUPS=2|3
 // (read at each call) forces the count, for A/B runs and tests.
 int forward_warpgroups(const flash4_forward_args& a, const ProblemShape& shape) {
-  if (shape.d_qk != 64 || a.options.softcap > 0) return 2;
+  if (padded_head_dim(shape) != 64 || a.options.softcap > 0) return 2;
   if (env_is("FLASH4_HOPPER_FWD_WARPGROUPS", "2")) return 2;
   if (env_is("FLASH4_HOPPER_FWD_WARPGROUPS", "3")) return 3;
   const bool local = a.options.causal != 0 || a.options.window_left >= 0 || a.options.window_right >= 0;
@@ -176,8 +176,8 @@ std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape)
   if (shape.paged) return "paged KV is not covered yet";
   if (std::string gap = seqused_gap(a.varlen); !gap.empty()) return gap;
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
-  if (shape.d_qk != shape.d_v || (shape.d_qk != 64 && shape.d_qk != 128 && shape.d_qk != 256))
-    return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: 64/64, 128/128, 256/256)");
+  if (padded_head_dim(shape) == 0)
+    return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: multiples of 8 up to 256)");
   if (shape.heads_q > 65535 || shape.batch > 65535) return "more than 65535 heads or sequences";
   if (std::string gap = problem_size_gap(shape); !gap.empty()) return gap;
   if (shape.varlen) {
@@ -211,9 +211,10 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   *gap = forward_gap(a, shape);
   if (!gap->empty()) return false;
   hopper::ForwardTensorMaps maps;
+  const int kernel_dim = padded_head_dim(shape);
   const int warpgroups = forward_warpgroups(a, shape);
   const int query_rows = hopper::forward_query_rows(warpgroups);
-  const int key_rows = hopper::forward_key_box_rows(int(shape.d_qk));
+  const int key_rows = hopper::forward_key_box_rows(kernel_dim);
   for (auto [map, t, name, rows] : {std::tuple{&maps.q, &a.q, "q", query_rows}, {&maps.k, &a.k, "k", key_rows},
                                     {&maps.v, &a.v, "v", key_rows}})
     if (int error = encode_tensor_map(map, *t, rows); error != 0) {
@@ -248,9 +249,12 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
       FLASH4_CUDA_CHECK(cudaMemsetAsync(schedule.tile_counter, 0, sizeof(int), stream));
       log_backend("flash4_forward", "hopper", "dynamic schedule");
     }
-    if (shape.d_qk == 64)
+    if (kernel_dim != shape.d_qk || kernel_dim != shape.d_v)
+      log_backend("flash4_forward", "hopper",
+                  concat("head dims ", shape.d_qk, "/", shape.d_v, " on the d ", kernel_dim, " kernel (zero-padded)"));
+    if (kernel_dim == 64)
       hopper::forward_sm90<64>(maps, p, list, capacity, schedule, stream);
-    else if (shape.d_qk == 128)
+    else if (kernel_dim == 128)
       hopper::forward_sm90<128>(maps, p, list, capacity, schedule, stream);
     else
       hopper::forward_sm90<256>(maps, p, list, capacity, schedule, stream);

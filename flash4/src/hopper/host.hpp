@@ -44,6 +44,18 @@ std::string sm90_device_gap(bool kernel_present);
 // backward each add their own limit on tiles.
 std::string problem_size_gap(const ProblemShape& shape);
 
+// The head dim of the kernel that runs d_qk / d_v: the smallest of 64, 128, 256 that holds
+// both, or 0 (not multiples of 8, or over 256). The tensor maps keep the real widths, so TMA
+// fills the columns past them with zeros: Q K^T is unchanged, P V's (and the gradients')
+// extra columns come out 0 and the kernels store only d_v (d_qk) columns. d 96 on the d 128
+// kernel spends a quarter of its wgmma work on the zeros, but runs at Hopper speed rather
+// than on the portable mma.sync kernels.
+inline int padded_head_dim(const ProblemShape& shape) {
+  const int64_t widest = shape.d_qk > shape.d_v ? shape.d_qk : shape.d_v;
+  if (shape.d_qk % 8 != 0 || shape.d_v % 8 != 0 || shape.d_qk < 8 || shape.d_v < 8 || widest > 256) return 0;
+  return widest <= 64 ? 64 : widest <= 128 ? 128 : 256;
+}
+
 // The varlen work list (hopper/varlen_tiles.hpp) in a call's workspace: the list's scratch
 // (pairs for `capacity` tiles, the count, first[batch + 1]) needs varlen_tiles_bytes;
 // build_varlen_tiles_in takes it from `ws` -- at that point of the call's takes -- and builds
