@@ -1,5 +1,6 @@
 // flash4's Hopper (sm90a) forward against the float64 CPU reference, on an sm_90 device:
-// every case the Hopper kernels cover (dense bf16 / fp16, d = 64, 128 and 256, GQA / MQA,
+// every case the Hopper kernels cover (dense bf16 / fp16, d = 64, 128 and 256 and the head dims
+// they round up to those, GQA / MQA,
 // causal or not, sliding windows, softcap, learnable sink, BSHD / BHSD; packed varlen
 // batches; seqused_k) must run on them -- flash4_last_backend() says "hopper" -- and match the
 // reference; out and lse are NaN-poisoned before each call, and the rows of no sequence

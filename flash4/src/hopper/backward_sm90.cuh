@@ -100,8 +100,10 @@
 //    block 0 had walked 2n query blocks (half the SMs idle under causal).
 //
 // Covered: dense (B, S, H, D) and packed (T, H, D) tensors (any 16-byte-multiple strides:
-// the column blocks of a fused qkv buffer too), bf16 / fp16, d_qk = d_v in {64, 128},
-// GQA / MQA, causal (bottom-right) or not, sliding window (left / right: a CTA visits only
+// the column blocks of a fused qkv buffer too), bf16 / fp16, d_qk and d_v multiples of 8 up
+// to 128 (the d 64 or 128 kernel, TMA zero-filling the columns past them, dK / dV stored and
+// dQ added to d_qk / d_v columns only: padded_head_dim in host.hpp; passed
+// scripts/hopper_padded_dims_check.sh on an H200, 2026-12-01), GQA / MQA, causal (bottom-right) or not, sliding window (left / right: a CTA visits only
 // the query blocks that see its keys), atomic or deterministic dQ (bit-identical runs; both
 // passed on an H200). dQ by bulk reduce-add (the default; FLASH4_HOPPER_DQ=atomics: float2
 // atomics): passed scripts/hopper_dq_check.sh on an H200.
@@ -112,7 +114,7 @@
 // per-warpgroup dQ hand-over (DqAdd::bulk_per_warpgroup, non-deterministic default): passed
 // scripts/hopper_dq_warpgroup_check.sh there. Missing (follow-ups): overlap of one query
 // block's S / dP with the previous one's gradients (a d = 64 try in pairs of steps was 13%
-// slower), persistent scheduling, d 96 / 192 / 256.
+// slower), persistent scheduling, d over 128 (d 192 / 256), native (unpadded) d 96 tiles.
 #pragma once
 
 #include <cuda.h>

@@ -27,7 +27,8 @@
 // Covered here: dense (B, S, H, D) and packed (T, H, D) tensors with any 16-byte-multiple
 // strides (the column blocks of a fused qkv buffer included), bf16 / fp16, any d_qk and d_v
 // that are multiples of 8 up to 256 (run on the kernel of D = 64, 128 or 256 that holds both,
-// TMA zero-filling the columns past each: padded_head_dim in host.hpp), GQA / MQA, causal
+// TMA zero-filling the columns past each: padded_head_dim in host.hpp; passed
+// scripts/hopper_padded_dims_check.sh on an H200, 2026-12-01), GQA / MQA, causal
 // (bottom-right) or not, sliding window (left / right, aligned like causal), softcap, a
 // learnable sink, LSE. Everything else runs on the portable kernels (hopper.cpp decides).
 // Verified on an H200 (2026-11-30): d 64 / 128 dense, varlen and window (the whole flash4 gpu
