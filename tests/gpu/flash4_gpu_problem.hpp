@@ -362,7 +362,7 @@ class ProblemRunner {
     fill_random(q_, p.dtype, rng_, p.q_scale);
     fill_random(k_, p.dtype, rng_);
     fill_random(v_, p.dtype, rng_);
-    if (p.nan_unused_keys && !p.seqused.empty() && !p.paged()) {
+    if (p.nan_unused_keys && !p.seqused.empty()) {
       nan_unused_key_rows(k_);
       nan_unused_key_rows(v_);
     }
@@ -562,17 +562,24 @@ class ProblemRunner {
 
  private:
   // Problem::nan_unused_keys: rows [seqused_k[b], own rows) of sequence b, every head, -> NaN
-  // on the host and the device (the reference reads only the keys used).
+  // on the host and the device (the reference reads only the keys used). Paged: the slots past
+  // seqused_k[b] of the pages in b's row of the page table (each page belongs to one sequence).
   void nan_unused_key_rows(Twin& t) {
     const Problem& p = p_;
     const flash4_tensor& v = t.view;
     const int64_t H = v.shape[v.rank - 2], D = v.shape[v.rank - 1];
     for (int b = 0; b < p.batch(); ++b) {
-      const int own = p.varlen() ? p.seqs[b].second : p.Sk;
+      const int own = p.paged() ? int(pages_per_seq_) * p.page_size : p.varlen() ? p.seqs[b].second : p.Sk;
       for (int j = p.key_count(b); j < own; ++j)
         for (int64_t h = 0; h < H; ++h) {
-          const int64_t offset = p.varlen() ? (cu_k_[b] + j) * v.stride[0] + h * v.stride[1]
-                                            : b * v.stride[0] + j * v.stride[1] + h * v.stride[2];
+          int64_t offset;
+          if (p.paged()) {
+            const int64_t page = page_table_[size_t(b * pages_per_seq_ + j / p.page_size)];
+            offset = page * v.stride[0] + (j % p.page_size) * v.stride[1] + h * v.stride[2];
+          } else {
+            offset = p.varlen() ? (cu_k_[b] + j) * v.stride[0] + h * v.stride[1]
+                                : b * v.stride[0] + j * v.stride[1] + h * v.stride[2];
+          }
           for (int64_t d = 0; d < D; ++d) t.host[size_t(offset + d)] = std::numeric_limits<double>::quiet_NaN();
           cudaMemset(static_cast<uint16_t*>(t.device.get()) + offset, 0xFF, size_t(D) * 2);
         }

@@ -464,8 +464,55 @@ std::vector<Problem> padded_head_dim_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Padded, Flash4Hopper, ::testing::ValuesIn(padded_head_dim_cases()), test_name);
 
-// Features the Hopper forward does not cover (yet): paged KV; seqused_k with
-// FLASH4_HOPPER_SEQUSED=0.
+// Paged K / V (a page table; forward only): the producer gathers each key block in TMA boxes
+// of gcd(page_size, key block) rows from the sequence's shuffled pages. Page sizes 8 (16
+// boxes a block), 16, 24 (boxes of 8: a page's boxes never cross it), 64, 128, 256 (a block
+// inside one page), 80 (d 256's key block); d 64 / 128 / 256 and a padded 96, bf16 / fp16,
+// causal or not, GQA, a window, dense and packed queries, a sink; the slots past each
+// sequence's keys NaN (the last page's tail and its whole unused pages), seqused_k 0 and 1.
+std::vector<Problem> paged_cases() {
+  struct Paged {
+    int d, page_size;
+  };
+  const Paged shapes[] = {{128, 8}, {128, 16}, {64, 24}, {128, 64}, {64, 128}, {256, 80}, {256, 256}, {96, 48}};
+  std::vector<Problem> cases;
+  int i = 0;
+  for (Paged s : shapes) {
+    Problem p;
+    p.label = "hopper paged";
+    p.Dqk = p.Dv = s.d;
+    p.dtype = i % 2 ? FLASH4_F16 : FLASH4_BF16;
+    p.page_size = s.page_size;
+    p.B = 3, p.Hq = 4, p.Hkv = 2, p.Sq = 40, p.Sk = 1000;
+    p.seqused = {1000, 17, 300};
+    p.nan_unused_keys = true;
+    p.causal = i % 3 != 1;
+    cases.push_back(forward_only(p));
+    p.Sq = 1, p.seqused = {0, 1, 777};  // decode: one query; a sequence with no key
+    p.causal = false;
+    cases.push_back(forward_only(p));
+    p.Sq = 300, p.seqused = {300, 299, 64}, p.window_left = 100, p.window_right = 0;
+    cases.push_back(forward_only(p));
+    ++i;
+  }
+  {  // Packed queries (cu_seqlens_q) over paged keys, causal, GQA 8 / 2, a sink.
+    Problem p;
+    p.label = "hopper paged varlen";
+    p.page_size = 32;
+    p.seqs = {{5, 400}, {1, 33}, {60, 60}, {200, 700}};
+    p.seqused = {400, 33, 60, 700};
+    p.nan_unused_keys = true;
+    p.Hq = 8, p.Hkv = 2;
+    p.causal = true;
+    p.sink = true;
+    cases.push_back(forward_only(p));
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Paged, Flash4Hopper, ::testing::ValuesIn(paged_cases()), test_name);
+
+// Features the Hopper forward does not cover (yet): paged KV with a page size not a multiple
+// of 8 or with softcap; seqused_k with FLASH4_HOPPER_SEQUSED=0.
 TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   Problem base;
@@ -478,8 +525,11 @@ TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {
     EXPECT_EQ(check_forward(forward_only(p)), "portable");
   }
   p = base;
-  p.label = "paged";
-  p.page_size = 16, p.Sk = 300, p.seqused = {300};
+  p.label = "paged, page size 12";
+  p.page_size = 12, p.Sk = 300, p.seqused = {300};
+  EXPECT_EQ(check_forward(forward_only(p)), "portable");
+  p.label = "paged, softcap";
+  p.page_size = 16, p.softcap = 20.0f;
   EXPECT_EQ(check_forward(forward_only(p)), "portable");
 }
 

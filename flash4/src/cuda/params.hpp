@@ -41,6 +41,7 @@ struct AttentionParams {
   const int32_t* page_table = nullptr;  // device [batch][page_table_stride]; NULL = not paged
   int64_t page_table_stride = 0;
   int page_size = 0;
+  int page_box_rows = 0, pages = 0;  // Hopper forward: rows of a paged TMA box; page count (k.shape[0])
 
   // Scores: x = s * scale_log2 (log2 units), or with softcap c:
   //   x = softcap_log2 * tanh(s * softcap_inv_scale)   (softcap_log2 = c log2 e, softcap_inv_scale = scale / c)

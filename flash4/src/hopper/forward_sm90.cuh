@@ -46,8 +46,11 @@
 // d = 64 with three consumer warpgroups (ForwardSm90Config<64, 3>: 192-row tiles, 160
 // registers; not with softcap): passed scripts/hopper_fwd_warpgroups_check.sh on an H200
 // (2026-12-01), the default but for short causal / windowed problems (hopper.cpp).
-// Missing vs issue 4 (follow-ups): TMA stores of O, native (unpadded) d 96 / 192 tiles, paged
-// KV, GQA packing of small Sq into the M tile.
+// Paged KV (k / v [pages, page_size, Hkv, D], a page table; page_size a multiple of 8): the
+// producer gathers each key block box by box from the sequence's pages (load_key_block);
+// written without a GPU, NOT YET RUN ON ONE (scripts/hopper_paged_check.sh).
+// Missing vs issue 4 (follow-ups): TMA stores of O, native (unpadded) d 96 / 192 tiles, GQA
+// packing of small Sq into the M tile.
 #pragma once
 
 #include <cuda.h>
@@ -296,6 +299,35 @@ __device__ __forceinline__ Tile tile_at(const AttentionParams& p, const VarlenTi
   return w;
 }
 
+// Key block nb (BN rows from key nb * BN) of a tile into a K or V stage through `map`, one TMA
+// box per 64-column chunk. Dense / packed: the box at row key0 + nb * BN of batch `batch`
+// (Tile::k_row, Tile::tma_b). Paged (kPaged: p.page_table): key0 = the sequence, batch = its
+// key count (seqused_k), and the block is gathered box by box from the sequence's pages; slots past the pages its keys
+// fill read page number `pages`, past the tensor, so TMA fills zeros (a table's unused entries
+// may hold anything). Every box counts its full bytes towards `bar`, as the dense loads do.
+template <bool kPaged, int BN, int kChunks, uint32_t kChunkBytes>
+__device__ __forceinline__ void load_key_block(unsigned char* dst, const CUtensorMap* map, const AttentionParams& p,
+                                               int key0, int batch, int nb, int hk, uint64_t* bar) {
+  if constexpr (!kPaged) {
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) tma_load_4d(dst + c * kChunkBytes, map, 64 * c, key0 + nb * BN, hk, batch, bar);
+    return;
+  }
+  // Box rows (p.page_box_rows: paged_box_rows in launch.hpp, what the host encoded the maps
+  // with) and the page count come from the parameters, not registers: the producer has 24.
+  // page_size is a multiple of 8 (the host's gap), so each box starts on a 1024-byte swizzle
+  // atom of the stage.
+#pragma unroll 1
+  for (int r = 0; r < BN; r += p.page_box_rows) {
+    const int key = nb * BN + r, slot = key / p.page_size, row = key - slot * p.page_size;
+    // The slot holds keys of the sequence (row 0 of it is one: key - row < batch) or not.
+    const int page = key - row < batch ? __ldg(p.page_table + (key0 * int(p.page_table_stride) + slot)) : p.pages;
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c)
+      tma_load_4d(dst + c * kChunkBytes + r * 128, map, 64 * c, row, hk, page, bar);
+  }
+}
+
 // The dynamic schedule's order: its `position`-th tile, as a tile_at index. Dense: the query
 // blocks of one (sequence, head) side by side, under causal the heaviest (last) first -- the
 // CTAs running at once then share a few heads' K / V (L2), and the counter, not the order,
@@ -324,7 +356,11 @@ __device__ __forceinline__ int dynamic_tile(const AttentionParams& p, const Varl
 // The producer runs ahead across tile boundaries (the next tile's Q and first K / V blocks
 // load while the consumers finish and store the current one). The K / V ring's stage and
 // phase follow one running block count per CTA, shared by producer and consumers.
-template <int D, typename T, bool SOFTCAP, int kWarpgroups = 2>
+// kPaged: k / v paged (p.page_table); its own instantiation, since the gather's extra live
+// values do not fit the producer's 24 registers beside the dense path's (ptxas spilled the
+// dense kernels with one branch for both). The paged kernels themselves: 0 spills at d 128,
+// 8 / 4 bytes at d 64 / 256, in the producer's loop (a few local loads per key block).
+template <int D, typename T, bool SOFTCAP, int kWarpgroups = 2, bool kPaged = false>
 __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1)
     attention_forward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
                                   const __grid_constant__ CUtensorMap tma_v, const AttentionParams p,
@@ -402,28 +438,26 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         }
         const Tile w = tile_at(p, list, index, m_blocks_of(), BM, BN);
         const int hk = w.h / p.group;
+        // load_key_block's two coordinates (paged: the sequence and its key count).
+        const int key0 = kPaged ? w.b : w.k_row, key_batch = kPaged ? w.seq.sk : w.tma_b;
         if (!dynamic && tile_count >= kQStages) mbarrier_wait(&q_empty[qs], ((tile_count / kQStages) & 1) ^ 1);
         mbarrier_arrive_expect_tx(&q_full[qs], C::kQBytes);
 #pragma unroll
         for (int c = 0; c < C::kChunks; ++c)
           tma_load_4d(reinterpret_cast<unsigned char*>(sQ) + qs * C::kQBytes + c * C::kQChunkBytes, &tma_q, 64 * c,
                       w.q_row, w.h, w.tma_b, &q_full[qs]);
-        for (int it = 0; it < w.kb_end - w.kb_begin; ++it, ++loaded) {
-          const int nb = w.kb_end - 1 - it, stage = loaded % kStages;
+        for (int nb = w.kb_end - 1; nb >= w.kb_begin; --nb, ++loaded) {
+          const int stage = loaded % kStages;
           // The consumers' release of this stage's previous use (block loaded - kStages).
           const uint32_t empty_parity = ((loaded / kStages) & 1) ^ 1;
           unsigned char* k_dst = reinterpret_cast<unsigned char*>(sK) + stage * C::kKVBytes;
           unsigned char* v_dst = reinterpret_cast<unsigned char*>(sV) + stage * C::kKVBytes;
           if (loaded >= kStages) mbarrier_wait(&k_empty[stage], empty_parity);
           mbarrier_arrive_expect_tx(&k_full[stage], C::kKVBytes);
-#pragma unroll
-          for (int c = 0; c < C::kChunks; ++c)
-            tma_load_4d(k_dst + c * C::kKVChunkBytes, &tma_k, 64 * c, w.k_row + nb * BN, hk, w.tma_b, &k_full[stage]);
+          load_key_block<kPaged, BN, C::kChunks, C::kKVChunkBytes>(k_dst, &tma_k, p, key0, key_batch, nb, hk, &k_full[stage]);
           if (loaded >= kStages) mbarrier_wait(&v_empty[stage], empty_parity);
           mbarrier_arrive_expect_tx(&v_full[stage], C::kKVBytes);
-#pragma unroll
-          for (int c = 0; c < C::kChunks; ++c)
-            tma_load_4d(v_dst + c * C::kKVChunkBytes, &tma_v, 64 * c, w.k_row + nb * BN, hk, w.tma_b, &v_full[stage]);
+          load_key_block<kPaged, BN, C::kChunks, C::kKVChunkBytes>(v_dst, &tma_v, p, key0, key_batch, nb, hk, &v_full[stage]);
         }
         // Dynamic: the last takes reach tiles + gridDim.x - 1 < 2^31 + 132, so the sentinel may
         // wrap to a negative int: both sides compare it unsigned. Static: the next index from
@@ -553,8 +587,8 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         softmax(w.kb_end - 1, factor);  // O is still zero: its factor does not matter
         scores_to_a<T, BN>(pa, s);
         // Varlen: the first block (the highest) may run past the sequence's keys into the
-        // next sequence's rows; with seqused_k, into the sequence's own rows past the keys it
-        // uses (a cache's unwritten slots: anything, NaN included). Zero those V rows before
+        // next sequence's rows; with seqused_k (paged KV always has it), into the sequence's
+        // own rows past the keys it uses (a cache's unwritten slots: anything, NaN included). Zero those V rows before
         // the first P V reads them, as P = 0 there but 0 * NaN is not 0 (both warpgroups read
         // the whole stage: split the stores, fence, then barrier 3). Dense rows past Sk are
         // TMA zeros already.

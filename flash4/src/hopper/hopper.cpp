@@ -55,10 +55,11 @@ bool dynamic_schedule_asked() { return !env_is("FLASH4_HOPPER_SCHEDULE", "static
 // larger tile wastes. On an H200 (2026-12-01, scripts/hopper_fwd_warpgroups_check.sh: 49 d = 64
 // cases vs float64, racecheck / memcheck clean) three were 1.06-1.22x two non-causal and
 // 1.06-1.16x causal at S >= 2k, but 0.95 / 0.92x causal at S 512 / 1k. Softcap keeps two (its
-// tanh does not fit 160 registers a thread: launch_impl.cuh). FLASH4_HOPPER_FWD_WARPGROUPS=2|3
+// tanh does not fit 160 registers a thread: launch_impl.cuh), as does paged KV (its kernels are
+// two-warpgroup only). FLASH4_HOPPER_FWD_WARPGROUPS=2|3
 // (read at each call) forces the count, for A/B runs and tests.
 int forward_warpgroups(const flash4_forward_args& a, const ProblemShape& shape) {
-  if (padded_head_dim(shape) != 64 || a.options.softcap > 0) return 2;
+  if (padded_head_dim(shape) != 64 || a.options.softcap > 0 || shape.paged) return 2;
   if (env_is("FLASH4_HOPPER_FWD_WARPGROUPS", "2")) return 2;
   if (env_is("FLASH4_HOPPER_FWD_WARPGROUPS", "3")) return 3;
   const bool local = a.options.causal != 0 || a.options.window_left >= 0 || a.options.window_right >= 0;
@@ -173,7 +174,13 @@ namespace {
 // Why the Hopper forward does not run `a` ("" when it does).
 std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape) {
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
-  if (shape.paged) return "paged KV is not covered yet";
+  if (shape.paged) {
+    if (a.paged.page_size % 8 != 0)
+      return concat("paged.page_size ", a.paged.page_size, " is not a multiple of 8 (the TMA boxes' swizzle)");
+    if (a.options.softcap > 0) return "paged KV with softcap is not covered (no such kernel instantiated)";
+    if (a.k.shape[0] >= (int64_t(1) << 31) - 1) return "2^31 or more pages";
+    if (shape.batch * a.paged.max_pages_per_seq >= (int64_t(1) << 31)) return "a page table of 2^31 or more entries";
+  }
   if (std::string gap = seqused_gap(a.varlen); !gap.empty()) return gap;
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
   if (padded_head_dim(shape) == 0)
@@ -214,7 +221,10 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   const int kernel_dim = padded_head_dim(shape);
   const int warpgroups = forward_warpgroups(a, shape);
   const int query_rows = hopper::forward_query_rows(warpgroups);
-  const int key_rows = hopper::forward_key_box_rows(kernel_dim);
+  // Paged: boxes of paged_box_rows rows (they must not cross a page), the same count the
+  // producer gathers a key block in.
+  const int block_n = hopper::forward_key_box_rows(kernel_dim);
+  const int key_rows = shape.paged ? hopper::paged_box_rows(a.paged.page_size, block_n) : block_n;
   for (auto [map, t, name, rows] : {std::tuple{&maps.q, &a.q, "q", query_rows}, {&maps.k, &a.k, "k", key_rows},
                                     {&maps.v, &a.v, "v", key_rows}})
     if (int error = encode_tensor_map(map, *t, rows); error != 0) {
@@ -223,6 +233,13 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
     }
 
   cuda::AttentionParams p = attention_params(a, shape);
+  if (shape.paged) {
+    p.page_table = a.paged.page_table;
+    p.page_table_stride = a.paged.max_pages_per_seq;
+    p.page_size = a.paged.page_size;
+    p.page_box_rows = key_rows;
+    p.pages = int(a.k.shape[0]);
+  }
   const int emulation = a.tuning.exp2_emulation;
   p.emulate_exp2 = emulation == 2 || (emulation == 0 && kEmulateExp2ByDefault);
   p.rescale_tau = cuda::effective_rescale_threshold(a.tuning.rescale_threshold);
@@ -249,6 +266,8 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
       FLASH4_CUDA_CHECK(cudaMemsetAsync(schedule.tile_counter, 0, sizeof(int), stream));
       log_backend("flash4_forward", "hopper", "dynamic schedule");
     }
+    if (shape.paged)
+      log_backend("flash4_forward", "hopper", concat("paged KV, boxes of ", key_rows, " rows"));
     if (kernel_dim != shape.d_qk || kernel_dim != shape.d_v)
       log_backend("flash4_forward", "hopper",
                   concat("head dims ", shape.d_qk, "/", shape.d_v, " on the d ", kernel_dim, " kernel (zero-padded)"));

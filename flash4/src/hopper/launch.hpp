@@ -24,6 +24,18 @@ inline constexpr int kTmaBoxRows = 128;  // kBlockN of the backward (and the for
 // of the k / v boxes. 80 at d = 256, where registers and shared memory allow no more.
 constexpr int forward_key_box_rows(int d) { return d <= 128 ? 128 : 80; }
 
+// Rows of one TMA box of a paged K / V tensor (forward_sm90.cuh, load_key_block): the largest
+// that divides both page_size and the key block.
+constexpr int paged_box_rows(int page_size, int block_n) {
+  int a = page_size, b = block_n;
+  while (b != 0) {
+    const int r = a % b;
+    a = b;
+    b = r;
+  }
+  return a;
+}
+
 // The forward's query block (ForwardSm90Config<d, warpgroups>::kBlockM): the rows of the q
 // box and of the varlen list's query blocks. 64 per consumer warpgroup.
 constexpr int forward_query_rows(int warpgroups) { return 64 * warpgroups; }

@@ -35,6 +35,16 @@ void forward_sm90_launch(const ForwardTensorMaps& maps, const cuda::AttentionPar
     FLASH4_CUDA_CHECK_LAUNCH("attention_forward_sm90_kernel");
   };
   const bool softcap = p.softcap > 0;
+  if constexpr (kWarpgroups == 2) {
+    // Paged K / V: two warpgroups, no softcap (the host's gap), kernels of their own.
+    if (p.page_table != nullptr) {
+      if (p.dtype == cuda::DType::bf16)
+        launch(attention_forward_sm90_kernel<D, __nv_bfloat16, false, 2, true>);
+      else
+        launch(attention_forward_sm90_kernel<D, __half, false, 2, true>);
+      return;
+    }
+  }
   if constexpr (kWarpgroups == 3) {
     // No softcap with three warpgroups: its tanh needs registers that 160 do not hold (ptxas
     // spilled 120 bytes); the host picks two warpgroups for softcap calls.

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Device check of paged K / V on the Hopper (sm90a) forward (k / v [pages, page_size, Hkv, D]
+# and a page table; page_size a multiple of 8, no softcap: the producer gathers each key block
+# in TMA boxes of gcd(page_size, key block) rows from the sequence's pages, load_key_block in
+# forward_sm90.cuh; its own kernel instantiations, attention_forward_sm90_kernel<..., kPaged>),
+# in one call on an H100 / H200 from the repository root (carry .device-carry/):
+#   1. build   flash4 for sm_90a only, the flash4-only GPU tests and flash4-bench with nvcc;
+#              registers / stack of the forward kernels (the dense ones 0 spills; the paged
+#              ones 0 / 8 / 4 bytes at d 128 / 64 / 256 on this toolkit);
+#   2. smoke   Paged case 0 (d 128, pages of 8) with FLASH4_LOG=1: the log must say "paged KV";
+#              a failure or hang (the transaction bytes of a gathered block): memcheck, stop;
+#   3. test    Paged/Flash4Hopper.* (page sizes 8 .. 256, d 64 / 96 / 128 / 256, causal,
+#              windows, decode-like Sq = 1, seqused_k 0, packed queries, a sink; NaN in every
+#              unused slot) against float64, the dispatch tests, then the existing forward
+#              suites (the producer's key-block loop changed);
+#   4. check   compute-sanitizer memcheck and racecheck of two small paged cases.
+# Every stage's timeout is cut to the time left of BUDGET seconds (default 240). Everything
+# goes to $OUT (default ./hopper-paged-out).
+#
+#   bash scripts/hopper_paged_check.sh
+set -uo pipefail
+# shellcheck source=scripts/lib/hopper_check_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
+
+check_start hopper-paged-out 240 "$@"
+
+# ---- 1. build -------------------------------------------------------------------------
+build_flash4
+build_tests_and_bench
+for obj in forward_sm90_hdim64 forward_sm90_hdim128 forward_sm90_hdim256; do
+  note "$obj registers: $(registers $obj)"
+done
+
+# ---- 2. smoke -------------------------------------------------------------------------
+SMOKE='Paged/Flash4Hopper.*/0_*'
+say "smoke: paged case 0 (FLASH4_LOG=1)"
+smoke_or_stop "$SMOKE" 60 120 "a gathered block's transaction bytes (boxes x rows != the key block)" "paged KV"
+smoke_says "paged KV" "the paged call did not reach the Hopper kernels"
+
+# ---- 3. tests -------------------------------------------------------------------------
+run_suite paged 'Paged/Flash4Hopper.*' 120
+worst() { grep -hE "^\[ errors \]" "$OUT/tests_paged.txt" 2>/dev/null | grep "$2" | max_after "$1"; }
+note "paged worst vs float64: bf16 out $(worst out bf16) lse $(worst lse bf16); fp16 out $(worst out fp16) lse $(worst lse fp16)"
+n_portable=$(grep -cE "^\[ errors \].*\| portable" "$OUT/tests_paged.txt" 2>/dev/null)
+note "paged cases on the portable kernels: ${n_portable:-0} (expect 0)"
+run_suite dispatch 'Flash4HopperDispatch.*' 60
+limit=$(($(time_left) - 30))
+run_suite existing 'Covered/Flash4Hopper.*:Varlen/Flash4Hopper.*:Window/Flash4Hopper.*:Padded/Flash4Hopper.*' \
+  $((limit > 30 ? limit : 30))
+
+# ---- 4. sanitizers ----------------------------------------------------------------------------
+SMALL='Paged/Flash4Hopper.*/1_*:Paged/Flash4Hopper.*/24_*'  # decode-like d 128 pages of 8; packed queries
+sanitize_stage memcheck "$SMALL" 60
+sanitize_stage racecheck "$SMALL" 60
+
+finish
