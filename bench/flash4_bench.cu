@@ -23,9 +23,16 @@
 //     under causal). Prints the backend that ran each direction (FLASH4_BACKEND=portable
 //     forces the portable kernels): "varlen | fwd B MS ms TF TF | bwd B MS ms TF TF |
 //     bwd-det B MS ms TF TF" (a column not timed, --deterministic, reads "- -1").
-//   The Hopper backward's dQ path comes from the environment, for A/B runs:
-//   unset (bulk reduce-add from shared memory, the default) or FLASH4_HOPPER_DQ=atomics
-//   (float2 atomics); both modes print it in their header line ("hopper dQ: ...";
+//   flash4-bench --paged PS [--batch B] [--seqlen-q Q] [--seqlen-k K] [--hq H] [--hkv H] [--d D] [--causal 0|1]
+//     a KV cache: B sequences of K keys each in pages of PS rows, shuffled over one pool, Q
+//     queries each (default 8 x 8192 keys, Q = 1: decode; Hq 32, Hkv 8, d 128, not causal),
+//     the forward on the paged K / V against the same K / V contiguous ([B, K, Hkv, D]), one
+//     process: ms, TFLOP/s, GB/s of K and V read once, their ratio, and the largest
+//     difference of the two outputs (the same keys in the same order: expect 0).
+//   The Hopper backward's dQ path comes from the environment, for A/B runs: unset (bulk
+//   reduce-add from shared memory; non-deterministic calls hand each consumer warpgroup its
+//   buffers separately, the default), FLASH4_HOPPER_DQ=bulk (the two in lock-step) or
+//   FLASH4_HOPPER_DQ=atomics (float2 atomics); the header line says which ("hopper dQ: ...";
 //   FLASH4_LOG=1 confirms it per call, and names the atomics when bulk could not run).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -202,9 +209,8 @@ std::vector<int32_t> document_boundaries(const VarlenShape& v) {
 const char* hopper_dq_path() {
   const char* v = std::getenv("FLASH4_HOPPER_DQ");
   if (v != nullptr && std::strcmp(v, "atomics") == 0) return "float2 atomics (FLASH4_HOPPER_DQ=atomics)";
-  if (v != nullptr && std::strcmp(v, "per_warpgroup") == 0)
-    return "bulk reduce-add, per-warpgroup hand-over for non-deterministic calls (FLASH4_HOPPER_DQ=per_warpgroup)";
-  return "bulk reduce-add (FLASH4_HOPPER_DQ neither atomics nor per_warpgroup)";
+  if (v != nullptr && std::strcmp(v, "bulk") == 0) return "bulk reduce-add, warpgroups in lock-step (FLASH4_HOPPER_DQ=bulk)";
+  return "bulk reduce-add, per-warpgroup hand-over for non-deterministic calls (the default)";
 }
 
 // Which backward dQ modes to time (--deterministic).
@@ -277,6 +283,102 @@ int run_varlen(const VarlenShape& v, int repeats, BackwardModes modes) {
   return 0;
 }
 
+// ---- paged KV (a KV cache) -----------------------------------------------------------------
+
+struct PagedShape {
+  int page_size = 0, batch = 8, sq = 1, sk = 8192, hq = 32, hkv = 8, d = 128;
+  bool causal = false;
+};
+
+int run_paged(const PagedShape& s, int repeats) {
+  const int64_t B = s.batch, Sq = s.sq, Sk = s.sk, Hq = s.hq, Hkv = s.hkv, D = s.d, ps = s.page_size;
+  const int64_t per_seq = (Sk + ps - 1) / ps, pages = B * per_seq, row = Hkv * D;
+  // The same keys twice: contiguous [B, Sk, Hkv, D], and copied page by page into a pool of
+  // `pages` pages in shuffled order (page_table[b][j] holds keys j ps .. of sequence b).
+  Buffer q(size_t(B * Sq * Hq * D) * 2), out_dense(size_t(B * Sq * Hq * D) * 2), out_paged(size_t(B * Sq * Hq * D) * 2),
+      lse(size_t(B * Hq * Sq) * 4), k(size_t(B * Sk * row) * 2), v(size_t(B * Sk * row) * 2),
+      k_pages(size_t(pages * ps * row) * 2), v_pages(size_t(pages * ps * row) * 2), table(size_t(pages) * 4),
+      used(size_t(B) * 4);
+  fill_normal_bf16<<<1024, 256>>>(static_cast<__nv_bfloat16*>(q.ptr), B * Sq * Hq * D, 1);
+  fill_normal_bf16<<<1024, 256>>>(static_cast<__nv_bfloat16*>(k.ptr), B * Sk * row, 7 * B * Sk * row);
+  fill_normal_bf16<<<1024, 256>>>(static_cast<__nv_bfloat16*>(v.ptr), B * Sk * row, 13 * B * Sk * row);
+  BENCH_CUDA(cudaGetLastError());
+  std::vector<int32_t> order(size_t(pages), 0);
+  for (int64_t i = 0; i < pages; ++i) order[size_t(i)] = int32_t(i);
+  std::shuffle(order.begin(), order.end(), std::mt19937(1234));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < per_seq; ++j) {
+      const int64_t rows = std::min(ps, Sk - j * ps), page = order[size_t(b * per_seq + j)];
+      const size_t from = size_t((b * Sk + j * ps) * row) * 2, to = size_t(page * ps * row) * 2;
+      for (auto [dst, src] : {std::pair{&k_pages, &k}, {&v_pages, &v}})
+        BENCH_CUDA(cudaMemcpy(static_cast<char*>(dst->ptr) + to, static_cast<const char*>(src->ptr) + from,
+                              size_t(rows * row) * 2, cudaMemcpyDeviceToDevice));
+    }
+  const std::vector<int32_t> used_host(static_cast<size_t>(B), static_cast<int32_t>(Sk));
+  BENCH_CUDA(cudaMemcpy(table.ptr, order.data(), size_t(pages) * 4, cudaMemcpyHostToDevice));
+  BENCH_CUDA(cudaMemcpy(used.ptr, used_host.data(), size_t(B) * 4, cudaMemcpyHostToDevice));
+
+  auto bf16 = [](void* data, std::initializer_list<int64_t> shape) {
+    std::vector<int64_t> stride(shape.size(), 1);
+    const std::vector<int64_t> dims(shape);
+    for (int i = int(dims.size()) - 2; i >= 0; --i) stride[size_t(i)] = stride[size_t(i) + 1] * dims[size_t(i) + 1];
+    flash4_tensor t{};
+    t.data = data, t.dtype = FLASH4_BF16, t.rank = int(dims.size());
+    for (int i = 0; i < t.rank; ++i) t.shape[i] = dims[size_t(i)], t.stride[i] = stride[size_t(i)];
+    return t;
+  };
+  flash4_forward_args dense;
+  flash4_forward_args_init(&dense);
+  dense.device = FLASH4_CUDA;
+  dense.q = bf16(q.ptr, {B, Sq, Hq, D});
+  dense.k = bf16(k.ptr, {B, Sk, Hkv, D}), dense.v = bf16(v.ptr, {B, Sk, Hkv, D});
+  dense.out = bf16(out_dense.ptr, {B, Sq, Hq, D});
+  dense.lse = flash4::strided(lse.ptr, FLASH4_F32, {B, Hq, Sq}, {Hq * Sq, Sq, 1});
+  dense.options.causal = s.causal;
+  flash4_forward_args paged = dense;
+  paged.k = bf16(k_pages.ptr, {pages, ps, Hkv, D}), paged.v = bf16(v_pages.ptr, {pages, ps, Hkv, D});
+  paged.out = bf16(out_paged.ptr, {B, Sq, Hq, D});
+  paged.paged.page_table = static_cast<const int32_t*>(table.ptr);
+  paged.paged.max_pages_per_seq = per_seq;
+  paged.paged.page_size = int(ps);
+  paged.varlen.seqused_k = static_cast<const int32_t*>(used.ptr);
+  paged.varlen.batch = int(B);
+
+  // FLOPs of the keys each query sees (causal: bottom-right aligned, key j <= i + Sk - Sq).
+  double keys_seen = 0;
+  for (int64_t i = 0; i < Sq; ++i) keys_seen += s.causal ? double(std::clamp<int64_t>(i + Sk - Sq + 1, 0, Sk)) : double(Sk);
+  const double flops = 4.0 * B * Hq * D * keys_seen, kv_bytes = 2.0 * B * Sk * row * 2;
+  auto time = [&](flash4_forward_args& a, const char* name) {
+    check(flash4_forward(&a), name);
+    const std::string backend = flash4_last_backend();
+    const double ms = median_ms(3, repeats, [&](int) { check(flash4_forward(&a), name); });
+    return std::pair{backend, ms};
+  };
+  const auto [paged_backend, paged_ms] = time(paged, "flash4_forward (paged)");
+  const auto [dense_backend, dense_ms] = time(dense, "flash4_forward (contiguous)");
+  BENCH_CUDA(cudaDeviceSynchronize());
+  std::vector<uint16_t> a(size_t(B * Sq * Hq * D)), c(a.size());
+  BENCH_CUDA(cudaMemcpy(a.data(), out_paged.ptr, a.size() * 2, cudaMemcpyDeviceToHost));
+  BENCH_CUDA(cudaMemcpy(c.data(), out_dense.ptr, c.size() * 2, cudaMemcpyDeviceToHost));
+  auto value = [](uint16_t x) {
+    uint32_t bits = uint32_t(x) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  };
+  double max_diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) max_diff = std::max(max_diff, double(std::fabs(value(a[i]) - value(c[i]))));
+  std::printf("paged KV: %lld sequences x %lld keys in pages of %lld (%lld pages, shuffled), %lld queries each, "
+              "Hq %lld Hkv %lld d %lld causal %d, bf16, median of %d\n",
+              (long long)B, (long long)Sk, (long long)ps, (long long)pages, (long long)Sq, (long long)Hq, (long long)Hkv,
+              (long long)D, int(s.causal), repeats);
+  std::printf("paged | fwd %s %.3f ms %.1f TF %.0f GB/s | contiguous | fwd %s %.3f ms %.1f TF %.0f GB/s | "
+              "paged / contiguous time %.3f | max abs(paged - contiguous) %.3g\n",
+              paged_backend.c_str(), paged_ms, flops / paged_ms * 1e-9, kv_bytes / paged_ms * 1e-6, dense_backend.c_str(),
+              dense_ms, flops / dense_ms * 1e-9, kv_bytes / dense_ms * 1e-6, paged_ms / dense_ms, max_diff);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -286,6 +388,7 @@ int main(int argc, char** argv) {
   int only_d = 0, only_s = 0, only_causal = -1;
   bool varlen = false;
   VarlenShape vs;
+  PagedShape ps;
   BackwardModes modes;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
@@ -293,8 +396,12 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--rows") && i + 1 < argc) vs.rows = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--row-len") && i + 1 < argc) vs.row_len = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--mean-doc") && i + 1 < argc) vs.mean_doc = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--hq") && i + 1 < argc) vs.hq = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--hkv") && i + 1 < argc) vs.hkv = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--hq") && i + 1 < argc) vs.hq = ps.hq = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--hkv") && i + 1 < argc) vs.hkv = ps.hkv = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--paged") && i + 1 < argc) ps.page_size = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) ps.batch = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--seqlen-q") && i + 1 < argc) ps.sq = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--seqlen-k") && i + 1 < argc) ps.sk = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--d") && i + 1 < argc) only_d = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--seqlen") && i + 1 < argc) only_s = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--causal") && i + 1 < argc) only_causal = std::atoi(argv[++i]);
@@ -310,10 +417,20 @@ int main(int argc, char** argv) {
                    "usage: %s [--quick] [--tuning] [--repeats N] [--csv FILE] [--d D] [--seqlen S] [--causal 0|1]\n"
                    "          [--deterministic 0|1]\n"
                    "       %s --varlen [--rows R] [--row-len L] [--mean-doc M] [--hq H] [--hkv H] [--d D] [--causal 0|1]\n"
-                   "          [--deterministic 0|1]\n",
-                   argv[0], argv[0]);
+                   "          [--deterministic 0|1]\n"
+                   "       %s --paged PS [--batch B] [--seqlen-q Q] [--seqlen-k K] [--hq H] [--hkv H] [--d D] [--causal 0|1]\n",
+                   argv[0], argv[0], argv[0]);
       return 2;
     }
+  }
+  if (ps.page_size != 0) {
+    if (only_d) ps.d = only_d;
+    if (only_causal >= 0) ps.causal = only_causal != 0;
+    if (ps.page_size < 0 || ps.batch < 1 || ps.sq < 1 || ps.sk < 1 || ps.hq < 1 || ps.hkv < 1 || ps.hq % ps.hkv != 0) {
+      std::fprintf(stderr, "--paged: page size, batch, lengths and heads must be positive, hq a multiple of hkv\n");
+      return 2;
+    }
+    return run_paged(ps, repeats);
   }
   if (varlen) {
     if (only_d) vs.d = only_d;

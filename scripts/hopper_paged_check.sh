@@ -13,7 +13,9 @@
 #              windows, decode-like Sq = 1, seqused_k 0, packed queries, a sink; NaN in every
 #              unused slot) against float64, the dispatch tests, then the existing forward
 #              suites (the producer's key-block loop changed);
-#   4. check   compute-sanitizer memcheck and racecheck of two small paged cases.
+#   4. bench   flash4-bench --paged: decode (8 x 8192 keys, one query) at page sizes 16 / 24 / 64 /
+#              256 and a causal prefill, paged against the same keys contiguous;
+#   5. check   compute-sanitizer memcheck and racecheck of two small paged cases.
 # Every stage's timeout is cut to the time left of BUDGET seconds (default 240). Everything
 # goes to $OUT (default ./hopper-paged-out).
 #
@@ -44,11 +46,28 @@ note "paged worst vs float64: bf16 out $(worst out bf16) lse $(worst lse bf16); 
 n_portable=$(grep -cE "^\[ errors \].*\| portable" "$OUT/tests_paged.txt" 2>/dev/null)
 note "paged cases on the portable kernels: ${n_portable:-0} (expect 0)"
 run_suite dispatch 'Flash4HopperDispatch.*' 60
-limit=$(($(time_left) - 30))
+limit=$(($(time_left) - 70))
 run_suite existing 'Covered/Flash4Hopper.*:Varlen/Flash4Hopper.*:Window/Flash4Hopper.*:Padded/Flash4Hopper.*' \
   $((limit > 30 ? limit : 30))
 
-# ---- 4. sanitizers ----------------------------------------------------------------------------
+# ---- 4. bench ----------------------------------------------------------------------------------
+# flash4-bench --paged: the paged forward against the same keys contiguous, one process each
+# shape (decode: 8 x 8192 keys, one query, GQA 32 / 8; prefill: 4 x 2048 causal).
+say "flash4-bench --paged: paged vs contiguous"
+{ echo "| shape | page size | paged ms | contiguous ms | paged / contiguous | GB/s paged | max diff |"
+  echo "|---|---|---|---|---|---|---|"; } >"$OUT/bench_table.md"
+for run in "decode 16 --seqlen-q 1" "decode 64 --seqlen-q 1" "decode 256 --seqlen-q 1" "decode 24 --seqlen-q 1" \
+           "prefill 64 --batch 4 --seqlen-q 2048 --seqlen-k 2048 --causal 1"; do
+  read -r name page rest <<<"$run"
+  # shellcheck disable=SC2086  # rest: the shape's own options
+  line=$(timeout "$(budget 20)" "$B/bin/flash4-bench" --paged "$page" $rest --repeats 20 2>&1 | tee -a "$LOG" |
+    grep "^paged |")
+  echo "$line" | awk -v n="$name" -v ps="$page" -F'|' '{split($2, a, " "); split($4, c, " ");
+    match($5, /[0-9.]+/); r = substr($5, RSTART, RLENGTH); match($6, /[0-9.e+-]+$/); d = substr($6, RSTART, RLENGTH);
+    printf "| %s | %s | %s | %s | %s | %s | %s |\n", n, ps, a[3], c[3], r, a[7], d}' >>"$OUT/bench_table.md"
+done
+
+# ---- 5. sanitizers ----------------------------------------------------------------------------
 SMALL='Paged/Flash4Hopper.*/1_*:Paged/Flash4Hopper.*/24_*'  # decode-like d 128 pages of 8; packed queries
 sanitize_stage memcheck "$SMALL" 60
 sanitize_stage racecheck "$SMALL" 60
