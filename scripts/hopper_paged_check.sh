@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Device check of paged K / V on the Hopper (sm90a) forward (k / v [pages, page_size, Hkv, D]
-# and a page table; page_size a multiple of 8, no softcap: the producer gathers each key block
-# in TMA boxes of gcd(page_size, key block) rows from the sequence's pages, load_key_block in
-# forward_sm90.cuh; its own kernel instantiations, attention_forward_sm90_kernel<..., kPaged>),
-# in one call on an H100 / H200 from the repository root (carry .device-carry/):
+# Device check of two Hopper (sm90a) forward features written without a GPU, both opt-in until
+# this passes: paged K / V (FLASH4_HOPPER_PAGED=1; k / v [pages, page_size, Hkv, D] and a page
+# table, page_size a multiple of 8, no softcap: the producer gathers each key block in TMA
+# boxes of gcd(page_size, key block) rows from the sequence's pages, load_key_block in
+# forward_sm90.cuh, kernels of their own: kPaged) and packed GQA (FLASH4_HOPPER_PACK_GQA=auto|1:
+# a KV head's query heads in one tile's rows for short Sq, kPackGqa), in one call on an H100 /
+# H200 from the repository root (carry .device-carry/):
 #   1. build   flash4 for sm_90a only, the flash4-only GPU tests and flash4-bench with nvcc;
 #              registers / stack of the forward kernels (the dense ones 0 spills; the paged
 #              ones 0 / 8 / 4 bytes at d 128 / 64 / 256 on this toolkit);
 #   2. smoke   Paged case 0 (d 128, pages of 8) with FLASH4_LOG=1: the log must say "paged KV";
 #              a failure or hang (the transaction bytes of a gathered block): memcheck, stop;
-#   3. test    Paged/Flash4Hopper.* (page sizes 8 .. 256, d 64 / 96 / 128 / 256, causal,
+#   3. test    Paged/Flash4HopperPaged.* (page sizes 8 .. 256, d 64 / 96 / 128 / 256, causal,
 #              windows, decode-like Sq = 1, seqused_k 0, packed queries, a sink; NaN in every
-#              unused slot) against float64, the dispatch tests, then the existing forward
-#              suites (the producer's key-block loop changed);
-#   4. bench   flash4-bench --paged: decode (8 x 8192 keys, one query) at page sizes 16 / 24 / 64 /
-#              256 and a causal prefill, paged against the same keys contiguous;
+#              unused slot; each unpacked and packed) and PackGqa/Flash4HopperPackGqa.* against
+#              float64, the dispatch tests, then the existing forward suites (the producer's
+#              key-block loop and the tile arithmetic changed);
+#   4. bench   flash4-bench --paged: decode (8 x 8192 keys, one query, GQA 32 / 8) at page sizes
+#              16 / 24 / 64 / 256 and a causal prefill, paged against the same keys contiguous,
+#              unpacked and packed GQA;
 #   5. check   compute-sanitizer memcheck and racecheck of two small paged cases.
 # Every stage's timeout is cut to the time left of BUDGET seconds (default 240). Everything
 # goes to $OUT (default ./hopper-paged-out).
@@ -25,6 +29,7 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
 
 check_start hopper-paged-out 240 "$@"
+export FLASH4_HOPPER_PAGED=1  # the suites set it themselves; the bench relies on it
 
 # ---- 1. build -------------------------------------------------------------------------
 build_flash4
@@ -34,13 +39,14 @@ for obj in forward_sm90_hdim64 forward_sm90_hdim128 forward_sm90_hdim256; do
 done
 
 # ---- 2. smoke -------------------------------------------------------------------------
-SMOKE='Paged/Flash4Hopper.*/0_*'
-say "smoke: paged case 0 (FLASH4_LOG=1)"
-smoke_or_stop "$SMOKE" 60 120 "a gathered block's transaction bytes (boxes x rows != the key block)" "paged KV"
+SMOKE='Paged/Flash4HopperPaged.*/0_*:PackGqa/Flash4HopperPackGqa.*/0_*'
+say "smoke: paged case 0 and packed-GQA case 0 (FLASH4_LOG=1)"
+smoke_or_stop "$SMOKE" 60 120 "a gathered block's transaction bytes (boxes x rows != the key block)" "paged KV|packed GQA"
 smoke_says "paged KV" "the paged call did not reach the Hopper kernels"
+smoke_says "packed GQA" "packing never ran"
 
 # ---- 3. tests -------------------------------------------------------------------------
-run_suite paged 'Paged/Flash4Hopper.*' 120
+run_suite paged 'Paged/Flash4HopperPaged.*:PackGqa/Flash4HopperPackGqa.*' 120
 worst() { grep -hE "^\[ errors \]" "$OUT/tests_paged.txt" 2>/dev/null | grep "$2" | max_after "$1"; }
 note "paged worst vs float64: bf16 out $(worst out bf16) lse $(worst lse bf16); fp16 out $(worst out fp16) lse $(worst lse fp16)"
 n_portable=$(grep -cE "^\[ errors \].*\| portable" "$OUT/tests_paged.txt" 2>/dev/null)
@@ -57,18 +63,21 @@ say "flash4-bench --paged: paged vs contiguous"
 { echo "| shape | page size | paged ms | contiguous ms | paged / contiguous | GB/s paged | max diff |"
   echo "|---|---|---|---|---|---|---|"; } >"$OUT/bench_table.md"
 for run in "decode 16 --seqlen-q 1" "decode 64 --seqlen-q 1" "decode 256 --seqlen-q 1" "decode 24 --seqlen-q 1" \
-           "prefill 64 --batch 4 --seqlen-q 2048 --seqlen-k 2048 --causal 1"; do
+           "decode+pack 64 --seqlen-q 1" "prefill 64 --batch 4 --seqlen-q 2048 --seqlen-k 2048 --causal 1"; do
   read -r name page rest <<<"$run"
+  pack=0
+  [ "$name" = decode+pack ] && pack=auto
   # shellcheck disable=SC2086  # rest: the shape's own options
-  line=$(timeout "$(budget 20)" "$B/bin/flash4-bench" --paged "$page" $rest --repeats 20 2>&1 | tee -a "$LOG" |
-    grep "^paged |")
+  line=$(FLASH4_HOPPER_PACK_GQA=$pack timeout "$(budget 20)" "$B/bin/flash4-bench" --paged "$page" $rest --repeats 20 \
+    2>&1 | tee -a "$LOG" | grep "^paged |")
   echo "$line" | awk -v n="$name" -v ps="$page" -F'|' '{split($2, a, " "); split($4, c, " ");
     match($5, /[0-9.]+/); r = substr($5, RSTART, RLENGTH); match($6, /[0-9.e+-]+$/); d = substr($6, RSTART, RLENGTH);
     printf "| %s | %s | %s | %s | %s | %s | %s |\n", n, ps, a[3], c[3], r, a[7], d}' >>"$OUT/bench_table.md"
 done
 
 # ---- 5. sanitizers ----------------------------------------------------------------------------
-SMALL='Paged/Flash4Hopper.*/1_*:Paged/Flash4Hopper.*/24_*'  # decode-like d 128 pages of 8; packed queries
+# Decode-like d 128 in pages of 8; packed queries; packed GQA with seqused_k.
+SMALL='Paged/Flash4HopperPaged.*/1_*:Paged/Flash4HopperPaged.*/24_*:PackGqa/Flash4HopperPackGqa.*/3_*'
 sanitize_stage memcheck "$SMALL" 60
 sanitize_stage racecheck "$SMALL" 60
 

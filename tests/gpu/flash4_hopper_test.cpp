@@ -509,10 +509,85 @@ std::vector<Problem> paged_cases() {
   }
   return cases;
 }
-INSTANTIATE_TEST_SUITE_P(Paged, Flash4Hopper, ::testing::ValuesIn(paged_cases()), test_name);
+// FLASH4_HOPPER_PAGED=1 until a GPU run has checked the paged kernels; each case unpacked and
+// with packed GQA where the rule packs (FLASH4_HOPPER_PACK_GQA=auto: the dense-q cases here).
+class Flash4HopperPaged : public ::testing::TestWithParam<Problem> {};
 
-// Features the Hopper forward does not cover (yet): paged KV with a page size not a multiple
-// of 8 or with softcap; seqused_k with FLASH4_HOPPER_SEQUSED=0.
+TEST_P(Flash4HopperPaged, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  testing_support::ScopedEnv paged("FLASH4_HOPPER_PAGED", "1");
+  for (const char* pack : {"0", "auto"}) {
+    SCOPED_TRACE(std::string("FLASH4_HOPPER_PACK_GQA=") + pack);
+    testing_support::ScopedEnv packing("FLASH4_HOPPER_PACK_GQA", pack);
+    const std::string backend = check_forward(GetParam());
+    EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+  }
+}
+INSTANTIATE_TEST_SUITE_P(Paged, Flash4HopperPaged, ::testing::ValuesIn(paged_cases()), test_name);
+
+// Packed GQA (the query heads of one KV head in one tile's rows: forward_q_pack in hopper.cpp):
+// decode-like Sq 1 / 5 / 17 / 100 under groups 2 / 4 / 8 / 16, d 64 / 128 / 256 and a padded
+// 96, bf16 / fp16, causal (bottom-right, Sq < Sk) or not, a window, a sink, seqused_k with NaN
+// past the keys used, paged K / V, BHSD q; and with FLASH4_HOPPER_PACK_GQA=1 a prefill of 300
+// tokens (several packed tiles, rows of a tile past Sq). FLASH4_HOPPER_PACK_GQA=auto (the rule
+// that becomes the default once this has run on a GPU) packs all but the forced cases (fewer
+// tiles); FLASH4_LOG=1 says "packed GQA".
+class Flash4HopperPackGqa : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperPackGqa, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  const bool forced = GetParam().Sq >= 128;
+  testing_support::ScopedEnv pack("FLASH4_HOPPER_PACK_GQA", forced ? "1" : "auto");
+  testing_support::ScopedEnv paged("FLASH4_HOPPER_PAGED", "1");
+  const std::string backend = check_forward(GetParam());
+  EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+}
+
+std::vector<Problem> pack_gqa_cases() {
+  struct Group {
+    int d, hq, hkv, sq;
+  };
+  const Group groups[] = {{128, 16, 2, 1}, {64, 8, 4, 5}, {256, 16, 4, 17}, {128, 32, 2, 100}, {96, 8, 1, 3}};
+  std::vector<Problem> cases;
+  int i = 0;
+  for (Group g : groups) {
+    Problem p;
+    p.label = "hopper pack gqa";
+    p.Dqk = p.Dv = g.d;
+    p.dtype = i % 2 ? FLASH4_F16 : FLASH4_BF16;
+    p.B = 3, p.Hq = g.hq, p.Hkv = g.hkv, p.Sq = g.sq, p.Sk = 700;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+    p.causal = false, p.sink = true;
+    cases.push_back(forward_only(p));
+    p.sink = false, p.window_left = 90, p.window_right = 0, p.bhsd = i % 2 == 1;
+    cases.push_back(forward_only(p));
+    Problem u = p;  // seqused_k with NaN past it
+    u.window_left = u.window_right = -1, u.bhsd = false, u.causal = true;
+    u.seqused = {700, 1, 333}, u.nan_unused_keys = true;
+    cases.push_back(forward_only(u));
+    u.label = "hopper pack gqa paged";
+    u.page_size = 64;
+    cases.push_back(forward_only(u));
+    ++i;
+  }
+  {  // Forced on a 300-token prefill (several packed tiles), causal, group 4.
+    Problem p;
+    p.label = "hopper pack gqa forced";
+    p.Dqk = p.Dv = 128;
+    p.B = 2, p.Hq = 8, p.Hkv = 2, p.Sq = 300, p.Sk = 300;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+    p.Dqk = p.Dv = 64, p.Sk = 1000, p.causal = false;
+    cases.push_back(forward_only(p));
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(PackGqa, Flash4HopperPackGqa, ::testing::ValuesIn(pack_gqa_cases()), test_name);
+
+// Features the Hopper forward does not cover (yet): paged KV without FLASH4_HOPPER_PAGED=1 (until
+// a GPU run checks it), with a page size not a multiple of 8 or with softcap; seqused_k with
+// FLASH4_HOPPER_SEQUSED=0.
 TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   Problem base;
@@ -525,8 +600,15 @@ TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {
     EXPECT_EQ(check_forward(forward_only(p)), "portable");
   }
   p = base;
+  p.label = "paged, without FLASH4_HOPPER_PAGED=1";
+  p.page_size = 16, p.Sk = 300, p.seqused = {300};
+  {
+    testing_support::ScopedEnv off("FLASH4_HOPPER_PAGED", nullptr);
+    EXPECT_EQ(check_forward(forward_only(p)), "portable");
+  }
+  testing_support::ScopedEnv paged("FLASH4_HOPPER_PAGED", "1");
   p.label = "paged, page size 12";
-  p.page_size = 12, p.Sk = 300, p.seqused = {300};
+  p.page_size = 12;
   EXPECT_EQ(check_forward(forward_only(p)), "portable");
   p.label = "paged, softcap";
   p.page_size = 16, p.softcap = 20.0f;

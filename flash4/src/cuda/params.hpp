@@ -42,6 +42,10 @@ struct AttentionParams {
   int64_t page_table_stride = 0;
   int page_size = 0;
   int page_box_rows = 0, pages = 0;  // Hopper forward: rows of a paged TMA box; page count (k.shape[0])
+  // Hopper forward, dense q: the query heads of one KV head packed into a tile's rows (row r =
+  // token r >> q_pack_shift, head r % q_pack of the group; 1 = one head a tile). A power of
+  // two, so that the tile arithmetic is shifts (the producer has 24 registers).
+  int q_pack = 1, q_pack_shift = 0;
 
   // Scores: x = s * scale_log2 (log2 units), or with softcap c:
   //   x = softcap_log2 * tanh(s * softcap_inv_scale)   (softcap_log2 = c log2 e, softcap_inv_scale = scale / c)

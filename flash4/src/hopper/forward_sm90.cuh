@@ -47,10 +47,11 @@
 // registers; not with softcap): passed scripts/hopper_fwd_warpgroups_check.sh on an H200
 // (2026-12-01), the default but for short causal / windowed problems (hopper.cpp).
 // Paged KV (k / v [pages, page_size, Hkv, D], a page table; page_size a multiple of 8): the
-// producer gathers each key block box by box from the sequence's pages (load_key_block);
-// written without a GPU, NOT YET RUN ON ONE (scripts/hopper_paged_check.sh).
-// Missing vs issue 4 (follow-ups): TMA stores of O, native (unpadded) d 96 / 192 tiles, GQA
-// packing of small Sq into the M tile.
+// producer gathers each key block box by box from the sequence's pages (load_key_block).
+// Packed GQA (dense q, short Sq): a KV head's query heads share one tile's rows (kPackGqa).
+// Both written without a GPU, NOT YET RUN ON ONE, so opt-in (FLASH4_HOPPER_PAGED=1,
+// FLASH4_HOPPER_PACK_GQA=auto|1) until scripts/hopper_paged_check.sh passes.
+// Missing vs issue 4 (follow-ups): TMA stores of O, native (unpadded) d 96 / 192 tiles.
 #pragma once
 
 #include <cuda.h>
@@ -265,8 +266,17 @@ struct Tile {
 // stay in L2). Varlen: the work list's pairs (heaviest first), the query heads of one pair
 // side by side (under GQA they share K / V). The dynamic schedule takes the dense tiles in
 // another order (dynamic_tile).
+// log2 of the query heads packed into a tile's rows: p.q_pack_shift in the packed-GQA kernels,
+// 0 (a compile-time constant, so the dense kernels' code is what it was) in the others.
+template <bool kPackGqa>
+__device__ __forceinline__ int pack_shift(const AttentionParams& p) {
+  return kPackGqa ? p.q_pack_shift : 0;
+}
+
+template <bool kPackGqa>
 __device__ __forceinline__ Tile tile_at(const AttentionParams& p, const VarlenTiles& list, int index, int m_blocks,
                                         int block_m, int block_n) {
+  const int shift = pack_shift<kPackGqa>(p);
   Tile w;
   int m_block;
   if (list.pairs != nullptr) {
@@ -275,7 +285,9 @@ __device__ __forceinline__ Tile tile_at(const AttentionParams& p, const VarlenTi
     w.b = pair.x;
     m_block = pair.y;
   } else {
-    const int heads = p.heads_q * p.batch;
+    // Packed GQA (q_pack > 1): a tile row is a (token, head) pair, so a tile stands for one
+    // KV head's group of query heads and m_block counts packed rows.
+    const int row_heads = p.heads_q >> shift, heads = row_heads * p.batch;
     int hb;
     if (p.causal) {
       m_block = m_blocks - 1 - index / heads;
@@ -284,16 +296,18 @@ __device__ __forceinline__ Tile tile_at(const AttentionParams& p, const VarlenTi
       m_block = index % m_blocks;
       hb = index / m_blocks;
     }
-    w.h = hb % p.heads_q;
-    w.b = hb / p.heads_q;
+    w.h = (hb % row_heads) << shift;  // packed: the group's first query head
+    w.b = hb / row_heads;
   }
   w.m0 = m_block * block_m;
   w.seq = cuda::sequence_of(p, w.b);
-  const BlockRange kb = key_blocks_of_query_tile(p, w.seq, w.m0, block_m, block_n);
+  // The queries of rows [m0, m0 + block_m): tokens m0 / q_pack .. (q_pack divides block_m).
+  const BlockRange kb =
+      key_blocks_of_query_tile(p, w.seq, w.m0 >> shift, block_m >> shift, block_n);
   w.kb_begin = kb.begin;
   w.kb_end = kb.end > kb.begin ? kb.end : kb.begin;
   const bool packed = p.cu_seqlens_q != nullptr;
-  w.q_row = packed ? int(w.seq.q_start) + w.m0 : w.m0;
+  w.q_row = packed ? int(w.seq.q_start) + w.m0 : w.m0 >> shift;
   w.k_row = packed ? int(w.seq.k_start) : 0;
   w.tma_b = packed ? 0 : w.b;
   return w;
@@ -302,29 +316,28 @@ __device__ __forceinline__ Tile tile_at(const AttentionParams& p, const VarlenTi
 // Key block nb (BN rows from key nb * BN) of a tile into a K or V stage through `map`, one TMA
 // box per 64-column chunk. Dense / packed: the box at row key0 + nb * BN of batch `batch`
 // (Tile::k_row, Tile::tma_b). Paged (kPaged: p.page_table): key0 = the sequence, batch = its
-// key count (seqused_k), and the block is gathered box by box from the sequence's pages; slots past the pages its keys
-// fill read page number `pages`, past the tensor, so TMA fills zeros (a table's unused entries
-// may hold anything). Every box counts its full bytes towards `bar`, as the dense loads do.
+// key count (seqused_k), and the block is gathered box by box from the sequence's pages;
+// slots past the pages its keys fill read page number `pages`, past the tensor, so TMA fills
+// zeros (a table's unused entries may hold anything). Every box counts its full bytes towards `bar`, as the dense loads do.
 template <bool kPaged, int BN, int kChunks, uint32_t kChunkBytes>
 __device__ __forceinline__ void load_key_block(unsigned char* dst, const CUtensorMap* map, const AttentionParams& p,
                                                int key0, int batch, int nb, int hk, uint64_t* bar) {
   if constexpr (!kPaged) {
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) tma_load_4d(dst + c * kChunkBytes, map, 64 * c, key0 + nb * BN, hk, batch, bar);
-    return;
-  }
-  // Box rows (p.page_box_rows: paged_box_rows in launch.hpp, what the host encoded the maps
-  // with) and the page count come from the parameters, not registers: the producer has 24.
-  // page_size is a multiple of 8 (the host's gap), so each box starts on a 1024-byte swizzle
-  // atom of the stage.
+  } else {
+    // Box rows (p.page_box_rows: paged_box_rows in launch.hpp, what the host encoded the maps
+    // with) and the page count come from the parameters, not registers: the producer has 24.
+    // page_size is a multiple of 8 (the host's gap), so each box starts on a 1024-byte
+    // swizzle atom of the stage.
 #pragma unroll 1
-  for (int r = 0; r < BN; r += p.page_box_rows) {
-    const int key = nb * BN + r, slot = key / p.page_size, row = key - slot * p.page_size;
-    // The slot holds keys of the sequence (row 0 of it is one: key - row < batch) or not.
-    const int page = key - row < batch ? __ldg(p.page_table + (key0 * int(p.page_table_stride) + slot)) : p.pages;
+    for (int r = 0; r < BN; r += p.page_box_rows) {
+      const int key = nb * BN + r, slot = key / p.page_size, row = key - slot * p.page_size;
+      // The slot holds keys of the sequence (row 0 of it is one: key - row < batch) or not.
+      const int page = key - row < batch ? __ldg(p.page_table + (key0 * int(p.page_table_stride) + slot)) : p.pages;
 #pragma unroll
-    for (int c = 0; c < kChunks; ++c)
-      tma_load_4d(dst + c * kChunkBytes + r * 128, map, 64 * c, row, hk, page, bar);
+      for (int c = 0; c < kChunks; ++c) tma_load_4d(dst + c * kChunkBytes + r * 128, map, 64 * c, row, hk, page, bar);
+    }
   }
 }
 
@@ -335,11 +348,12 @@ __device__ __forceinline__ void load_key_block(unsigned char* dst, const CUtenso
 // causal tile_at's order is already this one. Varlen: the work list's order (heaviest first).
 // Positions past the last tile stay as they are (the sentinel). Both roles map the same way:
 // the producer maps, the consumers read the mapped index from the slot.
+template <bool kPackGqa>
 __device__ __forceinline__ int dynamic_tile(const AttentionParams& p, const VarlenTiles& list, int position,
                                             int m_blocks, int tiles) {
   if (list.pairs != nullptr || !p.causal || unsigned(position) >= unsigned(tiles)) return position;
   const int head = position / m_blocks;
-  return (position - head * m_blocks) * (p.heads_q * p.batch) + head;
+  return (position - head * m_blocks) * ((p.heads_q >> pack_shift<kPackGqa>(p)) * p.batch) + head;
 }
 
 // Persistent: gridDim.x CTAs (one per SM) walk the tiles index = blockIdx.x, + gridDim.x, ...
@@ -356,11 +370,16 @@ __device__ __forceinline__ int dynamic_tile(const AttentionParams& p, const Varl
 // The producer runs ahead across tile boundaries (the next tile's Q and first K / V blocks
 // load while the consumers finish and store the current one). The K / V ring's stage and
 // phase follow one running block count per CTA, shared by producer and consumers.
+// kPackGqa: dense q with the query heads of a KV head packed into the tile's rows (p.q_pack,
+// a power of two dividing BM; the q map is (D, H, S, B), boxes of q_pack heads x BM / q_pack
+// tokens), for short Sq under GQA (decode): a 1-token tile no longer wastes 127 of 128 rows,
+// and the group reads its K / V once. Its own instantiation for the same reason as kPaged.
 // kPaged: k / v paged (p.page_table); its own instantiation, since the gather's extra live
 // values do not fit the producer's 24 registers beside the dense path's (ptxas spilled the
-// dense kernels with one branch for both). The paged kernels themselves: 0 spills at d 128,
-// 8 / 4 bytes at d 64 / 256, in the producer's loop (a few local loads per key block).
-template <int D, typename T, bool SOFTCAP, int kWarpgroups = 2, bool kPaged = false>
+// dense kernels with one branch for both). The paged / packed kernels themselves: 0 spills at
+// d 128; at d 64 8 bytes (paged) and 4 (packed), at d 256 4 (paged), in the producer (a few
+// local loads per key block).
+template <int D, typename T, bool SOFTCAP, int kWarpgroups = 2, bool kPaged = false, bool kPackGqa = false>
 __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1)
     attention_forward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
                                   const __grid_constant__ CUtensorMap tma_v, const AttentionParams p,
@@ -393,9 +412,9 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
   // Query blocks per head (dense only) and tiles, computed by each role after its setmaxnreg;
   // the producer recomputes m_blocks where it needs it (with the dynamic schedule's state, one
   // more value held in its 24 registers across the tile was spilled at d = 64).
-  auto m_blocks_of = [&] { return (p.seqlen_q + BM - 1) / BM; };
+  auto m_blocks_of = [&] { return ((p.seqlen_q << pack_shift<kPackGqa>(p)) + BM - 1) / BM; };
   auto tile_total = [&] {
-    return list.pairs != nullptr ? *list.count * p.heads_q : m_blocks_of() * p.heads_q * p.batch;
+    return list.pairs != nullptr ? *list.count * p.heads_q : m_blocks_of() * (p.heads_q >> pack_shift<kPackGqa>(p)) * p.batch;
   };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warpgroup = warp / 4;
@@ -420,7 +439,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
     if (warp == 0 && lane == 0) {
       const int tiles = tile_total();
       int loaded = 0;  // K / V blocks issued so far (all tiles)
-      int index = dynamic ? dynamic_tile(p, list, blockIdx.x, m_blocks_of(), tiles) : blockIdx.x;
+      int index = dynamic ? dynamic_tile<kPackGqa>(p, list, blockIdx.x, m_blocks_of(), tiles) : blockIdx.x;
       for (int tile_count = 0;; ++tile_count) {
         // Q buffer qs (and its tile slot) is free once both consumer warpgroups are done with
         // tile tile_count - kQStages.
@@ -436,7 +455,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         } else if (unsigned(index) >= unsigned(tiles)) {
           break;
         }
-        const Tile w = tile_at(p, list, index, m_blocks_of(), BM, BN);
+        const Tile w = tile_at<kPackGqa>(p, list, index, m_blocks_of(), BM, BN);
         const int hk = w.h / p.group;
         // load_key_block's two coordinates (paged: the sequence and its key count).
         const int key0 = kPaged ? w.b : w.k_row, key_batch = kPaged ? w.seq.sk : w.tma_b;
@@ -444,8 +463,10 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         mbarrier_arrive_expect_tx(&q_full[qs], C::kQBytes);
 #pragma unroll
         for (int c = 0; c < C::kChunks; ++c)
+          // Packed GQA: the q map is (D, H, S, B) with a box of q_pack heads x BM / q_pack tokens,
+          // so the box's rows come (token, head) in the tile's row order.
           tma_load_4d(reinterpret_cast<unsigned char*>(sQ) + qs * C::kQBytes + c * C::kQChunkBytes, &tma_q, 64 * c,
-                      w.q_row, w.h, w.tma_b, &q_full[qs]);
+                      kPackGqa ? w.h : w.q_row, kPackGqa ? w.q_row : w.h, w.tma_b, &q_full[qs]);
         for (int nb = w.kb_end - 1; nb >= w.kb_begin; --nb, ++loaded) {
           const int stage = loaded % kStages;
           // The consumers' release of this stage's previous use (block loaded - kStages).
@@ -464,7 +485,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         // tile_count, so that `index` is not held across the tile either.
         if (dynamic) {
           const int position = int(gridDim.x + unsigned(atom_relaxed_gpu_add(tile_counter, 1)));
-          index = dynamic_tile(p, list, position, m_blocks_of(), tiles);
+          index = dynamic_tile<kPackGqa>(p, list, position, m_blocks_of(), tiles);
         } else {
           index = int(blockIdx.x + (tile_count + 1) * gridDim.x);
         }
@@ -540,15 +561,18 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         index = __shfl_sync(0xffffffffu, lane == 0 ? ld_shared_b32(tile_slot + 4 * qs) : 0, 0);
       }
       if (unsigned(index) >= unsigned(tiles)) break;
-      const Tile w = tile_at(p, list, index, m_blocks, BM, BN);
+      const Tile w = tile_at<kPackGqa>(p, list, index, m_blocks, BM, BN);
       const int wg_row0 = w.m0 + 64 * cw;
-      const int row[2] = {wg_row0 + 16 * wq + g, wg_row0 + 16 * wq + g + 8};
+      // This thread's two rows: their queries (packed GQA: token row / q_pack of head
+      // w.h + row % q_pack; otherwise the row itself, of head w.h).
+      const int shift = pack_shift<kPackGqa>(p);
+      const int row[2] = {(wg_row0 + 16 * wq + g) >> shift, (wg_row0 + 16 * wq + g + 8) >> shift};
       const cuda::KeyInterval keys[2] = {cuda::visible_keys(p, row[0], w.seq), cuda::visible_keys(p, row[1], w.seq)};
       const int key_lo[2] = {keys[0].lo, keys[1].lo}, key_end[2] = {keys[0].hi, keys[1].hi};
       // Blocks inside every row's [lo, hi) need no per-element mask: both bounds grow with
       // the row, so the first row's hi and the last row's lo bound them all.
-      const int unmasked_end = cuda::visible_keys(p, wg_row0, w.seq).hi;
-      const int unmasked_begin = cuda::visible_keys(p, wg_row0 + 63, w.seq).lo;
+      const int unmasked_end = cuda::visible_keys(p, wg_row0 >> shift, w.seq).hi;
+      const int unmasked_begin = cuda::visible_keys(p, (wg_row0 + 63) >> shift, w.seq).lo;
       const int n_blocks = w.kb_end - w.kb_begin;
 
       float o[D / 2];
@@ -654,9 +678,10 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
       // The sink x_s = sink_h log2 e joins l only: m' = max(m, x_s), l' = l 2^(m - m') +
       // 2^(x_s - m'), O scaled by 2^(m - m') / l'; a row with no visible key then has m = -inf,
       // l' = 1, O = 0 and lse = sink_h (flash4.h).
-      const float sink_log2 = p.sink != nullptr ? p.sink[w.h] * cuda::kLog2e : 0.0f;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
+        const int h = w.h + ((wg_row0 + 16 * wq + g + 8 * half) & ((1 << shift) - 1));  // this row's query head
+        const float sink_log2 = p.sink != nullptr ? p.sink[h] * cuda::kLog2e : 0.0f;
         float l = quad_sum(rows.sum[half]);
         float m = rows.max[half].m, f = 1.0f;
         if (p.sink != nullptr) {
@@ -671,10 +696,10 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         uint32_t packed[D / 8];
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) packed[n] = cuda::pack2<T>(o[4 * n + 2 * half] * inv, o[4 * n + 2 * half + 1] * inv);
-        store_o_row<D>(keep ? cuda::query_row<T>(p.out, w.seq, i, w.h) : nullptr, packed, t, keep, p.d_v);
+        store_o_row<D>(keep ? cuda::query_row<T>(p.out, w.seq, i, h) : nullptr, packed, t, keep, p.d_v);
         if (!keep) continue;
         if (p.lse != nullptr && t == 0)
-          p.lse[w.seq.q_start * p.lse_batch_stride + int64_t(w.h) * p.lse_head_stride + int64_t(i) * p.lse_row_stride] =
+          p.lse[w.seq.q_start * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + int64_t(i) * p.lse_row_stride] =
               l > 0.0f ? (m + __log2f(l)) * cuda::kLn2 : -__builtin_huge_valf();
       }
     }

@@ -55,11 +55,11 @@ bool dynamic_schedule_asked() { return !env_is("FLASH4_HOPPER_SCHEDULE", "static
 // larger tile wastes. On an H200 (2026-12-01, scripts/hopper_fwd_warpgroups_check.sh: 49 d = 64
 // cases vs float64, racecheck / memcheck clean) three were 1.06-1.22x two non-causal and
 // 1.06-1.16x causal at S >= 2k, but 0.95 / 0.92x causal at S 512 / 1k. Softcap keeps two (its
-// tanh does not fit 160 registers a thread: launch_impl.cuh), as does paged KV (its kernels are
-// two-warpgroup only). FLASH4_HOPPER_FWD_WARPGROUPS=2|3
+// tanh does not fit 160 registers a thread: launch_impl.cuh), as do paged KV and packed GQA
+// (their kernels are two-warpgroup only). FLASH4_HOPPER_FWD_WARPGROUPS=2|3
 // (read at each call) forces the count, for A/B runs and tests.
-int forward_warpgroups(const flash4_forward_args& a, const ProblemShape& shape) {
-  if (padded_head_dim(shape) != 64 || a.options.softcap > 0 || shape.paged) return 2;
+int forward_warpgroups(const flash4_forward_args& a, const ProblemShape& shape, int q_pack) {
+  if (padded_head_dim(shape) != 64 || a.options.softcap > 0 || shape.paged || q_pack > 1) return 2;
   if (env_is("FLASH4_HOPPER_FWD_WARPGROUPS", "2")) return 2;
   if (env_is("FLASH4_HOPPER_FWD_WARPGROUPS", "3")) return 3;
   const bool local = a.options.causal != 0 || a.options.window_left >= 0 || a.options.window_right >= 0;
@@ -171,10 +171,54 @@ int encode_tensor_map(CUtensorMap* map, const flash4_tensor& t, int box_rows) {
 
 namespace {
 
+// Packed GQA: (D, H, S, B) view of a dense [B, S, H, D] q, box 64 columns x `group` heads x
+// rows / group tokens, 128-byte swizzle: the box lands in shared memory as rows of (token,
+// head) pairs, heads fastest -- the tile's row order. Returns the driver's error code.
+int encode_packed_q_map(CUtensorMap* map, const flash4_tensor& t, int group, int rows) {
+  const cuuint64_t elem = 2;
+  const cuuint64_t dims[4] = {cuuint64_t(t.shape[3]), cuuint64_t(t.shape[2]), cuuint64_t(t.shape[1]),
+                              cuuint64_t(t.shape[0])};
+  const int64_t s[3] = {t.stride[2], t.stride[1], t.stride[0]};  // heads, tokens, batch
+  const int64_t extent[3] = {t.shape[2], t.shape[1], t.shape[0]};
+  cuuint64_t strides[3];
+  for (int i = 0; i < 3; ++i)  // a stride of an extent-1 dimension is never used: any legal value
+    strides[i] = extent[i] > 1 ? cuuint64_t(s[i]) * elem : cuuint64_t(t.shape[3]) * elem;
+  const cuuint32_t box[4] = {64, cuuint32_t(group), cuuint32_t(rows / group), 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType type =
+      t.dtype == FLASH4_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  return int(tensor_map_encoder()(map, type, 4, t.data, dims, strides, box, element_strides,
+                                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
+}
+
+// Query heads packed into a tile's rows (packed GQA; 1 = none): a KV head's whole group when q
+// is dense, the group is a power of two up to 16 and packing needs fewer 128-row tiles than
+// one head a tile -- short Sq, decode above all (Sq = 1, group 8: 1 tile instead of 8, and the
+// group's K / V read once). Not with softcap (no such kernels). Written without a GPU, so off
+// unless asked until scripts/hopper_paged_check.sh has passed: FLASH4_HOPPER_PACK_GQA=auto
+// applies the rule, =1 packs wherever it can, =0 (or unset, for now) never; read at each call.
+constexpr bool kPackGqaByDefault = false;
+int forward_q_pack(const flash4_forward_args& a, const ProblemShape& shape) {
+  const int64_t group = shape.heads_q / shape.heads_kv;
+  if (shape.varlen || a.options.softcap > 0 || group < 2 || group > 16 || (group & (group - 1)) != 0) return 1;
+  if (shape.seqlen_q * group >= (int64_t(1) << 30)) return 1;
+  if (env_is("FLASH4_HOPPER_PACK_GQA", "1")) return int(group);
+  if (env_is("FLASH4_HOPPER_PACK_GQA", "0")) return 1;
+  if (!kPackGqaByDefault && !env_is("FLASH4_HOPPER_PACK_GQA", "auto")) return 1;
+  const int64_t rows = hopper::forward_query_rows(2);
+  const int64_t packed_tiles = (shape.seqlen_q * group + rows - 1) / rows;
+  const int64_t head_tiles = group * ((shape.seqlen_q + rows - 1) / rows);
+  return packed_tiles < head_tiles ? int(group) : 1;
+}
+
 // Why the Hopper forward does not run `a` ("" when it does).
 std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape) {
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
   if (shape.paged) {
+    // Written without a GPU: on Hopper only with FLASH4_HOPPER_PAGED=1 (read at each call)
+    // until scripts/hopper_paged_check.sh has passed on one.
+    if (!env_is("FLASH4_HOPPER_PAGED", "1")) return "paged KV runs on Hopper only with FLASH4_HOPPER_PAGED=1 until a GPU run checks it";
     if (a.paged.page_size % 8 != 0)
       return concat("paged.page_size ", a.paged.page_size, " is not a multiple of 8 (the TMA boxes' swizzle)");
     if (a.options.softcap > 0) return "paged KV with softcap is not covered (no such kernel instantiated)";
@@ -219,7 +263,8 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   if (!gap->empty()) return false;
   hopper::ForwardTensorMaps maps;
   const int kernel_dim = padded_head_dim(shape);
-  const int warpgroups = forward_warpgroups(a, shape);
+  const int q_pack = forward_q_pack(a, shape);
+  const int warpgroups = forward_warpgroups(a, shape, q_pack);
   const int query_rows = hopper::forward_query_rows(warpgroups);
   // Paged: boxes of paged_box_rows rows (they must not cross a page), the same count the
   // producer gathers a key block in.
@@ -227,7 +272,8 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   const int key_rows = shape.paged ? hopper::paged_box_rows(a.paged.page_size, block_n) : block_n;
   for (auto [map, t, name, rows] : {std::tuple{&maps.q, &a.q, "q", query_rows}, {&maps.k, &a.k, "k", key_rows},
                                     {&maps.v, &a.v, "v", key_rows}})
-    if (int error = encode_tensor_map(map, *t, rows); error != 0) {
+    if (int error = q_pack > 1 && t == &a.q ? encode_packed_q_map(map, *t, q_pack, rows) : encode_tensor_map(map, *t, rows);
+        error != 0) {
       *gap = concat("cuTensorMapEncodeTiled rejected ", name, " (CUresult ", error, ")");
       return false;
     }
@@ -240,6 +286,8 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
     p.page_box_rows = key_rows;
     p.pages = int(a.k.shape[0]);
   }
+  p.q_pack = q_pack;
+  while ((1 << p.q_pack_shift) < q_pack) ++p.q_pack_shift;
   const int emulation = a.tuning.exp2_emulation;
   p.emulate_exp2 = emulation == 2 || (emulation == 0 && kEmulateExp2ByDefault);
   p.rescale_tau = cuda::effective_rescale_threshold(a.tuning.rescale_threshold);
@@ -268,6 +316,7 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
     }
     if (shape.paged)
       log_backend("flash4_forward", "hopper", concat("paged KV, boxes of ", key_rows, " rows"));
+    if (q_pack > 1) log_backend("flash4_forward", "hopper", concat("packed GQA, ", q_pack, " query heads a tile"));
     if (kernel_dim != shape.d_qk || kernel_dim != shape.d_v)
       log_backend("flash4_forward", "hopper",
                   concat("head dims ", shape.d_qk, "/", shape.d_v, " on the d ", kernel_dim, " kernel (zero-padded)"));

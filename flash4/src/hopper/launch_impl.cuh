@@ -19,9 +19,10 @@ void forward_sm90_launch(const ForwardTensorMaps& maps, const cuda::AttentionPar
   // Persistent: one CTA per SM (shared memory and registers allow no second), each walking
   // the tiles with stride gridDim.x (tile_at), or taking them from schedule.tile_counter.
   // Varlen: the list's capacity bounds the tiles.
-  const int64_t tiles = list.pairs != nullptr
-                            ? list_capacity * p.heads_q
-                            : int64_t((p.seqlen_q + C::kBlockM - 1) / C::kBlockM) * p.heads_q * p.batch;
+  // Packed GQA: rows are (token, head) pairs of one KV head's group.
+  const int64_t tiles = list.pairs != nullptr ? list_capacity * p.heads_q
+                                              : int64_t((int64_t(p.seqlen_q) * p.q_pack + C::kBlockM - 1) / C::kBlockM) *
+                                                    (p.heads_q / p.q_pack) * p.batch;
   if (tiles == 0) return;
   int device = 0, sms = 0;
   FLASH4_CUDA_CHECK(cudaGetDevice(&device));
@@ -36,12 +37,25 @@ void forward_sm90_launch(const ForwardTensorMaps& maps, const cuda::AttentionPar
   };
   const bool softcap = p.softcap > 0;
   if constexpr (kWarpgroups == 2) {
-    // Paged K / V: two warpgroups, no softcap (the host's gap), kernels of their own.
-    if (p.page_table != nullptr) {
-      if (p.dtype == cuda::DType::bf16)
-        launch(attention_forward_sm90_kernel<D, __nv_bfloat16, false, 2, true>);
+    // Paged K / V and packed GQA: two warpgroups, no softcap (the host's gaps), kernels of
+    // their own (kPaged, kPackGqa: forward_sm90.cuh).
+    const bool paged = p.page_table != nullptr, pack = p.q_pack > 1;
+    if (paged || pack) {
+      auto pick = [&](auto bf16, auto f16) {
+        if (p.dtype == cuda::DType::bf16)
+          launch(bf16);
+        else
+          launch(f16);
+      };
+      if (paged && pack)
+        pick(attention_forward_sm90_kernel<D, __nv_bfloat16, false, 2, true, true>,
+             attention_forward_sm90_kernel<D, __half, false, 2, true, true>);
+      else if (paged)
+        pick(attention_forward_sm90_kernel<D, __nv_bfloat16, false, 2, true, false>,
+             attention_forward_sm90_kernel<D, __half, false, 2, true, false>);
       else
-        launch(attention_forward_sm90_kernel<D, __half, false, 2, true>);
+        pick(attention_forward_sm90_kernel<D, __nv_bfloat16, false, 2, false, true>,
+             attention_forward_sm90_kernel<D, __half, false, 2, false, true>);
       return;
     }
   }
