@@ -318,7 +318,8 @@ __device__ __forceinline__ Tile tile_at(const AttentionParams& p, const VarlenTi
 // (Tile::k_row, Tile::tma_b). Paged (kPaged: p.page_table): key0 = the sequence, batch = its
 // key count (seqused_k), and the block is gathered box by box from the sequence's pages;
 // slots past the pages its keys fill read page number `pages`, past the tensor, so TMA fills
-// zeros (a table's unused entries may hold anything). Every box counts its full bytes towards `bar`, as the dense loads do.
+// zeros (a table's unused entries may hold anything). Every box counts its full bytes towards
+// `bar`, as the dense loads do.
 template <bool kPaged, int BN, int kChunks, uint32_t kChunkBytes>
 __device__ __forceinline__ void load_key_block(unsigned char* dst, const CUtensorMap* map, const AttentionParams& p,
                                                int key0, int batch, int nb, int hk, uint64_t* bar) {
@@ -414,7 +415,8 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
   // more value held in its 24 registers across the tile was spilled at d = 64).
   auto m_blocks_of = [&] { return ((p.seqlen_q << pack_shift<kPackGqa>(p)) + BM - 1) / BM; };
   auto tile_total = [&] {
-    return list.pairs != nullptr ? *list.count * p.heads_q : m_blocks_of() * (p.heads_q >> pack_shift<kPackGqa>(p)) * p.batch;
+    return list.pairs != nullptr ? *list.count * p.heads_q
+                                 : m_blocks_of() * (p.heads_q >> pack_shift<kPackGqa>(p)) * p.batch;
   };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warpgroup = warp / 4;
@@ -475,10 +477,12 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
           unsigned char* v_dst = reinterpret_cast<unsigned char*>(sV) + stage * C::kKVBytes;
           if (loaded >= kStages) mbarrier_wait(&k_empty[stage], empty_parity);
           mbarrier_arrive_expect_tx(&k_full[stage], C::kKVBytes);
-          load_key_block<kPaged, BN, C::kChunks, C::kKVChunkBytes>(k_dst, &tma_k, p, key0, key_batch, nb, hk, &k_full[stage]);
+          load_key_block<kPaged, BN, C::kChunks, C::kKVChunkBytes>(k_dst, &tma_k, p, key0, key_batch, nb, hk,
+                                                                   &k_full[stage]);
           if (loaded >= kStages) mbarrier_wait(&v_empty[stage], empty_parity);
           mbarrier_arrive_expect_tx(&v_full[stage], C::kKVBytes);
-          load_key_block<kPaged, BN, C::kChunks, C::kKVChunkBytes>(v_dst, &tma_v, p, key0, key_batch, nb, hk, &v_full[stage]);
+          load_key_block<kPaged, BN, C::kChunks, C::kKVChunkBytes>(v_dst, &tma_v, p, key0, key_batch, nb, hk,
+                                                                   &v_full[stage]);
         }
         // Dynamic: the last takes reach tiles + gridDim.x - 1 < 2^31 + 132, so the sentinel may
         // wrap to a negative int: both sides compare it unsigned. Static: the next index from
@@ -612,8 +616,8 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         scores_to_a<T, BN>(pa, s);
         // Varlen: the first block (the highest) may run past the sequence's keys into the
         // next sequence's rows; with seqused_k (paged KV always has it), into the sequence's
-        // own rows past the keys it uses (a cache's unwritten slots: anything, NaN included). Zero those V rows before
-        // the first P V reads them, as P = 0 there but 0 * NaN is not 0 (both warpgroups read
+        // own rows past the keys it uses (a cache's unwritten slots: anything, NaN included).
+        // Zero those V rows before the first P V reads them, as P = 0 there but 0 * NaN is not 0 (both warpgroups read
         // the whole stage: split the stores, fence, then barrier 3). Dense rows past Sk are
         // TMA zeros already.
         const int first_n0 = (w.kb_end - 1) * BN;

@@ -218,7 +218,8 @@ std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape)
   if (shape.paged) {
     // Written without a GPU: on Hopper only with FLASH4_HOPPER_PAGED=1 (read at each call)
     // until scripts/hopper_paged_check.sh has passed on one.
-    if (!env_is("FLASH4_HOPPER_PAGED", "1")) return "paged KV runs on Hopper only with FLASH4_HOPPER_PAGED=1 until a GPU run checks it";
+    if (!env_is("FLASH4_HOPPER_PAGED", "1"))
+      return "paged KV runs on Hopper only with FLASH4_HOPPER_PAGED=1 until a GPU run checks it";
     if (a.paged.page_size % 8 != 0)
       return concat("paged.page_size ", a.paged.page_size, " is not a multiple of 8 (the TMA boxes' swizzle)");
     if (a.options.softcap > 0) return "paged KV with softcap is not covered (no such kernel instantiated)";
