@@ -617,9 +617,9 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         // Varlen: the first block (the highest) may run past the sequence's keys into the
         // next sequence's rows; with seqused_k (paged KV always has it), into the sequence's
         // own rows past the keys it uses (a cache's unwritten slots: anything, NaN included).
-        // Zero those V rows before the first P V reads them, as P = 0 there but 0 * NaN is not 0 (both warpgroups read
-        // the whole stage: split the stores, fence, then barrier 3). Dense rows past Sk are
-        // TMA zeros already.
+        // Zero those V rows before the first P V reads them, as P = 0 there but 0 * NaN is
+        // not 0 (both warpgroups read the whole stage: split the stores, fence, then barrier
+        // 3). Dense rows past Sk are TMA zeros already.
         const int first_n0 = (w.kb_end - 1) * BN;
         if ((p.cu_seqlens_k != nullptr || p.seqused_k != nullptr) && first_n0 + BN > w.seq.sk) {
           mbarrier_wait(&v_full[stage0], (consumed / kStages) & 1);
