@@ -18,7 +18,8 @@
 #          after a checkpoint resumes on 1 GPU; `adept train --method adept` on 1 and 2
 #          GPUs (tables in cli.md)
 #   bench  bench/train_dp_bench.sh: Llama-3.2-1B shape, S 4096, one GPU vs two (ZeRO-1
-#          and ZeRO-2)
+#          and ZeRO-2; DP_BENCH_VARIANTS="NCCL_MAX_CTAS=4 ..." adds ZeRO-1 rows under those
+#          settings, to A/B the communication's overlap)
 #   gpu    the rest of the gpu suite (the single-GPU tests must not change)
 # Stages run in the order given (default: all). Logs go to $OUT (or ./dp-check-out):
 # dp_check.log (everything), bench table in bench.md, the CLI's in cli.md. The whole
@@ -248,8 +249,10 @@ PY
 
 stage_bench() {
   say "bench: Llama-3.2-1B shape, S 4096, batch 2 per GPU, 1 GPU vs 2 (ZeRO-1, ZeRO-2)"
-  OUT=$OUT timeout "$(left 200)" bash bench/train_dp_bench.sh --build "$BUILD" --gpus 2 --zero "1 2" --model llama-3.2-1b \
-    --batch 2 --seq 4096 --steps 20 --warmup 3 2>&1 | tee "$OUT/bench.md" >>"$LOG" || fail bench
+  # DP_BENCH_VARIANTS (e.g. "NCCL_MAX_CTAS=4 NCCL_MAX_CTAS=16"): extra ZeRO-1 rows, one per setting.
+  OUT=$OUT timeout "$(left 200)" bash bench/train_dp_bench.sh --build "$BUILD" --gpus 2 --zero "1 2" \
+    --variants "${DP_BENCH_VARIANTS:-}" --model llama-3.2-1b --batch 2 --seq 4096 --steps 20 --warmup 3 2>&1 |
+    tee "$OUT/bench.md" >>"$LOG" || fail bench
   cat "$OUT/bench.md"
 }
 
