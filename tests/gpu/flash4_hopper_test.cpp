@@ -8,7 +8,10 @@
 // 4097} as Sq = Sk, Sq < Sk and Sq > Sk. Calls the kernels do not cover fall back to the
 // portable ones, and FLASH4_BACKEND=portable forces those.
 #include <cstdio>
+#include <initializer_list>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/random.hpp"
@@ -19,12 +22,21 @@
 namespace flash4_gpu {
 namespace {
 
+// p's forward under the switches `env` (name, value; nullptr unsets) for the call: it must run
+// on the Hopper kernels and match the float64 reference (check_forward).
+void expect_hopper_forward(const Problem& p,
+                           std::initializer_list<std::pair<const char*, const char*>> env = {}) {
+  std::vector<std::unique_ptr<testing_support::ScopedEnv>> switches;
+  for (auto [name, value] : env) switches.push_back(std::make_unique<testing_support::ScopedEnv>(name, value));
+  const std::string backend = check_forward(p);
+  EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+}
+
 class Flash4Hopper : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4Hopper, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  const std::string backend = check_forward(GetParam());
-  EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+  expect_hopper_forward(GetParam());
 }
 
 // Shapes with Sq = Sk, Sq < Sk, Sq > Sk, GQA / MQA (covered_cases and d256_cases).
@@ -377,9 +389,7 @@ class Flash4HopperSeqused : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperSeqused, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  testing_support::ScopedEnv by_default("FLASH4_HOPPER_SEQUSED", nullptr);
-  const std::string backend = check_forward(forward_only(GetParam()));
-  EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+  expect_hopper_forward(forward_only(GetParam()), {{"FLASH4_HOPPER_SEQUSED", nullptr}});
 }
 INSTANTIATE_TEST_SUITE_P(Seqused, Flash4HopperSeqused, ::testing::ValuesIn(seqused_cases({64, 128, 256})), test_name);
 
@@ -392,9 +402,7 @@ class Flash4HopperThreeWarpgroups : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperThreeWarpgroups, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  testing_support::ScopedEnv three("FLASH4_HOPPER_FWD_WARPGROUPS", "3");
-  const std::string backend = check_forward(GetParam());
-  EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_FWD_WARPGROUPS", "3"}});
 }
 
 // Every d = 64 case of the forward suites, its label ending in `suffix`.
@@ -416,13 +424,11 @@ class Flash4HopperTwoWarpgroups : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperTwoWarpgroups, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  testing_support::ScopedEnv two("FLASH4_HOPPER_FWD_WARPGROUPS", "2");
-  const std::string backend = check_forward(GetParam());
-  EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_FWD_WARPGROUPS", "2"}});
 }
 INSTANTIATE_TEST_SUITE_P(D64, Flash4HopperTwoWarpgroups, ::testing::ValuesIn(d64_cases(" wg2")), test_name);
 
-// Head dims the kernels round up (forward_kernel_dim in hopper.cpp: D = 64, 128 or 256, TMA
+// Head dims the kernels round up (padded_head_dim in hopper/host.hpp: D = 64, 128 or 256, TMA
 // zero-filling the columns past d_qk / d_v, only d_v columns of O stored): d 32 / 40 / 96 /
 // 160 / 192, and d_v != d_qk both ways (192 / 128: V's upper two 64-column boxes wholly out
 // of bounds), dense (causal, GQA, a window, lengths past one tile), packed documents, fp16,
@@ -515,12 +521,9 @@ class Flash4HopperPaged : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperPaged, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  testing_support::ScopedEnv paged("FLASH4_HOPPER_PAGED", "1");
   for (const char* pack : {"0", "auto"}) {
     SCOPED_TRACE(std::string("FLASH4_HOPPER_PACK_GQA=") + pack);
-    testing_support::ScopedEnv packing("FLASH4_HOPPER_PACK_GQA", pack);
-    const std::string backend = check_forward(GetParam());
-    EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+    expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_PAGED", "1"}, {"FLASH4_HOPPER_PACK_GQA", pack}});
   }
 }
 INSTANTIATE_TEST_SUITE_P(Paged, Flash4HopperPaged, ::testing::ValuesIn(paged_cases()), test_name);
@@ -537,10 +540,7 @@ class Flash4HopperPackGqa : public ::testing::TestWithParam<Problem> {};
 TEST_P(Flash4HopperPackGqa, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   const bool forced = GetParam().Sq >= 128;
-  testing_support::ScopedEnv pack("FLASH4_HOPPER_PACK_GQA", forced ? "1" : "auto");
-  testing_support::ScopedEnv paged("FLASH4_HOPPER_PAGED", "1");
-  const std::string backend = check_forward(GetParam());
-  EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
+  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_PACK_GQA", forced ? "1" : "auto"}, {"FLASH4_HOPPER_PAGED", "1"}});
 }
 
 std::vector<Problem> pack_gqa_cases() {
