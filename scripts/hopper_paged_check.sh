@@ -3,9 +3,10 @@
 # this passes: paged K / V (FLASH4_HOPPER_PAGED=1; k / v [pages, page_size, Hkv, D] and a page
 # table, page_size a multiple of 8, no softcap: the producer gathers each key block in TMA
 # boxes of gcd(page_size, key block) rows from the sequence's pages, load_key_block in
-# forward_sm90.cuh, kernels of their own: kPaged) and packed GQA (FLASH4_HOPPER_PACK_GQA=auto|1:
-# a KV head's query heads in one tile's rows for short Sq, kPackGqa), in one call on an H100 /
-# H200 from the repository root (carry .device-carry/):
+# forward_sm90.cuh, kernels of their own: kPaged), packed GQA (FLASH4_HOPPER_PACK_GQA=auto|1:
+# a KV head's query heads in one tile's rows for short Sq, kPackGqa) and, in those kernels,
+# split-KV (FLASH4_HOPPER_SPLIT_KV=auto|N: flash-decoding, merged by split_combine.cu), in one
+# call on an H100 / H200 from the repository root (carry .device-carry/):
 #   1. build   flash4 for sm_90a only, the flash4-only GPU tests and flash4-bench with nvcc;
 #              registers / stack of the forward kernels (the dense ones 0 spills; the paged
 #              ones 0 / 8 / 4 bytes at d 128 / 64 / 256 on this toolkit);
@@ -13,12 +14,13 @@
 #              a failure or hang (the transaction bytes of a gathered block): memcheck, stop;
 #   3. test    Paged/Flash4HopperPaged.* (page sizes 8 .. 256, d 64 / 96 / 128 / 256, causal,
 #              windows, decode-like Sq = 1, seqused_k 0, packed queries, a sink; NaN in every
-#              unused slot; each unpacked and packed) and PackGqa/Flash4HopperPackGqa.* against
+#              unused slot; each unpacked and packed) and PackGqa/Flash4HopperPackGqa.* (each
+#              whole and in 4 split-KV runs) against
 #              float64, the dispatch tests, then the existing forward suites (the producer's
 #              key-block loop and the tile arithmetic changed);
 #   4. bench   flash4-bench --paged: decode (8 x 8192 keys, one query, GQA 32 / 8) at page sizes
 #              16 / 24 / 64 / 256 and a causal prefill, paged against the same keys contiguous,
-#              unpacked and packed GQA;
+#              unpacked, packed GQA, packed with split-KV;
 #   5. check   compute-sanitizer memcheck and racecheck of two small paged cases.
 # Every stage's timeout is cut to the time left of BUDGET seconds (default 240). Everything
 # goes to $OUT (default ./hopper-paged-out).
@@ -63,13 +65,17 @@ say "flash4-bench --paged: paged vs contiguous"
 { echo "| shape | page size | paged ms | contiguous ms | paged / contiguous | GB/s paged | max diff |"
   echo "|---|---|---|---|---|---|---|"; } >"$OUT/bench_table.md"
 for run in "decode 16 --seqlen-q 1" "decode 64 --seqlen-q 1" "decode 256 --seqlen-q 1" "decode 24 --seqlen-q 1" \
-           "decode+pack 64 --seqlen-q 1" "prefill 64 --batch 4 --seqlen-q 2048 --seqlen-k 2048 --causal 1"; do
+           "decode+pack 64 --seqlen-q 1" "decode+pack+split 64 --seqlen-q 1" \
+           "prefill 64 --batch 4 --seqlen-q 2048 --seqlen-k 2048 --causal 1"; do
   read -r name page rest <<<"$run"
-  pack=0
-  [ "$name" = decode+pack ] && pack=auto
+  pack=0 split=1
+  case $name in
+    decode+pack) pack=auto ;;
+    decode+pack+split) pack=auto split=auto ;;
+  esac
   # shellcheck disable=SC2086  # rest: the shape's own options
-  line=$(FLASH4_HOPPER_PACK_GQA=$pack timeout "$(budget 20)" "$B/bin/flash4-bench" --paged "$page" $rest --repeats 20 \
-    2>&1 | tee -a "$LOG" | grep "^paged |")
+  line=$(FLASH4_HOPPER_PACK_GQA=$pack FLASH4_HOPPER_SPLIT_KV=$split timeout "$(budget 20)" "$B/bin/flash4-bench" \
+    --paged "$page" $rest --repeats 20 2>&1 | tee -a "$LOG" | grep "^paged |")
   echo "$line" | awk -v n="$name" -v ps="$page" -F'|' '{split($2, a, " "); split($4, c, " ");
     match($5, /[0-9.]+/); r = substr($5, RSTART, RLENGTH); match($6, /[0-9.e+-]+$/); d = substr($6, RSTART, RLENGTH);
     printf "| %s | %s | %s | %s | %s | %s | %s |\n", n, ps, a[3], c[3], r, a[7], d}' >>"$OUT/bench_table.md"

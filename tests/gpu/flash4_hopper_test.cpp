@@ -534,13 +534,22 @@ INSTANTIATE_TEST_SUITE_P(Paged, Flash4HopperPaged, ::testing::ValuesIn(paged_cas
 // past the keys used, paged K / V, BHSD q; and with FLASH4_HOPPER_PACK_GQA=1 a prefill of 300
 // tokens (several packed tiles, rows of a tile past Sq). FLASH4_HOPPER_PACK_GQA=auto (the rule
 // that becomes the default once this has run on a GPU) packs all but the forced cases (fewer
-// tiles); FLASH4_LOG=1 says "packed GQA".
+// tiles); FLASH4_LOG=1 says "packed GQA". Every case also runs with split-KV (flash-decoding:
+// the packed kernels cut each tile's key blocks into runs whose partial O / LSE
+// split_combine.cu merges, the sink joining there).
 class Flash4HopperPackGqa : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperPackGqa, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   const bool forced = GetParam().Sq >= 128;
-  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_PACK_GQA", forced ? "1" : "auto"}, {"FLASH4_HOPPER_PAGED", "1"}});
+  // Each case whole and in split-KV runs (4: with 6 key blocks the last run is empty, so its
+  // partial rows are -inf / 0 and the merge must ignore them).
+  for (const char* splits : {"1", "4"}) {
+    SCOPED_TRACE(std::string("FLASH4_HOPPER_SPLIT_KV=") + splits);
+    expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_PACK_GQA", forced ? "1" : "auto"},
+                                       {"FLASH4_HOPPER_PAGED", "1"},
+                                       {"FLASH4_HOPPER_SPLIT_KV", splits}});
+  }
 }
 
 std::vector<Problem> pack_gqa_cases() {

@@ -46,6 +46,13 @@ struct AttentionParams {
   // token r >> q_pack_shift, head r % q_pack of the group; 1 = one head a tile). A power of
   // two, so that the tile arithmetic is shifts (the producer has 24 registers).
   int q_pack = 1, q_pack_shift = 0;
+  // Hopper forward, packed-GQA kernels: split-KV (flash-decoding). Each tile's key blocks are
+  // cut into num_splits runs, one tile each; a tile writes its rows' O (normalised, fp32) to
+  // o_partial [split][B][Hq][Sq][d_v] and their natural-log LSE to lse_partial [split][B][Hq][Sq]
+  // (-inf: no key in the run), which hopper/split_combine.cu merges into out and lse.
+  int num_splits = 1, split_shift = 0;  // a power of two: the producer's tile arithmetic is shifts
+  float* o_partial = nullptr;
+  float* lse_partial = nullptr;
 
   // Scores: x = s * scale_log2 (log2 units), or with softcap c:
   //   x = softcap_log2 * tanh(s * softcap_inv_scale)   (softcap_log2 = c log2 e, softcap_inv_scale = scale / c)

@@ -48,9 +48,12 @@
 // (2026-12-01), the default but for short causal / windowed problems (hopper.cpp).
 // Paged KV (k / v [pages, page_size, Hkv, D], a page table; page_size a multiple of 8): the
 // producer gathers each key block box by box from the sequence's pages (load_key_block).
-// Packed GQA (dense q, short Sq): a KV head's query heads share one tile's rows (kPackGqa).
-// Both written without a GPU, NOT YET RUN ON ONE, so opt-in (FLASH4_HOPPER_PAGED=1,
-// FLASH4_HOPPER_PACK_GQA=auto|1) until scripts/hopper_paged_check.sh passes.
+// Packed GQA (dense q, short Sq): a KV head's query heads share one tile's rows (kPackGqa);
+// in those kernels split-KV (flash-decoding: a tile's key blocks cut into p.num_splits runs,
+// merged by split_combine.cu) for decode, where the packed tiles fill few SMs.
+// All written without a GPU, NOT YET RUN ON ONE, so opt-in (FLASH4_HOPPER_PAGED=1,
+// FLASH4_HOPPER_PACK_GQA=auto|1, FLASH4_HOPPER_SPLIT_KV=auto|N) until
+// scripts/hopper_paged_check.sh passes.
 // Missing vs issue 4 (follow-ups): TMA stores of O, native (unpadded) d 96 / 192 tiles.
 #pragma once
 
@@ -256,6 +259,7 @@ __device__ __forceinline__ void store_o_row(void* row_ptr, const uint32_t (&pack
 // [kb_begin, kb_end) that hold every key its rows see, and its tensor-map coordinates.
 struct Tile {
   int m0, h, b, kb_begin, kb_end;
+  int split;  // split-KV: which run of the key blocks (0 without)
   int q_row, k_row, tma_b;  // row of query m0, row of key 0, and the batch coordinate (dense: b; packed: 0)
   cuda::Sequence seq;
 };
@@ -272,13 +276,22 @@ template <bool kPackGqa>
 __device__ __forceinline__ int pack_shift(const AttentionParams& p) {
   return kPackGqa ? p.q_pack_shift : 0;
 }
+// log2 of the split-KV runs a tile's key blocks are cut into: p.split_shift in the packed-GQA
+// kernels (the decode kernels), 0 (a constant) in the others.
+template <bool kPackGqa>
+__device__ __forceinline__ int split_shift(const AttentionParams& p) {
+  return kPackGqa ? p.split_shift : 0;
+}
 
 template <bool kPackGqa>
 __device__ __forceinline__ Tile tile_at(const AttentionParams& p, const VarlenTiles& list, int index, int m_blocks,
                                         int block_m, int block_n) {
-  const int shift = pack_shift<kPackGqa>(p);
+  const int shift = pack_shift<kPackGqa>(p), run_shift = split_shift<kPackGqa>(p);
   Tile w;
   int m_block;
+  // Split-KV (dense q only): index = tile * splits + split, splits a power of two.
+  w.split = index & ((1 << run_shift) - 1);
+  index >>= run_shift;
   if (list.pairs != nullptr) {
     const int2 pair = list.pairs[index / p.heads_q];
     w.h = index % p.heads_q;
@@ -306,6 +319,11 @@ __device__ __forceinline__ Tile tile_at(const AttentionParams& p, const VarlenTi
       key_blocks_of_query_tile(p, w.seq, w.m0 >> shift, block_m >> shift, block_n);
   w.kb_begin = kb.begin;
   w.kb_end = kb.end > kb.begin ? kb.end : kb.begin;
+  if (run_shift > 0) {  // this split's run of ceil(blocks / splits) blocks (possibly none)
+    const int run = (w.kb_end - w.kb_begin + (1 << run_shift) - 1) >> run_shift;
+    w.kb_begin = min(w.kb_end, w.kb_begin + w.split * run);
+    w.kb_end = min(w.kb_end, w.kb_begin + run);
+  }
   const bool packed = p.cu_seqlens_q != nullptr;
   w.q_row = packed ? int(w.seq.q_start) + w.m0 : w.m0 >> shift;
   w.k_row = packed ? int(w.seq.k_start) : 0;
@@ -352,7 +370,8 @@ __device__ __forceinline__ void load_key_block(unsigned char* dst, const CUtenso
 template <bool kPackGqa>
 __device__ __forceinline__ int dynamic_tile(const AttentionParams& p, const VarlenTiles& list, int position,
                                             int m_blocks, int tiles) {
-  if (list.pairs != nullptr || !p.causal || unsigned(position) >= unsigned(tiles)) return position;
+  if (list.pairs != nullptr || !p.causal || split_shift<kPackGqa>(p) > 0 || unsigned(position) >= unsigned(tiles))
+    return position;
   const int head = position / m_blocks;
   return (position - head * m_blocks) * ((p.heads_q >> pack_shift<kPackGqa>(p)) * p.batch) + head;
 }
@@ -377,9 +396,8 @@ __device__ __forceinline__ int dynamic_tile(const AttentionParams& p, const Varl
 // and the group reads its K / V once. Its own instantiation for the same reason as kPaged.
 // kPaged: k / v paged (p.page_table); its own instantiation, since the gather's extra live
 // values do not fit the producer's 24 registers beside the dense path's (ptxas spilled the
-// dense kernels with one branch for both). The paged / packed kernels themselves: 0 spills at
-// d 128; at d 64 8 bytes (paged) and 4 (packed), at d 256 4 (paged), in the producer (a few
-// local loads per key block).
+// dense kernels with one branch for both). The paged / packed kernels themselves spill 0 to 8
+// bytes in the producer (a few local loads per tile or key block; ptxas, CUDA 13).
 template <int D, typename T, bool SOFTCAP, int kWarpgroups = 2, bool kPaged = false, bool kPackGqa = false>
 __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1)
     attention_forward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
@@ -416,7 +434,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
   auto m_blocks_of = [&] { return ((p.seqlen_q << pack_shift<kPackGqa>(p)) + BM - 1) / BM; };
   auto tile_total = [&] {
     return list.pairs != nullptr ? *list.count * p.heads_q
-                                 : m_blocks_of() * (p.heads_q >> pack_shift<kPackGqa>(p)) * p.batch;
+                                 : (m_blocks_of() * (p.heads_q >> pack_shift<kPackGqa>(p)) * p.batch) << split_shift<kPackGqa>(p);
   };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warpgroup = warp / 4;
@@ -685,9 +703,27 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int h = w.h + ((wg_row0 + 16 * wq + g + 8 * half) & ((1 << shift) - 1));  // this row's query head
-        const float sink_log2 = p.sink != nullptr ? p.sink[h] * cuda::kLog2e : 0.0f;
         float l = quad_sum(rows.sum[half]);
         float m = rows.max[half].m, f = 1.0f;
+        if constexpr (kPackGqa) {
+          // Split-KV: this run's O / l and LSE, fp32, for split_combine (the sink joins there).
+          if (p.num_splits > 1) {
+            const int i = row[half];
+            if (i < w.seq.sq) {
+              const int64_t slot = (int64_t(w.split) * p.batch + w.b) * p.heads_q + h;
+              const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+              float* dst = p.o_partial + (slot * p.seqlen_q + i) * p.d_v;
+#pragma unroll
+              for (int n = 0; n < D / 8; ++n)
+                if (8 * n < p.d_v)
+                  *reinterpret_cast<float2*>(dst + 8 * n + 2 * t) =
+                      make_float2(o[4 * n + 2 * half] * inv, o[4 * n + 2 * half + 1] * inv);
+              if (t == 0) p.lse_partial[slot * p.seqlen_q + i] = l > 0.0f ? (m + __log2f(l)) * cuda::kLn2 : -__builtin_huge_valf();
+            }
+            continue;
+          }
+        }
+        const float sink_log2 = p.sink != nullptr ? p.sink[h] * cuda::kLog2e : 0.0f;
         if (p.sink != nullptr) {
           const float m_new = fmaxf(m, sink_log2);
           f = cuda::exp2_hardware(m - m_new);  // m = -inf: 0

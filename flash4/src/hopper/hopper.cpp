@@ -22,6 +22,7 @@
 #include "cuda/workspace.hpp"
 #include "hopper/host.hpp"
 #include "hopper/launch.hpp"
+#include "hopper/split_combine.hpp"
 #include "hopper/varlen_tiles.hpp"
 #include "validate.hpp"
 
@@ -212,6 +213,36 @@ int forward_q_pack(const flash4_forward_args& a, const ProblemShape& shape) {
   return packed_tiles < head_tiles ? int(group) : 1;
 }
 
+// Split-KV runs (flash-decoding) of the packed-GQA kernels (1 = none; a power of two, so the
+// producer's tile arithmetic stays shifts): when the packed tiles fill under half of the SMs
+// and each has at least 4 key blocks, enough runs of at least 2 blocks to cover the SMs (at
+// most 16); split_combine.cu merges them. Written without a GPU, so off unless asked until
+// scripts/hopper_paged_check.sh has passed: FLASH4_HOPPER_SPLIT_KV=auto applies the rule, =N
+// forces the power of two at or below N (1 .. 64); read at each call.
+constexpr bool kSplitKvByDefault = false;
+int power_of_two_at_most(int64_t n) {
+  int p = 1;
+  while (2 * int64_t(p) <= n) p *= 2;
+  return p;
+}
+int forward_splits(const ProblemShape& shape, int q_pack, int kernel_dim) {
+  if (q_pack <= 1) return 1;
+  const char* asked = std::getenv("FLASH4_HOPPER_SPLIT_KV");
+  if (asked != nullptr && std::strcmp(asked, "auto") != 0) return power_of_two_at_most(std::clamp(std::atoi(asked), 1, 64));
+  if (!kSplitKvByDefault && asked == nullptr) return 1;
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError();
+    return 1;
+  }
+  const int64_t rows = hopper::forward_query_rows(2), block_n = hopper::forward_key_box_rows(kernel_dim);
+  const int64_t tiles = (shape.seqlen_q * q_pack + rows - 1) / rows * shape.heads_kv * shape.batch;
+  const int64_t blocks = (shape.seqlen_k + block_n - 1) / block_n;
+  if (2 * tiles > sms || blocks < 4) return 1;
+  return power_of_two_at_most(std::min<int64_t>({(sms + tiles - 1) / tiles, blocks / 2, 16}));
+}
+
 // Why the Hopper forward does not run `a` ("" when it does).
 std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape) {
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
@@ -289,6 +320,10 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   }
   p.q_pack = q_pack;
   while ((1 << p.q_pack_shift) < q_pack) ++p.q_pack_shift;
+  p.num_splits = forward_splits(shape, q_pack, kernel_dim);
+  while ((1 << p.split_shift) < p.num_splits) ++p.split_shift;
+  // Split-KV partials: O [splits][B][Hq][Sq][d_v] and LSE [splits][B][Hq][Sq], fp32.
+  const int64_t split_rows = p.num_splits > 1 ? int64_t(p.num_splits) * shape.batch * shape.heads_q * shape.seqlen_q : 0;
   const int emulation = a.tuning.exp2_emulation;
   p.emulate_exp2 = emulation == 2 || (emulation == 0 && kEmulateExp2ByDefault);
   p.rescale_tau = cuda::effective_rescale_threshold(a.tuning.rescale_threshold);
@@ -300,8 +335,16 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
     const int64_t capacity = shape.varlen ? hopper::varlen_tile_capacity(shape.tokens_q, shape.batch) : 0;
     const bool dynamic = dynamic_schedule_asked();
     Workspace ws((shape.varlen ? varlen_tiles_bytes(capacity, shape.batch) : 0) +
-                     (dynamic ? Workspace::bytes_for(1) : 0),
+                     (dynamic ? Workspace::bytes_for(1) : 0) +
+                     (split_rows > 0 ? Workspace::bytes_for(size_t(split_rows * shape.d_v)) +
+                                           Workspace::bytes_for(size_t(split_rows))
+                                     : 0),
                  stream);
+    if (split_rows > 0) {
+      p.o_partial = ws.take(size_t(split_rows * shape.d_v));
+      p.lse_partial = ws.take(size_t(split_rows));
+      log_backend("flash4_forward", "hopper", concat("split-KV, ", p.num_splits, " runs of the key blocks"));
+    }
     hopper::VarlenTiles list;
     const hopper::TileKind kind =
         warpgroups == 3 ? hopper::TileKind::query_blocks_of_192 : hopper::TileKind::query_blocks;
@@ -327,6 +370,7 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
       hopper::forward_sm90<128>(maps, p, list, capacity, schedule, stream);
     else
       hopper::forward_sm90<256>(maps, p, list, capacity, schedule, stream);
+    if (split_rows > 0) hopper::combine_splits(p, stream);
     *status = FLASH4_OK;
   } catch (const cuda::CudaError& e) {
     set_last_error(std::string("flash4 Hopper CUDA backend: ") + e.what());

@@ -19,10 +19,11 @@ void forward_sm90_launch(const ForwardTensorMaps& maps, const cuda::AttentionPar
   // Persistent: one CTA per SM (shared memory and registers allow no second), each walking
   // the tiles with stride gridDim.x (tile_at), or taking them from schedule.tile_counter.
   // Varlen: the list's capacity bounds the tiles.
-  // Packed GQA: rows are (token, head) pairs of one KV head's group.
+  // Packed GQA: rows are (token, head) pairs of one KV head's group; split-KV: num_splits
+  // tiles each.
   const int64_t tiles = list.pairs != nullptr ? list_capacity * p.heads_q
                                               : int64_t((int64_t(p.seqlen_q) * p.q_pack + C::kBlockM - 1) / C::kBlockM) *
-                                                    (p.heads_q / p.q_pack) * p.batch;
+                                                    (p.heads_q / p.q_pack) * p.batch * p.num_splits;
   if (tiles == 0) return;
   int device = 0, sms = 0;
   FLASH4_CUDA_CHECK(cudaGetDevice(&device));
