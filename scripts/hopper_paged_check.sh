@@ -22,7 +22,7 @@
 #              16 / 24 / 64 / 256 and a causal prefill, paged against the same keys contiguous,
 #              unpacked, packed GQA, packed with split-KV;
 #   5. check   compute-sanitizer memcheck and racecheck of two small paged cases.
-# Every stage's timeout is cut to the time left of BUDGET seconds (default 240). Everything
+# Every stage's timeout is cut to the time left of BUDGET seconds (default 300). Everything
 # goes to $OUT (default ./hopper-paged-out).
 #
 #   bash scripts/hopper_paged_check.sh
@@ -30,7 +30,7 @@ set -uo pipefail
 # shellcheck source=scripts/lib/hopper_check_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
 
-check_start hopper-paged-out 240 "$@"
+check_start hopper-paged-out 300 "$@"
 export FLASH4_HOPPER_PAGED=1  # the suites set it themselves; the bench relies on it
 
 # ---- 1. build -------------------------------------------------------------------------
