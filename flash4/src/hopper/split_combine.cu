@@ -8,6 +8,7 @@
 
 #include "cuda/cuda_check.hpp"
 #include "cuda/sequence.cuh"
+#include "hopper/split_merge.hpp"
 
 namespace flash4::hopper {
 namespace {
@@ -32,32 +33,21 @@ __global__ void combine_splits_kernel(const cuda::AttentionParams p) {
   // row = (b Hq + h) Sq + i: the partials' order.
   const int i = int(row % p.seqlen_q), h = int(row / p.seqlen_q % p.heads_q), b = int(row / p.seqlen_q / p.heads_q);
   const int64_t split_stride = rows;  // rows of one split
-  float m = -__builtin_huge_valf();
-  for (int s = 0; s < p.num_splits; ++s) m = fmaxf(m, p.lse_partial[s * split_stride + row]);
-  const float sink = p.sink != nullptr ? p.sink[h] : -__builtin_huge_valf();
-  const float top = fmaxf(m, sink);
-  // Weights exp(lse_s - top); a split that saw no key (lse_s = -inf) weighs 0. No key in any
-  // split and no sink: top = -inf, nothing to weigh.
-  float denominator = 0.0f;
-  if (top != -__builtin_huge_valf()) {
-    for (int s = 0; s < p.num_splits; ++s) denominator += __expf(p.lse_partial[s * split_stride + row] - top);
-    if (p.sink != nullptr) denominator += __expf(sink - top);
-  }
+  const SplitMerge merge =
+      split_merge(p.lse_partial + row, split_stride, p.num_splits, p.sink != nullptr ? p.sink[h] : -INFINITY);
   const cuda::Sequence seq = cuda::sequence_of(p, b);
   T* out = cuda::query_row<T>(p.out, seq, i, h);
   for (int c = lane; c < p.d_v; c += 32) {
     float acc = 0.0f;
-    if (denominator > 0.0f)
-      for (int s = 0; s < p.num_splits; ++s) {
-        const float lse_s = p.lse_partial[s * split_stride + row];
-        if (lse_s != -__builtin_huge_valf())
-          acc += __expf(lse_s - top) * p.o_partial[(s * split_stride + row) * p.d_v + c];
-      }
-    out[c] = from_float<T>(denominator > 0.0f ? acc / denominator : 0.0f);
+    for (int s = 0; s < p.num_splits; ++s) {
+      const float weight = split_weight(merge, p.lse_partial[s * split_stride + row]);
+      if (weight > 0.0f) acc += weight * p.o_partial[(s * split_stride + row) * p.d_v + c];
+    }
+    out[c] = from_float<T>(acc);
   }
   if (p.lse != nullptr && lane == 0)
     p.lse[seq.q_start * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + int64_t(i) * p.lse_row_stride] =
-        denominator > 0.0f ? top + __logf(denominator) : -__builtin_huge_valf();
+        split_lse(merge);
 }
 
 }  // namespace
