@@ -7,6 +7,7 @@
 // (varlen: tokens past cu_seqlens[batch]) must keep the poison. Lengths {1, 17, 128, 1000,
 // 4097} as Sq = Sk, Sq < Sk and Sq > Sk. Calls the kernels do not cover fall back to the
 // portable ones, and FLASH4_BACKEND=portable forces those.
+#include <algorithm>
 #include <cstdio>
 #include <initializer_list>
 #include <memory>
@@ -469,6 +470,32 @@ std::vector<Problem> padded_head_dim_cases() {
   return cases;
 }
 INSTANTIATE_TEST_SUITE_P(Padded, Flash4Hopper, ::testing::ValuesIn(padded_head_dim_cases()), test_name);
+
+// O by TMA store (FLASH4_HOPPER_TMA_STORE_O=1, written without a GPU): the consumers write each
+// finished tile into its Q buffer and one thread per warpgroup stores it with TMA; rows past Sq
+// and columns past d_v lie outside the out map and must stay untouched (the harness poisons
+// out first and checks every element it owns). Every dense case of the covered, window, sink,
+// softcap and padded suites with head dims up to 128, both warpgroup counts at d 64.
+class Flash4HopperTmaStoreO : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperTmaStoreO, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_TMA_STORE_O", "1"}});
+}
+
+std::vector<Problem> tma_store_cases() {
+  std::vector<Problem> all;
+  for (auto cases : {covered_cases(), window_cases(), sink_cases(), softcap_cases(), padded_head_dim_cases()})
+    append(all, cases);
+  std::vector<Problem> dense;
+  for (Problem p : all)
+    if (!p.varlen() && std::max(p.Dqk, p.Dv) <= 128) {
+      p.label += " tma-store";
+      dense.push_back(p);
+    }
+  return dense;
+}
+INSTANTIATE_TEST_SUITE_P(TmaStore, Flash4HopperTmaStoreO, ::testing::ValuesIn(tma_store_cases()), test_name);
 
 // Paged K / V (a page table; forward only): the producer gathers each key block in TMA boxes
 // of gcd(page_size, key block) rows from the sequence's shuffled pages. Page sizes 8 (16

@@ -51,10 +51,11 @@
 // Packed GQA (dense q, short Sq): a KV head's query heads share one tile's rows (kPackGqa);
 // in those kernels split-KV (flash-decoding: a tile's key blocks cut into p.num_splits runs,
 // merged by split_combine.cu) for decode, where the packed tiles fill few SMs.
+// The TMA store of O (d <= 128, dense unpacked q): each finished tile through its Q buffer.
 // All written without a GPU, NOT YET RUN ON ONE, so opt-in (FLASH4_HOPPER_PAGED=1,
-// FLASH4_HOPPER_PACK_GQA=auto|1, FLASH4_HOPPER_SPLIT_KV=auto|N) until
-// scripts/hopper_paged_check.sh passes.
-// Missing vs issue 4 (follow-ups): TMA stores of O, native (unpadded) d 96 / 192 tiles.
+// FLASH4_HOPPER_PACK_GQA=auto|1, FLASH4_HOPPER_SPLIT_KV=auto|N, FLASH4_HOPPER_TMA_STORE_O=1)
+// until scripts/hopper_fwd_features_check.sh passes.
+// Missing vs issue 4 (follow-ups): native (unpadded) d 96 / 192 tiles.
 #pragma once
 
 #include <cuda.h>
@@ -126,6 +127,7 @@ struct ForwardSm90Config {
 // Kernel flags (run-time switches, for A/B measurements).
 inline constexpr int kEmulateExp2 = 1;  // FA4's exp2 emulation for one 8-column tile in four
 inline constexpr int kPingpong = 2;     // consumer warpgroups alternate their wgmma batches
+inline constexpr int kTmaStoreO = 4;    // O through its Q buffer and a TMA store (ForwardSchedule)
 
 // Row max / sum of one consumer thread's two rows (g and g + 8 of its warp).
 struct SoftmaxRows {
@@ -401,11 +403,15 @@ __device__ __forceinline__ int dynamic_tile(const AttentionParams& p, const Varl
 template <int D, typename T, bool SOFTCAP, int kWarpgroups = 2, bool kPaged = false, bool kPackGqa = false>
 __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1)
     attention_forward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
-                                  const __grid_constant__ CUtensorMap tma_v, const AttentionParams p,
+                                  const __grid_constant__ CUtensorMap tma_v, const __grid_constant__ CUtensorMap tma_o,
+                                  const AttentionParams p,
                                   const VarlenTiles list, int* tile_counter, const int flags) {
 #if defined(FLASH4_SM90A)
   // Pingpong pairs two warpgroups: not with three.
   const bool emulate_exp2 = (flags & kEmulateExp2) != 0, pingpong = kWarpgroups == 2 && (flags & kPingpong) != 0;
+  // O by TMA store through the tile's Q buffer (d <= 128: two buffers, released at the tile's
+  // end; dense, unpacked q: the host sets the flag only then).
+  const bool tma_store_o = ForwardSm90Config<D, kWarpgroups>::kQStages == 2 && !kPackGqa && (flags & kTmaStoreO) != 0;
   using C = ForwardSm90Config<D, kWarpgroups>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
   extern __shared__ unsigned char smem_raw[];
@@ -694,7 +700,9 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         release(&v_empty[last % kStages]);
         consumed += n_blocks;
       }
-      if (!kEarlyQRelease || n_blocks == 0) release(&q_empty[qs]);  // every S = Q K^T of this tile is done
+      // Every S = Q K^T of this tile is done; with the TMA store of O the buffer is released
+      // once the store has read the O written into it (below).
+      if ((!kEarlyQRelease || n_blocks == 0) && !tma_store_o) release(&q_empty[qs]);
 
       // Finish: O / l, lse = (m + log2 l) ln 2; a row with no visible key: O = 0, lse = -inf.
       // The sink x_s = sink_h log2 e joins l only: m' = max(m, x_s), l' = l 2^(m - m') +
@@ -736,13 +744,45 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         uint32_t packed[D / 8];
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) packed[n] = cuda::pack2<T>(o[4 * n + 2 * half] * inv, o[4 * n + 2 * half + 1] * inv);
-        store_o_row<D>(keep ? cuda::query_row<T>(p.out, w.seq, i, h) : nullptr, packed, t, keep, p.d_v);
+        if (tma_store_o) {
+          // Row r of the tile in the Q buffer's layout (the map's 128-byte swizzle: 16-byte unit
+          // u of a row at u ^ (r % 8)); a warp's 4-byte stores of one n8 tile hit 32 banks.
+          unsigned char* tile = reinterpret_cast<unsigned char*>(sQ) + qs * C::kQBytes;
+          const int r = 64 * cw + 16 * wq + g + 8 * half;
+#pragma unroll
+          for (int n = 0; n < D / 8; ++n)
+            *reinterpret_cast<uint32_t*>(tile + (n / 8) * C::kQChunkBytes + r * 128 + (((n % 8) ^ (r & 7)) << 4) + 4 * t) =
+                packed[n];
+        } else {
+          store_o_row<D>(keep ? cuda::query_row<T>(p.out, w.seq, i, h) : nullptr, packed, t, keep, p.d_v);
+        }
         if (!keep) continue;
         if (p.lse != nullptr && t == 0)
           p.lse[w.seq.q_start * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + int64_t(i) * p.lse_row_stride] =
               l > 0.0f ? (m + __log2f(l)) * cuda::kLn2 : -__builtin_huge_valf();
       }
+      if (tma_store_o) {
+        // The warpgroup's 64 rows are in its half of the Q buffer: fence them for the async
+        // proxy, meet (barrier 4 + cw, this warpgroup's 128 threads), one thread stores them (a
+        // box per 64-column chunk; rows past Sq and columns past d_v are outside the map and not
+        // written) and waits until the boxes are read; the second meeting lets every warp
+        // release the buffer to the producer after that.
+        fence_proxy_async();
+        named_barrier_sync(4 + cw, 128);
+        if (threadIdx.x % 128 == 0) {
+          const unsigned char* tile = reinterpret_cast<const unsigned char*>(sQ) + qs * C::kQBytes + 64 * cw * 128;
+#pragma unroll
+          for (int c = 0; c < C::kChunks; ++c)
+            tma_store_4d(&tma_o, 64 * c, w.q_row + 64 * cw, w.h, w.tma_b, tile + c * C::kQChunkBytes);
+          bulk_commit_group();
+          bulk_wait_group_read<0>();
+        }
+        named_barrier_sync(4 + cw, 128);
+        release(&q_empty[qs]);
+      }
     }
+    // The last TMA stores of O complete before the CTA ends.
+    if (tma_store_o && threadIdx.x % 128 == 0) bulk_wait_group<0>();
     // Warpgroup 1's last turn_end arrived on warpgroup 0's barrier: consume it, so no
     // barrier is left half-complete at exit.
     if (pingpong && cw == 0) named_barrier_sync(1, 256);

@@ -197,7 +197,7 @@ int encode_packed_q_map(CUtensorMap* map, const flash4_tensor& t, int group, int
 // is dense, the group is a power of two up to 16 and packing needs fewer 128-row tiles than
 // one head a tile -- short Sq, decode above all (Sq = 1, group 8: 1 tile instead of 8, and the
 // group's K / V read once). Not with softcap (no such kernels). Written without a GPU, so off
-// unless asked until scripts/hopper_paged_check.sh has passed: FLASH4_HOPPER_PACK_GQA=auto
+// unless asked until scripts/hopper_fwd_features_check.sh has passed: FLASH4_HOPPER_PACK_GQA=auto
 // applies the rule, =1 packs wherever it can, =0 (or unset, for now) never; read at each call.
 constexpr bool kPackGqaByDefault = false;
 int forward_q_pack(const flash4_forward_args& a, const ProblemShape& shape) {
@@ -217,7 +217,7 @@ int forward_q_pack(const flash4_forward_args& a, const ProblemShape& shape) {
 // producer's tile arithmetic stays shifts): when the packed tiles fill under half of the SMs
 // and each has at least 4 key blocks, enough runs of at least 2 blocks to cover the SMs (at
 // most 16); split_combine.cu merges them. Written without a GPU, so off unless asked until
-// scripts/hopper_paged_check.sh has passed: FLASH4_HOPPER_SPLIT_KV=auto applies the rule, =N
+// scripts/hopper_fwd_features_check.sh has passed: FLASH4_HOPPER_SPLIT_KV=auto applies the rule, =N
 // forces the power of two at or below N (1 .. 64); read at each call.
 constexpr bool kSplitKvByDefault = false;
 int power_of_two_at_most(int64_t n) {
@@ -248,7 +248,7 @@ std::string forward_gap(const flash4_forward_args& a, const ProblemShape& shape)
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
   if (shape.paged) {
     // Written without a GPU: on Hopper only with FLASH4_HOPPER_PAGED=1 (read at each call)
-    // until scripts/hopper_paged_check.sh has passed on one.
+    // until scripts/hopper_fwd_features_check.sh has passed on one.
     if (!env_is("FLASH4_HOPPER_PAGED", "1"))
       return "paged KV runs on Hopper only with FLASH4_HOPPER_PAGED=1 until a GPU run checks it";
     if (a.paged.page_size % 8 != 0)
@@ -293,7 +293,7 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   const ProblemShape shape = validate_forward(a);
   *gap = forward_gap(a, shape);
   if (!gap->empty()) return false;
-  hopper::ForwardTensorMaps maps;
+  hopper::ForwardTensorMaps maps{};
   const int kernel_dim = padded_head_dim(shape);
   const int q_pack = forward_q_pack(a, shape);
   const int warpgroups = forward_warpgroups(a, shape, q_pack);
@@ -307,6 +307,15 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
     if (int error = q_pack > 1 && t == &a.q ? encode_packed_q_map(map, *t, q_pack, rows) : encode_tensor_map(map, *t, rows);
         error != 0) {
       *gap = concat("cuTensorMapEncodeTiled rejected ", name, " (CUresult ", error, ")");
+      return false;
+    }
+  // The TMA store of O (written without a GPU: only with FLASH4_HOPPER_TMA_STORE_O=1, read at
+  // each call, until scripts/hopper_fwd_features_check.sh has run it): dense, unpacked q, d <= 128.
+  const bool tma_store_o =
+      env_is("FLASH4_HOPPER_TMA_STORE_O", "1") && !shape.varlen && q_pack == 1 && kernel_dim <= 128;
+  if (tma_store_o)
+    if (int error = encode_tensor_map(&maps.o, a.out, 64); error != 0) {
+      *gap = concat("cuTensorMapEncodeTiled rejected out (CUresult ", error, ")");
       return false;
     }
 
@@ -351,6 +360,8 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
     if (shape.varlen) list = build_varlen_tiles_in(ws, p, kind, capacity, shape.batch, stream);
     hopper::ForwardSchedule schedule = forward_schedule();
     schedule.warpgroups = warpgroups;
+    schedule.tma_store_o = tma_store_o;
+    if (tma_store_o) log_backend("flash4_forward", "hopper", "O by TMA store");
     if (warpgroups == 3)
       log_backend("flash4_forward", "hopper", "three consumer warpgroups");
     if (dynamic) {

@@ -16,6 +16,7 @@ namespace flash4::hopper {
 // (see ptx_sm90.cuh).
 struct ForwardTensorMaps {
   CUtensorMap q, k, v;
+  CUtensorMap o;  // out, box 64 columns x 64 rows: the TMA store of O (ForwardSchedule::tma_store_o)
 };
 
 inline constexpr int kTmaBoxRows = 128;  // kBlockN of the backward (and the forward's kBlockM with two warpgroups)
@@ -50,6 +51,10 @@ struct ForwardSchedule {
   // caller has zeroed on the launch's stream (one int of the call's workspace). Null: the
   // static round-robin.
   int* tile_counter = nullptr;
+  // The consumers write each finished O tile into its (done) Q buffer and one thread stores it
+  // with TMA, instead of 16-byte stores from registers: dense q, not packed, d <= 128 (two Q
+  // buffers); the caller encoded maps.o.
+  bool tma_store_o = false;
 };
 
 // `list`: the varlen work list (pairs == nullptr for a dense call), of at most

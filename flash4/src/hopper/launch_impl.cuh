@@ -31,8 +31,9 @@ void forward_sm90_launch(const ForwardTensorMaps& maps, const cuda::AttentionPar
   const dim3 grid(unsigned(tiles < sms ? tiles : sms));
   auto launch = [&](auto kernel) {
     FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmemBytes)));
-    const int flags = (p.emulate_exp2 ? kEmulateExp2 : 0) | (schedule.pingpong ? kPingpong : 0);
-    kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, p, list, schedule.tile_counter,
+    const int flags = (p.emulate_exp2 ? kEmulateExp2 : 0) | (schedule.pingpong ? kPingpong : 0) |
+                      (schedule.tma_store_o ? kTmaStoreO : 0);
+    kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.o, p, list, schedule.tile_counter,
                                                          flags);
     FLASH4_CUDA_CHECK_LAUNCH("attention_forward_sm90_kernel");
   };

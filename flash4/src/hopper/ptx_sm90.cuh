@@ -133,6 +133,17 @@ __device__ __forceinline__ void bulk_reduce_add_3d(const void* map, int c0, int 
 }
 // Closes this thread's bulk ops issued since the last commit into one bulk async-group.
 __device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// TMA store of one box from shared memory (`smem_src`, in the map's swizzled layout) to the
+// tensor at coordinates (c0 .. c3); elements past the tensor's extent are not written. Part of
+// this thread's current bulk async-group: bulk_commit_group, then bulk_wait_group_read before
+// the source is written again.
+__device__ __forceinline__ void tma_store_4d(const void* map, int c0, int c1, int c2, int c3, const void* smem_src) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%1, %2, %3, %4}], [%5];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_u32(smem_src))
+               : "memory");
+}
+
 // Waits until at most N of this thread's bulk async-groups are pending in reading their
 // source: shared memory they read may be overwritten (after a barrier, by other threads too).
 // Their writes to global memory may still be in flight.

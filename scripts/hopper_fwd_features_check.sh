@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Device check of two Hopper (sm90a) forward features written without a GPU, both opt-in until
+# Device check of the Hopper (sm90a) forward features written without a GPU, all opt-in until
 # this passes: paged K / V (FLASH4_HOPPER_PAGED=1; k / v [pages, page_size, Hkv, D] and a page
 # table, page_size a multiple of 8, no softcap: the producer gathers each key block in TMA
 # boxes of gcd(page_size, key block) rows from the sequence's pages, load_key_block in
 # forward_sm90.cuh, kernels of their own: kPaged), packed GQA (FLASH4_HOPPER_PACK_GQA=auto|1:
 # a KV head's query heads in one tile's rows for short Sq, kPackGqa) and, in those kernels,
-# split-KV (FLASH4_HOPPER_SPLIT_KV=auto|N: flash-decoding, merged by split_combine.cu), in one
-# call on an H100 / H200 from the repository root (carry .device-carry/):
+# split-KV (FLASH4_HOPPER_SPLIT_KV=auto|N: flash-decoding, merged by split_combine.cu), and the
+# TMA store of O (FLASH4_HOPPER_TMA_STORE_O=1: dense q, d <= 128), in one call on an H100 / H200
+# from the repository root (carry .device-carry/):
 #   1. build   flash4 for sm_90a only, the flash4-only GPU tests and flash4-bench with nvcc;
 #              registers / stack of the forward kernels (the dense ones 0 spills; the paged
 #              ones 0 / 8 / 4 bytes at d 128 / 64 / 256 on this toolkit);
@@ -16,21 +17,22 @@
 #              windows, decode-like Sq = 1, seqused_k 0, packed queries, a sink; NaN in every
 #              unused slot; each unpacked and packed) and PackGqa/Flash4HopperPackGqa.* (each
 #              whole and in 4 split-KV runs) against
-#              float64, the dispatch tests, then the existing forward suites (the producer's
-#              key-block loop and the tile arithmetic changed);
+#              float64, TmaStore/Flash4HopperTmaStoreO.*, the dispatch tests, then the existing
+#              forward suites (the producer's key-block loop and the tile arithmetic changed);
 #   4. bench   flash4-bench --paged: decode (8 x 8192 keys, one query, GQA 32 / 8) at page sizes
 #              16 / 24 / 64 / 256 and a causal prefill, paged against the same keys contiguous,
-#              unpacked, packed GQA, packed with split-KV;
+#              unpacked, packed GQA, packed with split-KV; flash4-bench forward at d 64 / 128 with
+#              and without the TMA store of O;
 #   5. check   compute-sanitizer memcheck and racecheck of two small paged cases.
-# Every stage's timeout is cut to the time left of BUDGET seconds (default 300). Everything
-# goes to $OUT (default ./hopper-paged-out).
+# Every stage's timeout is cut to the time left of BUDGET seconds (default 420). Everything
+# goes to $OUT (default ./hopper-fwd-features-out).
 #
-#   bash scripts/hopper_paged_check.sh
+#   bash scripts/hopper_fwd_features_check.sh
 set -uo pipefail
 # shellcheck source=scripts/lib/hopper_check_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
 
-check_start hopper-paged-out 300 "$@"
+check_start hopper-fwd-features-out 420 "$@"
 export FLASH4_HOPPER_PAGED=1  # the suites set it themselves; the bench relies on it
 
 # ---- 1. build -------------------------------------------------------------------------
@@ -49,12 +51,13 @@ smoke_says "packed GQA" "packing never ran"
 
 # ---- 3. tests -------------------------------------------------------------------------
 run_suite paged 'Paged/Flash4HopperPaged.*:PackGqa/Flash4HopperPackGqa.*' 120
+run_suite tmastore 'TmaStore/Flash4HopperTmaStoreO.*' 60
 worst() { grep -hE "^\[ errors \]" "$OUT/tests_paged.txt" 2>/dev/null | grep "$2" | max_after "$1"; }
 note "paged worst vs float64: bf16 out $(worst out bf16) lse $(worst lse bf16); fp16 out $(worst out fp16) lse $(worst lse fp16)"
 n_portable=$(grep -cE "^\[ errors \].*\| portable" "$OUT/tests_paged.txt" 2>/dev/null)
 note "paged cases on the portable kernels: ${n_portable:-0} (expect 0)"
 run_suite dispatch 'Flash4HopperDispatch.*' 60
-limit=$(($(time_left) - 70))
+limit=$(($(time_left) - 110))
 run_suite existing 'Covered/Flash4Hopper.*:Varlen/Flash4Hopper.*:Window/Flash4Hopper.*:Padded/Flash4Hopper.*' \
   $((limit > 30 ? limit : 30))
 
@@ -81,9 +84,22 @@ for run in "decode 16 --seqlen-q 1" "decode 64 --seqlen-q 1" "decode 256 --seqle
     printf "| %s | %s | %s | %s | %s | %s | %s |\n", n, ps, a[3], c[3], r, a[7], d}' >>"$OUT/bench_table.md"
 done
 
+# flash4-bench forward, register stores of O vs the TMA store (separate processes).
+{ echo; echo "| d | S | causal | fwd TF/s registers | fwd TF/s TMA store | ratio |"; echo "|---|---|---|---|---|---|"; } \
+  >>"$OUT/bench_table.md"
+for d in 64 128; do
+  for store in 0 1; do
+    FLASH4_HOPPER_TMA_STORE_O=$store timeout "$(budget 25)" "$B/bin/flash4-bench" --d $d --repeats 10 --deterministic 0 \
+      2>/dev/null | awk '$1 ~ /^[0-9]+$/ && $6 == "|" {print $1, $2, $5, $8}' >"$OUT/bench_store$store.d$d.txt"
+  done
+  awk 'NR == FNR {f[$2 " " $3] = $4; next} {r = f[$2 " " $3]; printf "| %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, r, $4,
+       (r > 0 ? sprintf("%.3f", $4 / r) : "-")}' "$OUT/bench_store0.d$d.txt" "$OUT/bench_store1.d$d.txt" \
+    >>"$OUT/bench_table.md"
+done
+
 # ---- 5. sanitizers ----------------------------------------------------------------------------
 # Decode-like d 128 in pages of 8; packed queries; packed GQA with seqused_k.
-SMALL='Paged/Flash4HopperPaged.*/1_*:Paged/Flash4HopperPaged.*/24_*:PackGqa/Flash4HopperPackGqa.*/3_*'
+SMALL='Paged/Flash4HopperPaged.*/1_*:Paged/Flash4HopperPaged.*/24_*:PackGqa/Flash4HopperPackGqa.*/3_*:TmaStore/*/2_*'
 sanitize_stage memcheck "$SMALL" 60
 sanitize_stage racecheck "$SMALL" 60
 
