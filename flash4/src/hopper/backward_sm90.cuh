@@ -560,6 +560,17 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
         const int stage = step % kStages, h = steps.head(step, hk, p.group), m0 = steps.row0(step, BM);
         // The consumers' release of this stage's previous use (step - kStages).
         if (step >= kStages) mbarrier_wait(&q_empty[stage], ((step / kStages) & 1) ^ 1);
+        // The rows' lse2 / D from the 16-byte boundary at or below the block's first row
+        // (h row_pitch is a multiple of 4 floats; the room after the last token keeps the
+        // copy inside the buffer).
+        const int64_t r0 = (int64_t(h) * row_pitch + seq.q_token + m0) & ~int64_t(3);
+#if defined(FLASH4_BWD_ROWS_COPY_BEFORE_EXPECT)
+        // Diagnostic build only (scripts/hopper_racecheck_rows.sh): the rows' bulk copies issued
+        // before this thread's arrive.expect_tx -- legal, the transaction count may go negative
+        // until the arrive -- to see whether racecheck's two reports on them follow the order.
+        bulk_load(sRows + stage * 2 * C::kRowFloats, p.lse_log2 + r0, C::kRowFloats * 4, &q_full[stage]);
+        bulk_load(sRows + stage * 2 * C::kRowFloats + C::kRowFloats, p.d_rows + r0, C::kRowFloats * 4, &q_full[stage]);
+#endif
         mbarrier_arrive_expect_tx(&q_full[stage], C::kStepTxBytes);
 #pragma unroll
         for (int c = 0; c < C::kChunks; ++c) {
@@ -568,12 +579,10 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
           tma_load_4d(smem + C::kOffO + stage * C::kQBytes + c * C::kQChunkBytes, &tma_do, 64 * c, q_row + m0, h,
                       tma_b, &q_full[stage]);
         }
-        // The rows' lse2 / D from the 16-byte boundary at or below the block's first row
-        // (h row_pitch is a multiple of 4 floats; the room after the last token keeps the
-        // copy inside the buffer).
-        const int64_t r0 = (int64_t(h) * row_pitch + seq.q_token + m0) & ~int64_t(3);
+#if !defined(FLASH4_BWD_ROWS_COPY_BEFORE_EXPECT)
         bulk_load(sRows + stage * 2 * C::kRowFloats, p.lse_log2 + r0, C::kRowFloats * 4, &q_full[stage]);
         bulk_load(sRows + stage * 2 * C::kRowFloats + C::kRowFloats, p.d_rows + r0, C::kRowFloats * 4, &q_full[stage]);
+#endif
       }
     } else if (kBulk && warp == 1) {
       // The dQ writer (bulk dQ, FA3's scheme): per step it waits until both consumer
