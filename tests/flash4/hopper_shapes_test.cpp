@@ -60,4 +60,44 @@ TEST(HopperShapes, PagedBoxRowsDivideThePageAndTheKeyBlock) {
   EXPECT_EQ(flash4::hopper::paged_box_rows(512, 128), 128);
 }
 
+// Packed GQA packs exactly when it needs fewer 128-row tiles than one head a tile.
+TEST(HopperShapes, PackGqaRulePacksWhenItSavesTiles) {
+  using flash4::detail::pack_gqa_rule;
+  EXPECT_EQ(pack_gqa_rule(1, 8, 128), 8);      // decode: 1 tile instead of 8
+  EXPECT_EQ(pack_gqa_rule(100, 16, 128), 16);  // 13 tiles instead of 16
+  EXPECT_EQ(pack_gqa_rule(300, 2, 128), 2);    // 5 instead of 6
+  EXPECT_EQ(pack_gqa_rule(128, 4, 128), 1);    // 4 either way
+  EXPECT_EQ(pack_gqa_rule(256, 2, 128), 1);
+  EXPECT_EQ(pack_gqa_rule(1, 1, 128), 1);      // no group
+  EXPECT_EQ(pack_gqa_rule(1, 6, 128), 1);      // not a power of two
+  EXPECT_EQ(pack_gqa_rule(1, 32, 128), 1);     // over 16
+  for (int64_t sq = 1; sq <= 600; ++sq)
+    for (int64_t group : {2, 4, 8, 16}) {
+      const bool saves = (sq * group + 127) / 128 < group * ((sq + 127) / 128);
+      ASSERT_EQ(pack_gqa_rule(sq, group, 128), saves ? int(group) : 1) << "Sq " << sq << " group " << group;
+    }
+}
+
+// Split-KV: runs only when the tiles fill under half the SMs and have >= 4 key blocks; a power
+// of two, at most 16, at most half the blocks, and no more than covering the SMs needs.
+TEST(HopperShapes, SplitKvRuleFillsTheSmsWithPowerOfTwoRuns) {
+  using flash4::detail::split_kv_rule;
+  EXPECT_EQ(split_kv_rule(64, 64, 132), 2);  // ceil(132 / 64) = 3 -> 2
+  EXPECT_EQ(split_kv_rule(8, 64, 132), 16);
+  EXPECT_EQ(split_kv_rule(8, 10, 132), 4);   // at most 5 (half the blocks) -> 4
+  EXPECT_EQ(split_kv_rule(70, 64, 132), 1);  // already over half the SMs
+  EXPECT_EQ(split_kv_rule(8, 3, 132), 1);    // too few blocks
+  for (int64_t tiles = 1; tiles <= 200; ++tiles)
+    for (int64_t blocks = 1; blocks <= 200; blocks += 7) {
+      const int splits = split_kv_rule(tiles, blocks, 132);
+      ASSERT_EQ(splits & (splits - 1), 0);
+      ASSERT_LE(splits, 16);
+      if (splits > 1) {
+        ASSERT_LE(2 * tiles, 132);
+        ASSERT_LE(2 * splits, blocks);
+        ASSERT_LT((splits / 2) * tiles, 132) << "no more runs than covering the SMs needs";
+      }
+    }
+}
+
 }  // namespace

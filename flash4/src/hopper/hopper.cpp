@@ -207,10 +207,7 @@ int forward_q_pack(const flash4_forward_args& a, const ProblemShape& shape) {
   if (env_is("FLASH4_HOPPER_PACK_GQA", "1")) return int(group);
   if (env_is("FLASH4_HOPPER_PACK_GQA", "0")) return 1;
   if (!kPackGqaByDefault && !env_is("FLASH4_HOPPER_PACK_GQA", "auto")) return 1;
-  const int64_t rows = hopper::forward_query_rows(2);
-  const int64_t packed_tiles = (shape.seqlen_q * group + rows - 1) / rows;
-  const int64_t head_tiles = group * ((shape.seqlen_q + rows - 1) / rows);
-  return packed_tiles < head_tiles ? int(group) : 1;
+  return pack_gqa_rule(shape.seqlen_q, group, hopper::forward_query_rows(2));
 }
 
 // Split-KV runs (flash-decoding) of the packed-GQA kernels (1 = none; a power of two, so the
@@ -220,11 +217,6 @@ int forward_q_pack(const flash4_forward_args& a, const ProblemShape& shape) {
 // scripts/hopper_fwd_features_check.sh has passed: FLASH4_HOPPER_SPLIT_KV=auto applies the rule, =N
 // forces the power of two at or below N (1 .. 64); read at each call.
 constexpr bool kSplitKvByDefault = false;
-int power_of_two_at_most(int64_t n) {
-  int p = 1;
-  while (2 * int64_t(p) <= n) p *= 2;
-  return p;
-}
 int forward_splits(const ProblemShape& shape, int q_pack, int kernel_dim) {
   if (q_pack <= 1) return 1;
   const char* asked = std::getenv("FLASH4_HOPPER_SPLIT_KV");
@@ -238,9 +230,7 @@ int forward_splits(const ProblemShape& shape, int q_pack, int kernel_dim) {
   }
   const int64_t rows = hopper::forward_query_rows(2), block_n = hopper::forward_key_box_rows(kernel_dim);
   const int64_t tiles = (shape.seqlen_q * q_pack + rows - 1) / rows * shape.heads_kv * shape.batch;
-  const int64_t blocks = (shape.seqlen_k + block_n - 1) / block_n;
-  if (2 * tiles > sms || blocks < 4) return 1;
-  return power_of_two_at_most(std::min<int64_t>({(sms + tiles - 1) / tiles, blocks / 2, 16}));
+  return split_kv_rule(tiles, (shape.seqlen_k + block_n - 1) / block_n, sms);
 }
 
 // Why the Hopper forward does not run `a` ("" when it does).

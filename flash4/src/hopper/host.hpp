@@ -7,6 +7,7 @@
 #include <cudaTypedefs.h>
 #include <flash4/flash4.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -43,6 +44,32 @@ std::string sm90_device_gap(bool kernel_present);
 // than 2^30 tokens; dense: a sequence over 2^30); "" when they do. The forward and the
 // backward each add their own limit on tiles.
 std::string problem_size_gap(const ProblemShape& shape);
+
+// The largest power of two at or below n (1 for n < 2).
+inline int power_of_two_at_most(int64_t n) {
+  int p = 1;
+  while (2 * int64_t(p) <= n) p *= 2;
+  return p;
+}
+
+// Packed GQA's rule (forward_q_pack in hopper.cpp applies it when asked): pack a KV head's
+// `group` query heads into one tile's `rows` rows when that needs fewer tiles than one head a
+// tile -- short Sq, decode above all -- so `group` (a power of two up to 16), else 1.
+inline int pack_gqa_rule(int64_t seqlen_q, int64_t group, int64_t rows) {
+  if (group < 2 || group > 16 || (group & (group - 1)) != 0) return 1;
+  const int64_t packed_tiles = (seqlen_q * group + rows - 1) / rows;
+  const int64_t head_tiles = group * ((seqlen_q + rows - 1) / rows);
+  return packed_tiles < head_tiles ? int(group) : 1;
+}
+
+// Split-KV's rule (forward_splits in hopper.cpp): when `tiles` fill under half of the `sms`
+// and each has at least 4 key blocks, runs of at least 2 blocks enough to cover the SMs, at
+// most 16, rounded down to a power of two (the kernels' tile arithmetic is shifts); else 1.
+inline int split_kv_rule(int64_t tiles, int64_t key_blocks, int sms) {
+  if (tiles < 1 || 2 * tiles > sms || key_blocks < 4) return 1;
+  const int64_t cover = (sms + tiles - 1) / tiles, longest = key_blocks / 2;
+  return power_of_two_at_most(std::min<int64_t>(std::min<int64_t>(cover, longest), 16));
+}
 
 // The head dim of the kernel that runs d_qk / d_v: the smallest of 64, 128, 256 that holds
 // both, or 0 (not multiples of 8, or over 256). The tensor maps keep the real widths, so TMA
