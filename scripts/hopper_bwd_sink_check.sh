@@ -58,8 +58,7 @@ run_suite sink 'Sink/Flash4HopperBackward*:Sink/Flash4HopperDeterministicBackwar
 # Softcap on the same kernel (a uniform branch: th = tanh(s scale / c) while the dP wgmma runs,
 # then P and dS = P (dP - D) (1 - th^2)); Softcap/Flash4Hopper.* is the forward's suite.
 run_suite softcap 'Softcap/Flash4HopperBackward*:Softcap/Flash4HopperDeterministicBackward*' 120
-worst() { grep -hE "^\[ errors \]" "$OUT/tests_sink.txt" 2>/dev/null | grep "$2" | max_after "$1"; }
-note "sink worst vs float64: bf16 dq $(worst dq bf16) dk $(worst dk bf16) dv $(worst dv bf16) dsink $(worst dsink bf16); fp16 dq $(worst dq fp16) dk $(worst dk fp16) dv $(worst dv fp16) dsink $(worst dsink fp16)"
+note "sink worst vs float64: bf16 dq $(worst_error sink dq bf16) dk $(worst_error sink dk bf16) dv $(worst_error sink dv bf16) dsink $(worst_error sink dsink bf16); fp16 dq $(worst_error sink dq fp16) dk $(worst_error sink dk fp16) dv $(worst_error sink dv fp16) dsink $(worst_error sink dsink fp16)"
 n_portable=$(grep -cE "^\[ errors \].*\| bwd portable" "$OUT/tests_sink.txt" 2>/dev/null)
 note "sink cases on the portable backward: ${n_portable:-0} (expect 0)"
 

@@ -71,8 +71,7 @@ fi
 
 # ---- 4. tests and sanitizers -----------------------------------------------------------------
 run_suite per_warpgroup '*/Flash4HopperBackwardPerWarpgroupDq.*:*/Flash4HopperVarlenBackwardPerWarpgroupDq.*' 150
-worst() { grep -hE "^\[ errors \]" "$OUT/tests_per_warpgroup.txt" 2>/dev/null | grep "$2" | max_after "$1"; }
-note "per_warpgroup worst vs float64: bf16 dq $(worst dq bf16) dk $(worst dk bf16) dv $(worst dv bf16); fp16 dq $(worst dq fp16)"
+note "per_warpgroup worst vs float64: bf16 dq $(worst_error per_warpgroup dq bf16) dk $(worst_error per_warpgroup dk bf16) dv $(worst_error per_warpgroup dv bf16); fp16 dq $(worst_error per_warpgroup dq fp16)"
 SMALL='Varlen/Flash4HopperVarlenBackwardPerWarpgroupDq.*/0_*'
 say "compute-sanitizer racecheck, then memcheck: varlen case 0, per-warpgroup hand-over"
 sanitize_stage racecheck "$SMALL" 60

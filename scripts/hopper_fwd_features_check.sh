@@ -52,8 +52,7 @@ smoke_says "packed GQA" "packing never ran"
 # ---- 3. tests -------------------------------------------------------------------------
 run_suite paged 'Paged/Flash4HopperPaged.*:PackGqa/Flash4HopperPackGqa.*' 120
 run_suite tmastore 'TmaStore/Flash4HopperTmaStoreO.*' 60
-worst() { grep -hE "^\[ errors \]" "$OUT/tests_paged.txt" 2>/dev/null | grep "$2" | max_after "$1"; }
-note "paged worst vs float64: bf16 out $(worst out bf16) lse $(worst lse bf16); fp16 out $(worst out fp16) lse $(worst lse fp16)"
+note "paged worst vs float64: bf16 out $(worst_error paged out bf16) lse $(worst_error paged lse bf16); fp16 out $(worst_error paged out fp16) lse $(worst_error paged lse fp16)"
 n_portable=$(grep -cE "^\[ errors \].*\| portable" "$OUT/tests_paged.txt" 2>/dev/null)
 note "paged cases on the portable kernels: ${n_portable:-0} (expect 0)"
 run_suite dispatch 'Flash4HopperDispatch.*' 60

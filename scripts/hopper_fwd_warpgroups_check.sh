@@ -41,8 +41,7 @@ smoke_says "three consumer warpgroups" "the switch did not reach the launch"
 
 # ---- 3. tests -------------------------------------------------------------------------
 run_suite wg3 'D64/Flash4HopperThreeWarpgroups.*:D64/Flash4HopperTwoWarpgroups.*' 120
-worst() { grep -hE "^\[ errors \]" "$OUT/tests_wg3.txt" 2>/dev/null | grep "$2" | max_after "$1"; }
-note "three-warpgroup worst vs float64: bf16 out $(worst out bf16) lse $(worst lse bf16); fp16 out $(worst out fp16) lse $(worst lse fp16)"
+note "three-warpgroup worst vs float64: bf16 out $(worst_error wg3 out bf16) lse $(worst_error wg3 lse bf16); fp16 out $(worst_error wg3 out fp16) lse $(worst_error wg3 lse fp16)"
 reserve=$((BENCH == 1 ? 70 : 0))
 limit=$(($(time_left) - reserve - 30))
 run_suite existing 'Covered/Flash4Hopper.*:Varlen/Flash4Hopper.*:Window/Flash4Hopper.*' $((limit > 30 ? limit : 30))

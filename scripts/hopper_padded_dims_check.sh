@@ -40,9 +40,8 @@ smoke_says "zero-padded" "the padded dims did not reach the Hopper kernels"
 
 # ---- 3. tests -------------------------------------------------------------------------
 run_suite padded 'Padded/*' 150
-worst() { grep -hE "^\[ errors \]" "$OUT/tests_padded.txt" 2>/dev/null | grep "$2" | max_after "$1"; }
-note "padded worst vs float64: bf16 out $(worst out bf16) dq $(worst dq bf16) dk $(worst dk bf16) dv $(worst dv bf16);" \
-  "fp16 out $(worst out fp16) dq $(worst dq fp16)"
+note "padded worst vs float64: bf16 out $(worst_error padded out bf16) dq $(worst_error padded dq bf16) dk $(worst_error padded dk bf16) dv $(worst_error padded dv bf16);" \
+  "fp16 out $(worst_error padded out fp16) dq $(worst_error padded dq fp16)"
 n_portable=$(grep -cE "^\[ errors \].*\| (bwd )?portable" "$OUT/tests_padded.txt" 2>/dev/null)
 note "padded cases on the portable kernels: ${n_portable:-0} (expect 0)"
 run_suite dispatch 'Flash4HopperDispatch.*:Flash4HopperBackwardDispatch.*' 60

@@ -44,9 +44,8 @@ smoke_says "flash4_backward ran hopper" "the switch did not reach the gap"
 
 # ---- 3. the seqused suites -----------------------------------------------------------------
 run_suite seqused 'Seqused/Flash4HopperSeqused.*:Seqused/Flash4HopperBackwardSeqused.*' 150
-worst() { grep -hE "^\[ errors \]" "$OUT/tests_seqused.txt" 2>/dev/null | grep "$2" | max_after "$1"; }
-note "seqused worst vs float64: bf16 out $(worst out bf16) dq $(worst dq bf16) dk $(worst dk bf16) dv $(worst dv bf16);" \
-  "fp16 out $(worst out fp16) dq $(worst dq fp16) dk $(worst dk fp16) dv $(worst dv fp16)"
+note "seqused worst vs float64: bf16 out $(worst_error seqused out bf16) dq $(worst_error seqused dq bf16) dk $(worst_error seqused dk bf16) dv $(worst_error seqused dv bf16);" \
+  "fp16 out $(worst_error seqused out fp16) dq $(worst_error seqused dq fp16) dk $(worst_error seqused dk fp16) dv $(worst_error seqused dv fp16)"
 n_portable=$(grep -cE "^\[ errors \].*\| (bwd )?portable" "$OUT/tests_seqused.txt" 2>/dev/null)
 note "seqused cases on the portable kernels: ${n_portable:-0} (expect 0)"
 FLASH4_HOPPER_SEQUSED=0 run_suite dispatch 'Flash4HopperDispatch.*:Flash4HopperBackwardDispatch.*' 60

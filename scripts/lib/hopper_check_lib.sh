@@ -158,6 +158,10 @@ gtest_result() { grep -E '^\[  PASSED|^\[  FAILED' "$1" | head -2 | tr '\n' ' ';
 # max_after WORD: the largest number that follows WORD on the lines read (the worst error).
 max_after() { awk -v f="$1" '{for (i = 1; i < NF; i++) if ($i == f) {print $(i + 1); break}}' | sort -g | tail -1; }
 
+# worst_error SUITE FIELD DTYPE: the largest FIELD error (out, lse, dq, dk, dv) on the DTYPE
+# (bf16 / fp16) error lines run_suite SUITE wrote to $OUT/tests_SUITE.txt.
+worst_error() { grep -hE "^\[ errors \]" "$OUT/tests_$1.txt" 2>/dev/null | grep "$3" | max_after "$2"; }
+
 # smoke FILTER SECONDS [ERE]: FILTER's tests with FLASH4_LOG=1 under a timeout of SECONDS into
 # $OUT/smoke.txt, their error / result lines (and lines matching ERE) logged; returns their status.
 smoke() {

@@ -144,30 +144,41 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return encode;
 }
 
+namespace {
+
+// The 4-d map (d, then the three outer dimensions in `extent` / `stride`, elements) of t's
+// 16-bit data, box 64 columns x box[0] x box[1] x box[2], 128-byte swizzle.
+int encode_4d(CUtensorMap* map, const flash4_tensor& t, const int64_t (&extent)[3], const int64_t (&stride)[3],
+              const cuuint32_t (&box)[3]) {
+  const cuuint64_t elem = 2;
+  const int64_t d = t.shape[t.rank - 1];
+  const cuuint64_t dims[4] = {cuuint64_t(d), cuuint64_t(extent[0]), cuuint64_t(extent[1]), cuuint64_t(extent[2])};
+  cuuint64_t strides[3];
+  for (int i = 0; i < 3; ++i)  // a stride of an extent-1 dimension is never used: any legal value
+    strides[i] = extent[i] > 1 ? cuuint64_t(stride[i]) * elem : cuuint64_t(d) * elem;
+  const cuuint32_t boxes[4] = {64, box[0], box[1], box[2]};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType type =
+      t.dtype == FLASH4_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  return int(tensor_map_encoder()(map, type, 4, t.data, dims, strides, boxes, element_strides,
+                                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
+}
+
+}  // namespace
+
 // (D, S, H, B) view of a dense [B, S, H, D] tensor or (D, T, H, 1) of a packed [T, H, D]
 // one, box 64 columns x box_rows rows, 128-byte swizzle. Returns the driver's error code
 // (0 = success). Rows past the tensor's end arrive as zeros; a packed tensor's rows past one
 // sequence's end are the next sequence's (the kernels mask or zero them).
 int encode_tensor_map(CUtensorMap* map, const flash4_tensor& t, int box_rows) {
-  const cuuint64_t elem = 2;
   const bool packed = t.rank == 3;
-  const int64_t d = t.shape[t.rank - 1];
-  // Dimensions 1 .. 3 (rows, heads, batch): extent and stride in elements.
+  // Dimensions 1 .. 3 (rows, heads, batch).
   const int64_t extent[3] = {packed ? t.shape[0] : t.shape[1], packed ? t.shape[1] : t.shape[2],
                              packed ? 1 : t.shape[0]};
-  const int64_t s[3] = {packed ? t.stride[0] : t.stride[1], packed ? t.stride[1] : t.stride[2],
-                        packed ? 0 : t.stride[0]};
-  cuuint64_t dims[4] = {cuuint64_t(d), cuuint64_t(extent[0]), cuuint64_t(extent[1]), cuuint64_t(extent[2])};
-  cuuint64_t strides[3];
-  for (int i = 0; i < 3; ++i)  // a stride of an extent-1 dimension is never used: any legal value
-    strides[i] = extent[i] > 1 ? cuuint64_t(s[i]) * elem : cuuint64_t(d) * elem;
-  cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1};
-  cuuint32_t element_strides[4] = {1, 1, 1, 1};
-  const CUtensorMapDataType type =
-      t.dtype == FLASH4_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  return int(tensor_map_encoder()(map, type, 4, t.data, dims, strides, box, element_strides,
-                                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
+  const int64_t stride[3] = {packed ? t.stride[0] : t.stride[1], packed ? t.stride[1] : t.stride[2],
+                             packed ? 0 : t.stride[0]};
+  return encode_4d(map, t, extent, stride, {cuuint32_t(box_rows), 1, 1});
 }
 
 namespace {
@@ -176,21 +187,9 @@ namespace {
 // rows / group tokens, 128-byte swizzle: the box lands in shared memory as rows of (token,
 // head) pairs, heads fastest -- the tile's row order. Returns the driver's error code.
 int encode_packed_q_map(CUtensorMap* map, const flash4_tensor& t, int group, int rows) {
-  const cuuint64_t elem = 2;
-  const cuuint64_t dims[4] = {cuuint64_t(t.shape[3]), cuuint64_t(t.shape[2]), cuuint64_t(t.shape[1]),
-                              cuuint64_t(t.shape[0])};
-  const int64_t s[3] = {t.stride[2], t.stride[1], t.stride[0]};  // heads, tokens, batch
-  const int64_t extent[3] = {t.shape[2], t.shape[1], t.shape[0]};
-  cuuint64_t strides[3];
-  for (int i = 0; i < 3; ++i)  // a stride of an extent-1 dimension is never used: any legal value
-    strides[i] = extent[i] > 1 ? cuuint64_t(s[i]) * elem : cuuint64_t(t.shape[3]) * elem;
-  const cuuint32_t box[4] = {64, cuuint32_t(group), cuuint32_t(rows / group), 1};
-  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
-  const CUtensorMapDataType type =
-      t.dtype == FLASH4_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  return int(tensor_map_encoder()(map, type, 4, t.data, dims, strides, box, element_strides,
-                                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
+  const int64_t extent[3] = {t.shape[2], t.shape[1], t.shape[0]};  // heads, tokens, batch
+  const int64_t stride[3] = {t.stride[2], t.stride[1], t.stride[0]};
+  return encode_4d(map, t, extent, stride, {cuuint32_t(group), cuuint32_t(rows / group), 1});
 }
 
 // Query heads packed into a tile's rows (packed GQA; 1 = none): a KV head's whole group when q
@@ -202,7 +201,7 @@ int encode_packed_q_map(CUtensorMap* map, const flash4_tensor& t, int group, int
 constexpr bool kPackGqaByDefault = false;
 int forward_q_pack(const flash4_forward_args& a, const ProblemShape& shape) {
   const int64_t group = shape.heads_q / shape.heads_kv;
-  if (shape.varlen || a.options.softcap > 0 || group < 2 || group > 16 || (group & (group - 1)) != 0) return 1;
+  if (shape.varlen || a.options.softcap > 0 || !packable_group(group)) return 1;
   if (shape.seqlen_q * group >= (int64_t(1) << 30)) return 1;
   if (env_is("FLASH4_HOPPER_PACK_GQA", "1")) return int(group);
   if (env_is("FLASH4_HOPPER_PACK_GQA", "0")) return 1;
@@ -318,9 +317,9 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
     p.pages = int(a.k.shape[0]);
   }
   p.q_pack = q_pack;
-  while ((1 << p.q_pack_shift) < q_pack) ++p.q_pack_shift;
+  p.q_pack_shift = log2_of_power_of_two(q_pack);
   p.num_splits = forward_splits(shape, q_pack, kernel_dim);
-  while ((1 << p.split_shift) < p.num_splits) ++p.split_shift;
+  p.split_shift = log2_of_power_of_two(p.num_splits);
   // Split-KV partials: O [splits][B][Hq][Sq][d_v] and LSE [splits][B][Hq][Sq], fp32.
   const int64_t split_rows = p.num_splits > 1 ? int64_t(p.num_splits) * shape.batch * shape.heads_q * shape.seqlen_q : 0;
   const int emulation = a.tuning.exp2_emulation;

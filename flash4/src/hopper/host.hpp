@@ -52,11 +52,22 @@ inline int power_of_two_at_most(int64_t n) {
   return p;
 }
 
+// log2 of a power of two.
+inline int log2_of_power_of_two(int n) {
+  int shift = 0;
+  while ((1 << shift) < n) ++shift;
+  return shift;
+}
+
+// A GQA group the packed-GQA kernels take: a power of two from 2 to 16 (shifts; the tile's
+// rows hold whole groups).
+inline bool packable_group(int64_t group) { return group >= 2 && group <= 16 && (group & (group - 1)) == 0; }
+
 // Packed GQA's rule (forward_q_pack in hopper.cpp applies it when asked): pack a KV head's
 // `group` query heads into one tile's `rows` rows when that needs fewer tiles than one head a
-// tile -- short Sq, decode above all -- so `group` (a power of two up to 16), else 1.
+// tile -- short Sq, decode above all -- so `group` (a packable one), else 1.
 inline int pack_gqa_rule(int64_t seqlen_q, int64_t group, int64_t rows) {
-  if (group < 2 || group > 16 || (group & (group - 1)) != 0) return 1;
+  if (!packable_group(group)) return 1;
   const int64_t packed_tiles = (seqlen_q * group + rows - 1) / rows;
   const int64_t head_tiles = group * ((seqlen_q + rows - 1) / rows);
   return packed_tiles < head_tiles ? int(group) : 1;

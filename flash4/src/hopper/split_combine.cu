@@ -1,6 +1,6 @@
 // Split-KV merge (split_combine.hpp): one warp per output row (b, i, h); each lane takes the
-// row's d_v columns lane, lane + 32, ... and every lane reads the splits' LSE (at most a few
-// dozen floats, cached). Runs after the split kernel on the same stream.
+// row's d_v columns lane, lane + 32, ... (d_v <= 256) and every lane reads the splits' LSE (at
+// most 64 floats, cached). Runs after the split kernel on the same stream.
 #include "hopper/split_combine.hpp"
 
 #include <cuda_bf16.h>
@@ -37,14 +37,20 @@ __global__ void combine_splits_kernel(const cuda::AttentionParams p) {
       split_merge(p.lse_partial + row, split_stride, p.num_splits, p.sink != nullptr ? p.sink[h] : -INFINITY);
   const cuda::Sequence seq = cuda::sequence_of(p, b);
   T* out = cuda::query_row<T>(p.out, seq, i, h);
-  for (int c = lane; c < p.d_v; c += 32) {
-    float acc = 0.0f;
-    for (int s = 0; s < p.num_splits; ++s) {
-      const float weight = split_weight(merge, p.lse_partial[s * split_stride + row]);
-      if (weight > 0.0f) acc += weight * p.o_partial[(s * split_stride + row) * p.d_v + c];
-    }
-    out[c] = from_float<T>(acc);
+  // The lane's columns lane + 32 k (d_v <= 256: at most kColumns); each run's weight once.
+  constexpr int kColumns = 8;
+  float acc[kColumns] = {};
+  for (int s = 0; s < p.num_splits; ++s) {
+    const float weight = split_weight(merge, p.lse_partial[s * split_stride + row]);
+    if (weight == 0.0f) continue;
+    const float* partial = p.o_partial + (s * split_stride + row) * p.d_v;
+#pragma unroll
+    for (int k = 0; k < kColumns; ++k)
+      if (lane + 32 * k < p.d_v) acc[k] += weight * partial[lane + 32 * k];
   }
+#pragma unroll
+  for (int k = 0; k < kColumns; ++k)
+    if (lane + 32 * k < p.d_v) out[lane + 32 * k] = from_float<T>(acc[k]);
   if (p.lse != nullptr && lane == 0)
     p.lse[seq.q_start * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + int64_t(i) * p.lse_row_stride] =
         split_lse(merge);
