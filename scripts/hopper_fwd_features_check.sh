@@ -18,7 +18,8 @@
 #              unused slot; each unpacked and packed) and PackGqa/Flash4HopperPackGqa.* (each
 #              whole and in 4 split-KV runs) against
 #              float64, TmaStore/Flash4HopperTmaStoreO.*, the dispatch tests, then the existing
-#              forward suites (the producer's key-block loop and the tile arithmetic changed);
+#              forward suites (the producer's key-block loop and the tile arithmetic changed)
+#              and the covered bulk-dQ backward (the tensor maps' encoder was refactored);
 #   4. bench   flash4-bench --paged: decode (8 x 8192 keys, one query, GQA 32 / 8) at page sizes
 #              16 / 24 / 64 / 256 and a causal prefill, paged against the same keys contiguous,
 #              unpacked, packed GQA, packed with split-KV; flash4-bench forward at d 64 / 128 with
@@ -57,7 +58,7 @@ n_portable=$(grep -cE "^\[ errors \].*\| portable" "$OUT/tests_paged.txt" 2>/dev
 note "paged cases on the portable kernels: ${n_portable:-0} (expect 0)"
 run_suite dispatch 'Flash4HopperDispatch.*' 60
 limit=$(($(time_left) - 110))
-run_suite existing 'Covered/Flash4Hopper.*:Varlen/Flash4Hopper.*:Window/Flash4Hopper.*:Padded/Flash4Hopper.*' \
+run_suite existing 'Covered/Flash4Hopper.*:Varlen/Flash4Hopper.*:Window/Flash4Hopper.*:Padded/Flash4Hopper.*:Covered/Flash4HopperBackwardBulkDq.*' \
   $((limit > 30 ? limit : 30))
 
 # ---- 4. bench ----------------------------------------------------------------------------------
