@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Device check of the Hopper (sm90a) forward features written without a GPU, all opt-in until
-# this passes: paged K / V (FLASH4_HOPPER_PAGED=1; k / v [pages, page_size, Hkv, D] and a page
+# Device check of the Hopper (sm90a) forward features first run on an H200 on 2026-12-01 and
+# the defaults since: paged K / V (FLASH4_HOPPER_PAGED=0 opts out; k / v [pages, page_size, Hkv, D] and a page
 # table, page_size a multiple of 8, no softcap: the producer gathers each key block in TMA
 # boxes of gcd(page_size, key block) rows from the sequence's pages, load_key_block in
 # forward_sm90.cuh, kernels of their own: kPaged), packed GQA (FLASH4_HOPPER_PACK_GQA=auto|1:
 # a KV head's query heads in one tile's rows for short Sq, kPackGqa) and, in those kernels,
 # split-KV (FLASH4_HOPPER_SPLIT_KV=auto|N: flash-decoding, merged by split_combine.cu), and the
-# TMA store of O (FLASH4_HOPPER_TMA_STORE_O=1: dense q, d <= 128), in one call on an H100 / H200
+# TMA store of O (FLASH4_HOPPER_TMA_STORE_O=0 opts out: dense q, d <= 128), in one call on an H100 / H200
 # from the repository root (carry .device-carry/):
 #   1. build   flash4 for sm_90a only, the flash4-only GPU tests and flash4-bench with nvcc;
 #              registers / stack of the forward kernels (the dense ones 0 spills; the paged
@@ -17,7 +17,7 @@
 #              windows, decode-like Sq = 1, seqused_k 0, packed queries, a sink; NaN in every
 #              unused slot; each unpacked and packed) and PackGqa/Flash4HopperPackGqa.* (each
 #              whole and in 4 split-KV runs) against
-#              float64, TmaStore/Flash4HopperTmaStoreO.*, the dispatch tests, then the existing
+#              float64, RegisterStore/Flash4HopperRegisterStoreO.* (the opt-out), the dispatch tests, then the existing
 #              forward suites (the producer's key-block loop and the tile arithmetic changed)
 #              and the covered bulk-dQ backward (the tensor maps' encoder was refactored);
 #   4. bench   flash4-bench --paged: decode (8 x 8192 keys, one query, GQA 32 / 8) at page sizes
@@ -34,7 +34,6 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
 
 check_start hopper-fwd-features-out 420 "$@"
-export FLASH4_HOPPER_PAGED=1  # the suites set it themselves; the bench relies on it
 
 # ---- 1. build -------------------------------------------------------------------------
 build_flash4
@@ -52,13 +51,14 @@ smoke_says "packed GQA" "packing never ran"
 
 # ---- 3. tests -------------------------------------------------------------------------
 run_suite paged 'Paged/Flash4HopperPaged.*:PackGqa/Flash4HopperPackGqa.*' 120
-run_suite tmastore 'TmaStore/Flash4HopperTmaStoreO.*' 60
+run_suite registerstore 'RegisterStore/Flash4HopperRegisterStoreO.*' 60
 note "paged worst vs float64: bf16 out $(worst_error paged out bf16) lse $(worst_error paged lse bf16); fp16 out $(worst_error paged out fp16) lse $(worst_error paged lse fp16)"
 n_portable=$(grep -cE "^\[ errors \].*\| portable" "$OUT/tests_paged.txt" 2>/dev/null)
 note "paged cases on the portable kernels: ${n_portable:-0} (expect 0)"
 run_suite dispatch 'Flash4HopperDispatch.*' 60
 limit=$(($(time_left) - 110))
-run_suite existing 'Covered/Flash4Hopper.*:Varlen/Flash4Hopper.*:Window/Flash4Hopper.*:Padded/Flash4Hopper.*:Covered/Flash4HopperBackwardBulkDq.*' \
+# EXISTING=0 skips them (a call that runs the whole flash4 suite after this check).
+[ "${EXISTING:-1}" = 0 ] || run_suite existing 'Covered/Flash4Hopper.*:Varlen/Flash4Hopper.*:Window/Flash4Hopper.*:Padded/Flash4Hopper.*:Covered/Flash4HopperBackwardBulkDq.*' \
   $((limit > 30 ? limit : 30))
 
 # ---- 4. bench ----------------------------------------------------------------------------------
@@ -67,17 +67,28 @@ run_suite existing 'Covered/Flash4Hopper.*:Varlen/Flash4Hopper.*:Window/Flash4Ho
 say "flash4-bench --paged: paged vs contiguous"
 { echo "| shape | page size | paged ms | contiguous ms | paged / contiguous | GB/s paged | max diff |"
   echo "|---|---|---|---|---|---|---|"; } >"$OUT/bench_table.md"
+# decode: unpacked; +pack: packed GQA; +split: with split-KV (the defaults); :portable: the paged
+# side on the portable kernels (FLASH4_HOPPER_PAGED=0; the contiguous side stays on Hopper);
+# mha: Hq = Hkv = 8 (nothing to pack).
 for run in "decode 16 --seqlen-q 1" "decode 64 --seqlen-q 1" "decode 256 --seqlen-q 1" "decode 24 --seqlen-q 1" \
            "decode+pack 64 --seqlen-q 1" "decode+pack+split 64 --seqlen-q 1" \
-           "prefill 64 --batch 4 --seqlen-q 2048 --seqlen-k 2048 --causal 1"; do
+           "decode+pack+split 16 --seqlen-q 1" "decode+pack+split:portable 16 --seqlen-q 1" \
+           "decode+pack+split 24 --seqlen-q 1" "decode+pack+split:portable 24 --seqlen-q 1" \
+           "mha 16 --seqlen-q 1 --hq 8 --hkv 8" "mha:portable 16 --seqlen-q 1 --hq 8 --hkv 8" \
+           "mha 64 --seqlen-q 1 --hq 8 --hkv 8" "mha:portable 64 --seqlen-q 1 --hq 8 --hkv 8" \
+           "prefill 64 --batch 4 --seqlen-q 2048 --seqlen-k 2048 --causal 1" \
+           "prefill:portable 64 --batch 4 --seqlen-q 2048 --seqlen-k 2048 --causal 1" \
+           "prefill 16 --batch 4 --seqlen-q 2048 --seqlen-k 2048 --causal 1" \
+           "prefill:portable 16 --batch 4 --seqlen-q 2048 --seqlen-k 2048 --causal 1"; do
   read -r name page rest <<<"$run"
-  pack=0 split=1
-  case $name in
+  pack=0 split=1 paged=1
+  case $name in *:portable) paged=0 ;; esac
+  case ${name%:portable} in
     decode+pack) pack=auto ;;
-    decode+pack+split) pack=auto split=auto ;;
+    decode+pack+split | mha | prefill) pack=auto split=auto ;;
   esac
   # shellcheck disable=SC2086  # rest: the shape's own options
-  line=$(FLASH4_HOPPER_PACK_GQA=$pack FLASH4_HOPPER_SPLIT_KV=$split timeout "$(budget 20)" "$B/bin/flash4-bench" \
+  line=$(FLASH4_HOPPER_PAGED=$paged FLASH4_HOPPER_PACK_GQA=$pack FLASH4_HOPPER_SPLIT_KV=$split timeout "$(budget 20)" "$B/bin/flash4-bench" \
     --paged "$page" $rest --repeats 20 2>&1 | tee -a "$LOG" | grep "^paged |")
   echo "$line" | awk -v n="$name" -v ps="$page" -F'|' '{split($2, a, " "); split($4, c, " ");
     match($5, /[0-9.]+/); r = substr($5, RSTART, RLENGTH); match($6, /[0-9.e+-]+$/); d = substr($6, RSTART, RLENGTH);
@@ -99,7 +110,7 @@ done
 
 # ---- 5. sanitizers ----------------------------------------------------------------------------
 # Decode-like d 128 in pages of 8; packed queries; packed GQA with seqused_k.
-SMALL='Paged/Flash4HopperPaged.*/1_*:Paged/Flash4HopperPaged.*/24_*:PackGqa/Flash4HopperPackGqa.*/3_*:TmaStore/*/2_*'
+SMALL='Paged/Flash4HopperPaged.*/1_*:Paged/Flash4HopperPaged.*/24_*:PackGqa/Flash4HopperPackGqa.*/3_*:RegisterStore/*/2_*'
 sanitize_stage memcheck "$SMALL" 60
 sanitize_stage racecheck "$SMALL" 60
 

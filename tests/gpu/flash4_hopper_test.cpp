@@ -60,7 +60,7 @@ std::vector<Problem> covered_cases() {
     p.causal = variant != 1;
     cases.push_back(forward_only(p));
   }
-  {  // Three waves of tiles over 64 heads, GQA (added after the last device run: not yet run).
+  {  // Three waves of tiles over 64 heads, GQA.
     Problem p;
     p.label = "hopper persistent waves";
     p.Dqk = p.Dv = 64;
@@ -471,16 +471,17 @@ std::vector<Problem> padded_head_dim_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(Padded, Flash4Hopper, ::testing::ValuesIn(padded_head_dim_cases()), test_name);
 
-// O by TMA store (FLASH4_HOPPER_TMA_STORE_O=1, written without a GPU): the consumers write each
-// finished tile into its Q buffer and one thread per warpgroup stores it with TMA; rows past Sq
-// and columns past d_v lie outside the out map and must stay untouched (the harness poisons
-// out first and checks every element it owns). Every dense case of the covered, window, sink,
-// softcap and padded suites with head dims up to 128, both warpgroup counts at d 64.
-class Flash4HopperTmaStoreO : public ::testing::TestWithParam<Problem> {};
+// O by register stores (FLASH4_HOPPER_TMA_STORE_O=0, the opt-out): by default the dense
+// unpacked d <= 128 kernels write each finished tile into its Q buffer and one thread per
+// warpgroup stores it with TMA (rows past Sq and columns past d_v outside the out map, which
+// the other suites check untouched: the harness poisons out first); this suite keeps the
+// consumers' own 16-byte stores covered on the same cases: every dense case of the covered,
+// window, sink, softcap and padded suites with head dims up to 128, both warpgroup counts at d 64.
+class Flash4HopperRegisterStoreO : public ::testing::TestWithParam<Problem> {};
 
-TEST_P(Flash4HopperTmaStoreO, RunsOnHopperAndMatchesFloat64Reference) {
+TEST_P(Flash4HopperRegisterStoreO, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_TMA_STORE_O", "1"}});
+  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_TMA_STORE_O", "0"}});
 }
 
 std::vector<Problem> tma_store_cases() {
@@ -495,7 +496,7 @@ std::vector<Problem> tma_store_cases() {
     }
   return dense;
 }
-INSTANTIATE_TEST_SUITE_P(TmaStore, Flash4HopperTmaStoreO, ::testing::ValuesIn(tma_store_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(RegisterStore, Flash4HopperRegisterStoreO, ::testing::ValuesIn(tma_store_cases()), test_name);
 
 // Paged K / V (a page table; forward only): the producer gathers each key block in TMA boxes
 // of gcd(page_size, key block) rows from the sequence's shuffled pages. Page sizes 8 (16
@@ -542,15 +543,16 @@ std::vector<Problem> paged_cases() {
   }
   return cases;
 }
-// FLASH4_HOPPER_PAGED=1 until a GPU run has checked the paged kernels; each case unpacked and
-// with packed GQA where the rule packs (FLASH4_HOPPER_PACK_GQA=auto: the dense-q cases here).
+// Paged K / V on the Hopper kernels (the default; FLASH4_HOPPER_PAGED=0 opts out); each case
+// unpacked and with packed GQA where the rule packs (FLASH4_HOPPER_PACK_GQA=auto: the dense-q
+// cases here).
 class Flash4HopperPaged : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperPaged, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   for (const char* pack : {"0", "auto"}) {
     SCOPED_TRACE(std::string("FLASH4_HOPPER_PACK_GQA=") + pack);
-    expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_PAGED", "1"}, {"FLASH4_HOPPER_PACK_GQA", pack}});
+    expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_PACK_GQA", pack}});
   }
 }
 INSTANTIATE_TEST_SUITE_P(Paged, Flash4HopperPaged, ::testing::ValuesIn(paged_cases()), test_name);
@@ -559,8 +561,8 @@ INSTANTIATE_TEST_SUITE_P(Paged, Flash4HopperPaged, ::testing::ValuesIn(paged_cas
 // decode-like Sq 1 / 5 / 17 / 100 under groups 2 / 4 / 8 / 16, d 64 / 128 / 256 and a padded
 // 96, bf16 / fp16, causal (bottom-right, Sq < Sk) or not, a window, a sink, seqused_k with NaN
 // past the keys used, paged K / V, BHSD q; and with FLASH4_HOPPER_PACK_GQA=1 a prefill of 300
-// tokens (several packed tiles, rows of a tile past Sq). FLASH4_HOPPER_PACK_GQA=auto (the rule
-// that becomes the default once this has run on a GPU) packs all but the forced cases (fewer
+// tokens (several packed tiles, rows of a tile past Sq). FLASH4_HOPPER_PACK_GQA=auto (the rule,
+// the default) packs all but the forced cases (fewer
 // tiles); FLASH4_LOG=1 says "packed GQA". Every case also runs with split-KV (flash-decoding:
 // the packed kernels cut each tile's key blocks into runs whose partial O / LSE
 // split_combine.cu merges, the sink joining there).
@@ -574,7 +576,6 @@ TEST_P(Flash4HopperPackGqa, RunsOnHopperAndMatchesFloat64Reference) {
   for (const char* splits : {"1", "4"}) {
     SCOPED_TRACE(std::string("FLASH4_HOPPER_SPLIT_KV=") + splits);
     expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_PACK_GQA", forced ? "1" : "auto"},
-                                       {"FLASH4_HOPPER_PAGED", "1"},
                                        {"FLASH4_HOPPER_SPLIT_KV", splits}});
   }
 }
@@ -621,8 +622,8 @@ std::vector<Problem> pack_gqa_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(PackGqa, Flash4HopperPackGqa, ::testing::ValuesIn(pack_gqa_cases()), test_name);
 
-// Features the Hopper forward does not cover (yet): paged KV without FLASH4_HOPPER_PAGED=1 (until
-// a GPU run checks it), with a page size not a multiple of 8 or with softcap; seqused_k with
+// Features the Hopper forward does not cover (yet), or opted out of: paged KV with
+// FLASH4_HOPPER_PAGED=0, with a page size not a multiple of 8 or with softcap; seqused_k with
 // FLASH4_HOPPER_SEQUSED=0.
 TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
@@ -636,13 +637,12 @@ TEST(Flash4HopperDispatch, UncoveredFeaturesRunOnThePortableKernels) {
     EXPECT_EQ(check_forward(forward_only(p)), "portable");
   }
   p = base;
-  p.label = "paged, without FLASH4_HOPPER_PAGED=1";
+  p.label = "paged, FLASH4_HOPPER_PAGED=0";
   p.page_size = 16, p.Sk = 300, p.seqused = {300};
   {
-    testing_support::ScopedEnv off("FLASH4_HOPPER_PAGED", nullptr);
+    testing_support::ScopedEnv off("FLASH4_HOPPER_PAGED", "0");
     EXPECT_EQ(check_forward(forward_only(p)), "portable");
   }
-  testing_support::ScopedEnv paged("FLASH4_HOPPER_PAGED", "1");
   p.label = "paged, page size 12";
   p.page_size = 12;
   EXPECT_EQ(check_forward(forward_only(p)), "portable");
