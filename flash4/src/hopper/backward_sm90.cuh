@@ -868,10 +868,14 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       store_ds_transposed<BM>(smem + C::kOffDs + ds_buffer * C::kDsBytes, dsa, 64 * cw + 16 * wq + g, t);
       fence_proxy_async();  // the generic-proxy stores above, before the wgmma (async proxy) reads
 
-      // dV += P^T dO, dK += dS^T Q, one commit group.
+      // d = 128: dV += P^T dO now, dQ next and dK += dS^T Q last, so that dQ is handed over
+      // while dK's wgmma runs (H200: 1.05x the backward at d 128, 0.92x at d 64, whose short
+      // steps then release their Q / dO stage later: scripts/hopper_ab.sh, 2026-12-01). d = 64:
+      // dV and dK as one commit group, then dQ, all waited for before the hand-over.
+      constexpr bool kDqFirst = D == 128;
       wgmma_fence();
       issue_key_gradient<D, T>(dv, pa, o_addr);
-      issue_key_gradient<D, T>(dk, dsa, q_addr);
+      if constexpr (!kDqFirst) issue_key_gradient<D, T>(dk, dsa, q_addr);
       wgmma_commit_group();
 
       // dQ = dS K (this warpgroup's part, see issue_dq).
@@ -885,32 +889,44 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
         named_barrier_sync(1 + cw, 128);
       }
       issue_dq<D, T>(dq, ds_addr0 + ds_buffer * C::kDsBytes, k_addr, cw);
-      // Wait for the gradients (fences on everything they wrote or read), hand dQ over.
-      wgmma_wait_group<0>();
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i) {
-        fence_operand(dv[i]);
-        fence_operand(dk[i]);
+      // Wait for the gradients (fences on everything they wrote or read), hand dQ over; d = 128
+      // with dK still running.
+      if constexpr (kDqFirst) {
+        wgmma_fence();
+        issue_key_gradient<D, T>(dk, dsa, q_addr);
+        wgmma_commit_group();
+        wgmma_wait_group<1>();  // dV and dQ done (groups complete in order)
+      } else {
+        wgmma_wait_group<0>();
       }
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) fence_operand(dv[i]);
 #pragma unroll
       for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
 #pragma unroll
       for (int k = 0; k < BM / 16; ++k)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          fence_operand(pa[k][r]);
-          fence_operand(dsa[k][r]);
-        }
+        for (int r = 0; r < 4; ++r) fence_operand(pa[k][r]);
+      // dK done (at d = 128 only after the hand-over): the last reader of this stage's Q.
+      auto release_stage = [&] {
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) fence_operand(dk[i]);
+#pragma unroll
+        for (int k = 0; k < BM / 16; ++k)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) fence_operand(dsa[k][r]);
+        // Every wgmma reading this stage's Q / dO is done, and so are this warp's reads of its
+        // lse2 / D rows: __syncwarp orders all 32 lanes' reads before lane 0's arrive (a
+        // release for lane 0 alone), so the producer's next bulk copy into the stage cannot
+        // overtake a lane's read (compute-sanitizer racecheck flagged it without).
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(&q_empty[stage]);
+      };
+      if constexpr (!kDqFirst) release_stage();
       // dQ -> dq_accum[token][h][:] (unscaled; the finish kernel multiplies by scale).
       // Accumulator element 4n + 2 half + {0, 1}: query row 16 wq + g + 8 half, columns
       // dq_first_column(cw) + 8n + 2t, +1.
       const int dq_col0 = dq_first_column<D>(cw);
-      // Every wgmma reading this stage's Q / dO is done, and so are this warp's reads of its
-      // lse2 / D rows: __syncwarp orders all 32 lanes' reads before lane 0's arrive (a
-      // release for lane 0 alone), so the producer's next bulk copy into the stage cannot
-      // overtake a lane's read (compute-sanitizer racecheck flagged it without).
-      __syncwarp();
-      if (lane == 0) mbarrier_arrive(&q_empty[stage]);
       // d = 64 deterministic: first the two warpgroups' partial sums -> one, 32 columns each
       // (tiles n < 4), so that both the bulk and the atomic adds give one fixed order.
       constexpr bool kCombine = kDeterministic && D == 64;
@@ -942,6 +958,10 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
         named_barrier_arrive(kDqDoneBarrier, kDqOrderThreads);
       } else {
         atomic_add_dq<kTiles, D>(p, seq, h, m0, dq_col0, wq, g, t, dq);
+      }
+      if constexpr (kDqFirst) {
+        wgmma_wait_group<0>();
+        release_stage();
       }
     }
 
