@@ -136,7 +136,9 @@ template <int D>
 struct BackwardSm90Config {
   static constexpr int kBlockM = 64;   // query rows per step (the wgmma N of S^T / dP^T)
   static constexpr int kBlockN = 128;  // keys per CTA: two consumer warpgroups of 64
-  static constexpr int kStages = 2;    // Q / dO / rows ring
+  // Q / dO / rows ring. d = 64: 3 stages, its steps (~0.7 us of wgmma at peak) being shorter
+  // than a TMA load's latency; d = 128 has no room for a third (see the bulk dQ note).
+  static constexpr int kStages = D == 64 ? 3 : 2;
   static constexpr int kThreads = 384;
   static constexpr int kChunks = D / 64;  // 128-byte swizzle blocks along the head dim
   static constexpr uint32_t kQChunkBytes = kBlockM * 128, kKChunkBytes = kBlockN * 128;
@@ -169,7 +171,7 @@ struct BackwardSm90Config {
   //   bytes (K, V 2 x 32 KB, Q and dO 2 x 2 x 16 KB, dS^T 2 x 16 KB = 163,840, rows 1,088,
   //   barriers 40, slack 1,024) + 65,536 = 231,528 <= 232,448 - 16 (the deterministic
   //   ticket's static int); no room for a third buffer, so double buffering is the ceiling.
-  //   d = 64: 100,456 + 65,536 = 165,992; deterministic (+ the 32 KB swap) 198,768.
+  //   d = 64 (3 stages): 117,400 + 65,536 = 182,936; deterministic (+ the 32 KB swap) 215,712.
   // Two buffers so that the consumers stage step s + 1 while step s's adds still read theirs.
   static constexpr uint32_t kDqChunkBytes = kBlockM * 32 * 4;
   static constexpr uint32_t kDqBufferBytes = 2 * 2 * kDqChunkBytes;
