@@ -28,8 +28,8 @@
 //     queries each (default 8 x 8192 keys, Q = 1: decode; Hq 32, Hkv 8, d 128, not causal),
 //     the forward on the paged K / V against the same K / V contiguous ([B, K, Hkv, D]), one
 //     process: ms, TFLOP/s, GB/s of K and V read once, their ratio, and the largest
-//     difference of the two outputs (the same keys in the same order: expect 0). The Hopper
-//     kernels take paged K / V only with FLASH4_HOPPER_PAGED=1 for now (else: portable).
+//     difference of the two outputs (the same keys in the same order: expect 0).
+//     FLASH4_HOPPER_PAGED=0 sends the paged side to the portable kernels.
 //   The Hopper backward's dQ path comes from the environment, for A/B runs: unset (bulk
 //   reduce-add from shared memory; non-deterministic calls hand each consumer warpgroup its
 //   buffers separately, the default), FLASH4_HOPPER_DQ=bulk (the two in lock-step) or

@@ -52,9 +52,9 @@
 // in those kernels split-KV (flash-decoding: a tile's key blocks cut into p.num_splits runs,
 // merged by split_combine.cu) for decode, where the packed tiles fill few SMs.
 // The TMA store of O (d <= 128, dense unpacked q): each finished tile through its Q buffer.
-// All written without a GPU, NOT YET RUN ON ONE, so opt-in (FLASH4_HOPPER_PAGED=1,
-// FLASH4_HOPPER_PACK_GQA=auto|1, FLASH4_HOPPER_SPLIT_KV=auto|N, FLASH4_HOPPER_TMA_STORE_O=1)
-// until scripts/hopper_fwd_features_check.sh passes.
+// These four passed scripts/hopper_fwd_features_check.sh on an H200 (2026-12-01) and are the
+// defaults (FLASH4_HOPPER_PAGED=0, FLASH4_HOPPER_PACK_GQA=0, FLASH4_HOPPER_SPLIT_KV=1,
+// FLASH4_HOPPER_TMA_STORE_O=0 switch them off).
 // Missing vs issue 4 (follow-ups): native (unpadded) d 96 / 192 tiles.
 #pragma once
 
