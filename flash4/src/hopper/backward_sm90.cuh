@@ -5,8 +5,9 @@
 // head of the KV head's GQA group and every query block of BM = 64 rows that sees its
 // keys (so dK / dV are summed over the group inside the CTA, in a fixed order):
 //  - warpgroup 0, the producer: one thread TMA-loads K and V once, then streams Q, dO and
-//    the rows' lse (log2 units) and D = rowsum(dO o O) through a two-stage ring ("full"
-//    mbarrier: the bytes landed; "empty": both consumer warpgroups are done with it);
+//    the rows' lse (log2 units) and D = rowsum(dO o O) through a ring of kStages (d 64: 3,
+//    d 128: 2; "full" mbarrier: the bytes landed; "empty": both consumer warpgroups are done
+//    with it);
 //  - warpgroups 1 and 2, the consumers: warpgroup w owns keys 64 w .. 64 w + 63 of the block
 //    and keeps dV and dK for them in registers. Per query block, transposed (keys are the
 //    wgmma M, so the results are already laid out as the A operand of dV / dK):
@@ -17,6 +18,7 @@
 //      dK  += dS^T Q               wgmma RS: dS^T from registers, Q MN-major
 //      dQ   = dS K                 dS^T goes to shared memory (16-bit, 128B-swizzled) and is
 //                                  read back as an MN-major A operand; K MN-major.
+//    (d = 128 issues dK after dQ, and hands dQ over while dK's wgmma runs.)
 //    d = 128: warpgroup w computes dQ's columns 64 w .. 64 w + 63 over all 128 keys (both
 //    warpgroups' dS^T: a named barrier between them); d = 64: warpgroup w computes the
 //    part of dQ that its own 64 keys contribute (no barrier, twice the atomics).
