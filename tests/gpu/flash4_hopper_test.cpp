@@ -622,6 +622,57 @@ std::vector<Problem> pack_gqa_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(PackGqa, Flash4HopperPackGqa, ::testing::ValuesIn(pack_gqa_cases()), test_name);
 
+// Split-KV of unpacked q (FLASH4_HOPPER_SPLIT_KV_UNPACKED=1, written without a GPU): the
+// packed-GQA kernels at q_pack 1 for MHA and for groups packing does not take (3, 32), so
+// decode with few tiles fills the SMs. Each case with the rule (auto: 2 runs for these 3 x 8
+// tiles of 6 key blocks) and with 4 runs forced; d 64 / 96 (padded) / 128 / 256, bf16 / fp16,
+// causal, a window, a sink, BHSD q, seqused_k with NaN past it, paged K / V. FLASH4_LOG=1
+// says "split-KV".
+class Flash4HopperSplitKvUnpacked : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperSplitKvUnpacked, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  for (const char* splits : {"auto", "4"}) {
+    SCOPED_TRACE(std::string("FLASH4_HOPPER_SPLIT_KV=") + splits);
+    expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_SPLIT_KV_UNPACKED", "1"}, {"FLASH4_HOPPER_SPLIT_KV", splits}});
+  }
+}
+
+std::vector<Problem> split_unpacked_cases() {
+  struct Shape {
+    int d, hq, hkv, sq;
+  };
+  const Shape shapes[] = {{128, 8, 8, 1}, {64, 8, 8, 5}, {128, 6, 2, 17}, {256, 8, 8, 1}, {96, 8, 8, 2}, {64, 32, 1, 3}};
+  std::vector<Problem> cases;
+  int i = 0;
+  for (Shape sh : shapes) {
+    Problem p;
+    p.label = "hopper split unpacked";
+    p.Dqk = p.Dv = sh.d;
+    p.dtype = i % 2 ? FLASH4_F16 : FLASH4_BF16;
+    p.B = 3, p.Hq = sh.hq, p.Hkv = sh.hkv, p.Sq = sh.sq, p.Sk = 700;
+    p.causal = true;
+    cases.push_back(forward_only(p));
+    if (i < 3) {
+      p.causal = false, p.sink = true;
+      cases.push_back(forward_only(p));
+      p.sink = false, p.window_left = 90, p.window_right = 0, p.bhsd = i % 2 == 1;
+      cases.push_back(forward_only(p));
+      Problem u = p;  // seqused_k with NaN past it, contiguous and paged
+      u.window_left = u.window_right = -1, u.bhsd = false, u.causal = true;
+      u.seqused = {700, 1, 333}, u.nan_unused_keys = true;
+      cases.push_back(forward_only(u));
+      u.label = "hopper split unpacked paged";
+      u.page_size = 64;
+      cases.push_back(forward_only(u));
+    }
+    ++i;
+  }
+  return cases;
+}
+INSTANTIATE_TEST_SUITE_P(SplitUnpacked, Flash4HopperSplitKvUnpacked, ::testing::ValuesIn(split_unpacked_cases()),
+                         test_name);
+
 // Features the Hopper forward does not cover (yet), or opted out of: paged KV with
 // FLASH4_HOPPER_PAGED=0, with a page size not a multiple of 8 or with softcap; seqused_k with
 // FLASH4_HOPPER_SEQUSED=0.

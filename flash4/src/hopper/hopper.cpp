@@ -57,10 +57,10 @@ bool dynamic_schedule_asked() { return !env_is("FLASH4_HOPPER_SCHEDULE", "static
 // cases vs float64, racecheck / memcheck clean) three were 1.06-1.22x two non-causal and
 // 1.06-1.16x causal at S >= 2k, but 0.95 / 0.92x causal at S 512 / 1k. Softcap keeps two (its
 // tanh does not fit 160 registers a thread: launch_impl.cuh), as do paged KV and packed GQA
-// (their kernels are two-warpgroup only). FLASH4_HOPPER_FWD_WARPGROUPS=2|3
+// and split-KV (their kernels are two-warpgroup only). FLASH4_HOPPER_FWD_WARPGROUPS=2|3
 // (read at each call) forces the count, for A/B runs and tests.
-int forward_warpgroups(const flash4_forward_args& a, const ProblemShape& shape, int q_pack) {
-  if (padded_head_dim(shape) != 64 || a.options.softcap > 0 || shape.paged || q_pack > 1) return 2;
+int forward_warpgroups(const flash4_forward_args& a, const ProblemShape& shape, bool packed_kernel) {
+  if (padded_head_dim(shape) != 64 || a.options.softcap > 0 || shape.paged || packed_kernel) return 2;
   if (env_is("FLASH4_HOPPER_FWD_WARPGROUPS", "2")) return 2;
   if (env_is("FLASH4_HOPPER_FWD_WARPGROUPS", "3")) return 3;
   const bool local = a.options.causal != 0 || a.options.window_left >= 0 || a.options.window_right >= 0;
@@ -215,9 +215,16 @@ int forward_q_pack(const flash4_forward_args& a, const ProblemShape& shape) {
 // most 16); split_combine.cu merges them (H200 decode as above, packed: 0.141 -> 0.082 ms).
 // FLASH4_HOPPER_SPLIT_KV=auto (the default) applies the rule, =N forces the power of two at
 // or below N (1 .. 64); read at each call.
+// Unpacked q (MHA, or a GQA group packing does not shrink: decode with 64 KV heads, say, fills
+// the SMs without it) splits too with FLASH4_HOPPER_SPLIT_KV_UNPACKED=1: the packed-GQA kernels
+// at q_pack 1, dense q without softcap as packing asks (MHA decode, 8 x 8 heads: 64 tiles on
+// 132 SMs, 2 runs each). Written without a GPU, so opt-in until
+// scripts/hopper_fwd_features_check.sh has run its SplitUnpacked suite and bench rows.
 constexpr bool kSplitKvByDefault = true;
-int forward_splits(const ProblemShape& shape, int q_pack, int kernel_dim) {
-  if (q_pack <= 1) return 1;
+int forward_splits(const flash4_forward_args& a, const ProblemShape& shape, int q_pack, int kernel_dim) {
+  if (q_pack <= 1 &&
+      (!env_is("FLASH4_HOPPER_SPLIT_KV_UNPACKED", "1") || shape.varlen || a.options.softcap > 0))
+    return 1;
   const char* asked = std::getenv("FLASH4_HOPPER_SPLIT_KV");
   if (asked != nullptr && std::strcmp(asked, "auto") != 0) return power_of_two_at_most(std::clamp(std::atoi(asked), 1, 64));
   if (!kSplitKvByDefault && asked == nullptr) return 1;
@@ -283,7 +290,10 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   hopper::ForwardTensorMaps maps{};
   const int kernel_dim = padded_head_dim(shape);
   const int q_pack = forward_q_pack(a, shape);
-  const int warpgroups = forward_warpgroups(a, shape, q_pack);
+  const int splits = forward_splits(a, shape, q_pack, kernel_dim);
+  // The packed-GQA kernels run packed q and every split-KV call (q_pack 1 included).
+  const bool packed_kernel = q_pack > 1 || splits > 1;
+  const int warpgroups = forward_warpgroups(a, shape, packed_kernel);
   const int query_rows = hopper::forward_query_rows(warpgroups);
   // Paged: boxes of paged_box_rows rows (they must not cross a page), the same count the
   // producer gathers a key block in.
@@ -291,7 +301,8 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   const int key_rows = shape.paged ? hopper::paged_box_rows(a.paged.page_size, block_n) : block_n;
   for (auto [map, t, name, rows] : {std::tuple{&maps.q, &a.q, "q", query_rows}, {&maps.k, &a.k, "k", key_rows},
                                     {&maps.v, &a.v, "v", key_rows}})
-    if (int error = q_pack > 1 && t == &a.q ? encode_packed_q_map(map, *t, q_pack, rows) : encode_tensor_map(map, *t, rows);
+    if (int error = packed_kernel && t == &a.q ? encode_packed_q_map(map, *t, q_pack, rows)
+                                                : encode_tensor_map(map, *t, rows);
         error != 0) {
       *gap = concat("cuTensorMapEncodeTiled rejected ", name, " (CUresult ", error, ")");
       return false;
@@ -299,7 +310,7 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   // The TMA store of O: dense, unpacked q, d <= 128 (H200: 1.00-1.09x the register stores,
   // most at short S). FLASH4_HOPPER_TMA_STORE_O=0 (read at each call) opts out.
   const bool tma_store_o =
-      !env_is("FLASH4_HOPPER_TMA_STORE_O", "0") && !shape.varlen && q_pack == 1 && kernel_dim <= 128;
+      !env_is("FLASH4_HOPPER_TMA_STORE_O", "0") && !shape.varlen && !packed_kernel && kernel_dim <= 128;
   if (tma_store_o)
     if (int error = encode_tensor_map(&maps.o, a.out, 64); error != 0) {
       *gap = concat("cuTensorMapEncodeTiled rejected out (CUresult ", error, ")");
@@ -316,7 +327,7 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   }
   p.q_pack = q_pack;
   p.q_pack_shift = log2_of_power_of_two(q_pack);
-  p.num_splits = forward_splits(shape, q_pack, kernel_dim);
+  p.num_splits = splits;
   p.split_shift = log2_of_power_of_two(p.num_splits);
   // Split-KV partials: O [splits][B][Hq][Sq][d_v] and LSE [splits][B][Hq][Sq], fp32.
   const int64_t split_rows = p.num_splits > 1 ? int64_t(p.num_splits) * shape.batch * shape.heads_q * shape.seqlen_q : 0;

@@ -41,7 +41,8 @@ void forward_sm90_launch(const ForwardTensorMaps& maps, const cuda::AttentionPar
   if constexpr (kWarpgroups == 2) {
     // Paged K / V and packed GQA: two warpgroups, no softcap (the host's gaps), kernels of
     // their own (kPaged, kPackGqa: forward_sm90.cuh).
-    const bool paged = p.page_table != nullptr, pack = p.q_pack > 1;
+    // Split-KV runs in the packed kernels, at q_pack 1 too (hopper.cpp, forward_splits).
+    const bool paged = p.page_table != nullptr, pack = p.q_pack > 1 || p.num_splits > 1;
     if (paged || pack) {
       auto pick = [&](auto bf16, auto f16) {
         if (p.dtype == cuda::DType::bf16)
