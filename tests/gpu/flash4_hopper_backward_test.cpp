@@ -983,5 +983,52 @@ TEST(Flash4HopperBackwardDispatch, EnvironmentForcesThePortableBackward) {
   EXPECT_EQ(check_backward(small("forced portable")), "portable");
 }
 
+
+// d = 64 at BM = 128 (FLASH4_HOPPER_BWD_BM=128, written without a GPU: FA3's 128 x 128 tile,
+// each warpgroup's dQ over all 128 keys for its 64 query rows, one staging buffer; the
+// lock-step bulk dQ). Every d <= 64 case of the covered, window, varlen, sink, padded and
+// deterministic suites (softcap stays on BM = 64: not here), against float64; the
+// deterministic ones also three runs, the same bits.
+std::vector<Problem> wide_m_cases(bool deterministic) {
+  std::vector<Problem> all;
+  auto take = [&](const std::vector<Problem>& cases) {
+    for (const Problem& p : cases)
+      if (p.Dqk <= 64 && p.Dv <= 64 && !(p.softcap > 0)) all.push_back(p);
+  };
+  if (deterministic) {
+    take(deterministic_cases());
+    take(sink_deterministic_cases());
+  } else {
+    take(covered_cases());
+    take(window_cases());
+    take(varlen_cases());
+    take(sink_cases());
+    take(padded_head_dim_cases());
+  }
+  return all;
+}
+
+class Flash4HopperBackwardWideM : public ::testing::TestWithParam<Problem> {};
+class Flash4HopperDeterministicBackwardWideM : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperBackwardWideM, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv wide("FLASH4_HOPPER_BWD_BM", "128");
+  expect_hopper_matches_reference(GetParam(), DqPath::bulk);
+}
+TEST_P(Flash4HopperDeterministicBackwardWideM, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv wide("FLASH4_HOPPER_BWD_BM", "128");
+  expect_hopper_matches_reference(GetParam(), DqPath::bulk);
+}
+TEST_P(Flash4HopperDeterministicBackwardWideM, ThreeRunsGiveTheSameBits) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv wide("FLASH4_HOPPER_BWD_BM", "128");
+  expect_deterministic_runs_same_bits(GetParam(), DqPath::bulk);
+}
+INSTANTIATE_TEST_SUITE_P(WideM, Flash4HopperBackwardWideM, ::testing::ValuesIn(wide_m_cases(false)), test_name);
+INSTANTIATE_TEST_SUITE_P(WideM, Flash4HopperDeterministicBackwardWideM, ::testing::ValuesIn(wide_m_cases(true)),
+                         test_name);
+
 }  // namespace
 }  // namespace flash4_gpu

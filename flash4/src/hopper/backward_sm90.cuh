@@ -114,7 +114,9 @@
 // seqused_k (keys are masked by Sequence::sk, the K rows past it zeroed, dK / dV rows past it
 // written as zeros): passed scripts/hopper_seqused_check.sh on an H200 (2026-12-01). The
 // per-warpgroup dQ hand-over (DqAdd::bulk_per_warpgroup, non-deterministic default): passed
-// scripts/hopper_dq_warpgroup_check.sh there. Missing (follow-ups): overlap of one query
+// scripts/hopper_dq_warpgroup_check.sh there. d = 64 at BM = 128 (BackwardSm90Config<64, 128>,
+// FLASH4_HOPPER_BWD_BM=128): written without a GPU, opt-in until
+// scripts/hopper_bwd_wide_check.sh passes. Missing (follow-ups): overlap of one query
 // block's S / dP with the previous one's gradients (a d = 64 try in pairs of steps was 13%
 // slower), persistent scheduling, d over 128 (d 192 / 256), native (unpadded) d 96 tiles.
 #pragma once
@@ -134,13 +136,19 @@
 
 namespace flash4::hopper {
 
-template <int D>
+// BM = 128 (d = 64 only; opt-in, FLASH4_HOPPER_BWD_BM=128, written without a GPU): FA3's
+// 128 x 128 tile at d = 64. S^T / dP^T are m64n128 (each warpgroup its 64 keys x all 128
+// queries), dS^T [128 keys][128 queries] is two 64-query column chunks, and warpgroup w
+// computes dQ for queries 64 w .. 64 w + 63 over all 128 keys (as d = 128 splits columns), so
+// its dQ tile is whole: no partial sums, no deterministic combine. Shared memory: one dQ
+// staging buffer (the second does not fit beside two dS^T buffers and two Q / dO stages).
+template <int D, int BM = 64>
 struct BackwardSm90Config {
-  static constexpr int kBlockM = 64;   // query rows per step (the wgmma N of S^T / dP^T)
+  static constexpr int kBlockM = BM;   // query rows per step (the wgmma N of S^T / dP^T)
   static constexpr int kBlockN = 128;  // keys per CTA: two consumer warpgroups of 64
   // Q / dO / rows ring. d = 64: 3 stages, its steps (~0.7 us of wgmma at peak) being shorter
   // than a TMA load's latency; d = 128 has no room for a third (see the bulk dQ note).
-  static constexpr int kStages = D == 64 ? 3 : 2;
+  static constexpr int kStages = D == 64 && BM == 64 ? 3 : 2;
   static constexpr int kThreads = 384;
   static constexpr int kChunks = D / 64;  // 128-byte swizzle blocks along the head dim
   static constexpr uint32_t kQChunkBytes = kBlockM * 128, kKChunkBytes = kBlockN * 128;
@@ -150,7 +158,8 @@ struct BackwardSm90Config {
   // 16-byte boundary at or below the block's first row).
   static constexpr int kRowFloats = kBlockM + 4;
   static constexpr uint32_t kRowsBytes = 2 * kRowFloats * 4;
-  static constexpr uint32_t kDsBytes = kBlockN * kBlockM * 2;  // dS^T [keys][64 queries]
+  static constexpr uint32_t kDsBytes = kBlockN * kBlockM * 2;  // dS^T [keys][BM queries]
+  static constexpr uint32_t kDsChunkBytes = kBlockN * 128;     // its 64-query column chunks
   static constexpr uint32_t kStepTxBytes = 2 * kQBytes + kRowsBytes;
   // Shared memory, every tile 1024-byte aligned (the swizzle atom): K, V, Q[stages],
   // dO[stages], dS^T[2], rows[stages], barriers; 1024 bytes of slack for the alignment.
@@ -164,7 +173,7 @@ struct BackwardSm90Config {
   // Deterministic dQ, d = 64: two buffers (step parity) of float2 [2 warpgroups][8][128
   // threads] for dq_combine_halves, after the barriers (the atomic kernel has none).
   static constexpr uint32_t kOffSwap = (kOffBars + 8 * kBarriers + 15) / 16 * 16;
-  static constexpr uint32_t kSwapBytes = D == 64 ? 2 * 2 * 8 * 128 * 8 : 0;
+  static constexpr uint32_t kSwapBytes = D == 64 && BM == 64 ? 2 * 2 * 8 * 128 * 8 : 0;
   static constexpr size_t kSmemBytesDeterministic = 1024 + kOffSwap + kSwapBytes;
   // Bulk dQ (DqAdd::bulk, see dq_stage_tile): the staged dQ tiles, [2 buffers (step parity)]
   // [2 warpgroups][2 chunks][64 rows][32 fp32 columns] (each chunk a TMA box, 128B-swizzled,
@@ -175,14 +184,17 @@ struct BackwardSm90Config {
   //   ticket's static int); no room for a third buffer, so double buffering is the ceiling.
   //   d = 64 (3 stages): 117,400 + 65,536 = 182,936; deterministic (+ the 32 KB swap) 215,712.
   // Two buffers so that the consumers stage step s + 1 while step s's adds still read theirs.
-  static constexpr uint32_t kDqChunkBytes = kBlockM * 32 * 4;
+  // A chunk: one warpgroup's 64 query rows x 32 columns (BM = 128: each warpgroup its rows).
+  static constexpr uint32_t kDqChunkBytes = 64 * 32 * 4;
   static constexpr uint32_t kDqBufferBytes = 2 * 2 * kDqChunkBytes;
+  static constexpr int kDqBuffers = BM == 64 ? 2 : 1;
   static constexpr uint32_t kOffDqStage = kOffDs + 2 * kDsBytes;
-  static constexpr uint32_t kBulkShift = 2 * kDqBufferBytes;
+  static constexpr uint32_t kBulkShift = kDqBuffers * kDqBufferBytes;
   static constexpr size_t kSmemBytesBulk = kSmemBytes + kBulkShift;
   static constexpr size_t kSmemBytesDeterministicBulk = kSmemBytesDeterministic + kBulkShift;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(D == 64 || D == 128, "d = 64 or 128");
+  static_assert(BM == 64 || (BM == 128 && D == 64), "BM = 128 at d = 64 only");
   static_assert(kOffDqStage % 1024 == 0 && kDqChunkBytes % 1024 == 0, "bulk dQ chunks 1024-aligned (128B swizzle)");
   static_assert(kSmemBytesBulk <= 227 * 1024 && kSmemBytesDeterministicBulk + 16 <= 227 * 1024,
                 "shared memory per block, bulk dQ");
@@ -251,33 +263,35 @@ __global__ void backward_sm90_rows_kernel(const cuda::AttentionParams p, int64_t
   if (p.dsink_rows != nullptr) p.dsink_rows[int64_t(h) * p.tokens_q + token] = -expf(p.sink[h] - lse) * acc;
 }
 
-// Issues warpgroup w's acc[64 keys x 64 queries] = X_w Y^T as one commit group: S^T with
+// Issues warpgroup w's acc[64 keys x BM queries] = X_w Y^T as one commit group: S^T with
 // (X, Y) = (K, Q), dP^T with (V, dO). M = keys 64 w .. 64 w + 63 of the [128][head dim] tile
-// at x_addr, N = the 64 rows of the [64][head dim] tile at y_addr, K = the head dim; both
+// at x_addr, N = the BM rows of the [BM][head dim] tile at y_addr, K = the head dim; both
 // K-major in 64-column chunks (kKChunkBytes / kQChunkBytes apart), as the forward's Q K^T:
 // SBO 1024 between 8-row groups, a k16 step inside a chunk adds 32 bytes.
-template <int D, typename T>
-__device__ __forceinline__ void issue_scores_transposed(float (&acc)[32], uint32_t x_addr, uint32_t y_addr, int w) {
-  using C = BackwardSm90Config<D>;
+template <int D, typename T, int BM = 64>
+__device__ __forceinline__ void issue_scores_transposed(float (&acc)[BM / 2], uint32_t x_addr, uint32_t y_addr, int w) {
+  using C = BackwardSm90Config<D, BM>;
   const uint32_t own_rows = uint32_t(w) * 64 * 128;
 #pragma unroll
   for (int k = 0; k < D / 16; ++k) {
     const uint32_t in_chunk = (k % 4) * 32;
     const uint64_t da = smem_descriptor(x_addr + own_rows + (k / 4) * C::kKChunkBytes + in_chunk, 16, 1024);
     const uint64_t db = smem_descriptor(y_addr + (k / 4) * C::kQChunkBytes + in_chunk, 16, 1024);
-    wgmma_ss_m64n64k16<T>(acc, da, db, k > 0);
+    if constexpr (BM == 128)
+      wgmma_ss_m64n128k16<T>(acc, da, db, k > 0);
+    else
+      wgmma_ss_m64n64k16<T>(acc, da, db, k > 0);
   }
   wgmma_commit_group();
 }
 
 // Issues acc[64 keys x head dim] += A Y with A = P^T or dS^T from registers (a[k] = queries
-// 16k .. 16k + 15) and Y = dO or Q, the [64][head dim] tile at y_addr: MN-major, 64-column
+// 16k .. 16k + 15) and Y = dO or Q, the [BM][head dim] tile at y_addr: MN-major, 64-column
 // chunks kQChunkBytes apart (LBO), k16 steps of 16 rows = 2048 bytes (as the forward's P V).
 // No commit: the caller commits dV and dK together.
-template <int D, typename T>
-__device__ __forceinline__ void issue_key_gradient(float (&acc)[D / 2], const uint32_t (&a)[BackwardSm90Config<D>::kBlockM / 16][4],
-                                                   uint32_t y_addr) {
-  using C = BackwardSm90Config<D>;
+template <int D, typename T, int BM = 64>
+__device__ __forceinline__ void issue_key_gradient(float (&acc)[D / 2], const uint32_t (&a)[BM / 16][4], uint32_t y_addr) {
+  using C = BackwardSm90Config<D, BM>;
 #pragma unroll
   for (int k = 0; k < C::kBlockM / 16; ++k) {
     const uint64_t db = smem_descriptor(y_addr + k * 16 * 128, C::kQChunkBytes, 1024);
@@ -289,11 +303,12 @@ __device__ __forceinline__ void issue_key_gradient(float (&acc)[D / 2], const ui
 }
 
 // dS^T (A fragments of this thread's two accumulator rows, dsa[k] = queries 16k .. 16k + 15)
-// -> a [128 keys][64 queries] 16-bit tile at `tile` (1024-byte aligned) in the 128B-swizzled
-// layout TMA would write (row r at byte 128 r, its 16-byte chunk c at chunk c ^ (r % 8)), so
-// the dQ wgmma reads it as an MN-major A operand. `row` = the thread's first key row in the
-// tile (64 w + 16 wq + g); fragment dsa[k][2 (i & 1) + half] holds row + 8 half, queries
-// 8i + 2t, +1 (i = 2k or 2k + 1). A warp's 32 stores of one (i, half) hit 32 different banks.
+// -> a [128 keys][BM queries] 16-bit tile at `tile` (1024-byte aligned), 64-query column
+// chunks 128 x 128 bytes apart, each in the 128B-swizzled layout TMA would write (row r at
+// byte 128 r, its 16-byte unit c at unit c ^ (r % 8)), so the dQ wgmma reads it as an
+// MN-major A operand. `row` = the thread's first key row in the tile (64 w + 16 wq + g);
+// fragment dsa[k][2 (i & 1) + half] holds row + 8 half, queries 8i + 2t, +1 (i = 2k or
+// 2k + 1). A warp's 32 stores of one (i, half) hit 32 different banks.
 template <int BM>
 __device__ __forceinline__ void store_ds_transposed(unsigned char* tile, const uint32_t (&dsa)[BM / 16][4], int row,
                                                     int t) {
@@ -302,12 +317,14 @@ __device__ __forceinline__ void store_ds_transposed(unsigned char* tile, const u
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = row + 8 * half;
-      *reinterpret_cast<uint32_t*>(tile + r * 128 + ((i ^ (r & 7)) << 4) + 4 * t) = dsa[i / 2][2 * (i & 1) + half];
+      *reinterpret_cast<uint32_t*>(tile + (i / 8) * (128 * 128) + r * 128 + (((i % 8) ^ (r & 7)) << 4) + 4 * t) =
+          dsa[i / 2][2 * (i & 1) + half];
     }
 }
 
 // First dQ column of warpgroup w's accumulator: d = 128 splits the columns (64 each),
-// d = 64 splits the keys (each warpgroup adds the part of its own 64 keys).
+// d = 64 splits the keys (each warpgroup adds the part of its own 64 keys), d = 64 at BM = 128
+// the query rows (64 each, all columns).
 template <int D>
 __device__ __forceinline__ int dq_first_column(int w) {
   return D == 128 ? 64 * w : 0;
@@ -318,13 +335,22 @@ __device__ __forceinline__ int dq_first_column(int w) {
 // ([keys][queries]: MN-major), B = K from the K tile at k_addr ([keys][head dim] in 64-column
 // chunks of kKChunkBytes: MN-major). k16 steps are 16 key rows = 2048 bytes in both.
 //  d = 128: columns 64 w .. 64 w + 63 (K chunk w) over all 128 keys;
-//  d = 64:  all 64 columns over keys 64 w .. 64 w + 63 (a partial sum).
+//  d = 64:  all 64 columns over keys 64 w .. 64 w + 63 (a partial sum);
+//  d = 64, BM = 128: queries 64 w .. 64 w + 63 (dS^T column chunk w), all 64 columns, over
+//           all 128 keys.
 // The caller has made the tile's stores visible (fence.proxy.async + barrier) and waits.
-template <int D, typename T>
+template <int D, typename T, int BM = 64>
 __device__ __forceinline__ void issue_dq(float (&dq)[32], uint32_t ds_addr, uint32_t k_addr, int w) {
-  using C = BackwardSm90Config<D>;
+  using C = BackwardSm90Config<D, BM>;
   wgmma_fence();
-  if constexpr (D == 128) {
+  if constexpr (BM == 128) {
+#pragma unroll
+    for (int k = 0; k < C::kBlockN / 16; ++k) {
+      const uint64_t da = smem_descriptor(ds_addr + w * C::kDsChunkBytes + k * 2048, C::kDsChunkBytes, 1024);
+      const uint64_t db = smem_descriptor(k_addr + k * 2048, C::kKChunkBytes, 1024);
+      wgmma_ss_tt_m64n64k16<T>(dq, da, db, k > 0);
+    }
+  } else if constexpr (D == 128) {
 #pragma unroll
     for (int k = 0; k < C::kBlockN / 16; ++k) {
       const uint64_t da = smem_descriptor(ds_addr + k * 2048, C::kDsBytes, 1024);
@@ -475,18 +501,22 @@ __device__ __forceinline__ void atomic_add_dq(const cuda::AttentionParams& p, co
 
 // tma_dq: the dq_accum map (DqAdd::bulk; unused by the atomic kernels), last so that the
 // other parameters keep their offsets.
-template <int D, typename T, bool kDeterministic, DqAdd kDqAdd>
-__global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
+template <int D, typename T, bool kDeterministic, DqAdd kDqAdd, int kBM = 64>
+__global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
     attention_backward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
                                    const __grid_constant__ CUtensorMap tma_v, const __grid_constant__ CUtensorMap tma_do,
                                    const cuda::AttentionParams p, const int64_t row_pitch, const VarlenTiles list,
                                    const DqOrder order, const __grid_constant__ CUtensorMap tma_dq) {
 #if defined(FLASH4_SM90A)
-  using C = BackwardSm90Config<D>;
+  using C = BackwardSm90Config<D, kBM>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
   constexpr bool kBulk = kDqAdd != DqAdd::atomics;
   constexpr bool kPerWarpgroup = kDqAdd == DqAdd::bulk_per_warpgroup;
   static_assert(!(kPerWarpgroup && kDeterministic), "deterministic dQ adds both warpgroups' tiles together");
+  // BM = 128: the lock-step bulk hand-over only (one staging buffer; each warpgroup's tile is
+  // whole, so the writer adds (rows 64 w.., all columns) per warpgroup).
+  static_assert(BM == 64 || kDqAdd == DqAdd::bulk, "BM = 128 with the lock-step bulk dQ only");
+  constexpr bool kWideM = BM == 128;
   // Bulk dQ: rows, barriers and swap sit kBulkShift higher (the staged tiles before them).
   constexpr uint32_t kShift = kBulk ? C::kBulkShift : 0;
   extern __shared__ unsigned char smem_raw[];
@@ -608,7 +638,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       // sides orders the async-proxy adds with the generic-proxy acquire / release. The
       // consumers never wait on other CTAs (only on this warp), so the no-deadlock argument
       // is unchanged; the wait on global memory overlaps their next step.
-      constexpr int kOps = kDeterministic && D == 64 ? 1 : 2;  // chunks per warpgroup
+      constexpr int kOps = kDeterministic && D == 64 && !kWideM ? 1 : 2;  // chunks per warpgroup
       auto count_of = [&](int step) {
         const int h = steps.head(step, hk, p.group), m0 = steps.row0(step, BM);
         return order.counts + int64_t(h) * order.slots + (seq.q_token + m0) / BM + b;
@@ -661,14 +691,16 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
         if (lane == 0) {
           const int h = steps.head(step, hk, p.group);
           const int token = int(seq.q_token + steps.row0(step, BM));  // the host checked tokens_q < 2^31
-          const unsigned char* buffer = smem + C::kOffDqStage + (step & 1) * C::kDqBufferBytes;
+          const unsigned char* buffer = smem + C::kOffDqStage + (step % C::kDqBuffers) * C::kDqBufferBytes;
           if constexpr (kDeterministic) fence_proxy_async_global();  // after the acquire of the count
 #pragma unroll
           for (int w = 0; w < 2; ++w)
 #pragma unroll
             for (int k = 0; k < kOps; ++k) {
-              const int col = D == 128 ? 64 * w + 32 * k : kDeterministic ? 32 * w : 32 * k;
-              bulk_reduce_add_3d(&tma_dq, col, token, h, buffer + (2 * w + k) * C::kDqChunkBytes);
+              // BM = 128: warpgroup w's rows 64 w .. 64 w + 63, all columns.
+              const int col = D == 128 ? 64 * w + 32 * k : kDeterministic && !kWideM ? 32 * w : 32 * k;
+              bulk_reduce_add_3d(&tma_dq, col, kWideM ? token + 64 * w : token, h,
+                                 buffer + (2 * w + k) * C::kDqChunkBytes);
             }
           bulk_commit_group();
           if constexpr (kDeterministic) {
@@ -677,6 +709,8 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
             fence_proxy_async_global();
             fence_acq_rel_gpu();
             red_relaxed_gpu_add(count_of(step), 1);
+          } else if constexpr (C::kDqBuffers == 1) {
+            bulk_wait_group_read<0>();  // this step's adds have read the one buffer
           } else {
             bulk_wait_group_read<1>();  // step - 1's adds have read buffer (step + 1) & 1
           }
@@ -736,7 +770,9 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
     setmaxnreg_inc<C::kConsumerRegs>();
     const int cw = warpgroup - 1, wq = warp % 4, g = lane / 4, t = lane % 4;
     const float scale_log2 = p.scale_log2;
-    const bool softcap = p.softcap > 0;  // uniform: one branch per step, outside the element loops
+    // Uniform: one branch per step, outside the element loops. BM = 128: never (its registers
+    // do not hold the tanh beside 128 scores; the host keeps softcap on BM = 64).
+    const bool softcap = !kWideM && p.softcap > 0;
     const uint32_t k_addr = smem_u32(smem + C::kOffK), v_addr = smem_u32(smem + C::kOffV);
     const uint32_t q_addr0 = smem_u32(smem + C::kOffQ), o_addr0 = smem_u32(smem + C::kOffO);
     const uint32_t ds_addr0 = smem_u32(smem + C::kOffDs);
@@ -792,8 +828,8 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       // queries, K = the head dim), as two commit groups so P^T can start before dP^T is done.
       float s[BM / 2], dp[BM / 2];
       wgmma_fence();
-      issue_scores_transposed<D, T>(s, k_addr, q_addr, cw);
-      issue_scores_transposed<D, T>(dp, v_addr, o_addr, cw);
+      issue_scores_transposed<D, T, BM>(s, k_addr, q_addr, cw);
+      issue_scores_transposed<D, T, BM>(dp, v_addr, o_addr, cw);
 
       // Accumulator element 4i + e: key row g + 8 (e >> 1), query column 8i + 2t + (e & 1).
       // The copy started up to 3 rows early (the producer's r0): skip them.
@@ -875,15 +911,16 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       // d = 128: dV += P^T dO now, dQ next and dK += dS^T Q last, so that dQ is handed over
       // while dK's wgmma runs (H200: 1.05x the backward at d 128, 0.92x at d 64, whose short
       // steps then release their Q / dO stage later: scripts/hopper_ab.sh, 2026-12-01). d = 64:
-      // dV and dK as one commit group, then dQ, all waited for before the hand-over.
-      constexpr bool kDqFirst = D == 128;
+      // dV and dK as one commit group, then dQ, all waited for before the hand-over. BM = 128
+      // (steps as long as d = 128's) takes d = 128's order.
+      constexpr bool kDqFirst = D == 128 || kWideM;
       wgmma_fence();
-      issue_key_gradient<D, T>(dv, pa, o_addr);
-      if constexpr (!kDqFirst) issue_key_gradient<D, T>(dk, dsa, q_addr);
+      issue_key_gradient<D, T, BM>(dv, pa, o_addr);
+      if constexpr (!kDqFirst) issue_key_gradient<D, T, BM>(dk, dsa, q_addr);
       wgmma_commit_group();
 
       // dQ = dS K (this warpgroup's part, see issue_dq).
-      if constexpr (D == 128) {
+      if constexpr (D == 128 || kWideM) {
         // Both warpgroups' dS^T rows are needed: wait for the other's stores (and its
         // fence). The other warpgroup's reads of this buffer (two steps ago) finished
         // before it arrived here one step ago, so the buffer was free to overwrite.
@@ -892,12 +929,12 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
         // Only this warpgroup's dS^T rows (its own keys): its four warps' stores.
         named_barrier_sync(1 + cw, 128);
       }
-      issue_dq<D, T>(dq, ds_addr0 + ds_buffer * C::kDsBytes, k_addr, cw);
+      issue_dq<D, T, BM>(dq, ds_addr0 + ds_buffer * C::kDsBytes, k_addr, cw);
       // Wait for the gradients (fences on everything they wrote or read), hand dQ over; d = 128
       // with dK still running.
       if constexpr (kDqFirst) {
         wgmma_fence();
-        issue_key_gradient<D, T>(dk, dsa, q_addr);
+        issue_key_gradient<D, T, BM>(dk, dsa, q_addr);
         wgmma_commit_group();
         wgmma_wait_group<1>();  // dV and dQ done (groups complete in order)
       } else {
@@ -933,7 +970,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
       const int dq_col0 = dq_first_column<D>(cw);
       // d = 64 deterministic: first the two warpgroups' partial sums -> one, 32 columns each
       // (tiles n < 4), so that both the bulk and the atomic adds give one fixed order.
-      constexpr bool kCombine = kDeterministic && D == 64;
+      constexpr bool kCombine = kDeterministic && D == 64 && !kWideM;
       if constexpr (kCombine) {
         float2* swap = reinterpret_cast<float2*>(smem + C::kOffSwap + kShift) + (step & 1) * 2 * 8 * 128;
         if (cw == 0)
@@ -948,9 +985,11 @@ __global__ void __launch_bounds__(BackwardSm90Config<D>::kThreads, 1)
         const int free_barrier = kPerWarpgroup ? dq_free_barrier(cw) : kDqFreeBarrier;
         const int staged_barrier = kPerWarpgroup ? dq_staged_barrier(cw) : kDqStagedBarrier;
         const int barrier_threads = kPerWarpgroup ? kDqWarpgroupThreads : kDqOrderThreads;
-        named_barrier_sync(free_barrier, barrier_threads);  // the adds of step - 2 have read it
-        dq_stage_tile<kTiles>(smem + C::kOffDqStage + (step & 1) * C::kDqBufferBytes + cw * 2 * C::kDqChunkBytes,
-                              dq, wq, g, t, sq - m0);
+        // The adds of step - 2 (one buffer: step - 1) have read it.
+        named_barrier_sync(free_barrier, barrier_threads);
+        dq_stage_tile<kTiles>(smem + C::kOffDqStage + (step % C::kDqBuffers) * C::kDqBufferBytes +
+                                  cw * 2 * C::kDqChunkBytes,
+                              dq, wq, g, t, sq - m0 - (kWideM ? 64 * cw : 0));
         fence_proxy_async();  // the generic-proxy stores above, before the bulk reduce (async proxy) reads them
         named_barrier_arrive(staged_barrier, barrier_threads);
       } else if constexpr (kDeterministic) {
@@ -1005,11 +1044,15 @@ namespace flash4::hopper {
 template <int D>
 void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& p, int64_t row_pitch,
                    const VarlenTiles& list, int64_t list_capacity, const DqOrder* order, DqAdd dq_add,
-                   cudaStream_t stream) {
+                   bool wide_m, cudaStream_t stream) {
   using C = BackwardSm90Config<D>;
   static_assert(C::kBlockN == kTmaBoxRows && C::kBlockM == kBackwardQBoxRows, "tensor-map boxes = tile rows");
   static_assert(C::kBlockN == kVarlenBlockRows, "varlen work list blocks = key blocks");
   static_assert(C::kBlockM == kBackwardQBoxRows, "dq_order_slots counts query blocks of kBackwardQBoxRows");
+  // BM = 128 (d = 64, wide_m): its query blocks are pairs of kBackwardQBoxRows blocks, so
+  // dq_order_slots' slots (one per 64-row block) hold them too; q / dout boxes of 128 rows.
+  static_assert(BackwardSm90Config<64, 128>::kBlockM == kBackwardWideQBoxRows, "tensor-map boxes = tile rows");
+  static_assert(BackwardSm90Config<64, 128>::kBlockM % kBackwardQBoxRows == 0, "dq_order_slots holds the blocks");
   // Dense: (key block, KV head, sequence); deterministic, the same tiles in one dimension (the
   // host checked the count fits). Varlen: (capacity x KV heads) in one dimension; the kernel
   // reads how many pairs exist.
@@ -1027,6 +1070,20 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
   };
   const bool bf16 = p.dtype == cuda::DType::bf16;
   constexpr DqAdd kAtomics = DqAdd::atomics, kBulk = DqAdd::bulk;
+  if constexpr (D == 64) {
+    if (wide_m) {  // the host asks only with the lock-step bulk dQ (dq_add == bulk)
+      using W = BackwardSm90Config<64, 128>;
+      if (order != nullptr)
+        launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, true, kBulk, 128>
+                    : attention_backward_sm90_kernel<64, __half, true, kBulk, 128>,
+               W::kSmemBytesDeterministicBulk);
+      else
+        launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, false, kBulk, 128>
+                    : attention_backward_sm90_kernel<64, __half, false, kBulk, 128>,
+               W::kSmemBytesBulk);
+      return;
+    }
+  }
   if (dq_add == DqAdd::bulk_per_warpgroup && order == nullptr) {
     constexpr DqAdd kPerWarpgroup = DqAdd::bulk_per_warpgroup;
     launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kPerWarpgroup>

@@ -37,12 +37,15 @@ enum class DqAdd : int { atomics = 0, bulk = 1, bulk_per_warpgroup = 2 };
 inline constexpr int kDqBulkBoxCols = 32;
 
 inline constexpr int kBackwardQBoxRows = 64;  // = BackwardSm90Config::kBlockM
+// The d = 64 kernel at BM = 128 (wide_m below; opt-in): q / dout boxes of 128 rows.
+inline constexpr int kBackwardWideQBoxRows = 128;
 
 // Floats per query head of the per-row arrays (lse2, D), indexed by the workspace token
 // (dense b Sq + i, packed the token): every token, then room for one block's copy of
-// kBackwardQBoxRows + 4 floats past the last one; a multiple of 4 (16-byte aligned heads).
+// kBackwardWideQBoxRows + 4 floats past the last one (the wider block, so either kernel
+// fits); a multiple of 4 (16-byte aligned heads).
 inline int64_t backward_sm90_row_pitch(int64_t tokens_q) {
-  return (tokens_q + kBackwardQBoxRows + 4 + 3) / 4 * 4;
+  return (tokens_q + kBackwardWideQBoxRows + 4 + 3) / 4 * 4;
 }
 
 // The per-row inputs lse2 / D, [Hq][row_pitch] floats (p.lse_log2, p.d_rows), from out,
@@ -72,11 +75,13 @@ inline int64_t dq_order_slots(int64_t tokens_q, int64_t batch) {
 // at most `list_capacity` pairs; for a deterministic call built with
 // TileKind::key_blocks_in_dq_order. `order`: nullptr for atomic dQ (any order), else the
 // deterministic dQ's counts and ticket, zeroed. `dq_add`: how the tiles are added (bulk:
-// maps.dq_accum encoded, tokens_q < 2^31).
+// maps.dq_accum encoded, tokens_q < 2^31). `wide_m`: d = 64 only, with dq_add == bulk and q /
+// dout encoded with kBackwardWideQBoxRows-row boxes: the BM = 128 kernel (backward_sm90.cuh,
+// BackwardSm90Config; written without a GPU, opt-in: FLASH4_HOPPER_BWD_BM=128).
 template <int D>
 void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& p, int64_t row_pitch,
                    const VarlenTiles& list, int64_t list_capacity, const DqOrder* order, DqAdd dq_add,
-                   cudaStream_t stream);
+                   bool wide_m, cudaStream_t stream);
 
 // Whether this binary's backward kernels are sm_90a machine code the current device runs.
 bool backward_sm90_runs_here();

@@ -3,5 +3,5 @@
 
 namespace flash4::hopper {
 template void backward_sm90<128>(const BackwardTensorMaps&, const cuda::AttentionParams&, int64_t, const VarlenTiles&,
-                                int64_t, const DqOrder*, DqAdd, cudaStream_t);
+                                int64_t, const DqOrder*, DqAdd, bool, cudaStream_t);
 }  // namespace flash4::hopper

@@ -4,7 +4,7 @@
 namespace flash4::hopper {
 
 template void backward_sm90<64>(const BackwardTensorMaps&, const cuda::AttentionParams&, int64_t, const VarlenTiles&,
-                                int64_t, const DqOrder*, DqAdd, cudaStream_t);
+                                int64_t, const DqOrder*, DqAdd, bool, cudaStream_t);
 
 namespace {
 

@@ -94,11 +94,27 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
   const ProblemShape shape = validate_backward(a);
   *gap = backward_gap(a, shape);
   if (!gap->empty()) return false;
+  // d = 64 at BM = 128 (FA3's tile; written without a GPU, so only with
+  // FLASH4_HOPPER_BWD_BM=128): without softcap, with the lock-step bulk dQ only, so not with
+  // FLASH4_HOPPER_DQ=atomics or 2^31 query tokens (and not if dq_accum's map is rejected below).
+  const bool wide_asked = padded_head_dim(shape) == 64 && env_is("FLASH4_HOPPER_BWD_BM", "128") &&
+                          !(a.options.softcap > 0) && !env_is("FLASH4_HOPPER_DQ", "atomics") &&
+                          shape.tokens_q < (int64_t(1) << 31);
   hopper::BackwardTensorMaps maps;
-  for (auto [map, t, name, rows] :
-       {std::tuple{&maps.q, &a.q, "q", hopper::kBackwardQBoxRows}, {&maps.dout, &a.dout, "dout", hopper::kBackwardQBoxRows},
-        {&maps.k, &a.k, "k", hopper::kTmaBoxRows}, {&maps.v, &a.v, "v", hopper::kTmaBoxRows}})
-    if (int error = encode_tensor_map(map, *t, rows); error != 0) {
+  // q / dout boxes: the query block (64 rows, or 128 for the wide kernel).
+  auto encode_query_maps = [&](int rows) {
+    for (auto [map, t, name] : {std::tuple{&maps.q, &a.q, "q"}, {&maps.dout, &a.dout, "dout"}})
+      if (int error = encode_tensor_map(map, *t, rows); error != 0)
+        return concat("cuTensorMapEncodeTiled rejected ", name, " (CUresult ", error, ")");
+    return std::string();
+  };
+  if (std::string error = encode_query_maps(wide_asked ? hopper::kBackwardWideQBoxRows : hopper::kBackwardQBoxRows);
+      !error.empty()) {
+    *gap = error;
+    return false;
+  }
+  for (auto [map, t, name] : {std::tuple{&maps.k, &a.k, "k"}, {&maps.v, &a.v, "v"}})
+    if (int error = encode_tensor_map(map, *t, hopper::kTmaBoxRows); error != 0) {
       *gap = concat("cuTensorMapEncodeTiled rejected ", name, " (CUresult ", error, ")");
       return false;
     }
@@ -162,7 +178,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     } else if (int error = encode_dq_accum_map(&maps.dq_accum, p.dq_accum, p.tokens_q, p.heads_q, p.d_qk);
                error != 0) {
       dq_note += concat(" (bulk reduce-add: cuTensorMapEncodeTiled rejected dq_accum, CUresult ", error, ")");
-    } else if (!lock_step_asked && !deterministic) {
+    } else if (!lock_step_asked && !deterministic && !wide_asked) {
       dq_add = hopper::DqAdd::bulk_per_warpgroup;
       dq_note = "dQ by bulk reduce-add, per-warpgroup hand-over";
     } else {
@@ -170,6 +186,12 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
       dq_note = "dQ by bulk reduce-add";
       if (lock_step_asked) dq_note += " (FLASH4_HOPPER_DQ=bulk)";
     }
+    // The wide kernel needs the bulk adds; without them the 64-row boxes come back.
+    const bool wide_m = wide_asked && dq_add == hopper::DqAdd::bulk;
+    if (wide_asked && !wide_m)
+      if (std::string error = encode_query_maps(hopper::kBackwardQBoxRows); !error.empty())
+        throw cuda::CudaError(error);
+    if (wide_m) dq_note += ", 128-query blocks (FLASH4_HOPPER_BWD_BM=128)";
     if (deterministic) dq_note += ", deterministic";
     if (p.sink != nullptr) dq_note += want_dsink ? ", sink + dsink" : ", sink (no dsink)";
     log_backend("flash4_backward", "hopper", dq_note);
@@ -181,9 +203,9 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
       log_backend("flash4_backward", "hopper",
                   concat("head dims ", shape.d_qk, "/", shape.d_v, " on the d ", kernel_dim, " kernel (zero-padded)"));
     if (kernel_dim == 64)
-      hopper::backward_sm90<64>(maps, p, row_pitch, list, capacity, dq_order, dq_add, stream);
+      hopper::backward_sm90<64>(maps, p, row_pitch, list, capacity, dq_order, dq_add, wide_m, stream);
     else
-      hopper::backward_sm90<128>(maps, p, row_pitch, list, capacity, dq_order, dq_add, stream);
+      hopper::backward_sm90<128>(maps, p, row_pitch, list, capacity, dq_order, dq_add, false, stream);
     // dq = scale * dq_accum in the output dtype, for every token row (rows of no sequence:
     // 0), zeros in the dk / dv rows of no sequence (varlen), and with p.dsink dsink_h = the
     // sum of dsink_rows[h][:] in a fixed order (dsink_reduce_kernel: the same bits on every
