@@ -4,8 +4,9 @@
 # one call on an H100 / H200 from the repository root (carry .device-carry/):
 #   1. build   flash4 for sm_90a, the flash4-only GPU tests and flash4-bench; registers / stack
 #              of the backward kernels (the BM = 128 ones must not spill);
-#   2. smoke   WideM case 0 with FLASH4_LOG=1 (the log must say "128-query blocks"); a failure
-#              or hang: memcheck, stop;
+#   2. smoke   the layout tests (Flash4HopperBackwardLayouts.*, BM = 128's products in
+#              isolation), then WideM case 0 with FLASH4_LOG=1 (the log must say "128-query
+#              blocks"); a failure or hang: memcheck, stop;
 #   3. test    WideM/Flash4HopperBackwardWideM.* and WideM/Flash4HopperDeterministicBackwardWideM.*
 #              (every d <= 64 covered / window / varlen / sink / padded / deterministic case
 #              against float64, deterministic runs bit-identical), then the existing backward
@@ -30,6 +31,10 @@ build_tests_and_bench
 note "backward_sm90_hdim64 registers: $(registers backward_sm90_hdim64)"
 
 # ---- 2. smoke -----------------------------------------------------------------------------
+# The five wgmma products of one step in isolation, BM = 128 included (Hdim64Block128*): if
+# the whole kernel fails, these say whether a layout is why.
+run_suite layouts 'Flash4HopperBackwardLayouts.*' 60
+grep "^\[ layout \]" "$OUT/tests_layouts.txt" | grep "BM=128" | tee -a "$LOG"
 say "smoke: WideM case 0 (FLASH4_LOG=1)"
 smoke_or_stop 'WideM/Flash4HopperBackwardWideM.*/0_*' 60 120 "the one dQ staging buffer's free / staged barriers" \
   "128-query blocks"

@@ -1,14 +1,17 @@
 // The Hopper backward's five wgmma products, one step, in isolation (the layouts of
 // flash4/src/hopper/backward_sm90.cuh, through its own issue_* / store_ds_transposed
-// functions): two warpgroups load K, V [128 x d] and Q, dO [64 x d] into shared memory in the
+// functions): two warpgroups load K, V [128 x d] and Q, dO [BM x d] into shared memory in the
 // 128B-swizzled TMA layout, then
 //   S^T = K Q^T, dP^T = V dO^T          (issue_scores_transposed: SS, K-major)
 //   dV = A1 dO, dK = A2 Q               (issue_key_gradient: RS, A1 = "P^T", A2 = "dS^T")
 //   dQ = A2^T K                         (store_ds_transposed + issue_dq: SS, both MN-major)
-// with A1, A2 given [128 keys x 64 queries] 16-bit matrices; every product is compared with
+// with A1, A2 given [128 keys x BM queries] 16-bit matrices; every product is compared with
 // float64 on the host. When the whole backward fails on a device, this says whether a
 // layout is the cause and which one (the first wrong element is printed).
-// Written before the kernel first ran on a GPU (scripts/hopper_bwd_check.sh runs it).
+// Written before the kernel first ran on a GPU (scripts/hopper_bwd_check.sh runs it); the
+// BM = 128 cases (d = 64, FLASH4_HOPPER_BWD_BM=128's layouts: m64n128 scores, dS^T in two
+// 64-query chunks, each warpgroup's dQ over all keys for its 64 queries) before that kernel
+// first ran (scripts/hopper_bwd_wide_check.sh).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -28,21 +31,23 @@ namespace {
 
 namespace hp = flash4::hopper;
 
-constexpr int kKeys = 128, kQueries = 64;
+constexpr int kKeys = 128;
 
-// Shared memory of the test kernel: K, V [128][D], Q, dO [64][D], dS^T [128][64], 1024-aligned.
-template <int D>
+// Shared memory of the test kernel: K, V [128][D], Q, dO [BM][D], dS^T [128][BM], 1024-aligned.
+template <int D, int BM>
 constexpr size_t layout_smem_bytes() {
-  return 1024 + size_t(2 * kKeys + 2 * kQueries) * D * 2 + kKeys * kQueries * 2;
+  return 1024 + size_t(2 * kKeys + 2 * BM) * D * 2 + kKeys * BM * 2;
 }
 
-// Outputs: s, dp [128][64]; dv, dk [128][D]; dq [2][64][D] (warpgroup w's part in dq[w]:
-// d = 128 its 64 columns, the rest zero; d = 64 the part of its 64 keys).
-template <int D, typename T>
+// Outputs: s, dp [128][BM]; dv, dk [128][D]; dq [2][64][D]: BM = 64, warpgroup w's part in
+// dq[w] (d = 128 its 64 columns, the rest never written; d = 64 the part of its 64 keys);
+// BM = 128, the whole [128][D] (warpgroup w's queries 64 w .. 64 w + 63, all keys).
+template <int D, typename T, int BM>
 __global__ void __launch_bounds__(256) backward_layout_kernel(const T* k, const T* v, const T* q, const T* dout,
                                                               const T* a1, const T* a2, float* s_out, float* dp_out,
                                                               float* dv_out, float* dk_out, float* dq_out) {
 #if defined(FLASH4_SM90A)
+  constexpr int kQueries = BM;
   constexpr uint32_t kOffK = 0, kOffV = kKeys * D * 2, kOffQ = 2 * kKeys * D * 2, kOffO = kOffQ + kQueries * D * 2;
   constexpr uint32_t kOffDs = kOffO + kQueries * D * 2;
   // Byte offset of element (r, c) of a [rows][D] 16-bit tile in 64-column chunks, 128B-swizzled
@@ -70,18 +75,18 @@ __global__ void __launch_bounds__(256) backward_layout_kernel(const T* k, const 
   const uint32_t q_addr = hp::smem_u32(smem + kOffQ), o_addr = hp::smem_u32(smem + kOffO);
   const int row = 64 * w + 16 * wq + g;  // this thread's first key row (accumulator rows row, row + 8)
 
-  float s[32], dp[32];
+  float s[BM / 2], dp[BM / 2];
   hp::wgmma_fence();
-  hp::issue_scores_transposed<D, T>(s, k_addr, q_addr, w);
-  hp::issue_scores_transposed<D, T>(dp, v_addr, o_addr, w);
+  hp::issue_scores_transposed<D, T, BM>(s, k_addr, q_addr, w);
+  hp::issue_scores_transposed<D, T, BM>(dp, v_addr, o_addr, w);
   hp::wgmma_wait_group<0>();
 #pragma unroll
-  for (int i = 0; i < 32; ++i) {
+  for (int i = 0; i < BM / 2; ++i) {
     hp::fence_operand(s[i]);
     hp::fence_operand(dp[i]);
   }
 #pragma unroll
-  for (int i = 0; i < 8; ++i)
+  for (int i = 0; i < BM / 8; ++i)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int idx = (row + 8 * (e >> 1)) * kQueries + 8 * i + 2 * t + (e & 1);
@@ -90,31 +95,31 @@ __global__ void __launch_bounds__(256) backward_layout_kernel(const T* k, const 
     }
 
   // A1, A2 in the accumulator layout -> A fragments, as the kernel makes P^T / dS^T.
-  float x1[32], x2[32];
+  float x1[BM / 2], x2[BM / 2];
 #pragma unroll
-  for (int i = 0; i < 8; ++i)
+  for (int i = 0; i < BM / 8; ++i)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int idx = (row + 8 * (e >> 1)) * kQueries + 8 * i + 2 * t + (e & 1);
       x1[4 * i + e] = flash4::cuda::to_float(a1[idx]);
       x2[4 * i + e] = flash4::cuda::to_float(a2[idx]);
     }
-  uint32_t pa[4][4], dsa[4][4];
-  hp::scores_to_a<T, 64>(pa, x1);
-  hp::scores_to_a<T, 64>(dsa, x2);
-  hp::store_ds_transposed<64>(smem + kOffDs, dsa, row, t);
+  uint32_t pa[BM / 16][4], dsa[BM / 16][4];
+  hp::scores_to_a<T, BM>(pa, x1);
+  hp::scores_to_a<T, BM>(dsa, x2);
+  hp::store_ds_transposed<BM>(smem + kOffDs, dsa, row, t);
   hp::fence_proxy_async();
 
   float dv[D / 2], dk[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) dv[i] = dk[i] = 0.0f;
   hp::wgmma_fence();
-  hp::issue_key_gradient<D, T>(dv, pa, o_addr);
-  hp::issue_key_gradient<D, T>(dk, dsa, q_addr);
+  hp::issue_key_gradient<D, T, BM>(dv, pa, o_addr);
+  hp::issue_key_gradient<D, T, BM>(dk, dsa, q_addr);
   hp::wgmma_commit_group();
   __syncthreads();  // both warpgroups' dS^T stored (the kernel: a named barrier)
   float dq[32];
-  hp::issue_dq<D, T>(dq, hp::smem_u32(smem + kOffDs), k_addr, w);
+  hp::issue_dq<D, T, BM>(dq, hp::smem_u32(smem + kOffDs), k_addr, w);
   hp::wgmma_wait_group<0>();
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) {
@@ -140,7 +145,8 @@ __global__ void __launch_bounds__(256) backward_layout_kernel(const T* k, const 
     for (int n = 0; n < 8; ++n)
 #pragma unroll
       for (int e = 0; e < 2; ++e)
-        dq_out[(w * kQueries + 16 * wq + g + 8 * half) * D + col0 + 8 * n + 2 * t + e] = dq[4 * n + 2 * half + e];
+        dq_out[(w * 64 + 16 * wq + g + 8 * half) * D + (BM == 128 ? 0 : col0) + 8 * n + 2 * t + e] =
+            dq[4 * n + 2 * half + e];
 #else
   __trap();  // no sm_90a code: the test skips before launching
 #endif
@@ -179,11 +185,12 @@ Mismatch compare(const std::vector<float>& got, const std::vector<double>& want,
   return m;
 }
 
-template <int D, typename T>
+template <int D, typename T, int BM = 64>
 void check_layouts(flash4_dtype dtype) {
-  auto kernel = backward_layout_kernel<D, T>;
+  constexpr int kQueries = BM;
+  auto kernel = backward_layout_kernel<D, T, BM>;
   if (!kernel_runs_here(reinterpret_cast<const void*>(kernel))) GTEST_SKIP() << "needs an sm_90 device and sm_90a code";
-  auto rng = testing_support::make_rng(D * 2 + (dtype == FLASH4_BF16));
+  auto rng = testing_support::make_rng(D * 2 + (dtype == FLASH4_BF16) + BM);
   std::normal_distribution<double> normal(0.0, 1.0);
   auto make = [&](int n, std::vector<uint16_t>& bits, std::vector<double>& values) {
     bits.resize(size_t(n));
@@ -204,9 +211,9 @@ void check_layouts(flash4_dtype dtype) {
   DeviceMemory dk_in = upload(kb), dv_in = upload(vb), dq_in = upload(qb), do_in = upload(ob), da1 = upload(a1b),
                da2 = upload(a2b);
   DeviceMemory s_out(kKeys * kQueries * 4), dp_out(kKeys * kQueries * 4), dv_out(kKeys * D * 4),
-      dk_out(kKeys * D * 4), dq_out(2 * kQueries * D * 4);
+      dk_out(kKeys * D * 4), dq_out(2 * 64 * D * 4);
   for (DeviceMemory* m : {&s_out, &dp_out, &dv_out, &dk_out, &dq_out}) cudaMemset(m->get(), 0xFF, m->bytes());  // NaN
-  const size_t smem = layout_smem_bytes<D>();
+  const size_t smem = layout_smem_bytes<D, BM>();
   FLASH4_TEST_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<1, 256, smem>>>(static_cast<const T*>(dk_in.get()), static_cast<const T*>(dv_in.get()),
                            static_cast<const T*>(dq_in.get()), static_cast<const T*>(do_in.get()),
@@ -245,10 +252,15 @@ void check_layouts(flash4_dtype dtype) {
       rdq[i * D + c] = a;
     }
   // dQ: d = 128 -- each warpgroup wrote its 64 columns, the other half of its slice is
-  // NaN (never written); d = 64 -- the two warpgroups' key halves add up.
+  // NaN (never written); d = 64 -- the two warpgroups' key halves add up; BM = 128 -- the
+  // warpgroups' query halves, each whole.
   std::vector<float> dq(kQueries * D);
   for (int i = 0; i < kQueries; ++i)
     for (int c = 0; c < D; ++c) {
+      if (BM == 128) {
+        dq[i * D + c] = dq2[i * D + c];
+        continue;
+      }
       const float w0 = dq2[i * D + c], w1 = dq2[(kQueries + i) * D + c];
       dq[i * D + c] = D == 128 ? (c < 64 ? w0 : w1) : w0 + w1;
     }
@@ -265,8 +277,9 @@ void check_layouts(flash4_dtype dtype) {
                   {"dQ = dS K (SS, MN-major)", &dq, &rdq, D}};
   for (const auto& pr : products) {
     const Mismatch m = compare(*pr.got, *pr.want, pr.cols, tol);
-    std::printf("[ layout ] d=%d %s %s: max error %.2e of max |ref|%s%s\n", D, dtype == FLASH4_BF16 ? "bf16" : "fp16",
-                pr.name, m.relative, m.first.empty() ? "" : ", first wrong element ", m.first.c_str());
+    std::printf("[ layout ] d=%d BM=%d %s %s: max error %.2e of max |ref|%s%s\n", D, BM,
+                dtype == FLASH4_BF16 ? "bf16" : "fp16", pr.name, m.relative, m.first.empty() ? "" : ", first wrong element ",
+                m.first.c_str());
     EXPECT_LT(m.relative, tol) << pr.name << (m.first.empty() ? "" : ": first wrong element " + m.first);
   }
 }
@@ -275,6 +288,8 @@ TEST(Flash4HopperBackwardLayouts, Hdim64Bf16) { check_layouts<64, __nv_bfloat16>
 TEST(Flash4HopperBackwardLayouts, Hdim64Fp16) { check_layouts<64, __half>(FLASH4_F16); }
 TEST(Flash4HopperBackwardLayouts, Hdim128Bf16) { check_layouts<128, __nv_bfloat16>(FLASH4_BF16); }
 TEST(Flash4HopperBackwardLayouts, Hdim128Fp16) { check_layouts<128, __half>(FLASH4_F16); }
+TEST(Flash4HopperBackwardLayouts, Hdim64Block128Bf16) { check_layouts<64, __nv_bfloat16, 128>(FLASH4_BF16); }
+TEST(Flash4HopperBackwardLayouts, Hdim64Block128Fp16) { check_layouts<64, __half, 128>(FLASH4_F16); }
 
 }  // namespace
 }  // namespace flash4_gpu
