@@ -235,7 +235,8 @@ int forward_splits(const flash4_forward_args& a, const ProblemShape& shape, int 
     return 1;
   }
   const int64_t rows = hopper::forward_query_rows(2), block_n = hopper::forward_key_box_rows(kernel_dim);
-  const int64_t tiles = (shape.seqlen_q * q_pack + rows - 1) / rows * shape.heads_kv * shape.batch;
+  // A tile: rows of one query head, or packed of a KV head's q_pack query heads.
+  const int64_t tiles = (shape.seqlen_q * q_pack + rows - 1) / rows * (shape.heads_q / q_pack) * shape.batch;
   return split_kv_rule(tiles, (shape.seqlen_k + block_n - 1) / block_n, sms);
 }
 
