@@ -291,6 +291,10 @@ struct Errors {
   // that; dq_i then gains scale |dD_i| max_j |k_j| (dk likewise with q). It matters where
   // the true dS is ~0 (rows that see a single key), and is small elsewhere.
   double dq_slack = 0, dk_slack = 0;
+  // The same for dsink_h = -sum_i P_sink,i D_i over head h's rows (P_sink,i = exp(sink_h -
+  // lse_i)): the rows' independent dD_i give sqrt(sum_i (P_sink,i |dD_i|)^2), relative to
+  // ||ref dsink||. Few rows whose D_i cancel (Sq = 17) make it the larger part.
+  double dsink_slack = 0;
 };
 
 // Runs `p` on both devices and checks it; returns the errors for callers that compare
@@ -520,13 +524,20 @@ class ProblemRunner {
     // scale and max |k| or |q|.
     const double u = (p.dtype == FLASH4_BF16 ? 1.0 / 256 : 1.0 / 2048) * std::sqrt(3.0 / double(p.Dv));
     const double scale = 1.0 / std::sqrt(double(p.Dqk));
-    double dd = 0;
+    double dd = 0, dd_sink = 0;
     {
       const std::vector<int64_t> o_rows = row_offsets(out_.view), g_rows = row_offsets(dout_.view);
       for (size_t r = 0; r < o_rows.size(); ++r) {
         if (std::isnan(gpu_out_[size_t(o_rows[r])])) continue;  // a row of no sequence
         const double x = u * norm2(&gpu_out_[size_t(o_rows[r])], p.Dv) * norm2(&dout_.host[size_t(g_rows[r])], p.Dv);
         dd += x * x;
+        if (p.sink) {
+          // Rows run over (token, head), head fastest; lse is [Hq][Tq] packed, else [B][Hq][Sq].
+          const int64_t h = int64_t(r) % p.Hq, t = int64_t(r) / p.Hq;
+          const int64_t l = p.varlen() ? h * Tq_ + t : (t / p.Sq * p.Hq + h) * p.Sq + t % p.Sq;
+          const double p_sink = std::exp(double(sink_[size_t(h)]) - ref_lse_[size_t(l)]);
+          if (std::isfinite(p_sink)) dd_sink += (p_sink * x) * (p_sink * x);
+        }
       }
     }
     auto max_row_norm = [](const Twin& t) {
@@ -552,6 +563,9 @@ class ProblemRunner {
       cudaMemcpy(dsink.data(), d_dsink.get(), dsink.size() * 4, cudaMemcpyDeviceToHost);
       errors.dsink = relative_error(std::vector<double>(dsink.begin(), dsink.end()),
                                     std::vector<double>(rdsink.begin(), rdsink.end()));
+      double n_dsink = 0;
+      for (float x : rdsink) n_dsink += double(x) * x;
+      errors.dsink_slack = n_dsink > 0 ? std::sqrt(dd_sink / n_dsink) : std::sqrt(dd_sink);
     }
     if (keep != nullptr) {
       keep->dq = dq;
