@@ -20,8 +20,8 @@
 #              float64, RegisterStore/Flash4HopperRegisterStoreO.* (the opt-out), the dispatch tests, then the existing
 #              forward suites (the producer's key-block loop and the tile arithmetic changed)
 #              and the covered bulk-dQ backward (the tensor maps' encoder was refactored);
-#              SplitUnpacked/Flash4HopperSplitKvUnpacked.* (FLASH4_HOPPER_SPLIT_KV_UNPACKED=1, opt-in:
-#              MHA and groups 3 / 32 split in the packed kernels at q_pack 1);
+#              SplitUnpacked/Flash4HopperSplitKvUnpacked.* (split-KV of unpacked q, the default
+#              since 2026-12-01: MHA and groups 3 / 32 split in the packed kernels at q_pack 1);
 #   4. bench   flash4-bench --paged: decode (8 x 8192 keys, one query, GQA 32 / 8) at page sizes
 #              16 / 24 / 64 / 256 and a causal prefill, paged against the same keys contiguous,
 #              unpacked, packed GQA, packed with split-KV; flash4-bench forward at d 64 / 128 with
@@ -50,8 +50,8 @@ say "smoke: paged case 0 and packed-GQA case 0 (FLASH4_LOG=1)"
 smoke_or_stop "$SMOKE" 60 120 "a gathered block's transaction bytes (boxes x rows != the key block)" "paged KV|packed GQA"
 smoke_says "paged KV" "the paged call did not reach the Hopper kernels"
 smoke_says "packed GQA" "packing never ran"
-# Split-KV of unpacked q (FLASH4_HOPPER_SPLIT_KV_UNPACKED=1, the test sets it): MHA decode.
-# Opt-in, so a failure here is noted and the check goes on.
+# Split-KV of unpacked q (the default; FLASH4_HOPPER_SPLIT_KV_UNPACKED=0 opts out): MHA decode.
+# A failure here is noted and the check goes on.
 smoke 'SplitUnpacked/Flash4HopperSplitKvUnpacked.*/0_*' "$(budget 60)" "split-KV" ||
   note "SMOKE FAILED: SplitUnpacked case 0 (rc $?; 124 = a hang)"
 smoke_says "split-KV" "the unpacked call did not split"
@@ -96,7 +96,7 @@ for run in "decode 16 --seqlen-q 1" "decode 64 --seqlen-q 1" "decode 256 --seqle
   case ${name%:portable} in
     decode+pack) pack=auto ;;
     decode+pack+split | mha | gqa3 | prefill) pack=auto split=auto ;;
-    mha+split | gqa3+split) pack=auto split=auto unpacked=1 ;;  # unpacked q split (opt-in)
+    mha+split | gqa3+split) pack=auto split=auto unpacked=1 ;;  # unpacked q split (the default)
   esac
   # shellcheck disable=SC2086  # rest: the shape's own options
   line=$(FLASH4_HOPPER_SPLIT_KV_UNPACKED=$unpacked FLASH4_HOPPER_PAGED=$paged FLASH4_HOPPER_PACK_GQA=$pack FLASH4_HOPPER_SPLIT_KV=$split timeout "$(budget 20)" "$B/bin/flash4-bench" \

@@ -87,6 +87,12 @@ TEST(HopperShapes, SplitKvRuleFillsTheSmsWithPowerOfTwoRuns) {
   EXPECT_EQ(split_kv_rule(8, 10, 132), 4);   // at most 5 (half the blocks) -> 4
   EXPECT_EQ(split_kv_rule(70, 64, 132), 1);  // already over half the SMs
   EXPECT_EQ(split_kv_rule(8, 3, 132), 1);    // too few blocks
+  // Unpacked q (runs of >= 8 blocks): 64 tiles of 8 blocks (1024 queries x 8 heads, d 128)
+  // stay whole; 32 tiles of 64 blocks (chunked prefill over 8192 keys) split in 4.
+  EXPECT_EQ(split_kv_rule(64, 8, 132, 8), 1);
+  EXPECT_EQ(split_kv_rule(64, 16, 132, 8), 2);
+  EXPECT_EQ(split_kv_rule(32, 64, 132, 8), 4);
+  EXPECT_EQ(split_kv_rule(8, 20, 132, 8), 2);
   for (int64_t tiles = 1; tiles <= 200; ++tiles)
     for (int64_t blocks = 1; blocks <= 200; blocks += 7) {
       const int splits = split_kv_rule(tiles, blocks, 132);
@@ -97,6 +103,12 @@ TEST(HopperShapes, SplitKvRuleFillsTheSmsWithPowerOfTwoRuns) {
         ASSERT_LE(2 * splits, blocks);
         ASSERT_LT((splits / 2) * tiles, 132) << "no more runs than covering the SMs needs";
       }
+      // Unpacked q: runs of at least 8 blocks, else as packed.
+      const int unpacked = split_kv_rule(tiles, blocks, 132, 8);
+      ASSERT_EQ(unpacked & (unpacked - 1), 0);
+      ASSERT_LE(unpacked, splits);
+      if (unpacked > 1) ASSERT_LE(8 * unpacked, blocks);
+      if (blocks >= 8 * splits) ASSERT_EQ(unpacked, splits);
     }
 }
 

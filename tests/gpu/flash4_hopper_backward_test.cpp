@@ -55,9 +55,17 @@ struct DefaultBackendSwitches {
   ScopedEnv dq{"FLASH4_HOPPER_DQ", "atomics"};
 };
 
-// The same, with dQ by bulk reduce-add (the default; set explicitly): the ...BulkDq suites.
+// FLASH4_HOPPER_BWD_BM as set (a WideM suite's 128), else 64: the ...BulkDq suites keep the
+// BM = 64 kernels covered at d 64, where 128-query blocks are the default (WideM covers those).
+struct Bm64UnlessSet {
+  std::string value = std::getenv("FLASH4_HOPPER_BWD_BM") ? std::getenv("FLASH4_HOPPER_BWD_BM") : "64";
+  ScopedEnv bm{"FLASH4_HOPPER_BWD_BM", value.c_str()};
+};
+
+// The same, with dQ by lock-step bulk reduce-add (set explicitly): the ...BulkDq suites.
 struct BulkDqSwitches : DefaultBackendSwitches {
   ScopedEnv bulk{"FLASH4_HOPPER_DQ", "bulk"};
+  Bm64UnlessSet bm;
 };
 
 // Bulk reduce-add with the per-warpgroup hand-over (opt-in): the ...PerWarpgroupDq suites.
@@ -93,7 +101,7 @@ std::string check_backward(const Problem& p, std::string* forward_backend = null
   if (::testing::Test::HasFatalFailure()) return "";
   std::printf("[ errors ] %s | bwd %s%s | dq %.2e dk %.2e dv %.2e (slack dq %.1e dk %.1e)", p.describe().c_str(),
               runner.gpu_backward_backend().c_str(), bulk_dq_note(), e.dq, e.dk, e.dv, e.dq_slack, e.dk_slack);
-  if (p.sink) std::printf(" dsink %.2e", e.dsink);
+  if (p.sink) std::printf(" dsink %.2e (slack %.1e)", e.dsink, e.dsink_slack);
   std::printf("\n");
   const Tolerance tol = tolerance_for(p.dtype);
   EXPECT_LT(e.out, tol.out) << "out (forward)";
@@ -102,7 +110,7 @@ std::string check_backward(const Problem& p, std::string* forward_backend = null
   EXPECT_LT(e.dv, tol.grad) << "dv";
   // dsink (NaN-poisoned before the call, so an unwritten dsink fails): the sum over rows of
   // -exp(sink - lse) D, D from the 16-bit out, as in the portable suites.
-  if (p.sink) EXPECT_LT(e.dsink, tol.grad) << "dsink";
+  if (p.sink) EXPECT_LT(e.dsink, tol.grad + e.dsink_slack) << "dsink (slack for the 16-bit out: " << e.dsink_slack << ")";
   return runner.gpu_backward_backend();
 }
 
@@ -537,7 +545,8 @@ void expect_deterministic_runs_same_bits(const Problem& p, DqPath dq) {
   SCOPED_TRACE(p.describe());
   DefaultBackendSwitches defaults;
   std::optional<ScopedEnv> bulk;
-  if (dq == DqPath::bulk) bulk.emplace("FLASH4_HOPPER_DQ", "bulk");
+  std::optional<Bm64UnlessSet> bm;
+  if (dq == DqPath::bulk) bulk.emplace("FLASH4_HOPPER_DQ", "bulk"), bm.emplace();
   GpuOnlyProblem gpu(p);
   gpu.setup();
   if (::testing::Test::HasFatalFailure()) return;
@@ -582,6 +591,7 @@ TEST_P(Flash4HopperDeterministicBackwardBulkDq, SameBitsAsTheDeterministicAtomic
   if (::testing::Test::HasFatalFailure()) return;
   {
     ScopedEnv bulk_dq("FLASH4_HOPPER_DQ", "bulk");
+    Bm64UnlessSet bm;  // as the atomics: BM = 128 sums a block's dQ over 128 keys, another order
     gpu.backward(true, &bulk);
     if (::testing::Test::HasFatalFailure()) return;
   }
@@ -984,9 +994,9 @@ TEST(Flash4HopperBackwardDispatch, EnvironmentForcesThePortableBackward) {
 }
 
 
-// d = 64 at BM = 128 (FLASH4_HOPPER_BWD_BM=128, written without a GPU: FA3's 128 x 128 tile,
-// each warpgroup's dQ over all 128 keys for its 64 query rows, one staging buffer; the
-// lock-step bulk dQ). Every d <= 64 case of the covered, window, varlen, sink, padded and
+// d = 64 at BM = 128 (FA3's 128 x 128 tile, each warpgroup's dQ over all 128 keys for its 64
+// query rows, one staging buffer; the lock-step bulk dQ): the default at d 64 but for varlen
+// without determinism, forced here (FLASH4_HOPPER_BWD_BM=128); the ...BulkDq suites pin BM = 64. Every d <= 64 case of the covered, window, varlen, sink, padded and
 // deterministic suites (softcap stays on BM = 64: not here), against float64; the
 // deterministic ones also three runs, the same bits.
 std::vector<Problem> wide_m_cases(bool deterministic) {

@@ -398,12 +398,13 @@ INSTANTIATE_TEST_SUITE_P(Seqused, Flash4HopperSeqused, ::testing::ValuesIn(sequs
 // the default but for short causal / windowed problems) and with two forced (=2): every d = 64
 // case of the covered, varlen, window and sink suites, and the softcap ones (which must take
 // two warpgroups and still run on Hopper), against float64. More tiles than SMs and tiles past
-// Sq (192 does not divide the lengths) come with them.
+// Sq (192 does not divide the lengths) come with them. Split-KV of unpacked q is off here
+// (FLASH4_HOPPER_SPLIT_KV_UNPACKED=0): it would move the few-tile cases to the packed kernels.
 class Flash4HopperThreeWarpgroups : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperThreeWarpgroups, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_FWD_WARPGROUPS", "3"}});
+  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_FWD_WARPGROUPS", "3"}, {"FLASH4_HOPPER_SPLIT_KV_UNPACKED", "0"}});
 }
 
 // Every d = 64 case of the forward suites, its label ending in `suffix`.
@@ -425,7 +426,7 @@ class Flash4HopperTwoWarpgroups : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperTwoWarpgroups, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_FWD_WARPGROUPS", "2"}});
+  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_FWD_WARPGROUPS", "2"}, {"FLASH4_HOPPER_SPLIT_KV_UNPACKED", "0"}});
 }
 INSTANTIATE_TEST_SUITE_P(D64, Flash4HopperTwoWarpgroups, ::testing::ValuesIn(d64_cases(" wg2")), test_name);
 
@@ -476,12 +477,13 @@ INSTANTIATE_TEST_SUITE_P(Padded, Flash4Hopper, ::testing::ValuesIn(padded_head_d
 // warpgroup stores it with TMA (rows past Sq and columns past d_v outside the out map, which
 // the other suites check untouched: the harness poisons out first); this suite keeps the
 // consumers' own 16-byte stores covered on the same cases: every dense case of the covered,
-// window, sink, softcap and padded suites with head dims up to 128, both warpgroup counts at d 64.
+// window, sink, softcap and padded suites with head dims up to 128, both warpgroup counts at d 64
+// (split-KV of unpacked q off, so the few-tile cases stay on the dense kernels).
 class Flash4HopperRegisterStoreO : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperRegisterStoreO, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_TMA_STORE_O", "0"}});
+  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_TMA_STORE_O", "0"}, {"FLASH4_HOPPER_SPLIT_KV_UNPACKED", "0"}});
 }
 
 std::vector<Problem> tma_store_cases() {
@@ -622,20 +624,31 @@ std::vector<Problem> pack_gqa_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(PackGqa, Flash4HopperPackGqa, ::testing::ValuesIn(pack_gqa_cases()), test_name);
 
-// Split-KV of unpacked q (FLASH4_HOPPER_SPLIT_KV_UNPACKED=1, written without a GPU): the
-// packed-GQA kernels at q_pack 1 for MHA and for groups packing does not take (3, 32), so
-// decode with few tiles fills the SMs. Each case with the rule (auto: 2 runs for these 3 x 8
-// tiles of 6 key blocks) and with 4 runs forced; d 64 / 96 (padded) / 128 / 256, bf16 / fp16,
-// causal, a window, a sink, BHSD q, seqused_k with NaN past it, paged K / V. FLASH4_LOG=1
-// says "split-KV".
+// Split-KV of unpacked q (the default since its first device run on an H200;
+// FLASH4_HOPPER_SPLIT_KV_UNPACKED=0 opts out): the packed-GQA kernels at q_pack 1 for MHA and
+// for groups packing does not take (3, 32), so decode with few tiles fills the SMs. Each case
+// with the rule (auto: 2 runs for these 3 x 8 tiles of 17 key blocks, runs of >= 8) and with 4
+// runs forced;
+// d 64 / 96 (padded) / 128 / 256, bf16 / fp16, causal, a window, a sink, BHSD q, seqused_k
+// with NaN past it, paged K / V. FLASH4_LOG=1 says "split-KV".
 class Flash4HopperSplitKvUnpacked : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperSplitKvUnpacked, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   for (const char* splits : {"auto", "4"}) {
     SCOPED_TRACE(std::string("FLASH4_HOPPER_SPLIT_KV=") + splits);
-    expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_SPLIT_KV_UNPACKED", "1"}, {"FLASH4_HOPPER_SPLIT_KV", splits}});
+    expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_SPLIT_KV_UNPACKED", nullptr}, {"FLASH4_HOPPER_SPLIT_KV", splits}});
   }
+}
+
+// The covered cases with split-KV of unpacked q off (FLASH4_HOPPER_SPLIT_KV_UNPACKED=0): the
+// few-tile shapes (one or two heads over 1000 or 4097 keys) split by default, so this keeps
+// the dense kernels (TMA store of O, the d 64 warpgroup rule) covered on them.
+class Flash4HopperUnsplit : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperUnsplit, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_SPLIT_KV_UNPACKED", "0"}});
 }
 
 std::vector<Problem> split_unpacked_cases() {
@@ -650,7 +663,7 @@ std::vector<Problem> split_unpacked_cases() {
     p.label = "hopper split unpacked";
     p.Dqk = p.Dv = sh.d;
     p.dtype = i % 2 ? FLASH4_F16 : FLASH4_BF16;
-    p.B = 3, p.Hq = sh.hq, p.Hkv = sh.hkv, p.Sq = sh.sq, p.Sk = 700;
+    p.B = 3, p.Hq = sh.hq, p.Hkv = sh.hkv, p.Sq = sh.sq, p.Sk = 2100;
     p.causal = true;
     cases.push_back(forward_only(p));
     if (i < 3) {
@@ -660,7 +673,7 @@ std::vector<Problem> split_unpacked_cases() {
       cases.push_back(forward_only(p));
       Problem u = p;  // seqused_k with NaN past it, contiguous and paged
       u.window_left = u.window_right = -1, u.bhsd = false, u.causal = true;
-      u.seqused = {700, 1, 333}, u.nan_unused_keys = true;
+      u.seqused = {2100, 1, 333}, u.nan_unused_keys = true;
       cases.push_back(forward_only(u));
       u.label = "hopper split unpacked paged";
       u.page_size = 64;
@@ -672,6 +685,7 @@ std::vector<Problem> split_unpacked_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(SplitUnpacked, Flash4HopperSplitKvUnpacked, ::testing::ValuesIn(split_unpacked_cases()),
                          test_name);
+INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperUnsplit, ::testing::ValuesIn(covered_cases()), test_name);
 
 // Features the Hopper forward does not cover (yet), or opted out of: paged KV with
 // FLASH4_HOPPER_PAGED=0, with a page size not a multiple of 8 or with softcap; seqused_k with

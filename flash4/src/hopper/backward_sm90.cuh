@@ -114,9 +114,9 @@
 // seqused_k (keys are masked by Sequence::sk, the K rows past it zeroed, dK / dV rows past it
 // written as zeros): passed scripts/hopper_seqused_check.sh on an H200 (2026-12-01). The
 // per-warpgroup dQ hand-over (DqAdd::bulk_per_warpgroup, non-deterministic default): passed
-// scripts/hopper_dq_warpgroup_check.sh there. d = 64 at BM = 128 (BackwardSm90Config<64, 128>,
-// FLASH4_HOPPER_BWD_BM=128): written without a GPU, opt-in until
-// scripts/hopper_bwd_wide_check.sh passes. Missing (follow-ups): overlap of one query
+// scripts/hopper_dq_warpgroup_check.sh there. d = 64 at BM = 128 (BackwardSm90Config<64, 128>):
+// passed scripts/hopper_bwd_wide_check.sh on an H200 (2026-12-01; 1.04 - 1.20x BM = 64), the
+// default at d = 64 but for varlen without determinism (FLASH4_HOPPER_BWD_BM=64 | 128 forces). Missing (follow-ups): overlap of one query
 // block's S / dP with the previous one's gradients (a d = 64 try in pairs of steps was 13%
 // slower), persistent scheduling, d over 128 (d 192 / 256), native (unpadded) d 96 tiles.
 #pragma once
@@ -136,7 +136,7 @@
 
 namespace flash4::hopper {
 
-// BM = 128 (d = 64 only; opt-in, FLASH4_HOPPER_BWD_BM=128, written without a GPU): FA3's
+// BM = 128 (d = 64 only; the default there, see backward_sm90_host.cpp): FA3's
 // 128 x 128 tile at d = 64. S^T / dP^T are m64n128 (each warpgroup its 64 keys x all 128
 // queries), dS^T [128 keys][128 queries] is two 64-query column chunks, and warpgroup w
 // computes dQ for queries 64 w .. 64 w + 63 over all 128 keys (as d = 128 splits columns), so

@@ -37,7 +37,8 @@ enum class DqAdd : int { atomics = 0, bulk = 1, bulk_per_warpgroup = 2 };
 inline constexpr int kDqBulkBoxCols = 32;
 
 inline constexpr int kBackwardQBoxRows = 64;  // = BackwardSm90Config::kBlockM
-// The d = 64 kernel at BM = 128 (wide_m below; opt-in): q / dout boxes of 128 rows.
+// The d = 64 kernel at BM = 128 (wide_m below; the default at d = 64 but for varlen without
+// determinism): q / dout boxes of 128 rows.
 inline constexpr int kBackwardWideQBoxRows = 128;
 
 // Floats per query head of the per-row arrays (lse2, D), indexed by the workspace token
@@ -77,7 +78,7 @@ inline int64_t dq_order_slots(int64_t tokens_q, int64_t batch) {
 // deterministic dQ's counts and ticket, zeroed. `dq_add`: how the tiles are added (bulk:
 // maps.dq_accum encoded, tokens_q < 2^31). `wide_m`: d = 64 only, with dq_add == bulk and q /
 // dout encoded with kBackwardWideQBoxRows-row boxes: the BM = 128 kernel (backward_sm90.cuh,
-// BackwardSm90Config; written without a GPU, opt-in: FLASH4_HOPPER_BWD_BM=128).
+// BackwardSm90Config; the default at d = 64 but for varlen without determinism).
 template <int D>
 void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& p, int64_t row_pitch,
                    const VarlenTiles& list, int64_t list_capacity, const DqOrder* order, DqAdd dq_add,

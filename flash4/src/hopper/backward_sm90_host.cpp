@@ -94,10 +94,17 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
   const ProblemShape shape = validate_backward(a);
   *gap = backward_gap(a, shape);
   if (!gap->empty()) return false;
-  // d = 64 at BM = 128 (FA3's tile; written without a GPU, so only with
-  // FLASH4_HOPPER_BWD_BM=128): without softcap, with the lock-step bulk dQ only, so not with
-  // FLASH4_HOPPER_DQ=atomics or 2^31 query tokens (and not if dq_accum's map is rejected below).
-  const bool wide_asked = padded_head_dim(shape) == 64 && env_is("FLASH4_HOPPER_BWD_BM", "128") &&
+  // d = 64 at BM = 128 (FA3's tile), the default: without softcap, with the lock-step bulk
+  // dQ only, so not with FLASH4_HOPPER_DQ=atomics or 2^31 query tokens (and not if dq_accum's
+  // map is rejected below). H200, flash4-bench d 64 against BM = 64: 1.04 - 1.09x the
+  // per-warpgroup bulk dQ, 1.05 - 1.20x deterministic; varlen without determinism (adept's
+  // packed batch) 0.976x, so varlen stays on BM = 64 unless deterministic.
+  // FLASH4_HOPPER_BWD_BM=64 | 128 forces either; FLASH4_HOPPER_DQ=per_warpgroup (a BM = 64
+  // hand-over) asks for BM = 64 unless 128 is forced.
+  const bool wide_by_default =
+      (!shape.varlen || a.deterministic != 0) && !env_is("FLASH4_HOPPER_DQ", "per_warpgroup");
+  const bool wide_asked = padded_head_dim(shape) == 64 && !env_is("FLASH4_HOPPER_BWD_BM", "64") &&
+                          (wide_by_default || env_is("FLASH4_HOPPER_BWD_BM", "128")) &&
                           !(a.options.softcap > 0) && !env_is("FLASH4_HOPPER_DQ", "atomics") &&
                           shape.tokens_q < (int64_t(1) << 31);
   hopper::BackwardTensorMaps maps;
@@ -191,7 +198,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     if (wide_asked && !wide_m)
       if (std::string error = encode_query_maps(hopper::kBackwardQBoxRows); !error.empty())
         throw cuda::CudaError(error);
-    if (wide_m) dq_note += ", 128-query blocks (FLASH4_HOPPER_BWD_BM=128)";
+    if (wide_m) dq_note += ", 128-query blocks";
     if (deterministic) dq_note += ", deterministic";
     if (p.sink != nullptr) dq_note += want_dsink ? ", sink + dsink" : ", sink (no dsink)";
     log_backend("flash4_backward", "hopper", dq_note);

@@ -216,14 +216,15 @@ int forward_q_pack(const flash4_forward_args& a, const ProblemShape& shape) {
 // FLASH4_HOPPER_SPLIT_KV=auto (the default) applies the rule, =N forces the power of two at
 // or below N (1 .. 64); read at each call.
 // Unpacked q (MHA, or a GQA group packing does not shrink: decode with 64 KV heads, say, fills
-// the SMs without it) splits too with FLASH4_HOPPER_SPLIT_KV_UNPACKED=1: the packed-GQA kernels
-// at q_pack 1, dense q without softcap as packing asks (MHA decode, 8 x 8 heads: 64 tiles on
-// 132 SMs, 2 runs each). Written without a GPU, so opt-in until
-// scripts/hopper_fwd_features_check.sh has run its SplitUnpacked suite and bench rows.
+// the SMs without it) splits too, in the packed-GQA kernels at q_pack 1, dense q without
+// softcap as packing asks (H200, MHA decode, 8 x 8 heads, 8192 keys: 64 tiles on 132 SMs, 2
+// runs each, 0.108 -> 0.082 ms; one sequence of 32k keys 0.388 -> 0.056 ms; chunked prefill,
+// 128 queries x 32 heads over 8192 keys, 2.0x), in runs of at least 8 key blocks (shorter
+// runs showed no clear gain, see split_kv_rule); FLASH4_HOPPER_SPLIT_KV_UNPACKED=0 opts out.
 constexpr bool kSplitKvByDefault = true;
 int forward_splits(const flash4_forward_args& a, const ProblemShape& shape, int q_pack, int kernel_dim) {
   if (q_pack <= 1 &&
-      (!env_is("FLASH4_HOPPER_SPLIT_KV_UNPACKED", "1") || shape.varlen || a.options.softcap > 0))
+      (env_is("FLASH4_HOPPER_SPLIT_KV_UNPACKED", "0") || shape.varlen || a.options.softcap > 0))
     return 1;
   const char* asked = std::getenv("FLASH4_HOPPER_SPLIT_KV");
   if (asked != nullptr && std::strcmp(asked, "auto") != 0) return power_of_two_at_most(std::clamp(std::atoi(asked), 1, 64));
@@ -237,7 +238,7 @@ int forward_splits(const flash4_forward_args& a, const ProblemShape& shape, int 
   const int64_t rows = hopper::forward_query_rows(2), block_n = hopper::forward_key_box_rows(kernel_dim);
   // A tile: rows of one query head, or packed of a KV head's q_pack query heads.
   const int64_t tiles = (shape.seqlen_q * q_pack + rows - 1) / rows * (shape.heads_q / q_pack) * shape.batch;
-  return split_kv_rule(tiles, (shape.seqlen_k + block_n - 1) / block_n, sms);
+  return split_kv_rule(tiles, (shape.seqlen_k + block_n - 1) / block_n, sms, q_pack > 1 ? 2 : 8);
 }
 
 // Why the Hopper forward does not run `a` ("" when it does).
