@@ -3,7 +3,10 @@
 // hidden 2048 (heads = 2048 / d), d in {64, 128, 256}, S in {512 .. 16384}, causal off/on.
 // FLOPs by convention: forward 4 B H S^2 d (halved under causal), backward 2.5x forward.
 // Timing: CUDA events around each call, warm-up first, median of the repeats, inputs
-// rotated over two sets (random normal, never zeros).
+// rotated over two sets (random normal, never zeros). The timed calls are queued behind a
+// GPU spin long enough for the host to enqueue them all, so the events time the GPU alone:
+// a call of ~25 us (decode, a short prefill) otherwise reads as its host-side preparation
+// (tensor maps, launch), which varied 0.019 - 0.037 ms between identical runs on an H200.
 //
 //   flash4-bench [--quick] [--repeats N] [--csv FILE] [--tuning] [--d D] [--seqlen S] [--causal 0|1]
 //                [--deterministic 0|1]
@@ -41,6 +44,7 @@
 #include <flash4/flash4.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -152,11 +156,31 @@ flash4_backward_args backward_args(Set& set, const Shape& s, bool deterministic 
   return a;
 }
 
-// Median milliseconds of `repeats` timed calls of run(i) after `warmup` untimed ones.
+// Spins on the GPU for `ns` nanoseconds of %globaltimer; 4 ns clock cycles at most (about
+// 2 ns at ~2 GHz), should the timer not advance.
+__global__ void spin_kernel(unsigned long long ns) {
+  unsigned long long start = 0, now = 0;
+  const long long cycles = clock64();
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  } while (now - start < ns && clock64() - cycles < 4 * static_cast<long long>(ns));
+}
+
+// Median milliseconds of `repeats` timed calls of run(i) after `warmup` untimed ones. The
+// warm-up's host time per call (enqueueing only, no synchronisation) sizes a spin kernel
+// that the timed calls queue behind: 1.5x their enqueueing plus 20 us, at most 20 ms.
 template <class Run>
 double median_ms(int warmup, int repeats, Run&& run) {
+  const auto host_start = std::chrono::steady_clock::now();
   for (int i = 0; i < warmup; ++i) run(i);
+  const double enqueue_ns =
+      std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - host_start).count() /
+      std::max(warmup, 1);
   BENCH_CUDA(cudaDeviceSynchronize());
+  const double spin_ns = std::min(20e6, 1.5 * enqueue_ns * (repeats + 1) + 20e3);
+  spin_kernel<<<1, 1>>>(static_cast<unsigned long long>(spin_ns));
+  BENCH_CUDA(cudaGetLastError());
   std::vector<cudaEvent_t> start(repeats), stop(repeats);
   for (int i = 0; i < repeats; ++i) {
     BENCH_CUDA(cudaEventCreate(&start[i]));
