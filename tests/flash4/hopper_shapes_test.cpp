@@ -5,6 +5,7 @@
 
 #include <numeric>
 
+#include "common/scoped_env.hpp"
 #include "hopper/host.hpp"
 #include "hopper/launch.hpp"
 
@@ -110,6 +111,47 @@ TEST(HopperShapes, SplitKvRuleFillsTheSmsWithPowerOfTwoRuns) {
       if (unpacked > 1) ASSERT_LE(8 * unpacked, blocks);
       if (blocks >= 8 * splits) ASSERT_EQ(unpacked, splits);
     }
+}
+
+// The d 64 backward's query block: 128 by default (dense, or deterministic varlen), 64 for
+// varlen without determinism, softcap, other head dims, atomic dQ and 2^31 query tokens;
+// FLASH4_HOPPER_BWD_BM forces either (not past atomics), FLASH4_HOPPER_DQ=per_warpgroup asks 64.
+TEST(HopperShapes, BackwardWideMRuleTakes128QueriesWhereItWasMeasuredFaster) {
+  using flash4::detail::backward_wide_m_rule;
+  using testing_support::ScopedEnv;
+  ScopedEnv bm("FLASH4_HOPPER_BWD_BM", nullptr), dq("FLASH4_HOPPER_DQ", nullptr);
+  auto shape = [](int64_t d, bool varlen, int64_t tokens = 4096) {
+    ProblemShape s = dims(d, d);
+    s.varlen = varlen;
+    s.tokens_q = tokens;
+    return s;
+  };
+  EXPECT_TRUE(backward_wide_m_rule(shape(64, false), false, false));
+  EXPECT_TRUE(backward_wide_m_rule(shape(64, false), true, false));
+  EXPECT_TRUE(backward_wide_m_rule(shape(32, false), false, false));  // padded to 64
+  EXPECT_TRUE(backward_wide_m_rule(shape(64, true), true, false));    // varlen, deterministic
+  EXPECT_FALSE(backward_wide_m_rule(shape(64, true), false, false));  // varlen: 0.976x
+  EXPECT_FALSE(backward_wide_m_rule(shape(64, false), false, true));  // softcap
+  EXPECT_FALSE(backward_wide_m_rule(shape(128, false), false, false));
+  EXPECT_FALSE(backward_wide_m_rule(shape(72, false), false, false));  // the d 128 kernel
+  EXPECT_FALSE(backward_wide_m_rule(shape(64, false, int64_t(1) << 31), false, false));
+  {
+    ScopedEnv narrow("FLASH4_HOPPER_BWD_BM", "64");
+    EXPECT_FALSE(backward_wide_m_rule(shape(64, false), true, false));
+  }
+  {
+    ScopedEnv wide("FLASH4_HOPPER_BWD_BM", "128");
+    EXPECT_TRUE(backward_wide_m_rule(shape(64, true), false, false));
+    EXPECT_FALSE(backward_wide_m_rule(shape(64, false), false, true));  // softcap, even forced
+    ScopedEnv atomics("FLASH4_HOPPER_DQ", "atomics");
+    EXPECT_FALSE(backward_wide_m_rule(shape(64, false), false, false));
+  }
+  {
+    ScopedEnv per_warpgroup("FLASH4_HOPPER_DQ", "per_warpgroup");
+    EXPECT_FALSE(backward_wide_m_rule(shape(64, false), false, false));
+    ScopedEnv wide("FLASH4_HOPPER_BWD_BM", "128");
+    EXPECT_TRUE(backward_wide_m_rule(shape(64, false), false, false));
+  }
 }
 
 }  // namespace

@@ -94,19 +94,8 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
   const ProblemShape shape = validate_backward(a);
   *gap = backward_gap(a, shape);
   if (!gap->empty()) return false;
-  // d = 64 at BM = 128 (FA3's tile), the default: without softcap, with the lock-step bulk
-  // dQ only, so not with FLASH4_HOPPER_DQ=atomics or 2^31 query tokens (and not if dq_accum's
-  // map is rejected below). H200, flash4-bench d 64 against BM = 64: 1.04 - 1.09x the
-  // per-warpgroup bulk dQ, 1.05 - 1.20x deterministic; varlen without determinism (adept's
-  // packed batch) 0.976x, so varlen stays on BM = 64 unless deterministic.
-  // FLASH4_HOPPER_BWD_BM=64 | 128 forces either; FLASH4_HOPPER_DQ=per_warpgroup (a BM = 64
-  // hand-over) asks for BM = 64 unless 128 is forced.
-  const bool wide_by_default =
-      (!shape.varlen || a.deterministic != 0) && !env_is("FLASH4_HOPPER_DQ", "per_warpgroup");
-  const bool wide_asked = padded_head_dim(shape) == 64 && !env_is("FLASH4_HOPPER_BWD_BM", "64") &&
-                          (wide_by_default || env_is("FLASH4_HOPPER_BWD_BM", "128")) &&
-                          !(a.options.softcap > 0) && !env_is("FLASH4_HOPPER_DQ", "atomics") &&
-                          shape.tokens_q < (int64_t(1) << 31);
+  // d = 64 at BM = 128 (FA3's tile) or 64: backward_wide_m_rule (host.hpp).
+  const bool wide_asked = backward_wide_m_rule(shape, a.deterministic != 0, a.options.softcap > 0);
   hopper::BackwardTensorMaps maps;
   // q / dout boxes: the query block (64 rows, or 128 for the wide kernel).
   auto encode_query_maps = [&](int rows) {

@@ -172,6 +172,21 @@ inline bool env_is(const char* name, const char* value) {
 // call) sends it to the portable kernels, for A/B runs.
 inline bool hopper_seqused_enabled() { return !env_is("FLASH4_HOPPER_SEQUSED", "0"); }
 
+// Whether the d = 64 backward takes 128-query blocks (BM = 128, FA3's 128 x 128 tile) rather
+// than 64; hopper_backward applies it (and goes back to 64 should the dQ map be rejected).
+// The default at d 64 (H200, flash4-bench: 1.04 - 1.09x BM 64, deterministic 1.05 - 1.20x)
+// except varlen without determinism (adept's packed batch, 0.976x there) and softcap (BM = 128
+// does not take it); never with FLASH4_HOPPER_DQ=atomics (BM = 128 adds dQ in bulk only) or
+// 2^31 query tokens (the bulk adds' 32-bit coordinates). FLASH4_HOPPER_BWD_BM=64 | 128 forces
+// either; FLASH4_HOPPER_DQ=per_warpgroup (a BM = 64 hand-over) asks for 64. Read at each call.
+inline bool backward_wide_m_rule(const ProblemShape& shape, bool deterministic, bool softcap) {
+  if (padded_head_dim(shape) != 64 || softcap || env_is("FLASH4_HOPPER_DQ", "atomics") ||
+      shape.tokens_q >= (int64_t(1) << 31) || env_is("FLASH4_HOPPER_BWD_BM", "64"))
+    return false;
+  if (env_is("FLASH4_HOPPER_BWD_BM", "128")) return true;
+  return (!shape.varlen || deterministic) && !env_is("FLASH4_HOPPER_DQ", "per_warpgroup");
+}
+
 // The forward's and the backward's gap for seqused_k ("" when it runs on Hopper).
 inline std::string seqused_gap(const flash4_varlen& varlen) {
   if (varlen.seqused_k == nullptr || hopper_seqused_enabled()) return "";
