@@ -3,7 +3,7 @@
 # at BM = 128 but for varlen without determinism, split-KV of unpacked q), in one call on an
 # H100 / H200 from the repository root (carry .device-carry/):
 #   1. build   flash4 for sm_90a, the flash4-only GPU tests and flash4-bench;
-#   2. test    the whole flash4 GPU test binary under the new defaults, in SHARDS (default 4)
+#   2. test    the whole flash4 GPU test binary under the new defaults, in SHARDS (default 6)
 #              gtest shards side by side on the one GPU (the float64 references are CPU work);
 #              every failure listed; the smoke lines say which paths the defaults took;
 #   3. bench   split-KV of unpacked q where the rule now splits prefill too (few tiles: one
@@ -34,7 +34,7 @@ smoke 'WideM/Flash4HopperBackwardWideM.*/0_*:SplitUnpacked/Flash4HopperSplitKvUn
 smoke_says "128-query blocks" "the BM = 128 backward did not run"
 smoke_says "split-KV" "the unpacked call did not split"
 
-SHARDS=${SHARDS:-4}
+SHARDS=${SHARDS:-6}
 limit=$(($(time_left) - 150))
 say "tests: the whole flash4 GPU binary in $SHARDS shards (limit ${limit} s)"
 t=$(date +%s)
