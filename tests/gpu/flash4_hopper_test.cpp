@@ -500,6 +500,21 @@ std::vector<Problem> tma_store_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(RegisterStore, Flash4HopperRegisterStoreO, ::testing::ValuesIn(tma_store_cases()), test_name);
 
+// The TMA store of O with its read waited for in the next tile (FLASH4_HOPPER_DEFER_O_READ=1,
+// opt-in, written without a GPU): the storing thread hands its Q buffer back once the next
+// tile's first S = Q K^T is issued, after a tile of no key block, or at the loop's end. The
+// same dense cases (more tiles than SMs, tiles that see no key, both warpgroup counts at
+// d 64), unpacked so that they stay on the dense kernels. A buffer handed back too early
+// shows as a wrong O (the next Q overwrote it before the store read it); one never handed
+// back, as a hang.
+class Flash4HopperDeferOReadWait : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperDeferOReadWait, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_DEFER_O_READ", "1"}, {"FLASH4_HOPPER_SPLIT_KV_UNPACKED", "0"}});
+}
+INSTANTIATE_TEST_SUITE_P(DeferORead, Flash4HopperDeferOReadWait, ::testing::ValuesIn(tma_store_cases()), test_name);
+
 // Paged K / V (a page table; forward only): the producer gathers each key block in TMA boxes
 // of gcd(page_size, key block) rows from the sequence's shuffled pages. Page sizes 8 (16
 // boxes a block), 16, 24 (boxes of 8: a page's boxes never cross it), 64, 128, 256 (a block

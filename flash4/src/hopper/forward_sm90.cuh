@@ -128,6 +128,7 @@ struct ForwardSm90Config {
 inline constexpr int kEmulateExp2 = 1;  // FA4's exp2 emulation for one 8-column tile in four
 inline constexpr int kPingpong = 2;     // consumer warpgroups alternate their wgmma batches
 inline constexpr int kTmaStoreO = 4;    // O through its Q buffer and a TMA store (ForwardSchedule)
+inline constexpr int kDeferOReadWait = 8;  // with kTmaStoreO: its read waited for in the next tile
 
 // Row max / sum of one consumer thread's two rows (g and g + 8 of its warp).
 struct SoftmaxRows {
@@ -412,6 +413,13 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
   // O by TMA store through the tile's Q buffer (d <= 128: two buffers, released at the tile's
   // end; dense, unpacked q: the host sets the flag only then).
   const bool tma_store_o = ForwardSm90Config<D, kWarpgroups>::kQStages == 2 && !kPackGqa && (flags & kTmaStoreO) != 0;
+  // Deferred read wait (opt-in, written without a GPU): the storing thread does not wait for
+  // the TMA store to read O out of the Q buffer at the tile's end (the whole warpgroup used to
+  // wait with it, ~a microsecond a tile, much of a short tile); it waits once the next tile's
+  // first S = Q K^T is issued (or at the loop's end), then hands the buffer back. Its warp's
+  // arrival on q_empty comes from it then; the warpgroup's other three warps arrive at once.
+  // Two warpgroups only: with three (160 registers) the pending state spilled (ptxas: 92 bytes).
+  const bool defer_o_read_wait = kWarpgroups == 2 && tma_store_o && (flags & kDeferOReadWait) != 0;
   using C = ForwardSm90Config<D, kWarpgroups>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
   extern __shared__ unsigned char smem_raw[];
@@ -567,6 +575,18 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
     auto release = [&](uint64_t* bar) {
       if (lane == 0) mbarrier_arrive(bar);
     };
+    // The Q buffer whose O store this thread (a warpgroup's storing thread, with
+    // defer_o_read_wait) has issued but not yet seen read; -1: none. Every thread of a warp
+    // calls finish_o_store (the __syncwarp), only the storing thread has anything to finish.
+    int o_store_pending = -1;
+    auto finish_o_store = [&] {
+      if (o_store_pending >= 0) {
+        bulk_wait_group_read<0>();
+        mbarrier_arrive(&q_empty[o_store_pending]);
+        o_store_pending = -1;
+      }
+      __syncwarp();
+    };
 
     // Pingpong (FA3): the two consumer warpgroups take turns issuing their wgmma batches
     // (named barriers 1 and 2: "warpgroup cw may issue"), so one's softmax runs while the
@@ -588,7 +608,10 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         mbarrier_wait(&q_full[qs], (tile_count / kQStages) & 1);
         index = __shfl_sync(0xffffffffu, lane == 0 ? ld_shared_b32(tile_slot + 4 * qs) : 0, 0);
       }
-      if (unsigned(index) >= unsigned(tiles)) break;
+      if (unsigned(index) >= unsigned(tiles)) {
+        if (defer_o_read_wait) finish_o_store();  // the producer may wait for that buffer
+        break;
+      }
       const Tile w = tile_at<kPackGqa>(p, list, index, m_blocks, BM, BN);
       const int wg_row0 = w.m0 + 64 * cw;
       // This thread's two rows: their queries (packed GQA: token row / q_pack of head
@@ -631,6 +654,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         gemm_turn_begin();
         issue_qk(s, stage0);
         gemm_turn_end();
+        if (defer_o_read_wait) finish_o_store();  // the last tile's O store, while S is computed
         wgmma_wait_group<0>();
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) fence_operand(s[i]);
@@ -769,16 +793,24 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         // release the buffer to the producer after that.
         fence_proxy_async();
         named_barrier_sync(4 + cw, 128);
+        if (defer_o_read_wait) finish_o_store();  // still pending after a tile of no key block
         if (threadIdx.x % 128 == 0) {
           const unsigned char* tile = reinterpret_cast<const unsigned char*>(sQ) + qs * C::kQBytes + 64 * cw * 128;
 #pragma unroll
           for (int c = 0; c < C::kChunks; ++c)
             tma_store_4d(&tma_o, 64 * c, w.q_row + 64 * cw, w.h, w.tma_b, tile + c * C::kQChunkBytes);
           bulk_commit_group();
-          bulk_wait_group_read<0>();
+          if (defer_o_read_wait)
+            o_store_pending = qs;
+          else
+            bulk_wait_group_read<0>();
         }
-        named_barrier_sync(4 + cw, 128);
-        release(&q_empty[qs]);
+        if (defer_o_read_wait) {
+          if (wq != 0) release(&q_empty[qs]);  // warp 0's arrival: its storing thread's, later
+        } else {
+          named_barrier_sync(4 + cw, 128);
+          release(&q_empty[qs]);
+        }
       }
     }
     // The last TMA stores of O complete before the CTA ends.

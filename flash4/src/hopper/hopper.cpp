@@ -361,7 +361,11 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
     hopper::ForwardSchedule schedule = forward_schedule();
     schedule.warpgroups = warpgroups;
     schedule.tma_store_o = tma_store_o;
-    if (tma_store_o) log_backend("flash4_forward", "hopper", "O by TMA store");
+    // Written without a GPU: opt-in until scripts/hopper_defer_o_check.sh has run.
+    schedule.defer_o_read_wait = tma_store_o && env_is("FLASH4_HOPPER_DEFER_O_READ", "1");
+    if (tma_store_o)
+      log_backend("flash4_forward", "hopper",
+                  schedule.defer_o_read_wait ? "O by TMA store, its read waited for in the next tile" : "O by TMA store");
     if (warpgroups == 3)
       log_backend("flash4_forward", "hopper", "three consumer warpgroups");
     if (dynamic) {
