@@ -418,7 +418,9 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
   // wait with it, ~a microsecond a tile, much of a short tile); it waits once the next tile's
   // first S = Q K^T is issued (or at the loop's end), then hands the buffer back. Its warp's
   // arrival on q_empty comes from it then; the warpgroup's other three warps arrive at once.
-  // Two warpgroups only: with three (160 registers) the pending state spilled (ptxas: 92 bytes).
+  // No state: every tile stores O, so a store is pending from the previous tile (buffer
+  // qs ^ 1) whenever this CTA has had one, until the next first S or store finishes it. Two
+  // warpgroups only: with three (160 registers) the extra waits spilled 76 bytes (ptxas).
   const bool defer_o_read_wait = kWarpgroups == 2 && tma_store_o && (flags & kDeferOReadWait) != 0;
   using C = ForwardSm90Config<D, kWarpgroups>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
@@ -575,15 +577,13 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
     auto release = [&](uint64_t* bar) {
       if (lane == 0) mbarrier_arrive(bar);
     };
-    // The Q buffer whose O store this thread (a warpgroup's storing thread, with
-    // defer_o_read_wait) has issued but not yet seen read; -1: none. Every thread of a warp
-    // calls finish_o_store (the __syncwarp), only the storing thread has anything to finish.
-    int o_store_pending = -1;
-    auto finish_o_store = [&] {
-      if (o_store_pending >= 0) {
+    // With defer_o_read_wait: the storing thread (each consumer warpgroup's first) waits for
+    // its last O store to have read Q buffer `buffer`, and hands the buffer back for its warp.
+    // Every thread of a warp calls it (the __syncwarp).
+    auto finish_o_store = [&](int buffer) {
+      if (threadIdx.x % 128 == 0) {
         bulk_wait_group_read<0>();
-        mbarrier_arrive(&q_empty[o_store_pending]);
-        o_store_pending = -1;
+        mbarrier_arrive(&q_empty[buffer]);
       }
       __syncwarp();
     };
@@ -609,7 +609,8 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         index = __shfl_sync(0xffffffffu, lane == 0 ? ld_shared_b32(tile_slot + 4 * qs) : 0, 0);
       }
       if (unsigned(index) >= unsigned(tiles)) {
-        if (defer_o_read_wait) finish_o_store();  // the producer may wait for that buffer
+        // The last tile's store (the producer may wait for its buffer).
+        if (defer_o_read_wait && tile_count > 0) finish_o_store((tile_count - 1) % kQStages);
         break;
       }
       const Tile w = tile_at<kPackGqa>(p, list, index, m_blocks, BM, BN);
@@ -654,7 +655,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         gemm_turn_begin();
         issue_qk(s, stage0);
         gemm_turn_end();
-        if (defer_o_read_wait) finish_o_store();  // the last tile's O store, while S is computed
+        if (defer_o_read_wait && tile_count > 0) finish_o_store(qs ^ 1);  // the last tile's store, under S
         wgmma_wait_group<0>();
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) fence_operand(s[i]);
@@ -793,17 +794,15 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         // release the buffer to the producer after that.
         fence_proxy_async();
         named_barrier_sync(4 + cw, 128);
-        if (defer_o_read_wait) finish_o_store();  // still pending after a tile of no key block
+        // After a tile of no key block, the last tile's store is still pending.
+        if (defer_o_read_wait && tile_count > 0 && n_blocks == 0) finish_o_store(qs ^ 1);
         if (threadIdx.x % 128 == 0) {
           const unsigned char* tile = reinterpret_cast<const unsigned char*>(sQ) + qs * C::kQBytes + 64 * cw * 128;
 #pragma unroll
           for (int c = 0; c < C::kChunks; ++c)
             tma_store_4d(&tma_o, 64 * c, w.q_row + 64 * cw, w.h, w.tma_b, tile + c * C::kQChunkBytes);
           bulk_commit_group();
-          if (defer_o_read_wait)
-            o_store_pending = qs;
-          else
-            bulk_wait_group_read<0>();
+          if (!defer_o_read_wait) bulk_wait_group_read<0>();
         }
         if (defer_o_read_wait) {
           if (wq != 0) release(&q_empty[qs]);  // warp 0's arrival: its storing thread's, later
