@@ -5,7 +5,7 @@ Times flash4 through its PyTorch op (flash4.attention = torch.ops.flash4.fwd / b
 autograd; flash4/torch, built by flash4/torch/build.py) beside torch's
 scaled_dot_product_attention with the cuDNN and FLASH_ATTENTION (FlashAttention-2)
 backends, each called the way a PyTorch user calls it: forward alone, and the backward as
-torch.autograd.grad over the forward's graph. bf16, BSHD, 16384 tokens in total
+torch.autograd.grad over the forward's graph. bf16 (--dtype fp16: fp16), BSHD, 16384 tokens in total
 (batch = 16384 / S), hidden 2048 (heads = 2048 / d); FLOPs by convention (forward
 4 B H S^2 d, halved when causal; backward 2.5x forward; fwd+bwd 3.5x over the sum of the
 two times); CUDA events, median of the repeats after warm-up. Also checks that flash4's
@@ -14,7 +14,7 @@ bench/fa4_wheels.sh carries it to the GPU machine) imports, it is timed too, the
 (flash_attn_func on the BSHD tensors, backward by autograd); its kernels compile on first
 use (CuTe DSL JIT), which the warm-up absorbs.
 
-    PYTHONPATH=flash4/torch python3 bench/peers.py [--quick] [--repeats 20] [--markdown table.md]
+    PYTHONPATH=flash4/torch python3 bench/peers.py [--quick] [--dtype bf16|fp16] [--repeats 20] [--markdown table.md]
 
 When the op is not built, --lib build-gpu/libflash4.so times flash4 through its C ABI by
 ctypes instead (forward and backward kernels alone, no autograd). Needs PyTorch with CUDA
@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 MAX_RANK = 4
-FLASH4_BF16, FLASH4_F32, FLASH4_CUDA = 2, 0, 1
+FLASH4_BF16, FLASH4_F16, FLASH4_F32, FLASH4_CUDA = 2, 1, 0, 1
+FLASH4_DTYPES = {torch.bfloat16: FLASH4_BF16, torch.float16: FLASH4_F16, torch.float32: FLASH4_F32}
 
 
 class Tensor(ctypes.Structure):
@@ -77,7 +78,7 @@ def view(t):
     """A flash4_tensor over a torch tensor (strides in elements)."""
     v = Tensor()
     v.data = t.data_ptr()
-    v.dtype = FLASH4_BF16 if t.dtype == torch.bfloat16 else FLASH4_F32
+    v.dtype = FLASH4_DTYPES[t.dtype]
     v.rank = t.dim()
     for i in range(t.dim()):
         v.shape[i] = t.shape[i]
@@ -160,6 +161,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="d = 128, S in {1024, 4096, 16384}")
     ap.add_argument("--dims", help="head dims, comma-separated (default 64,128,256; e.g. 96,192: the Hopper "
                     "kernels' zero-padded ones); heads = 2048 // d")
+    ap.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16", help="q, k, v, out, gradients")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--markdown", help="also write the table as markdown rows to this file")
     ap.add_argument("--no-fa4", action="store_true", help="leave FlashAttention-4 out even when it imports")
@@ -174,7 +176,7 @@ def main():
     if fa4 is None:
         print(f"FlashAttention-4 not in the table: {why_no_fa4}")
     print(f"peers on {torch.cuda.get_device_name()} with torch {torch.__version__}, "
-          f"cuDNN {torch.backends.cudnn.version()}; flash4 via {via}; bf16, 16384 tokens, hidden 2048; "
+          f"cuDNN {torch.backends.cudnn.version()}; flash4 via {via}; {args.dtype}, 16384 tokens, hidden 2048; "
           f"TFLOPs fwd/bwd/fwd+bwd")
     dims = [128] if args.quick else [64, 128, 256]
     if args.dims:
@@ -189,12 +191,13 @@ def main():
     md = ["| d | S | causal | flash4 | cuDNN | FA2 | FA4 | f4/cuDNN | f4/FA2 | f4/FA4 | max\\|f4-cuDNN\\| |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
     backend = None
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     for d in dims:
         for S in lengths:
             for causal in (False, True):
                 B, H = 16384 // S, 2048 // d
                 gen = torch.Generator(device="cuda").manual_seed(S * 1000 + d)
-                mk = lambda: torch.randn(B, S, H, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+                mk = lambda: torch.randn(B, S, H, d, device="cuda", dtype=dtype, generator=gen)
                 q, k, v, dout = mk(), mk(), mk(), mk()
                 flops = 4.0 * B * H * S * S * d / (2 if causal else 1)
 
