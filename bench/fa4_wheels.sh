@@ -15,6 +15,13 @@
 #           PYTHONPATH=/tmp/site3:/tmp/site3/nvidia_cutlass_dsl/dsl_packages python3 bench/peers.py --ctypes \
 #             --lib /tmp/libflash4.so
 # (pip --target does not run the cutlass DSL's .pth file, hence dsl_packages on PYTHONPATH.)
+# To spend the first call on a device check too (as on 2026-12-01, fifth session): part1 holds
+# only the big wheel's first piece (PART1_MIB=52, the default), so it travels beside the tree
+# and .device-carry/deps.tar.xz (xz -T2 -6 of deps.tar, 2.6 MB; unpack it with xz -dc first):
+#   call 1: carry [".device-carry/deps.tar.xz", ".whl/part1"]: the check, then
+#           mkdir -p /tmp/whl && cp .whl/part1/* /tmp/whl/
+#   call 2: carry [".whl/part2"]: as above, with --lib a libflash4.so linked there from the
+#           check's build-gpu/flash4/libflash4.a (the machine keeps ignored build outputs while warm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dl() {
@@ -37,11 +44,11 @@ for w in .whl/all/*.whl; do
     rm "$w"
   fi
 done
-# The small wheels fill part1 up to 58 MiB, then part2.
+# The small wheels fill part1 up to PART1_MIB (default 52), then part2.
 used=$(du -sb .whl/part1 | cut -f1)
 for w in $(ls -S .whl/all/*.whl); do
   size=$(stat -c %s "$w")
-  if ((used + size < 58 * 1024 * 1024)); then mv "$w" .whl/part1/; used=$((used + size)); else mv "$w" .whl/part2/; fi
+  if ((used + size < ${PART1_MIB:-52} * 1024 * 1024)); then mv "$w" .whl/part1/; used=$((used + size)); else mv "$w" .whl/part2/; fi
 done
 rmdir .whl/all
 # flash4 for the peers table, linked from this machine's build (its gencode includes sm_90a).
