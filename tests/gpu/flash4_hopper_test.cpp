@@ -500,20 +500,28 @@ std::vector<Problem> tma_store_cases() {
 }
 INSTANTIATE_TEST_SUITE_P(RegisterStore, Flash4HopperRegisterStoreO, ::testing::ValuesIn(tma_store_cases()), test_name);
 
-// The TMA store of O with its read waited for in the next tile (FLASH4_HOPPER_DEFER_O_READ=1,
-// opt-in, written without a GPU): the storing thread hands its Q buffer back once the next
-// tile's first S = Q K^T is issued, after a tile of no key block, or at the loop's end. The
-// same dense cases (more tiles than SMs, tiles that see no key, both warpgroup counts at
-// d 64), unpacked so that they stay on the dense kernels. A buffer handed back too early
-// shows as a wrong O (the next Q overwrote it before the store read it); one never handed
-// back, as a hang.
-class Flash4HopperDeferOReadWait : public ::testing::TestWithParam<Problem> {};
+// The TMA store of O from the producer's store warp (FLASH4_HOPPER_O_STORE_WARP=1, opt-in,
+// written without a GPU): the consumers write their rows into the Q buffer and arrive on
+// o_full; warp 1 of the producer warpgroup stores the tile, waits for the read and hands the
+// buffer back. The same dense cases (more tiles than SMs, tiles that see no key, both
+// warpgroup counts at d 64, the static schedule through the harness's defaults elsewhere),
+// unpacked so that they stay on the dense kernels. A tile stored before its rows were all
+// written, or a buffer handed back before the store read it, shows as a wrong O; a missing
+// arrival, as a hang.
+class Flash4HopperStoreWarpO : public ::testing::TestWithParam<Problem> {};
 
-TEST_P(Flash4HopperDeferOReadWait, RunsOnHopperAndMatchesFloat64Reference) {
+TEST_P(Flash4HopperStoreWarpO, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_DEFER_O_READ", "1"}, {"FLASH4_HOPPER_SPLIT_KV_UNPACKED", "0"}});
+  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_O_STORE_WARP", "1"}, {"FLASH4_HOPPER_SPLIT_KV_UNPACKED", "0"}});
 }
-INSTANTIATE_TEST_SUITE_P(DeferORead, Flash4HopperDeferOReadWait, ::testing::ValuesIn(tma_store_cases()), test_name);
+// The static round-robin schedule too (the store warp walks the tiles by stride there).
+TEST_P(Flash4HopperStoreWarpO, StaticScheduleMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_O_STORE_WARP", "1"},
+                                     {"FLASH4_HOPPER_SPLIT_KV_UNPACKED", "0"},
+                                     {"FLASH4_HOPPER_SCHEDULE", "static"}});
+}
+INSTANTIATE_TEST_SUITE_P(StoreWarp, Flash4HopperStoreWarpO, ::testing::ValuesIn(tma_store_cases()), test_name);
 
 // Paged K / V (a page table; forward only): the producer gathers each key block in TMA boxes
 // of gcd(page_size, key block) rows from the sequence's shuffled pages. Page sizes 8 (16

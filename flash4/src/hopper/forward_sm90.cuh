@@ -112,11 +112,12 @@ struct ForwardSm90Config {
   static constexpr uint32_t kKVBytes = kBlockN * D * 2;  // one stage of K (or of V)
   static constexpr uint32_t kQChunkBytes = kBlockM * 128, kKVChunkBytes = kBlockN * 128;
   static constexpr int kQStages = D <= 128 ? 2 : 1;  // 2: the next tile's Q loads during this tile
-  static constexpr int kBarriers = 2 * kQStages + 4 * kStages;
+  static constexpr int kBarriers = 3 * kQStages + 4 * kStages;  // q full / empty, K / V, o full
   // 1024 bytes of slack to align the tiles to the swizzle atom.
-  // After the barriers: the tile index of each Q buffer (the dynamic schedule's handoff).
+  // After the barriers: the tile index of each Q buffer (the dynamic schedule's handoff), then
+  // each Q buffer's O store coordinates (the store warp's handoff: q row, head, batch).
   static constexpr size_t kSmemBytes =
-      1024 + kQStages * kQBytes + 2 * kStages * kKVBytes + 8 * kBarriers + 4 * kQStages;
+      1024 + kQStages * kQBytes + 2 * kStages * kKVBytes + 8 * kBarriers + 16 * kQStages;
   // Registers per thread after setmaxnreg: 128 * 24 + 256 * 240 <= 64K (3 warpgroups: 160).
   static constexpr int kProducerRegs = 24, kConsumerRegs = kWarpgroups == 2 ? 240 : 160;
   static_assert(D == 64 || D == 128 || D == 256, "d = 64, 128 or 256");
@@ -128,7 +129,7 @@ struct ForwardSm90Config {
 inline constexpr int kEmulateExp2 = 1;  // FA4's exp2 emulation for one 8-column tile in four
 inline constexpr int kPingpong = 2;     // consumer warpgroups alternate their wgmma batches
 inline constexpr int kTmaStoreO = 4;    // O through its Q buffer and a TMA store (ForwardSchedule)
-inline constexpr int kDeferOReadWait = 8;  // with kTmaStoreO: its read waited for in the next tile
+inline constexpr int kStoreWarpO = 8;   // with kTmaStoreO: a producer warp issues the stores
 
 // Row max / sum of one consumer thread's two rows (g and g + 8 of its warp).
 struct SoftmaxRows {
@@ -413,15 +414,16 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
   // O by TMA store through the tile's Q buffer (d <= 128: two buffers, released at the tile's
   // end; dense, unpacked q: the host sets the flag only then).
   const bool tma_store_o = ForwardSm90Config<D, kWarpgroups>::kQStages == 2 && !kPackGqa && (flags & kTmaStoreO) != 0;
-  // Deferred read wait (opt-in, written without a GPU): the storing thread does not wait for
-  // the TMA store to read O out of the Q buffer at the tile's end (the whole warpgroup used to
-  // wait with it, ~a microsecond a tile, much of a short tile); it waits once the next tile's
-  // first S = Q K^T is issued (or at the loop's end), then hands the buffer back. Its warp's
-  // arrival on q_empty comes from it then; the warpgroup's other three warps arrive at once.
-  // No state: every tile stores O, so a store is pending from the previous tile (buffer
-  // qs ^ 1) whenever this CTA has had one, until the next first S or store finishes it. Two
-  // warpgroups only: with three (160 registers) the extra waits spilled 76 bytes (ptxas).
-  const bool defer_o_read_wait = kWarpgroups == 2 && tma_store_o && (flags & kDeferOReadWait) != 0;
+  // The store warp (opt-in, written without a GPU): the TMA stores of O are issued by warp 1
+  // of the producer warpgroup, not by a consumer thread. The consumers write their rows into
+  // the Q buffer, fence them and arrive on o_full[q stage] -- no barrier, no wait -- and go on
+  // to the next tile; the store warp waits there, stores the tile, waits until the stores
+  // have read the buffer and hands it back to the loading warp (q_empty, its only arrival).
+  // With the consumers' wait for the read and their two barriers gone, a short tile's end
+  // overlaps the next one's start. The tile's coordinates come with it (o_coords, written by
+  // the first consumer thread), a q row of -1 at the end, so the store warp, at 24 registers,
+  // neither walks the schedule nor decodes tiles.
+  const bool store_warp_o = tma_store_o && (flags & kStoreWarpO) != 0;
   using C = ForwardSm90Config<D, kWarpgroups>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
   extern __shared__ unsigned char smem_raw[];
@@ -441,7 +443,9 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
   uint64_t* v_full = k_full + kStages;
   uint64_t* k_empty = k_full + 2 * kStages;
   uint64_t* v_empty = k_full + 3 * kStages;
+  uint64_t* o_full = k_full + 4 * kStages;  // [q stage]: the consumers' O rows are in (store warp)
   const uint32_t tile_slot = smem_u32(bars + C::kBarriers);  // int [q stage], dynamic schedule
+  const uint32_t o_coords = tile_slot + 4 * kQStages;         // int [q stage][3], store warp
   const bool dynamic = tile_counter != nullptr;
 
   // Query blocks per head (dense only) and tiles, computed by each role after its setmaxnreg;
@@ -457,7 +461,9 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
   if (threadIdx.x == 0) {
     for (int s = 0; s < kQStages; ++s) {
       mbarrier_init(&q_full[s], 1);
-      mbarrier_init(&q_empty[s], 4 * kWarpgroups);  // lane 0 of each consumer warp
+      // Lane 0 of each consumer warp; with the store warp, the store warp alone.
+      mbarrier_init(&q_empty[s], store_warp_o ? 1 : 4 * kWarpgroups);
+      mbarrier_init(&o_full[s], 4 * kWarpgroups);
     }
     for (int s = 0; s < kStages; ++s) {
       mbarrier_init(&k_full[s], 1);
@@ -528,6 +534,27 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
           index = int(blockIdx.x + (tile_count + 1) * gridDim.x);
         }
       }
+    } else if (store_warp_o && warp == 1 && lane == 0) {
+      // The store warp: Q buffer after Q buffer, in the consumers' order, until the end mark.
+      for (int tile_count = 0;; ++tile_count) {
+        const int qs = tile_count % kQStages;
+        mbarrier_wait(&o_full[qs], (tile_count / kQStages) & 1);
+        const uint32_t coords = o_coords + 12 * qs;
+        const int q_row = int(ld_shared_b32(coords));
+        if (q_row < 0) break;
+        const int h = int(ld_shared_b32(coords + 4)), b = int(ld_shared_b32(coords + 8));
+        const unsigned char* tile = reinterpret_cast<const unsigned char*>(sQ) + qs * C::kQBytes;
+        // Not unrolled: at 24 registers the unrolled boxes' addresses spilled (ptxas).
+#pragma unroll 1
+        for (int box = 0; box < kWarpgroups * C::kChunks; ++box) {
+          const int cw = box / C::kChunks, c = box % C::kChunks;
+          tma_store_4d(&tma_o, 64 * c, q_row + 64 * cw, h, b, tile + 64 * cw * 128 + c * C::kQChunkBytes);
+        }
+        bulk_commit_group();
+        bulk_wait_group_read<0>();  // the buffer may take the next Q
+        mbarrier_arrive(&q_empty[qs]);
+      }
+      bulk_wait_group<0>();  // the stores complete before the CTA ends
     }
   } else {
     // ---------------------------------------------------------------- consumers
@@ -577,16 +604,6 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
     auto release = [&](uint64_t* bar) {
       if (lane == 0) mbarrier_arrive(bar);
     };
-    // With defer_o_read_wait: the storing thread (each consumer warpgroup's first) waits for
-    // its last O store to have read Q buffer `buffer`, and hands the buffer back for its warp.
-    // Every thread of a warp calls it (the __syncwarp).
-    auto finish_o_store = [&](int buffer) {
-      if (threadIdx.x % 128 == 0) {
-        bulk_wait_group_read<0>();
-        mbarrier_arrive(&q_empty[buffer]);
-      }
-      __syncwarp();
-    };
 
     // Pingpong (FA3): the two consumer warpgroups take turns issuing their wgmma batches
     // (named barriers 1 and 2: "warpgroup cw may issue"), so one's softmax runs while the
@@ -609,8 +626,16 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         index = __shfl_sync(0xffffffffu, lane == 0 ? ld_shared_b32(tile_slot + 4 * qs) : 0, 0);
       }
       if (unsigned(index) >= unsigned(tiles)) {
-        // The last tile's store (the producer may wait for its buffer).
-        if (defer_o_read_wait && tile_count > 0) finish_o_store((tile_count - 1) % kQStages);
+        if (store_warp_o) {
+          // The end mark for the store warp, in the Q buffer it looks at next, once it is done
+          // with that buffer's last tile (without a schedule to wait on, the static consumers
+          // could otherwise complete o_full's next phase before it saw the last one).
+          const int qs = tile_count % kQStages;
+          if (tile_count >= kQStages) mbarrier_wait(&q_empty[qs], ((tile_count / kQStages) & 1) ^ 1);
+          if (threadIdx.x == 128) st_shared_b32(o_coords + 12 * qs, -1);
+          __syncwarp();
+          release(&o_full[qs]);
+        }
         break;
       }
       const Tile w = tile_at<kPackGqa>(p, list, index, m_blocks, BM, BN);
@@ -655,7 +680,6 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         gemm_turn_begin();
         issue_qk(s, stage0);
         gemm_turn_end();
-        if (defer_o_read_wait && tile_count > 0) finish_o_store(qs ^ 1);  // the last tile's store, under S
         wgmma_wait_group<0>();
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) fence_operand(s[i]);
@@ -788,32 +812,40 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
       }
       if (tma_store_o) {
         // The warpgroup's 64 rows are in its half of the Q buffer: fence them for the async
-        // proxy, meet (barrier 4 + cw, this warpgroup's 128 threads), one thread stores them (a
-        // box per 64-column chunk; rows past Sq and columns past d_v are outside the map and not
-        // written) and waits until the boxes are read; the second meeting lets every warp
-        // release the buffer to the producer after that.
+        // proxy (each thread its own stores).
         fence_proxy_async();
-        named_barrier_sync(4 + cw, 128);
-        // After a tile of no key block, the last tile's store is still pending.
-        if (defer_o_read_wait && tile_count > 0 && n_blocks == 0) finish_o_store(qs ^ 1);
-        if (threadIdx.x % 128 == 0) {
-          const unsigned char* tile = reinterpret_cast<const unsigned char*>(sQ) + qs * C::kQBytes + 64 * cw * 128;
-#pragma unroll
-          for (int c = 0; c < C::kChunks; ++c)
-            tma_store_4d(&tma_o, 64 * c, w.q_row + 64 * cw, w.h, w.tma_b, tile + c * C::kQChunkBytes);
-          bulk_commit_group();
-          if (!defer_o_read_wait) bulk_wait_group_read<0>();
-        }
-        if (defer_o_read_wait) {
-          if (wq != 0) release(&q_empty[qs]);  // warp 0's arrival: its storing thread's, later
+        if (store_warp_o) {
+          // The store warp stores them: the first consumer thread leaves the tile's
+          // coordinates, each warp's lane 0 arrives once the warp's lanes have fenced
+          // (__syncwarp orders their stores and fences before the arrive).
+          if (threadIdx.x == 128) {
+            st_shared_b32(o_coords + 12 * qs, w.q_row);
+            st_shared_b32(o_coords + 12 * qs + 4, w.h);
+            st_shared_b32(o_coords + 12 * qs + 8, w.tma_b);
+          }
+          __syncwarp();
+          release(&o_full[qs]);
         } else {
+          // Meet (barrier 4 + cw, this warpgroup's 128 threads), one thread stores them (a box
+          // per 64-column chunk; rows past Sq and columns past d_v are outside the map and not
+          // written) and waits until the boxes are read; the second meeting lets every warp
+          // release the buffer to the producer after that.
+          named_barrier_sync(4 + cw, 128);
+          if (threadIdx.x % 128 == 0) {
+            const unsigned char* tile = reinterpret_cast<const unsigned char*>(sQ) + qs * C::kQBytes + 64 * cw * 128;
+#pragma unroll
+            for (int c = 0; c < C::kChunks; ++c)
+              tma_store_4d(&tma_o, 64 * c, w.q_row + 64 * cw, w.h, w.tma_b, tile + c * C::kQChunkBytes);
+            bulk_commit_group();
+            bulk_wait_group_read<0>();
+          }
           named_barrier_sync(4 + cw, 128);
           release(&q_empty[qs]);
         }
       }
     }
     // The last TMA stores of O complete before the CTA ends.
-    if (tma_store_o && threadIdx.x % 128 == 0) bulk_wait_group<0>();
+    if (tma_store_o && !store_warp_o && threadIdx.x % 128 == 0) bulk_wait_group<0>();
     // Warpgroup 1's last turn_end arrived on warpgroup 0's barrier: consume it, so no
     // barrier is left half-complete at exit.
     if (pingpong && cw == 0) named_barrier_sync(1, 256);

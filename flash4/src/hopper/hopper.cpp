@@ -361,11 +361,10 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
     hopper::ForwardSchedule schedule = forward_schedule();
     schedule.warpgroups = warpgroups;
     schedule.tma_store_o = tma_store_o;
-    // Written without a GPU: opt-in until scripts/hopper_defer_o_check.sh has run.
-    schedule.defer_o_read_wait = tma_store_o && env_is("FLASH4_HOPPER_DEFER_O_READ", "1");
+    // Written without a GPU: opt-in until scripts/hopper_store_warp_check.sh has run.
+    schedule.store_warp_o = tma_store_o && env_is("FLASH4_HOPPER_O_STORE_WARP", "1");
     if (tma_store_o)
-      log_backend("flash4_forward", "hopper",
-                  schedule.defer_o_read_wait ? "O by TMA store, its read waited for in the next tile" : "O by TMA store");
+      log_backend("flash4_forward", "hopper", schedule.store_warp_o ? "O by TMA store from a producer warp" : "O by TMA store");
     if (warpgroups == 3)
       log_backend("flash4_forward", "hopper", "three consumer warpgroups");
     if (dynamic) {

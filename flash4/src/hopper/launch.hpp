@@ -55,9 +55,9 @@ struct ForwardSchedule {
   // with TMA, instead of 16-byte stores from registers: dense q, not packed, d <= 128 (two Q
   // buffers); the caller encoded maps.o.
   bool tma_store_o = false;
-  // With tma_store_o: wait for each store's read of the Q buffer in the next tile, once its
-  // first S = Q K^T is issued, rather than at once (opt-in, FLASH4_HOPPER_DEFER_O_READ=1).
-  bool defer_o_read_wait = false;
+  // With tma_store_o: a producer warp issues the stores and waits for their reads, so the
+  // consumers only write their rows and go on (opt-in, FLASH4_HOPPER_O_STORE_WARP=1).
+  bool store_warp_o = false;
 };
 
 // `list`: the varlen work list (pairs == nullptr for a dense call), of at most
