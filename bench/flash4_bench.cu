@@ -30,8 +30,9 @@
 //     a KV cache: B sequences of K keys each in pages of PS rows, shuffled over one pool, Q
 //     queries each (default 8 x 8192 keys, Q = 1: decode; Hq 32, Hkv 8, d 128, not causal),
 //     the forward on the paged K / V against the same K / V contiguous ([B, K, Hkv, D]), one
-//     process: ms, TFLOP/s, GB/s of K and V read once, their ratio, and the largest
-//     difference of the two outputs (the same keys in the same order: expect 0).
+//     process: ms, TFLOP/s, GB/s of K and V read once, their ratio, the largest difference
+//     of the two outputs (the same keys in the same order: expect 0), and each side's host
+//     time per call (flash4's preparation and launch: a decode step's latency floor).
 //     FLASH4_HOPPER_PAGED=0 sends the paged side to the portable kernels.
 //   The Hopper backward's dQ path comes from the environment, for A/B runs: unset (bulk
 //   reduce-add from shared memory; non-deterministic calls hand each consumer warpgroup its
@@ -167,6 +168,10 @@ __global__ void spin_kernel(unsigned long long ns) {
   } while (now - start < ns && clock64() - cycles < 4 * static_cast<long long>(ns));
 }
 
+// Host microseconds per call of the last median_ms's timed calls (their enqueueing, while the
+// GPU spins: flash4's host-side cost per call, e.g. a decode step's latency floor).
+double last_host_us_per_call = 0;
+
 // Median milliseconds of `repeats` timed calls of run(i) after `warmup` untimed ones. The
 // warm-up's host time per call (enqueueing only, no synchronisation) sizes a spin kernel
 // that the timed calls queue behind: 1.5x their enqueueing plus 20 us, at most 20 ms.
@@ -186,11 +191,15 @@ double median_ms(int warmup, int repeats, Run&& run) {
     BENCH_CUDA(cudaEventCreate(&start[i]));
     BENCH_CUDA(cudaEventCreate(&stop[i]));
   }
+  const auto timed_start = std::chrono::steady_clock::now();
   for (int i = 0; i < repeats; ++i) {
     BENCH_CUDA(cudaEventRecord(start[i]));
     run(i);
     BENCH_CUDA(cudaEventRecord(stop[i]));
   }
+  last_host_us_per_call =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - timed_start).count() /
+      std::max(repeats, 1);
   BENCH_CUDA(cudaDeviceSynchronize());
   std::vector<double> ms(repeats);
   for (int i = 0; i < repeats; ++i) {
@@ -380,7 +389,9 @@ int run_paged(const PagedShape& s, int repeats) {
     return std::pair{backend, ms};
   };
   const auto [paged_backend, paged_ms] = time(paged, "flash4_forward (paged)");
+  const double paged_host_us = last_host_us_per_call;
   const auto [dense_backend, dense_ms] = time(dense, "flash4_forward (contiguous)");
+  const double dense_host_us = last_host_us_per_call;
   BENCH_CUDA(cudaDeviceSynchronize());
   std::vector<uint16_t> a(size_t(B * Sq * Hq * D)), c(a.size());
   BENCH_CUDA(cudaMemcpy(a.data(), out_paged.ptr, a.size() * 2, cudaMemcpyDeviceToHost));
@@ -398,9 +409,10 @@ int run_paged(const PagedShape& s, int repeats) {
               (long long)B, (long long)Sk, (long long)ps, (long long)pages, (long long)Sq, (long long)Hq, (long long)Hkv,
               (long long)D, int(s.causal), repeats);
   std::printf("paged | fwd %s %.3f ms %.1f TF %.0f GB/s | contiguous | fwd %s %.3f ms %.1f TF %.0f GB/s | "
-              "paged / contiguous time %.3f | max abs(paged - contiguous) %.3g\n",
+              "paged / contiguous time %.3f | max abs(paged - contiguous) %.3g | host %.1f / %.1f us a call\n",
               paged_backend.c_str(), paged_ms, flops / paged_ms * 1e-9, kv_bytes / paged_ms * 1e-6, dense_backend.c_str(),
-              dense_ms, flops / dense_ms * 1e-9, kv_bytes / dense_ms * 1e-6, paged_ms / dense_ms, max_diff);
+              dense_ms, flops / dense_ms * 1e-9, kv_bytes / dense_ms * 1e-6, paged_ms / dense_ms, max_diff, paged_host_us,
+              dense_host_us);
   return 0;
 }
 

@@ -102,7 +102,7 @@ for run in "decode 16 --seqlen-q 1" "decode 64 --seqlen-q 1" "decode 256 --seqle
   line=$(FLASH4_HOPPER_SPLIT_KV_UNPACKED=$unpacked FLASH4_HOPPER_PAGED=$paged FLASH4_HOPPER_PACK_GQA=$pack FLASH4_HOPPER_SPLIT_KV=$split timeout "$(budget 20)" "$B/bin/flash4-bench" \
     --paged "$page" $rest --repeats 20 2>&1 | tee -a "$LOG" | grep "^paged |")
   echo "$line" | awk -v n="$name" -v ps="$page" -F'|' '{split($2, a, " "); split($4, c, " ");
-    match($5, /[0-9.]+/); r = substr($5, RSTART, RLENGTH); match($6, /[0-9.e+-]+$/); d = substr($6, RSTART, RLENGTH);
+    match($5, /[0-9.]+/); r = substr($5, RSTART, RLENGTH); match($6, /[0-9.e+-]+ *$/); d = substr($6, RSTART, RLENGTH); gsub(/ /, "", d);
     printf "| %s | %s | %s | %s | %s | %s | %s |\n", n, ps, a[3], c[3], r, a[7], d}' >>"$OUT/bench_table.md"
 done
 
