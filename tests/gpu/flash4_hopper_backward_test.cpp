@@ -1037,6 +1037,31 @@ TEST_P(Flash4HopperDeterministicBackwardWideM, ThreeRunsGiveTheSameBits) {
   expect_deterministic_runs_same_bits(GetParam(), DqPath::bulk);
 }
 INSTANTIATE_TEST_SUITE_P(WideM, Flash4HopperBackwardWideM, ::testing::ValuesIn(wide_m_cases(false)), test_name);
+
+// dK / dV by quad stores (FLASH4_HOPPER_BWD_QUAD_STORE=1, opt-in, written without a GPU: a
+// 4 x 4 transpose within each quad, 16 bytes a lane, as the forward's O): the covered, window,
+// varlen (rows past a sequence's keys skipped, the next sequence's rows untouched), padded
+// (only d_qk / d_v columns) and sink cases, at BM = 64 and, for d <= 64, at BM = 128 too.
+class Flash4HopperBackwardQuadStore : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperBackwardQuadStore, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv quad("FLASH4_HOPPER_BWD_QUAD_STORE", "1");
+  expect_hopper_matches_reference(GetParam(), DqPath::bulk);
+}
+TEST_P(Flash4HopperBackwardQuadStore, At128QueryBlocksMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  if (GetParam().Dqk > 64 || GetParam().Dv > 64 || GetParam().softcap > 0) GTEST_SKIP() << "BM = 128 is d <= 64, no softcap";
+  ScopedEnv quad("FLASH4_HOPPER_BWD_QUAD_STORE", "1"), wide("FLASH4_HOPPER_BWD_BM", "128");
+  expect_hopper_matches_reference(GetParam(), DqPath::bulk);
+}
+std::vector<Problem> quad_store_cases() {
+  std::vector<Problem> all;
+  for (auto cases : {covered_cases(), window_cases(), varlen_cases(), padded_head_dim_cases(), sink_cases()})
+    for (const Problem& p : cases) all.push_back(p);
+  return all;
+}
+INSTANTIATE_TEST_SUITE_P(QuadStore, Flash4HopperBackwardQuadStore, ::testing::ValuesIn(quad_store_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(WideM, Flash4HopperDeterministicBackwardWideM, ::testing::ValuesIn(wide_m_cases(true)),
                          test_name);
 

@@ -73,6 +73,10 @@ struct AttentionParams {
   float* dsink_rows = nullptr; // -exp(sink - lse) * D per row
   float* dsink = nullptr;      // [Hq] output, or NULL
   bool deterministic = false;
+  // Hopper backward: dK / dV rows stored 16 bytes a lane after a transpose within each quad
+  // (full 32-byte sectors) instead of 4 bytes a lane (half of each sector: ncu counted the
+  // other half as excess); opt-in, FLASH4_HOPPER_BWD_QUAD_STORE=1.
+  bool quad_stores = false;
 };
 
 // The softcap fields of p from the cap c (0: off) and the softmax scale: the kernels take

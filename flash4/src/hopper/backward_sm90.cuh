@@ -1011,6 +1011,25 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
     // dK = scale dS^T Q, dV = P^T dO for this thread's key rows (rows past Sk are not
     // written; a block no query sees writes zeros), d_qk / d_v columns of them (past those, the
     // zero padding of head dims the kernel's D rounds up).
+    if (p.quad_stores) {
+      // As the forward's O (store_o_row): a 4 x 4 transpose within the quad gives each lane
+      // 16 contiguous bytes and the quad 64, so every 32-byte sector is written whole. Every
+      // lane takes part (the shuffles); `keep` says whether its row exists.
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int j = key0 + 8 * half;
+        const bool keep = j < seq.sk_rows;
+        uint32_t packed[D / 8];
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+          packed[n] = cuda::pack2<T>(dk[4 * n + 2 * half] * p.scale, dk[4 * n + 2 * half + 1] * p.scale);
+        store_o_row<D>(keep ? cuda::key_row<T>(p, p.dk, seq, b, j, hk) : nullptr, packed, t, keep, p.d_qk);
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) packed[n] = cuda::pack2<T>(dv[4 * n + 2 * half], dv[4 * n + 2 * half + 1]);
+        store_o_row<D>(keep ? cuda::key_row<T>(p, p.dv, seq, b, j, hk) : nullptr, packed, t, keep, p.d_v);
+      }
+      return;
+    }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int j = key0 + 8 * half;

@@ -125,6 +125,9 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
   // The portable finish reads p.deterministic: false, dQ comes from dq_accum in both modes.
   p.deterministic = false;
   const bool deterministic = a.deterministic != 0;
+  // dK / dV by whole-sector quad stores (written without a GPU: opt-in until
+  // scripts/hopper_bwd_quad_store_check.sh has run).
+  p.quad_stores = env_is("FLASH4_HOPPER_BWD_QUAD_STORE", "1");
 
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
   try {
@@ -189,6 +192,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
         throw cuda::CudaError(error);
     if (wide_m) dq_note += ", 128-query blocks";
     if (deterministic) dq_note += ", deterministic";
+    if (p.quad_stores) dq_note += ", dK / dV by quad stores";
     if (p.sink != nullptr) dq_note += want_dsink ? ", sink + dsink" : ", sink (no dsink)";
     log_backend("flash4_backward", "hopper", dq_note);
     FLASH4_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, dq_count * sizeof(float), stream));
