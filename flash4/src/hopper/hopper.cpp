@@ -221,24 +221,15 @@ int forward_q_pack(const flash4_forward_args& a, const ProblemShape& shape) {
 // runs each, 0.108 -> 0.082 ms; one sequence of 32k keys 0.388 -> 0.056 ms; chunked prefill,
 // 128 queries x 32 heads over 8192 keys, 2.0x), in runs of at least 8 key blocks (shorter
 // runs showed no clear gain, see split_kv_rule); FLASH4_HOPPER_SPLIT_KV_UNPACKED=0 opts out.
-constexpr bool kSplitKvByDefault = true;
+// The decision itself is forward_split_count (host.hpp, tested on the CPU).
 int forward_splits(const flash4_forward_args& a, const ProblemShape& shape, int q_pack, int kernel_dim) {
-  if (q_pack <= 1 &&
-      (env_is("FLASH4_HOPPER_SPLIT_KV_UNPACKED", "0") || shape.varlen || a.options.softcap > 0))
-    return 1;
-  const char* asked = std::getenv("FLASH4_HOPPER_SPLIT_KV");
-  if (asked != nullptr && std::strcmp(asked, "auto") != 0) return power_of_two_at_most(std::clamp(std::atoi(asked), 1, 64));
-  if (!kSplitKvByDefault && asked == nullptr) return 1;
   int device = 0, sms = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
     cudaGetLastError();
-    return 1;
+    sms = 0;  // no rule without the count: split_kv_rule then gives 1 (a forced count still applies)
   }
-  const int64_t rows = hopper::forward_query_rows(2), block_n = hopper::forward_key_box_rows(kernel_dim);
-  // A tile: rows of one query head, or packed of a KV head's q_pack query heads.
-  const int64_t tiles = (shape.seqlen_q * q_pack + rows - 1) / rows * (shape.heads_q / q_pack) * shape.batch;
-  return split_kv_rule(tiles, (shape.seqlen_k + block_n - 1) / block_n, sms, q_pack > 1 ? 2 : 8);
+  return forward_split_count(shape, a.options.softcap > 0, q_pack, kernel_dim, sms);
 }
 
 // Why the Hopper forward does not run `a` ("" when it does).
