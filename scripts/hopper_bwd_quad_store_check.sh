@@ -44,19 +44,13 @@ run_suite existing 'Covered/Flash4HopperBackward*:Varlen/Flash4HopperVarlenBackw
   $((limit > 30 ? limit : 30))
 
 # ---- 4. bench -----------------------------------------------------------------------------
-# bench_rows QUAD D: flash4-bench --d D rows "S causal bwd bwd-det" (TFLOP/s).
-bench_rows() {
-  FLASH4_HOPPER_BWD_QUAD_STORE=$1 timeout "$(budget 40)" "$B/bin/flash4-bench" --d "$2" --repeats 10 \
-    --csv /tmp/quad.csv >>"$LOG" 2>&1
-  awk -F, 'NR > 1 && $6 == "default" {print $2, $5, $10, $12}' /tmp/quad.csv
-}
 if [ "$BENCH" = 1 ]; then
   say "bench: FLASH4_HOPPER_BWD_QUAD_STORE=0 vs 1"
   { echo "| d | S | causal | bwd 4-byte | bwd quad | ratio | bwd-det 4-byte | bwd-det quad | ratio |"
     echo "|---|---|---|---|---|---|---|---|---|"; } >"$OUT/bench_table.md"
   for d in 64 128; do
-    bench_rows 0 $d >"$OUT/bench_d${d}_0.txt"
-    bench_rows 1 $d >"$OUT/bench_d${d}_1.txt"
+    bwd_bench_rows $d FLASH4_HOPPER_BWD_QUAD_STORE=0 >"$OUT/bench_d${d}_0.txt"
+    bwd_bench_rows $d FLASH4_HOPPER_BWD_QUAD_STORE=1 >"$OUT/bench_d${d}_1.txt"
     paste -d' ' "$OUT/bench_d${d}_0.txt" "$OUT/bench_d${d}_1.txt" |
       awk -v d=$d '{printf "| %s | %s | %s | %s | %s | %.3f | %s | %s | %.3f |\n", d, $1, $2, $3, $7,
         ($3 > 0 ? $7 / $3 : 0), $4, $8, ($4 > 0 ? $8 / $4 : 0)}' >>"$OUT/bench_table.md"

@@ -49,14 +49,9 @@ run_suite existing 'Covered/Flash4HopperBackward*:Varlen/Flash4HopperVarlenBackw
   $((limit > 30 ? limit : 30))
 
 # ---- 4. bench -----------------------------------------------------------------------------
-# bench_rows ENV...: flash4-bench --d 64 under ENV, rows "S causal bwd bwd-det" (TFLOP/s).
-bench_rows() {
-  env "$@" timeout "$(budget 40)" "$B/bin/flash4-bench" --d 64 --repeats 10 --csv /tmp/wide.csv >>"$LOG" 2>&1
-  awk -F, 'NR > 1 && $6 == "default" {print $2, $5, $10, $12}' /tmp/wide.csv
-}
 say "bench: d 64, FLASH4_HOPPER_BWD_BM=64 vs 128"
-bench_rows FLASH4_HOPPER_BWD_BM=64 >"$OUT/bench_default.txt"
-bench_rows FLASH4_HOPPER_BWD_BM=128 >"$OUT/bench_wide.txt"
+bwd_bench_rows 64 FLASH4_HOPPER_BWD_BM=64 >"$OUT/bench_default.txt"
+bwd_bench_rows 64 FLASH4_HOPPER_BWD_BM=128 >"$OUT/bench_wide.txt"
 { echo "| S | causal | bwd BM 64 | bwd BM 128 | ratio | bwd-det BM 64 | bwd-det BM 128 | ratio |"
   echo "|---|---|---|---|---|---|---|---|"
   paste -d' ' "$OUT/bench_default.txt" "$OUT/bench_wide.txt" |

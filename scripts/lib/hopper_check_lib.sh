@@ -134,6 +134,16 @@ build_tests_and_bench() {
   say "tests and bench built"
 }
 
+# ---- bench ------------------------------------------------------------------------------
+# bwd_bench_rows D ENV...: flash4-bench --d D under ENV (NAME=value ...), rows "S causal bwd
+# bwd-det" (TFLOP/s), for A/B tables of backward switches.
+bwd_bench_rows() {
+  local d=$1
+  shift
+  env "$@" timeout "$(budget 40)" "$B/bin/flash4-bench" --d "$d" --repeats 10 --csv /tmp/flash4_bwd_rows.csv >>"$LOG" 2>&1
+  awk -F, 'NR > 1 && $6 == "default" {print $2, $5, $10, $12}' /tmp/flash4_bwd_rows.csv
+}
+
 # ---- SASS -------------------------------------------------------------------------------
 # hopper_object NAME: the object flash4's build made of src/hopper/NAME.cu.
 hopper_object() { echo "$B/flash4/CMakeFiles/flash4.dir/src/hopper/$1.cu.o"; }

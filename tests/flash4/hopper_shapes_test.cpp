@@ -162,32 +162,34 @@ TEST(HopperShapes, BackwardWideMRuleTakes128QueriesWhereItWasMeasuredFaster) {
 TEST(HopperShapes, ForwardSplitCountFollowsTheRuleAndItsSwitches) {
   using flash4::detail::forward_split_count;
   using testing_support::ScopedEnv;
+  const auto h200 = [] { return 132; };
+  const auto no_count = [] { return 0; };
   ScopedEnv unpacked("FLASH4_HOPPER_SPLIT_KV_UNPACKED", nullptr), forced("FLASH4_HOPPER_SPLIT_KV", nullptr);
   auto shape = [](int64_t batch, int64_t hq, int64_t hkv, int64_t sq, int64_t sk, bool varlen = false) {
     ProblemShape s = dims(128, 128);
     s.batch = batch, s.heads_q = hq, s.heads_kv = hkv, s.seqlen_q = sq, s.seqlen_k = sk, s.varlen = varlen;
     return s;
   };
-  EXPECT_EQ(forward_split_count(shape(8, 8, 8, 1, 8192), false, 1, 128, 132), 2);     // 64 tiles of 64 blocks
-  EXPECT_EQ(forward_split_count(shape(1, 1, 1, 4096, 4096), false, 1, 128, 132), 4);  // 32 tiles, 32 blocks
-  EXPECT_EQ(forward_split_count(shape(1, 32, 32, 128, 8192), false, 1, 128, 132), 4); // chunked prefill
-  EXPECT_EQ(forward_split_count(shape(1, 8, 8, 1024, 1024), false, 1, 128, 132), 1); // 8 blocks: runs of 4
-  EXPECT_EQ(forward_split_count(shape(8, 32, 8, 1, 8192), false, 4, 128, 132), 2);    // packed: 64 tiles
-  EXPECT_EQ(forward_split_count(shape(1, 8, 8, 1, 640), false, 4, 128, 132), 2);      // packed: runs of >= 2
-  EXPECT_EQ(forward_split_count(shape(1, 8, 8, 1, 640), false, 1, 128, 132), 1);      // unpacked: 5 blocks
-  EXPECT_EQ(forward_split_count(shape(8, 8, 8, 1, 8192, true), false, 1, 128, 132), 1);  // varlen
-  EXPECT_EQ(forward_split_count(shape(8, 8, 8, 1, 8192), true, 1, 128, 132), 1);          // softcap
-  EXPECT_EQ(forward_split_count(shape(8, 8, 8, 1, 8192), false, 1, 128, 0), 1);           // no SM count
-  EXPECT_EQ(forward_split_count(shape(8, 8, 8, 1, 8192), false, 1, 256, 132), 2);         // 80-key blocks
+  EXPECT_EQ(forward_split_count(shape(8, 8, 8, 1, 8192), false, 1, 128, h200), 2);     // 64 tiles of 64 blocks
+  EXPECT_EQ(forward_split_count(shape(1, 1, 1, 4096, 4096), false, 1, 128, h200), 4);  // 32 tiles, 32 blocks
+  EXPECT_EQ(forward_split_count(shape(1, 32, 32, 128, 8192), false, 1, 128, h200), 4); // chunked prefill
+  EXPECT_EQ(forward_split_count(shape(1, 8, 8, 1024, 1024), false, 1, 128, h200), 1); // 8 blocks: runs of 4
+  EXPECT_EQ(forward_split_count(shape(8, 32, 8, 1, 8192), false, 4, 128, h200), 2);    // packed: 64 tiles
+  EXPECT_EQ(forward_split_count(shape(1, 8, 8, 1, 640), false, 4, 128, h200), 2);      // packed: runs of >= 2
+  EXPECT_EQ(forward_split_count(shape(1, 8, 8, 1, 640), false, 1, 128, h200), 1);      // unpacked: 5 blocks
+  EXPECT_EQ(forward_split_count(shape(8, 8, 8, 1, 8192, true), false, 1, 128, h200), 1);  // varlen
+  EXPECT_EQ(forward_split_count(shape(8, 8, 8, 1, 8192), true, 1, 128, h200), 1);          // softcap
+  EXPECT_EQ(forward_split_count(shape(8, 8, 8, 1, 8192), false, 1, 128, no_count), 1);      // no SM count
+  EXPECT_EQ(forward_split_count(shape(8, 8, 8, 1, 8192), false, 1, 256, h200), 2);         // 80-key blocks
   {
     ScopedEnv off("FLASH4_HOPPER_SPLIT_KV_UNPACKED", "0");
-    EXPECT_EQ(forward_split_count(shape(8, 8, 8, 1, 8192), false, 1, 128, 132), 1);
-    EXPECT_EQ(forward_split_count(shape(8, 32, 8, 1, 8192), false, 4, 128, 132), 2);  // packed q is not "unpacked"
+    EXPECT_EQ(forward_split_count(shape(8, 8, 8, 1, 8192), false, 1, 128, h200), 1);
+    EXPECT_EQ(forward_split_count(shape(8, 32, 8, 1, 8192), false, 4, 128, h200), 2);  // packed q is not "unpacked"
   }
   {
     ScopedEnv n("FLASH4_HOPPER_SPLIT_KV", "6");
-    EXPECT_EQ(forward_split_count(shape(1, 8, 8, 1024, 1024), false, 1, 128, 132), 4);
-    EXPECT_EQ(forward_split_count(shape(8, 8, 8, 1, 8192, true), false, 1, 128, 132), 1);  // varlen still not
+    EXPECT_EQ(forward_split_count(shape(1, 8, 8, 1024, 1024), false, 1, 128, h200), 4);
+    EXPECT_EQ(forward_split_count(shape(8, 8, 8, 1, 8192, true), false, 1, 128, h200), 1);  // varlen still not
   }
 }
 

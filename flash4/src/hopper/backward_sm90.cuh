@@ -116,9 +116,10 @@
 // per-warpgroup dQ hand-over (DqAdd::bulk_per_warpgroup, non-deterministic default): passed
 // scripts/hopper_dq_warpgroup_check.sh there. d = 64 at BM = 128 (BackwardSm90Config<64, 128>):
 // passed scripts/hopper_bwd_wide_check.sh on an H200 (2026-12-01; 1.04 - 1.20x BM = 64), the
-// default at d = 64 but for varlen without determinism (FLASH4_HOPPER_BWD_BM=64 | 128 forces). Missing (follow-ups): overlap of one query
-// block's S / dP with the previous one's gradients (a d = 64 try in pairs of steps was 13%
-// slower), persistent scheduling, d over 128 (d 192 / 256), native (unpadded) d 96 tiles.
+// default at d = 64 but for varlen without determinism (FLASH4_HOPPER_BWD_BM=64 | 128
+// forces). Missing (follow-ups): overlap of one query block's S / dP with the previous one's
+// gradients (a d = 64 try in pairs of steps was 13% slower), persistent scheduling, d over 128
+// (d 192 / 256: docs/hopper_backward_d256.md), native (unpadded) d 96 tiles.
 #pragma once
 
 #include <cuda.h>
@@ -1014,7 +1015,8 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
     if (p.quad_stores) {
       // As the forward's O (store_o_row): a 4 x 4 transpose within the quad gives each lane
       // 16 contiguous bytes and the quad 64, so every 32-byte sector is written whole. Every
-      // lane takes part (the shuffles); `keep` says whether its row exists.
+      // lane takes part (the shuffles); `keep` says whether its row exists. (One loop for both
+      // stores, choosing per row, spilled 32-40 bytes in the d 64 kernels: ptxas.)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int j = key0 + 8 * half;

@@ -131,6 +131,17 @@ inline constexpr int kPingpong = 2;     // consumer warpgroups alternate their w
 inline constexpr int kTmaStoreO = 4;    // O through its Q buffer and a TMA store (ForwardSchedule)
 inline constexpr int kStoreWarpO = 8;   // with kTmaStoreO: a producer warp issues the stores
 
+// TMA stores of consumer warpgroup cw's 64 finished O rows from its half of a Q buffer
+// (`tile`: the buffer; 128-byte swizzled 64-column chunks of kChunkBytes), the tile's query
+// rows from q_row, of head h and batch b: a box per 64-column chunk; rows past Sq and
+// columns past d_v are outside the map and not written. One thread issues them.
+template <int kChunks, uint32_t kChunkBytes>
+__device__ __forceinline__ void store_o_boxes(const CUtensorMap* map, const unsigned char* tile, int cw, int q_row, int h,
+                                              int b) {
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) tma_store_4d(map, 64 * c, q_row + 64 * cw, h, b, tile + 64 * cw * 128 + c * kChunkBytes);
+}
+
 // Row max / sum of one consumer thread's two rows (g and g + 8 of its warp).
 struct SoftmaxRows {
   cuda::RowMax max[2];
@@ -544,12 +555,8 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         if (q_row < 0) break;
         const int h = int(ld_shared_b32(coords + 4)), b = int(ld_shared_b32(coords + 8));
         const unsigned char* tile = reinterpret_cast<const unsigned char*>(sQ) + qs * C::kQBytes;
-        // Not unrolled: at 24 registers the unrolled boxes' addresses spilled (ptxas).
-#pragma unroll 1
-        for (int box = 0; box < kWarpgroups * C::kChunks; ++box) {
-          const int cw = box / C::kChunks, c = box % C::kChunks;
-          tma_store_4d(&tma_o, 64 * c, q_row + 64 * cw, h, b, tile + 64 * cw * 128 + c * C::kQChunkBytes);
-        }
+#pragma unroll
+        for (int cw = 0; cw < kWarpgroups; ++cw) store_o_boxes<C::kChunks, C::kQChunkBytes>(&tma_o, tile, cw, q_row, h, b);
         bulk_commit_group();
         bulk_wait_group_read<0>();  // the buffer may take the next Q
         mbarrier_arrive(&q_empty[qs]);
@@ -826,16 +833,13 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
           __syncwarp();
           release(&o_full[qs]);
         } else {
-          // Meet (barrier 4 + cw, this warpgroup's 128 threads), one thread stores them (a box
-          // per 64-column chunk; rows past Sq and columns past d_v are outside the map and not
-          // written) and waits until the boxes are read; the second meeting lets every warp
-          // release the buffer to the producer after that.
+          // Meet (barrier 4 + cw, this warpgroup's 128 threads), one thread stores them and
+          // waits until the boxes are read; the second meeting lets every warp release the
+          // buffer to the producer after that.
           named_barrier_sync(4 + cw, 128);
           if (threadIdx.x % 128 == 0) {
-            const unsigned char* tile = reinterpret_cast<const unsigned char*>(sQ) + qs * C::kQBytes + 64 * cw * 128;
-#pragma unroll
-            for (int c = 0; c < C::kChunks; ++c)
-              tma_store_4d(&tma_o, 64 * c, w.q_row + 64 * cw, w.h, w.tma_b, tile + c * C::kQChunkBytes);
+            store_o_boxes<C::kChunks, C::kQChunkBytes>(
+                &tma_o, reinterpret_cast<const unsigned char*>(sQ) + qs * C::kQBytes, cw, w.q_row, w.h, w.tma_b);
             bulk_commit_group();
             bulk_wait_group_read<0>();
           }

@@ -223,13 +223,15 @@ int forward_q_pack(const flash4_forward_args& a, const ProblemShape& shape) {
 // runs showed no clear gain, see split_kv_rule); FLASH4_HOPPER_SPLIT_KV_UNPACKED=0 opts out.
 // The decision itself is forward_split_count (host.hpp, tested on the CPU).
 int forward_splits(const flash4_forward_args& a, const ProblemShape& shape, int q_pack, int kernel_dim) {
-  int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    cudaGetLastError();
-    sms = 0;  // no rule without the count: split_kv_rule then gives 1 (a forced count still applies)
-  }
-  return forward_split_count(shape, a.options.softcap > 0, q_pack, kernel_dim, sms);
+  return forward_split_count(shape, a.options.softcap > 0, q_pack, kernel_dim, [] {
+    int device = 0, sms = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      cudaGetLastError();
+      return 0;  // no rule without the count: split_kv_rule then gives 1
+    }
+    return sms;
+  });
 }
 
 // Why the Hopper forward does not run `a` ("" when it does).

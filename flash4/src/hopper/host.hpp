@@ -188,19 +188,21 @@ inline bool backward_wide_m_rule(const ProblemShape& shape, bool deterministic, 
   return (!shape.varlen || deterministic) && !env_is("FLASH4_HOPPER_DQ", "per_warpgroup");
 }
 
-// Split-KV runs of a forward call on a device of `sms` multiprocessors (forward_splits in
-// hopper.cpp: the rule, its measurements and switches): 1 for unpacked q when
-// FLASH4_HOPPER_SPLIT_KV_UNPACKED=0, varlen or softcap; FLASH4_HOPPER_SPLIT_KV=N forces the
-// power of two at or below N (1 .. 64); else split_kv_rule over the tiles (128 rows of one
-// query head, or packed of a KV head's q_pack query heads) and the key blocks of the kernel
-// for `kernel_dim`, in runs of >= 2 blocks packed, >= 8 unpacked. Read at each call.
-inline int forward_split_count(const ProblemShape& shape, bool softcap, int q_pack, int kernel_dim, int sms) {
+// Split-KV runs of a forward call (forward_splits in hopper.cpp: the rule, its measurements
+// and switches): 1 for unpacked q when FLASH4_HOPPER_SPLIT_KV_UNPACKED=0, varlen or softcap;
+// FLASH4_HOPPER_SPLIT_KV=N forces the power of two at or below N (1 .. 64); else
+// split_kv_rule over the tiles (128 rows of one query head, or packed of a KV head's q_pack
+// query heads) and the key blocks of the kernel for `kernel_dim`, in runs of >= 2 blocks
+// packed, >= 8 unpacked, on sm_count() multiprocessors -- asked only then, so calls that
+// cannot split (adept's varlen ones) make no device query. Read at each call.
+template <class SmCount>
+int forward_split_count(const ProblemShape& shape, bool softcap, int q_pack, int kernel_dim, SmCount&& sm_count) {
   if (q_pack <= 1 && (env_is("FLASH4_HOPPER_SPLIT_KV_UNPACKED", "0") || shape.varlen || softcap)) return 1;
   const char* asked = std::getenv("FLASH4_HOPPER_SPLIT_KV");
   if (asked != nullptr && std::strcmp(asked, "auto") != 0) return power_of_two_at_most(std::clamp(std::atoi(asked), 1, 64));
   const int64_t rows = hopper::forward_query_rows(2), block_n = hopper::forward_key_box_rows(kernel_dim);
   const int64_t tiles = (shape.seqlen_q * q_pack + rows - 1) / rows * (shape.heads_q / q_pack) * shape.batch;
-  return split_kv_rule(tiles, (shape.seqlen_k + block_n - 1) / block_n, sms, q_pack > 1 ? 2 : 8);
+  return split_kv_rule(tiles, (shape.seqlen_k + block_n - 1) / block_n, sm_count(), q_pack > 1 ? 2 : 8);
 }
 
 // The forward's and the backward's gap for seqused_k ("" when it runs on Hopper).
