@@ -1038,7 +1038,7 @@ TEST_P(Flash4HopperDeterministicBackwardWideM, ThreeRunsGiveTheSameBits) {
 }
 INSTANTIATE_TEST_SUITE_P(WideM, Flash4HopperBackwardWideM, ::testing::ValuesIn(wide_m_cases(false)), test_name);
 
-// dK / dV by quad stores (FLASH4_HOPPER_BWD_QUAD_STORE=1, opt-in, written without a GPU: a
+// dK / dV by quad stores (FLASH4_HOPPER_BWD_QUAD_STORE=1, the default, pinned here: a
 // 4 x 4 transpose within each quad, 16 bytes a lane, as the forward's O): the covered, window,
 // varlen (rows past a sequence's keys skipped, the next sequence's rows untouched), padded
 // (only d_qk / d_v columns) and sink cases, at BM = 64 and, for d <= 64, at BM = 128 too.
@@ -1062,6 +1062,24 @@ std::vector<Problem> quad_store_cases() {
   return all;
 }
 INSTANTIATE_TEST_SUITE_P(QuadStore, Flash4HopperBackwardQuadStore, ::testing::ValuesIn(quad_store_cases()), test_name);
+
+// The opt-out, 4-byte stores of dK / dV (FLASH4_HOPPER_BWD_QUAD_STORE=0), kept covered now that
+// quad stores are the default: the covered cases at BM = 64 and, d <= 64, BM = 128.
+class Flash4HopperBackwardFourByteStore : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperBackwardFourByteStore, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv four("FLASH4_HOPPER_BWD_QUAD_STORE", "0");
+  expect_hopper_matches_reference(GetParam(), DqPath::bulk);
+}
+TEST_P(Flash4HopperBackwardFourByteStore, At128QueryBlocksMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  if (GetParam().Dqk > 64 || GetParam().Dv > 64 || GetParam().softcap > 0) GTEST_SKIP() << "BM = 128 is d <= 64, no softcap";
+  ScopedEnv four("FLASH4_HOPPER_BWD_QUAD_STORE", "0"), wide("FLASH4_HOPPER_BWD_BM", "128");
+  expect_hopper_matches_reference(GetParam(), DqPath::bulk);
+}
+INSTANTIATE_TEST_SUITE_P(FourByteStore, Flash4HopperBackwardFourByteStore, ::testing::ValuesIn(covered_cases()),
+                         test_name);
 INSTANTIATE_TEST_SUITE_P(WideM, Flash4HopperDeterministicBackwardWideM, ::testing::ValuesIn(wide_m_cases(true)),
                          test_name);
 

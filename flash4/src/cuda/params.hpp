@@ -75,7 +75,7 @@ struct AttentionParams {
   bool deterministic = false;
   // Hopper backward: dK / dV rows stored 16 bytes a lane after a transpose within each quad
   // (full 32-byte sectors) instead of 4 bytes a lane (half of each sector: ncu counted the
-  // other half as excess); opt-in, FLASH4_HOPPER_BWD_QUAD_STORE=1.
+  // other half as excess); the default, FLASH4_HOPPER_BWD_QUAD_STORE=0 turns it off.
   bool quad_stores = false;
 };
 
