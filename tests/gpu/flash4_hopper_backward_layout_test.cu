@@ -11,7 +11,10 @@
 // Written before the kernel first ran on a GPU (scripts/hopper_bwd_check.sh runs it); the
 // BM = 128 cases (d = 64, FLASH4_HOPPER_BWD_BM=128's layouts: m64n128 scores, dS^T in two
 // 64-query chunks, each warpgroup's dQ over all keys for its 64 queries) before that kernel
-// first ran (scripts/hopper_bwd_wide_check.sh).
+// first ran (scripts/hopper_bwd_wide_check.sh). d = 256 (the kSplitHeadDim kernel, opt-in,
+// written without a GPU): K, V [64 x 256], both warpgroups on the same 64 keys -- S^T / dP^T
+// computed by both, dS^T stored half by each, dK / dV for the warpgroup's 128 columns, dQ in
+// two 64-column chunks a warpgroup (scripts/hopper_bwd_d256_check.sh).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -31,23 +34,29 @@ namespace {
 
 namespace hp = flash4::hopper;
 
-constexpr int kKeys = 128;
+// Keys of the block: 128 (d 64 / 128), 64 (d 256).
+template <int D>
+constexpr int kKeysOf = hp::BackwardSm90Config<D>::kBlockN;
 
-// Shared memory of the test kernel: K, V [128][D], Q, dO [BM][D], dS^T [128][BM], 1024-aligned.
+// Shared memory of the test kernel: K, V [keys][D], Q, dO [BM][D], dS^T [keys][BM], 1024-aligned.
 template <int D, int BM>
 constexpr size_t layout_smem_bytes() {
+  constexpr int kKeys = kKeysOf<D>;
   return 1024 + size_t(2 * kKeys + 2 * BM) * D * 2 + kKeys * BM * 2;
 }
 
-// Outputs: s, dp [128][BM]; dv, dk [128][D]; dq [2][64][D]: BM = 64, warpgroup w's part in
+// Outputs: s, dp [keys][BM]; dv, dk [keys][D]; dq [2][64][D]: BM = 64, warpgroup w's part in
 // dq[w] (d = 128 its 64 columns, the rest never written; d = 64 the part of its 64 keys);
-// BM = 128, the whole [128][D] (warpgroup w's queries 64 w .. 64 w + 63, all keys).
+// BM = 128, the whole [128][D] (warpgroup w's queries 64 w .. 64 w + 63, all keys); d = 256,
+// the whole [64][256] in dq[0] (warpgroup w's columns 128 w .. 128 w + 127).
 template <int D, typename T, int BM>
 __global__ void __launch_bounds__(256) backward_layout_kernel(const T* k, const T* v, const T* q, const T* dout,
                                                               const T* a1, const T* a2, float* s_out, float* dp_out,
                                                               float* dv_out, float* dk_out, float* dq_out) {
 #if defined(FLASH4_SM90A)
-  constexpr int kQueries = BM;
+  using C = hp::BackwardSm90Config<D, BM>;
+  constexpr bool kSplit = C::kSplitHeadDim;
+  constexpr int kKeys = kKeysOf<D>, kQueries = BM;
   constexpr uint32_t kOffK = 0, kOffV = kKeys * D * 2, kOffQ = 2 * kKeys * D * 2, kOffO = kOffQ + kQueries * D * 2;
   constexpr uint32_t kOffDs = kOffO + kQueries * D * 2;
   // Byte offset of element (r, c) of a [rows][D] 16-bit tile in 64-column chunks, 128B-swizzled
@@ -73,7 +82,9 @@ __global__ void __launch_bounds__(256) backward_layout_kernel(const T* k, const 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, w = warp / 4, wq = warp % 4, g = lane / 4, t = lane % 4;
   const uint32_t k_addr = hp::smem_u32(smem + kOffK), v_addr = hp::smem_u32(smem + kOffV);
   const uint32_t q_addr = hp::smem_u32(smem + kOffQ), o_addr = hp::smem_u32(smem + kOffO);
-  const int row = 64 * w + 16 * wq + g;  // this thread's first key row (accumulator rows row, row + 8)
+  // This thread's first key row (accumulator rows row, row + 8); d 256: both warpgroups'.
+  const int row = (kSplit ? 0 : 64 * w) + 16 * wq + g;
+  const int key_col0 = kSplit ? C::kKeyCols * w : 0;
 
   float s[BM / 2], dp[BM / 2];
   hp::wgmma_fence();
@@ -107,22 +118,29 @@ __global__ void __launch_bounds__(256) backward_layout_kernel(const T* k, const 
   uint32_t pa[BM / 16][4], dsa[BM / 16][4];
   hp::scores_to_a<T, BM>(pa, x1);
   hp::scores_to_a<T, BM>(dsa, x2);
-  hp::store_ds_transposed<BM>(smem + kOffDs, dsa, row, t);
+  if constexpr (kSplit) {  // each warpgroup half of the queries, as the kernel
+    if (w == 0)
+      hp::store_ds_transposed<BM, 0, BM / 16>(smem + kOffDs, dsa, row, t);
+    else
+      hp::store_ds_transposed<BM, BM / 16, BM / 16>(smem + kOffDs, dsa, row, t);
+  } else {
+    hp::store_ds_transposed<BM>(smem + kOffDs, dsa, row, t);
+  }
   hp::fence_proxy_async();
 
-  float dv[D / 2], dk[D / 2];
+  float dv[C::kKeyCols / 2], dk[C::kKeyCols / 2];
 #pragma unroll
-  for (int i = 0; i < D / 2; ++i) dv[i] = dk[i] = 0.0f;
+  for (int i = 0; i < C::kKeyCols / 2; ++i) dv[i] = dk[i] = 0.0f;
   hp::wgmma_fence();
-  hp::issue_key_gradient<D, T, BM>(dv, pa, o_addr);
-  hp::issue_key_gradient<D, T, BM>(dk, dsa, q_addr);
+  hp::issue_key_gradient<D, T, BM>(dv, pa, o_addr, w);
+  hp::issue_key_gradient<D, T, BM>(dk, dsa, q_addr, w);
   hp::wgmma_commit_group();
   __syncthreads();  // both warpgroups' dS^T stored (the kernel: a named barrier)
   float dq[32];
-  hp::issue_dq<D, T, BM>(dq, hp::smem_u32(smem + kOffDs), k_addr, w);
+  hp::issue_dq<D, T, BM>(dq, hp::smem_u32(smem + kOffDs), k_addr, kSplit ? 2 * w : w);
   hp::wgmma_wait_group<0>();
 #pragma unroll
-  for (int i = 0; i < D / 2; ++i) {
+  for (int i = 0; i < C::kKeyCols / 2; ++i) {
     hp::fence_operand(dv[i]);
     hp::fence_operand(dk[i]);
   }
@@ -131,13 +149,35 @@ __global__ void __launch_bounds__(256) backward_layout_kernel(const T* k, const 
 #pragma unroll
   for (int half = 0; half < 2; ++half)
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n)
+    for (int n = 0; n < C::kKeyCols / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const int idx = (row + 8 * half) * D + 8 * n + 2 * t + e;
+        const int idx = (row + 8 * half) * D + key_col0 + 8 * n + 2 * t + e;
         dv_out[idx] = dv[4 * n + 2 * half + e];
         dk_out[idx] = dk[4 * n + 2 * half + e];
       }
+  if constexpr (kSplit) {
+    // Columns 64 (2 w) .., then the second chunk 64 (2 w + 1) .., all into dq[0].
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      if (c == 1) {
+        hp::issue_dq<D, T, BM>(dq, hp::smem_u32(smem + kOffDs), k_addr, 2 * w + 1);
+        hp::wgmma_wait_group<0>();
+#pragma unroll
+        for (int i = 0; i < 32; ++i) hp::fence_operand(dq[i]);
+      }
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            dq_out[(16 * wq + g + 8 * half) * D + 64 * (2 * w + c) + 8 * n + 2 * t + e] = dq[4 * n + 2 * half + e];
+#pragma unroll
+      for (int i = 0; i < 32; ++i) hp::fence_operand(dq[i]);
+    }
+    return;
+  }
   const int col0 = hp::dq_first_column<D>(w);
 #pragma unroll
   for (int half = 0; half < 2; ++half)
@@ -187,7 +227,7 @@ Mismatch compare(const std::vector<float>& got, const std::vector<double>& want,
 
 template <int D, typename T, int BM = 64>
 void check_layouts(flash4_dtype dtype) {
-  constexpr int kQueries = BM;
+  constexpr int kQueries = BM, kKeys = kKeysOf<D>;
   auto kernel = backward_layout_kernel<D, T, BM>;
   if (!kernel_runs_here(reinterpret_cast<const void*>(kernel))) GTEST_SKIP() << "needs an sm_90 device and sm_90a code";
   auto rng = testing_support::make_rng(D * 2 + (dtype == FLASH4_BF16) + BM);
@@ -257,14 +297,14 @@ void check_layouts(flash4_dtype dtype) {
   std::vector<float> dq(kQueries * D);
   for (int i = 0; i < kQueries; ++i)
     for (int c = 0; c < D; ++c) {
-      if (BM == 128) {
+      if (BM == 128 || D == 256) {
         dq[i * D + c] = dq2[i * D + c];
         continue;
       }
       const float w0 = dq2[i * D + c], w1 = dq2[(kQueries + i) * D + c];
       dq[i * D + c] = D == 128 ? (c < 64 ? w0 : w1) : w0 + w1;
     }
-  // fp32 accumulation of exact 16-bit products over at most 128 terms is good to ~1e-6 of
+  // fp32 accumulation of exact 16-bit products over at most 256 terms is good to ~1e-6 of
   // the largest result; a wrong layout is off by O(1).
   const double tol = 1e-3;
   const struct {
@@ -290,6 +330,8 @@ TEST(Flash4HopperBackwardLayouts, Hdim128Bf16) { check_layouts<128, __nv_bfloat1
 TEST(Flash4HopperBackwardLayouts, Hdim128Fp16) { check_layouts<128, __half>(FLASH4_F16); }
 TEST(Flash4HopperBackwardLayouts, Hdim64Block128Bf16) { check_layouts<64, __nv_bfloat16, 128>(FLASH4_BF16); }
 TEST(Flash4HopperBackwardLayouts, Hdim64Block128Fp16) { check_layouts<64, __half, 128>(FLASH4_F16); }
+TEST(Flash4HopperBackwardLayouts, Hdim256Bf16) { check_layouts<256, __nv_bfloat16>(FLASH4_BF16); }
+TEST(Flash4HopperBackwardLayouts, Hdim256Fp16) { check_layouts<256, __half>(FLASH4_F16); }
 
 }  // namespace
 }  // namespace flash4_gpu

@@ -968,6 +968,7 @@ INSTANTIATE_TEST_SUITE_P(Padded, Flash4HopperDeterministicBackwardBulkDq,
 TEST(Flash4HopperBackwardDispatch, UncoveredCallsRunOnThePortableBackward) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   DefaultBackendSwitches defaults;
+  ScopedEnv d256_off("FLASH4_HOPPER_BWD_D256", nullptr);  // the d 256 kernel is opt-in
   Problem p = small("d = 256");
   p.Dqk = p.Dv = 256;
   EXPECT_EQ(check_backward(p), "portable");
@@ -1082,6 +1083,92 @@ INSTANTIATE_TEST_SUITE_P(FourByteStore, Flash4HopperBackwardFourByteStore, ::tes
                          test_name);
 INSTANTIATE_TEST_SUITE_P(WideM, Flash4HopperDeterministicBackwardWideM, ::testing::ValuesIn(wide_m_cases(true)),
                          test_name);
+
+// d 256: the split-head-dim kernel (FLASH4_HOPPER_BWD_D256=1, opt-in, written without a GPU:
+// 64-key CTAs, both consumer warpgroups on the same keys, each with half the head dim of dK /
+// dV / dQ; dQ by float2 atomics, the only path there). Every dense d 128 case of the covered,
+// window, sink, softcap and seqused suites at d 256; padded head dims 136 / 192 and d_qk !=
+// d_v both ways (the kernel's halves then hold columns past d on one side); deterministic
+// calls against float64 and three runs bit for bit. Varlen at d 256 runs the portable
+// backward (the work list counts 128-key blocks): D256Dispatch.
+std::vector<Problem> d256_cases() {
+  std::vector<Problem> all;
+  for (const std::vector<Problem>& cases :
+       {covered_cases(), window_cases(), sink_cases(), softcap_cases(), seqused_cases({128})})
+    for (Problem p : cases)
+      if (!p.varlen() && p.Dqk == 128 && p.Dv == 128) {
+        p.Dqk = p.Dv = 256;
+        p.label += " d256";
+        all.push_back(p);
+      }
+  struct Dims {
+    int qk, v;
+  };
+  for (Dims d : {Dims{136, 136}, Dims{192, 192}, Dims{192, 128}, Dims{64, 256}}) {
+    Problem p = small("hopper bwd d256 padded");
+    p.Dqk = d.qk, p.Dv = d.v;
+    all.push_back(p);
+    p.causal = false, p.dtype = FLASH4_F16, p.Hq = 4, p.Hkv = 1, p.Sq = 333, p.Sk = 77;
+    all.push_back(p);
+  }
+  return all;
+}
+std::vector<Problem> d256_deterministic_cases() {
+  std::vector<Problem> all;
+  for (Problem p : deterministic_cases())
+    if (!p.varlen() && p.Dqk == 128 && p.Dv == 128) {
+      p.Dqk = p.Dv = 256;
+      p.label += " d256";
+      all.push_back(p);
+    }
+  Problem p = small("hopper bwd d256 padded deterministic");
+  p.deterministic = true;
+  p.Dqk = 192, p.Dv = 160;
+  p.Sq = 700, p.Sk = 900;
+  all.push_back(p);
+  return all;
+}
+
+class Flash4HopperBackwardD256 : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperBackwardD256, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv d256("FLASH4_HOPPER_BWD_D256", "1");
+  expect_hopper_matches_reference(GetParam(), DqPath::atomics);
+}
+INSTANTIATE_TEST_SUITE_P(D256, Flash4HopperBackwardD256, ::testing::ValuesIn(d256_cases()), test_name);
+
+class Flash4HopperDeterministicBackwardD256 : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperDeterministicBackwardD256, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv d256("FLASH4_HOPPER_BWD_D256", "1");
+  expect_hopper_matches_reference(GetParam(), DqPath::atomics);
+}
+TEST_P(Flash4HopperDeterministicBackwardD256, ThreeRunsGiveTheSameBits) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv d256("FLASH4_HOPPER_BWD_D256", "1");
+  expect_deterministic_runs_same_bits(GetParam(), DqPath::atomics);
+}
+INSTANTIATE_TEST_SUITE_P(D256, Flash4HopperDeterministicBackwardD256, ::testing::ValuesIn(d256_deterministic_cases()),
+                         test_name);
+
+TEST(Flash4HopperBackwardD256Dispatch, VarlenAndTheDefaultRunOnThePortableBackward) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  DefaultBackendSwitches defaults;
+  Problem p = small("d256 default");
+  p.Dqk = p.Dv = 256;
+  {
+    ScopedEnv unset("FLASH4_HOPPER_BWD_D256", nullptr);
+    EXPECT_EQ(check_backward(p), "portable") << "opt-in: off unless FLASH4_HOPPER_BWD_D256=1";
+  }
+  ScopedEnv d256("FLASH4_HOPPER_BWD_D256", "1");
+  EXPECT_EQ(check_backward(p), "hopper");
+  Problem packed = p;
+  packed.label = "d256 varlen";
+  packed.seqs = {{100, 130}, {17, 17}};
+  EXPECT_EQ(check_backward(packed), "portable") << "varlen at d 256 is not covered";
+}
 
 }  // namespace
 }  // namespace flash4_gpu

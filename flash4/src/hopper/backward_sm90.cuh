@@ -118,8 +118,10 @@
 // passed scripts/hopper_bwd_wide_check.sh on an H200 (2026-12-01; 1.04 - 1.20x BM = 64), the
 // default at d = 64 but for varlen without determinism (FLASH4_HOPPER_BWD_BM=64 | 128
 // forces). Missing (follow-ups): overlap of one query block's S / dP with the previous one's
-// gradients (a d = 64 try in pairs of steps was 13% slower), persistent scheduling, d over 128
-// (d 192 / 256: docs/hopper_backward_d256.md), native (unpadded) d 96 tiles.
+// gradients (a d = 64 try in pairs of steps was 13% slower), persistent scheduling, varlen and
+// bulk dQ at d over 128, native (unpadded) d 96 tiles. d over 128 (padded to 256): the
+// kSplitHeadDim kernel (BackwardSm90Config), opt-in with FLASH4_HOPPER_BWD_D256=1, written
+// without a GPU (docs/hopper_backward_d256.md, scripts/hopper_bwd_d256_check.sh).
 #pragma once
 
 #include <cuda.h>
@@ -143,10 +145,20 @@ namespace flash4::hopper {
 // computes dQ for queries 64 w .. 64 w + 63 over all 128 keys (as d = 128 splits columns), so
 // its dQ tile is whole: no partial sums, no deterministic combine. Shared memory: one dQ
 // staging buffer (the second does not fit beside two dS^T buffers and two Q / dO stages).
+// d = 256 (kSplitHeadDim; opt-in, FLASH4_HOPPER_BWD_D256=1, written without a GPU:
+// docs/hopper_backward_d256.md): 64 keys per CTA, both consumer warpgroups on the same keys,
+// each keeping dK / dV for half the head dim (128 columns: 64 + 64 registers); S^T and dP^T
+// computed by both in full (duplicated, no exchange); dQ's columns split the same way, in two
+// 64-column chunks a warpgroup, added by float2 atomics (no room for the bulk staging:
+// K, V 64 KB, Q / dO 2 stages 128 KB, dS^T 16 KB = 208 KB of the 227).
 template <int D, int BM = 64>
 struct BackwardSm90Config {
+  static constexpr bool kSplitHeadDim = D == 256;
   static constexpr int kBlockM = BM;   // query rows per step (the wgmma N of S^T / dP^T)
-  static constexpr int kBlockN = 128;  // keys per CTA: two consumer warpgroups of 64
+  // Keys per CTA: two consumer warpgroups of 64 (d 256: both on the same 64).
+  static constexpr int kBlockN = kSplitHeadDim ? 64 : 128;
+  // dK / dV columns a consumer warpgroup keeps (d 256: its half of the head dim).
+  static constexpr int kKeyCols = kSplitHeadDim ? D / 2 : D;
   // Q / dO / rows ring. d = 64: 3 stages, its steps (~0.7 us of wgmma at peak) being shorter
   // than a TMA load's latency; d = 128 has no room for a third (see the bulk dQ note).
   static constexpr int kStages = D == 64 && BM == 64 ? 3 : 2;
@@ -194,11 +206,11 @@ struct BackwardSm90Config {
   static constexpr size_t kSmemBytesBulk = kSmemBytes + kBulkShift;
   static constexpr size_t kSmemBytesDeterministicBulk = kSmemBytesDeterministic + kBulkShift;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
-  static_assert(D == 64 || D == 128, "d = 64 or 128");
+  static_assert(D == 64 || D == 128 || D == 256, "d = 64, 128 or 256");
   static_assert(BM == 64 || (BM == 128 && D == 64), "BM = 128 at d = 64 only");
   static_assert(kOffDqStage % 1024 == 0 && kDqChunkBytes % 1024 == 0, "bulk dQ chunks 1024-aligned (128B swizzle)");
-  static_assert(kSmemBytesBulk <= 227 * 1024 && kSmemBytesDeterministicBulk + 16 <= 227 * 1024,
-                "shared memory per block, bulk dQ");
+  static_assert(kSplitHeadDim || (kSmemBytesBulk <= 227 * 1024 && kSmemBytesDeterministicBulk + 16 <= 227 * 1024),
+                "shared memory per block, bulk dQ (d 256: atomics only)");
   static_assert(kKBytes % 1024 == 0 && kQBytes % 1024 == 0 && kDsBytes % 1024 == 0, "tiles 1024-aligned");
   static_assert(kRowFloats * 4 % 16 == 0, "bulk copies: 16-byte multiples");
   static_assert(kSmemBytes <= 227 * 1024 && kSmemBytesDeterministic + 16 <= 227 * 1024, "shared memory per block");
@@ -266,13 +278,14 @@ __global__ void backward_sm90_rows_kernel(const cuda::AttentionParams p, int64_t
 
 // Issues warpgroup w's acc[64 keys x BM queries] = X_w Y^T as one commit group: S^T with
 // (X, Y) = (K, Q), dP^T with (V, dO). M = keys 64 w .. 64 w + 63 of the [128][head dim] tile
-// at x_addr, N = the BM rows of the [BM][head dim] tile at y_addr, K = the head dim; both
-// K-major in 64-column chunks (kKChunkBytes / kQChunkBytes apart), as the forward's Q K^T:
-// SBO 1024 between 8-row groups, a k16 step inside a chunk adds 32 bytes.
+// at x_addr (d 256: the 64 keys of the [64][256] tile, for both warpgroups), N = the BM rows
+// of the [BM][head dim] tile at y_addr, K = the head dim; both K-major in 64-column chunks
+// (kKChunkBytes / kQChunkBytes apart), as the forward's Q K^T: SBO 1024 between 8-row groups,
+// a k16 step inside a chunk adds 32 bytes.
 template <int D, typename T, int BM = 64>
 __device__ __forceinline__ void issue_scores_transposed(float (&acc)[BM / 2], uint32_t x_addr, uint32_t y_addr, int w) {
   using C = BackwardSm90Config<D, BM>;
-  const uint32_t own_rows = uint32_t(w) * 64 * 128;
+  const uint32_t own_rows = C::kSplitHeadDim ? 0 : uint32_t(w) * 64 * 128;
 #pragma unroll
   for (int k = 0; k < D / 16; ++k) {
     const uint32_t in_chunk = (k % 4) * 32;
@@ -289,14 +302,17 @@ __device__ __forceinline__ void issue_scores_transposed(float (&acc)[BM / 2], ui
 // Issues acc[64 keys x head dim] += A Y with A = P^T or dS^T from registers (a[k] = queries
 // 16k .. 16k + 15) and Y = dO or Q, the [BM][head dim] tile at y_addr: MN-major, 64-column
 // chunks kQChunkBytes apart (LBO), k16 steps of 16 rows = 2048 bytes (as the forward's P V).
-// No commit: the caller commits dV and dK together.
+// No commit: the caller commits dV and dK together. d 256: warpgroup w's columns
+// 128 w .. 128 w + 127 of Y (its 64-column chunks 2 w and 2 w + 1).
 template <int D, typename T, int BM = 64>
-__device__ __forceinline__ void issue_key_gradient(float (&acc)[D / 2], const uint32_t (&a)[BM / 16][4], uint32_t y_addr) {
+__device__ __forceinline__ void issue_key_gradient(float (&acc)[BackwardSm90Config<D, BM>::kKeyCols / 2],
+                                                   const uint32_t (&a)[BM / 16][4], uint32_t y_addr, int w) {
   using C = BackwardSm90Config<D, BM>;
+  if constexpr (C::kSplitHeadDim) y_addr += uint32_t(2 * w) * C::kQChunkBytes;
 #pragma unroll
   for (int k = 0; k < C::kBlockM / 16; ++k) {
     const uint64_t db = smem_descriptor(y_addr + k * 16 * 128, C::kQChunkBytes, 1024);
-    if constexpr (D == 128)
+    if constexpr (C::kKeyCols == 128)
       wgmma_rs_m64n128k16<T>(acc, a[k], db, 1);
     else
       wgmma_rs_m64n64k16<T>(acc, a[k], db, 1);
@@ -309,12 +325,14 @@ __device__ __forceinline__ void issue_key_gradient(float (&acc)[D / 2], const ui
 // byte 128 r, its 16-byte unit c at unit c ^ (r % 8)), so the dQ wgmma reads it as an
 // MN-major A operand. `row` = the thread's first key row in the tile (64 w + 16 wq + g);
 // fragment dsa[k][2 (i & 1) + half] holds row + 8 half, queries 8i + 2t, +1 (i = 2k or
-// 2k + 1). A warp's 32 stores of one (i, half) hit 32 different banks.
-template <int BM>
+// 2k + 1). A warp's 32 stores of one (i, half) hit 32 different banks. Only the 8-query
+// groups kFirst .. kFirst + kCount - 1 (d 256: both warpgroups hold the whole dS^T of the same
+// keys, so each stores half of it).
+template <int BM, int kFirst = 0, int kCount = BM / 8>
 __device__ __forceinline__ void store_ds_transposed(unsigned char* tile, const uint32_t (&dsa)[BM / 16][4], int row,
                                                     int t) {
 #pragma unroll
-  for (int i = 0; i < BM / 8; ++i)
+  for (int i = kFirst; i < kFirst + kCount; ++i)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = row + 8 * half;
@@ -338,13 +356,22 @@ __device__ __forceinline__ int dq_first_column(int w) {
 //  d = 128: columns 64 w .. 64 w + 63 (K chunk w) over all 128 keys;
 //  d = 64:  all 64 columns over keys 64 w .. 64 w + 63 (a partial sum);
 //  d = 64, BM = 128: queries 64 w .. 64 w + 63 (dS^T column chunk w), all 64 columns, over
-//           all 128 keys.
+//           all 128 keys;
+//  d = 256: columns 64 w .. 64 w + 63 (K chunk w: here w is the chunk, 0 .. 3) over the
+//           block's 64 keys (the [64 keys][64 queries] dS^T tile).
 // The caller has made the tile's stores visible (fence.proxy.async + barrier) and waits.
 template <int D, typename T, int BM = 64>
 __device__ __forceinline__ void issue_dq(float (&dq)[32], uint32_t ds_addr, uint32_t k_addr, int w) {
   using C = BackwardSm90Config<D, BM>;
   wgmma_fence();
-  if constexpr (BM == 128) {
+  if constexpr (C::kSplitHeadDim) {
+#pragma unroll
+    for (int k = 0; k < C::kBlockN / 16; ++k) {
+      const uint64_t da = smem_descriptor(ds_addr + k * 2048, C::kDsBytes, 1024);
+      const uint64_t db = smem_descriptor(k_addr + w * C::kKChunkBytes + k * 2048, C::kKChunkBytes, 1024);
+      wgmma_ss_tt_m64n64k16<T>(dq, da, db, k > 0);
+    }
+  } else if constexpr (BM == 128) {
 #pragma unroll
     for (int k = 0; k < C::kBlockN / 16; ++k) {
       const uint64_t da = smem_descriptor(ds_addr + w * C::kDsChunkBytes + k * 2048, C::kDsChunkBytes, 1024);
@@ -777,17 +804,20 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
     const uint32_t k_addr = smem_u32(smem + C::kOffK), v_addr = smem_u32(smem + C::kOffV);
     const uint32_t q_addr0 = smem_u32(smem + C::kOffQ), o_addr0 = smem_u32(smem + C::kOffO);
     const uint32_t ds_addr0 = smem_u32(smem + C::kOffDs);
-    // Keys of this thread's accumulator rows g and g + 8 (S^T, dP^T, dV, dK).
-    const int key0 = n0 + 64 * cw + 16 * wq + g;
+    // Keys of this thread's accumulator rows g and g + 8 (S^T, dP^T, dV, dK); d 256: both
+    // warpgroups hold the same keys, and dK / dV columns from key_col0.
+    constexpr bool kSplit = C::kSplitHeadDim;
+    const int key0 = n0 + (kSplit ? 0 : 64 * cw) + 16 * wq + g;
+    const int key_col0 = kSplit ? C::kKeyCols * cw : 0;
     // How far right / left of its diagonal a query sees (causal: right 0; a window side < 0
     // is unbounded), as visible_keys (sequence.cuh).
     const bool has_right = p.causal || p.window_right >= 0, has_left = p.window_left >= 0;
     const int64_t right = p.window_right >= 0 ? (p.causal ? min(0, p.window_right) : p.window_right) : 0;
     const int64_t left = has_left ? p.window_left : 0;
 
-    float dv[D / 2], dk[D / 2];
+    float dv[C::kKeyCols / 2], dk[C::kKeyCols / 2];
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) dv[i] = dk[i] = 0.0f;
+    for (int i = 0; i < C::kKeyCols / 2; ++i) dv[i] = dk[i] = 0.0f;
 
     mbarrier_wait(kv_full, 0);
     // Varlen: K rows past the sequence's keys hold the next sequence's; with seqused_k (dense
@@ -797,11 +827,18 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
     // warps); the other warpgroup's dQ (d = 128) reads them after the per-step barrier 1,
     // which comes later in both warpgroups' program order. (dP^T = V dO^T reads V rows there
     // too, but only into dP^T entries the mask then sets to 0.)
+    // d 256: both warpgroups read all 64 rows; the 256 consumer threads zero them (barrier 5).
     if ((packed || p.seqused_k != nullptr) && n0 + BN > seq.sk) {
-      zero_tile_rows(smem + C::kOffK, C::kKChunkBytes, C::kChunks, max(seq.sk - n0, 64 * cw), 64 * cw + 64,
-                     threadIdx.x % 128, 128);
-      fence_proxy_async();
-      named_barrier_sync(3 + cw, 128);
+      if constexpr (kSplit) {
+        zero_tile_rows(smem + C::kOffK, C::kKChunkBytes, C::kChunks, max(seq.sk - n0, 0), BN, threadIdx.x - 128, 256);
+        fence_proxy_async();
+        named_barrier_sync(5, 256);
+      } else {
+        zero_tile_rows(smem + C::kOffK, C::kKChunkBytes, C::kChunks, max(seq.sk - n0, 64 * cw), 64 * cw + 64,
+                       threadIdx.x % 128, 128);
+        fence_proxy_async();
+        named_barrier_sync(3 + cw, 128);
+      }
     }
     // One step at a time. A d = 64 version that ran steps in pairs (the second's S^T / dP^T
     // issued before the first's gradients were waited for, FA3's intra-warpgroup overlap) was
@@ -904,108 +941,163 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
       scores_to_a<T, BM>(pa, s);
       scores_to_a<T, BM>(dsa, dp);
 
-      // dS^T -> shared memory (double-buffered across steps), for the dQ wgmma.
       const int ds_buffer = step & 1;
-      store_ds_transposed<BM>(smem + C::kOffDs + ds_buffer * C::kDsBytes, dsa, 64 * cw + 16 * wq + g, t);
-      fence_proxy_async();  // the generic-proxy stores above, before the wgmma (async proxy) reads
-
-      // d = 128: dV += P^T dO now, dQ next and dK += dS^T Q last, so that dQ is handed over
-      // while dK's wgmma runs (H200: 1.05x the backward at d 128, 0.92x at d 64, whose short
-      // steps then release their Q / dO stage later: scripts/hopper_ab.sh, 2026-12-01). d = 64:
-      // dV and dK as one commit group, then dQ, all waited for before the hand-over. BM = 128
-      // (steps as long as d = 128's) takes d = 128's order.
-      constexpr bool kDqFirst = D == 128 || kWideM;
-      wgmma_fence();
-      issue_key_gradient<D, T, BM>(dv, pa, o_addr);
-      if constexpr (!kDqFirst) issue_key_gradient<D, T, BM>(dk, dsa, q_addr);
-      wgmma_commit_group();
-
-      // dQ = dS K (this warpgroup's part, see issue_dq).
-      if constexpr (D == 128 || kWideM) {
-        // Both warpgroups' dS^T rows are needed: wait for the other's stores (and its
-        // fence). The other warpgroup's reads of this buffer (two steps ago) finished
-        // before it arrived here one step ago, so the buffer was free to overwrite.
-        named_barrier_sync(1, 256);
-      } else {
-        // Only this warpgroup's dS^T rows (its own keys): its four warps' stores.
-        named_barrier_sync(1 + cw, 128);
-      }
-      issue_dq<D, T, BM>(dq, ds_addr0 + ds_buffer * C::kDsBytes, k_addr, cw);
-      // Wait for the gradients (fences on everything they wrote or read), hand dQ over; d = 128
-      // with dK still running.
-      if constexpr (kDqFirst) {
+      if constexpr (kSplit) {
+        // d 256. dS^T -> shared memory, each warpgroup half the queries (both hold all of it),
+        // then: dV (G1); once both halves are stored (barrier 1, as d 128: the other
+        // warpgroup's reads of this buffer two steps ago ended before it passed barrier 1 one
+        // step ago), dQ chunk 2 w (G2); dK (G3); G1 and G2 waited for, chunk 2 w added while
+        // dK runs; chunk 2 w + 1 (G4); dK waited for, the stage released; G4, its add.
+        unsigned char* ds_tile = smem + C::kOffDs + ds_buffer * C::kDsBytes;
+        if (cw == 0)
+          store_ds_transposed<BM, 0, BM / 16>(ds_tile, dsa, 16 * wq + g, t);
+        else
+          store_ds_transposed<BM, BM / 16, BM / 16>(ds_tile, dsa, 16 * wq + g, t);
+        fence_proxy_async();  // the generic-proxy stores above, before the wgmma (async proxy) reads
+        const uint32_t ds_addr = ds_addr0 + ds_buffer * C::kDsBytes;
         wgmma_fence();
-        issue_key_gradient<D, T, BM>(dk, dsa, q_addr);
+        issue_key_gradient<D, T, BM>(dv, pa, o_addr, cw);
         wgmma_commit_group();
-        wgmma_wait_group<1>();  // dV and dQ done (groups complete in order)
-      } else {
-        wgmma_wait_group<0>();
-      }
+        named_barrier_sync(1, 256);
+        issue_dq<D, T, BM>(dq, ds_addr, k_addr, 2 * cw);
+        wgmma_fence();
+        issue_key_gradient<D, T, BM>(dk, dsa, q_addr, cw);
+        wgmma_commit_group();
+        wgmma_wait_group<1>();  // dV and dQ chunk 2 w done (groups complete in order)
 #pragma unroll
-      for (int i = 0; i < D / 2; ++i) fence_operand(dv[i]);
+        for (int i = 0; i < C::kKeyCols / 2; ++i) fence_operand(dv[i]);
 #pragma unroll
-      for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
+        for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
 #pragma unroll
-      for (int k = 0; k < BM / 16; ++k)
+        for (int k = 0; k < BM / 16; ++k)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) fence_operand(pa[k][r]);
-      // dK done (at d = 128 only after the hand-over): the last reader of this stage's Q.
-      auto release_stage = [&] {
+          for (int r = 0; r < 4; ++r) fence_operand(pa[k][r]);
+        // Deterministic: the key blocks above this one have added theirs (the order warp).
+        if constexpr (kDeterministic) named_barrier_sync(kDqReadyBarrier, kDqOrderThreads);
+        atomic_add_dq<8, D>(p, seq, h, m0, key_col0, wq, g, t, dq);
 #pragma unroll
-        for (int i = 0; i < D / 2; ++i) fence_operand(dk[i]);
+        for (int i = 0; i < 32; ++i) fence_operand(dq[i]);  // read before G4 overwrites them
+        issue_dq<D, T, BM>(dq, ds_addr, k_addr, 2 * cw + 1);
+        wgmma_wait_group<1>();  // dK done: the last reader of this stage's Q / dO
+#pragma unroll
+        for (int i = 0; i < C::kKeyCols / 2; ++i) fence_operand(dk[i]);
 #pragma unroll
         for (int k = 0; k < BM / 16; ++k)
 #pragma unroll
           for (int r = 0; r < 4; ++r) fence_operand(dsa[k][r]);
-        // Every wgmma reading this stage's Q / dO is done, and so are this warp's reads of its
-        // lse2 / D rows: __syncwarp orders all 32 lanes' reads before lane 0's arrive (a
-        // release for lane 0 alone), so the producer's next bulk copy into the stage cannot
-        // overtake a lane's read (compute-sanitizer racecheck flagged it without).
-        __syncwarp();
+        __syncwarp();  // every lane's reads of the stage's lse2 / D rows before lane 0's arrive
         if (lane == 0) mbarrier_arrive(&q_empty[stage]);
-      };
-      if constexpr (!kDqFirst) release_stage();
-      // dQ -> dq_accum[token][h][:] (unscaled; the finish kernel multiplies by scale).
-      // Accumulator element 4n + 2 half + {0, 1}: query row 16 wq + g + 8 half, columns
-      // dq_first_column(cw) + 8n + 2t, +1.
-      const int dq_col0 = dq_first_column<D>(cw);
-      // d = 64 deterministic: first the two warpgroups' partial sums -> one, 32 columns each
-      // (tiles n < 4), so that both the bulk and the atomic adds give one fixed order.
-      constexpr bool kCombine = kDeterministic && D == 64 && !kWideM;
-      if constexpr (kCombine) {
-        float2* swap = reinterpret_cast<float2*>(smem + C::kOffSwap + kShift) + (step & 1) * 2 * 8 * 128;
-        if (cw == 0)
-          dq_combine_halves<0>(dq, swap, cw, threadIdx.x % 128);
-        else
-          dq_combine_halves<4>(dq, swap, cw, threadIdx.x % 128);
-      }
-      constexpr int kTiles = kCombine ? 4 : 8;
-      if constexpr (kBulk) {
-        // Bulk dQ: the tile goes to shared memory, the dQ writer adds it (see there). Per
-        // warpgroup: this warpgroup's own "free" / "staged" barriers with the writer.
-        const int free_barrier = kPerWarpgroup ? dq_free_barrier(cw) : kDqFreeBarrier;
-        const int staged_barrier = kPerWarpgroup ? dq_staged_barrier(cw) : kDqStagedBarrier;
-        const int barrier_threads = kPerWarpgroup ? kDqWarpgroupThreads : kDqOrderThreads;
-        // The adds of step - 2 (one buffer: step - 1) have read it.
-        named_barrier_sync(free_barrier, barrier_threads);
-        dq_stage_tile<kTiles>(smem + C::kOffDqStage + (step % C::kDqBuffers) * C::kDqBufferBytes +
-                                  cw * 2 * C::kDqChunkBytes,
-                              dq, wq, g, t, sq - m0 - (kWideM ? 64 * cw : 0));
-        fence_proxy_async();  // the generic-proxy stores above, before the bulk reduce (async proxy) reads them
-        named_barrier_arrive(staged_barrier, barrier_threads);
-      } else if constexpr (kDeterministic) {
-        // The key blocks above this one have added theirs (the order warp's acquire).
-        named_barrier_sync(kDqReadyBarrier, kDqOrderThreads);
-        atomic_add_dq<kTiles, D>(p, seq, h, m0, kCombine ? 32 * cw : dq_col0, wq, g, t, dq);
-        // Issued: the order warp may count this key block in (its release covers them).
-        __syncwarp();  // the lanes that skipped rows past sq, back in step for the barrier
-        named_barrier_arrive(kDqDoneBarrier, kDqOrderThreads);
+        wgmma_wait_group<0>();  // dQ chunk 2 w + 1
+#pragma unroll
+        for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
+        atomic_add_dq<8, D>(p, seq, h, m0, key_col0 + 64, wq, g, t, dq);
+        if constexpr (kDeterministic) {
+          __syncwarp();  // the lanes that skipped rows past sq, back in step for the barrier
+          named_barrier_arrive(kDqDoneBarrier, kDqOrderThreads);
+        }
       } else {
-        atomic_add_dq<kTiles, D>(p, seq, h, m0, dq_col0, wq, g, t, dq);
-      }
-      if constexpr (kDqFirst) {
-        wgmma_wait_group<0>();
-        release_stage();
+        // dS^T -> shared memory (double-buffered across steps), for the dQ wgmma.
+        store_ds_transposed<BM>(smem + C::kOffDs + ds_buffer * C::kDsBytes, dsa, 64 * cw + 16 * wq + g, t);
+        fence_proxy_async();  // the generic-proxy stores above, before the wgmma (async proxy) reads
+
+        // d = 128: dV += P^T dO now, dQ next and dK += dS^T Q last, so that dQ is handed over
+        // while dK's wgmma runs (H200: 1.05x the backward at d 128, 0.92x at d 64, whose short
+        // steps then release their Q / dO stage later: scripts/hopper_ab.sh, 2026-12-01). d = 64:
+        // dV and dK as one commit group, then dQ, all waited for before the hand-over. BM = 128
+        // (steps as long as d = 128's) takes d = 128's order.
+        constexpr bool kDqFirst = D == 128 || kWideM;
+        wgmma_fence();
+        issue_key_gradient<D, T, BM>(dv, pa, o_addr, cw);
+        if constexpr (!kDqFirst) issue_key_gradient<D, T, BM>(dk, dsa, q_addr, cw);
+        wgmma_commit_group();
+
+        // dQ = dS K (this warpgroup's part, see issue_dq).
+        if constexpr (D == 128 || kWideM) {
+          // Both warpgroups' dS^T rows are needed: wait for the other's stores (and its
+          // fence). The other warpgroup's reads of this buffer (two steps ago) finished
+          // before it arrived here one step ago, so the buffer was free to overwrite.
+          named_barrier_sync(1, 256);
+        } else {
+          // Only this warpgroup's dS^T rows (its own keys): its four warps' stores.
+          named_barrier_sync(1 + cw, 128);
+        }
+        issue_dq<D, T, BM>(dq, ds_addr0 + ds_buffer * C::kDsBytes, k_addr, cw);
+        // Wait for the gradients (fences on everything they wrote or read), hand dQ over; d = 128
+        // with dK still running.
+        if constexpr (kDqFirst) {
+          wgmma_fence();
+          issue_key_gradient<D, T, BM>(dk, dsa, q_addr, cw);
+          wgmma_commit_group();
+          wgmma_wait_group<1>();  // dV and dQ done (groups complete in order)
+        } else {
+          wgmma_wait_group<0>();
+        }
+  #pragma unroll
+        for (int i = 0; i < C::kKeyCols / 2; ++i) fence_operand(dv[i]);
+  #pragma unroll
+        for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
+  #pragma unroll
+        for (int k = 0; k < BM / 16; ++k)
+  #pragma unroll
+          for (int r = 0; r < 4; ++r) fence_operand(pa[k][r]);
+        // dK done (at d = 128 only after the hand-over): the last reader of this stage's Q.
+        auto release_stage = [&] {
+  #pragma unroll
+          for (int i = 0; i < C::kKeyCols / 2; ++i) fence_operand(dk[i]);
+  #pragma unroll
+          for (int k = 0; k < BM / 16; ++k)
+  #pragma unroll
+            for (int r = 0; r < 4; ++r) fence_operand(dsa[k][r]);
+          // Every wgmma reading this stage's Q / dO is done, and so are this warp's reads of its
+          // lse2 / D rows: __syncwarp orders all 32 lanes' reads before lane 0's arrive (a
+          // release for lane 0 alone), so the producer's next bulk copy into the stage cannot
+          // overtake a lane's read (compute-sanitizer racecheck flagged it without).
+          __syncwarp();
+          if (lane == 0) mbarrier_arrive(&q_empty[stage]);
+        };
+        if constexpr (!kDqFirst) release_stage();
+        // dQ -> dq_accum[token][h][:] (unscaled; the finish kernel multiplies by scale).
+        // Accumulator element 4n + 2 half + {0, 1}: query row 16 wq + g + 8 half, columns
+        // dq_first_column(cw) + 8n + 2t, +1.
+        const int dq_col0 = dq_first_column<D>(cw);
+        // d = 64 deterministic: first the two warpgroups' partial sums -> one, 32 columns each
+        // (tiles n < 4), so that both the bulk and the atomic adds give one fixed order.
+        constexpr bool kCombine = kDeterministic && D == 64 && !kWideM;
+        if constexpr (kCombine) {
+          float2* swap = reinterpret_cast<float2*>(smem + C::kOffSwap + kShift) + (step & 1) * 2 * 8 * 128;
+          if (cw == 0)
+            dq_combine_halves<0>(dq, swap, cw, threadIdx.x % 128);
+          else
+            dq_combine_halves<4>(dq, swap, cw, threadIdx.x % 128);
+        }
+        constexpr int kTiles = kCombine ? 4 : 8;
+        if constexpr (kBulk) {
+          // Bulk dQ: the tile goes to shared memory, the dQ writer adds it (see there). Per
+          // warpgroup: this warpgroup's own "free" / "staged" barriers with the writer.
+          const int free_barrier = kPerWarpgroup ? dq_free_barrier(cw) : kDqFreeBarrier;
+          const int staged_barrier = kPerWarpgroup ? dq_staged_barrier(cw) : kDqStagedBarrier;
+          const int barrier_threads = kPerWarpgroup ? kDqWarpgroupThreads : kDqOrderThreads;
+          // The adds of step - 2 (one buffer: step - 1) have read it.
+          named_barrier_sync(free_barrier, barrier_threads);
+          dq_stage_tile<kTiles>(smem + C::kOffDqStage + (step % C::kDqBuffers) * C::kDqBufferBytes +
+                                    cw * 2 * C::kDqChunkBytes,
+                                dq, wq, g, t, sq - m0 - (kWideM ? 64 * cw : 0));
+          fence_proxy_async();  // the generic-proxy stores above, before the bulk reduce (async proxy) reads them
+          named_barrier_arrive(staged_barrier, barrier_threads);
+        } else if constexpr (kDeterministic) {
+          // The key blocks above this one have added theirs (the order warp's acquire).
+          named_barrier_sync(kDqReadyBarrier, kDqOrderThreads);
+          atomic_add_dq<kTiles, D>(p, seq, h, m0, kCombine ? 32 * cw : dq_col0, wq, g, t, dq);
+          // Issued: the order warp may count this key block in (its release covers them).
+          __syncwarp();  // the lanes that skipped rows past sq, back in step for the barrier
+          named_barrier_arrive(kDqDoneBarrier, kDqOrderThreads);
+        } else {
+          atomic_add_dq<kTiles, D>(p, seq, h, m0, dq_col0, wq, g, t, dq);
+        }
+        if constexpr (kDqFirst) {
+          wgmma_wait_group<0>();
+          release_stage();
+        }
       }
     }
 
@@ -1021,14 +1113,17 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
       for (int half = 0; half < 2; ++half) {
         const int j = key0 + 8 * half;
         const bool keep = j < seq.sk_rows;
-        uint32_t packed[D / 8];
+        constexpr int kCols = C::kKeyCols;  // from key_col0 (d 256: this warpgroup's half)
+        uint32_t packed[kCols / 8];
 #pragma unroll
-        for (int n = 0; n < D / 8; ++n)
+        for (int n = 0; n < kCols / 8; ++n)
           packed[n] = cuda::pack2<T>(dk[4 * n + 2 * half] * p.scale, dk[4 * n + 2 * half + 1] * p.scale);
-        store_o_row<D>(keep ? cuda::key_row<T>(p, p.dk, seq, b, j, hk) : nullptr, packed, t, keep, p.d_qk);
+        store_o_row<kCols>(keep ? cuda::key_row<T>(p, p.dk, seq, b, j, hk) + key_col0 : nullptr, packed, t, keep,
+                           p.d_qk - key_col0);
 #pragma unroll
-        for (int n = 0; n < D / 8; ++n) packed[n] = cuda::pack2<T>(dv[4 * n + 2 * half], dv[4 * n + 2 * half + 1]);
-        store_o_row<D>(keep ? cuda::key_row<T>(p, p.dv, seq, b, j, hk) : nullptr, packed, t, keep, p.d_v);
+        for (int n = 0; n < kCols / 8; ++n) packed[n] = cuda::pack2<T>(dv[4 * n + 2 * half], dv[4 * n + 2 * half + 1]);
+        store_o_row<kCols>(keep ? cuda::key_row<T>(p, p.dv, seq, b, j, hk) + key_col0 : nullptr, packed, t, keep,
+                           p.d_v - key_col0);
       }
       return;
     }
@@ -1036,14 +1131,14 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
     for (int half = 0; half < 2; ++half) {
       const int j = key0 + 8 * half;
       if (j >= seq.sk_rows) continue;
-      T* dk_row = cuda::key_row<T>(p, p.dk, seq, b, j, hk);
-      T* dv_row = cuda::key_row<T>(p, p.dv, seq, b, j, hk);
+      T* dk_row = cuda::key_row<T>(p, p.dk, seq, b, j, hk) + key_col0;
+      T* dv_row = cuda::key_row<T>(p, p.dv, seq, b, j, hk) + key_col0;
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        if (8 * n < p.d_qk)
+      for (int n = 0; n < C::kKeyCols / 8; ++n) {
+        if (key_col0 + 8 * n < p.d_qk)
           *reinterpret_cast<uint32_t*>(dk_row + 8 * n + 2 * t) =
               cuda::pack2<T>(dk[4 * n + 2 * half] * p.scale, dk[4 * n + 2 * half + 1] * p.scale);
-        if (8 * n < p.d_v)
+        if (key_col0 + 8 * n < p.d_v)
           *reinterpret_cast<uint32_t*>(dv_row + 8 * n + 2 * t) = cuda::pack2<T>(dv[4 * n + 2 * half], dv[4 * n + 2 * half + 1]);
       }
     }
@@ -1067,8 +1162,11 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
                    const VarlenTiles& list, int64_t list_capacity, const DqOrder* order, DqAdd dq_add,
                    bool wide_m, cudaStream_t stream) {
   using C = BackwardSm90Config<D>;
-  static_assert(C::kBlockN == kTmaBoxRows && C::kBlockM == kBackwardQBoxRows, "tensor-map boxes = tile rows");
-  static_assert(C::kBlockN == kVarlenBlockRows, "varlen work list blocks = key blocks");
+  // d 256: k / v boxes of kBackwardSplitKeyBoxRows; dense calls only (the host's gap).
+  static_assert(C::kBlockN == (C::kSplitHeadDim ? kBackwardSplitKeyBoxRows : kTmaBoxRows) &&
+                    C::kBlockM == kBackwardQBoxRows,
+                "tensor-map boxes = tile rows");
+  static_assert(C::kSplitHeadDim || C::kBlockN == kVarlenBlockRows, "varlen work list blocks = key blocks");
   static_assert(C::kBlockM == kBackwardQBoxRows, "dq_order_slots counts query blocks of kBackwardQBoxRows");
   // BM = 128 (d = 64, wide_m): its query blocks are pairs of kBackwardQBoxRows blocks, so
   // dq_order_slots' slots (one per 64-row block) hold them too; q / dout boxes of 128 rows.
@@ -1091,7 +1189,17 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
   };
   const bool bf16 = p.dtype == cuda::DType::bf16;
   constexpr DqAdd kAtomics = DqAdd::atomics, kBulk = DqAdd::bulk;
-  if constexpr (D == 64) {
+  if constexpr (C::kSplitHeadDim) {  // float2 atomics only (the host asks for nothing else)
+    if (order != nullptr)
+      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, true, kAtomics>
+                  : attention_backward_sm90_kernel<D, __half, true, kAtomics>,
+             C::kSmemBytesDeterministic);
+    else
+      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kAtomics>
+                  : attention_backward_sm90_kernel<D, __half, false, kAtomics>,
+             C::kSmemBytes);
+    return;
+  } else if constexpr (D == 64) {
     if (wide_m) {  // the host asks only with the lock-step bulk dQ (dq_add == bulk)
       using W = BackwardSm90Config<64, 128>;
       if (order != nullptr)
@@ -1105,28 +1213,30 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
       return;
     }
   }
-  if (dq_add == DqAdd::bulk_per_warpgroup && order == nullptr) {
-    constexpr DqAdd kPerWarpgroup = DqAdd::bulk_per_warpgroup;
-    launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kPerWarpgroup>
-                : attention_backward_sm90_kernel<D, __half, false, kPerWarpgroup>,
-           C::kSmemBytesBulk);
-  } else if (dq_add != DqAdd::atomics) {
-    if (order != nullptr)
-      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, true, kBulk>
-                  : attention_backward_sm90_kernel<D, __half, true, kBulk>,
-             C::kSmemBytesDeterministicBulk);
-    else
-      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kBulk>
-                  : attention_backward_sm90_kernel<D, __half, false, kBulk>,
+  if constexpr (!C::kSplitHeadDim) {
+    if (dq_add == DqAdd::bulk_per_warpgroup && order == nullptr) {
+      constexpr DqAdd kPerWarpgroup = DqAdd::bulk_per_warpgroup;
+      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kPerWarpgroup>
+                  : attention_backward_sm90_kernel<D, __half, false, kPerWarpgroup>,
              C::kSmemBytesBulk);
-  } else if (order != nullptr) {
-    launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, true, kAtomics>
-                : attention_backward_sm90_kernel<D, __half, true, kAtomics>,
-           C::kSmemBytesDeterministic);
-  } else {
-    launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kAtomics>
-                : attention_backward_sm90_kernel<D, __half, false, kAtomics>,
-           C::kSmemBytes);
+    } else if (dq_add != DqAdd::atomics) {
+      if (order != nullptr)
+        launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, true, kBulk>
+                    : attention_backward_sm90_kernel<D, __half, true, kBulk>,
+               C::kSmemBytesDeterministicBulk);
+      else
+        launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kBulk>
+                    : attention_backward_sm90_kernel<D, __half, false, kBulk>,
+               C::kSmemBytesBulk);
+    } else if (order != nullptr) {
+      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, true, kAtomics>
+                  : attention_backward_sm90_kernel<D, __half, true, kAtomics>,
+             C::kSmemBytesDeterministic);
+    } else {
+      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kAtomics>
+                  : attention_backward_sm90_kernel<D, __half, false, kAtomics>,
+             C::kSmemBytes);
+    }
   }
 }
 

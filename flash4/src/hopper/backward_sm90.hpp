@@ -15,7 +15,7 @@ namespace flash4::hopper {
 
 // Tensor maps: 4-d (D, S, H, B) views (packed: (D, T, H, 1)) with the 128-byte swizzle and a
 // box 64 columns wide; q and dout kBackwardQBoxRows rows high (the query block), k and v
-// kTmaBoxRows (the key block, launch.hpp).
+// kTmaBoxRows (the key block, launch.hpp; d 256: kBackwardSplitKeyBoxRows).
 struct BackwardTensorMaps {
   CUtensorMap q, k, v, dout;
   CUtensorMap dq_accum;  // DqAdd::bulk only: see kDqBulkBoxCols
@@ -37,6 +37,9 @@ enum class DqAdd : int { atomics = 0, bulk = 1, bulk_per_warpgroup = 2 };
 inline constexpr int kDqBulkBoxCols = 32;
 
 inline constexpr int kBackwardQBoxRows = 64;  // = BackwardSm90Config::kBlockM
+// The d = 256 kernel (opt-in, FLASH4_HOPPER_BWD_D256=1): key blocks of 64, so k / v boxes of
+// 64 rows (the d 64 / 128 kernels: kTmaBoxRows).
+inline constexpr int kBackwardSplitKeyBoxRows = 64;
 // The d = 64 kernel at BM = 128 (wide_m below; the default at d = 64 but for varlen without
 // determinism): q / dout boxes of 128 rows.
 inline constexpr int kBackwardWideQBoxRows = 128;

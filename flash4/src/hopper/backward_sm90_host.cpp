@@ -42,13 +42,26 @@
 namespace flash4::detail {
 namespace {
 
+// The d 256 kernel (head dims over 128, padded to 256): opt-in, FLASH4_HOPPER_BWD_D256=1,
+// read at each call -- written without a GPU (docs/hopper_backward_d256.md), dense calls only
+// (the varlen work list counts 128-key blocks), dQ by float2 atomics.
+bool d256_asked() { return env_is("FLASH4_HOPPER_BWD_D256", "1"); }
+
+// Rows of a key block (the k / v tensor maps' box) of the kernel for head dim `kernel_dim`.
+int key_block_rows(int kernel_dim) {
+  return kernel_dim == 256 ? hopper::kBackwardSplitKeyBoxRows : hopper::kTmaBoxRows;
+}
+
 // Why the Hopper backward does not run `a` ("" when it does).
 std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shape) {
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
   if (std::string gap = seqused_gap(a.varlen); !gap.empty()) return gap;
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
-  if (const int d = padded_head_dim(shape); d == 0 || d > 128)
-    return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: multiples of 8 up to 128)");
+  const int kernel_dim = padded_head_dim(shape);
+  if (kernel_dim == 0 || (kernel_dim > 128 && !d256_asked()))
+    return concat("head dims ", shape.d_qk, "/", shape.d_v,
+                  " (covered: multiples of 8 up to 128; up to 256 with FLASH4_HOPPER_BWD_D256=1)");
+  if (kernel_dim == 256 && shape.varlen) return "varlen at head dims over 128 (the d 256 kernel is dense only)";
   if (shape.heads_kv > 65535 || shape.batch > 65535) return "more than 65535 KV heads or sequences";
   if (std::string gap = problem_size_gap(shape); !gap.empty()) return gap;
   if (shape.varlen) {
@@ -57,8 +70,8 @@ std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shap
       return "2^31 or more key blocks";
   } else {
     // Deterministic dQ numbers the dense tiles in one grid dimension.
-    if (a.deterministic && (shape.seqlen_k + hopper::kTmaBoxRows - 1) / hopper::kTmaBoxRows * shape.heads_kv *
-                                   shape.batch >= (int64_t(1) << 31))
+    const int rows = key_block_rows(kernel_dim);
+    if (a.deterministic && (shape.seqlen_k + rows - 1) / rows * shape.heads_kv * shape.batch >= (int64_t(1) << 31))
       return "deterministic dQ with 2^31 or more key blocks";
   }
   if (shape.tokens_q * shape.heads_q * shape.d_qk >= (int64_t(1) << 40)) return "dQ workspace too large";
@@ -109,8 +122,9 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     *gap = error;
     return false;
   }
+  const int kernel_dim = padded_head_dim(shape);
   for (auto [map, t, name] : {std::tuple{&maps.k, &a.k, "k"}, {&maps.v, &a.v, "v"}})
-    if (int error = encode_tensor_map(map, *t, hopper::kTmaBoxRows); error != 0) {
+    if (int error = encode_tensor_map(map, *t, key_block_rows(kernel_dim)); error != 0) {
       *gap = concat("cuTensorMapEncodeTiled rejected ", name, " (CUresult ", error, ")");
       return false;
     }
@@ -172,6 +186,8 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     const bool lock_step_asked = env_is("FLASH4_HOPPER_DQ", "bulk");
     if (env_is("FLASH4_HOPPER_DQ", "atomics")) {
       dq_note += " (FLASH4_HOPPER_DQ=atomics)";
+    } else if (kernel_dim == 256) {
+      dq_note += " (d 256: no shared memory for the bulk staging)";
     } else if (p.tokens_q >= (int64_t(1) << 31)) {
       dq_note += " (bulk reduce-add: 2^31 or more query tokens)";
     } else if (int error = encode_dq_accum_map(&maps.dq_accum, p.dq_accum, p.tokens_q, p.heads_q, p.d_qk);
@@ -198,14 +214,15 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     FLASH4_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, dq_count * sizeof(float), stream));
     hopper::backward_sm90_rows(p, row_pitch, stream);
     const hopper::DqOrder* dq_order = deterministic ? &order : nullptr;
-    const int kernel_dim = padded_head_dim(shape);
     if (kernel_dim != shape.d_qk || kernel_dim != shape.d_v)
       log_backend("flash4_backward", "hopper",
                   concat("head dims ", shape.d_qk, "/", shape.d_v, " on the d ", kernel_dim, " kernel (zero-padded)"));
     if (kernel_dim == 64)
       hopper::backward_sm90<64>(maps, p, row_pitch, list, capacity, dq_order, dq_add, wide_m, stream);
-    else
+    else if (kernel_dim == 128)
       hopper::backward_sm90<128>(maps, p, row_pitch, list, capacity, dq_order, dq_add, false, stream);
+    else
+      hopper::backward_sm90<256>(maps, p, row_pitch, list, capacity, dq_order, dq_add, false, stream);
     // dq = scale * dq_accum in the output dtype, for every token row (rows of no sequence:
     // 0), zeros in the dk / dv rows of no sequence (varlen), and with p.dsink dsink_h = the
     // sum of dsink_rows[h][:] in a fixed order (dsink_reduce_kernel: the same bits on every
