@@ -154,6 +154,33 @@ TEST(HopperShapes, BackwardWideMRuleTakes128QueriesWhereItWasMeasuredFaster) {
   }
 }
 
+// The backward kernel's head dim: 64 / 128 as padded_head_dim; over 128 only with
+// FLASH4_HOPPER_BWD_D256=1 and only dense (the d 256 kernel's 64-key blocks); past 256 or not
+// a multiple of 8, none.
+TEST(HopperShapes, BackwardKernelDimTakesD256OnlyWhenAskedAndDense) {
+  using flash4::detail::backward_kernel_dim;
+  using testing_support::ScopedEnv;
+  auto shape = [](int64_t dqk, int64_t dv, bool varlen = false) {
+    ProblemShape s = dims(dqk, dv);
+    s.varlen = varlen;
+    return s;
+  };
+  ScopedEnv off("FLASH4_HOPPER_BWD_D256", nullptr);
+  EXPECT_EQ(backward_kernel_dim(shape(40, 40)), 64);
+  EXPECT_EQ(backward_kernel_dim(shape(96, 64)), 128);
+  EXPECT_EQ(backward_kernel_dim(shape(128, 128, true)), 128);
+  EXPECT_EQ(backward_kernel_dim(shape(256, 256)), 0);
+  EXPECT_EQ(backward_kernel_dim(shape(192, 128)), 0);
+  ScopedEnv on("FLASH4_HOPPER_BWD_D256", "1");
+  EXPECT_EQ(backward_kernel_dim(shape(256, 256)), 256);
+  EXPECT_EQ(backward_kernel_dim(shape(192, 128)), 256);
+  EXPECT_EQ(backward_kernel_dim(shape(136, 136)), 256);
+  EXPECT_EQ(backward_kernel_dim(shape(256, 256, true)), 0);  // varlen
+  EXPECT_EQ(backward_kernel_dim(shape(264, 264)), 0);
+  EXPECT_EQ(backward_kernel_dim(shape(252, 252)), 0);  // not a multiple of 8
+  EXPECT_EQ(backward_kernel_dim(shape(64, 64)), 64);
+}
+
 // A forward call's split-KV runs on a 132-SM H200, as hopper.cpp decides them: MHA decode
 // splits (64 tiles, 2 runs), a one-head prefill over 4096 keys splits in runs of >= 8 blocks,
 // a 1024-query prefill of 8 heads (8 blocks) does not; packed q keeps runs of >= 2; varlen,

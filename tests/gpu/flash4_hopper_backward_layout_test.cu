@@ -156,37 +156,29 @@ __global__ void __launch_bounds__(256) backward_layout_kernel(const T* k, const 
         dv_out[idx] = dv[4 * n + 2 * half + e];
         dk_out[idx] = dk[4 * n + 2 * half + e];
       }
+  // dq's 64 x 64 accumulator -> dq_out rows from row0, columns from col0.
+  auto write_dq = [&](int row0, int col0) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          dq_out[(row0 + 16 * wq + g + 8 * half) * D + col0 + 8 * n + 2 * t + e] = dq[4 * n + 2 * half + e];
+  };
   if constexpr (kSplit) {
     // Columns 64 (2 w) .., then the second chunk 64 (2 w + 1) .., all into dq[0].
+    write_dq(0, 64 * 2 * w);
 #pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      if (c == 1) {
-        hp::issue_dq<D, T, BM>(dq, hp::smem_u32(smem + kOffDs), k_addr, 2 * w + 1);
-        hp::wgmma_wait_group<0>();
+    for (int i = 0; i < 32; ++i) hp::fence_operand(dq[i]);
+    hp::issue_dq<D, T, BM>(dq, hp::smem_u32(smem + kOffDs), k_addr, 2 * w + 1);
+    hp::wgmma_wait_group<0>();
 #pragma unroll
-        for (int i = 0; i < 32; ++i) hp::fence_operand(dq[i]);
-      }
-#pragma unroll
-      for (int half = 0; half < 2; ++half)
-#pragma unroll
-        for (int n = 0; n < 8; ++n)
-#pragma unroll
-          for (int e = 0; e < 2; ++e)
-            dq_out[(16 * wq + g + 8 * half) * D + 64 * (2 * w + c) + 8 * n + 2 * t + e] = dq[4 * n + 2 * half + e];
-#pragma unroll
-      for (int i = 0; i < 32; ++i) hp::fence_operand(dq[i]);
-    }
-    return;
+    for (int i = 0; i < 32; ++i) hp::fence_operand(dq[i]);
+    write_dq(0, 64 * (2 * w + 1));
+  } else {
+    write_dq(w * 64, BM == 128 ? 0 : hp::dq_first_column<D>(w));
   }
-  const int col0 = hp::dq_first_column<D>(w);
-#pragma unroll
-  for (int half = 0; half < 2; ++half)
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 2; ++e)
-        dq_out[(w * 64 + 16 * wq + g + 8 * half) * D + (BM == 128 ? 0 : col0) + 8 * n + 2 * t + e] =
-            dq[4 * n + 2 * half + e];
 #else
   __trap();  // no sm_90a code: the test skips before launching
 #endif

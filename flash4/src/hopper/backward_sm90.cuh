@@ -942,6 +942,33 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
       scores_to_a<T, BM>(dsa, dp);
 
       const int ds_buffer = step & 1;
+      // Once the dV and dQ wgmmas are waited for: fences on what they wrote or read.
+      auto after_dv_and_dq = [&] {
+#pragma unroll
+        for (int i = 0; i < C::kKeyCols / 2; ++i) fence_operand(dv[i]);
+#pragma unroll
+        for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
+#pragma unroll
+        for (int k = 0; k < BM / 16; ++k)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) fence_operand(pa[k][r]);
+      };
+      // Once dK's wgmma is waited for (the last reader of this stage's Q / dO): its fences, and
+      // the stage released.
+      auto release_stage = [&] {
+#pragma unroll
+        for (int i = 0; i < C::kKeyCols / 2; ++i) fence_operand(dk[i]);
+#pragma unroll
+        for (int k = 0; k < BM / 16; ++k)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) fence_operand(dsa[k][r]);
+        // Every wgmma reading this stage's Q / dO is done, and so are this warp's reads of its
+        // lse2 / D rows: __syncwarp orders all 32 lanes' reads before lane 0's arrive (a
+        // release for lane 0 alone), so the producer's next bulk copy into the stage cannot
+        // overtake a lane's read (compute-sanitizer racecheck flagged it without).
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(&q_empty[stage]);
+      };
       if constexpr (kSplit) {
         // d 256. dS^T -> shared memory, each warpgroup half the queries (both hold all of it),
         // then: dV (G1); once both halves are stored (barrier 1, as d 128: the other
@@ -964,14 +991,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         issue_key_gradient<D, T, BM>(dk, dsa, q_addr, cw);
         wgmma_commit_group();
         wgmma_wait_group<1>();  // dV and dQ chunk 2 w done (groups complete in order)
-#pragma unroll
-        for (int i = 0; i < C::kKeyCols / 2; ++i) fence_operand(dv[i]);
-#pragma unroll
-        for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
-#pragma unroll
-        for (int k = 0; k < BM / 16; ++k)
-#pragma unroll
-          for (int r = 0; r < 4; ++r) fence_operand(pa[k][r]);
+        after_dv_and_dq();
         // Deterministic: the key blocks above this one have added theirs (the order warp).
         if constexpr (kDeterministic) named_barrier_sync(kDqReadyBarrier, kDqOrderThreads);
         atomic_add_dq<8, D>(p, seq, h, m0, key_col0, wq, g, t, dq);
@@ -979,14 +999,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         for (int i = 0; i < 32; ++i) fence_operand(dq[i]);  // read before G4 overwrites them
         issue_dq<D, T, BM>(dq, ds_addr, k_addr, 2 * cw + 1);
         wgmma_wait_group<1>();  // dK done: the last reader of this stage's Q / dO
-#pragma unroll
-        for (int i = 0; i < C::kKeyCols / 2; ++i) fence_operand(dk[i]);
-#pragma unroll
-        for (int k = 0; k < BM / 16; ++k)
-#pragma unroll
-          for (int r = 0; r < 4; ++r) fence_operand(dsa[k][r]);
-        __syncwarp();  // every lane's reads of the stage's lse2 / D rows before lane 0's arrive
-        if (lane == 0) mbarrier_arrive(&q_empty[stage]);
+        release_stage();
         wgmma_wait_group<0>();  // dQ chunk 2 w + 1
 #pragma unroll
         for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
@@ -1032,29 +1045,8 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         } else {
           wgmma_wait_group<0>();
         }
-  #pragma unroll
-        for (int i = 0; i < C::kKeyCols / 2; ++i) fence_operand(dv[i]);
-  #pragma unroll
-        for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
-  #pragma unroll
-        for (int k = 0; k < BM / 16; ++k)
-  #pragma unroll
-          for (int r = 0; r < 4; ++r) fence_operand(pa[k][r]);
+        after_dv_and_dq();
         // dK done (at d = 128 only after the hand-over): the last reader of this stage's Q.
-        auto release_stage = [&] {
-  #pragma unroll
-          for (int i = 0; i < C::kKeyCols / 2; ++i) fence_operand(dk[i]);
-  #pragma unroll
-          for (int k = 0; k < BM / 16; ++k)
-  #pragma unroll
-            for (int r = 0; r < 4; ++r) fence_operand(dsa[k][r]);
-          // Every wgmma reading this stage's Q / dO is done, and so are this warp's reads of its
-          // lse2 / D rows: __syncwarp orders all 32 lanes' reads before lane 0's arrive (a
-          // release for lane 0 alone), so the producer's next bulk copy into the stage cannot
-          // overtake a lane's read (compute-sanitizer racecheck flagged it without).
-          __syncwarp();
-          if (lane == 0) mbarrier_arrive(&q_empty[stage]);
-        };
         if constexpr (!kDqFirst) release_stage();
         // dQ -> dq_accum[token][h][:] (unscaled; the finish kernel multiplies by scale).
         // Accumulator element 4n + 2 half + {0, 1}: query row 16 wq + g + 8 half, columns

@@ -42,11 +42,6 @@
 namespace flash4::detail {
 namespace {
 
-// The d 256 kernel (head dims over 128, padded to 256): opt-in, FLASH4_HOPPER_BWD_D256=1,
-// read at each call -- written without a GPU (docs/hopper_backward_d256.md), dense calls only
-// (the varlen work list counts 128-key blocks), dQ by float2 atomics.
-bool d256_asked() { return env_is("FLASH4_HOPPER_BWD_D256", "1"); }
-
 // Rows of a key block (the k / v tensor maps' box) of the kernel for head dim `kernel_dim`.
 int key_block_rows(int kernel_dim) {
   return kernel_dim == 256 ? hopper::kBackwardSplitKeyBoxRows : hopper::kTmaBoxRows;
@@ -57,11 +52,11 @@ std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shap
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
   if (std::string gap = seqused_gap(a.varlen); !gap.empty()) return gap;
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
-  const int kernel_dim = padded_head_dim(shape);
-  if (kernel_dim == 0 || (kernel_dim > 128 && !d256_asked()))
+  // The d 256 kernel: opt-in, dense calls only, dQ by float2 atomics (backward_kernel_dim).
+  const int kernel_dim = backward_kernel_dim(shape);
+  if (kernel_dim == 0)
     return concat("head dims ", shape.d_qk, "/", shape.d_v,
-                  " (covered: multiples of 8 up to 128; up to 256 with FLASH4_HOPPER_BWD_D256=1)");
-  if (kernel_dim == 256 && shape.varlen) return "varlen at head dims over 128 (the d 256 kernel is dense only)";
+                  " (covered: multiples of 8 up to 128; up to 256 with FLASH4_HOPPER_BWD_D256=1, not varlen)");
   if (shape.heads_kv > 65535 || shape.batch > 65535) return "more than 65535 KV heads or sequences";
   if (std::string gap = problem_size_gap(shape); !gap.empty()) return gap;
   if (shape.varlen) {
@@ -122,7 +117,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     *gap = error;
     return false;
   }
-  const int kernel_dim = padded_head_dim(shape);
+  const int kernel_dim = backward_kernel_dim(shape);
   for (auto [map, t, name] : {std::tuple{&maps.k, &a.k, "k"}, {&maps.v, &a.v, "v"}})
     if (int error = encode_tensor_map(map, *t, key_block_rows(kernel_dim)); error != 0) {
       *gap = concat("cuTensorMapEncodeTiled rejected ", name, " (CUresult ", error, ")");

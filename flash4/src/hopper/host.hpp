@@ -173,6 +173,16 @@ inline bool env_is(const char* name, const char* value) {
 // call) sends it to the portable kernels, for A/B runs.
 inline bool hopper_seqused_enabled() { return !env_is("FLASH4_HOPPER_SEQUSED", "0"); }
 
+// The Hopper backward kernel's head dim for `shape` (padded_head_dim): 64 or 128, or 256 only
+// with FLASH4_HOPPER_BWD_D256=1 (opt-in, written without a GPU: backward_sm90.cuh's
+// kSplitHeadDim) and dense calls (its 64-key blocks are not the varlen work list's 128);
+// 0 when no kernel covers it. Read at each call.
+inline int backward_kernel_dim(const ProblemShape& shape) {
+  const int d = padded_head_dim(shape);
+  if (d == 256 && (shape.varlen || !env_is("FLASH4_HOPPER_BWD_D256", "1"))) return 0;
+  return d;
+}
+
 // Whether the d = 64 backward takes 128-query blocks (BM = 128, FA3's 128 x 128 tile) rather
 // than 64; hopper_backward applies it (and goes back to 64 should the dQ map be rejected).
 // The default at d 64 (H200, flash4-bench: 1.04 - 1.09x BM 64, deterministic 1.05 - 1.20x)
