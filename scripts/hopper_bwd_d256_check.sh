@@ -14,7 +14,8 @@
 #              three runs bit for bit), the dispatch tests, then the d 64 / 128 backward suites
 #              as time allows (the step code they share was reorganised);
 #   4. bench   flash4-bench --d 256, FLASH4_HOPPER_BWD_D256=0 (the portable backward) vs 1:
-#              bwd and bwd-det TFLOP/s and their ratios ($OUT/bench_table.md);
+#              bwd and bwd-det TFLOP/s and their ratios ($OUT/bench_table.md); bench/peers.py
+#              --dims 256 with the kernel on, beside cuDNN and FA2 ($OUT/peers_d256.md);
 #   5. check   compute-sanitizer memcheck and racecheck of two small D256 cases.
 # Every stage's timeout is cut to the time left of BUDGET seconds (default 540). Everything goes
 # to $OUT (default ./hopper-bwd-d256-out).
@@ -61,6 +62,15 @@ if [ "$BENCH" = 1 ]; then
       ($3 > 0 ? $7 / $3 : 0), $4, $8, ($4 > 0 ? $8 / $4 : 0)}' >>"$OUT/bench_table.md"
   note "geomean hopper / portable: $(awk -F'|' 'NR > 2 && $7 + 0 > 0 {b += log($7); n++; if ($10 + 0 > 0) {x += log($10); m++}}
     END {if (n) printf "bwd %.3f bwd-det %.3f (%d rows)", exp(b / n), (m ? exp(x / m) : 0), n}' "$OUT/bench_table.md")"
+  # The peers at d 256 with the kernel on (cuDNN and FA2 through SDPA, one process): the ratio
+  # the issue's goal names.
+  if g++ -shared -o "$B/libflash4.so" -Wl,--whole-archive "$B/flash4/libflash4.a" -Wl,--no-whole-archive \
+      -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -lgomp >>"$LOG" 2>&1; then
+    FLASH4_HOPPER_BWD_D256=1 timeout "$(budget 60)" python3 bench/peers.py --ctypes --lib "$B/libflash4.so" --dims 256 \
+      --no-fa4 --repeats 10 --markdown "$OUT/peers_d256.md" >"$OUT/peers_d256.txt" 2>&1
+    note "peers d 256 (FLASH4_HOPPER_BWD_D256=1), rc $?: $(awk -F'|' '$2 + 0 == 256 {split($9, c, "/"); s += log(c[2]); n++}
+      END {if (n) printf "flash4 / cuDNN bwd geomean %.2f over %d rows", exp(s / n), n}' "$OUT/peers_d256.md" 2>/dev/null)"
+  fi
 fi
 
 # ---- 5. sanitizers ------------------------------------------------------------------------
