@@ -9,7 +9,7 @@
 #   2. smoke   the layout tests (the d 256 products in isolation against float64, beside the
 #              d 64 / 128 ones), then D256 case 0 with FLASH4_LOG=1 (the log must say "d 256");
 #              a failure or hang: memcheck, stop;
-#   3. test    D256/* (every dense d 128 case of the covered, window, sink, softcap and seqused
+#   3. test    D256/* (every d 128 case of the covered, window, varlen, sink, softcap, seqused
 #              suites at d 256, padded head dims), the deterministic D256 suite (float64 and
 #              three runs bit for bit), the dispatch tests, then the d 64 / 128 backward suites
 #              as time allows (the step code they share was reorganised);

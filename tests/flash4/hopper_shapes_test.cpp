@@ -155,9 +155,8 @@ TEST(HopperShapes, BackwardWideMRuleTakes128QueriesWhereItWasMeasuredFaster) {
 }
 
 // The backward kernel's head dim: 64 / 128 as padded_head_dim; over 128 only with
-// FLASH4_HOPPER_BWD_D256=1 and only dense (the d 256 kernel's 64-key blocks); past 256 or not
-// a multiple of 8, none.
-TEST(HopperShapes, BackwardKernelDimTakesD256OnlyWhenAskedAndDense) {
+// FLASH4_HOPPER_BWD_D256=1 (dense or varlen); past 256 or not a multiple of 8, none.
+TEST(HopperShapes, BackwardKernelDimTakesD256OnlyWhenAsked) {
   using flash4::detail::backward_kernel_dim;
   using testing_support::ScopedEnv;
   auto shape = [](int64_t dqk, int64_t dv, bool varlen = false) {
@@ -175,7 +174,7 @@ TEST(HopperShapes, BackwardKernelDimTakesD256OnlyWhenAskedAndDense) {
   EXPECT_EQ(backward_kernel_dim(shape(256, 256)), 256);
   EXPECT_EQ(backward_kernel_dim(shape(192, 128)), 256);
   EXPECT_EQ(backward_kernel_dim(shape(136, 136)), 256);
-  EXPECT_EQ(backward_kernel_dim(shape(256, 256, true)), 0);  // varlen
+  EXPECT_EQ(backward_kernel_dim(shape(256, 256, true)), 256);  // varlen: 64-key work lists
   EXPECT_EQ(backward_kernel_dim(shape(264, 264)), 0);
   EXPECT_EQ(backward_kernel_dim(shape(252, 252)), 0);  // not a multiple of 8
   EXPECT_EQ(backward_kernel_dim(shape(64, 64)), 64);

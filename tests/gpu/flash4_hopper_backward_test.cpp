@@ -1086,17 +1086,17 @@ INSTANTIATE_TEST_SUITE_P(WideM, Flash4HopperDeterministicBackwardWideM, ::testin
 
 // d 256: the split-head-dim kernel (FLASH4_HOPPER_BWD_D256=1, opt-in, written without a GPU:
 // 64-key CTAs, both consumer warpgroups on the same keys, each with half the head dim of dK /
-// dV / dQ; dQ by float2 atomics, the only path there). Every dense d 128 case of the covered,
-// window, sink, softcap and seqused suites at d 256; padded head dims 136 / 192 and d_qk !=
-// d_v both ways (the kernel's halves then hold columns past d on one side); deterministic
-// calls against float64 and three runs bit for bit. Varlen at d 256 runs the portable
-// backward (the work list counts 128-key blocks): D256Dispatch.
+// dV / dQ; dQ by float2 atomics, the only path there). Every d 128 case of the covered,
+// window, varlen, sink, softcap and seqused suites at d 256 (varlen: work lists of 64-key
+// blocks); padded head dims 136 / 192 and d_qk != d_v both ways (the kernel's halves then
+// hold columns past d on one side); deterministic calls (dense and packed) against float64
+// and three runs bit for bit. Without the switch d 256 runs the portable backward.
 std::vector<Problem> d256_cases() {
   std::vector<Problem> all;
   for (const std::vector<Problem>& cases :
-       {covered_cases(), window_cases(), sink_cases(), softcap_cases(), seqused_cases({128})})
+       {covered_cases(), window_cases(), varlen_cases(), sink_cases(), softcap_cases(), seqused_cases({128})})
     for (Problem p : cases)
-      if (!p.varlen() && p.Dqk == 128 && p.Dv == 128) {
+      if (p.Dqk == 128 && p.Dv == 128) {
         p.Dqk = p.Dv = 256;
         p.label += " d256";
         all.push_back(p);
@@ -1116,7 +1116,7 @@ std::vector<Problem> d256_cases() {
 std::vector<Problem> d256_deterministic_cases() {
   std::vector<Problem> all;
   for (Problem p : deterministic_cases())
-    if (!p.varlen() && p.Dqk == 128 && p.Dv == 128) {
+    if (p.Dqk == 128 && p.Dv == 128) {
       p.Dqk = p.Dv = 256;
       p.label += " d256";
       all.push_back(p);
@@ -1153,7 +1153,7 @@ TEST_P(Flash4HopperDeterministicBackwardD256, ThreeRunsGiveTheSameBits) {
 INSTANTIATE_TEST_SUITE_P(D256, Flash4HopperDeterministicBackwardD256, ::testing::ValuesIn(d256_deterministic_cases()),
                          test_name);
 
-TEST(Flash4HopperBackwardD256Dispatch, VarlenAndTheDefaultRunOnThePortableBackward) {
+TEST(Flash4HopperBackwardD256Dispatch, OptInDenseAndVarlen) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   DefaultBackendSwitches defaults;
   Problem p = small("d256 default");
@@ -1167,7 +1167,7 @@ TEST(Flash4HopperBackwardD256Dispatch, VarlenAndTheDefaultRunOnThePortableBackwa
   Problem packed = p;
   packed.label = "d256 varlen";
   packed.seqs = {{100, 130}, {17, 17}};
-  EXPECT_EQ(check_backward(packed), "portable") << "varlen at d 256 is not covered";
+  EXPECT_EQ(check_backward(packed), "hopper") << "varlen at d 256 (64-key work lists)";
 }
 
 }  // namespace

@@ -1154,7 +1154,8 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
                    const VarlenTiles& list, int64_t list_capacity, const DqOrder* order, DqAdd dq_add,
                    bool wide_m, cudaStream_t stream) {
   using C = BackwardSm90Config<D>;
-  // d 256: k / v boxes of kBackwardSplitKeyBoxRows; dense calls only (the host's gap).
+  // d 256: k / v boxes of kBackwardSplitKeyBoxRows, and varlen work lists of blocks that size
+  // (VarlenTilesScratch::key_rows, the host's key_block_rows).
   static_assert(C::kBlockN == (C::kSplitHeadDim ? kBackwardSplitKeyBoxRows : kTmaBoxRows) &&
                     C::kBlockM == kBackwardQBoxRows,
                 "tensor-map boxes = tile rows");

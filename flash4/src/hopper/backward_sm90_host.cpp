@@ -52,20 +52,20 @@ std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shap
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
   if (std::string gap = seqused_gap(a.varlen); !gap.empty()) return gap;
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
-  // The d 256 kernel: opt-in, dense calls only, dQ by float2 atomics (backward_kernel_dim).
+  // The d 256 kernel: opt-in, dQ by float2 atomics (backward_kernel_dim).
   const int kernel_dim = backward_kernel_dim(shape);
   if (kernel_dim == 0)
     return concat("head dims ", shape.d_qk, "/", shape.d_v,
-                  " (covered: multiples of 8 up to 128; up to 256 with FLASH4_HOPPER_BWD_D256=1, not varlen)");
+                  " (covered: multiples of 8 up to 128; up to 256 with FLASH4_HOPPER_BWD_D256=1)");
+  const int rows = key_block_rows(kernel_dim);
   if (shape.heads_kv > 65535 || shape.batch > 65535) return "more than 65535 KV heads or sequences";
   if (std::string gap = problem_size_gap(shape); !gap.empty()) return gap;
   if (shape.varlen) {
     // No grid needs max_seqlen (the work list is built on the device from cu_seqlens).
-    if (hopper::varlen_tile_capacity(shape.tokens_k, shape.batch) * shape.heads_kv >= (int64_t(1) << 31))
+    if (hopper::varlen_tile_capacity(shape.tokens_k, shape.batch, rows) * shape.heads_kv >= (int64_t(1) << 31))
       return "2^31 or more key blocks";
   } else {
     // Deterministic dQ numbers the dense tiles in one grid dimension.
-    const int rows = key_block_rows(kernel_dim);
     if (a.deterministic && (shape.seqlen_k + rows - 1) / rows * shape.heads_kv * shape.batch >= (int64_t(1) << 31))
       return "deterministic dQ with 2^31 or more key blocks";
   }
@@ -145,8 +145,9 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     const size_t dq_count = size_t(p.tokens_q) * size_t(p.heads_q) * size_t(p.d_qk);
     // dsink: the rows' terms [Hq][tokens_q] (every one written by the rows preprocess).
     const size_t dsink_count = want_dsink ? size_t(p.heads_q) * size_t(p.tokens_q) : 0;
-    // Varlen: the work list of (sequence, key block) pairs.
-    const int64_t capacity = shape.varlen ? hopper::varlen_tile_capacity(shape.tokens_k, shape.batch) : 0;
+    // Varlen: the work list of (sequence, key block) pairs, key blocks of the kernel's rows.
+    const int key_rows = key_block_rows(kernel_dim);
+    const int64_t capacity = shape.varlen ? hopper::varlen_tile_capacity(shape.tokens_k, shape.batch, key_rows) : 0;
     const size_t list_bytes = shape.varlen ? varlen_tiles_bytes(capacity, shape.batch) : 0;
     // Deterministic dQ: the counts [Hq][slots] and the ticket after them, one zeroed range.
     const int64_t slots = hopper::dq_order_slots(p.tokens_q, p.batch);
@@ -165,7 +166,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     if (shape.varlen)
       list = build_varlen_tiles_in(
           ws, p, deterministic ? hopper::TileKind::key_blocks_in_dq_order : hopper::TileKind::key_blocks, capacity,
-          shape.batch, stream);
+          shape.batch, stream, key_rows);
     hopper::DqOrder order;
     if (deterministic) {
       order.counts = reinterpret_cast<int*>(ws.take(order_count));

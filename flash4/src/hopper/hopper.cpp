@@ -116,8 +116,9 @@ std::string problem_size_gap(const ProblemShape& shape) {
 }
 
 hopper::VarlenTiles build_varlen_tiles_in(Workspace& ws, const cuda::AttentionParams& p, hopper::TileKind kind,
-                                          int64_t capacity, int64_t batch, cudaStream_t stream) {
+                                          int64_t capacity, int64_t batch, cudaStream_t stream, int key_rows) {
   hopper::VarlenTilesScratch scratch;
+  scratch.key_rows = key_rows;
   scratch.pairs = reinterpret_cast<int2*>(ws.take(2 * size_t(capacity)));
   scratch.count = reinterpret_cast<int*>(ws.take(1));
   scratch.first = reinterpret_cast<int*>(ws.take(size_t(batch) + 1));

@@ -103,12 +103,13 @@ inline int padded_head_dim(const ProblemShape& shape) {
 // The varlen work list (hopper/varlen_tiles.hpp) in a call's workspace: the list's scratch
 // (pairs for `capacity` tiles, the count, first[batch + 1]) needs varlen_tiles_bytes;
 // build_varlen_tiles_in takes it from `ws` -- at that point of the call's takes -- and builds
-// the list of `kind` on `stream`.
+// the list of `kind` on `stream` (the backward's key blocks of `key_rows` keys).
 inline size_t varlen_tiles_bytes(int64_t capacity, int64_t batch) {
   return Workspace::bytes_for(2 * size_t(capacity)) + Workspace::bytes_for(1) + Workspace::bytes_for(size_t(batch) + 1);
 }
 hopper::VarlenTiles build_varlen_tiles_in(Workspace& ws, const cuda::AttentionParams& p, hopper::TileKind kind,
-                                          int64_t capacity, int64_t batch, cudaStream_t stream);
+                                          int64_t capacity, int64_t batch, cudaStream_t stream,
+                                          int key_rows = hopper::kVarlenBlockRows);
 
 // The row layout (cuda::RowLayout, strides in elements) of a dense [B, S, H, D] tensor, or of
 // a packed [T, H, D] one (rank 3), whose start(b) = cu_seqlens[b] counts rows.
@@ -175,11 +176,10 @@ inline bool hopper_seqused_enabled() { return !env_is("FLASH4_HOPPER_SEQUSED", "
 
 // The Hopper backward kernel's head dim for `shape` (padded_head_dim): 64 or 128, or 256 only
 // with FLASH4_HOPPER_BWD_D256=1 (opt-in, written without a GPU: backward_sm90.cuh's
-// kSplitHeadDim) and dense calls (its 64-key blocks are not the varlen work list's 128);
-// 0 when no kernel covers it. Read at each call.
+// kSplitHeadDim); 0 when no kernel covers it. Read at each call.
 inline int backward_kernel_dim(const ProblemShape& shape) {
   const int d = padded_head_dim(shape);
-  if (d == 256 && (shape.varlen || !env_is("FLASH4_HOPPER_BWD_D256", "1"))) return 0;
+  if (d == 256 && !env_is("FLASH4_HOPPER_BWD_D256", "1")) return 0;
   return d;
 }
 

@@ -52,29 +52,32 @@ __device__ int block_exclusive_scan(int x, int* total) {
   return prefix;
 }
 
-// Rows of one block of the kind's own side (the forward's query blocks, the backward's key blocks).
-__device__ int block_rows(TileKind kind) {
-  return kind == TileKind::query_blocks_of_192 ? kVarlenQueryRows3 : kVarlenBlockRows;
+// Rows of one block of the kind's own side (the forward's query blocks, the backward's key
+// blocks: key_rows).
+__device__ int block_rows(TileKind kind, int key_rows) {
+  return kind == TileKind::query_blocks_of_192 ? kVarlenQueryRows3
+         : kind == TileKind::query_blocks      ? kVarlenBlockRows
+                                               : key_rows;
 }
 __device__ bool query_kind(TileKind kind) {
   return kind == TileKind::query_blocks || kind == TileKind::query_blocks_of_192;
 }
 
-__device__ int blocks_of(const cuda::AttentionParams& p, int b, TileKind kind) {
+__device__ int blocks_of(const cuda::AttentionParams& p, int b, TileKind kind, int key_rows) {
   const cuda::Sequence s = cuda::sequence_of(p, b);
   const int rows = query_kind(kind) ? s.sq : s.sk_rows;  // key blocks of either backward kind
-  const int per_block = block_rows(kind);
+  const int per_block = block_rows(kind, key_rows);
   return rows > 0 ? (rows + per_block - 1) / per_block : 0;
 }
 
-__device__ int cost_of(const cuda::AttentionParams& p, int b, int block, TileKind kind) {
+__device__ int cost_of(const cuda::AttentionParams& p, int b, int block, TileKind kind, int key_rows) {
   const cuda::Sequence s = cuda::sequence_of(p, b);
   if (query_kind(kind)) {
-    const int per_block = block_rows(kind);  // key blocks: kVarlenBlockRows keys either way
+    const int per_block = block_rows(kind, key_rows);  // key blocks: kVarlenBlockRows keys either way
     const BlockRange r = key_blocks_of_query_tile(p, s, block * per_block, per_block, kVarlenBlockRows);
     return max(r.end - r.begin, 0);
   }
-  return backward_steps(p, s, block * kVarlenBlockRows, kVarlenBlockRows, kBackwardQBoxRows).n_mb;
+  return backward_steps(p, s, block * key_rows, key_rows, kBackwardQBoxRows).n_mb;
 }
 
 // The sequence of pair j: the largest b with first[b] <= j (empty sequences share their
@@ -95,11 +98,11 @@ __device__ int bucket_of(int cost) { return kBuckets - 1 - min(cost, kBuckets - 
 
 // 1. first[b], b = 0 .. batch (first[batch] = all pairs); returns all pairs. Every thread of
 // the block must call it; first[] is visible to the whole block after the next __syncthreads.
-__device__ int first_pairs(const cuda::AttentionParams& p, TileKind kind, int* first) {
+__device__ int first_pairs(const cuda::AttentionParams& p, TileKind kind, int key_rows, int* first) {
   int carry = 0;
   for (int base = 0; base <= p.batch; base += kThreads) {
     const int b = base + int(threadIdx.x);
-    const int blocks = b < p.batch ? blocks_of(p, b, kind) : 0;
+    const int blocks = b < p.batch ? blocks_of(p, b, kind, key_rows) : 0;
     int total = 0;
     const int prefix = block_exclusive_scan(blocks, &total);
     if (b <= p.batch) first[b] = carry + prefix;
@@ -109,16 +112,17 @@ __device__ int first_pairs(const cuda::AttentionParams& p, TileKind kind, int* f
 }
 
 __global__ void __launch_bounds__(kThreads) varlen_tiles_kernel(const cuda::AttentionParams p, TileKind kind,
-                                                                int2* pairs, int* count, int* first, int capacity) {
+                                                                int key_rows, int2* pairs, int* count, int* first,
+                                                                int capacity) {
   __shared__ int buckets[kBuckets];  // counts, then each bucket's next slot
-  const int n = min(first_pairs(p, kind, first), capacity);
+  const int n = min(first_pairs(p, kind, key_rows, first), capacity);
   for (int i = threadIdx.x; i < kBuckets; i += kThreads) buckets[i] = 0;
   __syncthreads();  // first[] (global) and the zeroed buckets, visible to the whole block
 
   // 2. Histogram of the costs.
   for (int j = threadIdx.x; j < n; j += kThreads) {
     const int b = sequence_of_pair(first, p.batch, j);
-    atomicAdd(&buckets[bucket_of(cost_of(p, b, j - first[b], kind))], 1);
+    atomicAdd(&buckets[bucket_of(cost_of(p, b, j - first[b], kind, key_rows))], 1);
   }
   __syncthreads();
   // 3. Exclusive scan (bucket 0, the heaviest, first), then the scatter.
@@ -133,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) varlen_tiles_kernel(const cuda::Atte
   for (int j = threadIdx.x; j < n; j += kThreads) {
     const int b = sequence_of_pair(first, p.batch, j);
     const int block = j - first[b];
-    const int slot = atomicAdd(&buckets[bucket_of(cost_of(p, b, block, kind))], 1);
+    const int slot = atomicAdd(&buckets[bucket_of(cost_of(p, b, block, kind, key_rows))], 1);
     pairs[slot] = make_int2(b, block);
   }
   if (threadIdx.x == 0) *count = n;
@@ -143,17 +147,19 @@ __global__ void __launch_bounds__(kThreads) varlen_tiles_kernel(const cuda::Atte
 // that see its first or its last key block, whichever is more (the whole sequence's walk
 // takes about as long as its heaviest block's: causal, the first; a left window without
 // causal, the last; in between, about the same).
-__global__ void __launch_bounds__(kThreads) varlen_tiles_dq_order_kernel(const cuda::AttentionParams p, int2* pairs,
-                                                                         int* count, int* first, int capacity) {
+__global__ void __launch_bounds__(kThreads) varlen_tiles_dq_order_kernel(const cuda::AttentionParams p, int key_rows,
+                                                                         int2* pairs, int* count, int* first,
+                                                                         int capacity) {
   __shared__ int2 seqs[kOrderedSequences];  // (weight, pairs) per sequence, when sorted
   const TileKind kind = TileKind::key_blocks;
-  const int n = min(first_pairs(p, kind, first), capacity);
+  const int n = min(first_pairs(p, kind, key_rows, first), capacity);
   const bool sorted = p.batch <= kOrderedSequences;
   __syncthreads();  // first[] (global), visible to the whole block
   if (sorted) {
     for (int b = threadIdx.x; b < p.batch; b += kThreads) {
       const int blocks = first[b + 1] - first[b];
-      const int weight = blocks > 0 ? max(cost_of(p, b, 0, kind), cost_of(p, b, blocks - 1, kind)) : 0;
+      const int weight =
+          blocks > 0 ? max(cost_of(p, b, 0, kind, key_rows), cost_of(p, b, blocks - 1, kind, key_rows)) : 0;
       seqs[b] = make_int2(weight, blocks);
     }
     __syncthreads();
@@ -180,13 +186,13 @@ __global__ void __launch_bounds__(kThreads) varlen_tiles_dq_order_kernel(const c
 void build_varlen_tiles(const cuda::AttentionParams& p, TileKind kind, const VarlenTilesScratch& scratch,
                         cudaStream_t stream) {
   if (kind == TileKind::key_blocks_in_dq_order) {
-    varlen_tiles_dq_order_kernel<<<1, kThreads, 0, stream>>>(p, scratch.pairs, scratch.count, scratch.first,
-                                                             int(scratch.capacity));
+    varlen_tiles_dq_order_kernel<<<1, kThreads, 0, stream>>>(p, scratch.key_rows, scratch.pairs, scratch.count,
+                                                             scratch.first, int(scratch.capacity));
     FLASH4_CUDA_CHECK_LAUNCH("varlen_tiles_dq_order_kernel");
     return;
   }
-  varlen_tiles_kernel<<<1, kThreads, 0, stream>>>(p, kind, scratch.pairs, scratch.count, scratch.first,
-                                                  int(scratch.capacity));
+  varlen_tiles_kernel<<<1, kThreads, 0, stream>>>(p, kind, scratch.key_rows, scratch.pairs, scratch.count,
+                                                  scratch.first, int(scratch.capacity));
   FLASH4_CUDA_CHECK_LAUNCH("varlen_tiles_kernel");
 }
 

@@ -25,7 +25,7 @@ struct VarlenTiles {
 enum class TileKind {
   query_blocks,  // forward: blocks of 128 query rows; cost = key blocks they see
   query_blocks_of_192,  // the d = 64 forward with three consumer warpgroups: blocks of 192 rows
-  key_blocks,    // backward: blocks of 128 keys; cost = query blocks of 64 that see them
+  key_blocks,    // backward: blocks of 128 keys (the d 256 kernel: 64); cost = query blocks of 64 that see them
   // Backward with deterministic dQ: the same pairs, each sequence's key blocks together and
   // from its last block to its first (a CTA waits for the key blocks above its own, which
   // must start first: backward_sm90.cuh, "No deadlock"); the sequences heaviest first (the
@@ -39,14 +39,15 @@ enum class TileKind {
 inline constexpr int kOrderedSequences = 2048;
 
 // Rows per block of each kind (ForwardSm90Config::kBlockM, BackwardSm90Config::kBlockN);
-// query_blocks_of_192: kVarlenQueryRows3 (ForwardSm90Config<64, 3>::kBlockM).
+// query_blocks_of_192: kVarlenQueryRows3 (ForwardSm90Config<64, 3>::kBlockM); the backward's
+// key blocks: VarlenTilesScratch::key_rows (128, or 64 for the d 256 kernel).
 inline constexpr int kVarlenBlockRows = 128;
 inline constexpr int kVarlenQueryRows3 = 192;
 
-// An upper bound on the pairs of a packed batch: sum_b ceil(len_b / 128) <= tokens / 128 + batch
-// (cu_seqlens end within the packed tensor: the API's contract).
-inline int64_t varlen_tile_capacity(int64_t tokens, int64_t batch) {
-  return (tokens + kVarlenBlockRows - 1) / kVarlenBlockRows + batch;
+// An upper bound on the pairs of a packed batch in blocks of `rows`: sum_b ceil(len_b / rows)
+// <= tokens / rows + batch (cu_seqlens end within the packed tensor: the API's contract).
+inline int64_t varlen_tile_capacity(int64_t tokens, int64_t batch, int rows = kVarlenBlockRows) {
+  return (tokens + rows - 1) / rows + batch;
 }
 
 // Device scratch of the list: pairs [capacity], count, first [batch + 1] (ints).
@@ -55,6 +56,7 @@ struct VarlenTilesScratch {
   int* count = nullptr;
   int* first = nullptr;  // first[b] = pairs of the sequences before b (the builder's prefix sum)
   int64_t capacity = 0;
+  int key_rows = kVarlenBlockRows;  // keys per block of the backward kinds (the d 256 kernel: 64)
 };
 
 // Fills scratch (on `stream`) for the sequences of p (cu_seqlens_q / _k, batch, causal, window).
