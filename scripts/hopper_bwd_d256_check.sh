@@ -53,15 +53,9 @@ run_suite existing 'Covered/Flash4HopperBackward*:Deterministic/Flash4HopperDete
 # ---- 4. bench -----------------------------------------------------------------------------
 if [ "$BENCH" = 1 ]; then
   say "bench: FLASH4_HOPPER_BWD_D256=0 (portable) vs 1"
-  { echo "| d | S | causal | bwd portable | bwd hopper | ratio | bwd-det portable | bwd-det hopper | ratio |"
-    echo "|---|---|---|---|---|---|---|---|---|"; } >"$OUT/bench_table.md"
-  bwd_bench_rows 256 FLASH4_HOPPER_BWD_D256=0 >"$OUT/bench_0.txt"
-  bwd_bench_rows 256 FLASH4_HOPPER_BWD_D256=1 >"$OUT/bench_1.txt"
-  paste -d' ' "$OUT/bench_0.txt" "$OUT/bench_1.txt" |
-    awk '{printf "| 256 | %s | %s | %s | %s | %.3f | %s | %s | %.3f |\n", $1, $2, $3, $7,
-      ($3 > 0 ? $7 / $3 : 0), $4, $8, ($4 > 0 ? $8 / $4 : 0)}' >>"$OUT/bench_table.md"
-  note "geomean hopper / portable: $(awk -F'|' 'NR > 2 && $7 + 0 > 0 {b += log($7); n++; if ($10 + 0 > 0) {x += log($10); m++}}
-    END {if (n) printf "bwd %.3f bwd-det %.3f (%d rows)", exp(b / n), (m ? exp(x / m) : 0), n}' "$OUT/bench_table.md")"
+  rm -f "$OUT/bench_table.md"
+  bwd_ab_rows 256 FLASH4_HOPPER_BWD_D256=0 FLASH4_HOPPER_BWD_D256=1 portable hopper
+  note "geomean hopper / portable: $(bwd_ab_geomean)"
   # The peers at d 256 with the kernel on (cuDNN and FA2 through SDPA, one process): the ratio
   # the issue's goal names.
   if g++ -shared -o "$B/libflash4.so" -Wl,--whole-archive "$B/flash4/libflash4.a" -Wl,--no-whole-archive \

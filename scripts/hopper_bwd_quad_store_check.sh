@@ -46,17 +46,11 @@ run_suite existing 'Covered/Flash4HopperBackward*:Varlen/Flash4HopperVarlenBackw
 # ---- 4. bench -----------------------------------------------------------------------------
 if [ "$BENCH" = 1 ]; then
   say "bench: FLASH4_HOPPER_BWD_QUAD_STORE=0 vs 1"
-  { echo "| d | S | causal | bwd 4-byte | bwd quad | ratio | bwd-det 4-byte | bwd-det quad | ratio |"
-    echo "|---|---|---|---|---|---|---|---|---|"; } >"$OUT/bench_table.md"
+  rm -f "$OUT/bench_table.md"
   for d in 64 128; do
-    bwd_bench_rows $d FLASH4_HOPPER_BWD_QUAD_STORE=0 >"$OUT/bench_d${d}_0.txt"
-    bwd_bench_rows $d FLASH4_HOPPER_BWD_QUAD_STORE=1 >"$OUT/bench_d${d}_1.txt"
-    paste -d' ' "$OUT/bench_d${d}_0.txt" "$OUT/bench_d${d}_1.txt" |
-      awk -v d=$d '{printf "| %s | %s | %s | %s | %s | %.3f | %s | %s | %.3f |\n", d, $1, $2, $3, $7,
-        ($3 > 0 ? $7 / $3 : 0), $4, $8, ($4 > 0 ? $8 / $4 : 0)}' >>"$OUT/bench_table.md"
+    bwd_ab_rows $d FLASH4_HOPPER_BWD_QUAD_STORE=0 FLASH4_HOPPER_BWD_QUAD_STORE=1 4-byte quad
   done
-  note "geomean quad / 4-byte: $(awk -F'|' 'NR > 2 && $7 + 0 > 0 {b += log($7); n++; if ($10 + 0 > 0) {x += log($10); m++}}
-    END {if (n) printf "bwd %.3f bwd-det %.3f (%d rows)", exp(b / n), (m ? exp(x / m) : 0), n}' "$OUT/bench_table.md")"
+  note "geomean quad / 4-byte: $(bwd_ab_geomean)"
   for quad in 0 1; do
     line=$(FLASH4_HOPPER_BWD_QUAD_STORE=$quad timeout "$(budget 30)" "$B/bin/flash4-bench" --varlen --repeats 20 2>>"$LOG" |
       grep "^varlen |")
