@@ -6,9 +6,10 @@
 # non-causal and at d 128, S 1k, causal (the furthest rows from cuDNN), the backward at
 # d 128, S 4k; the backward as adept's training calls it (d 64, S 4k, causal, deterministic);
 # and the opt-in variants beside their defaults (the d 64 forward with three consumer
-# warpgroups, the d 64 backward with the per-warpgroup dQ hand-over). Writes
-# $OUT/NAME.ncu-rep (open in Nsight Compute) and NAME.txt (details page), and prints the
-# headline metrics of each. NAMEs on the command line pick profiles (default: all).
+# warpgroups, the d 64 backward with the per-warpgroup dQ hand-over, the opt-in d 256 backward). Writes
+# $OUT/NAME.ncu-rep (open in Nsight Compute), NAME.txt (details page) and NAME.stalls.txt
+# (stall reasons and the most-stalled SASS instructions), and prints the headline metrics and
+# stalls of each. NAMEs on the command line pick profiles (default: all).
 #
 #   bash scripts/hopper_profile.sh [NAME...]
 set -uo pipefail
@@ -27,6 +28,12 @@ prof() { # name kernel-regex bench-args (the environment of the call applies)
   timeout 150 ncu -k "regex:$k" --launch-skip 3 --launch-count 1 --set full --import-source no -o $OUT/$n $B/bin/flash4-bench "$@" > $OUT/$n.log 2>&1
   ncu -i $OUT/$n.ncu-rep --print-summary none --page details > $OUT/$n.txt 2>&1
   echo "== $n"; grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Executed Ipc Active|Warp Cycles Per Issued|Stall|L2 Hit|Tensor|Pipe" $OUT/$n.txt | head -40
+  # Where the warps wait: the stall reasons, and the SASS instructions with the most samples
+  # (which barrier or wgmma wait; scripts/lib/ncu_stalls.py).
+  ncu -i $OUT/$n.ncu-rep --page raw --csv 2>/dev/null | python3 scripts/lib/ncu_stalls.py reasons > $OUT/$n.stalls.txt
+  ncu -i $OUT/$n.ncu-rep --page source --print-source sass --csv 2>/dev/null |
+    python3 scripts/lib/ncu_stalls.py sass >> $OUT/$n.stalls.txt
+  echo "-- $n stalls"; head -40 $OUT/$n.stalls.txt
 }
 prof fwd_d64_s1k attention_forward_sm90 --d 64 --seqlen 1024 --causal 0 --repeats 3 --deterministic 0
 prof fwd_d128_s1k_causal attention_forward_sm90 --d 128 --seqlen 1024 --causal 1 --repeats 3 --deterministic 0
@@ -35,6 +42,8 @@ prof bwd_d64_s4k_causal_det attention_backward_sm90_kernel --d 64 --seqlen 4096 
 prof bwd_d64_s4k attention_backward_sm90_kernel --d 64 --seqlen 4096 --causal 0 --repeats 3 --deterministic 0
 FLASH4_HOPPER_DQ=per_warpgroup prof bwd_d64_s4k_per_warpgroup attention_backward_sm90_kernel --d 64 --seqlen 4096 \
   --causal 0 --repeats 3 --deterministic 0
+FLASH4_HOPPER_BWD_D256=1 prof bwd_d256_s4k attention_backward_sm90_kernel --d 256 --seqlen 4096 --causal 0 --repeats 3 \
+  --deterministic 0
 FLASH4_HOPPER_FWD_WARPGROUPS=3 prof fwd_d64_s1k_wg3 attention_forward_sm90 --d 64 --seqlen 1024 --causal 0 \
   --repeats 3 --deterministic 0
 ls -la $OUT
