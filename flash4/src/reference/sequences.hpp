@@ -101,11 +101,18 @@ inline RowSoftmax softmax_row(const double* q_i, const double* K, int64_t d_qk, 
   }
   if (sink != nullptr) max_score = std::max(max_score, double(*sink));
   if (max_score == -std::numeric_limits<double>::infinity()) return row;  // nothing visible
-  double sum = sink != nullptr ? std::exp(double(*sink) - max_score) : 0.0;
-  for (int64_t j = keys.begin; j < keys.end; ++j) sum += std::exp(s[j] - max_score);
+  // One exp per key (half of the CPU engine's exp time went to a second pass of them):
+  // p_j = exp(s_j - max) / sum, equal to exp(s_j - lse) up to float64 rounding.
+  const double sink_term = sink != nullptr ? std::exp(double(*sink) - max_score) : 0.0;
+  double sum = sink_term;
+  for (int64_t j = keys.begin; j < keys.end; ++j) {
+    p[j] = std::exp(s[j] - max_score);
+    sum += p[j];
+  }
   row.lse = max_score + std::log(sum);
-  for (int64_t j = keys.begin; j < keys.end; ++j) p[j] = std::exp(s[j] - row.lse);
-  if (sink != nullptr) row.p_sink = std::exp(double(*sink) - row.lse);
+  const double inv_sum = 1.0 / sum;
+  for (int64_t j = keys.begin; j < keys.end; ++j) p[j] *= inv_sum;
+  if (sink != nullptr) row.p_sink = sink_term * inv_sum;
   return row;
 }
 
