@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(256) backward_layout_kernel(const T* k, const 
   const uint32_t k_addr = hp::smem_u32(smem + kOffK), v_addr = hp::smem_u32(smem + kOffV);
   const uint32_t q_addr = hp::smem_u32(smem + kOffQ), o_addr = hp::smem_u32(smem + kOffO);
   // This thread's first key row (accumulator rows row, row + 8); d 256: both warpgroups'.
-  const int row = (kSplit ? 0 : 64 * w) + 16 * wq + g;
+  const int row = C::first_key(w) + 16 * wq + g;
   const int key_col0 = kSplit ? C::kKeyCols * w : 0;
 
   float s[BM / 2], dp[BM / 2];

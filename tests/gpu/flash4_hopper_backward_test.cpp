@@ -1045,16 +1045,22 @@ INSTANTIATE_TEST_SUITE_P(WideM, Flash4HopperBackwardWideM, ::testing::ValuesIn(w
 // (only d_qk / d_v columns) and sink cases, at BM = 64 and, for d <= 64, at BM = 128 too.
 class Flash4HopperBackwardQuadStore : public ::testing::TestWithParam<Problem> {};
 
-TEST_P(Flash4HopperBackwardQuadStore, RunsOnHopperAndMatchesFloat64Reference) {
+// p with FLASH4_HOPPER_BWD_QUAD_STORE=quad, at BM = 64 or (wide, d <= 64 without softcap
+// only: skipped otherwise) BM = 128, against float64 (lock-step bulk dQ).
+void expect_dk_dv_stores_match_reference(const Problem& p, const char* quad, bool wide) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv quad("FLASH4_HOPPER_BWD_QUAD_STORE", "1");
-  expect_hopper_matches_reference(GetParam(), DqPath::bulk);
+  if (wide && (p.Dqk > 64 || p.Dv > 64 || p.softcap > 0)) GTEST_SKIP() << "BM = 128 is d <= 64, no softcap";
+  ScopedEnv stores("FLASH4_HOPPER_BWD_QUAD_STORE", quad);
+  std::optional<ScopedEnv> bm;
+  if (wide) bm.emplace("FLASH4_HOPPER_BWD_BM", "128");
+  expect_hopper_matches_reference(p, DqPath::bulk);
+}
+
+TEST_P(Flash4HopperBackwardQuadStore, RunsOnHopperAndMatchesFloat64Reference) {
+  expect_dk_dv_stores_match_reference(GetParam(), "1", false);
 }
 TEST_P(Flash4HopperBackwardQuadStore, At128QueryBlocksMatchesFloat64Reference) {
-  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  if (GetParam().Dqk > 64 || GetParam().Dv > 64 || GetParam().softcap > 0) GTEST_SKIP() << "BM = 128 is d <= 64, no softcap";
-  ScopedEnv quad("FLASH4_HOPPER_BWD_QUAD_STORE", "1"), wide("FLASH4_HOPPER_BWD_BM", "128");
-  expect_hopper_matches_reference(GetParam(), DqPath::bulk);
+  expect_dk_dv_stores_match_reference(GetParam(), "1", true);
 }
 std::vector<Problem> quad_store_cases() {
   std::vector<Problem> all;
@@ -1069,15 +1075,10 @@ INSTANTIATE_TEST_SUITE_P(QuadStore, Flash4HopperBackwardQuadStore, ::testing::Va
 class Flash4HopperBackwardFourByteStore : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperBackwardFourByteStore, RunsOnHopperAndMatchesFloat64Reference) {
-  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv four("FLASH4_HOPPER_BWD_QUAD_STORE", "0");
-  expect_hopper_matches_reference(GetParam(), DqPath::bulk);
+  expect_dk_dv_stores_match_reference(GetParam(), "0", false);
 }
 TEST_P(Flash4HopperBackwardFourByteStore, At128QueryBlocksMatchesFloat64Reference) {
-  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  if (GetParam().Dqk > 64 || GetParam().Dv > 64 || GetParam().softcap > 0) GTEST_SKIP() << "BM = 128 is d <= 64, no softcap";
-  ScopedEnv four("FLASH4_HOPPER_BWD_QUAD_STORE", "0"), wide("FLASH4_HOPPER_BWD_BM", "128");
-  expect_hopper_matches_reference(GetParam(), DqPath::bulk);
+  expect_dk_dv_stores_match_reference(GetParam(), "0", true);
 }
 INSTANTIATE_TEST_SUITE_P(FourByteStore, Flash4HopperBackwardFourByteStore, ::testing::ValuesIn(covered_cases()),
                          test_name);
@@ -1091,16 +1092,21 @@ INSTANTIATE_TEST_SUITE_P(WideM, Flash4HopperDeterministicBackwardWideM, ::testin
 // blocks); padded head dims 136 / 192 and d_qk != d_v both ways (the kernel's halves then
 // hold columns past d on one side); deterministic calls (dense and packed) against float64
 // and three runs bit for bit. Without the switch d 256 runs the portable backward.
-std::vector<Problem> d256_cases() {
+// The d 128 cases of `suites`, at d 256.
+std::vector<Problem> at_d256(std::initializer_list<std::vector<Problem>> suites) {
   std::vector<Problem> all;
-  for (const std::vector<Problem>& cases :
-       {covered_cases(), window_cases(), varlen_cases(), sink_cases(), softcap_cases(), seqused_cases({128})})
+  for (const std::vector<Problem>& cases : suites)
     for (Problem p : cases)
       if (p.Dqk == 128 && p.Dv == 128) {
         p.Dqk = p.Dv = 256;
         p.label += " d256";
         all.push_back(p);
       }
+  return all;
+}
+std::vector<Problem> d256_cases() {
+  std::vector<Problem> all =
+      at_d256({covered_cases(), window_cases(), varlen_cases(), sink_cases(), softcap_cases(), seqused_cases({128})});
   struct Dims {
     int qk, v;
   };
@@ -1114,13 +1120,7 @@ std::vector<Problem> d256_cases() {
   return all;
 }
 std::vector<Problem> d256_deterministic_cases() {
-  std::vector<Problem> all;
-  for (Problem p : deterministic_cases())
-    if (p.Dqk == 128 && p.Dv == 128) {
-      p.Dqk = p.Dv = 256;
-      p.label += " d256";
-      all.push_back(p);
-    }
+  std::vector<Problem> all = at_d256({deterministic_cases()});
   Problem p = small("hopper bwd d256 padded deterministic");
   p.deterministic = true;
   p.Dqk = 192, p.Dv = 160;

@@ -118,8 +118,8 @@
 // passed scripts/hopper_bwd_wide_check.sh on an H200 (2026-12-01; 1.04 - 1.20x BM = 64), the
 // default at d = 64 but for varlen without determinism (FLASH4_HOPPER_BWD_BM=64 | 128
 // forces). Missing (follow-ups): overlap of one query block's S / dP with the previous one's
-// gradients (a d = 64 try in pairs of steps was 13% slower), persistent scheduling, varlen and
-// bulk dQ at d over 128, native (unpadded) d 96 tiles. d over 128 (padded to 256): the
+// gradients (a d = 64 try in pairs of steps was 13% slower), persistent scheduling, bulk dQ
+// at d over 128, native (unpadded) d 96 tiles. d over 128 (padded to 256): the
 // kSplitHeadDim kernel (BackwardSm90Config), opt-in with FLASH4_HOPPER_BWD_D256=1, written
 // without a GPU (docs/hopper_backward_d256.md, scripts/hopper_bwd_d256_check.sh).
 #pragma once
@@ -159,6 +159,8 @@ struct BackwardSm90Config {
   static constexpr int kBlockN = kSplitHeadDim ? 64 : 128;
   // dK / dV columns a consumer warpgroup keeps (d 256: its half of the head dim).
   static constexpr int kKeyCols = kSplitHeadDim ? D / 2 : D;
+  // The first of consumer warpgroup w's 64 keys in the block (d 256: both hold keys 0 .. 63).
+  static constexpr int first_key(int w) { return kSplitHeadDim ? 0 : 64 * w; }
   // Q / dO / rows ring. d = 64: 3 stages, its steps (~0.7 us of wgmma at peak) being shorter
   // than a TMA load's latency; d = 128 has no room for a third (see the bulk dQ note).
   static constexpr int kStages = D == 64 && BM == 64 ? 3 : 2;
@@ -285,7 +287,7 @@ __global__ void backward_sm90_rows_kernel(const cuda::AttentionParams p, int64_t
 template <int D, typename T, int BM = 64>
 __device__ __forceinline__ void issue_scores_transposed(float (&acc)[BM / 2], uint32_t x_addr, uint32_t y_addr, int w) {
   using C = BackwardSm90Config<D, BM>;
-  const uint32_t own_rows = C::kSplitHeadDim ? 0 : uint32_t(w) * 64 * 128;
+  const uint32_t own_rows = uint32_t(C::first_key(w)) * 128;
 #pragma unroll
   for (int k = 0; k < D / 16; ++k) {
     const uint32_t in_chunk = (k % 4) * 32;
@@ -807,7 +809,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
     // Keys of this thread's accumulator rows g and g + 8 (S^T, dP^T, dV, dK); d 256: both
     // warpgroups hold the same keys, and dK / dV columns from key_col0.
     constexpr bool kSplit = C::kSplitHeadDim;
-    const int key0 = n0 + (kSplit ? 0 : 64 * cw) + 16 * wq + g;
+    const int key0 = n0 + C::first_key(cw) + 16 * wq + g;
     const int key_col0 = kSplit ? C::kKeyCols * cw : 0;
     // How far right / left of its diagonal a query sees (causal: right 0; a window side < 0
     // is unbounded), as visible_keys (sequence.cuh).
@@ -1182,7 +1184,7 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
   };
   const bool bf16 = p.dtype == cuda::DType::bf16;
   constexpr DqAdd kAtomics = DqAdd::atomics, kBulk = DqAdd::bulk;
-  if constexpr (C::kSplitHeadDim) {  // float2 atomics only (the host asks for nothing else)
+  auto launch_atomics = [&] {
     if (order != nullptr)
       launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, true, kAtomics>
                   : attention_backward_sm90_kernel<D, __half, true, kAtomics>,
@@ -1191,22 +1193,24 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
       launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kAtomics>
                   : attention_backward_sm90_kernel<D, __half, false, kAtomics>,
              C::kSmemBytes);
-    return;
-  } else if constexpr (D == 64) {
-    if (wide_m) {  // the host asks only with the lock-step bulk dQ (dq_add == bulk)
-      using W = BackwardSm90Config<64, 128>;
-      if (order != nullptr)
-        launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, true, kBulk, 128>
-                    : attention_backward_sm90_kernel<64, __half, true, kBulk, 128>,
-               W::kSmemBytesDeterministicBulk);
-      else
-        launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, false, kBulk, 128>
-                    : attention_backward_sm90_kernel<64, __half, false, kBulk, 128>,
-               W::kSmemBytesBulk);
-      return;
+  };
+  if constexpr (C::kSplitHeadDim) {
+    launch_atomics();  // float2 atomics only (the host asks for nothing else; no bulk kernels built)
+  } else {
+    if constexpr (D == 64) {
+      if (wide_m) {  // the host asks only with the lock-step bulk dQ (dq_add == bulk)
+        using W = BackwardSm90Config<64, 128>;
+        if (order != nullptr)
+          launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, true, kBulk, 128>
+                      : attention_backward_sm90_kernel<64, __half, true, kBulk, 128>,
+                 W::kSmemBytesDeterministicBulk);
+        else
+          launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, false, kBulk, 128>
+                      : attention_backward_sm90_kernel<64, __half, false, kBulk, 128>,
+                 W::kSmemBytesBulk);
+        return;
+      }
     }
-  }
-  if constexpr (!C::kSplitHeadDim) {
     if (dq_add == DqAdd::bulk_per_warpgroup && order == nullptr) {
       constexpr DqAdd kPerWarpgroup = DqAdd::bulk_per_warpgroup;
       launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kPerWarpgroup>
@@ -1221,14 +1225,8 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
         launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kBulk>
                     : attention_backward_sm90_kernel<D, __half, false, kBulk>,
                C::kSmemBytesBulk);
-    } else if (order != nullptr) {
-      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, true, kAtomics>
-                  : attention_backward_sm90_kernel<D, __half, true, kAtomics>,
-             C::kSmemBytesDeterministic);
     } else {
-      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kAtomics>
-                  : attention_backward_sm90_kernel<D, __half, false, kAtomics>,
-             C::kSmemBytes);
+      launch_atomics();
     }
   }
 }

@@ -117,9 +117,10 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     *gap = error;
     return false;
   }
-  const int kernel_dim = backward_kernel_dim(shape);
+  // The kernel's head dim and key block (k / v boxes, the varlen work list's blocks).
+  const int kernel_dim = backward_kernel_dim(shape), key_rows = key_block_rows(kernel_dim);
   for (auto [map, t, name] : {std::tuple{&maps.k, &a.k, "k"}, {&maps.v, &a.v, "v"}})
-    if (int error = encode_tensor_map(map, *t, key_block_rows(kernel_dim)); error != 0) {
+    if (int error = encode_tensor_map(map, *t, key_rows); error != 0) {
       *gap = concat("cuTensorMapEncodeTiled rejected ", name, " (CUresult ", error, ")");
       return false;
     }
@@ -146,7 +147,6 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     // dsink: the rows' terms [Hq][tokens_q] (every one written by the rows preprocess).
     const size_t dsink_count = want_dsink ? size_t(p.heads_q) * size_t(p.tokens_q) : 0;
     // Varlen: the work list of (sequence, key block) pairs, key blocks of the kernel's rows.
-    const int key_rows = key_block_rows(kernel_dim);
     const int64_t capacity = shape.varlen ? hopper::varlen_tile_capacity(shape.tokens_k, shape.batch, key_rows) : 0;
     const size_t list_bytes = shape.varlen ? varlen_tiles_bytes(capacity, shape.batch) : 0;
     // Deterministic dQ: the counts [Hq][slots] and the ticket after them, one zeroed range.
