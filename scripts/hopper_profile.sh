@@ -4,9 +4,9 @@
 # .device-carry/): builds flash4 for sm_90a and flash4-bench (with -lineinfo), then one
 # launch each (after 3 warm-ups) under `ncu --set full`: the forward at d 64, S 1k,
 # non-causal and at d 128, S 1k, causal (the furthest rows from cuDNN), the backward at
-# d 128, S 4k; the backward as adept's training calls it (d 64, S 4k, causal, deterministic);
-# and the opt-in variants beside their defaults (the d 64 forward with three consumer
-# warpgroups, the d 64 backward with the per-warpgroup dQ hand-over, the opt-in d 256 backward). Writes
+# d 128, S 4k and d 256, S 4k; the backward as adept's training calls it (d 64, S 4k, causal,
+# deterministic); and the opt-in variants beside their defaults (the d 64 forward with three
+# consumer warpgroups, the d 64 backward with the per-warpgroup dQ hand-over). Writes
 # $OUT/NAME.ncu-rep (open in Nsight Compute), NAME.txt (details page) and NAME.stalls.txt
 # (stall reasons and the most-stalled SASS instructions), and prints the headline metrics and
 # stalls of each. NAMEs on the command line pick profiles (default: all).
@@ -42,7 +42,7 @@ prof bwd_d64_s4k_causal_det attention_backward_sm90_kernel --d 64 --seqlen 4096 
 prof bwd_d64_s4k attention_backward_sm90_kernel --d 64 --seqlen 4096 --causal 0 --repeats 3 --deterministic 0
 FLASH4_HOPPER_DQ=per_warpgroup prof bwd_d64_s4k_per_warpgroup attention_backward_sm90_kernel --d 64 --seqlen 4096 \
   --causal 0 --repeats 3 --deterministic 0
-FLASH4_HOPPER_BWD_D256=1 prof bwd_d256_s4k attention_backward_sm90_kernel --d 256 --seqlen 4096 --causal 0 --repeats 3 \
+prof bwd_d256_s4k attention_backward_sm90_kernel --d 256 --seqlen 4096 --causal 0 --repeats 3 \
   --deterministic 0
 FLASH4_HOPPER_FWD_WARPGROUPS=3 prof fwd_d64_s1k_wg3 attention_forward_sm90 --d 64 --seqlen 1024 --causal 0 \
   --repeats 3 --deterministic 0

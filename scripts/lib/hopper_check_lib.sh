@@ -137,15 +137,17 @@ build_tests_and_bench() {
 # ---- bench ------------------------------------------------------------------------------
 # bwd_bench_rows D ENV...: flash4-bench --d D under ENV (NAME=value ...), rows "S causal bwd
 # bwd-det" (TFLOP/s), for A/B tables of backward switches.
+# BIN=PATH first among ENV runs that flash4-bench instead (build_baseline's).
 bwd_bench_rows() {
-  local d=$1
+  local d=$1 bin=$B/bin/flash4-bench
   shift
-  env "$@" timeout "$(budget 40)" "$B/bin/flash4-bench" --d "$d" --repeats 10 --csv /tmp/flash4_bwd_rows.csv >>"$LOG" 2>&1
+  [[ ${1:-} == BIN=* ]] && { bin=${1#BIN=}; shift; }
+  env "$@" timeout "$(budget 40)" "$bin" --d "$d" --repeats 10 --csv /tmp/flash4_bwd_rows.csv >>"$LOG" 2>&1
   awk -F, 'NR > 1 && $6 == "default" {print $2, $5, $10, $12}' /tmp/flash4_bwd_rows.csv
 }
 
 # bwd_ab_rows D ENV_A ENV_B LABEL_A LABEL_B: bwd_bench_rows D under ENV_A, then under ENV_B
-# (NAME=value each), as rows "| D | S | causal | bwd A | bwd B | B / A | bwd-det A | bwd-det B |
+# (NAME=value ..., words), as rows "| D | S | causal | bwd A | bwd B | B / A | bwd-det A | bwd-det B |
 # B / A |" appended to $OUT/bench_table.md (its header first when the table does not exist).
 bwd_ab_rows() {
   local d=$1
@@ -153,8 +155,10 @@ bwd_ab_rows() {
     { echo "| d | S | causal | bwd $4 | bwd $5 | ratio | bwd-det $4 | bwd-det $5 | ratio |"
       echo "|---|---|---|---|---|---|---|---|---|"; } >"$OUT/bench_table.md"
   fi
-  bwd_bench_rows "$d" "$2" >"$OUT/bench_d${d}_a.txt"
-  bwd_bench_rows "$d" "$3" >"$OUT/bench_d${d}_b.txt"
+  # shellcheck disable=SC2086  # ENV_A / ENV_B: several words
+  bwd_bench_rows "$d" $2 >"$OUT/bench_d${d}_a.txt"
+  # shellcheck disable=SC2086
+  bwd_bench_rows "$d" $3 >"$OUT/bench_d${d}_b.txt"
   paste -d' ' "$OUT/bench_d${d}_a.txt" "$OUT/bench_d${d}_b.txt" |
     awk -v d="$d" '{printf "| %s | %s | %s | %s | %s | %.3f | %s | %s | %.3f |\n", d, $1, $2, $3, $7,
       ($3 > 0 ? $7 / $3 : 0), $4, $8, ($4 > 0 ? $8 / $4 : 0)}' >>"$OUT/bench_table.md"
@@ -164,6 +168,19 @@ bwd_ab_rows() {
 bwd_ab_geomean() {
   awk -F'|' 'NR > 2 && $7 + 0 > 0 {b += log($7); n++; if ($10 + 0 > 0) {x += log($10); m++}}
     END {if (n) printf "bwd %.3f bwd-det %.3f (%d rows)", exp(b / n), (m ? exp(x / m) : 0), n}' "$OUT/bench_table.md"
+}
+
+# build_baseline PATCH: flash4-bench of this tree with PATCH reversed (the change under test
+# undone; PATCH made here by `git diff > PATCH`, untracked so that it travels), built in
+# /tmp/baseline; the binary's path in BASE_BENCH, "" when the patch or the build failed.
+build_baseline() {
+  BASE_BENCH=""
+  rm -rf /tmp/baseline && mkdir -p /tmp/baseline
+  tar --exclude='./build*' --exclude=./.device-carry -cf - . | tar -xf - -C /tmp/baseline
+  (cd /tmp/baseline && patch -R -p1 -s <"$OLDPWD/$1" >>"$LOG" 2>&1) || { say "baseline: $1 does not reverse"; return; }
+  (cd /tmp/baseline && build_flash4 && compile_bench) || { say "baseline build failed"; return; }
+  BASE_BENCH=/tmp/baseline/$B/bin/flash4-bench
+  say "baseline built ($1 reversed)"
 }
 
 # ---- SASS -------------------------------------------------------------------------------

@@ -154,30 +154,48 @@ TEST(HopperShapes, BackwardWideMRuleTakes128QueriesWhereItWasMeasuredFaster) {
   }
 }
 
-// The backward kernel's head dim: 64 / 128 as padded_head_dim; over 128 only with
-// FLASH4_HOPPER_BWD_D256=1 (dense or varlen); past 256 or not a multiple of 8, none.
-TEST(HopperShapes, BackwardKernelDimTakesD256OnlyWhenAsked) {
+// The backward kernel's head dim: padded_head_dim (64 / 128 / 256, dense or varlen; past 256 or
+// not a multiple of 8, none), but d 256 deterministic only from kDeterministicD256MinKeys keys
+// per sequence on average; FLASH4_HOPPER_BWD_D256=0 turns d 256 off, =1 on even then.
+TEST(HopperShapes, BackwardKernelDimTakesD256ButForShortDeterministicSequences) {
   using flash4::detail::backward_kernel_dim;
+  using flash4::detail::kDeterministicD256MinKeys;
   using testing_support::ScopedEnv;
-  auto shape = [](int64_t dqk, int64_t dv, bool varlen = false) {
+  auto shape = [](int64_t dqk, int64_t dv, bool varlen = false, int64_t batch = 2, int64_t keys = 1024) {
     ProblemShape s = dims(dqk, dv);
     s.varlen = varlen;
+    s.batch = batch;
+    s.tokens_k = batch * keys;
     return s;
   };
-  ScopedEnv off("FLASH4_HOPPER_BWD_D256", nullptr);
-  EXPECT_EQ(backward_kernel_dim(shape(40, 40)), 64);
-  EXPECT_EQ(backward_kernel_dim(shape(96, 64)), 128);
-  EXPECT_EQ(backward_kernel_dim(shape(128, 128, true)), 128);
-  EXPECT_EQ(backward_kernel_dim(shape(256, 256)), 0);
-  EXPECT_EQ(backward_kernel_dim(shape(192, 128)), 0);
+  const int64_t long_keys = kDeterministicD256MinKeys, short_keys = kDeterministicD256MinKeys - 8;
+  {
+    ScopedEnv unset("FLASH4_HOPPER_BWD_D256", nullptr);
+    for (bool det : {false, true}) {
+      EXPECT_EQ(backward_kernel_dim(shape(40, 40), det), 64);
+      EXPECT_EQ(backward_kernel_dim(shape(96, 64), det), 128);
+      EXPECT_EQ(backward_kernel_dim(shape(128, 128, true), det), 128);
+      EXPECT_EQ(backward_kernel_dim(shape(264, 264), det), 0);
+      EXPECT_EQ(backward_kernel_dim(shape(252, 252), det), 0);  // not a multiple of 8
+    }
+    EXPECT_EQ(backward_kernel_dim(shape(256, 256), false), 256);
+    EXPECT_EQ(backward_kernel_dim(shape(192, 128), false), 256);
+    EXPECT_EQ(backward_kernel_dim(shape(136, 136), false), 256);
+    EXPECT_EQ(backward_kernel_dim(shape(256, 256, true), false), 256);  // varlen: 64-key work lists
+    EXPECT_EQ(backward_kernel_dim(shape(256, 256, false, 2, long_keys), true), 256);
+    EXPECT_EQ(backward_kernel_dim(shape(256, 256, false, 2, short_keys), true), 0);
+    EXPECT_EQ(backward_kernel_dim(shape(256, 256, true, 3, long_keys), true), 256);  // packed: the mean
+    EXPECT_EQ(backward_kernel_dim(shape(256, 256, true, 3, short_keys), true), 0);
+  }
+  {
+    ScopedEnv off("FLASH4_HOPPER_BWD_D256", "0");
+    EXPECT_EQ(backward_kernel_dim(shape(256, 256), false), 0);
+    EXPECT_EQ(backward_kernel_dim(shape(192, 128, false, 2, long_keys), true), 0);
+    EXPECT_EQ(backward_kernel_dim(shape(128, 128), false), 128);
+  }
   ScopedEnv on("FLASH4_HOPPER_BWD_D256", "1");
-  EXPECT_EQ(backward_kernel_dim(shape(256, 256)), 256);
-  EXPECT_EQ(backward_kernel_dim(shape(192, 128)), 256);
-  EXPECT_EQ(backward_kernel_dim(shape(136, 136)), 256);
-  EXPECT_EQ(backward_kernel_dim(shape(256, 256, true)), 256);  // varlen: 64-key work lists
-  EXPECT_EQ(backward_kernel_dim(shape(264, 264)), 0);
-  EXPECT_EQ(backward_kernel_dim(shape(252, 252)), 0);  // not a multiple of 8
-  EXPECT_EQ(backward_kernel_dim(shape(64, 64)), 64);
+  EXPECT_EQ(backward_kernel_dim(shape(256, 256, false, 2, short_keys), true), 256);
+  EXPECT_EQ(backward_kernel_dim(shape(264, 264), true), 0);
 }
 
 // A forward call's split-KV runs on a 132-SM H200, as hopper.cpp decides them: MHA decode

@@ -40,6 +40,7 @@
 #include "common/scoped_env.hpp"
 #include "flash4_gpu_problem.hpp"
 #include "flash4_hopper_test_util.hpp"
+#include "hopper/host.hpp"  // kDeterministicD256MinKeys
 
 namespace flash4_gpu {
 namespace {
@@ -968,16 +969,13 @@ INSTANTIATE_TEST_SUITE_P(Padded, Flash4HopperDeterministicBackwardBulkDq,
 TEST(Flash4HopperBackwardDispatch, UncoveredCallsRunOnThePortableBackward) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   DefaultBackendSwitches defaults;
-  ScopedEnv d256_off("FLASH4_HOPPER_BWD_D256", nullptr);  // the d 256 kernel is opt-in
-  Problem p = small("d = 256");
-  p.Dqk = p.Dv = 256;
-  EXPECT_EQ(check_backward(p), "portable");
-  p = small("deterministic d = 256");  // deterministic is covered, d = 256 is not
+  Problem p = small("deterministic d = 256, short sequences");  // the d 256 kernel's ordered dQ: long ones only
   p.deterministic = true;
   p.Dqk = p.Dv = 256;
   EXPECT_EQ(check_backward(p), "portable");
-  p = small("d = 192/128");  // past the d 128 kernel
+  p = small("d = 192/128, FLASH4_HOPPER_BWD_D256=0");
   p.Dqk = 192, p.Dv = 128;
+  ScopedEnv d256_off("FLASH4_HOPPER_BWD_D256", "0");
   EXPECT_EQ(check_backward(p), "portable");
   {
     ScopedEnv off("FLASH4_HOPPER_SEQUSED", "0");
@@ -1085,13 +1083,13 @@ INSTANTIATE_TEST_SUITE_P(FourByteStore, Flash4HopperBackwardFourByteStore, ::tes
 INSTANTIATE_TEST_SUITE_P(WideM, Flash4HopperDeterministicBackwardWideM, ::testing::ValuesIn(wide_m_cases(true)),
                          test_name);
 
-// d 256: the split-head-dim kernel (FLASH4_HOPPER_BWD_D256=1, opt-in, written without a GPU:
-// 64-key CTAs, both consumer warpgroups on the same keys, each with half the head dim of dK /
+// d 256: the split-head-dim kernel (the default; the suites set FLASH4_HOPPER_BWD_D256=1 so
+// that short deterministic cases take it too: 64-key CTAs, both consumer warpgroups on the same keys, each with half the head dim of dK /
 // dV / dQ; dQ by float2 atomics, the only path there). Every d 128 case of the covered,
 // window, varlen, sink, softcap and seqused suites at d 256 (varlen: work lists of 64-key
 // blocks); padded head dims 136 / 192 and d_qk != d_v both ways (the kernel's halves then
 // hold columns past d on one side); deterministic calls (dense and packed) against float64
-// and three runs bit for bit. Without the switch d 256 runs the portable backward.
+// and three runs bit for bit. The dispatch test: which calls take it by default.
 // The d 128 cases of `suites`, at d 256.
 std::vector<Problem> at_d256(std::initializer_list<std::vector<Problem>> suites) {
   std::vector<Problem> all;
@@ -1153,21 +1151,31 @@ TEST_P(Flash4HopperDeterministicBackwardD256, ThreeRunsGiveTheSameBits) {
 INSTANTIATE_TEST_SUITE_P(D256, Flash4HopperDeterministicBackwardD256, ::testing::ValuesIn(d256_deterministic_cases()),
                          test_name);
 
-TEST(Flash4HopperBackwardD256Dispatch, OptInDenseAndVarlen) {
+TEST(Flash4HopperBackwardD256Dispatch, DefaultDenseAndVarlenButShortDeterministicSequences) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   DefaultBackendSwitches defaults;
+  ScopedEnv unset("FLASH4_HOPPER_BWD_D256", nullptr);
   Problem p = small("d256 default");
   p.Dqk = p.Dv = 256;
-  {
-    ScopedEnv unset("FLASH4_HOPPER_BWD_D256", nullptr);
-    EXPECT_EQ(check_backward(p), "portable") << "opt-in: off unless FLASH4_HOPPER_BWD_D256=1";
-  }
-  ScopedEnv d256("FLASH4_HOPPER_BWD_D256", "1");
   EXPECT_EQ(check_backward(p), "hopper");
   Problem packed = p;
   packed.label = "d256 varlen";
   packed.seqs = {{100, 130}, {17, 17}};
   EXPECT_EQ(check_backward(packed), "hopper") << "varlen at d 256 (64-key work lists)";
+  Problem det = p;
+  det.label = "d256 deterministic, short";
+  det.deterministic = true;
+  EXPECT_EQ(check_backward(det), "portable") << "ordered dQ over short sequences: the portable backward";
+  det.label = "d256 deterministic, long";
+  det.B = 1, det.Hq = 2, det.Hkv = 1, det.Sq = 128, det.Sk = int(flash4::detail::kDeterministicD256MinKeys);
+  EXPECT_EQ(check_backward(det), "hopper");
+  {
+    ScopedEnv on("FLASH4_HOPPER_BWD_D256", "1");
+    det.Sk = 300;
+    EXPECT_EQ(check_backward(det), "hopper") << "FLASH4_HOPPER_BWD_D256=1 forces";
+  }
+  ScopedEnv off("FLASH4_HOPPER_BWD_D256", "0");
+  EXPECT_EQ(check_backward(p), "portable") << "FLASH4_HOPPER_BWD_D256=0 turns it off";
 }
 
 }  // namespace

@@ -120,8 +120,9 @@
 // forces). Missing (follow-ups): overlap of one query block's S / dP with the previous one's
 // gradients (a d = 64 try in pairs of steps was 13% slower), persistent scheduling, bulk dQ
 // at d over 128, native (unpadded) d 96 tiles. d over 128 (padded to 256): the
-// kSplitHeadDim kernel (BackwardSm90Config), opt-in with FLASH4_HOPPER_BWD_D256=1, written
-// without a GPU (docs/hopper_backward_d256.md, scripts/hopper_bwd_d256_check.sh).
+// kSplitHeadDim kernel (BackwardSm90Config; docs/hopper_backward_d256.md), the default since
+// scripts/hopper_bwd_d256_check.sh passed on an H200 (2026-12-02: 1.28x the portable backward)
+// but for deterministic calls over short sequences (host.hpp's backward_kernel_dim).
 #pragma once
 
 #include <cuda.h>
@@ -145,8 +146,7 @@ namespace flash4::hopper {
 // computes dQ for queries 64 w .. 64 w + 63 over all 128 keys (as d = 128 splits columns), so
 // its dQ tile is whole: no partial sums, no deterministic combine. Shared memory: one dQ
 // staging buffer (the second does not fit beside two dS^T buffers and two Q / dO stages).
-// d = 256 (kSplitHeadDim; opt-in, FLASH4_HOPPER_BWD_D256=1, written without a GPU:
-// docs/hopper_backward_d256.md): 64 keys per CTA, both consumer warpgroups on the same keys,
+// d = 256 (kSplitHeadDim; docs/hopper_backward_d256.md; FLASH4_HOPPER_BWD_D256=0 opts out): 64 keys per CTA, both consumer warpgroups on the same keys,
 // each keeping dK / dV for half the head dim (128 columns: 64 + 64 registers); S^T and dP^T
 // computed by both in full (duplicated, no exchange); dQ's columns split the same way, in two
 // 64-column chunks a warpgroup, added by float2 atomics (no room for the bulk staging:

@@ -37,7 +37,7 @@ enum class DqAdd : int { atomics = 0, bulk = 1, bulk_per_warpgroup = 2 };
 inline constexpr int kDqBulkBoxCols = 32;
 
 inline constexpr int kBackwardQBoxRows = 64;  // = BackwardSm90Config::kBlockM
-// The d = 256 kernel (opt-in, FLASH4_HOPPER_BWD_D256=1): key blocks of 64, so k / v boxes of
+// The d = 256 kernel (host.hpp's backward_kernel_dim): key blocks of 64, so k / v boxes of
 // 64 rows (the d 64 / 128 kernels: kTmaBoxRows).
 inline constexpr int kBackwardSplitKeyBoxRows = 64;
 // The d = 64 kernel at BM = 128 (wide_m below; the default at d = 64 but for varlen without

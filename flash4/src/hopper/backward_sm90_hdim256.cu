@@ -1,5 +1,6 @@
 // Hopper backward kernels for head dim 256 (bf16, fp16; float2-atomic dQ, deterministic or
-// not): opt-in, FLASH4_HOPPER_BWD_D256=1 (backward_sm90_host.cpp).
+// not): the default at d over 128 but for short deterministic sequences (host.hpp's
+// backward_kernel_dim).
 #include "hopper/backward_sm90.cuh"
 
 namespace flash4::hopper {

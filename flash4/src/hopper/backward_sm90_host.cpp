@@ -52,11 +52,15 @@ std::string backward_gap(const flash4_backward_args& a, const ProblemShape& shap
   if (a.q.dtype != FLASH4_BF16 && a.q.dtype != FLASH4_F16) return "dtype is not bf16 / fp16";
   if (std::string gap = seqused_gap(a.varlen); !gap.empty()) return gap;
   if (!(shape.softmax_scale > 0)) return "softmax_scale <= 0 is not covered";
-  // The d 256 kernel: opt-in, dQ by float2 atomics (backward_kernel_dim).
-  const int kernel_dim = backward_kernel_dim(shape);
-  if (kernel_dim == 0)
-    return concat("head dims ", shape.d_qk, "/", shape.d_v,
-                  " (covered: multiples of 8 up to 128; up to 256 with FLASH4_HOPPER_BWD_D256=1)");
+  // d 256: not for short deterministic sequences, nor with FLASH4_HOPPER_BWD_D256=0 (backward_kernel_dim).
+  const int kernel_dim = backward_kernel_dim(shape, a.deterministic);
+  if (kernel_dim == 0) {
+    if (padded_head_dim(shape) != 256)
+      return concat("head dims ", shape.d_qk, "/", shape.d_v, " (covered: multiples of 8 up to 256)");
+    if (env_is("FLASH4_HOPPER_BWD_D256", "0")) return "head dims over 128 with FLASH4_HOPPER_BWD_D256=0";
+    return concat("deterministic at head dims over 128 with fewer than ", kDeterministicD256MinKeys,
+                  " keys per sequence (the portable backward is faster there; FLASH4_HOPPER_BWD_D256=1 forces)");
+  }
   const int rows = key_block_rows(kernel_dim);
   if (shape.heads_kv > 65535 || shape.batch > 65535) return "more than 65535 KV heads or sequences";
   if (std::string gap = problem_size_gap(shape); !gap.empty()) return gap;
@@ -118,7 +122,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     return false;
   }
   // The kernel's head dim and key block (k / v boxes, the varlen work list's blocks).
-  const int kernel_dim = backward_kernel_dim(shape), key_rows = key_block_rows(kernel_dim);
+  const int kernel_dim = backward_kernel_dim(shape, a.deterministic), key_rows = key_block_rows(kernel_dim);
   for (auto [map, t, name] : {std::tuple{&maps.k, &a.k, "k"}, {&maps.v, &a.v, "v"}})
     if (int error = encode_tensor_map(map, *t, key_rows); error != 0) {
       *gap = concat("cuTensorMapEncodeTiled rejected ", name, " (CUresult ", error, ")");
@@ -202,6 +206,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     if (wide_asked && !wide_m)
       if (std::string error = encode_query_maps(hopper::kBackwardQBoxRows); !error.empty())
         throw cuda::CudaError(error);
+    if (kernel_dim == 256) dq_note = "d 256, 64-key blocks: " + dq_note;
     if (wide_m) dq_note += ", 128-query blocks";
     if (deterministic) dq_note += ", deterministic";
     if (p.quad_stores) dq_note += ", dK / dV by quad stores";

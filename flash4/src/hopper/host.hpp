@@ -174,13 +174,25 @@ inline bool env_is(const char* name, const char* value) {
 // call) sends it to the portable kernels, for A/B runs.
 inline bool hopper_seqused_enabled() { return !env_is("FLASH4_HOPPER_SEQUSED", "0"); }
 
-// The Hopper backward kernel's head dim for `shape` (padded_head_dim): 64 or 128, or 256 only
-// with FLASH4_HOPPER_BWD_D256=1 (opt-in, written without a GPU: backward_sm90.cuh's
-// kSplitHeadDim); 0 when no kernel covers it. Read at each call.
-inline int backward_kernel_dim(const ProblemShape& shape) {
+// Keys per sequence from which a deterministic backward at d 256 takes the Hopper kernel: its
+// ordered dQ adds pass down the 64-key blocks of a sequence one after another (a wavefront as
+// long as the key blocks and query blocks together), so short sequences lose to the portable
+// backward (H200, scripts/hopper_bwd_d256_check.sh: 0.83 - 0.97x at S 512 - 2k, 1.04 - 1.28x
+// from 4k).
+inline constexpr int64_t kDeterministicD256MinKeys = 4096;
+
+// The Hopper backward kernel's head dim for `shape` (padded_head_dim): 64, 128 or 256; 0 when
+// no kernel covers it. d 256 (backward_sm90.cuh's kSplitHeadDim) is the default since
+// scripts/hopper_bwd_d256_check.sh passed on an H200 (2026-12-02: 1.28x the portable backward,
+// flash4 / cuDNN bwd 0.53 -> 0.67), but for deterministic calls whose sequences average fewer
+// than kDeterministicD256MinKeys keys. FLASH4_HOPPER_BWD_D256=0 sends d 256 to the portable
+// backward, =1 to the kernel even then. Read at each call.
+inline int backward_kernel_dim(const ProblemShape& shape, bool deterministic) {
   const int d = padded_head_dim(shape);
-  if (d == 256 && !env_is("FLASH4_HOPPER_BWD_D256", "1")) return 0;
-  return d;
+  if (d != 256) return d;
+  if (env_is("FLASH4_HOPPER_BWD_D256", "0")) return 0;
+  if (env_is("FLASH4_HOPPER_BWD_D256", "1") || !deterministic) return d;
+  return shape.tokens_k >= kDeterministicD256MinKeys * std::max<int64_t>(shape.batch, 1) ? d : 0;
 }
 
 // Whether the d = 64 backward takes 128-query blocks (BM = 128, FA3's 128 x 128 tile) rather
