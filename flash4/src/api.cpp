@@ -52,12 +52,16 @@ flash4_status hopper_not_built() {
   return FLASH4_UNSUPPORTED;
 }
 
-template <class Args, class Reference, class Portable>
-flash4_status dispatch(const Args& args, Reference reference, Portable portable) {
+// On the CPU (validate_* has rejected PORTABLE / HOPPER there): the float64 reference for
+// REFERENCE, and for AUTO with f64 tensors (who asks in float64 wants float64 exactness); the
+// float32 kernels (src/cpu) for CPU, and for AUTO with f32 / f16 / bf16 tensors.
+template <class Args, class Reference, class Cpu, class Portable>
+flash4_status dispatch(const Args& args, Reference reference, Cpu cpu, Portable portable) {
   if (args.device == FLASH4_CPU) {
-    // validate_* has rejected PORTABLE / HOPPER on the CPU: AUTO and REFERENCE land here.
-    flash4_status status = reference(args);
-    if (status == FLASH4_OK) set_last_backend("reference");
+    const bool exact = args.backend == FLASH4_BACKEND_REFERENCE ||
+                       (args.backend == FLASH4_BACKEND_AUTO && args.q.dtype == FLASH4_F64);
+    flash4_status status = exact ? reference(args) : cpu(args);
+    if (status == FLASH4_OK) set_last_backend(exact ? "reference" : "cpu");
     return status;
   }
   if (args.backend == FLASH4_BACKEND_HOPPER) return hopper_not_built();
@@ -117,7 +121,8 @@ extern "C" flash4_status flash4_forward(const flash4_forward_args* args) {
         return status;
     }
 #endif
-    return dispatch(*args, flash4::detail::reference_forward, [&](const flash4_forward_args& a) {
+    return dispatch(*args, flash4::detail::reference_forward, flash4::detail::cpu_forward,
+                    [&](const flash4_forward_args& a) {
 #if defined(FLASH4_WITH_CUDA) && defined(FLASH4_HAVE_PORTABLE)
       flash4_status status = flash4::detail::portable_forward(a);
       if (status == FLASH4_OK) set_last_backend("portable");
@@ -146,7 +151,8 @@ extern "C" flash4_status flash4_backward(const flash4_backward_args* args) {
         return status;
     }
 #endif
-    return dispatch(*args, flash4::detail::reference_backward, [&](const flash4_backward_args& a) {
+    return dispatch(*args, flash4::detail::reference_backward, flash4::detail::cpu_backward,
+                    [&](const flash4_backward_args& a) {
 #if defined(FLASH4_WITH_CUDA) && defined(FLASH4_HAVE_PORTABLE)
       flash4_status status = flash4::detail::portable_backward(a);
       if (status == FLASH4_OK) set_last_backend("portable");

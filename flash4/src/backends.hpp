@@ -17,6 +17,11 @@ void set_last_backend(const char* name);
 flash4_status reference_forward(const flash4_forward_args& args);
 flash4_status reference_backward(const flash4_backward_args& args);
 
+// CPU float32 kernels (src/cpu): every feature of the reference, every dtype; P and D_i in
+// the backward from the forward's lse and out, as on the GPU.
+flash4_status cpu_forward(const flash4_forward_args& args);
+flash4_status cpu_backward(const flash4_backward_args& args);
+
 #ifdef FLASH4_WITH_CUDA
 // Portable CUDA kernels (sm80+: mma.sync, ldmatrix, cp.async).
 // Return FLASH4_UNSUPPORTED (with set_last_error) for what they do not cover.

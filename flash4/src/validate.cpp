@@ -104,8 +104,10 @@ void check_device_and_backend(const Checker& c, flash4_device device, flash4_bac
   switch (backend) {
     case FLASH4_BACKEND_AUTO: break;
     case FLASH4_BACKEND_REFERENCE:
+    case FLASH4_BACKEND_CPU:
       if (device != FLASH4_CPU)
-        c.fail("backend FLASH4_BACKEND_REFERENCE runs on the CPU only, but device is FLASH4_CUDA "
+        c.fail("backend ", backend == FLASH4_BACKEND_REFERENCE ? "FLASH4_BACKEND_REFERENCE" : "FLASH4_BACKEND_CPU",
+               " runs on the CPU only, but device is FLASH4_CUDA "
                "(use FLASH4_BACKEND_AUTO, or device FLASH4_CPU with host pointers)");
       break;
     case FLASH4_BACKEND_PORTABLE:

@@ -68,6 +68,7 @@ struct DenseProblem {
   std::vector<int32_t> seqused_k;  // [B], or empty
   flash4_dtype dtype = FLASH4_F64;
   bool bhsd = false;
+  flash4_backend backend = FLASH4_BACKEND_REFERENCE;  // or FLASH4_BACKEND_CPU (the float32 kernels)
 
   int64_t q_numel() const { return B * Sq * Hq * Dqk; }
   int64_t k_numel() const { return B * Sk * Hkv * Dqk; }
@@ -102,6 +103,7 @@ struct ForwardResult {
 // Binds the problem's options, sink and seqused_k into args (the vectors must outlive the call).
 template <class Args>
 void bind_options(const DenseProblem& p, const std::vector<float>& sink_f32, Args& a) {
+  a.backend = p.backend;
   a.options = p.options;
   a.options.sink = p.sink.empty() ? nullptr : sink_f32.data();
   if (!p.seqused_k.empty()) {

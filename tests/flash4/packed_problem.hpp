@@ -14,6 +14,7 @@ struct PackedProblem {
   flash4_options options = no_mask_options();
   std::vector<double> sink;  // [Hq] or empty
   flash4_dtype dtype = FLASH4_F64;
+  flash4_backend backend = FLASH4_BACKEND_REFERENCE;  // or FLASH4_BACKEND_CPU (the float32 kernels)
 
   int batch() const { return int(cu_q.size()) - 1; }
   // Sequences of the given (query, key) lengths, packed back to back.
@@ -43,6 +44,7 @@ inline NaiveOutput naive_packed(const PackedProblem& p, const DenseInputs& in) {
 
 template <class Args>
 void bind_packed(const PackedProblem& p, const std::vector<float>& sink_f32, Args& a) {
+  a.backend = p.backend;
   a.options = p.options;
   a.options.sink = p.sink.empty() ? nullptr : sink_f32.data();
   a.varlen.cu_seqlens_q = p.cu_q.data();

@@ -272,11 +272,16 @@ PagedKv scatter_into_pages(std::mt19937_64& rng, const std::vector<double>& k, c
   return paged;
 }
 
+// On the reference (f64) and on the float32 CPU kernels (f32), the same bits either way.
 TEST_F(ReferenceForward, PagedKvEqualsContiguousKv) {
+  for (flash4_backend backend : {FLASH4_BACKEND_REFERENCE, FLASH4_BACKEND_CPU}) {
+  SCOPED_TRACE(backend == FLASH4_BACKEND_CPU ? "cpu kernels" : "reference");
   DenseProblem p;
   p.B = 3, p.Sq = 4, p.Sk = 10, p.Dv = 6;
   p.seqused_k = {10, 7, 2};
   p.options.causal = 1;
+  p.backend = backend;
+  p.dtype = backend == FLASH4_BACKEND_CPU ? FLASH4_F32 : FLASH4_F64;
   const DenseInputs in = random_inputs(p, rng_);
   const ForwardResult contiguous = run_forward(p, in);
   ASSERT_EQ(contiguous.status, FLASH4_OK) << contiguous.error;
@@ -292,9 +297,11 @@ TEST_F(ReferenceForward, PagedKvEqualsContiguousKv) {
   a.paged.page_table = paged.page_table.data();
   a.paged.max_pages_per_seq = paged.max_pages;
   a.paged.page_size = paged.page_size;
+  a.backend = backend;
   ASSERT_EQ(flash4_forward(&a), FLASH4_OK) << flash4_last_error();
   EXPECT_EQ(out.values(), contiguous.out);
   EXPECT_EQ(lse.values(), contiguous.lse);
+  }
 }
 
 TEST_F(ReferenceForward, PagedKvWithPackedQueriesMatchesNaiveFormula) {

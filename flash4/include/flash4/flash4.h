@@ -78,12 +78,14 @@ typedef enum flash4_dtype {
 
 typedef enum flash4_device { FLASH4_CPU = 0, FLASH4_CUDA = 1 } flash4_device;
 
-/* Which implementation runs a CUDA call. AUTO picks the fastest that supports it. */
+/* Which implementation runs a call. AUTO picks the fastest that supports it on CUDA; on
+ * the CPU, the float64 reference for f64 tensors and the float32 CPU kernels otherwise. */
 typedef enum flash4_backend {
   FLASH4_BACKEND_AUTO = 0,
   FLASH4_BACKEND_REFERENCE = 1, /* CPU float64 reference */
   FLASH4_BACKEND_PORTABLE = 2,  /* sm80+ mma.sync kernels */
-  FLASH4_BACKEND_HOPPER = 3     /* sm90a wgmma/TMA kernels */
+  FLASH4_BACKEND_HOPPER = 3,    /* sm90a wgmma/TMA kernels */
+  FLASH4_BACKEND_CPU = 4        /* CPU float32 kernels (vectorised, FMA-unit exp2) */
 } flash4_backend;
 
 typedef struct flash4_tensor {
@@ -165,7 +167,7 @@ flash4_status flash4_backward(const flash4_backward_args* args);
 const char* flash4_last_error(void);
 
 /* Name of the implementation the last successful call on this thread ran
- * ("reference", "portable", "hopper"). */
+ * ("reference", "cpu", "portable", "hopper"). */
 const char* flash4_last_backend(void);
 
 #ifdef __cplusplus

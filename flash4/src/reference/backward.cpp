@@ -15,25 +15,6 @@
 #include "reference/sequences.hpp"
 
 namespace flash4::detail {
-namespace {
-
-// Writes zeros to every element of t (any rank, last dimension contiguous).
-void zero_fill(const flash4_tensor& t) {
-  const int64_t width = t.shape[t.rank - 1];
-  int64_t rows = 1;
-  for (int d = 0; d + 1 < t.rank; ++d) rows *= t.shape[d];
-  const std::vector<double> zeros(width, 0.0);
-  for (int64_t r = 0; r < rows; ++r) {
-    int64_t offset = 0, rest = r;
-    for (int d = t.rank - 2; d >= 0; --d) {
-      offset += (rest % t.shape[d]) * t.stride[d];
-      rest /= t.shape[d];
-    }
-    store_row(t.dtype, t.data, offset, width, zeros.data());
-  }
-}
-
-}  // namespace
 
 flash4_status reference_backward(const flash4_backward_args& args) {
   const ProblemShape shape = validate_backward(args);

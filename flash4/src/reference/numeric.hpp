@@ -1,5 +1,5 @@
 // Portable fp16 / bf16 <-> float conversions (round-to-nearest-even) and typed row
-// loads/stores for the CPU reference. Header-only so tests can build inputs with the
+// loads/stores for the CPU reference and the CPU kernels. Header-only so tests can build inputs with the
 // same bit-exact rounding.
 #pragma once
 
@@ -74,12 +74,14 @@ inline int64_t dtype_size(flash4_dtype dtype) {
   return 0;
 }
 
-// Reads n contiguous elements starting at element `offset` of `base`, widened to double.
-inline void load_row(flash4_dtype dtype, const void* base, int64_t offset, int64_t n, double* dst) {
+// Reads n contiguous elements starting at element `offset` of `base`, converted to Dst
+// (double for the reference, float for the CPU kernels: exact but for f64 -> float).
+template <typename Dst>
+void load_row(flash4_dtype dtype, const void* base, int64_t offset, int64_t n, Dst* dst) {
   switch (dtype) {
     case FLASH4_F64: {
       const double* p = static_cast<const double*>(base) + offset;
-      for (int64_t i = 0; i < n; ++i) dst[i] = p[i];
+      for (int64_t i = 0; i < n; ++i) dst[i] = Dst(p[i]);
       return;
     }
     case FLASH4_F32: {
@@ -122,6 +124,32 @@ inline void store_row(flash4_dtype dtype, void* base, int64_t offset, int64_t n,
     case FLASH4_BF16: {
       uint16_t* p = static_cast<uint16_t*>(base) + offset;
       for (int64_t i = 0; i < n; ++i) p[i] = f64_to_bf16_bits(src[i]);
+      return;
+    }
+  }
+}
+
+// store_row from float (the CPU kernels): each element rounded once to nearest-even.
+inline void store_row(flash4_dtype dtype, void* base, int64_t offset, int64_t n, const float* src) {
+  switch (dtype) {
+    case FLASH4_F64: {
+      double* p = static_cast<double*>(base) + offset;
+      for (int64_t i = 0; i < n; ++i) p[i] = src[i];
+      return;
+    }
+    case FLASH4_F32: {
+      float* p = static_cast<float*>(base) + offset;
+      for (int64_t i = 0; i < n; ++i) p[i] = src[i];
+      return;
+    }
+    case FLASH4_F16: {
+      uint16_t* p = static_cast<uint16_t*>(base) + offset;
+      for (int64_t i = 0; i < n; ++i) p[i] = f32_to_f16_bits(src[i]);
+      return;
+    }
+    case FLASH4_BF16: {
+      uint16_t* p = static_cast<uint16_t*>(base) + offset;
+      for (int64_t i = 0; i < n; ++i) p[i] = f32_to_bf16_bits(src[i]);
       return;
     }
   }

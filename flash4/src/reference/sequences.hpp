@@ -122,6 +122,23 @@ inline void load_key_rows(const SequenceMap& map, const flash4_tensor& t, int64_
   for (int64_t j = 0; j < n; ++j) load_row(t.dtype, t.data, map.k_row(t, b, j, h), width, dst + j * width);
 }
 
+// Writes zeros to every element of t (any rank, last dimension contiguous): the backward's
+// gradients before the rows that sequences cover are written.
+inline void zero_fill(const flash4_tensor& t) {
+  const int64_t width = t.shape[t.rank - 1];
+  int64_t rows = 1;
+  for (int d = 0; d + 1 < t.rank; ++d) rows *= t.shape[d];
+  const std::vector<double> zeros(width, 0.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t offset = 0, rest = r;
+    for (int d = t.rank - 2; d >= 0; --d) {
+      offset += (rest % t.shape[d]) * t.stride[d];
+      rest /= t.shape[d];
+    }
+    store_row(t.dtype, t.data, offset, width, zeros.data());
+  }
+}
+
 // Runs body(item) for item in [0, count) on OpenMP threads; the first exception thrown
 // by any item is rethrown on the calling thread (none may escape an OpenMP region).
 template <class Body>

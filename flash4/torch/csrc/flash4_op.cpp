@@ -218,7 +218,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward(const Tensor& dout_in, const
   return {dq, dk, dv, dsink};
 }
 
-// Which implementation the last call on this thread ran ("portable", "hopper", "reference").
+// Which implementation the last call on this thread ran ("portable", "hopper", "cpu", "reference").
 std::string last_backend() { return flash4_last_backend(); }
 
 }  // namespace

@@ -122,7 +122,7 @@ def _register() -> None:
 
 def last_backend() -> str:
     """Name of the implementation flash4's last call on this thread ran ("portable",
-    "hopper", "reference"). Autograd runs backward on its own threads: ask after a forward."""
+    "hopper", "cpu", "reference"). Autograd runs backward on its own threads: ask after a forward."""
     _require()
     return torch.ops.flash4.last_backend()
 
