@@ -9,7 +9,7 @@ bounded by what the low-precision arithmetic allows (bf16 ~1e-2, fp16 ~2e-3).
 
 Runs where the extension is built (flash4/torch/build.py) and needs a CUDA device for
 the CUDA cases; without one (FLASH4_TEST_DEVICE=cpu, or no GPU) the same cases run on
-flash4's CPU reference. Inputs are random with a printed seed; FLASH4_TEST_SEED=<n>
+flash4's float32 CPU kernels (float64 inputs: its CPU reference). Inputs are random with a printed seed; FLASH4_TEST_SEED=<n>
 replays one.
 
     PYTHONPATH=flash4/torch python3 -m pytest -q tests/torch
