@@ -34,6 +34,17 @@ DenseProblem vector_sized(flash4_dtype dtype = FLASH4_F32) {
   return p;
 }
 
+// Three causal sequences packed with padding past the last (rows no sequence covers), f32.
+PackedProblem padded_packed() {
+  PackedProblem p = PackedProblem::of_lengths({{30, 30}, {1, 7}, {50, 50}});
+  p.Tq += 3, p.Tk += 5;
+  p.Dqk = p.Dv = 32;
+  p.options.causal = 1;
+  p.dtype = FLASH4_F32;
+  p.backend = FLASH4_BACKEND_CPU;
+  return p;
+}
+
 class CpuKernels : public Flash4Test {
  protected:
   // Forward on the CPU kernels against the naive formula on the rounded inputs: out within
@@ -153,12 +164,7 @@ TEST_F(CpuKernels, ForwardBf16AndF16) {
 }
 
 TEST_F(CpuKernels, ForwardPackedWithPaddingMatchesNaiveFormula) {
-  PackedProblem p = PackedProblem::of_lengths({{30, 30}, {1, 7}, {50, 50}});
-  p.Tq += 3, p.Tk += 5;  // padding rows no sequence covers: left untouched
-  p.Dqk = p.Dv = 32;
-  p.options.causal = 1;
-  p.dtype = FLASH4_F32;
-  p.backend = FLASH4_BACKEND_CPU;
+  const PackedProblem p = padded_packed();  // padding rows: out left untouched
   const DenseInputs in = random_inputs(p, rng_);
   const ForwardResult r = run_packed_forward(p, in);
   ASSERT_EQ(r.status, FLASH4_OK) << r.error;
@@ -209,12 +215,7 @@ TEST_F(CpuKernels, BackwardBf16AndF16) {
 }
 
 TEST_F(CpuKernels, BackwardPackedWithPaddingGivesZerosThere) {
-  PackedProblem p = PackedProblem::of_lengths({{30, 30}, {1, 7}, {50, 50}});
-  p.Tq += 3, p.Tk += 5;
-  p.Dqk = p.Dv = 32;
-  p.options.causal = 1;
-  p.dtype = FLASH4_F32;
-  p.backend = FLASH4_BACKEND_CPU;
+  const PackedProblem p = padded_packed();  // padding rows: zero gradients
   const DenseInputs in = random_inputs(p, rng_);
   const std::vector<double> g = random_values(rng_, p.Tq * p.Hq * p.Dv);
   const BackwardResult r = run_packed_backward(p, in, g);

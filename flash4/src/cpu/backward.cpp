@@ -21,8 +21,6 @@
 namespace flash4::detail {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-
 struct BackwardItem {
   const flash4_backward_args& args;
   const ProblemShape& shape;
@@ -69,7 +67,7 @@ FLASH4_CPU_CLONES void backward_item(const BackwardItem& w, int64_t item) {
             tanh_s[j] = std::tanh(s[j] / softcap);
             s[j] = softcap * tanh_s[j];
           }
-        cpu::exp2_row(p.data() + j0, s_row, kLog2e, lse * kLog2e, n);
+        cpu::exp2_row(p.data() + j0, s_row, cpu::kLog2e, lse * cpu::kLog2e, n);
         std::fill_n(dp.data() + j0, n, 0.0f);
         for (int64_t d = 0; d < Dv; ++d) cpu::axpy(dp.data() + j0, dout[d], Vt.data() + d * Sk + j0, n);
         // dp <- scale dS (the scale of dQ and dK folded in once).

@@ -18,8 +18,6 @@
 namespace flash4::detail {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-
 struct ForwardItem {
   const flash4_forward_args& args;
   const ProblemShape& shape;
@@ -57,9 +55,9 @@ FLASH4_CPU_CLONES void forward_item(const ForwardItem& w, int64_t item) {
     float lse = -std::numeric_limits<float>::infinity();
     if (max_score != -std::numeric_limits<float>::infinity()) {
       // p = 2^((s - max) log2 e), the sink in the denominator only.
-      cpu::exp2_row(p.data() + j0, s.data() + j0, kLog2e, max_score * kLog2e, n);
+      cpu::exp2_row(p.data() + j0, s.data() + j0, cpu::kLog2e, max_score * cpu::kLog2e, n);
       float sum = cpu::lane_sum(p.data() + j0, n);
-      if (sink != nullptr) sum += cpu::exp2_softmax((*sink - max_score) * kLog2e);
+      if (sink != nullptr) sum += cpu::exp2_softmax((*sink - max_score) * cpu::kLog2e);
       for (int64_t j = j0; j < j0 + n; ++j) cpu::axpy(out.data(), p[j], V.data() + j * Dv, Dv);
       const float inv_sum = 1.0f / sum;
       for (float& x : out) x *= inv_sum;

@@ -19,6 +19,8 @@
 
 namespace flash4::detail::cpu {
 
+inline constexpr float kLog2e = 1.4426950408889634f;  // exp(x) = 2^(x log2 e)
+
 // y[j] += a * x[j] for j in [0, n).
 __attribute__((always_inline)) inline void axpy(float* __restrict y, float a, const float* __restrict x, int64_t n) {
 #pragma omp simd

@@ -102,9 +102,17 @@ void load_row(flash4_dtype dtype, const void* base, int64_t offset, int64_t n, D
   }
 }
 
+// One element rounded to nearest-even fp16 / bf16 bits: from double through round-to-odd
+// float (no double rounding), from float directly.
+inline uint16_t f16_bits(double x) { return f64_to_f16_bits(x); }
+inline uint16_t f16_bits(float x) { return f32_to_f16_bits(x); }
+inline uint16_t bf16_bits(double x) { return f64_to_bf16_bits(x); }
+inline uint16_t bf16_bits(float x) { return f32_to_bf16_bits(x); }
+
 // Writes n contiguous elements at element `offset` of `base`, each rounded once to
-// nearest-even from double.
-inline void store_row(flash4_dtype dtype, void* base, int64_t offset, int64_t n, const double* src) {
+// nearest-even from Src (double for the reference, float for the CPU kernels).
+template <typename Src>
+void store_row(flash4_dtype dtype, void* base, int64_t offset, int64_t n, const Src* src) {
   switch (dtype) {
     case FLASH4_F64: {
       double* p = static_cast<double*>(base) + offset;
@@ -118,38 +126,12 @@ inline void store_row(flash4_dtype dtype, void* base, int64_t offset, int64_t n,
     }
     case FLASH4_F16: {
       uint16_t* p = static_cast<uint16_t*>(base) + offset;
-      for (int64_t i = 0; i < n; ++i) p[i] = f64_to_f16_bits(src[i]);
+      for (int64_t i = 0; i < n; ++i) p[i] = f16_bits(src[i]);
       return;
     }
     case FLASH4_BF16: {
       uint16_t* p = static_cast<uint16_t*>(base) + offset;
-      for (int64_t i = 0; i < n; ++i) p[i] = f64_to_bf16_bits(src[i]);
-      return;
-    }
-  }
-}
-
-// store_row from float (the CPU kernels): each element rounded once to nearest-even.
-inline void store_row(flash4_dtype dtype, void* base, int64_t offset, int64_t n, const float* src) {
-  switch (dtype) {
-    case FLASH4_F64: {
-      double* p = static_cast<double*>(base) + offset;
-      for (int64_t i = 0; i < n; ++i) p[i] = src[i];
-      return;
-    }
-    case FLASH4_F32: {
-      float* p = static_cast<float*>(base) + offset;
-      for (int64_t i = 0; i < n; ++i) p[i] = src[i];
-      return;
-    }
-    case FLASH4_F16: {
-      uint16_t* p = static_cast<uint16_t*>(base) + offset;
-      for (int64_t i = 0; i < n; ++i) p[i] = f32_to_f16_bits(src[i]);
-      return;
-    }
-    case FLASH4_BF16: {
-      uint16_t* p = static_cast<uint16_t*>(base) + offset;
-      for (int64_t i = 0; i < n; ++i) p[i] = f32_to_bf16_bits(src[i]);
+      for (int64_t i = 0; i < n; ++i) p[i] = bf16_bits(src[i]);
       return;
     }
   }
