@@ -88,6 +88,11 @@ class CpuKernels : public Flash4Test {
     EXPECT_TRUE(close_relative_to_max(r.dv, e.dv, tolerance)) << "dv";
     if (!p.sink.empty()) EXPECT_TRUE(close_relative_to_max(r.dsink, e.dsink, tolerance)) << "dsink";
   }
+
+  void expect_forward_and_backward(const DenseProblem& p) {
+    expect_forward_matches_naive(p);
+    expect_backward_matches_reference(p);
+  }
 };
 
 // ---- exp2 on the FMA units ----------------------------------------------------------------
@@ -118,50 +123,51 @@ TEST(CpuExp2, RowFormTakesTheSameValuesAsTheScalarForm) {
   }
 }
 
-// ---- forward ------------------------------------------------------------------------------
+// ---- forward and backward, feature by feature -------------------------------------------
 
-TEST_F(CpuKernels, ForwardUnmaskedGqa) { expect_forward_matches_naive(vector_sized()); }
-
-TEST_F(CpuKernels, ForwardCausalBottomRightWithMoreKeysAndMoreQueries) {
+TEST_F(CpuKernels, UnmaskedAndCausalGqaBottomRightWithMoreKeysAndMoreQueries) {
   DenseProblem p = vector_sized();
+  expect_forward_and_backward(p);
   p.options.causal = 1;
-  expect_forward_matches_naive(p);
-  p.Sq = 61, p.Sk = 29;  // early rows see no key: out 0, lse -inf
-  expect_forward_matches_naive(p);
+  expect_forward_and_backward(p);
+  p.Sq = 61, p.Sk = 29;  // early rows see no key: out 0, lse -inf, zero gradients
+  expect_forward_and_backward(p);
 }
 
-TEST_F(CpuKernels, ForwardWindowsSoftcapAndSink) {
+TEST_F(CpuKernels, WindowsSoftcapAndSinkWithDsink) {
   DenseProblem p = vector_sized();
   p.options.window_left = 9, p.options.window_right = 3;
-  expect_forward_matches_naive(p);
+  expect_forward_and_backward(p);
   p.options.causal = 1, p.options.window_right = -1, p.options.softcap = 3.0f;
-  p.sink = {0};  // random_sink per test
-  expect_forward_matches_naive(p);
+  p.sink = {0};  // random_sink per call
+  expect_forward_and_backward(p);
 }
 
-TEST_F(CpuKernels, ForwardSinkOnRowsWithNoVisibleKey) {
+TEST_F(CpuKernels, SinkOnRowsWithNoVisibleKey) {
   DenseProblem p = vector_sized();
   p.options.causal = 1;
   p.Sq = 45, p.Sk = 20;
   p.sink = {0};
-  expect_forward_matches_naive(p);
+  expect_forward_and_backward(p);
 }
 
-TEST_F(CpuKernels, ForwardSequsedKMqaBhsdAndValueDimOtherThanKeyDim) {
+TEST_F(CpuKernels, SequsedKMqaBhsdAndValueDimOtherThanKeyDim) {
   DenseProblem p = vector_sized();
-  p.seqused_k = {53, 11};
+  p.seqused_k = {53, 11};  // keys past them: zero gradients
   p.Hkv = 1, p.Dv = 24, p.bhsd = true;
   p.options.causal = 1;
-  expect_forward_matches_naive(p);
+  expect_forward_and_backward(p);
 }
 
-TEST_F(CpuKernels, ForwardBf16AndF16) {
+TEST_F(CpuKernels, Bf16AndF16) {
   for (flash4_dtype dtype : {FLASH4_BF16, FLASH4_F16}) {
     DenseProblem p = vector_sized(dtype);
     p.options.causal = 1;
-    expect_forward_matches_naive(p);
+    expect_forward_and_backward(p);
   }
 }
+
+// ---- packed -------------------------------------------------------------------------------
 
 TEST_F(CpuKernels, ForwardPackedWithPaddingMatchesNaiveFormula) {
   const PackedProblem p = padded_packed();  // padding rows: out left untouched
@@ -176,42 +182,6 @@ TEST_F(CpuKernels, ForwardPackedWithPaddingMatchesNaiveFormula) {
       want(expected.out.begin(), expected.out.begin() + covered_out);
   EXPECT_TRUE(close_relative_to_max(out, want, 2e-6));
   for (int64_t i = covered_out; i < int64_t(r.out.size()); ++i) EXPECT_TRUE(std::isnan(r.out[i])) << i;
-}
-
-// ---- backward -----------------------------------------------------------------------------
-
-TEST_F(CpuKernels, BackwardUnmaskedAndCausalGqa) {
-  DenseProblem p = vector_sized();
-  expect_backward_matches_reference(p);
-  p.options.causal = 1;
-  expect_backward_matches_reference(p);
-  p.Sq = 61, p.Sk = 29;
-  expect_backward_matches_reference(p);
-}
-
-TEST_F(CpuKernels, BackwardWindowsSoftcapAndSinkWithDsink) {
-  DenseProblem p = vector_sized();
-  p.options.window_left = 9, p.options.window_right = 3;
-  expect_backward_matches_reference(p);
-  p.options.causal = 1, p.options.window_right = -1, p.options.softcap = 3.0f;
-  p.sink = {0};
-  expect_backward_matches_reference(p);
-}
-
-TEST_F(CpuKernels, BackwardSequsedKGivesUnusedKeysZeroGradients) {
-  DenseProblem p = vector_sized();
-  p.seqused_k = {53, 11};
-  p.Hkv = 1, p.Dv = 24, p.bhsd = true;
-  p.options.causal = 1;
-  expect_backward_matches_reference(p);
-}
-
-TEST_F(CpuKernels, BackwardBf16AndF16) {
-  for (flash4_dtype dtype : {FLASH4_BF16, FLASH4_F16}) {
-    DenseProblem p = vector_sized(dtype);
-    p.options.causal = 1;
-    expect_backward_matches_reference(p);
-  }
 }
 
 TEST_F(CpuKernels, BackwardPackedWithPaddingGivesZerosThere) {
