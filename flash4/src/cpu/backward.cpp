@@ -8,8 +8,10 @@
 //   dsink_h = -sum_i exp(sink_h - lse_i) D_i
 // One (sequence, KV head) per OpenMP work item: the query heads sharing a KV head add into
 // its dK / dV in one fixed order, so results are deterministic at any thread count (the
-// `deterministic` flag asks for nothing more). Keys are held both ways (K[j][d] for dQ,
-// Kt[d][j] and Vt[d][j] for the scores and dP as axpy passes over the visible keys).
+// `deterministic` flag asks for nothing more). Keys, values and the dK / dV sums are held
+// transposed ([d][j]) so that every loop of a query row runs along its visible keys (long
+// and contiguous, where the head dim may be 24): S and dP as D axpy passes, dQ as D dot
+// products with dS, dK and dV as D axpy passes of dS and P.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -38,11 +40,12 @@ FLASH4_CPU_CLONES void backward_item(const BackwardItem& w, int64_t item) {
   const float scale = float(w.shape.softmax_scale), softcap = o.softcap;
   const float* lse_data = static_cast<const float*>(args.lse.data);
 
-  std::vector<float> K(Sk * Dqk), Kt(Dqk * Sk), Vt(Dv * Sk), dK(Sk * Dqk, 0.0f), dV(Sk * Dv, 0.0f);
-  std::vector<float> row(Dv), q(Dqk), dout(Dv), out(Dv), dq(Dqk), s(Sk), p(Sk), dp(Sk), tanh_s(softcap > 0 ? Sk : 0);
+  std::vector<float> Kt(Dqk * Sk), Vt(Dv * Sk), dKt(Dqk * Sk, 0.0f), dVt(Dv * Sk, 0.0f);
+  std::vector<float> row(std::max(Dqk, Dv)), q(Dqk), dout(Dv), out(Dv), dq(Dqk), s(Sk), p(Sk), dp(Sk);
+  std::vector<float> tanh_s(softcap > 0 ? Sk : 0);
   for (int64_t j = 0; j < Sk; ++j) {
-    load_row(args.k.dtype, args.k.data, w.map.k_row(args.k, b, j, h_kv), Dqk, K.data() + j * Dqk);
-    for (int64_t d = 0; d < Dqk; ++d) Kt[d * Sk + j] = K[j * Dqk + d];
+    load_row(args.k.dtype, args.k.data, w.map.k_row(args.k, b, j, h_kv), Dqk, row.data());
+    for (int64_t d = 0; d < Dqk; ++d) Kt[d * Sk + j] = row[d];
     load_row(args.v.dtype, args.v.data, w.map.k_row(args.v, b, j, h_kv), Dv, row.data());
     for (int64_t d = 0; d < Dv; ++d) Vt[d * Sk + j] = row[d];
   }
@@ -75,18 +78,20 @@ FLASH4_CPU_CLONES void backward_item(const BackwardItem& w, int64_t item) {
         for (int64_t j = j0; j < j0 + n; ++j) dp[j] = scale * p[j] * (dp[j] - D_i);
         if (softcap > 0)
           for (int64_t j = j0; j < j0 + n; ++j) dp[j] *= 1.0f - tanh_s[j] * tanh_s[j];
-        for (int64_t j = j0; j < j0 + n; ++j) {
-          cpu::axpy(dq.data(), dp[j], K.data() + j * Dqk, Dqk);
-          cpu::axpy(dK.data() + j * Dqk, dp[j], q.data(), Dqk);
-          cpu::axpy(dV.data() + j * Dv, p[j], dout.data(), Dv);
+        for (int64_t d = 0; d < Dqk; ++d) {
+          dq[d] = cpu::lane_dot(dp.data() + j0, Kt.data() + d * Sk + j0, n);
+          cpu::axpy(dKt.data() + d * Sk + j0, q[d], dp.data() + j0, n);
         }
+        for (int64_t d = 0; d < Dv; ++d) cpu::axpy(dVt.data() + d * Sk + j0, dout[d], p.data() + j0, n);
       }
       store_row(args.dq.dtype, args.dq.data, w.map.q_row(args.dq, b, i, h), Dqk, dq.data());
     }
   }
   for (int64_t j = 0; j < Sk; ++j) {
-    store_row(args.dk.dtype, args.dk.data, w.map.k_row(args.dk, b, j, h_kv), Dqk, dK.data() + j * Dqk);
-    store_row(args.dv.dtype, args.dv.data, w.map.k_row(args.dv, b, j, h_kv), Dv, dV.data() + j * Dv);
+    for (int64_t d = 0; d < Dqk; ++d) row[d] = dKt[d * Sk + j];
+    store_row(args.dk.dtype, args.dk.data, w.map.k_row(args.dk, b, j, h_kv), Dqk, row.data());
+    for (int64_t d = 0; d < Dv; ++d) row[d] = dVt[d * Sk + j];
+    store_row(args.dv.dtype, args.dv.data, w.map.k_row(args.dv, b, j, h_kv), Dv, row.data());
   }
 }
 

@@ -4,9 +4,10 @@
 // and windows, softcap, sink, seqused_k. One (sequence, query head) per OpenMP work item, so
 // results do not depend on the thread count.
 //
-// Per work item the keys are held transposed (Kt[d][j]) so that a query row's scores are D
-// axpy passes over the visible keys, the vectorised form of the dot products; P V is one axpy
-// over the head dim per key. exp2 runs on the FMA units (row_ops.hpp).
+// Per work item the keys and values are held transposed (Kt[d][j], Vt[d][j]) so that every
+// loop of a query row runs along its visible keys (long and contiguous, where the head dim
+// may be 24): the scores are D axpy passes over them, each output element one dot product
+// with P. exp2 runs on the FMA units (row_ops.hpp).
 #include <algorithm>
 #include <limits>
 #include <vector>
@@ -34,11 +35,12 @@ FLASH4_CPU_CLONES void forward_item(const ForwardItem& w, int64_t item) {
   const float scale = float(w.shape.softmax_scale), softcap = o.softcap;
   const float* sink = o.sink != nullptr ? o.sink + h : nullptr;
 
-  std::vector<float> Kt(Dqk * Sk), V(Sk * Dv), row(std::max(Dqk, Dv)), q(Dqk), out(Dv), s(Sk), p(Sk);
+  std::vector<float> Kt(Dqk * Sk), Vt(Dv * Sk), row(std::max(Dqk, Dv)), q(Dqk), out(Dv), s(Sk), p(Sk);
   for (int64_t j = 0; j < Sk; ++j) {
     load_row(args.k.dtype, args.k.data, w.map.k_row(args.k, b, j, h_kv), Dqk, row.data());
     for (int64_t d = 0; d < Dqk; ++d) Kt[d * Sk + j] = row[d];
-    load_row(args.v.dtype, args.v.data, w.map.k_row(args.v, b, j, h_kv), Dv, V.data() + j * Dv);
+    load_row(args.v.dtype, args.v.data, w.map.k_row(args.v, b, j, h_kv), Dv, row.data());
+    for (int64_t d = 0; d < Dv; ++d) Vt[d * Sk + j] = row[d];
   }
   for (int64_t i = 0; i < Sq; ++i) {
     load_row(args.q.dtype, args.q.data, w.map.q_row(args.q, b, i, h), Dqk, q.data());
@@ -51,16 +53,15 @@ FLASH4_CPU_CLONES void forward_item(const ForwardItem& w, int64_t item) {
       for (int64_t j = j0; j < j0 + n; ++j) s[j] = softcap * std::tanh(s[j] / softcap);
     float max_score = n > 0 ? cpu::row_max(s.data() + j0, n) : -std::numeric_limits<float>::infinity();
     if (sink != nullptr) max_score = std::max(max_score, *sink);
-    std::fill(out.begin(), out.end(), 0.0f);
+    std::fill(out.begin(), out.end(), 0.0f);  // no key and no sink: out 0, lse -inf
     float lse = -std::numeric_limits<float>::infinity();
     if (max_score != -std::numeric_limits<float>::infinity()) {
       // p = 2^((s - max) log2 e), the sink in the denominator only.
       cpu::exp2_row(p.data() + j0, s.data() + j0, cpu::kLog2e, max_score * cpu::kLog2e, n);
       float sum = cpu::lane_sum(p.data() + j0, n);
       if (sink != nullptr) sum += cpu::exp2_softmax((*sink - max_score) * cpu::kLog2e);
-      for (int64_t j = j0; j < j0 + n; ++j) cpu::axpy(out.data(), p[j], V.data() + j * Dv, Dv);
       const float inv_sum = 1.0f / sum;
-      for (float& x : out) x *= inv_sum;
+      for (int64_t d = 0; d < Dv; ++d) out[d] = cpu::lane_dot(p.data() + j0, Vt.data() + d * Sk + j0, n) * inv_sum;
       lse = max_score + std::log(sum);
     }
     store_row(args.out.dtype, args.out.data, w.map.q_row(args.out, b, i, h), Dv, out.data());
