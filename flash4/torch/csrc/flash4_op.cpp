@@ -3,8 +3,8 @@
 // This file uses flash4's public header only. Each op allocates its outputs, describes
 // every tensor to flash4 as a view (data pointer, shape, strides in elements), and calls
 // flash4_forward / flash4_backward: CUDA tensors on the current torch stream of their
-// device (bf16 / fp16, the CUDA backends), CPU tensors on the float64 reference (every
-// dtype, used for gradcheck). A failed call raises with flash4_last_error()'s message.
+// device (bf16 / fp16, the CUDA backends), CPU tensors on the float32 CPU kernels (float64
+// tensors: the float64 reference, used for gradcheck). A failed call raises with flash4_last_error()'s message.
 // Autograd, fake (meta) kernels and the user-facing function live in flash4/__init__.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

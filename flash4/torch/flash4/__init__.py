@@ -7,8 +7,8 @@
 The ops come from a small C++ extension (flash4/torch/csrc/flash4_op.cpp) over flash4's C
 ABI, built with flash4/torch/build.py; this module loads it, registers the fake (meta)
 kernels that torch.compile traces with, and the autograd formula. CUDA tensors (bf16 /
-fp16) run flash4's CUDA backends on the current stream; CPU tensors run its float64
-reference (any float dtype: for gradcheck).
+fp16) run flash4's CUDA backends on the current stream; CPU tensors run its float32 CPU
+kernels, or its float64 reference for float64 tensors (gradcheck).
 
 Ops (schemas in flash4_op.cpp):
     torch.ops.flash4.fwd(q, k, v, sink, cu_seqlens_q, cu_seqlens_k, seqused_k, page_table,
