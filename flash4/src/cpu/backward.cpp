@@ -8,10 +8,10 @@
 //   dsink_h = -sum_i exp(sink_h - lse_i) D_i
 // One (sequence, KV head) per OpenMP work item: the query heads sharing a KV head add into
 // its dK / dV in one fixed order, so results are deterministic at any thread count (the
-// `deterministic` flag asks for nothing more). Keys, values and the dK / dV sums are held
-// transposed ([d][j]) so that every loop of a query row runs along its visible keys (long
-// and contiguous, where the head dim may be 24): S and dP as D axpy passes, dQ as D dot
-// products with dS, dK and dV as D axpy passes of dS and P.
+// `deterministic` flag asks for nothing more). Per block of kBlockRows query rows, over the
+// union of their visible keys, five register-tiled products (row_ops.hpp's gemm): S = Q K^T,
+// dP = dO V^T, dQ = dS K, and dK^T += Q^T dS, dV^T += dO^T P into transposed sums ([d][j]),
+// each row's P and dS zero outside its own keys.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -30,7 +30,12 @@ struct BackwardItem {
   std::vector<double>& dsink_partial;  // [b][h]
 };
 
+// Query rows a block takes: 16, so that dK^T and dV^T, read and written once a block, get 16
+// terms a visit (with 4 they were the bottleneck).
+constexpr int kBlockRows = 16;
+
 FLASH4_CPU_CLONES void backward_item(const BackwardItem& w, int64_t item) {
+  constexpr int R = kBlockRows;
   const flash4_backward_args& args = w.args;
   const flash4_options& o = args.options;
   const int64_t Hq = w.shape.heads_q, Hkv = w.shape.heads_kv, group = Hq / Hkv;
@@ -40,51 +45,69 @@ FLASH4_CPU_CLONES void backward_item(const BackwardItem& w, int64_t item) {
   const float scale = float(w.shape.softmax_scale), softcap = o.softcap;
   const float* lse_data = static_cast<const float*>(args.lse.data);
 
-  std::vector<float> Kt(Dqk * Sk), Vt(Dv * Sk), dKt(Dqk * Sk, 0.0f), dVt(Dv * Sk, 0.0f);
-  std::vector<float> row(std::max(Dqk, Dv)), q(Dqk), dout(Dv), out(Dv), dq(Dqk), s(Sk), p(Sk), dp(Sk);
-  std::vector<float> tanh_s(softcap > 0 ? Sk : 0);
+  std::vector<float> K(Sk * Dqk), Kt(Dqk * Sk), Vt(Dv * Sk), dKt(Dqk * Sk, 0.0f), dVt(Dv * Sk, 0.0f);
+  std::vector<float> row(std::max(Dqk, Dv)), out(Dv), q(R * Dqk), qt(Dqk * R), dout(R * Dv), doutt(Dv * R);
+  std::vector<float> dq(R * Dqk), s(R * Sk), p(R * Sk), dp(R * Sk), tanh_s(softcap > 0 ? R * Sk : 0);
   for (int64_t j = 0; j < Sk; ++j) {
-    load_row(args.k.dtype, args.k.data, w.map.k_row(args.k, b, j, h_kv), Dqk, row.data());
-    for (int64_t d = 0; d < Dqk; ++d) Kt[d * Sk + j] = row[d];
+    load_row(args.k.dtype, args.k.data, w.map.k_row(args.k, b, j, h_kv), Dqk, K.data() + j * Dqk);
+    for (int64_t d = 0; d < Dqk; ++d) Kt[d * Sk + j] = K[j * Dqk + d];
     load_row(args.v.dtype, args.v.data, w.map.k_row(args.v, b, j, h_kv), Dv, row.data());
     for (int64_t d = 0; d < Dv; ++d) Vt[d * Sk + j] = row[d];
   }
   for (int64_t h = h_kv * group; h < (h_kv + 1) * group; ++h) {
     const float* sink = o.sink != nullptr ? o.sink + h : nullptr;
-    for (int64_t i = 0; i < Sq; ++i) {
-      load_row(args.q.dtype, args.q.data, w.map.q_row(args.q, b, i, h), Dqk, q.data());
-      load_row(args.dout.dtype, args.dout.data, w.map.q_row(args.dout, b, i, h), Dv, dout.data());
-      load_row(args.out.dtype, args.out.data, w.map.q_row(args.out, b, i, h), Dv, out.data());
-      const float lse = lse_data[w.map.lse_index(args.lse, b, h, i)];
-      const float D_i = cpu::lane_dot(dout.data(), out.data(), Dv);
-      if (sink != nullptr) w.dsink_partial[b * Hq + h] -= double(std::exp(*sink - lse)) * D_i;
-      const KeyRange keys = visible_keys(i, Sq, Sk, o);
-      const int64_t j0 = keys.begin, n = keys.empty() ? 0 : keys.end - keys.begin;
+    for (int64_t i0 = 0; i0 < Sq; i0 += R) {
+      const int rows = int(std::min<int64_t>(R, Sq - i0));
+      KeyRange keys[R];
+      float lse[R], D[R];
+      int64_t jb = Sk, je = 0;
+      std::fill(qt.begin(), qt.end(), 0.0f);
+      std::fill(doutt.begin(), doutt.end(), 0.0f);
+      for (int r = 0; r < rows; ++r) {
+        const int64_t i = i0 + r;
+        load_row(args.q.dtype, args.q.data, w.map.q_row(args.q, b, i, h), Dqk, q.data() + r * Dqk);
+        load_row(args.dout.dtype, args.dout.data, w.map.q_row(args.dout, b, i, h), Dv, dout.data() + r * Dv);
+        load_row(args.out.dtype, args.out.data, w.map.q_row(args.out, b, i, h), Dv, out.data());
+        for (int64_t d = 0; d < Dqk; ++d) qt[d * R + r] = q[r * Dqk + d];
+        for (int64_t d = 0; d < Dv; ++d) doutt[d * R + r] = dout[r * Dv + d];
+        lse[r] = lse_data[w.map.lse_index(args.lse, b, h, i)];
+        D[r] = cpu::lane_dot(dout.data() + r * Dv, out.data(), Dv);
+        if (sink != nullptr) w.dsink_partial[b * Hq + h] -= double(std::exp(*sink - lse[r])) * D[r];
+        keys[r] = visible_keys(i, Sq, Sk, o);
+        if (!keys[r].empty()) jb = std::min(jb, keys[r].begin), je = std::max(je, keys[r].end);
+      }
+      const int64_t n = je > jb ? je - jb : 0;
       std::fill(dq.begin(), dq.end(), 0.0f);
       if (n > 0) {
-        float* s_row = s.data() + j0;
-        std::fill_n(s_row, n, 0.0f);
-        for (int64_t d = 0; d < Dqk; ++d) cpu::axpy(s_row, q[d] * scale, Kt.data() + d * Sk + j0, n);
-        if (softcap > 0)
-          for (int64_t j = j0; j < j0 + n; ++j) {
-            tanh_s[j] = std::tanh(s[j] / softcap);
-            s[j] = softcap * tanh_s[j];
-          }
-        cpu::exp2_row(p.data() + j0, s_row, cpu::kLog2e, lse * cpu::kLog2e, n);
-        std::fill_n(dp.data() + j0, n, 0.0f);
-        for (int64_t d = 0; d < Dv; ++d) cpu::axpy(dp.data() + j0, dout[d], Vt.data() + d * Sk + j0, n);
-        // dp <- scale dS (the scale of dQ and dK folded in once).
+        cpu::gemm(s.data() + jb, Sk, q.data(), Dqk, Kt.data() + jb, Sk, rows, Dqk, n, false);
+        cpu::gemm(dp.data() + jb, Sk, dout.data(), Dv, Vt.data() + jb, Sk, rows, Dv, n, false);
+        for (int r = 0; r < rows; ++r) {
+          float* s_r = s.data() + r * Sk;
+          float* p_r = p.data() + r * Sk;
+          float* dp_r = dp.data() + r * Sk;
+          const int64_t j0 = keys[r].begin, m = keys[r].empty() ? 0 : keys[r].end - keys[r].begin;
+          // P and dS zero outside the row's own keys; dp <- scale dS there (the scale of dQ and
+          // dK folded in once).
+          std::fill(p_r + jb, p_r + je, 0.0f);
+          for (int64_t j = j0; j < j0 + m; ++j) s_r[j] *= scale;
+          if (softcap > 0)
+            for (int64_t j = j0; j < j0 + m; ++j) {
+              tanh_s[r * Sk + j] = std::tanh(s_r[j] / softcap);
+              s_r[j] = softcap * tanh_s[r * Sk + j];
+            }
+          cpu::exp2_row(p_r + j0, s_r + j0, cpu::kLog2e, lse[r] * cpu::kLog2e, m);
+          const float D_r = D[r];
 #pragma omp simd
-        for (int64_t j = j0; j < j0 + n; ++j) dp[j] = scale * p[j] * (dp[j] - D_i);
-        if (softcap > 0)
-          for (int64_t j = j0; j < j0 + n; ++j) dp[j] *= 1.0f - tanh_s[j] * tanh_s[j];
-        for (int64_t d = 0; d < Dqk; ++d) {
-          dq[d] = cpu::lane_dot(dp.data() + j0, Kt.data() + d * Sk + j0, n);
-          cpu::axpy(dKt.data() + d * Sk + j0, q[d], dp.data() + j0, n);
+          for (int64_t j = jb; j < je; ++j) dp_r[j] = scale * p_r[j] * (dp_r[j] - D_r);
+          if (softcap > 0)
+            for (int64_t j = j0; j < j0 + m; ++j) dp_r[j] *= 1.0f - tanh_s[r * Sk + j] * tanh_s[r * Sk + j];
         }
-        for (int64_t d = 0; d < Dv; ++d) cpu::axpy(dVt.data() + d * Sk + j0, dout[d], p.data() + j0, n);
+        cpu::gemm(dq.data(), Dqk, dp.data() + jb, Sk, K.data() + jb * Dqk, Dqk, rows, n, Dqk, false);
+        cpu::gemm(dKt.data() + jb, Sk, qt.data(), R, dp.data() + jb, Sk, Dqk, rows, n, true);
+        cpu::gemm(dVt.data() + jb, Sk, doutt.data(), R, p.data() + jb, Sk, Dv, rows, n, true);
       }
-      store_row(args.dq.dtype, args.dq.data, w.map.q_row(args.dq, b, i, h), Dqk, dq.data());
+      for (int r = 0; r < rows; ++r)
+        store_row(args.dq.dtype, args.dq.data, w.map.q_row(args.dq, b, i0 + r, h), Dqk, dq.data() + r * Dqk);
     }
   }
   for (int64_t j = 0; j < Sk; ++j) {

@@ -4,10 +4,9 @@
 // and windows, softcap, sink, seqused_k. One (sequence, query head) per OpenMP work item, so
 // results do not depend on the thread count.
 //
-// Per work item the keys and values are held transposed (Kt[d][j], Vt[d][j]) so that every
-// loop of a query row runs along its visible keys (long and contiguous, where the head dim
-// may be 24): the scores are D axpy passes over them, each output element one dot product
-// with P. exp2 runs on the FMA units (row_ops.hpp).
+// Per work item and block of kBlockRows query rows: S = (scale Q) K^T over the union of the
+// rows' visible keys and O = P V as register-tiled products (row_ops.hpp's gemm), each row's
+// softmax over its own keys in between (the others' P set to 0). exp2 runs on the FMA units.
 #include <algorithm>
 #include <limits>
 #include <vector>
@@ -25,7 +24,13 @@ struct ForwardItem {
   const SequenceMap& map;
 };
 
+// Query rows a block takes: 16, as the backward (flash4-cpu-bench: about even with 4 at S
+// 128 - 1024, d 24 - 128; somewhat ahead at d 24, causal).
+constexpr int kBlockRows = 16;
+
 FLASH4_CPU_CLONES void forward_item(const ForwardItem& w, int64_t item) {
+  constexpr int R = kBlockRows;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const flash4_forward_args& args = w.args;
   const flash4_options& o = args.options;
   const int64_t Hq = w.shape.heads_q, group = w.shape.heads_q / w.shape.heads_kv;
@@ -35,37 +40,54 @@ FLASH4_CPU_CLONES void forward_item(const ForwardItem& w, int64_t item) {
   const float scale = float(w.shape.softmax_scale), softcap = o.softcap;
   const float* sink = o.sink != nullptr ? o.sink + h : nullptr;
 
-  std::vector<float> Kt(Dqk * Sk), Vt(Dv * Sk), row(std::max(Dqk, Dv)), q(Dqk), out(Dv), s(Sk), p(Sk);
+  std::vector<float> Kt(Dqk * Sk), V(Sk * Dv), row(Dqk), q(R * Dqk), out(R * Dv), s(R * Sk), p(R * Sk);
   for (int64_t j = 0; j < Sk; ++j) {
     load_row(args.k.dtype, args.k.data, w.map.k_row(args.k, b, j, h_kv), Dqk, row.data());
     for (int64_t d = 0; d < Dqk; ++d) Kt[d * Sk + j] = row[d];
-    load_row(args.v.dtype, args.v.data, w.map.k_row(args.v, b, j, h_kv), Dv, row.data());
-    for (int64_t d = 0; d < Dv; ++d) Vt[d * Sk + j] = row[d];
+    load_row(args.v.dtype, args.v.data, w.map.k_row(args.v, b, j, h_kv), Dv, V.data() + j * Dv);
   }
-  for (int64_t i = 0; i < Sq; ++i) {
-    load_row(args.q.dtype, args.q.data, w.map.q_row(args.q, b, i, h), Dqk, q.data());
-    const KeyRange keys = visible_keys(i, Sq, Sk, o);
-    const int64_t j0 = keys.begin, n = keys.empty() ? 0 : keys.end - keys.begin;
-    // Scores s = scale q.k (natural units), soft-capped.
-    std::fill_n(s.data() + j0, n, 0.0f);
-    for (int64_t d = 0; d < Dqk; ++d) cpu::axpy(s.data() + j0, q[d] * scale, Kt.data() + d * Sk + j0, n);
-    if (softcap > 0)
-      for (int64_t j = j0; j < j0 + n; ++j) s[j] = softcap * std::tanh(s[j] / softcap);
-    float max_score = n > 0 ? cpu::row_max(s.data() + j0, n) : -std::numeric_limits<float>::infinity();
-    if (sink != nullptr) max_score = std::max(max_score, *sink);
-    std::fill(out.begin(), out.end(), 0.0f);  // no key and no sink: out 0, lse -inf
-    float lse = -std::numeric_limits<float>::infinity();
-    if (max_score != -std::numeric_limits<float>::infinity()) {
-      // p = 2^((s - max) log2 e), the sink in the denominator only.
-      cpu::exp2_row(p.data() + j0, s.data() + j0, cpu::kLog2e, max_score * cpu::kLog2e, n);
-      float sum = cpu::lane_sum(p.data() + j0, n);
-      if (sink != nullptr) sum += cpu::exp2_softmax((*sink - max_score) * cpu::kLog2e);
-      const float inv_sum = 1.0f / sum;
-      for (int64_t d = 0; d < Dv; ++d) out[d] = cpu::lane_dot(p.data() + j0, Vt.data() + d * Sk + j0, n) * inv_sum;
-      lse = max_score + std::log(sum);
+  for (int64_t i0 = 0; i0 < Sq; i0 += R) {
+    const int rows = int(std::min<int64_t>(R, Sq - i0));
+    // The rows' visible keys and their union [jb, je).
+    KeyRange keys[R];
+    int64_t jb = Sk, je = 0;
+    for (int r = 0; r < rows; ++r) {
+      load_row(args.q.dtype, args.q.data, w.map.q_row(args.q, b, i0 + r, h), Dqk, q.data() + r * Dqk);
+      for (int64_t d = 0; d < Dqk; ++d) q[r * Dqk + d] *= scale;
+      keys[r] = visible_keys(i0 + r, Sq, Sk, o);
+      if (!keys[r].empty()) jb = std::min(jb, keys[r].begin), je = std::max(je, keys[r].end);
     }
-    store_row(args.out.dtype, args.out.data, w.map.q_row(args.out, b, i, h), Dv, out.data());
-    if (args.lse.data != nullptr) static_cast<float*>(args.lse.data)[w.map.lse_index(args.lse, b, h, i)] = lse;
+    const int64_t n = je > jb ? je - jb : 0;
+    if (n > 0) cpu::gemm(s.data() + jb, Sk, q.data(), Dqk, Kt.data() + jb, Sk, rows, Dqk, n, false);
+    float inv_sum[R] = {}, lse[R];
+    for (int r = 0; r < rows; ++r) {
+      float* s_r = s.data() + r * Sk;
+      float* p_r = p.data() + r * Sk;
+      const int64_t j0 = keys[r].begin, m = keys[r].empty() ? 0 : keys[r].end - keys[r].begin;
+      if (softcap > 0)
+        for (int64_t j = j0; j < j0 + m; ++j) s_r[j] = softcap * std::tanh(s_r[j] / softcap);
+      float max_score = m > 0 ? cpu::row_max(s_r + j0, m) : kNegInf;
+      if (sink != nullptr) max_score = std::max(max_score, *sink);
+      // P over the union: 0 outside the row's own keys.
+      if (n > 0) std::fill(p_r + jb, p_r + je, 0.0f);
+      lse[r] = kNegInf;  // no key and no sink: out 0, lse -inf
+      if (max_score == kNegInf) continue;
+      cpu::exp2_row(p_r + j0, s_r + j0, cpu::kLog2e, max_score * cpu::kLog2e, m);
+      float sum = cpu::lane_sum(p_r + j0, m);
+      if (sink != nullptr) sum += cpu::exp2_softmax((*sink - max_score) * cpu::kLog2e);
+      inv_sum[r] = 1.0f / sum;
+      lse[r] = max_score + std::log(sum);
+    }
+    if (n > 0)
+      cpu::gemm(out.data(), Dv, p.data() + jb, Sk, V.data() + jb * Dv, Dv, rows, n, Dv, false);
+    else
+      std::fill(out.begin(), out.end(), 0.0f);
+    for (int r = 0; r < rows; ++r) {
+      for (int64_t d = 0; d < Dv; ++d) out[r * Dv + d] *= inv_sum[r];
+      store_row(args.out.dtype, args.out.data, w.map.q_row(args.out, b, i0 + r, h), Dv, out.data() + r * Dv);
+      if (args.lse.data != nullptr)
+        static_cast<float*>(args.lse.data)[w.map.lse_index(args.lse, b, h, i0 + r)] = lse[r];
+    }
   }
 }
 

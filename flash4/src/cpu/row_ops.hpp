@@ -54,6 +54,50 @@ __attribute__((always_inline)) inline float lane_dot(const float* x, const float
   return sum;
 }
 
+// Register tiles: kTileRows x kTileCols sums held across the K loop (the CPU engine's linear
+// layer's kernel shape): a B row is loaded once per kTileRows rows of A, no partial sum goes
+// back to memory, and each sum runs in K order (the same bits at any thread count).
+inline constexpr int kTileRows = 4, kTileCols = 16;
+
+// C[r][j] (= or +=) sum_k A[r][k] B[k][j] for r < rows <= kTileRows, j < cols <= kTileCols
+// (row strides lda, ldb, ldc).
+__attribute__((always_inline)) inline void tile(float* c, int64_t ldc, const float* a, int64_t lda, const float* b,
+                                                int64_t ldb, int64_t K, int rows, int cols, bool accumulate) {
+  float acc[kTileRows][kTileCols] = {};
+  if (rows == kTileRows && cols == kTileCols) {
+    for (int64_t k = 0; k < K; ++k) {
+      const float* bk = b + k * ldb;
+      for (int r = 0; r < kTileRows; ++r) {
+        const float x = a[r * lda + k];
+#pragma omp simd
+        for (int j = 0; j < kTileCols; ++j) acc[r][j] += x * bk[j];
+      }
+    }
+  } else {
+    for (int64_t k = 0; k < K; ++k) {
+      const float* bk = b + k * ldb;
+      for (int r = 0; r < rows; ++r) {
+        const float x = a[r * lda + k];
+        for (int j = 0; j < cols; ++j) acc[r][j] += x * bk[j];
+      }
+    }
+  }
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < cols; ++j) c[r * ldc + j] = accumulate ? c[r * ldc + j] + acc[r][j] : acc[r][j];
+}
+
+// C[M][N] (= or +=) A[M][K] B[K][N], row-major with row strides ldc, lda, ldb: tiles of
+// kTileRows rows by kTileCols columns.
+__attribute__((always_inline)) inline void gemm(float* c, int64_t ldc, const float* a, int64_t lda, const float* b,
+                                                int64_t ldb, int64_t M, int64_t K, int64_t N, bool accumulate) {
+  for (int64_t i = 0; i < M; i += kTileRows) {
+    const int rows = int(M - i < kTileRows ? M - i : kTileRows);
+    for (int64_t j = 0; j < N; j += kTileCols)
+      tile(c + i * ldc + j, ldc, a + i * lda, lda, b + j, ldb, K, rows, int(N - j < kTileCols ? N - j : kTileCols),
+           accumulate);
+  }
+}
+
 // Largest of x[0, n) (n > 0); exact in any order.
 __attribute__((always_inline)) inline float row_max(const float* x, int64_t n) {
   float m = x[0];
