@@ -1,8 +1,8 @@
-// The row operations of flash4's CPU kernels (cpu/forward.cpp, cpu/backward.cpp): float32
-// loops written so that GCC vectorises them (axpy over a contiguous row, sums in eight fixed
-// lanes) and results do not depend on the vector width or the thread count, and exp2 on the
-// FMA units in the manner of FlashAttention-4's software exp2 (a polynomial and an exponent
-// shift instead of a libm call per key).
+// The building blocks of flash4's CPU kernels (cpu/forward.cpp, cpu/backward.cpp): float32
+// loops written so that GCC vectorises them and results do not depend on the vector width or
+// the thread count (register-tiled products, sums in eight fixed lanes), and exp2 on the FMA
+// units in the manner of FlashAttention-4's software exp2 (a polynomial and an exponent shift
+// instead of a libm call per key).
 #pragma once
 
 #include <bit>
@@ -20,12 +20,6 @@
 namespace flash4::detail::cpu {
 
 inline constexpr float kLog2e = 1.4426950408889634f;  // exp(x) = 2^(x log2 e)
-
-// y[j] += a * x[j] for j in [0, n).
-__attribute__((always_inline)) inline void axpy(float* __restrict y, float a, const float* __restrict x, int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) y[j] += a * x[j];
-}
 
 // Sum of x[0, n) in eight lanes (lane l takes x[8i + l]), then the lanes in order: the same
 // bits whatever the vector width.
