@@ -45,14 +45,17 @@ FLASH4_CPU_CLONES void backward_item(const BackwardItem& w, int64_t item) {
   const float scale = float(w.shape.softmax_scale), softcap = o.softcap;
   const float* lse_data = static_cast<const float*>(args.lse.data);
 
-  std::vector<float> K(Sk * Dqk), Kt(Dqk * Sk), Vt(Dv * Sk), dKt(Dqk * Sk, 0.0f), dVt(Dv * Sk, 0.0f);
+  // Row strides: ld along the keys (Kt, Vt, dKt, dVt, s, p, dp), ldk along K's head dim
+  // (padded_stride).
+  const int64_t ld = cpu::padded_stride(Sk), ldk = cpu::padded_stride(Dqk);
+  std::vector<float> K(Sk * ldk), Kt(Dqk * ld), Vt(Dv * ld), dKt(Dqk * ld, 0.0f), dVt(Dv * ld, 0.0f);
   std::vector<float> row(std::max(Dqk, Dv)), out(Dv), q(R * Dqk), qt(Dqk * R), dout(R * Dv), doutt(Dv * R);
-  std::vector<float> dq(R * Dqk), s(R * Sk), p(R * Sk), dp(R * Sk), tanh_s(softcap > 0 ? R * Sk : 0);
+  std::vector<float> dq(R * Dqk), s(R * ld), p(R * ld), dp(R * ld), tanh_s(softcap > 0 ? R * ld : 0);
   for (int64_t j = 0; j < Sk; ++j) {
-    load_row(args.k.dtype, args.k.data, w.map.k_row(args.k, b, j, h_kv), Dqk, K.data() + j * Dqk);
-    for (int64_t d = 0; d < Dqk; ++d) Kt[d * Sk + j] = K[j * Dqk + d];
+    load_row(args.k.dtype, args.k.data, w.map.k_row(args.k, b, j, h_kv), Dqk, K.data() + j * ldk);
+    for (int64_t d = 0; d < Dqk; ++d) Kt[d * ld + j] = K[j * ldk + d];
     load_row(args.v.dtype, args.v.data, w.map.k_row(args.v, b, j, h_kv), Dv, row.data());
-    for (int64_t d = 0; d < Dv; ++d) Vt[d * Sk + j] = row[d];
+    for (int64_t d = 0; d < Dv; ++d) Vt[d * ld + j] = row[d];
   }
   for (int64_t h = h_kv * group; h < (h_kv + 1) * group; ++h) {
     const float* sink = o.sink != nullptr ? o.sink + h : nullptr;
@@ -79,12 +82,12 @@ FLASH4_CPU_CLONES void backward_item(const BackwardItem& w, int64_t item) {
       const int64_t n = je > jb ? je - jb : 0;
       std::fill(dq.begin(), dq.end(), 0.0f);
       if (n > 0) {
-        cpu::gemm(s.data() + jb, Sk, q.data(), Dqk, Kt.data() + jb, Sk, rows, Dqk, n, false);
-        cpu::gemm(dp.data() + jb, Sk, dout.data(), Dv, Vt.data() + jb, Sk, rows, Dv, n, false);
+        cpu::gemm(s.data() + jb, ld, q.data(), Dqk, Kt.data() + jb, ld, rows, Dqk, n, false);
+        cpu::gemm(dp.data() + jb, ld, dout.data(), Dv, Vt.data() + jb, ld, rows, Dv, n, false);
         for (int r = 0; r < rows; ++r) {
-          float* s_r = s.data() + r * Sk;
-          float* p_r = p.data() + r * Sk;
-          float* dp_r = dp.data() + r * Sk;
+          float* s_r = s.data() + r * ld;
+          float* p_r = p.data() + r * ld;
+          float* dp_r = dp.data() + r * ld;
           const int64_t j0 = keys[r].begin, m = keys[r].empty() ? 0 : keys[r].end - keys[r].begin;
           // P and dS zero outside the row's own keys; dp <- scale dS there (the scale of dQ and
           // dK folded in once).
@@ -92,28 +95,28 @@ FLASH4_CPU_CLONES void backward_item(const BackwardItem& w, int64_t item) {
           for (int64_t j = j0; j < j0 + m; ++j) s_r[j] *= scale;
           if (softcap > 0)
             for (int64_t j = j0; j < j0 + m; ++j) {
-              tanh_s[r * Sk + j] = std::tanh(s_r[j] / softcap);
-              s_r[j] = softcap * tanh_s[r * Sk + j];
+              tanh_s[r * ld + j] = std::tanh(s_r[j] / softcap);
+              s_r[j] = softcap * tanh_s[r * ld + j];
             }
           cpu::exp2_row(p_r + j0, s_r + j0, cpu::kLog2e, lse[r] * cpu::kLog2e, m);
           const float D_r = D[r];
 #pragma omp simd
           for (int64_t j = jb; j < je; ++j) dp_r[j] = scale * p_r[j] * (dp_r[j] - D_r);
           if (softcap > 0)
-            for (int64_t j = j0; j < j0 + m; ++j) dp_r[j] *= 1.0f - tanh_s[r * Sk + j] * tanh_s[r * Sk + j];
+            for (int64_t j = j0; j < j0 + m; ++j) dp_r[j] *= 1.0f - tanh_s[r * ld + j] * tanh_s[r * ld + j];
         }
-        cpu::gemm(dq.data(), Dqk, dp.data() + jb, Sk, K.data() + jb * Dqk, Dqk, rows, n, Dqk, false);
-        cpu::gemm(dKt.data() + jb, Sk, qt.data(), R, dp.data() + jb, Sk, Dqk, rows, n, true);
-        cpu::gemm(dVt.data() + jb, Sk, doutt.data(), R, p.data() + jb, Sk, Dv, rows, n, true);
+        cpu::gemm(dq.data(), Dqk, dp.data() + jb, ld, K.data() + jb * ldk, ldk, rows, n, Dqk, false);
+        cpu::gemm(dKt.data() + jb, ld, qt.data(), R, dp.data() + jb, ld, Dqk, rows, n, true);
+        cpu::gemm(dVt.data() + jb, ld, doutt.data(), R, p.data() + jb, ld, Dv, rows, n, true);
       }
       for (int r = 0; r < rows; ++r)
         store_row(args.dq.dtype, args.dq.data, w.map.q_row(args.dq, b, i0 + r, h), Dqk, dq.data() + r * Dqk);
     }
   }
   for (int64_t j = 0; j < Sk; ++j) {
-    for (int64_t d = 0; d < Dqk; ++d) row[d] = dKt[d * Sk + j];
+    for (int64_t d = 0; d < Dqk; ++d) row[d] = dKt[d * ld + j];
     store_row(args.dk.dtype, args.dk.data, w.map.k_row(args.dk, b, j, h_kv), Dqk, row.data());
-    for (int64_t d = 0; d < Dv; ++d) row[d] = dVt[d * Sk + j];
+    for (int64_t d = 0; d < Dv; ++d) row[d] = dVt[d * ld + j];
     store_row(args.dv.dtype, args.dv.data, w.map.k_row(args.dv, b, j, h_kv), Dv, row.data());
   }
 }

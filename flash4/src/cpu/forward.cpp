@@ -40,11 +40,13 @@ FLASH4_CPU_CLONES void forward_item(const ForwardItem& w, int64_t item) {
   const float scale = float(w.shape.softmax_scale), softcap = o.softcap;
   const float* sink = o.sink != nullptr ? o.sink + h : nullptr;
 
-  std::vector<float> Kt(Dqk * Sk), V(Sk * Dv), row(Dqk), q(R * Dqk), out(R * Dv), s(R * Sk), p(R * Sk);
+  // Row strides: ld along the keys (Kt, s, p), ldv along V's head dim (padded_stride).
+  const int64_t ld = cpu::padded_stride(Sk), ldv = cpu::padded_stride(Dv);
+  std::vector<float> Kt(Dqk * ld), V(Sk * ldv), row(Dqk), q(R * Dqk), out(R * Dv), s(R * ld), p(R * ld);
   for (int64_t j = 0; j < Sk; ++j) {
     load_row(args.k.dtype, args.k.data, w.map.k_row(args.k, b, j, h_kv), Dqk, row.data());
-    for (int64_t d = 0; d < Dqk; ++d) Kt[d * Sk + j] = row[d];
-    load_row(args.v.dtype, args.v.data, w.map.k_row(args.v, b, j, h_kv), Dv, V.data() + j * Dv);
+    for (int64_t d = 0; d < Dqk; ++d) Kt[d * ld + j] = row[d];
+    load_row(args.v.dtype, args.v.data, w.map.k_row(args.v, b, j, h_kv), Dv, V.data() + j * ldv);
   }
   for (int64_t i0 = 0; i0 < Sq; i0 += R) {
     const int rows = int(std::min<int64_t>(R, Sq - i0));
@@ -58,11 +60,11 @@ FLASH4_CPU_CLONES void forward_item(const ForwardItem& w, int64_t item) {
       if (!keys[r].empty()) jb = std::min(jb, keys[r].begin), je = std::max(je, keys[r].end);
     }
     const int64_t n = je > jb ? je - jb : 0;
-    if (n > 0) cpu::gemm(s.data() + jb, Sk, q.data(), Dqk, Kt.data() + jb, Sk, rows, Dqk, n, false);
+    if (n > 0) cpu::gemm(s.data() + jb, ld, q.data(), Dqk, Kt.data() + jb, ld, rows, Dqk, n, false);
     float inv_sum[R] = {}, lse[R];
     for (int r = 0; r < rows; ++r) {
-      float* s_r = s.data() + r * Sk;
-      float* p_r = p.data() + r * Sk;
+      float* s_r = s.data() + r * ld;
+      float* p_r = p.data() + r * ld;
       const int64_t j0 = keys[r].begin, m = keys[r].empty() ? 0 : keys[r].end - keys[r].begin;
       if (softcap > 0)
         for (int64_t j = j0; j < j0 + m; ++j) s_r[j] = softcap * std::tanh(s_r[j] / softcap);
@@ -79,7 +81,7 @@ FLASH4_CPU_CLONES void forward_item(const ForwardItem& w, int64_t item) {
       lse[r] = max_score + std::log(sum);
     }
     if (n > 0)
-      cpu::gemm(out.data(), Dv, p.data() + jb, Sk, V.data() + jb * Dv, Dv, rows, n, Dv, false);
+      cpu::gemm(out.data(), Dv, p.data() + jb, ld, V.data() + jb * ldv, ldv, rows, n, Dv, false);
     else
       std::fill(out.begin(), out.end(), 0.0f);
     for (int r = 0; r < rows; ++r) {
