@@ -53,7 +53,8 @@ std::vector<int> int_list(const char* text, const char* flag) {
   for (std::string item; std::getline(in, item, ',');) {
     char* end = nullptr;
     const long v = std::strtol(item.c_str(), &end, 10);
-    if (item.empty() || *end != '\0' || v <= 0) usage(fmt::format("{} takes positive integers, got '{}'", flag, text).c_str());
+    if (item.empty() || *end != '\0' || v <= 0)
+      usage(fmt::format("{} takes positive integers, got '{}'", flag, text).c_str());
     values.push_back(int(v));
   }
   return values;
@@ -191,7 +192,8 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(20261202);
   std::string table = fmt::format(
       "flash4 CPU: {} tokens, Hq {} Hkv {}, {}, {} OpenMP threads; GFLOP/s (median)\n\n"
-      "| d | S | causal | fwd reference | fwd cpu | cpu / ref | bwd reference | bwd cpu | cpu / ref | max\\|out diff\\| / max\\|out\\| |\n"
+      "| d | S | causal | fwd reference | fwd cpu | cpu / ref | bwd reference | bwd cpu | cpu / ref | "
+      "max\\|out diff\\| / max\\|out\\| |\n"
       "|---|---|---|---|---|---|---|---|---|---|\n",
       o.tokens, o.hq, o.hkv, o.dtype == FLASH4_F32 ? "f32" : "bf16", omp_get_max_threads());
   std::fputs(table.c_str(), stdout);

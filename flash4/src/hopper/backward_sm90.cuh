@@ -146,11 +146,12 @@ namespace flash4::hopper {
 // computes dQ for queries 64 w .. 64 w + 63 over all 128 keys (as d = 128 splits columns), so
 // its dQ tile is whole: no partial sums, no deterministic combine. Shared memory: one dQ
 // staging buffer (the second does not fit beside two dS^T buffers and two Q / dO stages).
-// d = 256 (kSplitHeadDim; docs/hopper_backward_d256.md; FLASH4_HOPPER_BWD_D256=0 opts out): 64 keys per CTA, both consumer warpgroups on the same keys,
-// each keeping dK / dV for half the head dim (128 columns: 64 + 64 registers); S^T and dP^T
-// computed by both in full (duplicated, no exchange); dQ's columns split the same way, in two
-// 64-column chunks a warpgroup, added by float2 atomics (no room for the bulk staging:
-// K, V 64 KB, Q / dO 2 stages 128 KB, dS^T 16 KB = 208 KB of the 227).
+// d = 256 (kSplitHeadDim; docs/hopper_backward_d256.md; FLASH4_HOPPER_BWD_D256=0 opts out):
+// 64 keys per CTA, both consumer warpgroups on the same keys, each keeping dK / dV for half
+// the head dim (128 columns: 64 + 64 registers); S^T and dP^T computed by both in full
+// (duplicated, no exchange); dQ's columns split the same way, in two 64-column chunks a
+// warpgroup, added by float2 atomics (no room for the bulk staging: K, V 64 KB, Q / dO 2
+// stages 128 KB, dS^T 16 KB = 208 KB of the 227).
 template <int D, int BM = 64>
 struct BackwardSm90Config {
   static constexpr bool kSplitHeadDim = D == 256;
