@@ -141,26 +141,25 @@ Row run_row(const Options& o, int d, int S, int causal, std::mt19937_64& rng) {
   Buffer out_ref(o.dtype, nq), out_cpu(o.dtype, nq), dq(o.dtype, nq), dk(o.dtype, nk), dv(o.dtype, nk);
   std::vector<float> lse_ref(size_t(B) * o.hq * S), lse_cpu(lse_ref.size());
 
+  // The views every call shares; out and lse are each backend's own (the backward reads its
+  // backend's forward outputs).
+  const flash4_tensor tq = flash4::contiguous(q.data(), o.dtype, {B, S, o.hq, d});
+  const flash4_tensor tk = flash4::contiguous(k.data(), o.dtype, {B, S, o.hkv, d});
+  const flash4_tensor tv = flash4::contiguous(v.data(), o.dtype, {B, S, o.hkv, d});
+  auto out_view = [&](Buffer& out) { return flash4::contiguous(out.data(), o.dtype, {B, S, o.hq, d}); };
+  auto lse_view = [&](std::vector<float>& lse) { return flash4::contiguous(lse.data(), FLASH4_F32, {B, o.hq, S}); };
   auto forward = [&](flash4_backend backend, Buffer& out, std::vector<float>& lse) {
     flash4::ForwardArgs a = flash4::forward_args();
     a.backend = backend;
-    a.q = flash4::contiguous(q.data(), o.dtype, {B, S, o.hq, d});
-    a.k = flash4::contiguous(k.data(), o.dtype, {B, S, o.hkv, d});
-    a.v = flash4::contiguous(v.data(), o.dtype, {B, S, o.hkv, d});
-    a.out = flash4::contiguous(out.data(), o.dtype, {B, S, o.hq, d});
-    a.lse = flash4::contiguous(lse.data(), FLASH4_F32, {B, o.hq, S});
+    a.q = tq, a.k = tk, a.v = tv, a.out = out_view(out), a.lse = lse_view(lse);
     a.options.causal = causal;
     flash4::forward(a);
   };
   auto backward = [&](flash4_backend backend, Buffer& out, std::vector<float>& lse) {
     flash4::BackwardArgs b = flash4::backward_args();
     b.backend = backend;
-    b.q = flash4::contiguous(q.data(), o.dtype, {B, S, o.hq, d});
-    b.k = flash4::contiguous(k.data(), o.dtype, {B, S, o.hkv, d});
-    b.v = flash4::contiguous(v.data(), o.dtype, {B, S, o.hkv, d});
-    b.out = flash4::contiguous(out.data(), o.dtype, {B, S, o.hq, d});
+    b.q = tq, b.k = tk, b.v = tv, b.out = out_view(out), b.lse = lse_view(lse);
     b.dout = flash4::contiguous(dout.data(), o.dtype, {B, S, o.hq, d});
-    b.lse = flash4::contiguous(lse.data(), FLASH4_F32, {B, o.hq, S});
     b.dq = flash4::contiguous(dq.data(), o.dtype, {B, S, o.hq, d});
     b.dk = flash4::contiguous(dk.data(), o.dtype, {B, S, o.hkv, d});
     b.dv = flash4::contiguous(dv.data(), o.dtype, {B, S, o.hkv, d});

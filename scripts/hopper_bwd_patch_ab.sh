@@ -27,7 +27,7 @@ ENV=${ENV:-FLASH4_HOPPER_DQ=atomics}
 build_flash4
 build_tests_and_bench
 note "backward registers: d 64 $(registers backward_sm90_hdim64)| d 128 $(registers backward_sm90_hdim128)| d 256 $(registers backward_sm90_hdim256)"
-# The baseline builds while the tests run (BASE_BENCH is set in that subshell: found again below).
+# The baseline builds while the tests run.
 if [ "$BENCH" = 1 ]; then
   build_baseline "$PATCH" &
   baseline_pid=$!

@@ -171,15 +171,14 @@ bwd_ab_geomean() {
 }
 
 # build_baseline PATCH: flash4-bench of this tree with PATCH reversed (the change under test
-# undone; PATCH made here by `git diff > PATCH`, untracked so that it travels), built in
-# /tmp/baseline; the binary's path in BASE_BENCH, "" when the patch or the build failed.
+# undone; PATCH made here by `git diff > PATCH`, untracked so that it travels), built at
+# /tmp/baseline/$B/bin/flash4-bench (absent when the patch or the build failed; run it in the
+# background beside the tests, then look for that file).
 build_baseline() {
-  BASE_BENCH=""
   rm -rf /tmp/baseline && mkdir -p /tmp/baseline
   tar --exclude='./build*' --exclude=./.device-carry -cf - . | tar -xf - -C /tmp/baseline
   (cd /tmp/baseline && patch -R -p1 -s <"$OLDPWD/$1" >>"$LOG" 2>&1) || { say "baseline: $1 does not reverse"; return; }
   (cd /tmp/baseline && build_flash4 && compile_bench) || { say "baseline build failed"; return; }
-  BASE_BENCH=/tmp/baseline/$B/bin/flash4-bench
   say "baseline built ($1 reversed)"
 }
 

@@ -14,16 +14,6 @@
 namespace flash4_test {
 namespace {
 
-// The inputs rounded to `dtype` (what the library reads), as doubles.
-DenseInputs rounded_to(flash4_dtype dtype, DenseInputs in) {
-  for (auto* values : {&in.q, &in.k, &in.v}) {
-    HostTensor t(dtype, {int64_t(values->size())});
-    t.assign(*values);
-    *values = t.values();
-  }
-  return in;
-}
-
 // A problem large enough for the 8-lane loops (and their tails: 37 / 53 / 130 keys).
 DenseProblem vector_sized(flash4_dtype dtype = FLASH4_F32) {
   DenseProblem p;

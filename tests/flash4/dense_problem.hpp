@@ -84,6 +84,16 @@ inline DenseInputs random_inputs(const DenseProblem& p, std::mt19937_64& rng) {
   return {random_values(rng, p.q_numel()), random_values(rng, p.k_numel()), random_values(rng, p.v_numel())};
 }
 
+// The inputs rounded to `dtype` (what the library reads), as doubles.
+inline DenseInputs rounded_to(flash4_dtype dtype, DenseInputs in) {
+  for (auto* values : {&in.q, &in.k, &in.v}) {
+    HostTensor t(dtype, {int64_t(values->size())});
+    t.assign(*values);
+    *values = t.values();
+  }
+  return in;
+}
+
 // Float-representable sink logits, so the library's fp32 sink and the naive formula's
 // float64 sink are the same numbers.
 inline std::vector<double> random_sink(std::mt19937_64& rng, int64_t Hq) {

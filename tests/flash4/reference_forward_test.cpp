@@ -275,32 +275,32 @@ PagedKv scatter_into_pages(std::mt19937_64& rng, const std::vector<double>& k, c
 // On the reference (f64) and on the float32 CPU kernels (f32), the same bits either way.
 TEST_F(ReferenceForward, PagedKvEqualsContiguousKv) {
   for (flash4_backend backend : {FLASH4_BACKEND_REFERENCE, FLASH4_BACKEND_CPU}) {
-  SCOPED_TRACE(backend == FLASH4_BACKEND_CPU ? "cpu kernels" : "reference");
-  DenseProblem p;
-  p.B = 3, p.Sq = 4, p.Sk = 10, p.Dv = 6;
-  p.seqused_k = {10, 7, 2};
-  p.options.causal = 1;
-  p.backend = backend;
-  p.dtype = backend == FLASH4_BACKEND_CPU ? FLASH4_F32 : FLASH4_F64;
-  const DenseInputs in = random_inputs(p, rng_);
-  const ForwardResult contiguous = run_forward(p, in);
-  ASSERT_EQ(contiguous.status, FLASH4_OK) << contiguous.error;
+    SCOPED_TRACE(backend == FLASH4_BACKEND_CPU ? "cpu kernels" : "reference");
+    DenseProblem p;
+    p.B = 3, p.Sq = 4, p.Sk = 10, p.Dv = 6;
+    p.seqused_k = {10, 7, 2};
+    p.options.causal = 1;
+    p.backend = backend;
+    p.dtype = backend == FLASH4_BACKEND_CPU ? FLASH4_F32 : FLASH4_F64;
+    const DenseInputs in = random_inputs(p, rng_);
+    const ForwardResult contiguous = run_forward(p, in);
+    ASSERT_EQ(contiguous.status, FLASH4_OK) << contiguous.error;
 
-  PagedKv paged = scatter_into_pages(rng_, in.k, in.v, p.B, p.Sk, p.Hkv, p.Dqk, p.Dv, p.dtype);
-  DenseTensor q(p.dtype, p.B, p.Sq, p.Hq, p.Dqk, false), out(p.dtype, p.B, p.Sq, p.Hq, p.Dv, false);
-  HostTensor lse(FLASH4_F32, {p.B, p.Hq, p.Sq});
-  q.assign(in.q), out.poison(), lse.poison();
-  flash4::ForwardArgs a = flash4::forward_args();
-  a.q = q.view(), a.k = paged.k.view(), a.v = paged.v.view(), a.out = out.view(), a.lse = lse.view();
-  a.options = p.options;
-  a.varlen.seqused_k = p.seqused_k.data();
-  a.paged.page_table = paged.page_table.data();
-  a.paged.max_pages_per_seq = paged.max_pages;
-  a.paged.page_size = paged.page_size;
-  a.backend = backend;
-  ASSERT_EQ(flash4_forward(&a), FLASH4_OK) << flash4_last_error();
-  EXPECT_EQ(out.values(), contiguous.out);
-  EXPECT_EQ(lse.values(), contiguous.lse);
+    PagedKv paged = scatter_into_pages(rng_, in.k, in.v, p.B, p.Sk, p.Hkv, p.Dqk, p.Dv, p.dtype);
+    DenseTensor q(p.dtype, p.B, p.Sq, p.Hq, p.Dqk, false), out(p.dtype, p.B, p.Sq, p.Hq, p.Dv, false);
+    HostTensor lse(FLASH4_F32, {p.B, p.Hq, p.Sq});
+    q.assign(in.q), out.poison(), lse.poison();
+    flash4::ForwardArgs a = flash4::forward_args();
+    a.q = q.view(), a.k = paged.k.view(), a.v = paged.v.view(), a.out = out.view(), a.lse = lse.view();
+    a.options = p.options;
+    a.varlen.seqused_k = p.seqused_k.data();
+    a.paged.page_table = paged.page_table.data();
+    a.paged.max_pages_per_seq = paged.max_pages;
+    a.paged.page_size = paged.page_size;
+    a.backend = backend;
+    ASSERT_EQ(flash4_forward(&a), FLASH4_OK) << flash4_last_error();
+    EXPECT_EQ(out.values(), contiguous.out);
+    EXPECT_EQ(lse.values(), contiguous.lse);
   }
 }
 
@@ -351,12 +351,7 @@ TEST_P(ReferenceForwardLowPrecision, OutputIsTheFloat64ResultOfTheRoundedInputsR
   ASSERT_EQ(r.status, FLASH4_OK) << r.error;
   EXPECT_TRUE(r.all_written);
   // The inputs as the library saw them: rounded to the dtype.
-  DenseInputs rounded = in;
-  for (auto* values : {&rounded.q, &rounded.k, &rounded.v}) {
-    HostTensor t(p.dtype, {int64_t(values->size())});
-    t.assign(*values);
-    *values = t.values();
-  }
+  const DenseInputs rounded = rounded_to(p.dtype, in);
   p.dtype = FLASH4_F64;
   const NaiveOutput expected = naive_dense(p, rounded);
   EXPECT_TRUE(all_close(r.out, expected.out, std::ldexp(1.0, -25), unit_roundoff()));

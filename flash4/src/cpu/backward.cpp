@@ -51,12 +51,10 @@ FLASH4_CPU_CLONES void backward_item(const BackwardItem& w, int64_t item) {
   std::vector<float> K(Sk * ldk), Kt(Dqk * ld), Vt(Dv * ld), dKt(Dqk * ld, 0.0f), dVt(Dv * ld, 0.0f);
   std::vector<float> row(std::max(Dqk, Dv)), out(Dv), q(R * Dqk), qt(Dqk * R), dout(R * Dv), doutt(Dv * R);
   std::vector<float> dq(R * Dqk), s(R * ld), p(R * ld), dp(R * ld), tanh_s(softcap > 0 ? R * ld : 0);
-  for (int64_t j = 0; j < Sk; ++j) {
-    load_row(args.k.dtype, args.k.data, w.map.k_row(args.k, b, j, h_kv), Dqk, K.data() + j * ldk);
+  load_key_rows(w.map, args.k, b, h_kv, Sk, Dqk, K.data(), ldk);
+  for (int64_t j = 0; j < Sk; ++j)
     for (int64_t d = 0; d < Dqk; ++d) Kt[d * ld + j] = K[j * ldk + d];
-    load_row(args.v.dtype, args.v.data, w.map.k_row(args.v, b, j, h_kv), Dv, row.data());
-    for (int64_t d = 0; d < Dv; ++d) Vt[d * ld + j] = row[d];
-  }
+  load_key_rows_transposed(w.map, args.v, b, h_kv, Sk, Dv, Vt.data(), ld);
   for (int64_t h = h_kv * group; h < (h_kv + 1) * group; ++h) {
     const float* sink = o.sink != nullptr ? o.sink + h : nullptr;
     for (int64_t i0 = 0; i0 < Sq; i0 += R) {

@@ -42,12 +42,9 @@ FLASH4_CPU_CLONES void forward_item(const ForwardItem& w, int64_t item) {
 
   // Row strides: ld along the keys (Kt, s, p), ldv along V's head dim (padded_stride).
   const int64_t ld = cpu::padded_stride(Sk), ldv = cpu::padded_stride(Dv);
-  std::vector<float> Kt(Dqk * ld), V(Sk * ldv), row(Dqk), q(R * Dqk), out(R * Dv), s(R * ld), p(R * ld);
-  for (int64_t j = 0; j < Sk; ++j) {
-    load_row(args.k.dtype, args.k.data, w.map.k_row(args.k, b, j, h_kv), Dqk, row.data());
-    for (int64_t d = 0; d < Dqk; ++d) Kt[d * ld + j] = row[d];
-    load_row(args.v.dtype, args.v.data, w.map.k_row(args.v, b, j, h_kv), Dv, V.data() + j * ldv);
-  }
+  std::vector<float> Kt(Dqk * ld), V(Sk * ldv), q(R * Dqk), out(R * Dv), s(R * ld), p(R * ld);
+  load_key_rows_transposed(w.map, args.k, b, h_kv, Sk, Dqk, Kt.data(), ld);
+  load_key_rows(w.map, args.v, b, h_kv, Sk, Dv, V.data(), ldv);
   for (int64_t i0 = 0; i0 < Sq; i0 += R) {
     const int rows = int(std::min<int64_t>(R, Sq - i0));
     // The rows' visible keys and their union [jb, je).

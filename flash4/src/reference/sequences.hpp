@@ -116,10 +116,23 @@ inline RowSoftmax softmax_row(const double* q_i, const double* K, int64_t d_qk, 
   return row;
 }
 
-// Loads rows [0, n) of a key-like tensor for (b, h) into dst[n][width].
-inline void load_key_rows(const SequenceMap& map, const flash4_tensor& t, int64_t b, int64_t h, int64_t n,
-                          int64_t width, double* dst) {
-  for (int64_t j = 0; j < n; ++j) load_row(t.dtype, t.data, map.k_row(t, b, j, h), width, dst + j * width);
+// Loads rows [0, n) of a key-like tensor for (b, h) into dst[n][width] (row stride ld,
+// default width).
+template <typename Dst>
+void load_key_rows(const SequenceMap& map, const flash4_tensor& t, int64_t b, int64_t h, int64_t n, int64_t width,
+                   Dst* dst, int64_t ld = 0) {
+  if (ld == 0) ld = width;
+  for (int64_t j = 0; j < n; ++j) load_row(t.dtype, t.data, map.k_row(t, b, j, h), width, dst + j * ld);
+}
+
+// The same rows transposed: dst[d * ld + j] for d < width, j < n (the CPU kernels' [d][j]).
+inline void load_key_rows_transposed(const SequenceMap& map, const flash4_tensor& t, int64_t b, int64_t h, int64_t n,
+                                     int64_t width, float* dst, int64_t ld) {
+  std::vector<float> row(width);
+  for (int64_t j = 0; j < n; ++j) {
+    load_row(t.dtype, t.data, map.k_row(t, b, j, h), width, row.data());
+    for (int64_t d = 0; d < width; ++d) dst[d * ld + j] = row[d];
+  }
 }
 
 // Writes zeros to every element of t (any rank, last dimension contiguous): the backward's
