@@ -148,26 +148,32 @@ bwd_bench_rows() {
 
 # bwd_ab_rows D ENV_A ENV_B LABEL_A LABEL_B: bwd_bench_rows D under ENV_A, then under ENV_B
 # (NAME=value ..., words), as rows "| D | S | causal | bwd A | bwd B | B / A | bwd-det A | bwd-det B |
-# B / A |" appended to $OUT/bench_table.md (its header first when the table does not exist).
+# B / A | fwd A | fwd B | B / A |" appended to $OUT/bench_table.md (its header first when the
+# table does not exist); the forward's TFLOP/s come from the same runs (a backward switch should
+# leave them alone; a change to shared code, e.g. wgmma descriptors, shows there).
 bwd_ab_rows() {
   local d=$1
   if [ ! -f "$OUT/bench_table.md" ]; then
-    { echo "| d | S | causal | bwd $4 | bwd $5 | ratio | bwd-det $4 | bwd-det $5 | ratio |"
-      echo "|---|---|---|---|---|---|---|---|---|"; } >"$OUT/bench_table.md"
+    { echo "| d | S | causal | bwd $4 | bwd $5 | ratio | bwd-det $4 | bwd-det $5 | ratio | fwd $4 | fwd $5 | ratio |"
+      echo "|---|---|---|---|---|---|---|---|---|---|---|---|"; } >"$OUT/bench_table.md"
   fi
   # shellcheck disable=SC2086  # ENV_A / ENV_B: several words
   bwd_bench_rows "$d" $2 >"$OUT/bench_d${d}_a.txt"
+  awk -F, 'NR > 1 && $6 == "default" {print $8}' /tmp/flash4_bwd_rows.csv >"$OUT/bench_d${d}_a_fwd.txt"
   # shellcheck disable=SC2086
   bwd_bench_rows "$d" $3 >"$OUT/bench_d${d}_b.txt"
-  paste -d' ' "$OUT/bench_d${d}_a.txt" "$OUT/bench_d${d}_b.txt" |
-    awk -v d="$d" '{printf "| %s | %s | %s | %s | %s | %.3f | %s | %s | %.3f |\n", d, $1, $2, $3, $7,
-      ($3 > 0 ? $7 / $3 : 0), $4, $8, ($4 > 0 ? $8 / $4 : 0)}' >>"$OUT/bench_table.md"
+  awk -F, 'NR > 1 && $6 == "default" {print $8}' /tmp/flash4_bwd_rows.csv >"$OUT/bench_d${d}_b_fwd.txt"
+  paste -d' ' "$OUT/bench_d${d}_a.txt" "$OUT/bench_d${d}_b.txt" "$OUT/bench_d${d}_a_fwd.txt" "$OUT/bench_d${d}_b_fwd.txt" |
+    awk -v d="$d" '{printf "| %s | %s | %s | %s | %s | %.3f | %s | %s | %.3f | %s | %s | %.3f |\n", d, $1, $2, $3, $7,
+      ($3 > 0 ? $7 / $3 : 0), $4, $8, ($4 > 0 ? $8 / $4 : 0), $9, $10, ($9 > 0 ? $10 / $9 : 0)}' >>"$OUT/bench_table.md"
 }
 
-# bwd_ab_geomean: "bwd X bwd-det Y (N rows)", the geometric means of bwd_ab_rows' two ratios.
+# bwd_ab_geomean: "bwd X bwd-det Y fwd Z (N rows)", the geometric means of bwd_ab_rows' ratios.
 bwd_ab_geomean() {
-  awk -F'|' 'NR > 2 && $7 + 0 > 0 {b += log($7); n++; if ($10 + 0 > 0) {x += log($10); m++}}
-    END {if (n) printf "bwd %.3f bwd-det %.3f (%d rows)", exp(b / n), (m ? exp(x / m) : 0), n}' "$OUT/bench_table.md"
+  awk -F'|' 'NR > 2 && $7 + 0 > 0 {b += log($7); n++; if ($10 + 0 > 0) {x += log($10); m++}
+    if ($13 + 0 > 0) {f += log($13); k++}}
+    END {if (n) printf "bwd %.3f bwd-det %.3f fwd %.3f (%d rows)", exp(b / n), (m ? exp(x / m) : 0),
+      (k ? exp(f / k) : 0), n}' "$OUT/bench_table.md"
 }
 
 # build_baseline PATCH: flash4-bench of this tree with PATCH reversed (the change under test

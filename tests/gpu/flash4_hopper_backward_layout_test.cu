@@ -118,13 +118,15 @@ __global__ void __launch_bounds__(256) backward_layout_kernel(const T* k, const 
   uint32_t pa[BM / 16][4], dsa[BM / 16][4];
   hp::scores_to_a<T, BM>(pa, x1);
   hp::scores_to_a<T, BM>(dsa, x2);
+  // stmatrix: the warp's first row (row - g) and the lane.
+  const uint32_t ds_addr = hp::smem_u32(smem + kOffDs);
   if constexpr (kSplit) {  // each warpgroup half of the queries, as the kernel
     if (w == 0)
-      hp::store_ds_transposed<BM, 0, BM / 16>(smem + kOffDs, dsa, row, t);
+      hp::store_ds_transposed<BM, 0, BM / 16>(ds_addr, dsa, row - g, lane);
     else
-      hp::store_ds_transposed<BM, BM / 16, BM / 16>(smem + kOffDs, dsa, row, t);
+      hp::store_ds_transposed<BM, BM / 16, BM / 16>(ds_addr, dsa, row - g, lane);
   } else {
-    hp::store_ds_transposed<BM>(smem + kOffDs, dsa, row, t);
+    hp::store_ds_transposed<BM>(ds_addr, dsa, row - g, lane);
   }
   hp::fence_proxy_async();
 

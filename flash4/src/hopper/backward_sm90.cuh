@@ -289,11 +289,12 @@ template <int D, typename T, int BM = 64>
 __device__ __forceinline__ void issue_scores_transposed(float (&acc)[BM / 2], uint32_t x_addr, uint32_t y_addr, int w) {
   using C = BackwardSm90Config<D, BM>;
   const uint32_t own_rows = uint32_t(C::first_key(w)) * 128;
+  const uint64_t da0 = smem_descriptor(x_addr + own_rows, 16, 1024), db0 = smem_descriptor(y_addr, 16, 1024);
 #pragma unroll
   for (int k = 0; k < D / 16; ++k) {
     const uint32_t in_chunk = (k % 4) * 32;
-    const uint64_t da = smem_descriptor(x_addr + own_rows + (k / 4) * C::kKChunkBytes + in_chunk, 16, 1024);
-    const uint64_t db = smem_descriptor(y_addr + (k / 4) * C::kQChunkBytes + in_chunk, 16, 1024);
+    const uint64_t da = desc_advance(da0, (k / 4) * C::kKChunkBytes + in_chunk);
+    const uint64_t db = desc_advance(db0, (k / 4) * C::kQChunkBytes + in_chunk);
     if constexpr (BM == 128)
       wgmma_ss_m64n128k16<T>(acc, da, db, k > 0);
     else
@@ -312,9 +313,10 @@ __device__ __forceinline__ void issue_key_gradient(float (&acc)[BackwardSm90Conf
                                                    const uint32_t (&a)[BM / 16][4], uint32_t y_addr, int w) {
   using C = BackwardSm90Config<D, BM>;
   if constexpr (C::kSplitHeadDim) y_addr += uint32_t(2 * w) * C::kQChunkBytes;
+  const uint64_t db0 = smem_descriptor(y_addr, C::kQChunkBytes, 1024);
 #pragma unroll
   for (int k = 0; k < C::kBlockM / 16; ++k) {
-    const uint64_t db = smem_descriptor(y_addr + k * 16 * 128, C::kQChunkBytes, 1024);
+    const uint64_t db = desc_advance(db0, k * 16 * 128);
     if constexpr (C::kKeyCols == 128)
       wgmma_rs_m64n128k16<T>(acc, a[k], db, 1);
     else
@@ -323,25 +325,27 @@ __device__ __forceinline__ void issue_key_gradient(float (&acc)[BackwardSm90Conf
 }
 
 // dS^T (A fragments of this thread's two accumulator rows, dsa[k] = queries 16k .. 16k + 15)
-// -> a [128 keys][BM queries] 16-bit tile at `tile` (1024-byte aligned), 64-query column
-// chunks 128 x 128 bytes apart, each in the 128B-swizzled layout TMA would write (row r at
-// byte 128 r, its 16-byte unit c at unit c ^ (r % 8)), so the dQ wgmma reads it as an
-// MN-major A operand. `row` = the thread's first key row in the tile (64 w + 16 wq + g);
-// fragment dsa[k][2 (i & 1) + half] holds row + 8 half, queries 8i + 2t, +1 (i = 2k or
-// 2k + 1). A warp's 32 stores of one (i, half) hit 32 different banks. Only the 8-query
-// groups kFirst .. kFirst + kCount - 1 (d 256: both warpgroups hold the whole dS^T of the same
-// keys, so each stores half of it).
+// -> a [128 keys][BM queries] 16-bit tile at shared address `tile` (1024-byte aligned),
+// 64-query column chunks 128 x 128 bytes apart, each in the 128B-swizzled layout TMA would
+// write (row r at byte 128 r, its 16-byte unit c at unit c ^ (r % 8)), so the dQ wgmma reads it
+// as an MN-major A operand. `row0` = the warp's first key row in the tile (64 w + 16 wq).
+// Fragment dsa[k][2 b + half] holds rows row0 + g + 8 half, queries 8i + 2t, +1 with
+// i = 2k + b: the four 8 x 8 matrices of one stmatrix.x4, matrix j = 2 b + half, whose rows
+// lane l addresses (matrix l / 8, row l % 8): one stmatrix per k where there were four 32-bit
+// stores (each matrix's 8 rows fill 8 distinct 16-byte units: no bank conflict). Only the
+// 8-query groups kFirst .. kFirst + kCount - 1, kFirst and kCount even (d 256: both warpgroups
+// hold the whole dS^T of the same keys, so each stores half of it).
 template <int BM, int kFirst = 0, int kCount = BM / 8>
-__device__ __forceinline__ void store_ds_transposed(unsigned char* tile, const uint32_t (&dsa)[BM / 16][4], int row,
-                                                    int t) {
+__device__ __forceinline__ void store_ds_transposed(uint32_t tile, const uint32_t (&dsa)[BM / 16][4], int row0,
+                                                    int lane) {
+  static_assert(kFirst % 2 == 0 && kCount % 2 == 0, "whole k16 slices");
+  const int j = lane >> 3, r = row0 + 8 * (j & 1) + (lane & 7), b = j >> 1;
+  const uint32_t row_addr = tile + r * 128;
 #pragma unroll
-  for (int i = kFirst; i < kFirst + kCount; ++i)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int r = row + 8 * half;
-      *reinterpret_cast<uint32_t*>(tile + (i / 8) * (128 * 128) + r * 128 + (((i % 8) ^ (r & 7)) << 4) + 4 * t) =
-          dsa[i / 2][2 * (i & 1) + half];
-    }
+  for (int k = kFirst / 2; k < (kFirst + kCount) / 2; ++k) {
+    const int unit = 2 * (k % 4) + b;  // of the 8-query group i = 2k + b, in 64-query chunk k / 4
+    stmatrix_x4(row_addr + (k / 4) * (128 * 128) + ((unit ^ (r & 7)) << 4), dsa[k]);
+  }
 }
 
 // First dQ column of warpgroup w's accumulator: d = 128 splits the columns (64 each),
@@ -367,36 +371,24 @@ template <int D, typename T, int BM = 64>
 __device__ __forceinline__ void issue_dq(float (&dq)[32], uint32_t ds_addr, uint32_t k_addr, int w) {
   using C = BackwardSm90Config<D, BM>;
   wgmma_fence();
-  if constexpr (C::kSplitHeadDim) {
-#pragma unroll
-    for (int k = 0; k < C::kBlockN / 16; ++k) {
-      const uint64_t da = smem_descriptor(ds_addr + k * 2048, C::kDsBytes, 1024);
-      const uint64_t db = smem_descriptor(k_addr + w * C::kKChunkBytes + k * 2048, C::kKChunkBytes, 1024);
-      wgmma_ss_tt_m64n64k16<T>(dq, da, db, k > 0);
-    }
+  // Per variant: the first descriptor of A and of B, and the keys summed (K of the product:
+  // d 64 at BM 64 sums only its own 64).
+  constexpr int kKeys = D == 64 && BM == 64 ? 64 : C::kBlockN;
+  uint64_t da0, db0;
+  if constexpr (C::kSplitHeadDim || (D == 128 && BM == 64)) {
+    da0 = smem_descriptor(ds_addr, C::kDsBytes, 1024);
+    db0 = smem_descriptor(k_addr + w * C::kKChunkBytes, C::kKChunkBytes, 1024);
   } else if constexpr (BM == 128) {
-#pragma unroll
-    for (int k = 0; k < C::kBlockN / 16; ++k) {
-      const uint64_t da = smem_descriptor(ds_addr + w * C::kDsChunkBytes + k * 2048, C::kDsChunkBytes, 1024);
-      const uint64_t db = smem_descriptor(k_addr + k * 2048, C::kKChunkBytes, 1024);
-      wgmma_ss_tt_m64n64k16<T>(dq, da, db, k > 0);
-    }
-  } else if constexpr (D == 128) {
-#pragma unroll
-    for (int k = 0; k < C::kBlockN / 16; ++k) {
-      const uint64_t da = smem_descriptor(ds_addr + k * 2048, C::kDsBytes, 1024);
-      const uint64_t db = smem_descriptor(k_addr + w * C::kKChunkBytes + k * 2048, C::kKChunkBytes, 1024);
-      wgmma_ss_tt_m64n64k16<T>(dq, da, db, k > 0);
-    }
+    da0 = smem_descriptor(ds_addr + w * C::kDsChunkBytes, C::kDsChunkBytes, 1024);
+    db0 = smem_descriptor(k_addr, C::kKChunkBytes, 1024);
   } else {
     const uint32_t own_rows = uint32_t(w) * 64 * 128;
-#pragma unroll
-    for (int k = 0; k < 64 / 16; ++k) {
-      const uint64_t da = smem_descriptor(ds_addr + own_rows + k * 2048, C::kDsBytes, 1024);
-      const uint64_t db = smem_descriptor(k_addr + own_rows + k * 2048, C::kKChunkBytes, 1024);
-      wgmma_ss_tt_m64n64k16<T>(dq, da, db, k > 0);
-    }
+    da0 = smem_descriptor(ds_addr + own_rows, C::kDsBytes, 1024);
+    db0 = smem_descriptor(k_addr + own_rows, C::kKChunkBytes, 1024);
   }
+#pragma unroll
+  for (int k = 0; k < kKeys / 16; ++k)
+    wgmma_ss_tt_m64n64k16<T>(dq, desc_advance(da0, k * 2048), desc_advance(db0, k * 2048), k > 0);
   wgmma_commit_group();
 }
 
@@ -456,35 +448,51 @@ inline constexpr int kDqWarpgroupThreads = 32 + 128;
 // map with the 128-byte swizzle: row r at byte 128 r, its 16-byte unit u at u ^ (r % 8)
 // (r % 8 = g). Rows at or past valid_rows are the next sequence's tokens (or past Sq): they
 // get zeros, and adding +0.0 to another token's row changes nothing (a sum that starts at
-// +0.0 never becomes -0.0).
+// +0.0 never becomes -0.0). The caller passes kAllRows when valid_rows >= 64 (a uniform
+// branch), which drops the per-row test.
 // Banks: a half-warp's float2 stores cover 4 rows (g % 4) x 4 lanes. Were every lane to store
 // tile n at the same time, rows g and g ^ 1 would hit the same two units (the swizzle flips
 // only the unit's low bit between them): 2-way conflicts on every store (ncu 2026-12-01: 40% of
 // the backward's shared-store wavefronts). So within each group of four tiles, lane (g, t)
 // stores tile 4 (n / 4) + ((n % 4) ^ gray(g % 4)) at step n; the units' pair index is then
 // (n % 4) ^ (g % 4) in one half-warp and its complement-by-2 in the other: the 16 lanes'
-// 8-byte stores fill 32 distinct banks. The tile is chosen by value (selects): a run-time
-// index into dq would put it in local memory.
-template <int kTiles>
+// 8-byte stores fill 32 distinct banks. The tiles are put in that order by value (a run-time
+// index into dq would put it in local memory): two conditional swaps per pair, on bit 0 then
+// bit 1 of gray (v[i ^ gray] = v[(i ^ (gray & 1)) ^ (gray & 2)]), 8 selects per float of a
+// group where picking each tile out of four took 16 (ncu / cuobjdump, 2026-12-02).
+template <int kTiles, bool kAllRows>
 __device__ __forceinline__ void dq_stage_tile(unsigned char* tile, const float (&dq)[32], int wq, int g, int t,
                                               int valid_rows) {
   static_assert(kTiles % 4 == 0, "whole groups of four n8 tiles");
   constexpr uint32_t kChunkBytes = 64 * 32 * 4;
   const int gray = (g & 3) ^ ((g & 3) >> 1);
+  const bool swap_1 = gray & 1, swap_2 = gray & 2;
+  auto swap_if = [](bool c, float2& a, float2& b) {
+    const float2 x = a, y = b;
+    a = make_float2(c ? y.x : x.x, c ? y.y : x.y);
+    b = make_float2(c ? x.x : y.x, c ? x.y : y.y);
+  };
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int r = 16 * wq + g + 8 * half;
-    const bool keep = r < valid_rows;
+    const bool keep = kAllRows || r < valid_rows;
 #pragma unroll
-    for (int n = 0; n < kTiles; ++n) {
-      const int group = n & ~3, m = (n & 3) ^ gray;  // this lane's tile at this step: group + m
-      float2 v = make_float2(0.0f, 0.0f);
+    for (int group = 0; group < kTiles; group += 4) {
+      float2 v[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (j == m) v = make_float2(dq[4 * (group + j) + 2 * half], dq[4 * (group + j) + 2 * half + 1]);
-      const int unit = 2 * m + t / 2;
-      float2* dst = reinterpret_cast<float2*>(tile + (n / 4) * kChunkBytes + r * 128 + ((unit ^ g) << 4) + (t & 1) * 8);
-      *dst = keep ? v : make_float2(0.0f, 0.0f);
+      for (int j = 0; j < 4; ++j) {
+        v[j] = make_float2(dq[4 * (group + j) + 2 * half], dq[4 * (group + j) + 2 * half + 1]);
+        if (!kAllRows && !keep) v[j] = make_float2(0.0f, 0.0f);
+      }
+      swap_if(swap_1, v[0], v[1]);
+      swap_if(swap_1, v[2], v[3]);
+      swap_if(swap_2, v[0], v[2]);
+      swap_if(swap_2, v[1], v[3]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {  // step group + i: tile group + (i ^ gray), now in v[i]
+        const int unit = 2 * (i ^ gray) + t / 2;
+        *reinterpret_cast<float2*>(tile + (group / 4) * kChunkBytes + r * 128 + ((unit ^ g) << 4) + (t & 1) * 8) = v[i];
+      }
     }
   }
 }
@@ -551,7 +559,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
   // Bulk dQ: rows, barriers and swap sit kBulkShift higher (the staged tiles before them).
   constexpr uint32_t kShift = kBulk ? C::kBulkShift : 0;
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* smem = align_smem_1024(smem_raw);
   float* sRows = reinterpret_cast<float*>(smem + C::kOffRows + kShift);  // [stage][lse2 | D][kRowFloats]
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::kOffBars + kShift);
   uint64_t* kv_full = bars;
@@ -799,7 +807,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
   } else {
     // ---------------------------------------------------------------- consumers
     setmaxnreg_inc<C::kConsumerRegs>();
-    const int cw = warpgroup - 1, wq = warp % 4, g = lane / 4, t = lane % 4;
+    const int cw = warpgroup_index_uniform() - 1, wq = warp % 4, g = lane / 4, t = lane % 4;
     const float scale_log2 = p.scale_log2;
     // Uniform: one branch per step, outside the element loops. BM = 128: never (its registers
     // do not hold the tanh beside 128 scores; the host keeps softcap on BM = 64).
@@ -980,9 +988,9 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         // dK runs; chunk 2 w + 1 (G4); dK waited for, the stage released; G4, its add.
         unsigned char* ds_tile = smem + C::kOffDs + ds_buffer * C::kDsBytes;
         if (cw == 0)
-          store_ds_transposed<BM, 0, BM / 16>(ds_tile, dsa, 16 * wq + g, t);
+          store_ds_transposed<BM, 0, BM / 16>(smem_u32(ds_tile), dsa, 16 * wq, lane);
         else
-          store_ds_transposed<BM, BM / 16, BM / 16>(ds_tile, dsa, 16 * wq + g, t);
+          store_ds_transposed<BM, BM / 16, BM / 16>(smem_u32(ds_tile), dsa, 16 * wq, lane);
         fence_proxy_async();  // the generic-proxy stores above, before the wgmma (async proxy) reads
         const uint32_t ds_addr = ds_addr0 + ds_buffer * C::kDsBytes;
         wgmma_fence();
@@ -1013,7 +1021,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         }
       } else {
         // dS^T -> shared memory (double-buffered across steps), for the dQ wgmma.
-        store_ds_transposed<BM>(smem + C::kOffDs + ds_buffer * C::kDsBytes, dsa, 64 * cw + 16 * wq + g, t);
+        store_ds_transposed<BM>(ds_addr0 + ds_buffer * C::kDsBytes, dsa, 64 * cw + 16 * wq, lane);
         fence_proxy_async();  // the generic-proxy stores above, before the wgmma (async proxy) reads
 
         // d = 128: dV += P^T dO now, dQ next and dK += dS^T Q last, so that dQ is handed over
@@ -1074,9 +1082,13 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
           const int barrier_threads = kPerWarpgroup ? kDqWarpgroupThreads : kDqOrderThreads;
           // The adds of step - 2 (one buffer: step - 1) have read it.
           named_barrier_sync(free_barrier, barrier_threads);
-          dq_stage_tile<kTiles>(smem + C::kOffDqStage + (step % C::kDqBuffers) * C::kDqBufferBytes +
-                                    cw * 2 * C::kDqChunkBytes,
-                                dq, wq, g, t, sq - m0 - (kWideM ? 64 * cw : 0));
+          unsigned char* stage_tile =
+              smem + C::kOffDqStage + (step % C::kDqBuffers) * C::kDqBufferBytes + cw * 2 * C::kDqChunkBytes;
+          const int valid_rows = sq - m0 - (kWideM ? 64 * cw : 0);
+          if (valid_rows >= 64)
+            dq_stage_tile<kTiles, true>(stage_tile, dq, wq, g, t, valid_rows);
+          else
+            dq_stage_tile<kTiles, false>(stage_tile, dq, wq, g, t, valid_rows);
           fence_proxy_async();  // the generic-proxy stores above, before the bulk reduce (async proxy) reads them
           named_barrier_arrive(staged_barrier, barrier_threads);
         } else if constexpr (kDeterministic) {

@@ -438,7 +438,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
   using C = ForwardSm90Config<D, kWarpgroups>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* smem = align_smem_1024(smem_raw);
   constexpr int kQStages = C::kQStages;
   // One Q buffer (d 256): it is handed back as soon as the tile's last S = Q K^T is done, so
   // the next tile's Q (and, behind it, its first K / V blocks) load during the last P V and the
@@ -567,25 +567,25 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
     // ---------------------------------------------------------------- consumers
     setmaxnreg_inc<C::kConsumerRegs>();
     const int m_blocks = m_blocks_of(), tiles = tile_total();
-    const int cw = warpgroup - 1, wq = warp % 4, g = lane / 4, t = lane % 4;
+    const int cw = warpgroup_index_uniform() - 1, wq = warp % 4, g = lane / 4, t = lane % 4;
     const float scale_log2 = p.scale_log2, tau = p.rescale_tau;
     const uint32_t q_base = smem_u32(sQ) + cw * 64 * 128;  // this warpgroup's 64 rows
     const uint32_t k_addr = smem_u32(sK), v_addr = smem_u32(sV);
     uint32_t q_addr = q_base;
     auto issue_qk = [&](float (&s)[BN / 2], int stage) {
-      // d = 256: Q's 16 descriptors are stepped from one base made opaque here, so the
-      // compiler rebuilds them with an add each instead of holding all 16 (32 registers) across
-      // the loop (ptxas spilled them with softcap). The start-address field (bits 0-13,
-      // address >> 4) takes the add without a carry: shared addresses stay below 256 KB.
+      // Q's and K's descriptors are stepped from one base each (desc_advance). d = 256: Q's
+      // base is made opaque here, so the compiler rebuilds its 16 descriptors with an add each
+      // instead of holding all 16 (32 registers) across the loop (ptxas spilled them with
+      // softcap).
       uint64_t q_desc = smem_descriptor(q_addr, 16, 1024);
       if constexpr (D == 256) asm volatile("" : "+l"(q_desc));
+      const uint64_t k_desc = smem_descriptor(k_addr + stage * C::kKVBytes, 16, 1024);
       wgmma_fence();
 #pragma unroll
       for (int k = 0; k < D / 16; ++k) {
         const uint32_t in_chunk = (k % 4) * 32;
-        const uint64_t da = D == 256 ? q_desc + (((k / 4) * C::kQChunkBytes + in_chunk) >> 4)
-                                     : smem_descriptor(q_addr + (k / 4) * C::kQChunkBytes + in_chunk, 16, 1024);
-        const uint64_t db = smem_descriptor(k_addr + stage * C::kKVBytes + (k / 4) * C::kKVChunkBytes + in_chunk, 16, 1024);
+        const uint64_t da = desc_advance(q_desc, (k / 4) * C::kQChunkBytes + in_chunk);
+        const uint64_t db = desc_advance(k_desc, (k / 4) * C::kKVChunkBytes + in_chunk);
         if constexpr (BN == 128)
           wgmma_ss_m64n128k16<T>(s, da, db, k > 0);
         else
@@ -594,10 +594,11 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
       wgmma_commit_group();
     };
     auto issue_pv = [&](float (&o)[D / 2], uint32_t (&pa)[BN / 16][4], int stage) {
+      const uint64_t v_desc = smem_descriptor(v_addr + stage * C::kKVBytes, C::kKVChunkBytes, 1024);
       wgmma_fence();
 #pragma unroll
       for (int k = 0; k < BN / 16; ++k) {
-        const uint64_t db = smem_descriptor(v_addr + stage * C::kKVBytes + k * 16 * 128, C::kKVChunkBytes, 1024);
+        const uint64_t db = desc_advance(v_desc, k * 16 * 128);
         // N = D: the D / 64 chunks of V are LBO = kKVChunkBytes apart.
         if constexpr (D == 256)
           wgmma_rs_m64n256k16<T>(o, pa[k], db, 1);

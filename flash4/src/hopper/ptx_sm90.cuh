@@ -209,6 +209,18 @@ __device__ __forceinline__ int atom_relaxed_gpu_add(int* p, int v) {
   return old;
 }
 
+// ---- stmatrix -------------------------------------------------------------------------
+
+// stmatrix.x4: four 8x8 b16 matrices from the warp's registers to shared memory; register j
+// of lane (g, t) holds row g, columns 2t, 2t + 1 of matrix j (the mma / wgmma accumulator
+// fragment, packed), and lane l gives the address of row l % 8 of matrix l / 8 (16 bytes).
+// One instruction where four 32-bit stores per lane did the same.
+__device__ __forceinline__ void stmatrix_x4(uint32_t smem_addr, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_addr), "r"(r[0]),
+               "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
 // ---- register reallocation between warpgroups ------------------------------------------
 
 template <int N>
@@ -238,6 +250,32 @@ __device__ __forceinline__ uint64_t smem_descriptor(uint32_t smem_addr, uint32_t
   desc |= uint64_t(1) << 62;
   return desc;
 }
+
+// The descriptor of the operand `bytes` (a multiple of 16) further on, in the same layout: the
+// start-address field (bits 0-13, address >> 4) moved on by an add to the low word alone.
+// Shared addresses stay below 2^18, so the field never carries into the leading-dimension
+// offset above it. The kernels build one descriptor per operand tile and step it with these
+// (a constant `bytes` folds into one add): smem_descriptor per wgmma cost ~12 instructions
+// each (mask, shift, or, and a move to a uniform register), over 40% of the d 128
+// backward's instructions (ncu and cuobjdump, H200, 2026-12-02; scripts/peer_bwd_profile.sh).
+__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
+  const uint32_t lo = uint32_t(desc) + (bytes >> 4), hi = uint32_t(desc >> 32);
+  return (uint64_t(hi) << 32) | lo;
+}
+
+// `raw` (the kernel's dynamic shared memory) rounded up to the next 1024-byte boundary (the
+// 128-byte swizzle's atom) by pointer arithmetic on `raw` itself, so the compiler still knows
+// the result is shared memory: loads and stores through it are LDS / STS with 32-bit
+// addresses, where a round trip through uintptr_t made them generic LD / ST with 64-bit
+// address arithmetic.
+__device__ __forceinline__ unsigned char* align_smem_1024(unsigned char* raw) {
+  return raw + ((1024u - (smem_u32(raw) & 1023u)) & 1023u);
+}
+
+// The warp's warpgroup index, as a value the compiler sees is the same in every lane (a
+// shuffle from lane 0), so what is computed from it -- wgmma descriptors, tile offsets --
+// can live in uniform registers rather than being moved there before every wgmma.
+__device__ __forceinline__ int warpgroup_index_uniform() { return __shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0); }
 
 // Must precede the first wgmma of a batch whenever its register operands (accumulators,
 // A fragments) were written by ordinary instructions.

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# flash4's Hopper backward against its peers' under Nsight Compute, one shape (issue 9: where
+# does flash4 spend the time cuDNN and FlashAttention-4 do not?). On an H100 / H200, from the
+# repository root:
+#
+#   bash scripts/peer_bwd_profile.sh build          flash4 for sm_90a and build-ncu/libflash4.so
+#                                                   (carry .device-carry/, or only its deps.tar.xz)
+#   bash scripts/peer_bwd_profile.sh IMPL...        IMPL: flash4 cudnn fa2 fa4 (fa4: flash_attn.cute
+#                                                   importable; bench/fa4_wheels.sh carries it)
+#   bash scripts/peer_bwd_profile.sh compare        the reports so far, side by side
+#   bash scripts/peer_bwd_profile.sh pack           $OUT's files in one archive (below)
+#
+# Each IMPL runs bench/peer_bwd_once.py (the shapes of bench/peers.py, D / S / CAUSAL from the
+# environment, default 128 / 4096 / 0) twice under ncu, taking only the kernels inside its
+# NVTX "bwd" ranges: first a listing of every backward kernel (name, time, grid, block,
+# registers, shared memory: $OUT/IMPL.kernels.txt), then `--set full` of the longest one
+# ($OUT/IMPL.ncu-rep, IMPL.raw.csv, IMPL.details.txt, IMPL.stalls.txt). `compare` prints
+# scripts/lib/ncu_compare.py's table of the reports in $OUT (default ./peer-profile-out).
+# The device tool brings back only a few files: `pack` leaves $OUT/peer-profile.tar.xz of
+# everything but the .ncu-rep reports (KEEP_REPORTS=1 keeps those too).
+set -uo pipefail
+OUT=${OUT:-$PWD/peer-profile-out}
+mkdir -p "$OUT"
+B=build-ncu
+D=${D:-128}
+S=${S:-4096}
+CAUSAL=${CAUSAL:-0}
+LIB=$PWD/$B/libflash4.so
+
+build() {
+  if [ ! -f .device-carry/deps.tar ] && [ -f .device-carry/deps.tar.xz ]; then
+    xz -dc .device-carry/deps.tar.xz > .device-carry/deps.tar
+  fi
+  tar xf .device-carry/deps.tar -C / --skip-old-files 2>/dev/null
+  cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" \
+    > "$OUT/cfg.txt" 2>&1
+  ninja -C $B -j16 flash4 > "$OUT/build.txt" 2>&1 || { tail -20 "$OUT/build.txt"; return 1; }
+  g++ -shared -o "$LIB" -Wl,--whole-archive $B/flash4/libflash4.a -Wl,--no-whole-archive \
+    -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -lgomp || return 1
+  echo "built $LIB"
+}
+
+profile() { # IMPL
+  local impl=$1 name
+  local run=(python3 bench/peer_bwd_once.py --impl "$impl" --lib "$LIB" --d "$D" --seqlen "$S" --causal "$CAUSAL"
+             --iters 1)
+  timeout 300 ncu --nvtx --nvtx-include "bwd" --csv --page raw --log-file "$OUT/$impl.list.csv" \
+    --metrics gpu__time_duration.sum,launch__grid_size,launch__block_size,launch__registers_per_thread,launch__shared_mem_per_block_dynamic \
+    "${run[@]}" > "$OUT/$impl.list.log" 2>&1 || { echo "$impl: listing failed"; tail -5 "$OUT/$impl.list.log"; return 1; }
+  python3 scripts/lib/ncu_compare.py --list "$OUT/$impl.list.csv" > "$OUT/$impl.kernels.txt"
+  echo "== $impl: the backward's kernels (d $D, S $S, causal $CAUSAL)"
+  cat "$OUT/$impl.kernels.txt"
+  name=$(python3 scripts/lib/ncu_compare.py --longest "$OUT/$impl.list.csv")
+  [ -n "$name" ] || { echo "$impl: no kernel listed"; return 1; }
+  timeout 400 ncu --nvtx --nvtx-include "bwd" -k "regex:$name" --launch-count 1 --set full --import-source no \
+    --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sectors_op_red.sum,lts__t_sectors_op_atom.sum \
+    -f -o "$OUT/$impl" "${run[@]}" > "$OUT/$impl.full.log" 2>&1 || { echo "$impl: profile failed"; tail -5 "$OUT/$impl.full.log"; return 1; }
+  ncu -i "$OUT/$impl.ncu-rep" --page raw --csv > "$OUT/$impl.raw.csv" 2>/dev/null
+  ncu -i "$OUT/$impl.ncu-rep" --print-summary none --page details --print-details all > "$OUT/$impl.details.txt" 2>&1
+  python3 scripts/lib/ncu_stalls.py reasons < "$OUT/$impl.raw.csv" > "$OUT/$impl.stalls.txt"
+  ncu -i "$OUT/$impl.ncu-rep" --page source --print-source sass --csv 2>/dev/null |
+    python3 scripts/lib/ncu_stalls.py sass >> "$OUT/$impl.stalls.txt"
+  echo "-- $impl stalls"; head -25 "$OUT/$impl.stalls.txt"
+}
+
+compare() {
+  local pairs=() f
+  for f in "$OUT"/*.raw.csv; do
+    [ -f "$f" ] && pairs+=("$(basename "$f" .raw.csv)=$f")
+  done
+  ((${#pairs[@]})) || { echo "no reports in $OUT"; return 1; }
+  echo "== d $D, S $S, causal $CAUSAL: the longest backward kernel of each"
+  python3 scripts/lib/ncu_compare.py "${pairs[@]}"
+}
+
+pack() {
+  local exclude=(--exclude='*.ncu-rep')
+  [ "${KEEP_REPORTS:-0}" = 1 ] && exclude=()
+  (cd "$OUT" && tar cJf /tmp/peer-profile.tar.xz "${exclude[@]}" --exclude=peer-profile.tar.xz . &&
+    find . -maxdepth 1 -type f ! -name peer-profile.tar.xz ! -name '*.ncu-rep' -delete && mv /tmp/peer-profile.tar.xz .)
+}
+
+status=0
+for arg in "$@"; do
+  case $arg in
+    build) build || status=1 ;;
+    compare) compare || status=1 ;;
+    pack) pack || status=1 ;;
+    flash4 | cudnn | fa2 | fa4) profile "$arg" || status=1 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+exit $status
