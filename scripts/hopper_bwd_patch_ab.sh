@@ -6,7 +6,7 @@
 #   1. build   flash4 for sm_90a, the flash4-only GPU tests and flash4-bench; registers;
 #   2. test    the suites of TESTS (a gtest filter; default every backward that adds dQ by
 #              atomics: d 256, FLASH4_HOPPER_DQ=atomics at d 64 / 128, the deterministic
-#              atomic suites, varlen);
+#              atomic suites, varlen), in SHARDS processes side by side (default 1);
 #   3. bench   flash4-bench bwd / bwd-det, baseline vs this tree, at each head dim of DIMS
 #              (default "256 128") under ENV (NAME=value words, default
 #              "FLASH4_HOPPER_DQ=atomics"), into $OUT/bench_table.md;
@@ -52,4 +52,7 @@ fi
 
 sanitize_stage memcheck 'D256/Flash4HopperBackwardD256.*/0_*:D256/Flash4HopperDeterministicBackwardD256.RunsOn*/0_*' 60
 
+# The device tool brings back only a few files: everything in one archive beside the table.
+(cd "$OUT" && tar czf /tmp/patch_ab_results.tar.gz --exclude=bench_table.md . &&
+  find . -maxdepth 1 -type f ! -name bench_table.md -delete && mv /tmp/patch_ab_results.tar.gz results.tar.gz)
 finish

@@ -128,6 +128,8 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <climits>
+
 #include "cuda/fa4_softmax.cuh"
 #include "cuda/params.hpp"
 #include "cuda/ptx.cuh"
@@ -855,10 +857,27 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
     // issued before the first's gradients were waited for, FA3's intra-warpgroup overlap) was
     // 13% slower on an H200 (2026-12-01, scripts/hopper_dq_check.sh: dense S 16k 252 against
     // 294 TF/s), so it went.
+    // The step's query head and query block, advanced at the end of each step: head() and
+    // row0() divide by the blocks per head, ~30 instructions a step on the consumers' path.
+    int step_h = hk * p.group, step_mb = steps.mb_lo;
+    // Which steps need the per-element mask below ("masked"), solved for m0 once per CTA: those
+    // with m0 outside [unmasked_lo, unmasked_hi] (64-bit, clamped into int), or every step when
+    // the key block runs past the keys. The per-step test was ~40 instructions of 64-bit
+    // arithmetic; now two compares.
+    int unmasked_lo, unmasked_hi;
+    {
+      const int64_t shift = int64_t(seq.sk) - seq.sq;
+      const int64_t lo = has_right ? int64_t(n0) + BN - 1 - shift - right : 0;
+      int64_t hi = int64_t(seq.sq) - BM;
+      if (has_left) hi = min(hi, int64_t(n0) - BM + 1 - shift + left);
+      unmasked_lo = int(max(int64_t(0), min(lo, int64_t(INT_MAX))));
+      unmasked_hi = int(max(int64_t(-1), min(hi, int64_t(INT_MAX))));
+    }
+    const bool edge_keys = n0 + BN > seq.sk;
     for (int step = 0; step < steps.steps; ++step) {
       float dq[32];
       uint32_t pa[BM / 16][4], dsa[BM / 16][4];
-      const int stage = step % kStages, h = steps.head(step, hk, p.group), m0 = steps.row0(step, BM);
+      const int stage = step % kStages, h = step_h, m0 = step_mb * BM;
       const uint32_t q_addr = q_addr0 + stage * C::kQBytes, o_addr = o_addr0 + stage * C::kQBytes;
       mbarrier_wait(&q_full[stage], (step / kStages) & 1);
       // Varlen: the block's last rows may be the next sequence's: zero Q and dO there (dK
@@ -931,12 +950,12 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
       // end of the keys or of the queries: P = dS = 0 outside (K / Q rows past the ends are
       // TMA zeros or the next sequence's rows, whose P = 2^(-lse2) is not). Query i sees keys
       // i + shift - left <= j <= i + shift + right (visible_keys in sequence.cuh).
+      // (masked: m0 + BM > sq, n0 + BN > sk, or has_right and n0 + BN - 1 > m0 + shift + right,
+      // or has_left and n0 < m0 + BM - 1 + shift - left; see unmasked_lo / unmasked_hi.)
       const int sq = seq.sq, sk = seq.sk;
-      const int64_t shift = int64_t(sk) - sq;
-      const bool masked = m0 + BM > sq || n0 + BN > sk ||
-                          (has_right && int64_t(n0) + BN - 1 > int64_t(m0) + shift + right) ||
-                          (has_left && int64_t(n0) < int64_t(m0) + BM - 1 + shift - left);
+      const bool masked = edge_keys || m0 < unmasked_lo || m0 > unmasked_hi;
       if (masked) {
+        const int64_t shift = int64_t(sk) - sq;
 #pragma unroll
         for (int i = 0; i < BM / 8; ++i)
 #pragma unroll
@@ -1105,6 +1124,10 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
           wgmma_wait_group<0>();
           release_stage();
         }
+      }
+      if (++step_mb == steps.mb_lo + steps.n_mb) {
+        step_mb = steps.mb_lo;
+        ++step_h;
       }
     }
 
