@@ -23,7 +23,9 @@
 // default, set explicitly); the deterministic bulk path must also give the same bits as the
 // deterministic atomics (the same fp32 adds in the same order).
 // The ...PerWarpgroupDq suites (covered, window, varlen, sink, softcap) run the opt-in
-// FLASH4_HOPPER_DQ=per_warpgroup hand-over.
+// FLASH4_HOPPER_DQ=per_warpgroup hand-over; the ...FlatDq suites (covered, window, varlen,
+// sink, softcap, padded head dims) the opt-in FLASH4_HOPPER_DQ=flat layout (its deterministic
+// and d 256 cases take the other paths).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -74,8 +76,13 @@ struct PerWarpgroupDqSwitches : DefaultBackendSwitches {
   ScopedEnv per_warpgroup{"FLASH4_HOPPER_DQ", "per_warpgroup"};
 };
 
+// dQ in the flat layout (opt-in, DqAdd::flat): the ...FlatDq suites.
+struct FlatDqSwitches : DefaultBackendSwitches {
+  ScopedEnv flat{"FLASH4_HOPPER_DQ", "flat"};
+};
+
 // How a test adds dQ: which switches it sets.
-enum class DqPath { atomics, bulk, per_warpgroup };
+enum class DqPath { atomics, bulk, per_warpgroup, flat };
 
 // " (FLASH4_HOPPER_DQ=...)" while a bulk switch is set, for the error lines.
 const char* bulk_dq_note() {
@@ -83,6 +90,7 @@ const char* bulk_dq_note() {
   if (v == nullptr) return "";
   if (std::string(v) == "bulk") return " (FLASH4_HOPPER_DQ=bulk)";
   if (std::string(v) == "per_warpgroup") return " (FLASH4_HOPPER_DQ=per_warpgroup)";
+  if (std::string(v) == "flat") return " (FLASH4_HOPPER_DQ=flat)";
   return "";
 }
 
@@ -124,6 +132,9 @@ void expect_hopper_matches_reference(const Problem& p, DqPath dq) {
   } else if (dq == DqPath::per_warpgroup) {
     PerWarpgroupDqSwitches per_warpgroup;
     backend = check_backward(p);
+  } else if (dq == DqPath::flat) {
+    FlatDqSwitches flat;
+    backend = check_backward(p);
   } else {
     DefaultBackendSwitches defaults;
     backend = check_backward(p);
@@ -137,6 +148,9 @@ class Flash4HopperBackwardBulkDq : public ::testing::TestWithParam<Problem> {};
 // reduce-add, each consumer warpgroup handed its buffers on barriers of its own;
 // deterministic cases take the lock-step bulk path.
 class Flash4HopperBackwardPerWarpgroupDq : public ::testing::TestWithParam<Problem> {};
+// FLASH4_HOPPER_DQ=flat (opt-in): each warpgroup's dQ tile stored thread-major and added by one
+// 1-D bulk reduce-add into the flat layout, converted by its own finish kernel.
+class Flash4HopperBackwardFlatDq : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperBackward, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
@@ -149,6 +163,10 @@ TEST_P(Flash4HopperBackwardBulkDq, RunsOnHopperAndMatchesFloat64Reference) {
 TEST_P(Flash4HopperBackwardPerWarpgroupDq, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   expect_hopper_matches_reference(GetParam(), DqPath::per_warpgroup);
+}
+TEST_P(Flash4HopperBackwardFlatDq, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_hopper_matches_reference(GetParam(), DqPath::flat);
 }
 
 // d x dtype x causal over shapes with Sq = Sk, Sq < Sk, Sq > Sk and GQA, lengths {1, 17, 128,
@@ -205,6 +223,7 @@ std::vector<Problem> covered_cases() {
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackward, ::testing::ValuesIn(covered_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(covered_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackwardPerWarpgroupDq, ::testing::ValuesIn(covered_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperBackwardFlatDq, ::testing::ValuesIn(covered_cases()), test_name);
 
 // seqused_k on the Hopper backward (on by default since scripts/hopper_seqused_check.sh passed).
 // Every dQ path; the K / V rows past the keys used are NaN in all but one case, and their
@@ -230,6 +249,9 @@ void expect_varlen_on_hopper_matches_reference(const Problem& p, DqPath dq) {
   } else if (dq == DqPath::per_warpgroup) {
     PerWarpgroupDqSwitches per_warpgroup;
     backward = check_backward(p, &forward);
+  } else if (dq == DqPath::flat) {
+    FlatDqSwitches flat;
+    backward = check_backward(p, &forward);
   } else {
     DefaultBackendSwitches defaults;
     backward = check_backward(p, &forward);
@@ -241,6 +263,7 @@ void expect_varlen_on_hopper_matches_reference(const Problem& p, DqPath dq) {
 class Flash4HopperVarlenBackward : public ::testing::TestWithParam<Problem> {};
 class Flash4HopperVarlenBackwardBulkDq : public ::testing::TestWithParam<Problem> {};
 class Flash4HopperVarlenBackwardPerWarpgroupDq : public ::testing::TestWithParam<Problem> {};
+class Flash4HopperVarlenBackwardFlatDq : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperVarlenBackward, ForwardAndBackwardRunOnHopperAndMatchFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
@@ -253,6 +276,10 @@ TEST_P(Flash4HopperVarlenBackwardBulkDq, ForwardAndBackwardRunOnHopperAndMatchFl
 TEST_P(Flash4HopperVarlenBackwardPerWarpgroupDq, ForwardAndBackwardRunOnHopperAndMatchFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   expect_varlen_on_hopper_matches_reference(GetParam(), DqPath::per_warpgroup);
+}
+TEST_P(Flash4HopperVarlenBackwardFlatDq, ForwardAndBackwardRunOnHopperAndMatchFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_varlen_on_hopper_matches_reference(GetParam(), DqPath::flat);
 }
 
 // Packed batches (cu_seqlens): documents of lengths 1, 17, not multiples of the tiles (128
@@ -309,6 +336,7 @@ INSTANTIATE_TEST_SUITE_P(Varlen, Flash4HopperVarlenBackward, ::testing::ValuesIn
 INSTANTIATE_TEST_SUITE_P(Varlen, Flash4HopperVarlenBackwardBulkDq, ::testing::ValuesIn(varlen_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Varlen, Flash4HopperVarlenBackwardPerWarpgroupDq, ::testing::ValuesIn(varlen_cases()),
                          test_name);
+INSTANTIATE_TEST_SUITE_P(Varlen, Flash4HopperVarlenBackwardFlatDq, ::testing::ValuesIn(varlen_cases()), test_name);
 
 // Sliding windows (window_sweep), then packed documents with windows.
 std::vector<Problem> window_cases() {
@@ -319,6 +347,7 @@ std::vector<Problem> window_cases() {
 INSTANTIATE_TEST_SUITE_P(Window, Flash4HopperBackward, ::testing::ValuesIn(window_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Window, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(window_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Window, Flash4HopperBackwardPerWarpgroupDq, ::testing::ValuesIn(window_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Window, Flash4HopperBackwardFlatDq, ::testing::ValuesIn(window_cases()), test_name);
 
 // ---- deterministic dQ ----------------------------------------------------------------------
 
@@ -768,6 +797,7 @@ std::vector<Problem> sink_cases() {
 INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperBackward, ::testing::ValuesIn(sink_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(sink_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperBackwardPerWarpgroupDq, ::testing::ValuesIn(sink_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperBackwardFlatDq, ::testing::ValuesIn(sink_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperDeterministicBackward, ::testing::ValuesIn(sink_deterministic_cases()),
                          test_name);
 INSTANTIATE_TEST_SUITE_P(Sink, Flash4HopperDeterministicBackwardBulkDq,
@@ -828,6 +858,7 @@ std::vector<Problem> softcap_cases() {
 INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperBackward, ::testing::ValuesIn(softcap_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(softcap_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperBackwardPerWarpgroupDq, ::testing::ValuesIn(softcap_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperBackwardFlatDq, ::testing::ValuesIn(softcap_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperDeterministicBackward,
                          ::testing::ValuesIn(softcap_deterministic_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Softcap, Flash4HopperDeterministicBackwardBulkDq,
@@ -961,6 +992,7 @@ INSTANTIATE_TEST_SUITE_P(Padded, Flash4HopperBackward, ::testing::ValuesIn(padde
 INSTANTIATE_TEST_SUITE_P(Padded, Flash4HopperBackwardBulkDq, ::testing::ValuesIn(padded_head_dim_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Padded, Flash4HopperBackwardPerWarpgroupDq, ::testing::ValuesIn(padded_head_dim_cases()),
                          test_name);
+INSTANTIATE_TEST_SUITE_P(Padded, Flash4HopperBackwardFlatDq, ::testing::ValuesIn(padded_head_dim_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Padded, Flash4HopperDeterministicBackward,
                          ::testing::ValuesIn(padded_head_dim_deterministic_cases()), test_name);
 INSTANTIATE_TEST_SUITE_P(Padded, Flash4HopperDeterministicBackwardBulkDq,

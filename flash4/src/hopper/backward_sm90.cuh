@@ -32,7 +32,11 @@
 //    one op per row or a layout of our own with its own finish kernel); see the writer.
 //    FLASH4_HOPPER_DQ=per_warpgroup (DqAdd::bulk_per_warpgroup, non-deterministic calls; written
 //    without a GPU, scripts/hopper_dq_warpgroup_check.sh): the writer hands each consumer
-//    warpgroup its buffers on barriers of its own instead of both at once.
+//    warpgroup its buffers on barriers of its own instead of both at once. FLASH4_HOPPER_DQ=flat
+//    (DqAdd::flat, opt-in, written without a GPU, scripts/hopper_dq_flat_check.sh): the same
+//    hand-over, each warpgroup's tile stored thread-major and added by one 1-D bulk reduce-add
+//    into dq_accum in a layout of its own (backward_sm90.hpp), converted by
+//    backward_sm90_dq_flat_finish.
 // dK = scale dS^T Q and dV are written from registers at the end (rows past Sk skipped).
 //
 // The per-row inputs come from backward_sm90_rows_kernel: lse2 = lse log2 e (+inf for a
@@ -552,8 +556,11 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
   using C = BackwardSm90Config<D, kBM>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
   constexpr bool kBulk = kDqAdd != DqAdd::atomics;
-  constexpr bool kPerWarpgroup = kDqAdd == DqAdd::bulk_per_warpgroup;
+  // DqAdd::flat: the per-warpgroup hand-over with the flat layout (backward_sm90.hpp).
+  constexpr bool kFlat = kDqAdd == DqAdd::flat;
+  constexpr bool kPerWarpgroup = kDqAdd == DqAdd::bulk_per_warpgroup || kFlat;
   static_assert(!(kPerWarpgroup && kDeterministic), "deterministic dQ adds both warpgroups' tiles together");
+  static_assert(!kFlat || (D <= 128 && BM == 64), "flat dQ: d 64 / 128 at 64-query blocks");
   // BM = 128: the lock-step bulk hand-over only (one staging buffer; each warpgroup's tile is
   // whole, so the writer adds (rows 64 w.., all columns) per warpgroup).
   static_assert(BM == 64 || kDqAdd == DqAdd::bulk, "BM = 128 with the lock-step bulk dQ only");
@@ -710,10 +717,20 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
               const int h = steps.head(step, hk, p.group);
               const int token = int(seq.q_token + steps.row0(step, BM));
               const unsigned char* buffer = smem + C::kOffDqStage + (step & 1) * C::kDqBufferBytes;
+              if constexpr (kFlat) {
+                // Warpgroup w's 16 KB part, one add: to part w (d 128) or the one part (d 64:
+                // both warpgroups' partial sums) of the block's slot (the flat layout,
+                // backward_sm90.hpp).
+                const int64_t slot = (seq.q_token + steps.row0(step, BM)) / 64 + b;
+                float* part = p.dq_accum + ((int64_t(h) * order.slots + slot) * (D / 64) + (D == 128 ? w : 0)) *
+                                               int64_t(kDqFlatPartFloats);
+                bulk_reduce_add_f32(part, smem_u32(buffer + 2 * w * C::kDqChunkBytes), kDqFlatPartFloats * 4);
+              } else {
 #pragma unroll
-              for (int k = 0; k < 2; ++k)
-                bulk_reduce_add_3d(&tma_dq, D == 128 ? 64 * w + 32 * k : 32 * k, token, h,
-                                   buffer + (2 * w + k) * C::kDqChunkBytes);
+                for (int k = 0; k < 2; ++k)
+                  bulk_reduce_add_3d(&tma_dq, D == 128 ? 64 * w + 32 * k : 32 * k, token, h,
+                                     buffer + (2 * w + k) * C::kDqChunkBytes);
+              }
               bulk_commit_group();
               bulk_wait_group_read<2>();
             }
@@ -1103,11 +1120,22 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
           named_barrier_sync(free_barrier, barrier_threads);
           unsigned char* stage_tile =
               smem + C::kOffDqStage + (step % C::kDqBuffers) * C::kDqBufferBytes + cw * 2 * C::kDqChunkBytes;
-          const int valid_rows = sq - m0 - (kWideM ? 64 * cw : 0);
-          if (valid_rows >= 64)
-            dq_stage_tile<kTiles, true>(stage_tile, dq, wq, g, t, valid_rows);
-          else
-            dq_stage_tile<kTiles, false>(stage_tile, dq, wq, g, t, valid_rows);
+          if constexpr (kFlat) {
+            // Thread-major (the flat layout, backward_sm90.hpp): float4 n * 128 + tid = this
+            // thread's tile n; a warp's store is 512 contiguous bytes. Rows past the sequence
+            // are its slot's own unused rows (never read): no zeroing.
+            float4* part = reinterpret_cast<float4*>(stage_tile);
+            const int tid = threadIdx.x % 128;
+#pragma unroll
+            for (int n = 0; n < 8; ++n)
+              part[n * 128 + tid] = make_float4(dq[4 * n], dq[4 * n + 1], dq[4 * n + 2], dq[4 * n + 3]);
+          } else {
+            const int valid_rows = sq - m0 - (kWideM ? 64 * cw : 0);
+            if (valid_rows >= 64)
+              dq_stage_tile<kTiles, true>(stage_tile, dq, wq, g, t, valid_rows);
+            else
+              dq_stage_tile<kTiles, false>(stage_tile, dq, wq, g, t, valid_rows);
+          }
           fence_proxy_async();  // the generic-proxy stores above, before the bulk reduce (async proxy) reads them
           named_barrier_arrive(staged_barrier, barrier_threads);
         } else if constexpr (kDeterministic) {
@@ -1211,7 +1239,9 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
                     : order != nullptr    ? dim3(unsigned(n_blocks * p.heads_kv * p.batch))
                                           : dim3(unsigned(n_blocks), unsigned(p.heads_kv), unsigned(p.batch));
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-  const DqOrder dq_order = order != nullptr ? *order : DqOrder{};
+  DqOrder dq_order = order != nullptr ? *order : DqOrder{};
+  // DqAdd::flat: its layout's slots per head ride in the order's field (no counts).
+  if (dq_add == DqAdd::flat && order == nullptr) dq_order.slots = dq_order_slots(p.tokens_q, p.batch);
   auto launch = [&](auto kernel, size_t smem) {
     FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     kernel<<<grid, C::kThreads, smem, stream>>>(maps.q, maps.k, maps.v, maps.dout, p, row_pitch, list, dq_order,
@@ -1247,7 +1277,12 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
         return;
       }
     }
-    if (dq_add == DqAdd::bulk_per_warpgroup && order == nullptr) {
+    if (dq_add == DqAdd::flat && order == nullptr) {
+      constexpr DqAdd kFlat = DqAdd::flat;
+      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kFlat>
+                  : attention_backward_sm90_kernel<D, __half, false, kFlat>,
+             C::kSmemBytesBulk);
+    } else if (dq_add == DqAdd::bulk_per_warpgroup && order == nullptr) {
       constexpr DqAdd kPerWarpgroup = DqAdd::bulk_per_warpgroup;
       launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kPerWarpgroup>
                   : attention_backward_sm90_kernel<D, __half, false, kPerWarpgroup>,

@@ -29,7 +29,30 @@ struct BackwardTensorMaps {
 //           buffers through barriers of its own, so the two warpgroups are not held in step
 //           at every query block (FLASH4_HOPPER_DQ=per_warpgroup; not deterministic calls:
 //           their order keeps both warpgroups' tiles together). Written without a GPU.
-enum class DqAdd : int { atomics = 0, bulk = 1, bulk_per_warpgroup = 2 };
+//  flat     the per-warpgroup hand-over, but each warpgroup stores its tile thread-major (8 float4
+//           stores a thread, no swizzle, no bank conflict) and the writer adds it with one 1-D
+//           bulk reduce-add into dq_accum laid out as the layout below says (FlashAttention-4's
+//           scheme); backward_sm90_dq_flat_finish converts it. FLASH4_HOPPER_DQ=flat,
+//           non-deterministic calls, d 64 / 128 at 64-query blocks. Written without a GPU
+//           (scripts/hopper_dq_flat_check.sh): the swizzled staging cost ~110 of the d 128
+//           kernel's ~570 instructions per warp and step (cuobjdump, 2026-12-02).
+enum class DqAdd : int { atomics = 0, bulk = 1, bulk_per_warpgroup = 2, flat = 3 };
+
+// DqAdd::flat: dq_accum as [Hq][slot][D / 64 parts][64 rows x 64 columns] fp32, slot the
+// query block's dq_order_slots slot ((q_token(b) + 64 m) / 64 + b: one per 64-row block of a
+// sequence, rows past its end unused), part p = columns 64 p .. 64 p + 63 of the kernel's D
+// (d 128: consumer warpgroup p's columns; d 64: one part, both warpgroups' partial sums added
+// into it). A part is stored in the consumers' accumulator order: float4 number n * 128 + tid
+// holds thread tid's (= 32 wq + 4 g + t) n8 column tile n: rows 16 wq + g and + 8, columns
+// 8n + 2t, + 1 ({row g: c, c + 1, row g + 8: c, c + 1}).
+inline constexpr int kDqFlatPartFloats = 64 * 64;
+inline int64_t dq_flat_floats(int64_t heads_q, int64_t slots, int kernel_dim) {
+  return heads_q * slots * (kernel_dim / 64) * kDqFlatPartFloats;
+}
+// Index of element (row r, column c) of a part in that order.
+__host__ __device__ inline constexpr int dq_flat_index(int r, int c) {
+  return ((c / 8) * 128 + 32 * (r / 16) + 4 * (r % 8) + (c % 8) / 2) * 4 + 2 * ((r / 8) % 2) + c % 2;
+}
 
 // DqAdd::bulk: dq_accum as a 3-d fp32 tensor map (d, tokens_q, Hq) -- the layout the
 // portable finish reads, unchanged -- with a box of kDqBulkBoxCols columns (128 bytes, the
@@ -86,6 +109,12 @@ template <int D>
 void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& p, int64_t row_pitch,
                    const VarlenTiles& list, int64_t list_capacity, const DqOrder* order, DqAdd dq_add,
                    bool wide_m, cudaStream_t stream);
+
+// DqAdd::flat's finish: dq = scale * dq_accum (the layout above, `slots` per head, parts of the
+// d `kernel_dim` kernel) in dq's dtype for every row of every sequence, d_qk columns. Rows of
+// no sequence are the portable finish's to zero.
+void backward_sm90_dq_flat_finish(const cuda::AttentionParams& p, int64_t slots, int kernel_dim,
+                                  cudaStream_t stream);
 
 // Whether this binary's backward kernels are sm_90a machine code the current device runs.
 bool backward_sm90_runs_here();

@@ -17,6 +17,9 @@
 // sink); with dsink asked for, the rows preprocess writes each row's term and the portable
 // finish sums them per head in a fixed order (backward_sm90.cuh, "Sink"); passed
 // scripts/hopper_bwd_sink_check.sh on an H200 (2026-12-01), with softcap.
+// FLASH4_HOPPER_DQ=flat (opt-in, written without a GPU; scripts/hopper_dq_flat_check.sh): the
+// per-warpgroup hand-over with dQ in FlashAttention-4's flat layout (hopper::DqAdd::flat) and
+// its own finish kernel.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -147,14 +150,20 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
   try {
     const int64_t row_pitch = hopper::backward_sm90_row_pitch(p.tokens_q);
     const size_t rows = size_t(p.heads_q) * size_t(row_pitch);
-    const size_t dq_count = size_t(p.tokens_q) * size_t(p.heads_q) * size_t(p.d_qk);
+    // FLASH4_HOPPER_DQ=flat (opt-in; DqAdd::flat, written without a GPU): non-deterministic calls
+    // on the d 64 / 128 kernels, whose finish grid takes heads_q x parts in its y dimension and
+    // the slots (below 2^25 + 2^16 with tokens_q < 2^31) in its x.
+    const int64_t slots = hopper::dq_order_slots(p.tokens_q, p.batch);
+    const bool flat = env_is("FLASH4_HOPPER_DQ", "flat") && !deterministic && kernel_dim <= 128 &&
+                      int64_t(p.heads_q) * (kernel_dim / 64) <= 65535 && p.tokens_q < (int64_t(1) << 31);
+    const size_t dq_count = flat ? size_t(hopper::dq_flat_floats(p.heads_q, slots, kernel_dim))
+                                 : size_t(p.tokens_q) * size_t(p.heads_q) * size_t(p.d_qk);
     // dsink: the rows' terms [Hq][tokens_q] (every one written by the rows preprocess).
     const size_t dsink_count = want_dsink ? size_t(p.heads_q) * size_t(p.tokens_q) : 0;
     // Varlen: the work list of (sequence, key block) pairs, key blocks of the kernel's rows.
     const int64_t capacity = shape.varlen ? hopper::varlen_tile_capacity(shape.tokens_k, shape.batch, key_rows) : 0;
     const size_t list_bytes = shape.varlen ? varlen_tiles_bytes(capacity, shape.batch) : 0;
     // Deterministic dQ: the counts [Hq][slots] and the ticket after them, one zeroed range.
-    const int64_t slots = hopper::dq_order_slots(p.tokens_q, p.batch);
     const size_t order_count = deterministic ? size_t(p.heads_q) * size_t(slots) + 1 : 0;
     Workspace ws(Workspace::bytes_for(dq_count) + 2 * Workspace::bytes_for(rows) +
                      Workspace::bytes_for(dsink_count) + list_bytes + Workspace::bytes_for(order_count),
@@ -186,6 +195,9 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     const bool lock_step_asked = env_is("FLASH4_HOPPER_DQ", "bulk");
     if (env_is("FLASH4_HOPPER_DQ", "atomics")) {
       dq_note += " (FLASH4_HOPPER_DQ=atomics)";
+    } else if (flat) {
+      dq_add = hopper::DqAdd::flat;
+      dq_note = "dQ by 1-D bulk reduce-add in the flat layout, per-warpgroup hand-over (FLASH4_HOPPER_DQ=flat)";
     } else if (kernel_dim == 256) {
       dq_note += " (d 256: no shared memory for the bulk staging)";
     } else if (p.tokens_q >= (int64_t(1) << 31)) {
@@ -228,7 +240,17 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     // 0), zeros in the dk / dv rows of no sequence (varlen), and with p.dsink dsink_h = the
     // sum of dsink_rows[h][:] in a fixed order (dsink_reduce_kernel: the same bits on every
     // run, deterministic or not): the portable backward's finish in its atomic mode.
-    cuda::backward_finish(p, stream);
+    if (flat) {
+      // dq from the flat layout here; the portable finish then does what it does after its own
+      // deterministic backward, which writes dq itself: zeros in the rows of no sequence
+      // (dq; dk / dv too), and dsink.
+      hopper::backward_sm90_dq_flat_finish(p, slots, kernel_dim, stream);
+      cuda::AttentionParams finish = p;
+      finish.deterministic = true;
+      cuda::backward_finish(finish, stream);
+    } else {
+      cuda::backward_finish(p, stream);
+    }
     *status = FLASH4_OK;
   } catch (const cuda::CudaError& e) {
     set_last_error(std::string("flash4 Hopper CUDA backend (backward): ") + e.what());

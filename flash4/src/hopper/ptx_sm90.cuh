@@ -131,6 +131,14 @@ __device__ __forceinline__ void bulk_reduce_add_3d(const void* map, int c0, int 
       "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(smem_src))
       : "memory");
 }
+// global[gdst .. gdst + bytes) += smem[smem_src .. + bytes), fp32 element-wise and atomically
+// per element, one contiguous run (no tensor map): DqAdd::flat's dQ parts. Both addresses
+// 16-byte aligned, bytes a multiple of 16. Completes in the async proxy, as bulk_reduce_add_3d.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* gdst, uint32_t smem_src, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(gdst),
+               "r"(smem_src), "r"(bytes)
+               : "memory");
+}
 // Closes this thread's bulk ops issued since the last commit into one bulk async-group.
 __device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // TMA store of one box from shared memory (`smem_src`, in the map's swizzled layout) to the
