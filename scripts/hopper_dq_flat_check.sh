@@ -3,17 +3,20 @@
 # hopper::DqAdd::flat, written without a GPU in the eighth session): each consumer warpgroup
 # stores its dQ tile thread-major (8 float4 stores, no swizzle) and the dQ writer adds it with
 # one 1-D bulk reduce-add into dq_accum laid out [Hq][slot][part][64 x 64] in that order;
-# backward_sm90_dq_flat_finish converts it. Non-deterministic calls, d 64 / 128 at 64-query
-# blocks. One call on an H100 / H200 from the repository root (carry .device-carry/, or only
-# its deps.tar.xz):
+# backward_sm90_dq_flat_finish converts it. d 64 / 128 non-deterministic at 64-query blocks
+# (varlen, d 128; per-warpgroup hand-over), d 64 at 128-query blocks (dense; lock-step,
+# deterministic too). One call on an H100 / H200 from the repository root (carry
+# .device-carry/, or only its deps.tar.xz):
 #   1. build   flash4 for sm_90a, the flash4-only GPU tests and flash4-bench; registers / stack
 #              of the backward kernels (expect 168 / 0);
 #   2. smoke   dense case 0 and varlen case 0 of the ...FlatDq suites under a short timeout (a
 #              hang: the writer's barriers; wrong values: the layout); memcheck and stop if not;
-#   3. test    every ...FlatDq suite (covered, window, varlen, sink, softcap, padded head dims)
-#              in SHARDS gtest shards (default 4), worst errors against float64;
+#   3. test    every ...FlatDq suite (covered, window, varlen, sink, softcap, padded head dims,
+#              deterministic: three runs bit for bit) in SHARDS gtest shards (default 4), worst
+#              errors against float64;
 #   4. bench   flash4-bench, the default dQ path against FLASH4_HOPPER_DQ=flat at d 128 and 64
-#              (bwd: non-deterministic; bwd-det and fwd do not change), into bench_table.md;
+#              (bwd, and bwd-det at d 64; fwd does not change), into bench_table.md, and the
+#              varlen adept-like batch;
 #   5. check   compute-sanitizer racecheck and memcheck of a small varlen case.
 # If it passes and the bench gains, flat can become the non-deterministic default
 # (backward_sm90_host.cpp's `flat`). Every stage's timeout is cut to the time left of BUDGET
@@ -43,7 +46,7 @@ smoke_or_stop "$SMOKE" 60 120 "the writer's per-warpgroup staged / free barriers
 smoke_says "flat layout" "the flat path did not run"
 
 # ---- 3. tests -------------------------------------------------------------------------
-run_suite flat '*/Flash4HopperBackwardFlatDq.*:*/Flash4HopperVarlenBackwardFlatDq.*' 240
+run_suite flat '*FlatDq.*' 240
 note "flat worst vs float64: bf16 dq $(worst_error flat dq bf16) dk $(worst_error flat dk bf16) dv $(worst_error flat dv bf16); fp16 dq $(worst_error flat dq fp16)"
 
 # ---- 4. bench -------------------------------------------------------------------------
@@ -61,7 +64,7 @@ if [ "$BENCH" = 1 ]; then
 fi
 
 # ---- 5. sanitizers --------------------------------------------------------------------
-SMALL='Varlen/Flash4HopperVarlenBackwardFlatDq.*/0_*'
+SMALL='Varlen/Flash4HopperVarlenBackwardFlatDq.*/0_*:Deterministic/Flash4HopperDeterministicBackwardFlatDq.RunsOn*/0_*'
 sanitize_stage racecheck "$SMALL" 60
 sanitize_stage memcheck "$SMALL" 60
 

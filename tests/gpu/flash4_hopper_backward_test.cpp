@@ -24,8 +24,9 @@
 // deterministic atomics (the same fp32 adds in the same order).
 // The ...PerWarpgroupDq suites (covered, window, varlen, sink, softcap) run the opt-in
 // FLASH4_HOPPER_DQ=per_warpgroup hand-over; the ...FlatDq suites (covered, window, varlen,
-// sink, softcap, padded head dims) the opt-in FLASH4_HOPPER_DQ=flat layout (its deterministic
-// and d 256 cases take the other paths).
+// sink, softcap, padded head dims, deterministic) the opt-in FLASH4_HOPPER_DQ=flat layout (d 64
+// dense at 128-query blocks, deterministic too; varlen and d 128 at 64, not deterministic; the
+// other cases take the other paths).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -577,6 +578,7 @@ void expect_deterministic_runs_same_bits(const Problem& p, DqPath dq) {
   std::optional<ScopedEnv> bulk;
   std::optional<Bm64UnlessSet> bm;
   if (dq == DqPath::bulk) bulk.emplace("FLASH4_HOPPER_DQ", "bulk"), bm.emplace();
+  if (dq == DqPath::flat) bulk.emplace("FLASH4_HOPPER_DQ", "flat");
   GpuOnlyProblem gpu(p);
   gpu.setup();
   if (::testing::Test::HasFatalFailure()) return;
@@ -586,6 +588,18 @@ void expect_deterministic_runs_same_bits(const Problem& p, DqPath dq) {
 
 class Flash4HopperDeterministicBackward : public ::testing::TestWithParam<Problem> {};
 class Flash4HopperDeterministicBackwardBulkDq : public ::testing::TestWithParam<Problem> {};
+// FLASH4_HOPPER_DQ=flat on deterministic calls: the d 64 cases at 128-query blocks (each
+// warpgroup's rows a slot of their own) take it; the others keep the lock-step bulk path.
+class Flash4HopperDeterministicBackwardFlatDq : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperDeterministicBackwardFlatDq, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_hopper_matches_reference(GetParam(), DqPath::flat);
+}
+TEST_P(Flash4HopperDeterministicBackwardFlatDq, ThreeRunsGiveTheSameBits) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_deterministic_runs_same_bits(GetParam(), DqPath::flat);
+}
 
 TEST_P(Flash4HopperDeterministicBackward, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
@@ -632,6 +646,8 @@ TEST_P(Flash4HopperDeterministicBackwardBulkDq, SameBitsAsTheDeterministicAtomic
 INSTANTIATE_TEST_SUITE_P(Deterministic, Flash4HopperDeterministicBackward, ::testing::ValuesIn(deterministic_cases()),
                          test_name);
 INSTANTIATE_TEST_SUITE_P(Deterministic, Flash4HopperDeterministicBackwardBulkDq,
+                         ::testing::ValuesIn(deterministic_cases()), test_name);
+INSTANTIATE_TEST_SUITE_P(Deterministic, Flash4HopperDeterministicBackwardFlatDq,
                          ::testing::ValuesIn(deterministic_cases()), test_name);
 
 // Long chains of dQ tiles under contention: Sq = Sk = 4097 (33 key blocks, 65 query blocks),

@@ -556,15 +556,17 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
   using C = BackwardSm90Config<D, kBM>;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
   constexpr bool kBulk = kDqAdd != DqAdd::atomics;
-  // DqAdd::flat: the per-warpgroup hand-over with the flat layout (backward_sm90.hpp).
-  constexpr bool kFlat = kDqAdd == DqAdd::flat;
-  constexpr bool kPerWarpgroup = kDqAdd == DqAdd::bulk_per_warpgroup || kFlat;
-  static_assert(!(kPerWarpgroup && kDeterministic), "deterministic dQ adds both warpgroups' tiles together");
-  static_assert(!kFlat || (D <= 128 && BM == 64), "flat dQ: d 64 / 128 at 64-query blocks");
-  // BM = 128: the lock-step bulk hand-over only (one staging buffer; each warpgroup's tile is
-  // whole, so the writer adds (rows 64 w.., all columns) per warpgroup).
-  static_assert(BM == 64 || kDqAdd == DqAdd::bulk, "BM = 128 with the lock-step bulk dQ only");
   constexpr bool kWideM = BM == 128;
+  // DqAdd::flat: the flat layout (backward_sm90.hpp), with the per-warpgroup hand-over at
+  // BM = 64 (not deterministic: there the d 64 halves are combined first) and the lock-step one
+  // at BM = 128 (deterministic too: each warpgroup's tile is whole, its rows a slot of its own).
+  constexpr bool kFlat = kDqAdd == DqAdd::flat;
+  constexpr bool kPerWarpgroup = kDqAdd == DqAdd::bulk_per_warpgroup || (kFlat && !kWideM);
+  static_assert(!(kPerWarpgroup && kDeterministic), "deterministic dQ adds both warpgroups' tiles together");
+  static_assert(!kFlat || D <= 128, "flat dQ: d 64 / 128");
+  // BM = 128: the lock-step hand-over only (one staging buffer; each warpgroup's tile is whole,
+  // so the writer adds (rows 64 w.., all columns) per warpgroup).
+  static_assert(BM == 64 || kDqAdd == DqAdd::bulk || kFlat, "BM = 128 with the lock-step bulk dQ only");
   // Bulk dQ: rows, barriers and swap sit kBulkShift higher (the staged tiles before them).
   constexpr uint32_t kShift = kBulk ? C::kBulkShift : 0;
   extern __shared__ unsigned char smem_raw[];
@@ -751,15 +753,29 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
           const int token = int(seq.q_token + steps.row0(step, BM));  // the host checked tokens_q < 2^31
           const unsigned char* buffer = smem + C::kOffDqStage + (step % C::kDqBuffers) * C::kDqBufferBytes;
           if constexpr (kDeterministic) fence_proxy_async_global();  // after the acquire of the count
+          if constexpr (kFlat && kWideM) {
+            // BM = 128 (the only lock-step flat kernel, d 64; at BM = 64 flat takes the
+            // per-warpgroup branch above): warpgroup w's rows 64 w .. 64 w + 63 are a slot of their
+            // own, one part; one 16 KB add each. A half that starts past the sequence's rows is
+            // skipped: its slot number may be the next sequence's first.
 #pragma unroll
-          for (int w = 0; w < 2; ++w)
-#pragma unroll
-            for (int k = 0; k < kOps; ++k) {
-              // BM = 128: warpgroup w's rows 64 w .. 64 w + 63, all columns.
-              const int col = D == 128 ? 64 * w + 32 * k : kDeterministic && !kWideM ? 32 * w : 32 * k;
-              bulk_reduce_add_3d(&tma_dq, col, kWideM ? token + 64 * w : token, h,
-                                 buffer + (2 * w + k) * C::kDqChunkBytes);
+            for (int w = 0; w < 2; ++w) {
+              if (steps.row0(step, BM) + 64 * w >= seq.sq) continue;
+              const int64_t slot = (seq.q_token + steps.row0(step, BM) + 64 * w) / 64 + b;
+              bulk_reduce_add_f32(p.dq_accum + (int64_t(h) * order.slots + slot) * int64_t(kDqFlatPartFloats),
+                                  smem_u32(buffer + 2 * w * C::kDqChunkBytes), kDqFlatPartFloats * 4);
             }
+          } else {
+#pragma unroll
+            for (int w = 0; w < 2; ++w)
+#pragma unroll
+              for (int k = 0; k < kOps; ++k) {
+                // BM = 128: warpgroup w's rows 64 w .. 64 w + 63, all columns.
+                const int col = D == 128 ? 64 * w + 32 * k : kDeterministic && !kWideM ? 32 * w : 32 * k;
+                bulk_reduce_add_3d(&tma_dq, col, kWideM ? token + 64 * w : token, h,
+                                   buffer + (2 * w + k) * C::kDqChunkBytes);
+              }
+          }
           bulk_commit_group();
           if constexpr (kDeterministic) {
             if (more) next = ld_relaxed_gpu(count_of(step + 1));  // looked at after the fence below
@@ -1240,8 +1256,9 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
                                           : dim3(unsigned(n_blocks), unsigned(p.heads_kv), unsigned(p.batch));
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
   DqOrder dq_order = order != nullptr ? *order : DqOrder{};
-  // DqAdd::flat: its layout's slots per head ride in the order's field (no counts).
-  if (dq_add == DqAdd::flat && order == nullptr) dq_order.slots = dq_order_slots(p.tokens_q, p.batch);
+  // DqAdd::flat: its layout's slots per head ride in the order's field (deterministic calls have
+  // them there already, the same number).
+  if (dq_add == DqAdd::flat) dq_order.slots = dq_order_slots(p.tokens_q, p.batch);
   auto launch = [&](auto kernel, size_t smem) {
     FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     kernel<<<grid, C::kThreads, smem, stream>>>(maps.q, maps.k, maps.v, maps.dout, p, row_pitch, list, dq_order,
@@ -1264,7 +1281,20 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
     launch_atomics();  // float2 atomics only (the host asks for nothing else; no bulk kernels built)
   } else {
     if constexpr (D == 64) {
-      if (wide_m) {  // the host asks only with the lock-step bulk dQ (dq_add == bulk)
+      if (wide_m && dq_add == DqAdd::flat) {  // the lock-step hand-over into the flat layout
+        using W = BackwardSm90Config<64, 128>;
+        constexpr DqAdd kFlat = DqAdd::flat;
+        if (order != nullptr)
+          launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, true, kFlat, 128>
+                      : attention_backward_sm90_kernel<64, __half, true, kFlat, 128>,
+                 W::kSmemBytesDeterministicBulk);
+        else
+          launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, false, kFlat, 128>
+                      : attention_backward_sm90_kernel<64, __half, false, kFlat, 128>,
+                 W::kSmemBytesBulk);
+        return;
+      }
+      if (wide_m) {  // otherwise the host asks only with the lock-step bulk dQ (dq_add == bulk)
         using W = BackwardSm90Config<64, 128>;
         if (order != nullptr)
           launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, true, kBulk, 128>

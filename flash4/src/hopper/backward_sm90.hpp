@@ -32,8 +32,9 @@ struct BackwardTensorMaps {
 //  flat     the per-warpgroup hand-over, but each warpgroup stores its tile thread-major (8 float4
 //           stores a thread, no swizzle, no bank conflict) and the writer adds it with one 1-D
 //           bulk reduce-add into dq_accum laid out as the layout below says (FlashAttention-4's
-//           scheme); backward_sm90_dq_flat_finish converts it. FLASH4_HOPPER_DQ=flat,
-//           non-deterministic calls, d 64 / 128 at 64-query blocks. Written without a GPU
+//           scheme); backward_sm90_dq_flat_finish converts it. FLASH4_HOPPER_DQ=flat: d 64 /
+//           128 at 64-query blocks, not deterministic (the per-warpgroup hand-over); d 64 at
+//           128-query blocks, deterministic too (lock-step). Written without a GPU
 //           (scripts/hopper_dq_flat_check.sh): the swizzled staging cost ~110 of the d 128
 //           kernel's ~570 instructions per warp and step (cuobjdump, 2026-12-02).
 enum class DqAdd : int { atomics = 0, bulk = 1, bulk_per_warpgroup = 2, flat = 3 };

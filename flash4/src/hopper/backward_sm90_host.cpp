@@ -154,7 +154,9 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     // on the d 64 / 128 kernels, whose finish grid takes heads_q x parts in its y dimension and
     // the slots (below 2^25 + 2^16 with tokens_q < 2^31) in its x.
     const int64_t slots = hopper::dq_order_slots(p.tokens_q, p.batch);
-    const bool flat = env_is("FLASH4_HOPPER_DQ", "flat") && !deterministic && kernel_dim <= 128 &&
+    // Deterministic calls only on the BM = 128 kernel (d 64, backward_wide_m_rule), whose
+    // warpgroups' tiles are whole rows of their own (at BM = 64 the halves are combined first).
+    const bool flat = env_is("FLASH4_HOPPER_DQ", "flat") && (!deterministic || wide_asked) && kernel_dim <= 128 &&
                       int64_t(p.heads_q) * (kernel_dim / 64) <= 65535 && p.tokens_q < (int64_t(1) << 31);
     const size_t dq_count = flat ? size_t(hopper::dq_flat_floats(p.heads_q, slots, kernel_dim))
                                  : size_t(p.tokens_q) * size_t(p.heads_q) * size_t(p.d_qk);
@@ -197,7 +199,8 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
       dq_note += " (FLASH4_HOPPER_DQ=atomics)";
     } else if (flat) {
       dq_add = hopper::DqAdd::flat;
-      dq_note = "dQ by 1-D bulk reduce-add in the flat layout, per-warpgroup hand-over (FLASH4_HOPPER_DQ=flat)";
+      dq_note = wide_asked ? "dQ by 1-D bulk reduce-add in the flat layout (FLASH4_HOPPER_DQ=flat)"
+                           : "dQ by 1-D bulk reduce-add in the flat layout, per-warpgroup hand-over (FLASH4_HOPPER_DQ=flat)";
     } else if (kernel_dim == 256) {
       dq_note += " (d 256: no shared memory for the bulk staging)";
     } else if (p.tokens_q >= (int64_t(1) << 31)) {
@@ -214,7 +217,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
       if (lock_step_asked) dq_note += " (FLASH4_HOPPER_DQ=bulk)";
     }
     // The wide kernel needs the bulk adds; without them the 64-row boxes come back.
-    const bool wide_m = wide_asked && dq_add == hopper::DqAdd::bulk;
+    const bool wide_m = wide_asked && (dq_add == hopper::DqAdd::bulk || dq_add == hopper::DqAdd::flat);
     if (wide_asked && !wide_m)
       if (std::string error = encode_query_maps(hopper::kBackwardQBoxRows); !error.empty())
         throw cuda::CudaError(error);
