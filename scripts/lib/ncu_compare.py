@@ -10,7 +10,7 @@
     python3 scripts/lib/ncu_compare.py --longest raw.csv
         the longest of them: its function name, for ncu -k.
 
-For scripts/peer_bwd_profile.sh: where flash4's backward spends the time its peers do not.
+For scripts/peer_profile.sh: where flash4's kernels spend the time their peers' do not.
 A report without a metric prints "-" there, never an error status.
 """
 import csv

@@ -265,7 +265,7 @@ __device__ __forceinline__ uint64_t smem_descriptor(uint32_t smem_addr, uint32_t
 // offset above it. The kernels build one descriptor per operand tile and step it with these
 // (a constant `bytes` folds into one add): smem_descriptor per wgmma cost ~12 instructions
 // each (mask, shift, or, and a move to a uniform register), over 40% of the d 128
-// backward's instructions (ncu and cuobjdump, H200, 2026-12-02; scripts/peer_bwd_profile.sh).
+// backward's instructions (ncu and cuobjdump, H200, 2026-12-02; scripts/peer_profile.sh).
 __device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
   const uint32_t lo = uint32_t(desc) + (bytes >> 4), hi = uint32_t(desc >> 32);
   return (uint64_t(hi) << 32) | lo;

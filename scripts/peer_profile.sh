@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# flash4's Hopper backward against its peers' under Nsight Compute, one shape (issue 9: where
-# does flash4 spend the time cuDNN and FlashAttention-4 do not?). On an H100 / H200, from the
-# repository root:
+# flash4's Hopper kernels against their peers' under Nsight Compute, one shape and pass (issues
+# 4 and 9: where does flash4 spend the time cuDNN and FlashAttention-4 do not?). On an H100 /
+# H200, from the repository root:
 #
-#   bash scripts/peer_bwd_profile.sh build          flash4 for sm_90a and build-ncu/libflash4.so
-#                                                   (carry .device-carry/, or only its deps.tar.xz)
-#   bash scripts/peer_bwd_profile.sh IMPL...        IMPL: flash4 cudnn fa2 fa4 (fa4: flash_attn.cute
-#                                                   importable; bench/fa4_wheels.sh carries it)
-#   bash scripts/peer_bwd_profile.sh compare        the reports so far, side by side
-#   bash scripts/peer_bwd_profile.sh pack           $OUT's files in one archive (below)
+#   bash scripts/peer_profile.sh build      flash4 for sm_90a and build-ncu/libflash4.so
+#                                           (carry .device-carry/, or only its deps.tar.xz)
+#   bash scripts/peer_profile.sh IMPL...    IMPL: flash4 cudnn fa2 fa4 (fa4: flash_attn.cute
+#                                           importable; bench/fa4_wheels.sh carries it)
+#   bash scripts/peer_profile.sh compare    the reports so far, side by side
+#   bash scripts/peer_profile.sh pack       $OUT's files in one archive (below)
 #
-# Each IMPL runs bench/peer_bwd_once.py (the shapes of bench/peers.py, D / S / CAUSAL from the
-# environment, default 128 / 4096 / 0) twice under ncu, taking only the kernels inside its
-# NVTX "bwd" ranges: first a listing of every backward kernel (name, time, grid, block,
-# registers, shared memory: $OUT/IMPL.kernels.txt), then `--set full` of the longest one
-# ($OUT/IMPL.ncu-rep, IMPL.raw.csv, IMPL.details.txt, IMPL.stalls.txt). `compare` prints
+# Each IMPL runs bench/peer_once.py (the shapes of bench/peers.py; PASS = bwd or fwd, D / S /
+# CAUSAL from the environment, default bwd / 128 / 4096 / 0) twice under ncu, taking only the
+# kernels inside its NVTX "pass" ranges: first a listing of every kernel of the pass (name,
+# time, grid, block, registers, shared memory: $OUT/IMPL.kernels.txt), then `--set full` of
+# the longest one ($OUT/IMPL.ncu-rep, IMPL.raw.csv, IMPL.details.txt, IMPL.stalls.txt). `compare` prints
 # scripts/lib/ncu_compare.py's table of the reports in $OUT (default ./peer-profile-out).
 # The device tool brings back only a few files: `pack` leaves $OUT/peer-profile.tar.xz of
 # everything but the .ncu-rep reports (KEEP_REPORTS=1 keeps those too).
@@ -22,6 +22,7 @@ set -uo pipefail
 OUT=${OUT:-$PWD/peer-profile-out}
 mkdir -p "$OUT"
 B=build-ncu
+PASS=${PASS:-bwd}
 D=${D:-128}
 S=${S:-4096}
 CAUSAL=${CAUSAL:-0}
@@ -42,17 +43,17 @@ build() {
 
 profile() { # IMPL
   local impl=$1 name
-  local run=(python3 bench/peer_bwd_once.py --impl "$impl" --lib "$LIB" --d "$D" --seqlen "$S" --causal "$CAUSAL"
-             --iters 1)
-  timeout 300 ncu --nvtx --nvtx-include "bwd" --csv --page raw --log-file "$OUT/$impl.list.csv" \
+  local run=(python3 bench/peer_once.py --impl "$impl" --lib "$LIB" --pass "$PASS" --d "$D" --seqlen "$S"
+             --causal "$CAUSAL" --iters 1)
+  timeout 300 ncu --nvtx --nvtx-include "pass" --csv --page raw --log-file "$OUT/$impl.list.csv" \
     --metrics gpu__time_duration.sum,launch__grid_size,launch__block_size,launch__registers_per_thread,launch__shared_mem_per_block_dynamic \
     "${run[@]}" > "$OUT/$impl.list.log" 2>&1 || { echo "$impl: listing failed"; tail -5 "$OUT/$impl.list.log"; return 1; }
   python3 scripts/lib/ncu_compare.py --list "$OUT/$impl.list.csv" > "$OUT/$impl.kernels.txt"
-  echo "== $impl: the backward's kernels (d $D, S $S, causal $CAUSAL)"
+  echo "== $impl: the $PASS pass's kernels (d $D, S $S, causal $CAUSAL)"
   cat "$OUT/$impl.kernels.txt"
   name=$(python3 scripts/lib/ncu_compare.py --longest "$OUT/$impl.list.csv")
   [ -n "$name" ] || { echo "$impl: no kernel listed"; return 1; }
-  timeout 400 ncu --nvtx --nvtx-include "bwd" -k "regex:$name" --launch-count 1 --set full --import-source no \
+  timeout 400 ncu --nvtx --nvtx-include "pass" -k "regex:$name" --launch-count 1 --set full --import-source no \
     --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sectors_op_red.sum,lts__t_sectors_op_atom.sum \
     -f -o "$OUT/$impl" "${run[@]}" > "$OUT/$impl.full.log" 2>&1 || { echo "$impl: profile failed"; tail -5 "$OUT/$impl.full.log"; return 1; }
   ncu -i "$OUT/$impl.ncu-rep" --page raw --csv > "$OUT/$impl.raw.csv" 2>/dev/null
@@ -69,7 +70,7 @@ compare() {
     [ -f "$f" ] && pairs+=("$(basename "$f" .raw.csv)=$f")
   done
   ((${#pairs[@]})) || { echo "no reports in $OUT"; return 1; }
-  echo "== d $D, S $S, causal $CAUSAL: the longest backward kernel of each"
+  echo "== $PASS, d $D, S $S, causal $CAUSAL: the longest kernel of each"
   python3 scripts/lib/ncu_compare.py "${pairs[@]}"
 }
 
