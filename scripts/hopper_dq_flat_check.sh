@@ -15,8 +15,9 @@
 #              deterministic: three runs bit for bit) in SHARDS gtest shards (default 4), worst
 #              errors against float64;
 #   4. bench   flash4-bench, the default dQ path against FLASH4_HOPPER_DQ=flat at d 128 and 64
-#              (bwd, and bwd-det at d 64; fwd does not change), into bench_table.md, and the
-#              varlen adept-like batch;
+#              (bwd, and bwd-det at d 64; fwd does not change), into bench_table.md, the
+#              varlen adept-like batch, and bench/peers.py with flat (peers_flat.txt, in the
+#              archive; its table also goes to the end of the output);
 #   5. check   compute-sanitizer racecheck and memcheck of a small varlen case.
 # If it passes and the bench gains, flat can become the non-deterministic default
 # (backward_sm90_host.cpp's `flat`). Every stage's timeout is cut to the time left of BUDGET
@@ -61,6 +62,18 @@ if [ "$BENCH" = 1 ]; then
   for env in FLASH4_AB=1 FLASH4_HOPPER_DQ=flat; do
     note "varlen $env: $(env $env timeout "$(budget 30)" $B/bin/flash4-bench --varlen --repeats 20 2>>"$LOG" | grep '^varlen |')"
   done
+  # The peers table with flat dQ (bench/peers.py through the C ABI, one process, no FA4): what
+  # bench/RESULTS.md would show were flat the default.
+  say "peers with FLASH4_HOPPER_DQ=flat"
+  if g++ -shared -o "$OUT/libflash4.so" -Wl,--whole-archive $B/flash4/libflash4.a -Wl,--no-whole-archive \
+      -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -lgomp >>"$LOG" 2>&1; then
+    FLASH4_HOPPER_DQ=flat timeout "$(budget 90)" python3 bench/peers.py --ctypes --lib "$OUT/libflash4.so" --no-fa4 \
+      --repeats 10 > "$OUT/peers_flat.txt" 2>&1
+    note "peers (flat): $(grep -c '^ *[0-9]' "$OUT/peers_flat.txt") rows in peers_flat.txt"
+    rm -f "$OUT/libflash4.so"
+  else
+    note "peers: libflash4.so did not link (see log)"
+  fi
 fi
 
 # ---- 5. sanitizers --------------------------------------------------------------------
@@ -68,6 +81,7 @@ SMALL='Varlen/Flash4HopperVarlenBackwardFlatDq.*/0_*:Deterministic/Flash4HopperD
 sanitize_stage racecheck "$SMALL" 60
 sanitize_stage memcheck "$SMALL" 60
 
+[ -f "$OUT/peers_flat.txt" ] && tail -40 "$OUT/peers_flat.txt"
 (cd "$OUT" && tar czf /tmp/dq_flat_results.tar.gz --exclude=bench_table.md . &&
   find . -maxdepth 1 -type f ! -name bench_table.md -delete && mv /tmp/dq_flat_results.tar.gz results.tar.gz)
 finish
