@@ -133,6 +133,7 @@
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <type_traits>
 
 #include "cuda/fa4_softmax.cuh"
 #include "cuda/params.hpp"
@@ -1281,29 +1282,23 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
     launch_atomics();  // float2 atomics only (the host asks for nothing else; no bulk kernels built)
   } else {
     if constexpr (D == 64) {
-      if (wide_m && dq_add == DqAdd::flat) {  // the lock-step hand-over into the flat layout
+      if (wide_m) {  // the host asks only with the lock-step hand-over: bulk, or into the flat layout
         using W = BackwardSm90Config<64, 128>;
-        constexpr DqAdd kFlat = DqAdd::flat;
-        if (order != nullptr)
-          launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, true, kFlat, 128>
-                      : attention_backward_sm90_kernel<64, __half, true, kFlat, 128>,
-                 W::kSmemBytesDeterministicBulk);
+        auto launch_wide = [&](auto add) {
+          constexpr DqAdd kAdd = decltype(add)::value;
+          if (order != nullptr)
+            launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, true, kAdd, 128>
+                        : attention_backward_sm90_kernel<64, __half, true, kAdd, 128>,
+                   W::kSmemBytesDeterministicBulk);
+          else
+            launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, false, kAdd, 128>
+                        : attention_backward_sm90_kernel<64, __half, false, kAdd, 128>,
+                   W::kSmemBytesBulk);
+        };
+        if (dq_add == DqAdd::flat)
+          launch_wide(std::integral_constant<DqAdd, DqAdd::flat>{});
         else
-          launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, false, kFlat, 128>
-                      : attention_backward_sm90_kernel<64, __half, false, kFlat, 128>,
-                 W::kSmemBytesBulk);
-        return;
-      }
-      if (wide_m) {  // otherwise the host asks only with the lock-step bulk dQ (dq_add == bulk)
-        using W = BackwardSm90Config<64, 128>;
-        if (order != nullptr)
-          launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, true, kBulk, 128>
-                      : attention_backward_sm90_kernel<64, __half, true, kBulk, 128>,
-                 W::kSmemBytesDeterministicBulk);
-        else
-          launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, false, kBulk, 128>
-                      : attention_backward_sm90_kernel<64, __half, false, kBulk, 128>,
-                 W::kSmemBytesBulk);
+          launch_wide(std::integral_constant<DqAdd, kBulk>{});
         return;
       }
     }
