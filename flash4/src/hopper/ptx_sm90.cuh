@@ -263,8 +263,8 @@ __device__ __forceinline__ uint64_t smem_descriptor(uint32_t smem_addr, uint32_t
 // start-address field (bits 0-13, address >> 4) moved on by an add to the low word alone.
 // Shared addresses stay below 2^18, so the field never carries into the leading-dimension
 // offset above it. The kernels build one descriptor per operand tile and step it with these
-// (a constant `bytes` folds into one add): smem_descriptor per wgmma cost ~12 instructions
-// each (mask, shift, or, and a move to a uniform register), over 40% of the d 128
+// (a constant `bytes` folds into one add): smem_descriptor per wgmma cost ~6 instructions a
+// descriptor (mask, shift, or, and a move to a uniform register), ~30% of the d 128
 // backward's instructions (ncu and cuobjdump, H200, 2026-12-02; scripts/peer_profile.sh).
 __device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
   const uint32_t lo = uint32_t(desc) + (bytes >> 4), hi = uint32_t(desc >> 32);
