@@ -66,33 +66,27 @@ struct Bm64UnlessSet {
   ScopedEnv bm{"FLASH4_HOPPER_BWD_BM", value.c_str()};
 };
 
-// The same, with dQ by lock-step bulk reduce-add (set explicitly): the ...BulkDq suites.
-struct BulkDqSwitches : DefaultBackendSwitches {
-  ScopedEnv bulk{"FLASH4_HOPPER_DQ", "bulk"};
-  Bm64UnlessSet bm;
-};
-
-// Bulk reduce-add with the per-warpgroup hand-over (opt-in): the ...PerWarpgroupDq suites.
-struct PerWarpgroupDqSwitches : DefaultBackendSwitches {
-  ScopedEnv per_warpgroup{"FLASH4_HOPPER_DQ", "per_warpgroup"};
-};
-
-// dQ in the flat layout (opt-in, DqAdd::flat): the ...FlatDq suites.
-struct FlatDqSwitches : DefaultBackendSwitches {
-  ScopedEnv flat{"FLASH4_HOPPER_DQ", "flat"};
-};
-
 // How a test adds dQ: which switches it sets.
 enum class DqPath { atomics, bulk, per_warpgroup, flat };
 
+// DefaultBackendSwitches, then FLASH4_HOPPER_DQ for `dq`: atomics (the defaults' own), bulk
+// (lock-step, the ...BulkDq suites, at BM = 64 unless a suite set FLASH4_HOPPER_BWD_BM),
+// per_warpgroup (the ...PerWarpgroupDq suites) or flat (the ...FlatDq suites).
+struct DqPathSwitches : DefaultBackendSwitches {
+  std::optional<ScopedEnv> path;
+  std::optional<Bm64UnlessSet> bm;
+  explicit DqPathSwitches(DqPath dq) {
+    if (dq == DqPath::bulk) path.emplace("FLASH4_HOPPER_DQ", "bulk"), bm.emplace();
+    if (dq == DqPath::per_warpgroup) path.emplace("FLASH4_HOPPER_DQ", "per_warpgroup");
+    if (dq == DqPath::flat) path.emplace("FLASH4_HOPPER_DQ", "flat");
+  }
+};
+
 // " (FLASH4_HOPPER_DQ=...)" while a bulk switch is set, for the error lines.
-const char* bulk_dq_note() {
+std::string bulk_dq_note() {
   const char* v = std::getenv("FLASH4_HOPPER_DQ");
-  if (v == nullptr) return "";
-  if (std::string(v) == "bulk") return " (FLASH4_HOPPER_DQ=bulk)";
-  if (std::string(v) == "per_warpgroup") return " (FLASH4_HOPPER_DQ=per_warpgroup)";
-  if (std::string(v) == "flat") return " (FLASH4_HOPPER_DQ=flat)";
-  return "";
+  if (v == nullptr || std::string(v) == "atomics") return "";
+  return std::string(" (FLASH4_HOPPER_DQ=") + v + ")";
 }
 
 // Forward (whichever backend covers it) and backward of p on the GPU and the reference;
@@ -110,7 +104,7 @@ std::string check_backward(const Problem& p, std::string* forward_backend = null
   runner.backward(e);
   if (::testing::Test::HasFatalFailure()) return "";
   std::printf("[ errors ] %s | bwd %s%s | dq %.2e dk %.2e dv %.2e (slack dq %.1e dk %.1e)", p.describe().c_str(),
-              runner.gpu_backward_backend().c_str(), bulk_dq_note(), e.dq, e.dk, e.dv, e.dq_slack, e.dk_slack);
+              runner.gpu_backward_backend().c_str(), bulk_dq_note().c_str(), e.dq, e.dk, e.dv, e.dq_slack, e.dk_slack);
   if (p.sink) std::printf(" dsink %.2e (slack %.1e)", e.dsink, e.dsink_slack);
   std::printf("\n");
   const Tolerance tol = tolerance_for(p.dtype);
@@ -127,17 +121,8 @@ std::string check_backward(const Problem& p, std::string* forward_backend = null
 // check_backward under the switches of `dq`, which must run on the Hopper kernel.
 void expect_hopper_matches_reference(const Problem& p, DqPath dq) {
   std::string backend;
-  if (dq == DqPath::bulk) {
-    BulkDqSwitches bulk;
-    backend = check_backward(p);
-  } else if (dq == DqPath::per_warpgroup) {
-    PerWarpgroupDqSwitches per_warpgroup;
-    backend = check_backward(p);
-  } else if (dq == DqPath::flat) {
-    FlatDqSwitches flat;
-    backend = check_backward(p);
-  } else {
-    DefaultBackendSwitches defaults;
+  {
+    DqPathSwitches switches(dq);
     backend = check_backward(p);
   }
   EXPECT_EQ(backend, "hopper") << "a covered case ran elsewhere (FLASH4_LOG=1 says why)";
@@ -244,17 +229,8 @@ INSTANTIATE_TEST_SUITE_P(Seqused, Flash4HopperBackwardSeqused, ::testing::Values
 // Packed batches: the forward and the backward must both run on the Hopper kernels.
 void expect_varlen_on_hopper_matches_reference(const Problem& p, DqPath dq) {
   std::string forward, backward;
-  if (dq == DqPath::bulk) {
-    BulkDqSwitches bulk;
-    backward = check_backward(p, &forward);
-  } else if (dq == DqPath::per_warpgroup) {
-    PerWarpgroupDqSwitches per_warpgroup;
-    backward = check_backward(p, &forward);
-  } else if (dq == DqPath::flat) {
-    FlatDqSwitches flat;
-    backward = check_backward(p, &forward);
-  } else {
-    DefaultBackendSwitches defaults;
+  {
+    DqPathSwitches switches(dq);
     backward = check_backward(p, &forward);
   }
   EXPECT_EQ(forward, "hopper") << "the varlen forward ran elsewhere (FLASH4_LOG=1 says why)";
@@ -574,11 +550,7 @@ double relative_difference(const std::vector<uint16_t>& a, const std::vector<uin
 // Three deterministic runs of p on the GPU under the switches of `dq`: the same bits.
 void expect_deterministic_runs_same_bits(const Problem& p, DqPath dq) {
   SCOPED_TRACE(p.describe());
-  DefaultBackendSwitches defaults;
-  std::optional<ScopedEnv> bulk;
-  std::optional<Bm64UnlessSet> bm;
-  if (dq == DqPath::bulk) bulk.emplace("FLASH4_HOPPER_DQ", "bulk"), bm.emplace();
-  if (dq == DqPath::flat) bulk.emplace("FLASH4_HOPPER_DQ", "flat");
+  DqPathSwitches switches(dq);
   GpuOnlyProblem gpu(p);
   gpu.setup();
   if (::testing::Test::HasFatalFailure()) return;
@@ -690,7 +662,7 @@ void expect_contention_cases_repeat_bit_for_bit(DqPath dq) {
     const double dq = relative_difference(first.dq, atomic.dq, p.dtype), dk = relative_difference(first.dk, atomic.dk, p.dtype),
                  dv = relative_difference(first.dv, atomic.dv, p.dtype);
     std::printf("[ errors ] %s | deterministic vs atomic%s: dq %.2e dk %.2e dv %.2e\n", p.describe().c_str(),
-                bulk_dq_note(), dq, dk, dv);
+                bulk_dq_note().c_str(), dq, dk, dv);
     EXPECT_LT(dq, limit) << "dq, deterministic vs atomic";
     EXPECT_LT(dk, limit) << "dk, deterministic vs atomic";
     EXPECT_LT(dv, limit) << "dv, deterministic vs atomic";

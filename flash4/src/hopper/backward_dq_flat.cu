@@ -35,10 +35,10 @@ constexpr bool flat_cells_match_layout() {
 }
 static_assert(flat_cells_match_layout(), "dq_flat_finish reads the layout dq_flat_index defines");
 
-// First slot of sequence b: (q_token(b) + 64 m) / 64 + b at m = 0. Strictly increasing in b
-// (the next sequence starts at or after this one's first token, and b adds one).
+// First slot of sequence b (dq_slot at row 0). Strictly increasing in b (the next sequence
+// starts at or after this one's first token, and b adds one).
 __device__ __forceinline__ int64_t first_slot(const cuda::AttentionParams& p, int b) {
-  return cuda::sequence_of(p, b).q_token / 64 + b;
+  return dq_slot(cuda::sequence_of(p, b).q_token, 0, b);
 }
 
 // One CTA per (slot, query head and part): the slot's sequence b (the last whose first slot is
@@ -66,8 +66,7 @@ __global__ void __launch_bounds__(kFinishThreads) dq_flat_finish_kernel(const cu
   const cuda::Sequence seq = cuda::sequence_of(p, b);
   const int64_t m = slot - first_slot(p, b);
   if (64 * m >= seq.sq) return;  // the whole CTA, before the barrier
-  const float4* src =
-      reinterpret_cast<const float4*>(p.dq_accum + ((int64_t(h) * slots + slot) * parts + part) * kDqFlatPartFloats);
+  const float4* src = reinterpret_cast<const float4*>(dq_flat_part(p.dq_accum, slots, parts, h, slot, part));
   for (int i = threadIdx.x; i < kDqFlatPartFloats / 4; i += kFinishThreads) {
     const float4 v = src[i];
     const FlatCell x = flat_cell(i);

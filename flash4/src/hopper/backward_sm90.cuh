@@ -724,10 +724,9 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
                 // Warpgroup w's 16 KB part, one add: to part w (d 128) or the one part (d 64:
                 // both warpgroups' partial sums) of the block's slot (the flat layout,
                 // backward_sm90.hpp).
-                const int64_t slot = (seq.q_token + steps.row0(step, BM)) / 64 + b;
-                float* part = p.dq_accum + ((int64_t(h) * order.slots + slot) * (D / 64) + (D == 128 ? w : 0)) *
-                                               int64_t(kDqFlatPartFloats);
-                bulk_reduce_add_f32(part, smem_u32(buffer + 2 * w * C::kDqChunkBytes), kDqFlatPartFloats * 4);
+                const int64_t slot = dq_slot(seq.q_token, steps.row0(step, BM), b);
+                bulk_reduce_add_f32(dq_flat_part(p.dq_accum, order.slots, D / 64, h, slot, D == 128 ? w : 0),
+                                    smem_u32(buffer + 2 * w * C::kDqChunkBytes), kDqFlatPartFloats * 4);
               } else {
 #pragma unroll
                 for (int k = 0; k < 2; ++k)
@@ -762,8 +761,8 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
 #pragma unroll
             for (int w = 0; w < 2; ++w) {
               if (steps.row0(step, BM) + 64 * w >= seq.sq) continue;
-              const int64_t slot = (seq.q_token + steps.row0(step, BM) + 64 * w) / 64 + b;
-              bulk_reduce_add_f32(p.dq_accum + (int64_t(h) * order.slots + slot) * int64_t(kDqFlatPartFloats),
+              const int64_t slot = dq_slot(seq.q_token, steps.row0(step, BM) + 64 * w, b);
+              bulk_reduce_add_f32(dq_flat_part(p.dq_accum, order.slots, 1, h, slot, 0),
                                   smem_u32(buffer + 2 * w * C::kDqChunkBytes), kDqFlatPartFloats * 4);
             }
           } else {

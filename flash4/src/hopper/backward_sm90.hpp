@@ -98,6 +98,17 @@ inline int64_t dq_order_slots(int64_t tokens_q, int64_t batch) {
   return (tokens_q + kBackwardQBoxRows - 1) / kBackwardQBoxRows + batch;
 }
 
+// The slot of the 64 query rows from `row` of the sequence whose first workspace token is
+// q_token (sequence b): dq_order_slots' numbering, shared by the flat layout's writer and finish.
+__host__ __device__ inline constexpr int64_t dq_slot(int64_t q_token, int64_t row, int b) {
+  return (q_token + row) / kBackwardQBoxRows + b;
+}
+// Part `part` of `slot` for query head h in the flat dq_accum (`slots` per head, `parts` per slot).
+__host__ __device__ inline float* dq_flat_part(float* dq_accum, int64_t slots, int parts, int h, int64_t slot,
+                                               int part) {
+  return dq_accum + ((int64_t(h) * slots + slot) * parts + part) * int64_t(kDqFlatPartFloats);
+}
+
 // The main kernel: dk, dv written (rows of the sequences' keys), dQ added to p.dq_accum
 // (zeroed by the caller). `list`: the varlen work list (pairs == nullptr for a dense call),
 // at most `list_capacity` pairs; for a deterministic call built with
