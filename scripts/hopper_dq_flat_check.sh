@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Device check of the Hopper (sm90a) backward's flat dQ layout (FLASH4_HOPPER_DQ=flat,
-# hopper::DqAdd::flat, written without a GPU in the eighth session): each consumer warpgroup
+# hopper::DqAdd::flat, written without a GPU in the eighth session, the default since the
+# ninth after this check passed on an H200): each consumer warpgroup
 # stores its dQ tile thread-major (8 float4 stores, no swizzle) and the dQ writer adds it with
 # one 1-D bulk reduce-add into dq_accum laid out [Hq][slot][part][64 x 64] in that order;
 # backward_sm90_dq_flat_finish converts it. d 64 / 128 non-deterministic at 64-query blocks
@@ -19,8 +20,8 @@
 #              varlen adept-like batch, and bench/peers.py with flat (peers_flat.txt, in the
 #              archive; its table also goes to the end of the output);
 #   5. check   compute-sanitizer racecheck and memcheck of a small varlen case.
-# If it passes and the bench gains, flat can become the non-deterministic default
-# (backward_sm90_host.cpp's `flat`). Every stage's timeout is cut to the time left of BUDGET
+# The bench's A side is FLASH4_HOPPER_DQ=per_warpgroup, the tensor-map layout that was the
+# default before. Every stage's timeout is cut to the time left of BUDGET
 # seconds (default 500). Outputs go to $OUT (default ./hopper-dq-flat-out), packed into
 # results.tar.gz beside bench_table.md (the device tool brings back only a few files).
 #
@@ -54,12 +55,12 @@ note "flat worst vs float64: bf16 dq $(worst_error flat dq bf16) dk $(worst_erro
 if [ "$BENCH" = 1 ]; then
   rm -f "$OUT/bench_table.md"
   for d in 128 64; do
-    say "bench d $d: default dQ path vs FLASH4_HOPPER_DQ=flat"
-    bwd_ab_rows "$d" FLASH4_AB=1 FLASH4_HOPPER_DQ=flat default flat
+    say "bench d $d: the tensor-map dQ layout (FLASH4_HOPPER_DQ=per_warpgroup) vs the flat layout"
+    bwd_ab_rows "$d" FLASH4_HOPPER_DQ=per_warpgroup FLASH4_HOPPER_DQ=flat tensor-map flat
   done
-  note "geomean flat / default: $(bwd_ab_geomean)"
+  note "geomean flat / tensor-map: $(bwd_ab_geomean)"
   say "varlen adept-like batch (flash4-bench --varlen): default vs flat"
-  for env in FLASH4_AB=1 FLASH4_HOPPER_DQ=flat; do
+  for env in FLASH4_HOPPER_DQ=per_warpgroup FLASH4_HOPPER_DQ=flat; do
     note "varlen $env: $(env $env timeout "$(budget 30)" $B/bin/flash4-bench --varlen --repeats 20 2>>"$LOG" | grep '^varlen |')"
   done
   # The peers table with flat dQ (bench/peers.py through the C ABI, one process, no FA4): what

@@ -19,14 +19,16 @@
 // gradients of one with it (Flash4HopperBackwardSink). Softcap (the Softcap/... suites:
 // dense, window, packed, with a sink, deterministic) likewise.
 // Every suite runs twice: with dQ added by float2 atomics (FLASH4_HOPPER_DQ=atomics for the
-// test) and, in the suites named ...BulkDq, by bulk reduce-add from shared memory (the
-// default, set explicitly); the deterministic bulk path must also give the same bits as the
-// deterministic atomics (the same fp32 adds in the same order).
-// The ...PerWarpgroupDq suites (covered, window, varlen, sink, softcap) run the opt-in
-// FLASH4_HOPPER_DQ=per_warpgroup hand-over; the ...FlatDq suites (covered, window, varlen,
-// sink, softcap, padded head dims, deterministic) the opt-in FLASH4_HOPPER_DQ=flat layout (d 64
-// dense at 128-query blocks, deterministic too; varlen and d 128 at 64, not deterministic; the
-// other cases take the other paths).
+// test) and, in the suites named ...BulkDq, by bulk reduce-add from shared memory in the
+// tensor-map layout with the lock-step hand-over (FLASH4_HOPPER_DQ=bulk); the deterministic
+// bulk path must also give the same bits as the deterministic atomics (the same fp32 adds in
+// the same order).
+// The ...PerWarpgroupDq suites (covered, window, varlen, sink, softcap) run the tensor-map
+// layout's FLASH4_HOPPER_DQ=per_warpgroup hand-over; the ...FlatDq suites (covered, window,
+// varlen, sink, softcap, padded head dims, deterministic) the flat layout, the default where it
+// applies, set explicitly (FLASH4_HOPPER_DQ=flat: d 64 dense at 128-query blocks,
+// deterministic too; varlen and d 128 at 64, not deterministic; the other cases take the
+// other paths).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -52,7 +54,7 @@ using testing_support::ScopedEnv;
 
 // FLASH4_HOPPER_BWD and FLASH4_BACKEND unset for one scope (the backend choice of a default
 // process: the Hopper backward for what it covers), dQ by float2 atomics
-// (FLASH4_HOPPER_DQ=atomics; the default is bulk reduce-add).
+// (FLASH4_HOPPER_DQ=atomics; the default is the flat layout's bulk reduce-add).
 struct DefaultBackendSwitches {
   ScopedEnv hopper_bwd{"FLASH4_HOPPER_BWD", nullptr};
   ScopedEnv backend{"FLASH4_BACKEND", nullptr};

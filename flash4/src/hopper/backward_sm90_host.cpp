@@ -17,9 +17,11 @@
 // sink); with dsink asked for, the rows preprocess writes each row's term and the portable
 // finish sums them per head in a fixed order (backward_sm90.cuh, "Sink"); passed
 // scripts/hopper_bwd_sink_check.sh on an H200 (2026-12-01), with softcap.
-// FLASH4_HOPPER_DQ=flat (opt-in, written without a GPU; scripts/hopper_dq_flat_check.sh): the
-// per-warpgroup hand-over with dQ in FlashAttention-4's flat layout (hopper::DqAdd::flat) and
-// its own finish kernel.
+// dQ in FlashAttention-4's flat layout (hopper::DqAdd::flat: one 1-D bulk reduce-add per tile,
+// its own finish kernel) is the default at d 64 / 128 since scripts/hopper_dq_flat_check.sh on
+// an H200 (2026-12-02: 169 tests vs float64, bwd 1.049x the tensor-map bulk path geomean,
+// 1.00-1.13; deterministic d 64 1.00-1.06); FLASH4_HOPPER_DQ=per_warpgroup or =bulk select
+// the tensor-map layout ([tokens][Hq][d]) with its per-warpgroup or lock-step hand-over.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -150,13 +152,15 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
   try {
     const int64_t row_pitch = hopper::backward_sm90_row_pitch(p.tokens_q);
     const size_t rows = size_t(p.heads_q) * size_t(row_pitch);
-    // FLASH4_HOPPER_DQ=flat (opt-in; DqAdd::flat, written without a GPU): non-deterministic calls
-    // on the d 64 / 128 kernels, whose finish grid takes heads_q x parts in its y dimension and
-    // the slots (below 2^25 + 2^16 with tokens_q < 2^31) in its x.
+    // The flat dQ layout (DqAdd::flat, the default unless FLASH4_HOPPER_DQ names another path):
+    // non-deterministic calls on the d 64 / 128 kernels, whose finish grid takes heads_q x parts
+    // in its y dimension and the slots (below 2^25 + 2^16 with tokens_q < 2^31) in its x.
     const int64_t slots = hopper::dq_order_slots(p.tokens_q, p.batch);
     // Deterministic calls only on the BM = 128 kernel (d 64, backward_wide_m_rule), whose
     // warpgroups' tiles are whole rows of their own (at BM = 64 the halves are combined first).
-    const bool flat = env_is("FLASH4_HOPPER_DQ", "flat") && (!deterministic || wide_asked) && kernel_dim <= 128 &&
+    const bool other_dq_asked = env_is("FLASH4_HOPPER_DQ", "atomics") || env_is("FLASH4_HOPPER_DQ", "bulk") ||
+                                env_is("FLASH4_HOPPER_DQ", "per_warpgroup");
+    const bool flat = !other_dq_asked && (!deterministic || wide_asked) && kernel_dim <= 128 &&
                       int64_t(p.heads_q) * (kernel_dim / 64) <= 65535 && p.tokens_q < (int64_t(1) << 31);
     const size_t dq_count = flat ? size_t(hopper::dq_flat_floats(p.heads_q, slots, kernel_dim))
                                  : size_t(p.tokens_q) * size_t(p.heads_q) * size_t(p.d_qk);
@@ -199,8 +203,9 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
       dq_note += " (FLASH4_HOPPER_DQ=atomics)";
     } else if (flat) {
       dq_add = hopper::DqAdd::flat;
-      dq_note = wide_asked ? "dQ by 1-D bulk reduce-add in the flat layout (FLASH4_HOPPER_DQ=flat)"
-                           : "dQ by 1-D bulk reduce-add in the flat layout, per-warpgroup hand-over (FLASH4_HOPPER_DQ=flat)";
+      dq_note = wide_asked ? "dQ by 1-D bulk reduce-add in the flat layout"
+                           : "dQ by 1-D bulk reduce-add in the flat layout, per-warpgroup hand-over";
+      if (env_is("FLASH4_HOPPER_DQ", "flat")) dq_note += " (FLASH4_HOPPER_DQ=flat)";
     } else if (kernel_dim == 256) {
       dq_note += " (d 256: no shared memory for the bulk staging)";
     } else if (p.tokens_q >= (int64_t(1) << 31)) {
@@ -211,6 +216,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     } else if (!lock_step_asked && !deterministic && !wide_asked) {
       dq_add = hopper::DqAdd::bulk_per_warpgroup;
       dq_note = "dQ by bulk reduce-add, per-warpgroup hand-over";
+      if (env_is("FLASH4_HOPPER_DQ", "per_warpgroup")) dq_note += " (FLASH4_HOPPER_DQ=per_warpgroup)";
     } else {
       dq_add = hopper::DqAdd::bulk;
       dq_note = "dQ by bulk reduce-add";
