@@ -1158,6 +1158,17 @@ TEST_P(Flash4HopperBackwardD256, RunsOnHopperAndMatchesFloat64Reference) {
 }
 INSTANTIATE_TEST_SUITE_P(D256, Flash4HopperBackwardD256, ::testing::ValuesIn(d256_cases()), test_name);
 
+// The same cases with dQ in the flat layout (FLASH4_HOPPER_DQ=flat, opt-in at d 256: the two
+// warpgroups fill one staging buffer in turn, two 64-column parts each a step).
+class Flash4HopperBackwardD256FlatDq : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(Flash4HopperBackwardD256FlatDq, RunsOnHopperAndMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv d256("FLASH4_HOPPER_BWD_D256", "1");
+  expect_hopper_matches_reference(GetParam(), DqPath::flat);
+}
+INSTANTIATE_TEST_SUITE_P(D256, Flash4HopperBackwardD256FlatDq, ::testing::ValuesIn(d256_cases()), test_name);
+
 class Flash4HopperDeterministicBackwardD256 : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperDeterministicBackwardD256, RunsOnHopperAndMatchesFloat64Reference) {

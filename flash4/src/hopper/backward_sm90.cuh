@@ -212,15 +212,18 @@ struct BackwardSm90Config {
   static constexpr uint32_t kDqBufferBytes = 2 * 2 * kDqChunkBytes;
   static constexpr int kDqBuffers = BM == 64 ? 2 : 1;
   static constexpr uint32_t kOffDqStage = kOffDs + 2 * kDsBytes;
-  static constexpr uint32_t kBulkShift = kDqBuffers * kDqBufferBytes;
+  // d 256 (DqAdd::flat only): one buffer of one flat part (64 x 64 fp32, 16 KB), which the two
+  // warpgroups fill in turn, two parts each a step (the 17 KB left beside K, V, two Q / dO
+  // stages and dS^T hold no more): 215,144 + 16,384 = 231,528 bytes.
+  static constexpr uint32_t kBulkShift = kSplitHeadDim ? kDqFlatPartFloats * 4 : kDqBuffers * kDqBufferBytes;
   static constexpr size_t kSmemBytesBulk = kSmemBytes + kBulkShift;
   static constexpr size_t kSmemBytesDeterministicBulk = kSmemBytesDeterministic + kBulkShift;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(D == 64 || D == 128 || D == 256, "d = 64, 128 or 256");
   static_assert(BM == 64 || (BM == 128 && D == 64), "BM = 128 at d = 64 only");
   static_assert(kOffDqStage % 1024 == 0 && kDqChunkBytes % 1024 == 0, "bulk dQ chunks 1024-aligned (128B swizzle)");
-  static_assert(kSplitHeadDim || (kSmemBytesBulk <= 227 * 1024 && kSmemBytesDeterministicBulk + 16 <= 227 * 1024),
-                "shared memory per block, bulk dQ (d 256: atomics only)");
+  static_assert(kSmemBytesBulk <= 227 * 1024 && kSmemBytesDeterministicBulk + 16 <= 227 * 1024,
+                "shared memory per block, bulk dQ");
   static_assert(kKBytes % 1024 == 0 && kQBytes % 1024 == 0 && kDsBytes % 1024 == 0, "tiles 1024-aligned");
   static_assert(kRowFloats * 4 % 16 == 0, "bulk copies: 16-byte multiples");
   static_assert(kSmemBytes <= 227 * 1024 && kSmemBytesDeterministic + 16 <= 227 * 1024, "shared memory per block");
@@ -564,7 +567,6 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
   constexpr bool kFlat = kDqAdd == DqAdd::flat;
   constexpr bool kPerWarpgroup = kDqAdd == DqAdd::bulk_per_warpgroup || (kFlat && !kWideM);
   static_assert(!(kPerWarpgroup && kDeterministic), "deterministic dQ adds both warpgroups' tiles together");
-  static_assert(!kFlat || D <= 128, "flat dQ: d 64 / 128");
   // BM = 128: the lock-step hand-over only (one staging buffer; each warpgroup's tile is whole,
   // so the writer adds (rows 64 w.., all columns) per warpgroup).
   static_assert(BM == 64 || kDqAdd == DqAdd::bulk || kFlat, "BM = 128 with the lock-step bulk dQ only");
@@ -702,7 +704,31 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         }
       }
       __syncwarp();
-      if constexpr (kPerWarpgroup) {
+      if constexpr (C::kSplitHeadDim) {
+        // d 256 (flat, not deterministic): one 16 KB buffer, filled by the warpgroups in turn --
+        // per step (warpgroup 0, part 0), (1, 2), (0, 1), (1, 3), each warpgroup's parts 2 w and
+        // 2 w + 1 in its order (columns 128 w ..) -- and handed to the next in that sequence
+        // once the add has read it: "free" w' is arrived at for the next hand-over's warpgroup
+        // w' (the first: before the loop), "staged" w waited for before each add.
+        const int hand_overs = 4 * steps.steps;
+        if (hand_overs > 0) named_barrier_arrive(dq_free_barrier(0), kDqWarpgroupThreads);
+        for (int k = 0; k < hand_overs; ++k) {
+          const int w = k & 1, chunk = (k >> 1) & 1, step = k >> 2;
+          named_barrier_sync(dq_staged_barrier(w), kDqWarpgroupThreads);
+          if (lane == 0) {
+            const int h = steps.head(step, hk, p.group);
+            const int64_t slot = dq_slot(seq.q_token, steps.row0(step, BM), b);
+            bulk_reduce_add_f32(dq_flat_part(p.dq_accum, order.slots, D / 64, h, slot, 2 * w + chunk),
+                                smem_u32(smem + C::kOffDqStage), kDqFlatPartFloats * 4);
+            bulk_commit_group();
+            bulk_wait_group_read<0>();  // the one buffer read: the next warpgroup may fill it
+          }
+          __syncwarp();
+          if (k + 1 < hand_overs) named_barrier_arrive(dq_free_barrier(1 - w), kDqWarpgroupThreads);
+        }
+        if (lane == 0) bulk_wait_group<0>();  // the staged tile stays until the add is done
+        return;
+      } else if constexpr (kPerWarpgroup) {
         // Per warpgroup (DqAdd::bulk_per_warpgroup): each (step, w) its own commit group, in
         // the order (0, 0), (0, 1), (1, 0), ...; after committing (step, w), the groups
         // newer than (step - 1, w) are two, so waiting until at most two are unread means
@@ -1055,9 +1081,26 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         wgmma_commit_group();
         wgmma_wait_group<1>();  // dV and dQ chunk 2 w done (groups complete in order)
         after_dv_and_dq();
+        // dQ chunk 2 w + c -> dq_accum: float2 atomics, or (flat) the one staging buffer in
+        // this warpgroup's turn (the writer's sequence), stored thread-major as the d 128
+        // kernel's parts, for the writer's 1-D bulk reduce-add into part 2 w + c.
+        auto add_dq_chunk = [&](int c) {
+          if constexpr (kFlat) {
+            named_barrier_sync(dq_free_barrier(cw), kDqWarpgroupThreads);
+            float4* part = reinterpret_cast<float4*>(smem + C::kOffDqStage);
+            const int tid = threadIdx.x % 128;
+#pragma unroll
+            for (int n = 0; n < 8; ++n)
+              part[n * 128 + tid] = make_float4(dq[4 * n], dq[4 * n + 1], dq[4 * n + 2], dq[4 * n + 3]);
+            fence_proxy_async();  // the generic-proxy stores, before the bulk reduce (async proxy) reads them
+            named_barrier_arrive(dq_staged_barrier(cw), kDqWarpgroupThreads);
+          } else {
+            atomic_add_dq<8, D>(p, seq, h, m0, key_col0 + 64 * c, wq, g, t, dq);
+          }
+        };
         // Deterministic: the key blocks above this one have added theirs (the order warp).
         if constexpr (kDeterministic) named_barrier_sync(kDqReadyBarrier, kDqOrderThreads);
-        atomic_add_dq<8, D>(p, seq, h, m0, key_col0, wq, g, t, dq);
+        add_dq_chunk(0);
 #pragma unroll
         for (int i = 0; i < 32; ++i) fence_operand(dq[i]);  // read before G4 overwrites them
         issue_dq<D, T, BM>(dq, ds_addr, k_addr, 2 * cw + 1);
@@ -1066,7 +1109,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         wgmma_wait_group<0>();  // dQ chunk 2 w + 1
 #pragma unroll
         for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
-        atomic_add_dq<8, D>(p, seq, h, m0, key_col0 + 64, wq, g, t, dq);
+        add_dq_chunk(1);
         if constexpr (kDeterministic) {
           __syncwarp();  // the lanes that skipped rows past sq, back in step for the barrier
           named_barrier_arrive(kDqDoneBarrier, kDqOrderThreads);
@@ -1278,7 +1321,15 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
              C::kSmemBytes);
   };
   if constexpr (C::kSplitHeadDim) {
-    launch_atomics();  // float2 atomics only (the host asks for nothing else; no bulk kernels built)
+    // The flat layout's one-buffer hand-over (not deterministic), else float2 atomics.
+    if (dq_add == DqAdd::flat && order == nullptr) {
+      constexpr DqAdd kFlat = DqAdd::flat;
+      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kFlat>
+                  : attention_backward_sm90_kernel<D, __half, false, kFlat>,
+             C::kSmemBytesBulk);
+    } else {
+      launch_atomics();
+    }
   } else {
     if constexpr (D == 64) {
       if (wide_m) {  // the host asks only with the lock-step hand-over: bulk, or into the flat layout

@@ -160,7 +160,10 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     // warpgroups' tiles are whole rows of their own (at BM = 64 the halves are combined first).
     const bool other_dq_asked = env_is("FLASH4_HOPPER_DQ", "atomics") || env_is("FLASH4_HOPPER_DQ", "bulk") ||
                                 env_is("FLASH4_HOPPER_DQ", "per_warpgroup");
-    const bool flat = !other_dq_asked && (!deterministic || wide_asked) && kernel_dim <= 128 &&
+    // d 256: only with FLASH4_HOPPER_DQ=flat (opt-in, written without a GPU: its warpgroups
+    // fill one staging buffer in turn; backward_sm90.cuh, kSplitHeadDim).
+    const bool flat_dims = kernel_dim <= 128 || env_is("FLASH4_HOPPER_DQ", "flat");
+    const bool flat = !other_dq_asked && (!deterministic || wide_asked) && flat_dims &&
                       int64_t(p.heads_q) * (kernel_dim / 64) <= 65535 && p.tokens_q < (int64_t(1) << 31);
     const size_t dq_count = flat ? size_t(hopper::dq_flat_floats(p.heads_q, slots, kernel_dim))
                                  : size_t(p.tokens_q) * size_t(p.heads_q) * size_t(p.d_qk);
@@ -203,8 +206,9 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
       dq_note += " (FLASH4_HOPPER_DQ=atomics)";
     } else if (flat) {
       dq_add = hopper::DqAdd::flat;
-      dq_note = wide_asked ? "dQ by 1-D bulk reduce-add in the flat layout"
-                           : "dQ by 1-D bulk reduce-add in the flat layout, per-warpgroup hand-over";
+      dq_note = wide_asked            ? "dQ by 1-D bulk reduce-add in the flat layout"
+                : kernel_dim == 256 ? "dQ by 1-D bulk reduce-add in the flat layout, one buffer in turn"
+                                    : "dQ by 1-D bulk reduce-add in the flat layout, per-warpgroup hand-over";
       if (env_is("FLASH4_HOPPER_DQ", "flat")) dq_note += " (FLASH4_HOPPER_DQ=flat)";
     } else if (kernel_dim == 256) {
       dq_note += " (d 256: no shared memory for the bulk staging)";
