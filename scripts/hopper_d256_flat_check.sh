@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Device check of the Hopper (sm90a) d 256 backward with dQ in the flat layout
-# (FLASH4_HOPPER_DQ=flat at d 256, written without a GPU in the ninth session): the two consumer
+# (written without a GPU in the ninth session, the default since this check passed on an H200
+# the same day; FLASH4_HOPPER_DQ=atomics keeps the float2 atomics): the two consumer
 # warpgroups fill one 16 KB staging buffer in turn (per step (0, part 0), (1, 2), (0, 1), (1, 3))
-# and the dQ writer adds each 64 x 64 part with one 1-D bulk reduce-add, where the default adds
-# dQ by float2 atomics (ncu, H200, d 256 S 4k: 403 M L2 reduction sectors against cuDNN's 201 M,
+# and the dQ writer adds each 64 x 64 part with one 1-D bulk reduce-add, where dQ had been
+# added by float2 atomics (ncu, H200, d 256 S 4k: 403 M L2 reduction sectors against cuDNN's 201 M,
 # 45% of the warps' stalls on the atomics' registers). Also the first full run of every Hopper
 # suite with the flat layout as the d 64 / 128 default. One call on an H100 / H200 from the
 # repository root (carry .device-carry/, or only its deps.tar.xz):
@@ -13,7 +14,7 @@
 #              barriers); memcheck and stop if it fails;
 #   3. test    every *Hopper* suite (the new D256 flat suite among them) in SHARDS gtest shards
 #              (default 6), worst errors against float64;
-#   4. bench   flash4-bench --d 256, float2 atomics (the default) against FLASH4_HOPPER_DQ=flat,
+#   4. bench   flash4-bench --d 256, FLASH4_HOPPER_DQ=atomics against =flat,
 #              into bench_table.md; bench/peers.py --dims 256 with flat (peers_d256_flat.txt);
 #   5. check   compute-sanitizer racecheck and memcheck of two small d 256 flat cases.
 # Every stage's timeout is cut to the time left of BUDGET seconds (default 560). Outputs go to
@@ -46,8 +47,8 @@ note "D256 flat worst vs float64: bf16 dq $(worst_error hopper dq 'd256.*FLASH4_
 # ---- 4. bench -------------------------------------------------------------------------
 if [ "$BENCH" = 1 ]; then
   rm -f "$OUT/bench_table.md"
-  say "bench d 256: float2 atomics (default) vs FLASH4_HOPPER_DQ=flat"
-  bwd_ab_rows 256 FLASH4_AB=1 FLASH4_HOPPER_DQ=flat atomics flat
+  say "bench d 256: float2 atomics (FLASH4_HOPPER_DQ=atomics) vs the flat layout"
+  bwd_ab_rows 256 FLASH4_HOPPER_DQ=atomics FLASH4_HOPPER_DQ=flat atomics flat
   note "geomean flat / atomics: $(bwd_ab_geomean)"
   say "peers d 256 with FLASH4_HOPPER_DQ=flat"
   if g++ -shared -o "$OUT/libflash4.so" -Wl,--whole-archive $B/flash4/libflash4.a -Wl,--no-whole-archive \

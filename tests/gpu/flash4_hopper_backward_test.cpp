@@ -1107,7 +1107,7 @@ INSTANTIATE_TEST_SUITE_P(WideM, Flash4HopperDeterministicBackwardWideM, ::testin
 
 // d 256: the split-head-dim kernel (the default; the suites set FLASH4_HOPPER_BWD_D256=1 so
 // that short deterministic cases take it too: 64-key CTAs, both consumer warpgroups on the same keys, each with half the head dim of dK /
-// dV / dQ; dQ by float2 atomics, the only path there). Every d 128 case of the covered,
+// dV / dQ; dQ by float2 atomics here, the flat layout in the ...D256FlatDq suite). Every d 128 case of the covered,
 // window, varlen, sink, softcap and seqused suites at d 256 (varlen: work lists of 64-key
 // blocks); padded head dims 136 / 192 and d_qk != d_v both ways (the kernel's halves then
 // hold columns past d on one side); deterministic calls (dense and packed) against float64
@@ -1158,8 +1158,9 @@ TEST_P(Flash4HopperBackwardD256, RunsOnHopperAndMatchesFloat64Reference) {
 }
 INSTANTIATE_TEST_SUITE_P(D256, Flash4HopperBackwardD256, ::testing::ValuesIn(d256_cases()), test_name);
 
-// The same cases with dQ in the flat layout (FLASH4_HOPPER_DQ=flat, opt-in at d 256: the two
-// warpgroups fill one staging buffer in turn, two 64-column parts each a step).
+// The same cases with dQ in the flat layout (the non-deterministic default at d 256, set
+// explicitly: the two warpgroups fill one staging buffer in turn, two 64-column parts each a
+// step).
 class Flash4HopperBackwardD256FlatDq : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperBackwardD256FlatDq, RunsOnHopperAndMatchesFloat64Reference) {

@@ -122,8 +122,8 @@
 // passed scripts/hopper_bwd_wide_check.sh on an H200 (2026-12-01; 1.04 - 1.20x BM = 64), the
 // default at d = 64 but for varlen without determinism (FLASH4_HOPPER_BWD_BM=64 | 128
 // forces). Missing (follow-ups): overlap of one query block's S / dP with the previous one's
-// gradients (a d = 64 try in pairs of steps was 13% slower), persistent scheduling, bulk dQ
-// at d over 128, native (unpadded) d 96 tiles. d over 128 (padded to 256): the
+// gradients (a d = 64 try in pairs of steps was 13% slower), persistent scheduling,
+// native (unpadded) d 96 tiles. d over 128 (padded to 256): the
 // kSplitHeadDim kernel (BackwardSm90Config; docs/hopper_backward_d256.md), the default since
 // scripts/hopper_bwd_d256_check.sh passed on an H200 (2026-12-02: 1.28x the portable backward)
 // but for deterministic calls over short sequences (host.hpp's backward_kernel_dim).
@@ -157,8 +157,10 @@ namespace flash4::hopper {
 // 64 keys per CTA, both consumer warpgroups on the same keys, each keeping dK / dV for half
 // the head dim (128 columns: 64 + 64 registers); S^T and dP^T computed by both in full
 // (duplicated, no exchange); dQ's columns split the same way, in two 64-column chunks a
-// warpgroup, added by float2 atomics (no room for the bulk staging: K, V 64 KB, Q / dO 2
-// stages 128 KB, dS^T 16 KB = 208 KB of the 227).
+// warpgroup. K, V 64 KB, Q / dO 2 stages 128 KB, dS^T 16 KB = 208 KB of the 227 leave room for
+// one 16 KB staging buffer: not deterministic, the warpgroups fill it in turn with their chunks
+// in the flat layout (DqAdd::flat, the default since scripts/hopper_d256_flat_check.sh on an
+// H200, 2026-12-02: 1.154x the atomics); deterministic, float2 atomics in the order.
 template <int D, int BM = 64>
 struct BackwardSm90Config {
   static constexpr bool kSplitHeadDim = D == 256;
@@ -709,7 +711,11 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         // per step (warpgroup 0, part 0), (1, 2), (0, 1), (1, 3), each warpgroup's parts 2 w and
         // 2 w + 1 in its order (columns 128 w ..) -- and handed to the next in that sequence
         // once the add has read it: "free" w' is arrived at for the next hand-over's warpgroup
-        // w' (the first: before the loop), "staged" w waited for before each add.
+        // w' (the first: before the loop), "staged" w waited for before each add. One
+        // warpgroup's stores and the other's next ones are ordered through this warp (staged w,
+        // its sync, then free 1 - w); compute-sanitizer racecheck, which does not follow an
+        // order through a third party's barriers, reports them as write-write hazards
+        // (2026-12-02: 32 on two small cases, every test passing against float64).
         const int hand_overs = 4 * steps.steps;
         if (hand_overs > 0) named_barrier_arrive(dq_free_barrier(0), kDqWarpgroupThreads);
         for (int k = 0; k < hand_overs; ++k) {

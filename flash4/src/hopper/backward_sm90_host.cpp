@@ -22,6 +22,8 @@
 // an H200 (2026-12-02: 169 tests vs float64, bwd 1.049x the tensor-map bulk path geomean,
 // 1.00-1.13; deterministic d 64 1.00-1.06); FLASH4_HOPPER_DQ=per_warpgroup or =bulk select
 // the tensor-map layout ([tokens][Hq][d]) with its per-warpgroup or lock-step hand-over.
+// d 256 (not deterministic) likewise since scripts/hopper_d256_flat_check.sh (H200,
+// 2026-12-02: 1.154x its float2 atomics, 1.07-1.20); FLASH4_HOPPER_DQ=atomics keeps those.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -160,10 +162,10 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     // warpgroups' tiles are whole rows of their own (at BM = 64 the halves are combined first).
     const bool other_dq_asked = env_is("FLASH4_HOPPER_DQ", "atomics") || env_is("FLASH4_HOPPER_DQ", "bulk") ||
                                 env_is("FLASH4_HOPPER_DQ", "per_warpgroup");
-    // d 256: only with FLASH4_HOPPER_DQ=flat (opt-in, written without a GPU: its warpgroups
-    // fill one staging buffer in turn; backward_sm90.cuh, kSplitHeadDim).
-    const bool flat_dims = kernel_dim <= 128 || env_is("FLASH4_HOPPER_DQ", "flat");
-    const bool flat = !other_dq_asked && (!deterministic || wide_asked) && flat_dims &&
+    // d 256 too (its warpgroups fill one staging buffer in turn; backward_sm90.cuh,
+    // kSplitHeadDim): the default since scripts/hopper_d256_flat_check.sh on an H200
+    // (2026-12-02: every Hopper suite, 2003 tests, passes; 1.154x the float2 atomics).
+    const bool flat = !other_dq_asked && (!deterministic || wide_asked) &&
                       int64_t(p.heads_q) * (kernel_dim / 64) <= 65535 && p.tokens_q < (int64_t(1) << 31);
     const size_t dq_count = flat ? size_t(hopper::dq_flat_floats(p.heads_q, slots, kernel_dim))
                                  : size_t(p.tokens_q) * size_t(p.heads_q) * size_t(p.d_qk);
