@@ -710,58 +710,6 @@ INSTANTIATE_TEST_SUITE_P(SplitUnpacked, Flash4HopperSplitKvUnpacked, ::testing::
                          test_name);
 INSTANTIATE_TEST_SUITE_P(Covered, Flash4HopperUnsplit, ::testing::ValuesIn(covered_cases()), test_name);
 
-// The inter-tile overlap (FLASH4_HOPPER_FWD_TILE_OVERLAP=1, opt-in, written without a GPU):
-// each consumer warpgroup issues the next tile's first S = Q K^T beside its tile's last P V
-// and finishes the tile while it runs. Every case of the forward suites with head dims up to
-// 128 (dense and varlen; tiles that see no key, whose neighbours then skip the overlap; more
-// tiles than SMs; a sink; softcap), paged and packed-GQA / split-KV cases (their kernels take
-// the flag too), under the dynamic schedule (the default), the static one (the next tile by
-// stride), pingpong (the issue rides in the last P V's turn), three warpgroups at d 64 and the
-// store warp for O. A first S issued for the wrong tile, Q buffer or K stage shows as a wrong
-// O or lse; an unbalanced wait, as a hang.
-class Flash4HopperTileOverlap : public ::testing::TestWithParam<Problem> {};
-
-TEST_P(Flash4HopperTileOverlap, RunsOnHopperAndMatchesFloat64Reference) {
-  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_FWD_TILE_OVERLAP", "1"}});
-}
-TEST_P(Flash4HopperTileOverlap, StaticScheduleMatchesFloat64Reference) {
-  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_FWD_TILE_OVERLAP", "1"}, {"FLASH4_HOPPER_SCHEDULE", "static"}});
-}
-TEST_P(Flash4HopperTileOverlap, WithPingpongMatchesFloat64Reference) {
-  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  expect_hopper_forward(GetParam(), {{"FLASH4_HOPPER_FWD_TILE_OVERLAP", "1"},
-                                     {"FLASH4_HOPPER_PINGPONG", "1"},
-                                     {"FLASH4_HOPPER_FWD_WARPGROUPS", "2"}});
-}
-TEST_P(Flash4HopperTileOverlap, WithThreeWarpgroupsOrTheStoreWarpMatchesFloat64Reference) {
-  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  const Problem& p = GetParam();
-  if (p.Dqk == 64 && p.Dv == 64 && p.softcap == 0.0f && p.page_size == 0)
-    expect_hopper_forward(p, {{"FLASH4_HOPPER_FWD_TILE_OVERLAP", "1"},
-                              {"FLASH4_HOPPER_FWD_WARPGROUPS", "3"},
-                              {"FLASH4_HOPPER_SPLIT_KV_UNPACKED", "0"}});
-  expect_hopper_forward(p, {{"FLASH4_HOPPER_FWD_TILE_OVERLAP", "1"},
-                            {"FLASH4_HOPPER_O_STORE_WARP", "1"},
-                            {"FLASH4_HOPPER_SPLIT_KV_UNPACKED", "0"}});
-}
-
-std::vector<Problem> tile_overlap_cases() {
-  std::vector<Problem> all;
-  for (auto cases : {covered_cases(), varlen_cases(), window_cases(), sink_cases(), softcap_cases(),
-                     padded_head_dim_cases(), paged_cases(), pack_gqa_cases()})
-    append(all, cases);
-  std::vector<Problem> upto128;
-  for (Problem p : all)
-    if (std::max(p.Dqk, p.Dv) <= 128) {
-      p.label += " overlap";
-      upto128.push_back(p);
-    }
-  return upto128;
-}
-INSTANTIATE_TEST_SUITE_P(TileOverlap, Flash4HopperTileOverlap, ::testing::ValuesIn(tile_overlap_cases()), test_name);
-
 // Features the Hopper forward does not cover (yet), or opted out of: paged KV with
 // FLASH4_HOPPER_PAGED=0, with a page size not a multiple of 8 or with softcap; seqused_k with
 // FLASH4_HOPPER_SEQUSED=0.

@@ -130,7 +130,6 @@ inline constexpr int kEmulateExp2 = 1;  // FA4's exp2 emulation for one 8-column
 inline constexpr int kPingpong = 2;     // consumer warpgroups alternate their wgmma batches
 inline constexpr int kTmaStoreO = 4;    // O through its Q buffer and a TMA store (ForwardSchedule)
 inline constexpr int kStoreWarpO = 8;   // with kTmaStoreO: a producer warp issues the stores
-inline constexpr int kOverlapTiles = 16;  // the next tile's first Q K^T beside this one's last P V
 
 // TMA stores of consumer warpgroup cw's 64 finished O rows from its half of a Q buffer
 // (`tile`: the buffer; 128-byte swizzled 64-column chunks of kChunkBytes), the tile's query
@@ -437,12 +436,6 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
   // neither walks the schedule nor decodes tiles.
   const bool store_warp_o = tma_store_o && (flags & kStoreWarpO) != 0;
   using C = ForwardSm90Config<D, kWarpgroups>;
-  // Inter-tile overlap (opt-in, written without a GPU): a consumer warpgroup issues the next
-  // tile's first S = Q K^T right behind this tile's last P V, so it runs on the tensor cores
-  // during this tile's finish (O / l, the O stores, the lse) instead of after it. Short tiles
-  // (causal S 512: one to four key blocks) spend much of their time in that start and end.
-  // Two Q buffers (d <= 128): the next tile's Q is loaded during this one.
-  const bool overlap_tiles = C::kQStages == 2 && (flags & kOverlapTiles) != 0;
   constexpr int BM = C::kBlockM, BN = C::kBlockN, kStages = C::kStages;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = align_smem_1024(smem_raw);
@@ -633,33 +626,6 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
 
     int consumed = 0;  // K / V blocks consumed so far (all tiles)
     int index = blockIdx.x;
-    // S of the block being scored; with overlap_tiles it carries the next tile's first S across
-    // the end of a tile (first_scores_issued: issued and committed, not yet waited for).
-    float s[BN / 2];
-    bool first_scores_issued = false;
-    // overlap_tiles: the first S of tile number next_count (this warpgroup's count), if that
-    // tile exists and sees a key block: its index as the loop below will find it (dynamic: the
-    // slot the producer wrote with its Q, waited for on q_full; static: the next stride), its Q
-    // and first K block waited for, issued into s as one commit group. The producer loads that
-    // Q once the tile before this one has released the buffer, and that K block once this
-    // tile's K blocks are released (after their S): nothing it waits for comes after here.
-    auto issue_next_first_scores = [&](int next_count, int current_index) -> bool {
-      const int nqs = next_count % kQStages;
-      int next = current_index + int(gridDim.x);
-      if (dynamic) {
-        mbarrier_wait(&q_full[nqs], (next_count / kQStages) & 1);
-        next = __shfl_sync(0xffffffffu, lane == 0 ? ld_shared_b32(tile_slot + 4 * nqs) : 0, 0);
-      }
-      if (unsigned(next) >= unsigned(tiles)) return false;
-      const Tile nw = tile_at<kPackGqa>(p, list, next, m_blocks, BM, BN);
-      if (nw.kb_end <= nw.kb_begin) return false;
-      if (!dynamic) mbarrier_wait(&q_full[nqs], (next_count / kQStages) & 1);
-      const int stage = consumed % kStages;
-      mbarrier_wait(&k_full[stage], (consumed / kStages) & 1);
-      q_addr = q_base + nqs * C::kQBytes;
-      issue_qk(s, stage);
-      return true;
-    };
     for (int tile_count = 0;; ++tile_count, index += gridDim.x) {
       if (dynamic) {
         // The tile of Q buffer tile_count % kQStages (the wait below then returns at once).
@@ -697,6 +663,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
       float o[D / 2];
 #pragma unroll
       for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+      float s[BN / 2];
       uint32_t pa[BN / 16][4];
       SoftmaxRows rows;
 
@@ -717,13 +684,10 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         // Block it = 0 (key block kb_end - 1): S, softmax, P.
         float factor[2];
         const int stage0 = consumed % kStages;
-        if (!first_scores_issued) {
-          mbarrier_wait(&k_full[stage0], (consumed / kStages) & 1);
-          gemm_turn_begin();
-          issue_qk(s, stage0);
-          gemm_turn_end();
-        }
-        first_scores_issued = false;
+        mbarrier_wait(&k_full[stage0], (consumed / kStages) & 1);
+        gemm_turn_begin();
+        issue_qk(s, stage0);
+        gemm_turn_end();
         wgmma_wait_group<0>();
 #pragma unroll
         for (int i = 0; i < BN / 2; ++i) fence_operand(s[i]);
@@ -784,20 +748,14 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         }
         const int last = consumed + n_blocks - 1;
         mbarrier_wait(&v_full[last % kStages], (last / kStages) & 1);
-        consumed += n_blocks;
         gemm_turn_begin();
         issue_pv(o, pa, last % kStages);
-        // Both warpgroups decide alike (the same tiles and key blocks): pingpong's turns stay
-        // paired, the next tile's first S riding in this one.
-        if (overlap_tiles) first_scores_issued = issue_next_first_scores(tile_count + 1, index);
         gemm_turn_end();
-        if (first_scores_issued)
-          wgmma_wait_group<1>();  // the last P V (groups complete in order); s stays in flight
-        else
-          wgmma_wait_group<0>();
+        wgmma_wait_group<0>();
 #pragma unroll
         for (int i = 0; i < D / 2; ++i) fence_operand(o[i]);
         release(&v_empty[last % kStages]);
+        consumed += n_blocks;
       }
       // Every S = Q K^T of this tile is done; with the TMA store of O the buffer is released
       // once the store has read the O written into it (below).

@@ -361,10 +361,6 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
       log_backend("flash4_forward", "hopper", schedule.store_warp_o ? "O by TMA store from a producer warp" : "O by TMA store");
     if (warpgroups == 3)
       log_backend("flash4_forward", "hopper", "three consumer warpgroups");
-    // Written without a GPU: opt-in until scripts/hopper_fwd_overlap_check.sh has run.
-    schedule.overlap_tiles = kernel_dim <= 128 && env_is("FLASH4_HOPPER_FWD_TILE_OVERLAP", "1");
-    if (schedule.overlap_tiles)
-      log_backend("flash4_forward", "hopper", "next tile's first S beside the last P V");
     if (dynamic) {
       schedule.tile_counter = reinterpret_cast<int*>(ws.take(1));
       FLASH4_CUDA_CHECK(cudaMemsetAsync(schedule.tile_counter, 0, sizeof(int), stream));

@@ -58,9 +58,6 @@ struct ForwardSchedule {
   // With tma_store_o: a producer warp issues the stores and waits for their reads, so the
   // consumers only write their rows and go on (opt-in, FLASH4_HOPPER_O_STORE_WARP=1).
   bool store_warp_o = false;
-  // The next tile's first S = Q K^T issued beside this tile's last P V (d <= 128: two Q buffers;
-  // opt-in, FLASH4_HOPPER_FWD_TILE_OVERLAP=1, written without a GPU).
-  bool overlap_tiles = false;
 };
 
 // `list`: the varlen work list (pairs == nullptr for a dense call), of at most

@@ -33,7 +33,7 @@ void forward_sm90_launch(const ForwardTensorMaps& maps, const cuda::AttentionPar
     FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmemBytes)));
     const int flags = (p.emulate_exp2 ? kEmulateExp2 : 0) | (schedule.pingpong ? kPingpong : 0) |
                       (schedule.tma_store_o ? kTmaStoreO : 0) |
-                      (schedule.store_warp_o ? kStoreWarpO : 0) | (schedule.overlap_tiles ? kOverlapTiles : 0);
+                      (schedule.store_warp_o ? kStoreWarpO : 0);
     kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, maps.o, p, list, schedule.tile_counter,
                                                          flags);
     FLASH4_CUDA_CHECK_LAUNCH("attention_forward_sm90_kernel");
