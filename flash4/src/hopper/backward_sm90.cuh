@@ -193,8 +193,7 @@ struct BackwardSm90Config {
   static constexpr uint32_t kOffDs = kOffO + kStages * kQBytes;
   static constexpr uint32_t kOffRows = kOffDs + 2 * kDsBytes;
   static constexpr uint32_t kOffBars = kOffRows + kStages * kRowsBytes;
-  // kv_full, q_full[], q_empty[]; d 256: recv_full, send_free (DqAdd::flat_pair).
-  static constexpr int kBarriers = 1 + 2 * kStages + (kSplitHeadDim ? 2 : 0);
+  static constexpr int kBarriers = 1 + 2 * kStages;  // kv_full, q_full[], q_empty[]
   static constexpr size_t kSmemBytes = 1024 + kOffBars + 8 * kBarriers;
   // Deterministic dQ, d = 64: two buffers (step parity) of float2 [2 warpgroups][8][128
   // threads] for dq_combine_halves, after the barriers (the atomic kernel has none).
@@ -567,12 +566,9 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
   // DqAdd::flat: the flat layout (backward_sm90.hpp), with the per-warpgroup hand-over at
   // BM = 64 (not deterministic: there the d 64 halves are combined first) and the lock-step one
   // at BM = 128 (deterministic too: each warpgroup's tile is whole, its rows a slot of its own).
-  // DqAdd::flat_pair (d 256, dense): the flat layout, the pair's dQ summed first (see "Pair").
-  constexpr bool kPair = kDqAdd == DqAdd::flat_pair;
-  constexpr bool kFlat = kDqAdd == DqAdd::flat || kPair;
+  constexpr bool kFlat = kDqAdd == DqAdd::flat;
   constexpr bool kPerWarpgroup = kDqAdd == DqAdd::bulk_per_warpgroup || (kFlat && !kWideM);
   static_assert(!(kPerWarpgroup && kDeterministic), "deterministic dQ adds both warpgroups' tiles together");
-  static_assert(!kPair || C::kSplitHeadDim, "the cluster pair: d 256");
   // BM = 128: the lock-step hand-over only (one staging buffer; each warpgroup's tile is whole,
   // so the writer adds (rows 64 w.., all columns) per warpgroup).
   static_assert(BM == 64 || kDqAdd == DqAdd::bulk || kFlat, "BM = 128 with the lock-step bulk dQ only");
@@ -585,21 +581,6 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
   uint64_t* kv_full = bars;
   uint64_t* q_full = bars + 1;
   uint64_t* q_empty = bars + 1 + kStages;
-  // Pair (kPair; the launcher makes clusters of two CTAs on key blocks 2 i and 2 i + 1 of one
-  // KV head and sequence, dense only): both walk the query blocks either sees, so each step's
-  // dQ tile exists in both. Consumer warpgroup w of both CTAs computes columns 128 w ..; the
-  // CTA of rank r keeps those of warpgroup r ("keeper"): its staging buffer (one 16 KB part)
-  // first receives the other CTA's warpgroup-r chunk, which that CTA's warpgroup r ("sender")
-  // writes through distributed shared memory and announces on recv_full here (128 arrivals,
-  // each releasing its thread's stores at cluster scope); the keeper adds its own chunk to it
-  // in place, and the dQ writer adds the sum to dq_accum with one 1-D bulk reduce-add, waits
-  // until that has read the buffer and arrives on send_free in the other CTA (whose sender
-  // waits there before writing the next chunk). Per CTA and step: chunks 0, 1 of part 2 r + c,
-  // one buffer, half the global reduce-adds of DqAdd::flat. Every remote write or arrival is
-  // waited for by its target CTA before that CTA can end (the last chunk's send_free is not
-  // arrived at), so neither CTA outlives an access to its shared memory.
-  uint64_t* recv_full = bars + 1 + 2 * kStages;
-  uint64_t* send_free = recv_full + 1;
 
   // Atomic dQ, dense: grid (key block, KV head, sequence). Varlen: tile = (pair, KV head)
   // with the KV heads of one pair side by side; tiles past the list's pairs have nothing to
@@ -634,10 +615,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
   }
   const cuda::Sequence seq = cuda::sequence_of(p, b);
   const int n0 = n_block * BN;
-  // Pair: the query blocks either key block sees (both CTAs' steps alike; the per-element mask
-  // zeroes P and dS where this CTA's own keys are not seen).
-  const BackwardSteps steps = kPair ? backward_steps(p, seq, (n_block & ~1) * BN, 2 * BN, BM)
-                                    : backward_steps(p, seq, n0, BN, BM);
+  const BackwardSteps steps = backward_steps(p, seq, n0, BN, BM);
   // Tensor-map coordinates: dense rows from 0 in batch b; packed rows from the sequence's
   // first token in the one batch.
   const bool packed = p.cu_seqlens_q != nullptr;
@@ -650,15 +628,9 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
       mbarrier_init(&q_full[s], 1);
       mbarrier_init(&q_empty[s], 8);  // lane 0 of each consumer warp
     }
-    if constexpr (kPair) {
-      mbarrier_init(recv_full, 128);  // every thread of the other CTA's sender warpgroup
-      mbarrier_init(send_free, 1);    // lane 0 of the other CTA's dQ writer
-    }
     fence_mbarrier_init();
   }
   __syncthreads();
-  // Pair: both CTAs' barriers initialised before either arrives on the other's.
-  if constexpr (kPair) cluster_sync();
 
   if (warpgroup == 0) {
     // ---------------------------------------------------------------- producer
@@ -734,29 +706,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         }
       }
       __syncwarp();
-      if constexpr (kPair) {
-        // Pair (see there): per step this CTA's parts 2 r and 2 r + 1, summed in the one buffer
-        // by the keeper warpgroup r; send_free in the other CTA once an add has read it.
-        const uint32_t rank = cluster_ctarank();
-        const uint32_t partner_send_free = cluster_map_shared(smem_u32(send_free), rank ^ 1);
-        const int chunks = 2 * steps.steps;
-        for (int k = 0; k < chunks; ++k) {
-          const int step = k >> 1;
-          named_barrier_sync(dq_staged_barrier(int(rank)), kDqWarpgroupThreads);
-          if (lane == 0) {
-            const int h = steps.head(step, hk, p.group);
-            const int64_t slot = dq_slot(seq.q_token, steps.row0(step, BM), b);
-            bulk_reduce_add_f32(dq_flat_part(p.dq_accum, order.slots, D / 64, h, slot, 2 * int(rank) + (k & 1)),
-                                smem_u32(smem + C::kOffDqStage), kDqFlatPartFloats * 4);
-            bulk_commit_group();
-            bulk_wait_group_read<0>();  // the buffer read: the other CTA's sender may refill it
-            if (k + 1 < chunks) mbarrier_arrive_cluster(partner_send_free);
-          }
-          __syncwarp();
-        }
-        if (lane == 0) bulk_wait_group<0>();  // the staged sums stay until the adds are done
-        return;
-      } else if constexpr (C::kSplitHeadDim) {
+      if constexpr (C::kSplitHeadDim) {
         // d 256 (flat, not deterministic): one 16 KB buffer, filled by the warpgroups in turn --
         // per step (warpgroup 0, part 0), (1, 2), (0, 1), (1, 3), each warpgroup's parts 2 w and
         // 2 w + 1 in its order (columns 128 w ..) -- and handed to the next in that sequence
@@ -989,10 +939,6 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
       unmasked_hi = int(max(int64_t(-1), min(hi, int64_t(INT_MAX))));
     }
     const bool edge_keys = n0 + BN > seq.sk;
-    // Pair: this CTA's rank, the other CTA's staging buffer and recv_full (unused otherwise).
-    const uint32_t pair_rank = kPair ? cluster_ctarank() : 0;
-    const uint32_t partner_stage = kPair ? cluster_map_shared(smem_u32(smem + C::kOffDqStage), pair_rank ^ 1) : 0;
-    const uint32_t partner_recv_full = kPair ? cluster_map_shared(smem_u32(recv_full), pair_rank ^ 1) : 0;
     for (int step = 0; step < steps.steps; ++step) {
       float dq[32];
       uint32_t pa[BM / 16][4], dsa[BM / 16][4];
@@ -1145,32 +1091,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         // this warpgroup's turn (the writer's sequence), stored thread-major as the d 128
         // kernel's parts, for the writer's 1-D bulk reduce-add into part 2 w + c.
         auto add_dq_chunk = [&](int c) {
-          if constexpr (kPair) {
-            // Pair (see there): chunk k = 2 step + c of this CTA's sequence. The keeper (warpgroup
-            // r) adds its chunk to the other CTA's, already in the buffer, and hands the sum to
-            // the dQ writer; the sender (warpgroup 1 - r) writes its chunk into the other CTA's
-            // buffer once that CTA's writer has read the previous sum from it.
-            const int k = 2 * step + c, tid = threadIdx.x % 128;
-            float4* part = reinterpret_cast<float4*>(smem + C::kOffDqStage);
-            if (cw == int(pair_rank)) {
-              mbarrier_wait_cluster(recv_full, k & 1);
-#pragma unroll
-              for (int n = 0; n < 8; ++n) {
-                const float4 v = part[n * 128 + tid];
-                part[n * 128 + tid] =
-                    make_float4(v.x + dq[4 * n], v.y + dq[4 * n + 1], v.z + dq[4 * n + 2], v.w + dq[4 * n + 3]);
-              }
-              fence_proxy_async();  // the generic-proxy stores, before the bulk reduce (async proxy) reads them
-              named_barrier_arrive(dq_staged_barrier(cw), kDqWarpgroupThreads);
-            } else {
-              if (k > 0) mbarrier_wait_cluster(send_free, (k - 1) & 1);
-#pragma unroll
-              for (int n = 0; n < 8; ++n)
-                st_cluster_v4(partner_stage + uint32_t(n * 128 + tid) * 16, dq[4 * n], dq[4 * n + 1], dq[4 * n + 2],
-                              dq[4 * n + 3]);
-              mbarrier_arrive_cluster(partner_recv_full);
-            }
-          } else if constexpr (kFlat) {
+          if constexpr (kFlat) {
             named_barrier_sync(dq_free_barrier(cw), kDqWarpgroupThreads);
             float4* part = reinterpret_cast<float4*>(smem + C::kOffDqStage);
             const int tid = threadIdx.x % 128;
@@ -1386,7 +1307,7 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
   DqOrder dq_order = order != nullptr ? *order : DqOrder{};
   // DqAdd::flat: its layout's slots per head ride in the order's field (deterministic calls have
   // them there already, the same number).
-  if (dq_add == DqAdd::flat || dq_add == DqAdd::flat_pair) dq_order.slots = dq_order_slots(p.tokens_q, p.batch);
+  if (dq_add == DqAdd::flat) dq_order.slots = dq_order_slots(p.tokens_q, p.batch);
   auto launch = [&](auto kernel, size_t smem) {
     FLASH4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     kernel<<<grid, C::kThreads, smem, stream>>>(maps.q, maps.k, maps.v, maps.dout, p, row_pitch, list, dq_order,
@@ -1406,31 +1327,8 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
              C::kSmemBytes);
   };
   if constexpr (C::kSplitHeadDim) {
-    // The flat layout: clusters of two (dense, flat_pair; the grid's key blocks rounded up to
-    // pairs, a block past the keys having no key to add), or the one-buffer hand-over (not
-    // deterministic); else float2 atomics.
-    if (dq_add == DqAdd::flat_pair && order == nullptr && list.pairs == nullptr) {
-      constexpr DqAdd kPairAdd = DqAdd::flat_pair;
-      auto kernel = bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kPairAdd>
-                         : attention_backward_sm90_kernel<D, __half, false, kPairAdd>;
-      FLASH4_CUDA_CHECK(
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::kSmemBytesBulk)));
-      cudaLaunchConfig_t config = {};
-      config.gridDim = dim3(unsigned((n_blocks + 1) / 2 * 2), unsigned(p.heads_kv), unsigned(p.batch));
-      config.blockDim = dim3(C::kThreads);
-      config.dynamicSmemBytes = C::kSmemBytesBulk;
-      config.stream = stream;
-      cudaLaunchAttribute cluster;
-      cluster.id = cudaLaunchAttributeClusterDimension;
-      cluster.val.clusterDim.x = 2;
-      cluster.val.clusterDim.y = 1;
-      cluster.val.clusterDim.z = 1;
-      config.attrs = &cluster;
-      config.numAttrs = 1;
-      FLASH4_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, maps.q, maps.k, maps.v, maps.dout, p, row_pitch, list,
-                                           dq_order, maps.dq_accum));
-      FLASH4_CUDA_CHECK_LAUNCH("attention_backward_sm90_kernel (cluster pairs)");
-    } else if (dq_add == DqAdd::flat && order == nullptr) {
+    // The flat layout's one-buffer hand-over (not deterministic), else float2 atomics.
+    if (dq_add == DqAdd::flat && order == nullptr) {
       constexpr DqAdd kFlat = DqAdd::flat;
       launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kFlat>
                   : attention_backward_sm90_kernel<D, __half, false, kFlat>,

@@ -37,13 +37,7 @@ struct BackwardTensorMaps {
 //           128-query blocks, deterministic too (lock-step). Written without a GPU
 //           (scripts/hopper_dq_flat_check.sh): the swizzled staging cost ~110 of the d 128
 //           kernel's ~570 instructions per warp and step (cuobjdump, 2026-12-02).
-//  flat_pair  d 256, dense, not deterministic (FLASH4_HOPPER_BWD_D256_PAIR=1, opt-in, written
-//           without a GPU): CTAs in clusters of two on adjacent 64-key blocks walk the same query
-//           blocks; per step each sends the dQ chunks of one warpgroup (128 columns) into the
-//           other's staging buffer through distributed shared memory, and each adds the pair's
-//           sum of the other 128 columns: half the flat layout's global reduce-adds (ncu, H200,
-//           d 256: cuDNN's kernel sends half of flash4's reduction traffic).
-enum class DqAdd : int { atomics = 0, bulk = 1, bulk_per_warpgroup = 2, flat = 3, flat_pair = 4 };
+enum class DqAdd : int { atomics = 0, bulk = 1, bulk_per_warpgroup = 2, flat = 3 };
 
 // DqAdd::flat: dq_accum as [Hq][slot][D / 64 parts][64 rows x 64 columns] fp32, slot the
 // query block's dq_order_slots slot ((q_token(b) + 64 m) / 64 + b: one per 64-row block of a

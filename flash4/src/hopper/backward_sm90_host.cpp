@@ -212,12 +212,6 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
                 : kernel_dim == 256 ? "dQ by 1-D bulk reduce-add in the flat layout, one buffer in turn"
                                     : "dQ by 1-D bulk reduce-add in the flat layout, per-warpgroup hand-over";
       if (env_is("FLASH4_HOPPER_DQ", "flat")) dq_note += " (FLASH4_HOPPER_DQ=flat)";
-      // d 256, dense: clusters of two key blocks summing their dQ first (DqAdd::flat_pair;
-      // opt-in, written without a GPU: FLASH4_HOPPER_BWD_D256_PAIR=1).
-      if (kernel_dim == 256 && !shape.varlen && env_is("FLASH4_HOPPER_BWD_D256_PAIR", "1")) {
-        dq_add = hopper::DqAdd::flat_pair;
-        dq_note = "dQ by 1-D bulk reduce-add in the flat layout, key blocks in cluster pairs (FLASH4_HOPPER_BWD_D256_PAIR=1)";
-      }
     } else if (kernel_dim == 256) {
       dq_note += " (d 256: no shared memory for the bulk staging)";
     } else if (p.tokens_q >= (int64_t(1) << 31)) {
