@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""flash4's backward under two environment settings, in one process, on the same tensors.
+
+For A/B runs of a kernel switch read at each call (FLASH4_HOPPER_*): per shape of
+bench/peers.py (bf16, BSHD, 16384 tokens, hidden 2048, S 512 .. 16k, causal or not) the
+backward's median time under setting A and under setting B, their ratio (A / B: above 1, B is
+faster), the largest difference between the two runs' dq / dk / dv (relative to the largest
+magnitude of A's), and, up to S 2048, each run's largest error against torch's math attention
+in float32 with autograd (an independent reference; relative the same way). flash4 through
+its C ABI by ctypes (bench/peers.py's wrapper). Exit status 1 when a B gradient differs from
+the reference by more than --tolerance (a switch that breaks the backward fails the run).
+
+    python3 bench/env_ab.py --lib build-gpu/libflash4.so --b FLASH4_HOPPER_BWD_D256_PAIR=1 \\
+        [--a NAME=value ...] [--dims 256] [--repeats 10]
+"""
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers import Flash4, median_ms  # noqa: E402
+
+
+def setting(pairs):
+    """NAME=value strings -> dict."""
+    out = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"not NAME=value: {pair!r}")
+        out[name] = value
+    return out
+
+
+def apply(env):
+    """Sets env's variables, returns their previous values (None: unset) to restore."""
+    old = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    return old
+
+
+def restore(old):
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def rel_max(x, ref):
+    return ((x.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-30)).item()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lib", required=True, help="libflash4.so")
+    ap.add_argument("--a", nargs="*", default=[], help="setting A: NAME=value ... (default: none)")
+    ap.add_argument("--b", nargs="+", required=True, help="setting B: NAME=value ...")
+    ap.add_argument("--dims", default="256", help="head dims, comma-separated")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--tolerance", type=float, default=2e-2, help="largest relative error of B against the reference")
+    ap.add_argument("--seed", type=int, default=20261202)
+    args = ap.parse_args()
+    env_a, env_b = setting(args.a), setting(args.b)
+    f4 = Flash4(args.lib)
+    print(f"A: {env_a or '(defaults)'}; B: {env_b}; seed {args.seed}; {torch.cuda.get_device_name()}")
+    print(f"{'d':>4} {'S':>6} {'causal':>6} | {'A ms':>8} {'B ms':>8} {'A/B':>6} | {'max|B-A|':>9} | "
+          f"{'A vs ref':>9} {'B vs ref':>9}")
+    failed = False
+    ratios = []
+    for d in [int(x) for x in args.dims.split(",")]:
+        for S in (512, 1024, 2048, 4096, 8192, 16384):
+            for causal in (False, True):
+                B, H = 16384 // S, 2048 // d
+                gen = torch.Generator(device="cuda").manual_seed(args.seed + S * 1000 + d)
+                mk = lambda: torch.randn(B, S, H, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+                q, k, v, dout = mk(), mk(), mk(), mk()
+                out = torch.empty_like(q)
+                lse = torch.empty(B, H, S, device="cuda", dtype=torch.float32)
+                f4.forward(q, k, v, out, lse, causal)
+                grads, times = {}, {}
+                for name, env in (("A", env_a), ("B", env_b)):
+                    old = apply(env)
+                    try:
+                        # Poisoned first: a gradient the backward does not write shows as NaN.
+                        g = tuple(torch.full_like(x, float("nan")) for x in (q, k, v))
+                        f4.backward(q, k, v, out, dout, lse, *g, causal)
+                        torch.cuda.synchronize()
+                        grads[name] = g
+                        times[name] = median_ms(lambda: f4.backward(q, k, v, out, dout, lse, *g, causal), 3,
+                                                args.repeats)
+                    finally:
+                        restore(old)
+                diff = max(rel_max(b, a) for a, b in zip(grads["A"], grads["B"]))
+                ref_a = ref_b = float("nan")
+                if S <= 2048:
+                    qf, kf, vf = (x.float().transpose(1, 2).requires_grad_() for x in (q, k, v))
+                    o = F.scaled_dot_product_attention(qf, kf, vf, is_causal=causal)
+                    ref = torch.autograd.grad(o, (qf, kf, vf), dout.float().transpose(1, 2))
+                    ref = tuple(r.transpose(1, 2) for r in ref)
+                    ref_a = max(rel_max(x, r) for x, r in zip(grads["A"], ref))
+                    ref_b = max(rel_max(x, r) for x, r in zip(grads["B"], ref))
+                    del qf, kf, vf, o, ref
+                bad = not (diff == diff) or (ref_b == ref_b and ref_b > args.tolerance)
+                failed |= bad
+                ratios.append(times["A"] / times["B"])
+                print(f"{d:>4} {S:>6} {int(causal):>6} | {times['A']:>8.3f} {times['B']:>8.3f} {ratios[-1]:>6.3f} | "
+                      f"{diff:>9.2e} | {ref_a:>9.2e} {ref_b:>9.2e}{'  FAIL' if bad else ''}")
+                del q, k, v, dout, out, lse, grads
+                torch.cuda.empty_cache()
+    geo = torch.tensor(ratios).log().mean().exp().item()
+    print(f"geometric mean A/B: {geo:.3f} over {len(ratios)} shapes; {'FAILED' if failed else 'all within tolerance'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
