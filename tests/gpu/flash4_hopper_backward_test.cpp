@@ -1168,6 +1168,14 @@ TEST_P(Flash4HopperBackwardD256FlatDq, RunsOnHopperAndMatchesFloat64Reference) {
   ScopedEnv d256("FLASH4_HOPPER_BWD_D256", "1");
   expect_hopper_matches_reference(GetParam(), DqPath::flat);
 }
+// FLASH4_HOPPER_D256_ATOMIC_CHUNKS=1 (opt-in, written without a GPU): each warpgroup's first
+// chunk by float4 atomics into the flat layout, the second through the buffer.
+TEST_P(Flash4HopperBackwardD256FlatDq, WithTheFirstChunksByAtomicsMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv d256("FLASH4_HOPPER_BWD_D256", "1");
+  ScopedEnv atomic_chunks("FLASH4_HOPPER_D256_ATOMIC_CHUNKS", "1");
+  expect_hopper_matches_reference(GetParam(), DqPath::flat);
+}
 INSTANTIATE_TEST_SUITE_P(D256, Flash4HopperBackwardD256FlatDq, ::testing::ValuesIn(d256_cases()), test_name);
 
 class Flash4HopperDeterministicBackwardD256 : public ::testing::TestWithParam<Problem> {};

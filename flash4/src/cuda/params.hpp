@@ -77,6 +77,10 @@ struct AttentionParams {
   // (full 32-byte sectors) instead of 4 bytes a lane (half of each sector: ncu counted the
   // other half as excess); the default, FLASH4_HOPPER_BWD_QUAD_STORE=0 turns it off.
   bool quad_stores = false;
+  // Hopper backward at d 256, flat dQ: how many of each warpgroup's two 64-column dQ chunks a
+  // step go by float2 atomics (0 or 1) instead of through the one staging buffer
+  // (FLASH4_HOPPER_D256_ATOMIC_CHUNKS=1, opt-in, an A/B switch).
+  int d256_atomic_chunks = 0;
 };
 
 // The softcap fields of p from the cap c (0: off) and the softmax scale: the kernels take

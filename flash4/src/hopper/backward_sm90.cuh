@@ -716,10 +716,13 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         // its sync, then free 1 - w); compute-sanitizer racecheck, which does not follow an
         // order through a third party's barriers, reports them as write-write hazards
         // (2026-12-02: 32 on two small cases, every test passing against float64).
-        const int hand_overs = 4 * steps.steps;
+        // p.d256_atomic_chunks = a: only chunks a .. 1 come through the buffer (the first a by
+        // float2 atomics from the consumers), 2 (2 - a) hand-overs a step.
+        const int atomic_chunks = p.d256_atomic_chunks, per_step = 2 * (2 - atomic_chunks);
+        const int hand_overs = per_step * steps.steps;
         if (hand_overs > 0) named_barrier_arrive(dq_free_barrier(0), kDqWarpgroupThreads);
         for (int k = 0; k < hand_overs; ++k) {
-          const int w = k & 1, chunk = (k >> 1) & 1, step = k >> 2;
+          const int step = k / per_step, w = k & 1, chunk = atomic_chunks + (k % per_step >> 1);
           named_barrier_sync(dq_staged_barrier(w), kDqWarpgroupThreads);
           if (lane == 0) {
             const int h = steps.head(step, hk, p.group);
@@ -1092,6 +1095,17 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         // kernel's parts, for the writer's 1-D bulk reduce-add into part 2 w + c.
         auto add_dq_chunk = [&](int c) {
           if constexpr (kFlat) {
+            if (c < p.d256_atomic_chunks) {
+              // Into the flat layout's part directly: float4 atomics in its thread-major order
+              // (a warp's 512 bytes contiguous); rows past the sequence are its slot's unused ones.
+              float4* dst = reinterpret_cast<float4*>(dq_flat_part(p.dq_accum, order.slots, D / 64, h,
+                                                                   dq_slot(seq.q_token, m0, b), 2 * cw + c)) +
+                            threadIdx.x % 128;
+#pragma unroll
+              for (int n = 0; n < 8; ++n)
+                atomicAdd(dst + n * 128, make_float4(dq[4 * n], dq[4 * n + 1], dq[4 * n + 2], dq[4 * n + 3]));
+              return;
+            }
             named_barrier_sync(dq_free_barrier(cw), kDqWarpgroupThreads);
             float4* part = reinterpret_cast<float4*>(smem + C::kOffDqStage);
             const int tid = threadIdx.x % 128;

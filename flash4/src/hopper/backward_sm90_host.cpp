@@ -149,6 +149,13 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
   // dK / dV by whole-sector quad stores: the default since scripts/hopper_bwd_quad_store_check.sh
   // passed on an H200 (2026-12-02: 1.03x geomean, 1.06-1.08x at S 512); =0 keeps 4-byte stores.
   p.quad_stores = !env_is("FLASH4_HOPPER_BWD_QUAD_STORE", "0");
+  // d 256, flat dQ: FLASH4_HOPPER_D256_ATOMIC_CHUNKS=1 sends each warpgroup's first chunk by
+  // float4 atomics into the flat layout, halving the hand-overs through the one staging buffer
+  // (whose waits were 45% of the warps' stalls). Opt-in, written without a GPU (the ninth
+  // session's device time ran out): `python3 bench/env_ab.py --lib ... --b
+  // FLASH4_HOPPER_D256_ATOMIC_CHUNKS=1 --dims 256` times and checks it, the D256FlatDq suite
+  // tests it.
+  p.d256_atomic_chunks = env_is("FLASH4_HOPPER_D256_ATOMIC_CHUNKS", "1") ? 1 : 0;
 
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
   try {
