@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
-"""flash4's backward under two environment settings, in one process, on the same tensors.
+"""flash4's backward under environment settings, in one process, on the same tensors.
 
-For A/B runs of a kernel switch read at each call (FLASH4_HOPPER_*): per shape of
+For A/B runs of kernel switches read at each call (FLASH4_HOPPER_*): per shape of
 bench/peers.py (bf16, BSHD, 16384 tokens, hidden 2048, S 512 .. 16k, causal or not) the
-backward's median time under setting A and under setting B, their ratio (A / B: above 1, B is
-faster), the largest difference between the two runs' dq / dk / dv (relative to the largest
-magnitude of A's), and, up to S 2048, each run's largest error against torch's math attention
-in float32 with autograd (an independent reference; relative the same way). flash4 through
+backward's median time under setting A (--a; default: none) and under each setting B (--b,
+repeatable), their ratio (A / B: above 1, B is faster), the largest difference between the
+runs' dq / dk / dv (relative to the largest magnitude of A's), and, up to S 2048, each run's
+largest error against torch's math attention in float32 with autograd (an independent
+reference; relative the same way). A setting is NAME=value[,NAME=value...]. flash4 through
 its C ABI by ctypes (bench/peers.py's wrapper). Exit status 1 when a B gradient differs from
-the reference by more than --tolerance (a switch that breaks the backward fails the run).
+the reference by more than --tolerance, or is not finite (a switch that breaks the backward
+fails the run).
 
-    python3 bench/env_ab.py --lib build-gpu/libflash4.so --b FLASH4_HOPPER_BWD_D256_PAIR=1 \\
-        [--a NAME=value ...] [--dims 256] [--repeats 10]
+    python3 bench/env_ab.py --lib build-gpu/libflash4.so --b FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=1 \\
+        [--b FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=2 ...] [--a NAME=value,...] [--dims 64,128,256] [--repeats 10]
 """
 import argparse
 import os
@@ -24,10 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peers import Flash4, median_ms  # noqa: E402
 
 
-def setting(pairs):
-    """NAME=value strings -> dict."""
+def setting(text):
+    """"NAME=value[,NAME=value...]" -> dict."""
     out = {}
-    for pair in pairs or []:
+    for pair in filter(None, (text or "").split(",")):
         name, sep, value = pair.partition("=")
         if not sep or not name:
             raise SystemExit(f"not NAME=value: {pair!r}")
@@ -57,20 +59,23 @@ def rel_max(x, ref):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lib", required=True, help="libflash4.so")
-    ap.add_argument("--a", nargs="*", default=[], help="setting A: NAME=value ... (default: none)")
-    ap.add_argument("--b", nargs="+", required=True, help="setting B: NAME=value ...")
+    ap.add_argument("--a", default="", help="setting A: NAME=value[,NAME=value...] (default: none)")
+    ap.add_argument("--b", action="append", required=True, help="a setting B (repeatable)")
     ap.add_argument("--dims", default="256", help="head dims, comma-separated")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--tolerance", type=float, default=2e-2, help="largest relative error of B against the reference")
     ap.add_argument("--seed", type=int, default=20261202)
     args = ap.parse_args()
-    env_a, env_b = setting(args.a), setting(args.b)
+    env_a = setting(args.a)
+    settings = [("A", env_a)] + [(f"B{i + 1}", setting(b)) for i, b in enumerate(args.b)]
     f4 = Flash4(args.lib)
-    print(f"A: {env_a or '(defaults)'}; B: {env_b}; seed {args.seed}; {torch.cuda.get_device_name()}")
-    print(f"{'d':>4} {'S':>6} {'causal':>6} | {'A ms':>8} {'B ms':>8} {'A/B':>6} | {'max|B-A|':>9} | "
+    print(f"seed {args.seed}; {torch.cuda.get_device_name()}")
+    for name, env in settings:
+        print(f"  {name}: {env or '(defaults)'}")
+    print(f"{'d':>4} {'S':>6} {'causal':>6} {'B':>3} | {'A ms':>8} {'B ms':>8} {'A/B':>6} | {'max|B-A|':>9} | "
           f"{'A vs ref':>9} {'B vs ref':>9}")
     failed = False
-    ratios = []
+    ratios = {}  # (setting, d) -> A / B per shape
     for d in [int(x) for x in args.dims.split(",")]:
         for S in (512, 1024, 2048, 4096, 8192, 16384):
             for causal in (False, True):
@@ -82,7 +87,7 @@ def main():
                 lse = torch.empty(B, H, S, device="cuda", dtype=torch.float32)
                 f4.forward(q, k, v, out, lse, causal)
                 grads, times = {}, {}
-                for name, env in (("A", env_a), ("B", env_b)):
+                for name, env in settings:
                     old = apply(env)
                     try:
                         # Poisoned first: a gradient the backward does not write shows as NaN.
@@ -94,25 +99,31 @@ def main():
                                                 args.repeats)
                     finally:
                         restore(old)
-                diff = max(rel_max(b, a) for a, b in zip(grads["A"], grads["B"]))
-                ref_a = ref_b = float("nan")
+                ref_err = {name: float("nan") for name, _ in settings}
                 if S <= 2048:
                     qf, kf, vf = (x.float().transpose(1, 2).requires_grad_() for x in (q, k, v))
                     o = F.scaled_dot_product_attention(qf, kf, vf, is_causal=causal)
                     ref = torch.autograd.grad(o, (qf, kf, vf), dout.float().transpose(1, 2))
                     ref = tuple(r.transpose(1, 2) for r in ref)
-                    ref_a = max(rel_max(x, r) for x, r in zip(grads["A"], ref))
-                    ref_b = max(rel_max(x, r) for x, r in zip(grads["B"], ref))
+                    for name, _ in settings:
+                        ref_err[name] = max(rel_max(x, r) for x, r in zip(grads[name], ref))
                     del qf, kf, vf, o, ref
-                bad = not (diff == diff) or (ref_b == ref_b and ref_b > args.tolerance)
-                failed |= bad
-                ratios.append(times["A"] / times["B"])
-                print(f"{d:>4} {S:>6} {int(causal):>6} | {times['A']:>8.3f} {times['B']:>8.3f} {ratios[-1]:>6.3f} | "
-                      f"{diff:>9.2e} | {ref_a:>9.2e} {ref_b:>9.2e}{'  FAIL' if bad else ''}")
+                for name, _ in settings[1:]:
+                    diff = max(rel_max(b, a) for a, b in zip(grads["A"], grads[name]))
+                    err = ref_err[name]
+                    bad = not (diff == diff) or (err == err and err > args.tolerance)
+                    failed |= bad
+                    ratio = times["A"] / times[name]
+                    ratios.setdefault((name, d), []).append(ratio)
+                    print(f"{d:>4} {S:>6} {int(causal):>6} {name:>3} | {times['A']:>8.3f} {times[name]:>8.3f} "
+                          f"{ratio:>6.3f} | {diff:>9.2e} | {ref_err['A']:>9.2e} {err:>9.2e}"
+                          f"{'  FAIL' if bad else ''}")
                 del q, k, v, dout, out, lse, grads
                 torch.cuda.empty_cache()
-    geo = torch.tensor(ratios).log().mean().exp().item()
-    print(f"geometric mean A/B: {geo:.3f} over {len(ratios)} shapes; {'FAILED' if failed else 'all within tolerance'}")
+    for (name, d), values in ratios.items():
+        geo = torch.tensor(values).log().mean().exp().item()
+        print(f"geometric mean A/{name}, d {d}: {geo:.3f} over {len(values)} shapes")
+    print("FAILED" if failed else "all within tolerance")
     return 1 if failed else 0
 
 

@@ -156,6 +156,13 @@ TEST_P(Flash4HopperBackwardFlatDq, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   expect_hopper_matches_reference(GetParam(), DqPath::flat);
 }
+// FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=1 (opt-in, written without a GPU): each warpgroup's chunk by
+// float4 atomics straight into the flat layout, no staging, no writer (not deterministic).
+TEST_P(Flash4HopperBackwardFlatDq, WithAtomicChunksMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv atomic_chunks("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", "1");
+  expect_hopper_matches_reference(GetParam(), DqPath::flat);
+}
 
 // d x dtype x causal over shapes with Sq = Sk, Sq < Sk, Sq > Sk and GQA, lengths {1, 17, 128,
 // 1000, 4097}, and more.
@@ -258,6 +265,11 @@ TEST_P(Flash4HopperVarlenBackwardPerWarpgroupDq, ForwardAndBackwardRunOnHopperAn
 }
 TEST_P(Flash4HopperVarlenBackwardFlatDq, ForwardAndBackwardRunOnHopperAndMatchFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  expect_varlen_on_hopper_matches_reference(GetParam(), DqPath::flat);
+}
+TEST_P(Flash4HopperVarlenBackwardFlatDq, WithAtomicChunksMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv atomic_chunks("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", "1");
   expect_varlen_on_hopper_matches_reference(GetParam(), DqPath::flat);
 }
 
@@ -1168,13 +1180,16 @@ TEST_P(Flash4HopperBackwardD256FlatDq, RunsOnHopperAndMatchesFloat64Reference) {
   ScopedEnv d256("FLASH4_HOPPER_BWD_D256", "1");
   expect_hopper_matches_reference(GetParam(), DqPath::flat);
 }
-// FLASH4_HOPPER_D256_ATOMIC_CHUNKS=1 (opt-in, written without a GPU): each warpgroup's first
-// chunk by float4 atomics into the flat layout, the second through the buffer.
-TEST_P(Flash4HopperBackwardD256FlatDq, WithTheFirstChunksByAtomicsMatchesFloat64Reference) {
+// FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=1 | 2 (opt-in, written without a GPU): each warpgroup's
+// first chunk (or both) by float4 atomics into the flat layout, the rest through the buffer.
+TEST_P(Flash4HopperBackwardD256FlatDq, WithAtomicChunksMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   ScopedEnv d256("FLASH4_HOPPER_BWD_D256", "1");
-  ScopedEnv atomic_chunks("FLASH4_HOPPER_D256_ATOMIC_CHUNKS", "1");
-  expect_hopper_matches_reference(GetParam(), DqPath::flat);
+  for (const char* chunks : {"1", "2"}) {
+    SCOPED_TRACE(std::string("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=") + chunks);
+    ScopedEnv atomic_chunks("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", chunks);
+    expect_hopper_matches_reference(GetParam(), DqPath::flat);
+  }
 }
 INSTANTIATE_TEST_SUITE_P(D256, Flash4HopperBackwardD256FlatDq, ::testing::ValuesIn(d256_cases()), test_name);
 

@@ -77,10 +77,11 @@ struct AttentionParams {
   // (full 32-byte sectors) instead of 4 bytes a lane (half of each sector: ncu counted the
   // other half as excess); the default, FLASH4_HOPPER_BWD_QUAD_STORE=0 turns it off.
   bool quad_stores = false;
-  // Hopper backward at d 256, flat dQ: how many of each warpgroup's two 64-column dQ chunks a
-  // step go by float2 atomics (0 or 1) instead of through the one staging buffer
-  // (FLASH4_HOPPER_D256_ATOMIC_CHUNKS=1, opt-in, an A/B switch).
-  int d256_atomic_chunks = 0;
+  // Hopper backward, flat dQ, not deterministic: how many of each consumer warpgroup's
+  // 64-column dQ chunks a step go by float4 atomics straight into the flat layout instead of
+  // through the staging buffer and the dQ writer's bulk reduce-add: 0 (the default); d 64 / 128
+  // 1 (its one chunk); d 256 1 or 2 (of two). FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS, an A/B switch.
+  int flat_atomic_chunks = 0;
 };
 
 // The softcap fields of p from the cap c (0: off) and the softmax scale: the kernels take

@@ -550,6 +550,18 @@ __device__ __forceinline__ void atomic_add_dq(const cuda::AttentionParams& p, co
   }
 }
 
+// The flat layout by float4 atomics (p.flat_atomic_chunks): this thread's 64 x 64 accumulator
+// (tiles n = 0 .. 7) into part `part` of `slot` for query head h, in the part's thread-major
+// order (float4 n * 128 + tid): a warp's 512 bytes contiguous, 8 reductions a thread where the
+// tensor-map layout's float2 atomics took 32 scattered ones. Rows past the sequence are the
+// slot's unused rows, never read.
+__device__ __forceinline__ void flat_atomic_add_dq(float* dq_accum, int64_t slots, int parts, int h, int64_t slot,
+                                                   int part, const float (&dq)[32]) {
+  float4* dst = reinterpret_cast<float4*>(dq_flat_part(dq_accum, slots, parts, h, slot, part)) + threadIdx.x % 128;
+#pragma unroll
+  for (int n = 0; n < 8; ++n) atomicAdd(dst + n * 128, make_float4(dq[4 * n], dq[4 * n + 1], dq[4 * n + 2], dq[4 * n + 3]));
+}
+
 // tma_dq: the dq_accum map (DqAdd::bulk; unused by the atomic kernels), last so that the
 // other parameters keep their offsets.
 template <int D, typename T, bool kDeterministic, DqAdd kDqAdd, int kBM = 64>
@@ -716,9 +728,9 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         // its sync, then free 1 - w); compute-sanitizer racecheck, which does not follow an
         // order through a third party's barriers, reports them as write-write hazards
         // (2026-12-02: 32 on two small cases, every test passing against float64).
-        // p.d256_atomic_chunks = a: only chunks a .. 1 come through the buffer (the first a by
-        // float2 atomics from the consumers), 2 (2 - a) hand-overs a step.
-        const int atomic_chunks = p.d256_atomic_chunks, per_step = 2 * (2 - atomic_chunks);
+        // p.flat_atomic_chunks = a: only chunks a .. 1 come through the buffer (the first a by
+        // float4 atomics from the consumers), 2 (2 - a) hand-overs a step (none at a = 2).
+        const int atomic_chunks = p.flat_atomic_chunks, per_step = 2 * (2 - atomic_chunks);
         const int hand_overs = per_step * steps.steps;
         if (hand_overs > 0) named_barrier_arrive(dq_free_barrier(0), kDqWarpgroupThreads);
         for (int k = 0; k < hand_overs; ++k) {
@@ -742,6 +754,8 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         // the order (0, 0), (0, 1), (1, 0), ...; after committing (step, w), the groups
         // newer than (step - 1, w) are two, so waiting until at most two are unread means
         // (step - 1, w) has read its buffer, (step + 1) & 1 of w: handed back by "free" w.
+        // p.flat_atomic_chunks: the consumers add dQ themselves, nothing is handed over.
+        if (kFlat && p.flat_atomic_chunks > 0) return;
         if (steps.steps > 0) {
           named_barrier_arrive(dq_free_barrier(0), kDqWarpgroupThreads);
           named_barrier_arrive(dq_free_barrier(1), kDqWarpgroupThreads);
@@ -778,6 +792,8 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         if (lane == 0) bulk_wait_group<0>();  // the staged tiles stay until the adds are done
         return;
       }
+      // p.flat_atomic_chunks (flat, not deterministic): the consumers add dQ themselves.
+      if (kFlat && !kDeterministic && p.flat_atomic_chunks > 0) return;
       if (steps.steps > 0) named_barrier_arrive(kDqFreeBarrier, kDqOrderThreads);
       for (int step = 0; step < steps.steps; ++step) {
         const bool more = step + 1 < steps.steps;
@@ -1095,15 +1111,8 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         // kernel's parts, for the writer's 1-D bulk reduce-add into part 2 w + c.
         auto add_dq_chunk = [&](int c) {
           if constexpr (kFlat) {
-            if (c < p.d256_atomic_chunks) {
-              // Into the flat layout's part directly: float4 atomics in its thread-major order
-              // (a warp's 512 bytes contiguous); rows past the sequence are its slot's unused ones.
-              float4* dst = reinterpret_cast<float4*>(dq_flat_part(p.dq_accum, order.slots, D / 64, h,
-                                                                   dq_slot(seq.q_token, m0, b), 2 * cw + c)) +
-                            threadIdx.x % 128;
-#pragma unroll
-              for (int n = 0; n < 8; ++n)
-                atomicAdd(dst + n * 128, make_float4(dq[4 * n], dq[4 * n + 1], dq[4 * n + 2], dq[4 * n + 3]));
+            if (c < p.flat_atomic_chunks) {
+              flat_atomic_add_dq(p.dq_accum, order.slots, D / 64, h, dq_slot(seq.q_token, m0, b), 2 * cw + c, dq);
               return;
             }
             named_barrier_sync(dq_free_barrier(cw), kDqWarpgroupThreads);
@@ -1189,7 +1198,15 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
             dq_combine_halves<4>(dq, swap, cw, threadIdx.x % 128);
         }
         constexpr int kTiles = kCombine ? 4 : 8;
-        if constexpr (kBulk) {
+        if (kFlat && !kDeterministic && p.flat_atomic_chunks > 0) {
+          // The flat layout by float4 atomics (p.flat_atomic_chunks): into part cw (d 128) or
+          // 0 of the block's slot; BM = 128: warpgroup w's rows are the slot of row m0 + 64 w,
+          // skipped past the sequence (that slot may be the next sequence's first).
+          const int row0 = m0 + (kWideM ? 64 * cw : 0);
+          if (row0 < sq)
+            flat_atomic_add_dq(p.dq_accum, order.slots, D / 64, h, dq_slot(seq.q_token, row0, b), D == 128 ? cw : 0,
+                               dq);
+        } else if constexpr (kBulk) {
           // Bulk dQ: the tile goes to shared memory, the dQ writer adds it (see there). Per
           // warpgroup: this warpgroup's own "free" / "staged" barriers with the writer.
           const int free_barrier = kPerWarpgroup ? dq_free_barrier(cw) : kDqFreeBarrier;

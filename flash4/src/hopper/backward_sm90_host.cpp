@@ -27,6 +27,7 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -149,13 +150,6 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
   // dK / dV by whole-sector quad stores: the default since scripts/hopper_bwd_quad_store_check.sh
   // passed on an H200 (2026-12-02: 1.03x geomean, 1.06-1.08x at S 512); =0 keeps 4-byte stores.
   p.quad_stores = !env_is("FLASH4_HOPPER_BWD_QUAD_STORE", "0");
-  // d 256, flat dQ: FLASH4_HOPPER_D256_ATOMIC_CHUNKS=1 sends each warpgroup's first chunk by
-  // float4 atomics into the flat layout, halving the hand-overs through the one staging buffer
-  // (whose waits were 45% of the warps' stalls). Opt-in, written without a GPU (the ninth
-  // session's device time ran out): `python3 bench/env_ab.py --lib ... --b
-  // FLASH4_HOPPER_D256_ATOMIC_CHUNKS=1 --dims 256` times and checks it, the D256FlatDq suite
-  // tests it.
-  p.d256_atomic_chunks = env_is("FLASH4_HOPPER_D256_ATOMIC_CHUNKS", "1") ? 1 : 0;
 
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
   try {
@@ -240,6 +234,19 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     if (wide_asked && !wide_m)
       if (std::string error = encode_query_maps(hopper::kBackwardQBoxRows); !error.empty())
         throw cuda::CudaError(error);
+    // FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=1 | 2 (flat, not deterministic; opt-in, written without a
+    // GPU, the ninth session's device time having run out): that many of each warpgroup's
+    // 64-column dQ chunks a step by float4 atomics straight into the flat layout (d 64 / 128:
+    // its one chunk, no hand-over at all; d 256: 1 halves the hand-overs through the one staging
+    // buffer, whose waits were 45% of the warps' stalls, 2 leaves none). Measure with
+    // `python3 bench/env_ab.py --lib ... --b FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=1 --dims 64,128,256`;
+    // the ...FlatDq suites' AtomicChunks tests check it.
+    if (dq_add == hopper::DqAdd::flat && !deterministic) {
+      const int asked = env_is("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", "2") ? 2 : env_is("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", "1") ? 1 : 0;
+      p.flat_atomic_chunks = std::min(asked, kernel_dim == 256 ? 2 : 1);
+      if (p.flat_atomic_chunks > 0)
+        dq_note += concat(", ", p.flat_atomic_chunks, " chunk(s) a warpgroup by float4 atomics (FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS)");
+    }
     if (kernel_dim == 256) dq_note = "d 256, 64-key blocks: " + dq_note;
     if (wide_m) dq_note += ", 128-query blocks";
     if (deterministic) dq_note += ", deterministic";
