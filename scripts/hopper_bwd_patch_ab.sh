@@ -54,6 +54,5 @@ fi
 sanitize_stage memcheck 'D256/Flash4HopperBackwardD256.*/0_*:D256/Flash4HopperDeterministicBackwardD256.RunsOn*/0_*' 60
 
 # The device tool brings back only a few files: everything in one archive beside the table.
-(cd "$OUT" && tar czf /tmp/patch_ab_results.tar.gz --exclude=bench_table.md . &&
-  find . -maxdepth 1 -type f ! -name bench_table.md -delete && mv /tmp/patch_ab_results.tar.gz results.tar.gz)
+pack_results
 finish

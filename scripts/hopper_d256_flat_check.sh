@@ -51,15 +51,7 @@ if [ "$BENCH" = 1 ]; then
   bwd_ab_rows 256 FLASH4_HOPPER_DQ=atomics FLASH4_HOPPER_DQ=flat atomics flat
   note "geomean flat / atomics: $(bwd_ab_geomean)"
   say "peers d 256 with FLASH4_HOPPER_DQ=flat"
-  if g++ -shared -o "$OUT/libflash4.so" -Wl,--whole-archive $B/flash4/libflash4.a -Wl,--no-whole-archive \
-      -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -lgomp >>"$LOG" 2>&1; then
-    FLASH4_HOPPER_DQ=flat timeout "$(budget 60)" python3 bench/peers.py --ctypes --lib "$OUT/libflash4.so" --no-fa4 \
-      --dims 256 --repeats 10 > "$OUT/peers_d256_flat.txt" 2>&1
-    note "peers (d 256, flat): $(grep -c '^ *[0-9]' "$OUT/peers_d256_flat.txt") rows"
-    rm -f "$OUT/libflash4.so"
-  else
-    note "peers: libflash4.so did not link (see log)"
-  fi
+  peers_with peers_d256_flat.txt 60 -- --dims 256
 fi
 
 # ---- 5. sanitizers --------------------------------------------------------------------
@@ -68,6 +60,5 @@ sanitize_stage racecheck "$SMALL" 60
 sanitize_stage memcheck "$SMALL" 60
 
 [ -f "$OUT/peers_d256_flat.txt" ] && tail -16 "$OUT/peers_d256_flat.txt"
-(cd "$OUT" && tar czf /tmp/d256_flat_results.tar.gz --exclude=bench_table.md . &&
-  find . -maxdepth 1 -type f ! -name bench_table.md -delete && mv /tmp/d256_flat_results.tar.gz results.tar.gz)
+pack_results
 finish

@@ -66,15 +66,7 @@ if [ "$BENCH" = 1 ]; then
   # The peers table with flat dQ (bench/peers.py through the C ABI, one process, no FA4): what
   # bench/RESULTS.md would show were flat the default.
   say "peers with FLASH4_HOPPER_DQ=flat"
-  if g++ -shared -o "$OUT/libflash4.so" -Wl,--whole-archive $B/flash4/libflash4.a -Wl,--no-whole-archive \
-      -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -lgomp >>"$LOG" 2>&1; then
-    FLASH4_HOPPER_DQ=flat timeout "$(budget 90)" python3 bench/peers.py --ctypes --lib "$OUT/libflash4.so" --no-fa4 \
-      --repeats 10 > "$OUT/peers_flat.txt" 2>&1
-    note "peers (flat): $(grep -c '^ *[0-9]' "$OUT/peers_flat.txt") rows in peers_flat.txt"
-    rm -f "$OUT/libflash4.so"
-  else
-    note "peers: libflash4.so did not link (see log)"
-  fi
+  peers_with peers_flat.txt 90 FLASH4_HOPPER_DQ=flat
 fi
 
 # ---- 5. sanitizers --------------------------------------------------------------------
@@ -83,6 +75,5 @@ sanitize_stage racecheck "$SMALL" 60
 sanitize_stage memcheck "$SMALL" 60
 
 [ -f "$OUT/peers_flat.txt" ] && tail -40 "$OUT/peers_flat.txt"
-(cd "$OUT" && tar czf /tmp/dq_flat_results.tar.gz --exclude=bench_table.md . &&
-  find . -maxdepth 1 -type f ! -name bench_table.md -delete && mv /tmp/dq_flat_results.tar.gz results.tar.gz)
+pack_results
 finish

@@ -188,6 +188,33 @@ build_baseline() {
   say "baseline built ($1 reversed)"
 }
 
+# peers_with FILE LIMIT ENV... -- PEERS_ARGS...: bench/peers.py through the C ABI (a libflash4.so
+# linked from $B's libflash4.a, removed after) under ENV (NAME=value words, may be none), no
+# FA4, 10 repeats, PEERS_ARGS added, into $OUT/FILE within LIMIT seconds cut to the budget; the
+# row count noted.
+peers_with() {
+  local file=$1 limit=$2 envs=()
+  shift 2
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do envs+=("$1"); shift; done
+  [ "${1:-}" = -- ] && shift
+  if g++ -shared -o "$OUT/libflash4.so" -Wl,--whole-archive $B/flash4/libflash4.a -Wl,--no-whole-archive \
+      -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -lgomp >>"$LOG" 2>&1; then
+    env ${envs[@]+"${envs[@]}"} timeout "$(budget "$limit")" python3 bench/peers.py --ctypes --lib "$OUT/libflash4.so" --no-fa4 \
+      --repeats 10 "$@" > "$OUT/$file" 2>&1
+    note "peers: $(grep -c '^ *[0-9]' "$OUT/$file") rows in $file"
+    rm -f "$OUT/libflash4.so"
+  else
+    note "peers: libflash4.so did not link (see log)"
+  fi
+}
+
+# pack_results: everything in $OUT but bench_table.md into $OUT/results.tar.gz (the device tool
+# brings back only a few files).
+pack_results() {
+  (cd "$OUT" && tar czf /tmp/check_results.tar.gz --exclude=bench_table.md --exclude=results.tar.gz . &&
+    find . -maxdepth 1 -type f ! -name bench_table.md -delete && mv /tmp/check_results.tar.gz results.tar.gz)
+}
+
 # ---- SASS -------------------------------------------------------------------------------
 # hopper_object NAME: the object flash4's build made of src/hopper/NAME.cu.
 hopper_object() { echo "$B/flash4/CMakeFiles/flash4.dir/src/hopper/$1.cu.o"; }
