@@ -1108,7 +1108,8 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         after_dv_and_dq();
         // dQ chunk 2 w + c -> dq_accum: float2 atomics, or (flat) the one staging buffer in
         // this warpgroup's turn (the writer's sequence), stored thread-major as the d 128
-        // kernel's parts, for the writer's 1-D bulk reduce-add into part 2 w + c.
+        // kernel's parts, for the writer's 1-D bulk reduce-add into part 2 w + c -- the first
+        // p.flat_atomic_chunks chunks by float4 atomics into that part instead.
         auto add_dq_chunk = [&](int c) {
           if constexpr (kFlat) {
             if (c < p.flat_atomic_chunks) {
