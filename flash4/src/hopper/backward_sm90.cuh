@@ -557,9 +557,13 @@ __device__ __forceinline__ void atomic_add_dq(const cuda::AttentionParams& p, co
 // slot's unused rows, never read.
 __device__ __forceinline__ void flat_atomic_add_dq(float* dq_accum, int64_t slots, int parts, int h, int64_t slot,
                                                    int part, const float (&dq)[32]) {
+#if defined(FLASH4_SM90A)  // float4 atomicAdd: sm_90 on (the other targets' passes never call this)
   float4* dst = reinterpret_cast<float4*>(dq_flat_part(dq_accum, slots, parts, h, slot, part)) + threadIdx.x % 128;
 #pragma unroll
   for (int n = 0; n < 8; ++n) atomicAdd(dst + n * 128, make_float4(dq[4 * n], dq[4 * n + 1], dq[4 * n + 2], dq[4 * n + 3]));
+#else
+  __trap();
+#endif
 }
 
 // tma_dq: the dq_accum map (DqAdd::bulk; unused by the atomic kernels), last so that the
