@@ -136,8 +136,9 @@ class Flash4HopperBackwardBulkDq : public ::testing::TestWithParam<Problem> {};
 // reduce-add, each consumer warpgroup handed its buffers on barriers of its own;
 // deterministic cases take the lock-step bulk path.
 class Flash4HopperBackwardPerWarpgroupDq : public ::testing::TestWithParam<Problem> {};
-// FLASH4_HOPPER_DQ=flat (opt-in): each warpgroup's dQ tile stored thread-major and added by one
-// 1-D bulk reduce-add into the flat layout, converted by its own finish kernel.
+// FLASH4_HOPPER_DQ=flat (the default where it applies, set explicitly): each warpgroup's dQ tile
+// stored thread-major and added by one 1-D bulk reduce-add into the flat layout, converted by
+// its own finish kernel.
 class Flash4HopperBackwardFlatDq : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperBackward, RunsOnHopperAndMatchesFloat64Reference) {

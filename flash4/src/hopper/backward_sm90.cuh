@@ -32,11 +32,11 @@
 //    one op per row or a layout of our own with its own finish kernel); see the writer.
 //    FLASH4_HOPPER_DQ=per_warpgroup (DqAdd::bulk_per_warpgroup, non-deterministic calls; written
 //    without a GPU, scripts/hopper_dq_warpgroup_check.sh): the writer hands each consumer
-//    warpgroup its buffers on barriers of its own instead of both at once. FLASH4_HOPPER_DQ=flat
-//    (DqAdd::flat, opt-in, written without a GPU, scripts/hopper_dq_flat_check.sh): the same
-//    hand-over, each warpgroup's tile stored thread-major and added by one 1-D bulk reduce-add
-//    into dq_accum in a layout of its own (backward_sm90.hpp), converted by
-//    backward_sm90_dq_flat_finish.
+//    warpgroup its buffers on barriers of its own instead of both at once. DqAdd::flat (the
+//    default where it applies since scripts/hopper_dq_flat_check.sh and, at d 256,
+//    scripts/hopper_d256_flat_check.sh passed on an H200, 2026-12-02): the same hand-over, each
+//    warpgroup's tile stored thread-major and added by one 1-D bulk reduce-add into dq_accum in
+//    a layout of its own (backward_sm90.hpp), converted by backward_sm90_dq_flat_finish.
 // dK = scale dS^T Q and dV are written from registers at the end (rows past Sk skipped).
 //
 // The per-row inputs come from backward_sm90_rows_kernel: lse2 = lse log2 e (+inf for a

@@ -22,9 +22,11 @@ struct BackwardTensorMaps {
 };
 
 // How the main kernel adds its dQ tiles to the fp32 workspace dq_accum [token][Hq][d]:
-//  atomics  each consumer thread, float2 atomicAdd from its accumulator registers (default);
+//  atomics  each consumer thread, float2 atomicAdd from its accumulator registers
+//           (FLASH4_HOPPER_DQ=atomics; deterministic d 256);
 //  bulk     the consumers stage the tile in shared memory, one thread of the producer
-//           warpgroup adds it with cp.reduce.async.bulk.tensor (the default).
+//           warpgroup adds it with cp.reduce.async.bulk.tensor (FLASH4_HOPPER_DQ=bulk; the
+//           deterministic d 128 default).
 //  bulk_per_warpgroup  the same adds, but the writer hands each consumer warpgroup its
 //           buffers through barriers of its own, so the two warpgroups are not held in step
 //           at every query block (FLASH4_HOPPER_DQ=per_warpgroup; not deterministic calls:
@@ -32,11 +34,12 @@ struct BackwardTensorMaps {
 //  flat     the per-warpgroup hand-over, but each warpgroup stores its tile thread-major (8 float4
 //           stores a thread, no swizzle, no bank conflict) and the writer adds it with one 1-D
 //           bulk reduce-add into dq_accum laid out as the layout below says (FlashAttention-4's
-//           scheme); backward_sm90_dq_flat_finish converts it. FLASH4_HOPPER_DQ=flat: d 64 /
-//           128 at 64-query blocks, not deterministic (the per-warpgroup hand-over); d 64 at
-//           128-query blocks, deterministic too (lock-step). Written without a GPU
-//           (scripts/hopper_dq_flat_check.sh): the swizzled staging cost ~110 of the d 128
-//           kernel's ~570 instructions per warp and step (cuobjdump, 2026-12-02).
+//           scheme); backward_sm90_dq_flat_finish converts it. The default (since 2026-12-02,
+//           scripts/hopper_dq_flat_check.sh: 1.049x the tensor-map bulk layout): d 64 / 128 at
+//           64-query blocks, not deterministic (the per-warpgroup hand-over); d 64 at 128-query
+//           blocks, deterministic too (lock-step); d 256, not deterministic (one buffer the
+//           warpgroups fill in turn; 1.154x its float2 atomics). The swizzled staging it
+//           replaced cost ~110 of the d 128 kernel's ~570 instructions per warp and step.
 enum class DqAdd : int { atomics = 0, bulk = 1, bulk_per_warpgroup = 2, flat = 3 };
 
 // DqAdd::flat: dq_accum as [Hq][slot][D / 64 parts][64 rows x 64 columns] fp32, slot the
