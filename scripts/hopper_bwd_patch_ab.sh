@@ -23,7 +23,6 @@ PATCH=${PATCH:?PATCH=file: the change as git diff output}
 TESTS=${TESTS:-'D256/*:*/Flash4HopperBackward.*:*/Flash4HopperDeterministicBackward.*:*/Flash4HopperVarlenBackward.*:*/Flash4HopperVarlenFused.*'}
 DIMS=${DIMS:-256 128}
 ENV=${ENV:-FLASH4_HOPPER_DQ=atomics}
-[ -f .device-carry/deps.tar ] || xz -dc .device-carry/deps.tar.xz > .device-carry/deps.tar
 
 build_flash4
 build_tests_and_bench

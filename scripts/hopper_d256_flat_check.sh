@@ -27,7 +27,6 @@ set -uo pipefail
 
 check_start hopper-d256-flat-out 560 "$@"
 SHARDS=${SHARDS:-6}
-[ -f .device-carry/deps.tar ] || xz -dc .device-carry/deps.tar.xz > .device-carry/deps.tar
 
 # ---- 1. build -------------------------------------------------------------------------
 build_flash4

@@ -32,7 +32,6 @@ set -uo pipefail
 
 check_start hopper-dq-flat-out 500 "$@"
 SHARDS=${SHARDS:-4}
-[ -f .device-carry/deps.tar ] || xz -dc .device-carry/deps.tar.xz > .device-carry/deps.tar
 
 # ---- 1. build -------------------------------------------------------------------------
 build_flash4

@@ -13,7 +13,6 @@ set -uo pipefail
 check_start hopper-tests-sharded-out "${LIMIT:-420}"
 FILTER=${FILTER:-'*Hopper*'}
 SHARDS=${SHARDS:-4}
-[ -f .device-carry/deps.tar ] || xz -dc .device-carry/deps.tar.xz > .device-carry/deps.tar
 build_flash4
 build_tests_and_bench
 run_suite hopper "$FILTER" 600

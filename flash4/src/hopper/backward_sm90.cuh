@@ -585,6 +585,9 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
   constexpr bool kFlat = kDqAdd == DqAdd::flat;
   constexpr bool kPerWarpgroup = kDqAdd == DqAdd::bulk_per_warpgroup || (kFlat && !kWideM);
   static_assert(!(kPerWarpgroup && kDeterministic), "deterministic dQ adds both warpgroups' tiles together");
+  // p.flat_atomic_chunks (flat, not deterministic): the consumers add those dQ chunks by float4
+  // atomics themselves (d 64 / 128: every chunk, so the dQ writer has nothing to do).
+  const bool flat_atomics = kFlat && !kDeterministic && p.flat_atomic_chunks > 0;
   // BM = 128: the lock-step hand-over only (one staging buffer; each warpgroup's tile is whole,
   // so the writer adds (rows 64 w.., all columns) per warpgroup).
   static_assert(BM == 64 || kDqAdd == DqAdd::bulk || kFlat, "BM = 128 with the lock-step bulk dQ only");
@@ -758,8 +761,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         // the order (0, 0), (0, 1), (1, 0), ...; after committing (step, w), the groups
         // newer than (step - 1, w) are two, so waiting until at most two are unread means
         // (step - 1, w) has read its buffer, (step + 1) & 1 of w: handed back by "free" w.
-        // p.flat_atomic_chunks: the consumers add dQ themselves, nothing is handed over.
-        if (kFlat && p.flat_atomic_chunks > 0) return;
+        if (flat_atomics) return;  // nothing is handed over
         if (steps.steps > 0) {
           named_barrier_arrive(dq_free_barrier(0), kDqWarpgroupThreads);
           named_barrier_arrive(dq_free_barrier(1), kDqWarpgroupThreads);
@@ -796,8 +798,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         if (lane == 0) bulk_wait_group<0>();  // the staged tiles stay until the adds are done
         return;
       }
-      // p.flat_atomic_chunks (flat, not deterministic): the consumers add dQ themselves.
-      if (kFlat && !kDeterministic && p.flat_atomic_chunks > 0) return;
+      if (flat_atomics) return;  // nothing is handed over
       if (steps.steps > 0) named_barrier_arrive(kDqFreeBarrier, kDqOrderThreads);
       for (int step = 0; step < steps.steps; ++step) {
         const bool more = step + 1 < steps.steps;
@@ -1203,7 +1204,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
             dq_combine_halves<4>(dq, swap, cw, threadIdx.x % 128);
         }
         constexpr int kTiles = kCombine ? 4 : 8;
-        if (kFlat && !kDeterministic && p.flat_atomic_chunks > 0) {
+        if (flat_atomics) {
           // The flat layout by float4 atomics (p.flat_atomic_chunks): into part cw (d 128) or
           // 0 of the block's slot; BM = 128: warpgroup w's rows are the slot of row m0 + 64 w,
           // skipped past the sequence (that slot may be the next sequence's first).

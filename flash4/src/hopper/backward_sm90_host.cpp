@@ -156,16 +156,14 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     const int64_t row_pitch = hopper::backward_sm90_row_pitch(p.tokens_q);
     const size_t rows = size_t(p.heads_q) * size_t(row_pitch);
     // The flat dQ layout (DqAdd::flat, the default unless FLASH4_HOPPER_DQ names another path):
-    // non-deterministic calls on the d 64 / 128 kernels, whose finish grid takes heads_q x parts
-    // in its y dimension and the slots (below 2^25 + 2^16 with tokens_q < 2^31) in its x.
+    // non-deterministic calls on every kernel (d 256: its warpgroups fill one staging buffer in
+    // turn, backward_sm90.cuh's kSplitHeadDim), deterministic ones only on the BM = 128 kernel
+    // (d 64, backward_wide_m_rule), whose warpgroups' tiles are whole rows of their own (at
+    // BM = 64 the halves are combined first). Its finish grid takes heads_q x parts in its y
+    // dimension and the slots (below 2^25 + 2^16 with tokens_q < 2^31) in its x.
     const int64_t slots = hopper::dq_order_slots(p.tokens_q, p.batch);
-    // Deterministic calls only on the BM = 128 kernel (d 64, backward_wide_m_rule), whose
-    // warpgroups' tiles are whole rows of their own (at BM = 64 the halves are combined first).
     const bool other_dq_asked = env_is("FLASH4_HOPPER_DQ", "atomics") || env_is("FLASH4_HOPPER_DQ", "bulk") ||
                                 env_is("FLASH4_HOPPER_DQ", "per_warpgroup");
-    // d 256 too (its warpgroups fill one staging buffer in turn; backward_sm90.cuh,
-    // kSplitHeadDim): the default since scripts/hopper_d256_flat_check.sh on an H200
-    // (2026-12-02: every Hopper suite, 2003 tests, passes; 1.154x the float2 atomics).
     const bool flat = !other_dq_asked && (!deterministic || wide_asked) &&
                       int64_t(p.heads_q) * (kernel_dim / 64) <= 65535 && p.tokens_q < (int64_t(1) << 31);
     const size_t dq_count = flat ? size_t(hopper::dq_flat_floats(p.heads_q, slots, kernel_dim))
