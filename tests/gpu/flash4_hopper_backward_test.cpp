@@ -157,12 +157,20 @@ TEST_P(Flash4HopperBackwardFlatDq, RunsOnHopperAndMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   expect_hopper_matches_reference(GetParam(), DqPath::flat);
 }
-// FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=1 (opt-in, written without a GPU): each warpgroup's chunk by
-// float4 atomics straight into the flat layout, no staging, no writer (not deterministic).
-TEST_P(Flash4HopperBackwardFlatDq, WithAtomicChunksMatchesFloat64Reference) {
+// FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=0 | 1 (the default: 1 at d 64, 0 at d 128; set explicitly
+// so both paths run at both dims): the warpgroup's chunk through the staging buffer and the dQ
+// writer, or by float4 atomics straight into the flat layout (not deterministic).
+void expect_each_atomic_chunk_setting_matches(const std::function<void()>& check, std::initializer_list<const char*> settings) {
+  for (const char* chunks : settings) {
+    SCOPED_TRACE(std::string("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=") + chunks);
+    ScopedEnv atomic_chunks("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", chunks);
+    check();
+  }
+}
+TEST_P(Flash4HopperBackwardFlatDq, UnderEachAtomicChunkSettingMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv atomic_chunks("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", "1");
-  expect_hopper_matches_reference(GetParam(), DqPath::flat);
+  expect_each_atomic_chunk_setting_matches([this] { expect_hopper_matches_reference(GetParam(), DqPath::flat); },
+                                           {"0", "1"});
 }
 
 // d x dtype x causal over shapes with Sq = Sk, Sq < Sk, Sq > Sk and GQA, lengths {1, 17, 128,
@@ -268,10 +276,10 @@ TEST_P(Flash4HopperVarlenBackwardFlatDq, ForwardAndBackwardRunOnHopperAndMatchFl
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   expect_varlen_on_hopper_matches_reference(GetParam(), DqPath::flat);
 }
-TEST_P(Flash4HopperVarlenBackwardFlatDq, WithAtomicChunksMatchesFloat64Reference) {
+TEST_P(Flash4HopperVarlenBackwardFlatDq, UnderEachAtomicChunkSettingMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
-  ScopedEnv atomic_chunks("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", "1");
-  expect_varlen_on_hopper_matches_reference(GetParam(), DqPath::flat);
+  expect_each_atomic_chunk_setting_matches(
+      [this] { expect_varlen_on_hopper_matches_reference(GetParam(), DqPath::flat); }, {"0", "1"});
 }
 
 // Packed batches (cu_seqlens): documents of lengths 1, 17, not multiples of the tiles (128
@@ -1172,8 +1180,8 @@ TEST_P(Flash4HopperBackwardD256, RunsOnHopperAndMatchesFloat64Reference) {
 INSTANTIATE_TEST_SUITE_P(D256, Flash4HopperBackwardD256, ::testing::ValuesIn(d256_cases()), test_name);
 
 // The same cases with dQ in the flat layout (the non-deterministic default at d 256, set
-// explicitly: the two warpgroups fill one staging buffer in turn, two 64-column parts each a
-// step).
+// explicitly): each warpgroup's two 64-column parts a step by float4 atomics (the default) or
+// through one staging buffer the two warpgroups fill in turn.
 class Flash4HopperBackwardD256FlatDq : public ::testing::TestWithParam<Problem> {};
 
 TEST_P(Flash4HopperBackwardD256FlatDq, RunsOnHopperAndMatchesFloat64Reference) {
@@ -1181,16 +1189,13 @@ TEST_P(Flash4HopperBackwardD256FlatDq, RunsOnHopperAndMatchesFloat64Reference) {
   ScopedEnv d256("FLASH4_HOPPER_BWD_D256", "1");
   expect_hopper_matches_reference(GetParam(), DqPath::flat);
 }
-// FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=1 | 2 (opt-in, written without a GPU): each warpgroup's
-// first chunk (or both) by float4 atomics into the flat layout, the rest through the buffer.
-TEST_P(Flash4HopperBackwardD256FlatDq, WithAtomicChunksMatchesFloat64Reference) {
+// FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=0 | 1 | 2 (the default 2): none, the first or both of each
+// warpgroup's chunks by float4 atomics into the flat layout, the rest through the buffer.
+TEST_P(Flash4HopperBackwardD256FlatDq, UnderEachAtomicChunkSettingMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   ScopedEnv d256("FLASH4_HOPPER_BWD_D256", "1");
-  for (const char* chunks : {"1", "2"}) {
-    SCOPED_TRACE(std::string("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=") + chunks);
-    ScopedEnv atomic_chunks("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", chunks);
-    expect_hopper_matches_reference(GetParam(), DqPath::flat);
-  }
+  expect_each_atomic_chunk_setting_matches([this] { expect_hopper_matches_reference(GetParam(), DqPath::flat); },
+                                           {"0", "1", "2"});
 }
 INSTANTIATE_TEST_SUITE_P(D256, Flash4HopperBackwardD256FlatDq, ::testing::ValuesIn(d256_cases()), test_name);
 

@@ -232,18 +232,13 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     if (wide_asked && !wide_m)
       if (std::string error = encode_query_maps(hopper::kBackwardQBoxRows); !error.empty())
         throw cuda::CudaError(error);
-    // FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=1 | 2 (flat, not deterministic; opt-in, written without a
-    // GPU, the ninth session's device time having run out): that many of each warpgroup's
-    // 64-column dQ chunks a step by float4 atomics straight into the flat layout (d 64 / 128:
-    // its one chunk, no hand-over at all; d 256: 1 halves the hand-overs through the one staging
-    // buffer, whose waits were 45% of the warps' stalls, 2 leaves none). Measure with
-    // `python3 bench/env_ab.py --lib ... --b FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=1 --dims 64,128,256`;
-    // the ...FlatDq suites' AtomicChunks tests check it.
+    // Flat, not deterministic: flat_atomic_chunks_rule (host.hpp) of each warpgroup's 64-column
+    // dQ chunks a step go by float4 atomics straight into the flat layout, the rest through the
+    // staging buffer and the dQ writer; FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=0 | 1 | 2 overrides.
     if (dq_add == hopper::DqAdd::flat && !deterministic) {
-      const int asked = env_is("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", "2") ? 2 : env_is("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", "1") ? 1 : 0;
-      p.flat_atomic_chunks = std::min(asked, kernel_dim == 256 ? 2 : 1);
+      p.flat_atomic_chunks = flat_atomic_chunks_rule(kernel_dim);
       if (p.flat_atomic_chunks > 0)
-        dq_note += concat(", ", p.flat_atomic_chunks, " chunk(s) a warpgroup by float4 atomics (FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS)");
+        dq_note += concat(", ", p.flat_atomic_chunks, " chunk(s) a warpgroup by float4 atomics");
     }
     if (kernel_dim == 256) dq_note = "d 256, 64-key blocks: " + dq_note;
     if (wide_m) dq_note += ", 128-query blocks";

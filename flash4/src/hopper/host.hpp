@@ -210,6 +210,20 @@ inline bool backward_wide_m_rule(const ProblemShape& shape, bool deterministic, 
   return (!shape.varlen || deterministic) && !env_is("FLASH4_HOPPER_DQ", "per_warpgroup");
 }
 
+// How many of each warpgroup's 64-column dQ chunks a step the flat, non-deterministic backward
+// adds by float4 atomics straight into the flat layout (the rest go through the one staging
+// buffer and the dQ writer's bulk reduce-adds). Measured on an H200 (tenth session,
+// bench/env_ab.py, 12 shapes a dim): d 256 all 2 (the staging hand-over's waits were 45% of
+// the warps' stalls) 1.207x, d 64 its one chunk 1.049x; d 128 keeps the staging (0.985x with
+// atomics). FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=0 | 1 | 2 overrides (clamped to the chunks a
+// warpgroup has: 1 at d 64 / 128, 2 at d 256).
+inline int flat_atomic_chunks_rule(int kernel_dim) {
+  const int chunks = kernel_dim == 256 ? 2 : 1;
+  for (const char* asked : {"0", "1", "2"})
+    if (env_is("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", asked)) return std::min(asked[0] - '0', chunks);
+  return kernel_dim == 128 ? 0 : chunks;
+}
+
 // Split-KV runs of a forward call (forward_splits in hopper.cpp: the rule, its measurements
 // and switches): 1 for unpacked q when FLASH4_HOPPER_SPLIT_KV_UNPACKED=0, varlen or softcap;
 // FLASH4_HOPPER_SPLIT_KV=N forces the power of two at or below N (1 .. 64); else
