@@ -154,6 +154,39 @@ TEST(HopperShapes, BackwardWideMRuleTakes128QueriesWhereItWasMeasuredFaster) {
   }
 }
 
+// The flat backward's dQ chunks by float4 atomics: all at d 64 (1) and d 256 (2), none at d 128
+// (measured faster there with the staging); FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=0 | 1 | 2 overrides,
+// clamped to the warpgroup's chunks; other values leave the rule.
+TEST(HopperShapes, FlatAtomicChunksRuleSendsTheChunksByAtomicsWhereItWasMeasuredFaster) {
+  using flash4::detail::flat_atomic_chunks_rule;
+  using testing_support::ScopedEnv;
+  {
+    ScopedEnv unset("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", nullptr);
+    EXPECT_EQ(flat_atomic_chunks_rule(64), 1);
+    EXPECT_EQ(flat_atomic_chunks_rule(128), 0);
+    EXPECT_EQ(flat_atomic_chunks_rule(256), 2);
+  }
+  {
+    ScopedEnv none("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", "0");
+    for (int d : {64, 128, 256}) EXPECT_EQ(flat_atomic_chunks_rule(d), 0) << "d " << d;
+  }
+  {
+    ScopedEnv one("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", "1");
+    for (int d : {64, 128, 256}) EXPECT_EQ(flat_atomic_chunks_rule(d), 1) << "d " << d;
+  }
+  {
+    ScopedEnv two("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", "2");
+    EXPECT_EQ(flat_atomic_chunks_rule(64), 1);
+    EXPECT_EQ(flat_atomic_chunks_rule(128), 1);
+    EXPECT_EQ(flat_atomic_chunks_rule(256), 2);
+  }
+  {
+    ScopedEnv other("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", "yes");
+    EXPECT_EQ(flat_atomic_chunks_rule(128), 0);
+    EXPECT_EQ(flat_atomic_chunks_rule(256), 2);
+  }
+}
+
 // The backward kernel's head dim: padded_head_dim (64 / 128 / 256, dense or varlen; past 256 or
 // not a multiple of 8, none), but d 256 deterministic only from kDeterministicD256MinKeys keys
 // per sequence on average; FLASH4_HOPPER_BWD_D256=0 turns d 256 off, =1 on even then.
