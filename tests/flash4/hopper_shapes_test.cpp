@@ -187,6 +187,44 @@ TEST(HopperShapes, FlatAtomicChunksRuleSendsTheChunksByAtomicsWhereItWasMeasured
   }
 }
 
+// The dense backward's grid order: heads first for causal calls at d 128 / 256 up to
+// kHeadsFirstMaxKeys keys only; never for
+// varlen or deterministic calls or past 65535 key blocks; FLASH4_HOPPER_BWD_HEADS_FIRST=1 | 0
+// forces it either way within those limits.
+TEST(HopperShapes, BackwardHeadsFirstRuleTakesItForCausalCallsAtD128And256) {
+  using flash4::detail::backward_heads_first_rule;
+  using testing_support::ScopedEnv;
+  auto shape = [](bool varlen = false, int64_t keys = 4096) {
+    ProblemShape s = dims(128, 128);
+    s.varlen = varlen;
+    s.seqlen_k = keys;
+    return s;
+  };
+  {
+    ScopedEnv unset("FLASH4_HOPPER_BWD_HEADS_FIRST", nullptr);
+    EXPECT_TRUE(backward_heads_first_rule(128, true, shape(), false));
+    EXPECT_TRUE(backward_heads_first_rule(256, true, shape(), false));
+    EXPECT_FALSE(backward_heads_first_rule(64, true, shape(), false));
+    EXPECT_FALSE(backward_heads_first_rule(128, false, shape(), false));
+    EXPECT_FALSE(backward_heads_first_rule(256, false, shape(), false));
+    EXPECT_FALSE(backward_heads_first_rule(128, true, shape(true), false));  // varlen
+    EXPECT_FALSE(backward_heads_first_rule(128, true, shape(), true));       // deterministic
+    EXPECT_FALSE(backward_heads_first_rule(128, true, shape(false, int64_t(65535) * 64), false));
+    EXPECT_TRUE(backward_heads_first_rule(256, true, shape(false, flash4::detail::kHeadsFirstMaxKeys), false));
+    EXPECT_FALSE(backward_heads_first_rule(256, true, shape(false, flash4::detail::kHeadsFirstMaxKeys + 1), false));
+  }
+  {
+    ScopedEnv on("FLASH4_HOPPER_BWD_HEADS_FIRST", "1");
+    EXPECT_TRUE(backward_heads_first_rule(64, false, shape(), false));
+    EXPECT_FALSE(backward_heads_first_rule(64, false, shape(true), false));
+    EXPECT_FALSE(backward_heads_first_rule(64, false, shape(), true));
+  }
+  {
+    ScopedEnv off("FLASH4_HOPPER_BWD_HEADS_FIRST", "0");
+    EXPECT_FALSE(backward_heads_first_rule(256, true, shape(), false));
+  }
+}
+
 // The backward kernel's head dim: padded_head_dim (64 / 128 / 256, dense or varlen; past 256 or
 // not a multiple of 8, none), but d 256 deterministic only from kDeterministicD256MinKeys keys
 // per sequence on average; FLASH4_HOPPER_BWD_D256=0 turns d 256 off, =1 on even then.

@@ -167,6 +167,16 @@ void expect_each_atomic_chunk_setting_matches(const std::function<void()>& check
     check();
   }
 }
+// FLASH4_HOPPER_BWD_HEADS_FIRST=0 | 1 (the default: heads first for causal calls at d 128 /
+// 256 up to 8k keys): the dense grid walking the key blocks of one head, or the heads first.
+TEST_P(Flash4HopperBackwardFlatDq, UnderEachGridOrderMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  for (const char* heads_first : {"0", "1"}) {
+    SCOPED_TRACE(std::string("FLASH4_HOPPER_BWD_HEADS_FIRST=") + heads_first);
+    ScopedEnv order("FLASH4_HOPPER_BWD_HEADS_FIRST", heads_first);
+    expect_hopper_matches_reference(GetParam(), DqPath::flat);
+  }
+}
 TEST_P(Flash4HopperBackwardFlatDq, UnderEachAtomicChunkSettingMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   expect_each_atomic_chunk_setting_matches([this] { expect_hopper_matches_reference(GetParam(), DqPath::flat); },

@@ -79,9 +79,14 @@ struct AttentionParams {
   bool quad_stores = false;
   // Hopper backward, flat dQ, not deterministic: how many of each consumer warpgroup's
   // 64-column dQ chunks a step go by float4 atomics straight into the flat layout instead of
-  // through the staging buffer and the dQ writer's bulk reduce-add: 0 (the default); d 64 / 128
-  // 1 (its one chunk); d 256 1 or 2 (of two). FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS, an A/B switch.
+  // through the staging buffer and the dQ writer's bulk reduce-add: d 64 / 128 0 or 1 (its one
+  // chunk), d 256 0 - 2 (hopper/host.hpp's flat_atomic_chunks_rule).
   int flat_atomic_chunks = 0;
+  // Hopper backward, dense, not deterministic: the grid's x walks the KV heads and y the key
+  // blocks, so that the CTAs running at once spread over the heads (their dQ adds over more
+  // addresses) instead of walking one head's key blocks (hopper/host.hpp's
+  // backward_heads_first_rule).
+  bool heads_first_grid = false;
 };
 
 // The softcap fields of p from the cap c (0: off) and the softmax scale: the kernels take

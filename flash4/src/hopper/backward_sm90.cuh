@@ -628,8 +628,8 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
     hk = kv % p.heads_kv;
     b = kv / p.heads_kv;
   } else {
-    n_block = blockIdx.x;
-    hk = blockIdx.y;
+    n_block = p.heads_first_grid ? blockIdx.y : blockIdx.x;
+    hk = p.heads_first_grid ? blockIdx.x : blockIdx.y;
     b = blockIdx.z;
   }
   const cuda::Sequence seq = cuda::sequence_of(p, b);
@@ -1339,6 +1339,7 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
   const int64_t n_blocks = (p.seqlen_k + C::kBlockN - 1) / C::kBlockN;
   const dim3 grid = list.pairs != nullptr ? dim3(unsigned(list_capacity * p.heads_kv))
                     : order != nullptr    ? dim3(unsigned(n_blocks * p.heads_kv * p.batch))
+                    : p.heads_first_grid  ? dim3(unsigned(p.heads_kv), unsigned(n_blocks), unsigned(p.batch))
                                           : dim3(unsigned(n_blocks), unsigned(p.heads_kv), unsigned(p.batch));
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
   DqOrder dq_order = order != nullptr ? *order : DqOrder{};

@@ -150,6 +150,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
   // dK / dV by whole-sector quad stores: the default since scripts/hopper_bwd_quad_store_check.sh
   // passed on an H200 (2026-12-02: 1.03x geomean, 1.06-1.08x at S 512); =0 keeps 4-byte stores.
   p.quad_stores = !env_is("FLASH4_HOPPER_BWD_QUAD_STORE", "0");
+  p.heads_first_grid = backward_heads_first_rule(kernel_dim, p.causal, shape, deterministic);
 
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
   try {
@@ -244,6 +245,7 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
     if (wide_m) dq_note += ", 128-query blocks";
     if (deterministic) dq_note += ", deterministic";
     if (p.quad_stores) dq_note += ", dK / dV by quad stores";
+    if (p.heads_first_grid) dq_note += ", heads-first grid";
     if (p.sink != nullptr) dq_note += want_dsink ? ", sink + dsink" : ", sink (no dsink)";
     log_backend("flash4_backward", "hopper", dq_note);
     FLASH4_CUDA_CHECK(cudaMemsetAsync(p.dq_accum, 0, dq_count * sizeof(float), stream));

@@ -224,6 +224,21 @@ inline int flat_atomic_chunks_rule(int kernel_dim) {
   return kernel_dim == 128 ? 0 : chunks;
 }
 
+// The dense, non-deterministic backward's grid: heads first (x walks the KV heads, y the key
+// blocks; params.hpp's heads_first_grid) for causal calls at d 128 and 256 up to 8192 keys.
+// Measured on an H200 (tenth session, bench/env_ab.py, two runs): causal S 512 - 8k 1.00-1.06x
+// (geometric mean 1.02-1.04 a dim), but S 16k 0.94-1.00x, d 64 causal 0.93-1.02x and
+// non-causal 0.88-0.99x at every dim. FLASH4_HOPPER_BWD_HEADS_FIRST=1 | 0 forces it either
+// way; never past 65535 key blocks (grid y), nor for varlen or deterministic calls (their
+// grids are one-dimensional).
+inline constexpr int64_t kHeadsFirstMaxKeys = 8192;
+inline bool backward_heads_first_rule(int kernel_dim, bool causal, const ProblemShape& shape, bool deterministic) {
+  if (shape.varlen || deterministic || shape.seqlen_k >= int64_t(65535) * 64) return false;
+  if (env_is("FLASH4_HOPPER_BWD_HEADS_FIRST", "1")) return true;
+  if (env_is("FLASH4_HOPPER_BWD_HEADS_FIRST", "0")) return false;
+  return causal && kernel_dim >= 128 && shape.seqlen_k <= kHeadsFirstMaxKeys;
+}
+
 // Split-KV runs of a forward call (forward_splits in hopper.cpp: the rule, its measurements
 // and switches): 1 for unpacked q when FLASH4_HOPPER_SPLIT_KV_UNPACKED=0, varlen or softcap;
 // FLASH4_HOPPER_SPLIT_KV=N forces the power of two at or below N (1 .. 64); else
