@@ -360,6 +360,78 @@ __device__ __forceinline__ void store_ds_transposed(uint32_t tile, const uint32_
   }
 }
 
+// The step's elementwise work on a thread's accumulators of NQ queries (S^T, dP^T: element
+// 4i + e is key row g + 8 (e >> 1), query column 8i + 2t + (e & 1) of those NQ; lse2 / drow
+// point at the rows of the first). S^T -> P^T in place, P = 2^(s scale_log2 - lse2); softcap
+// c: s -> th = tanh(s scale / c), P following with dS once dP^T is there.
+template <int NQ>
+__device__ __forceinline__ void scores_to_probabilities(float (&s)[NQ / 2], const float* lse2, int t,
+                                                        float scale_log2, const cuda::AttentionParams& p,
+                                                        bool softcap) {
+  if (softcap) {
+#pragma unroll
+    for (int i = 0; i < NQ / 2; ++i) s[i] = softcap_tanh(s[i] * p.softcap_inv_scale);
+  } else {
+#pragma unroll
+    for (int i = 0; i < NQ / 8; ++i) {
+      const float2 l = make_float2(lse2[8 * i + 2 * t], lse2[8 * i + 2 * t + 1]);  // 4-byte aligned only
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        s[4 * i + e] = cuda::exp2_hardware(fmaf(s[4 * i + e], scale_log2, (e & 1) ? -l.y : -l.x));
+    }
+  }
+}
+
+// dP^T -> dS^T in place, dS = P (dP - D); softcap c: P = 2^(c log2(e) th - lse2) first, and
+// dS = P (dP - D) (1 - th^2) (the scale is applied to dK / dQ later, as without).
+template <int NQ>
+__device__ __forceinline__ void probabilities_to_ds(float (&s)[NQ / 2], float (&dp)[NQ / 2], const float* lse2,
+                                                    const float* drow, int t, const cuda::AttentionParams& p,
+                                                    bool softcap) {
+  if (softcap) {
+#pragma unroll
+    for (int i = 0; i < NQ / 8; ++i) {
+      const float2 l = make_float2(lse2[8 * i + 2 * t], lse2[8 * i + 2 * t + 1]);
+      const float2 dd = make_float2(drow[8 * i + 2 * t], drow[8 * i + 2 * t + 1]);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float th = s[4 * i + e];
+        const float prob = cuda::exp2_hardware(p.softcap_log2 * th - ((e & 1) ? l.y : l.x));
+        s[4 * i + e] = prob;
+        dp[4 * i + e] = prob * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x)) * (1.0f - th * th);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < NQ / 8; ++i) {
+      const float2 dd = make_float2(drow[8 * i + 2 * t], drow[8 * i + 2 * t + 1]);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[4 * i + e] = s[4 * i + e] * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x));
+    }
+  }
+}
+
+// P = dS = 0 for the elements outside what their query sees, past the keys (sk) or past the
+// queries (sq): K / Q rows past the ends are TMA zeros or the next sequence's rows, whose
+// P = 2^(-lse2) is not 0. key0 = this thread's first key row, q0 = the query of column 0.
+// has_right / right, has_left / left: how far right / left of its diagonal a query sees, as
+// visible_keys (sequence.cuh): query i sees keys i + shift - left <= j <= i + shift + right.
+template <int NQ>
+__device__ __forceinline__ void mask_outside_visible(float (&s)[NQ / 2], float (&dp)[NQ / 2], int key0, int q0, int t,
+                                                     int sq, int sk, bool has_right, int64_t right, bool has_left,
+                                                     int64_t left) {
+  const int64_t shift = int64_t(sk) - sq;
+#pragma unroll
+  for (int i = 0; i < NQ / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int j = key0 + 8 * (e >> 1), qi = q0 + 8 * i + 2 * t + (e & 1);
+      const int64_t diagonal = int64_t(qi) + shift;
+      if (qi >= sq || j >= sk || (has_right && j > diagonal + right) || (has_left && j < diagonal - left))
+        s[4 * i + e] = dp[4 * i + e] = 0.0f;
+    }
+}
+
 // First dQ column of warpgroup w's accumulator: d = 128 splits the columns (64 each),
 // d = 64 splits the keys (each warpgroup adds the part of its own 64 keys), d = 64 at BM = 128
 // the query rows (64 each, all columns).
@@ -999,62 +1071,18 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
       wgmma_wait_group<1>();  // S^T done (groups complete in order)
 #pragma unroll
       for (int i = 0; i < BM / 2; ++i) fence_operand(s[i]);
-      if (softcap) {
-#pragma unroll
-        for (int i = 0; i < BM / 2; ++i) s[i] = softcap_tanh(s[i] * p.softcap_inv_scale);
-      } else {
-#pragma unroll
-        for (int i = 0; i < BM / 8; ++i) {
-          const float2 l = make_float2(lse2[8 * i + 2 * t], lse2[8 * i + 2 * t + 1]);  // 4-byte aligned only
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            s[4 * i + e] = cuda::exp2_hardware(fmaf(s[4 * i + e], scale_log2, (e & 1) ? -l.y : -l.x));
-        }
-      }
+      scores_to_probabilities<BM>(s, lse2, t, scale_log2, p, softcap);
       wgmma_wait_group<0>();  // dP^T done
 #pragma unroll
       for (int i = 0; i < BM / 2; ++i) fence_operand(dp[i]);
-      if (softcap) {
-#pragma unroll
-        for (int i = 0; i < BM / 8; ++i) {
-          const float2 l = make_float2(lse2[8 * i + 2 * t], lse2[8 * i + 2 * t + 1]);
-          const float2 dd = make_float2(drow[8 * i + 2 * t], drow[8 * i + 2 * t + 1]);
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float th = s[4 * i + e];
-            const float prob = cuda::exp2_hardware(p.softcap_log2 * th - ((e & 1) ? l.y : l.x));
-            s[4 * i + e] = prob;
-            dp[4 * i + e] = prob * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x)) * (1.0f - th * th);
-          }
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < BM / 8; ++i) {
-          const float2 dd = make_float2(drow[8 * i + 2 * t], drow[8 * i + 2 * t + 1]);
-#pragma unroll
-          for (int e = 0; e < 4; ++e) dp[4 * i + e] = s[4 * i + e] * (dp[4 * i + e] - ((e & 1) ? dd.y : dd.x));
-        }
-      }
+      probabilities_to_ds<BM>(s, dp, lse2, drow, t, p, softcap);
       // Per-element mask only where the tile crosses the causal diagonal, a window edge, the
-      // end of the keys or of the queries: P = dS = 0 outside (K / Q rows past the ends are
-      // TMA zeros or the next sequence's rows, whose P = 2^(-lse2) is not). Query i sees keys
-      // i + shift - left <= j <= i + shift + right (visible_keys in sequence.cuh).
-      // (masked: m0 + BM > sq, n0 + BN > sk, or has_right and n0 + BN - 1 > m0 + shift + right,
-      // or has_left and n0 < m0 + BM - 1 + shift - left; see unmasked_lo / unmasked_hi.)
+      // end of the keys or of the queries (masked: m0 + BM > sq, n0 + BN > sk, or has_right and
+      // n0 + BN - 1 > m0 + shift + right, or has_left and n0 < m0 + BM - 1 + shift - left; see
+      // unmasked_lo / unmasked_hi).
       const int sq = seq.sq, sk = seq.sk;
       const bool masked = edge_keys || m0 < unmasked_lo || m0 > unmasked_hi;
-      if (masked) {
-        const int64_t shift = int64_t(sk) - sq;
-#pragma unroll
-        for (int i = 0; i < BM / 8; ++i)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int j = key0 + 8 * (e >> 1), qi = m0 + 8 * i + 2 * t + (e & 1);
-            const int64_t diagonal = int64_t(qi) + shift;
-            if (qi >= sq || j >= sk || (has_right && j > diagonal + right) || (has_left && j < diagonal - left))
-              s[4 * i + e] = dp[4 * i + e] = 0.0f;
-          }
-      }
+      if (masked) mask_outside_visible<BM>(s, dp, key0, m0, t, sq, sk, has_right, right, has_left, left);
 
       // P^T and dS^T as 16-bit A fragments (k16 slices along the queries).
       scores_to_a<T, BM>(pa, s);
