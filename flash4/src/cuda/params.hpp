@@ -87,6 +87,10 @@ struct AttentionParams {
   // addresses) instead of walking one head's key blocks (hopper/host.hpp's
   // backward_heads_first_rule).
   bool heads_first_grid = false;
+  // Hopper backward, d 256, flat dQ with both chunks by atomics: each consumer warpgroup
+  // computes S^T / dP^T for its own 32 of a step's 64 queries, P^T and dS^T shared through
+  // shared memory (backward_sm90.cuh); FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES=1, an A/B switch.
+  bool d256_split_queries = false;
 };
 
 // The softcap fields of p from the cap c (0: off) and the softmax scale: the kernels take

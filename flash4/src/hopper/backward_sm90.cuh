@@ -143,6 +143,7 @@
 #include "hopper/blocks.cuh"
 #include "hopper/forward_sm90.cuh"  // scores_to_a: accumulator -> A fragment, as in P V
 #include "hopper/ptx_sm90.cuh"
+#include "hopper/ptx_sm90_wgmma_split.cuh"
 #include "hopper/varlen_tiles.hpp"
 
 namespace flash4::hopper {
@@ -297,8 +298,10 @@ __global__ void backward_sm90_rows_kernel(const cuda::AttentionParams p, int64_t
 // of the [BM][head dim] tile at y_addr, K = the head dim; both K-major in 64-column chunks
 // (kKChunkBytes / kQChunkBytes apart), as the forward's Q K^T: SBO 1024 between 8-row groups,
 // a k16 step inside a chunk adds 32 bytes.
-template <int D, typename T, int BM = 64>
-__device__ __forceinline__ void issue_scores_transposed(float (&acc)[BM / 2], uint32_t x_addr, uint32_t y_addr, int w) {
+// N (default BM): the queries of the product; 32 in the split-query d 256 step (y_addr then
+// at the warpgroup's first row of the tile).
+template <int D, typename T, int BM = 64, int N = BM>
+__device__ __forceinline__ void issue_scores_transposed(float (&acc)[N / 2], uint32_t x_addr, uint32_t y_addr, int w) {
   using C = BackwardSm90Config<D, BM>;
   const uint32_t own_rows = uint32_t(C::first_key(w)) * 128;
   const uint64_t da0 = smem_descriptor(x_addr + own_rows, 16, 1024), db0 = smem_descriptor(y_addr, 16, 1024);
@@ -307,10 +310,12 @@ __device__ __forceinline__ void issue_scores_transposed(float (&acc)[BM / 2], ui
     const uint32_t in_chunk = (k % 4) * 32;
     const uint64_t da = desc_advance(da0, (k / 4) * C::kKChunkBytes + in_chunk);
     const uint64_t db = desc_advance(db0, (k / 4) * C::kQChunkBytes + in_chunk);
-    if constexpr (BM == 128)
+    if constexpr (N == 128)
       wgmma_ss_m64n128k16<T>(acc, da, db, k > 0);
-    else
+    else if constexpr (N == 64)
       wgmma_ss_m64n64k16<T>(acc, da, db, k > 0);
+    else
+      wgmma_ss_m64n32k16<T>(acc, da, db, k > 0);
   }
   wgmma_commit_group();
 }
@@ -358,6 +363,35 @@ __device__ __forceinline__ void store_ds_transposed(uint32_t tile, const uint32_
     const int unit = 2 * (k % 4) + b;  // of the 8-query group i = 2k + b, in 64-query chunk k / 4
     stmatrix_x4(row_addr + (k / 4) * (128 * 128) + ((unit ^ (r & 7)) << 4), dsa[k]);
   }
+}
+
+// The split-query d 256 step (p.d256_split_queries): a[k] = A fragments of this warpgroup's
+// queries 32 w + 16 k .. 32 w + 16 k + 15 (its 32 of the 64), stored into the [64 keys][64
+// queries] 16-bit tile at `tile` as store_ds_transposed stores its 8-query groups 4 w .. 4 w + 3
+// (the same 128B-swizzled layout: K-major for the dV / dK wgmmas, MN-major for dQ's).
+__device__ __forceinline__ void store_half_transposed(uint32_t tile, const uint32_t (&a)[2][4], int w, int row0,
+                                                      int lane) {
+  const int j = lane >> 3, r = row0 + 8 * (j & 1) + (lane & 7), b = j >> 1;
+  const uint32_t row_addr = tile + r * 128;
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    const int unit = 2 * (2 * w + k) + b;  // of the 8-query group 2 (2 w + k) + b
+    stmatrix_x4(row_addr + ((unit ^ (r & 7)) << 4), a[k]);
+  }
+}
+
+// The split-query d 256 step's dV += P^T dO or dK += dS^T Q (no commit): A = the [64 keys][64
+// queries] tile at a_tile (K-major: k16 steps of 16 queries are 32 bytes within its 128-byte
+// rows), Y = dO or Q at y_addr, warpgroup w's columns 128 w .. 128 w + 127 (its chunks 2 w,
+// 2 w + 1; MN-major, as issue_key_gradient's B).
+template <typename T>
+__device__ __forceinline__ void issue_key_gradient_from_tile(float (&acc)[64], uint32_t a_tile, uint32_t y_addr, int w) {
+  using C = BackwardSm90Config<256, 64>;
+  const uint64_t da0 = smem_descriptor(a_tile, 16, 1024);
+  const uint64_t db0 = smem_descriptor(y_addr + uint32_t(2 * w) * C::kQChunkBytes, C::kQChunkBytes, 1024);
+#pragma unroll
+  for (int k = 0; k < C::kBlockM / 16; ++k)
+    wgmma_ss_nt_m64n128k16<T>(acc, desc_advance(da0, 32 * k), desc_advance(db0, k * 16 * 128), 1);
 }
 
 // The step's elementwise work on a thread's accumulators of NQ queries (S^T, dP^T: element
@@ -660,6 +694,9 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
   // p.flat_atomic_chunks (flat, not deterministic): the consumers add those dQ chunks by float4
   // atomics themselves (d 64 / 128: every chunk, so the dQ writer has nothing to do).
   const bool flat_atomics = kFlat && !kDeterministic && p.flat_atomic_chunks > 0;
+  // p.d256_split_queries (the host sets it only with every d 256 dQ chunk by atomics): the
+  // split-query step (consumers, below), its P^T tiles in the unused staging buffer.
+  const bool split_queries = C::kSplitHeadDim && flat_atomics && p.d256_split_queries;
   // BM = 128: the lock-step hand-over only (one staging buffer; each warpgroup's tile is whole,
   // so the writer adds (rows 64 w.., all columns) per warpgroup).
   static_assert(BM == 64 || kDqAdd == DqAdd::bulk || kFlat, "BM = 128 with the lock-step bulk dQ only");
@@ -1035,7 +1072,13 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
       unmasked_hi = int(max(int64_t(-1), min(hi, int64_t(INT_MAX))));
     }
     const bool edge_keys = n0 + BN > seq.sk;
-    for (int step = 0; step < steps.steps; ++step) {
+    auto next_block = [&] {
+      if (++step_mb == steps.mb_lo + steps.n_mb) {
+        step_mb = steps.mb_lo;
+        ++step_h;
+      }
+    };
+    for (int step = 0; step < steps.steps; ++step, next_block()) {
       float dq[32];
       uint32_t pa[BM / 16][4], dsa[BM / 16][4];
       const int stage = step % kStages, h = step_h, m0 = step_mb * BM;
@@ -1051,6 +1094,75 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         zero_tile_rows(smem + C::kOffO + stage * C::kQBytes, C::kQChunkBytes, C::kChunks, first, BM, thread, 256);
         fence_proxy_async();
         named_barrier_sync(5, 256);
+      }
+
+      if constexpr (kSplit && kFlat && !kDeterministic) if (split_queries) {
+        // d 256, split queries (p.d256_split_queries; docs/hopper_backward_d256.md): S^T and
+        // dP^T for this warpgroup's 32 queries only (m64n32, K = 256), where both warpgroups
+        // computed all 64 -- the MMA work of a step 20 units of 64^3 instead of 28. P^T and
+        // dS^T go to shared memory in halves (P^T in the staging buffer's 16 KB, unused with
+        // every dQ chunk by atomics: two 8 KB tiles by step parity, as dS^T's); once both
+        // halves are there (barrier 1), dV and dK read them as A from shared memory, and dQ
+        // as before. The tiles' reuse two steps later is ordered as dS^T's (see the d 256
+        // branch below): each warpgroup finishes a step's wgmmas before its next barrier 1.
+        const int q_first = 32 * cw;
+        float s[16], dp[16];
+        wgmma_fence();
+        issue_scores_transposed<D, T, BM, 32>(s, k_addr, q_addr + q_first * 128, cw);
+        issue_scores_transposed<D, T, BM, 32>(dp, v_addr, o_addr + q_first * 128, cw);
+        const int row_skip = int((int64_t(h) * row_pitch + seq.q_token + m0) & 3);
+        const float* lse2 = sRows + stage * 2 * C::kRowFloats + row_skip + q_first;
+        const float* drow = lse2 + C::kRowFloats;
+        wgmma_wait_group<1>();  // S^T done
+#pragma unroll
+        for (int i = 0; i < 16; ++i) fence_operand(s[i]);
+        scores_to_probabilities<32>(s, lse2, t, scale_log2, p, softcap);
+        wgmma_wait_group<0>();  // dP^T done
+#pragma unroll
+        for (int i = 0; i < 16; ++i) fence_operand(dp[i]);
+        probabilities_to_ds<32>(s, dp, lse2, drow, t, p, softcap);
+        const bool masked = edge_keys || m0 < unmasked_lo || m0 > unmasked_hi;
+        if (masked)
+          mask_outside_visible<32>(s, dp, key0, m0 + q_first, t, seq.sq, seq.sk, has_right, right, has_left, left);
+        uint32_t pa_half[2][4], dsa_half[2][4];
+        scores_to_a<T, 32>(pa_half, s);
+        scores_to_a<T, 32>(dsa_half, dp);
+        const uint32_t ds_tile = ds_addr0 + (step & 1) * C::kDsBytes;
+        const uint32_t pt_tile = smem_u32(smem + C::kOffDqStage) + (step & 1) * C::kDsBytes;
+        store_half_transposed(pt_tile, pa_half, cw, 16 * wq, lane);
+        store_half_transposed(ds_tile, dsa_half, cw, 16 * wq, lane);
+        fence_proxy_async();  // the generic-proxy stores, before the wgmmas (async proxy) read them
+        named_barrier_sync(1, 256);
+        // dV (G1), dQ chunk 2 w (G2), dK (G3); G1 and G2 waited for, chunk 2 w added by float4
+        // atomics while dK runs; chunk 2 w + 1 (G4); dK waited for, the stage released; G4,
+        // its atomics.
+        wgmma_fence();
+        issue_key_gradient_from_tile<T>(dv, pt_tile, o_addr, cw);
+        wgmma_commit_group();
+        issue_dq<D, T, BM>(dq, ds_tile, k_addr, 2 * cw);
+        wgmma_fence();
+        issue_key_gradient_from_tile<T>(dk, ds_tile, q_addr, cw);
+        wgmma_commit_group();
+        wgmma_wait_group<1>();  // dV and dQ chunk 2 w done (groups complete in order)
+#pragma unroll
+        for (int i = 0; i < C::kKeyCols / 2; ++i) fence_operand(dv[i]);
+#pragma unroll
+        for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
+        const int64_t slot = dq_slot(seq.q_token, m0, b);
+        flat_atomic_add_dq(p.dq_accum, order.slots, D / 64, h, slot, 2 * cw, dq);
+#pragma unroll
+        for (int i = 0; i < 32; ++i) fence_operand(dq[i]);  // read before G4 overwrites them
+        issue_dq<D, T, BM>(dq, ds_tile, k_addr, 2 * cw + 1);
+        wgmma_wait_group<1>();  // dK done: the last reader of this stage's Q / dO
+#pragma unroll
+        for (int i = 0; i < C::kKeyCols / 2; ++i) fence_operand(dk[i]);
+        __syncwarp();  // every lane's reads of the stage's rows before lane 0's release
+        if (lane == 0) mbarrier_arrive(&q_empty[stage]);
+        wgmma_wait_group<0>();  // dQ chunk 2 w + 1
+#pragma unroll
+        for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
+        flat_atomic_add_dq(p.dq_accum, order.slots, D / 64, h, slot, 2 * cw + 1, dq);
+        continue;
       }
 
       // S^T = K_w Q^T and dP^T = V_w dO^T (M = this warpgroup's 64 keys, N = the 64
@@ -1282,10 +1394,6 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
           wgmma_wait_group<0>();
           release_stage();
         }
-      }
-      if (++step_mb == steps.mb_lo + steps.n_mb) {
-        step_mb = steps.mb_lo;
-        ++step_h;
       }
     }
 
