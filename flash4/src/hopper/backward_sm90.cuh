@@ -1133,9 +1133,11 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         store_half_transposed(ds_tile, dsa_half, cw, 16 * wq, lane);
         fence_proxy_async();  // the generic-proxy stores, before the wgmmas (async proxy) read them
         named_barrier_sync(1, 256);
-        // dV (G1), dQ chunk 2 w (G2), dK (G3); G1 and G2 waited for, chunk 2 w added by float4
-        // atomics while dK runs; chunk 2 w + 1 (G4); dK waited for, the stage released; G4,
-        // its atomics.
+        // dV (G1), dQ chunk 2 w (G2), dK (G3); G1 and G2 waited for; chunk 2 w + 1 (G4) into
+        // registers of its own, then chunk 2 w's float4 atomics beside dK and G4; dK waited
+        // for, the stage released; G4, its atomics. (G4 into dq itself would wait for the
+        // atomics to read those registers: the old step's top stall, ncu; its own registers
+        // serialised the old step's wgmmas, but fit beside this step's halved S^T / dP^T.)
         wgmma_fence();
         issue_key_gradient_from_tile<T>(dv, pt_tile, o_addr, cw);
         wgmma_commit_group();
@@ -1149,10 +1151,9 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
 #pragma unroll
         for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
         const int64_t slot = dq_slot(seq.q_token, m0, b);
+        float dq_next[32];
+        issue_dq<D, T, BM>(dq_next, ds_tile, k_addr, 2 * cw + 1);
         flat_atomic_add_dq(p.dq_accum, order.slots, D / 64, h, slot, 2 * cw, dq);
-#pragma unroll
-        for (int i = 0; i < 32; ++i) fence_operand(dq[i]);  // read before G4 overwrites them
-        issue_dq<D, T, BM>(dq, ds_tile, k_addr, 2 * cw + 1);
         wgmma_wait_group<1>();  // dK done: the last reader of this stage's Q / dO
 #pragma unroll
         for (int i = 0; i < C::kKeyCols / 2; ++i) fence_operand(dk[i]);
@@ -1160,8 +1161,8 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         if (lane == 0) mbarrier_arrive(&q_empty[stage]);
         wgmma_wait_group<0>();  // dQ chunk 2 w + 1
 #pragma unroll
-        for (int i = 0; i < 32; ++i) fence_operand(dq[i]);
-        flat_atomic_add_dq(p.dq_accum, order.slots, D / 64, h, slot, 2 * cw + 1, dq);
+        for (int i = 0; i < 32; ++i) fence_operand(dq_next[i]);
+        flat_atomic_add_dq(p.dq_accum, order.slots, D / 64, h, slot, 2 * cw + 1, dq_next);
         continue;
       }
 
