@@ -187,6 +187,31 @@ TEST(HopperShapes, FlatAtomicChunksRuleSendsTheChunksByAtomicsWhereItWasMeasured
   }
 }
 
+// The split-query d 256 step: on at d 256 where both of a warpgroup's dQ chunks go by atomics
+// (its P^T tiles take the staging buffer), never at d 64 / 128 nor with fewer atomic chunks;
+// FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES=0 turns it off, other values leave the rule.
+TEST(HopperShapes, D256SplitQueriesRuleTakesItWhereEveryDqChunkGoesByAtomics) {
+  using flash4::detail::d256_split_queries_rule;
+  using testing_support::ScopedEnv;
+  {
+    ScopedEnv unset("FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES", nullptr);
+    EXPECT_TRUE(d256_split_queries_rule(256, 2));
+    EXPECT_FALSE(d256_split_queries_rule(256, 1));
+    EXPECT_FALSE(d256_split_queries_rule(256, 0));
+    EXPECT_FALSE(d256_split_queries_rule(128, 2));
+    EXPECT_FALSE(d256_split_queries_rule(64, 1));
+  }
+  {
+    ScopedEnv off("FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES", "0");
+    EXPECT_FALSE(d256_split_queries_rule(256, 2));
+  }
+  {
+    ScopedEnv on("FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES", "1");
+    EXPECT_TRUE(d256_split_queries_rule(256, 2));
+    EXPECT_FALSE(d256_split_queries_rule(256, 1)) << "=1 cannot split without the staging buffer free";
+  }
+}
+
 // The dense backward's grid order: heads first for causal calls at d 128 / 256 up to
 // kHeadsFirstMaxKeys keys only; never for
 // varlen or deterministic calls or past 65535 key blocks; FLASH4_HOPPER_BWD_HEADS_FIRST=1 | 0

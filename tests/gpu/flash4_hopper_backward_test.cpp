@@ -1207,14 +1207,22 @@ TEST_P(Flash4HopperBackwardD256FlatDq, UnderEachAtomicChunkSettingMatchesFloat64
   expect_each_atomic_chunk_setting_matches([this] { expect_hopper_matches_reference(GetParam(), DqPath::flat); },
                                            {"0", "1", "2"});
 }
-// FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES=1 (written without a GPU, not yet run): each warpgroup
-// computes S^T / dP^T for its own 32 of a step's 64 queries, P^T and dS^T shared through shared
-// memory (with the default: both dQ chunks by atomics). Dense, varlen, windows, sinks, softcap,
-// seqused and padded head dims, as the suite.
+// The split-query step (the default with both dQ chunks by atomics; set explicitly): each
+// warpgroup computes S^T / dP^T for its own 32 of a step's 64 queries, P^T and dS^T shared
+// through shared memory; and FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES=0, the step of both
+// warpgroups computing all 64. Dense, varlen, windows, sinks, softcap, seqused and padded
+// head dims, as the suite.
 TEST_P(Flash4HopperBackwardD256FlatDq, WithQueriesSplitMatchesFloat64Reference) {
   if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
   ScopedEnv d256("FLASH4_HOPPER_BWD_D256", "1");
   ScopedEnv split("FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES", "1");
+  ScopedEnv atomic_chunks("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", "2");
+  expect_hopper_matches_reference(GetParam(), DqPath::flat);
+}
+TEST_P(Flash4HopperBackwardD256FlatDq, WithoutQueriesSplitMatchesFloat64Reference) {
+  if (!is_sm90()) GTEST_SKIP() << "needs an sm_90 device";
+  ScopedEnv d256("FLASH4_HOPPER_BWD_D256", "1");
+  ScopedEnv split("FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES", "0");
   ScopedEnv atomic_chunks("FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS", "2");
   expect_hopper_matches_reference(GetParam(), DqPath::flat);
 }

@@ -89,7 +89,7 @@ struct AttentionParams {
   bool heads_first_grid = false;
   // Hopper backward, d 256, flat dQ with both chunks by atomics: each consumer warpgroup
   // computes S^T / dP^T for its own 32 of a step's 64 queries, P^T and dS^T shared through
-  // shared memory (backward_sm90.cuh); FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES=1, an A/B switch.
+  // shared memory (backward_sm90.cuh); hopper/host.hpp's d256_split_queries_rule.
   bool d256_split_queries = false;
 };
 

@@ -241,13 +241,13 @@ bool hopper_backward(const flash4_backward_args& a, flash4_status* status, std::
       if (p.flat_atomic_chunks > 0)
         dq_note += concat(", ", p.flat_atomic_chunks, " chunk(s) a warpgroup by float4 atomics");
     }
-    // FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES=1 (written without a GPU, not yet measured): the
-    // split-query d 256 step, which keeps its P^T tiles in the staging buffer, so only where
-    // every dQ chunk goes by atomics.
-    if (kernel_dim == 256 && env_is("FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES", "1")) {
-      p.d256_split_queries = p.flat_atomic_chunks == 2;
-      dq_note += p.d256_split_queries ? ", queries split between the warpgroups"
-                                      : " (FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES=1 needs both dQ chunks by atomics)";
+    // The split-query d 256 step: d256_split_queries_rule (host.hpp), where every dQ chunk
+    // goes by atomics (its P^T tiles take the staging buffer); =0 opts out.
+    p.d256_split_queries = d256_split_queries_rule(kernel_dim, p.flat_atomic_chunks);
+    if (p.d256_split_queries) {
+      dq_note += ", queries split between the warpgroups";
+    } else if (kernel_dim == 256 && !deterministic && !env_is("FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES", "0")) {
+      dq_note += " (queries not split: that needs both dQ chunks by atomics)";
     }
     if (kernel_dim == 256) dq_note = "d 256, 64-key blocks: " + dq_note;
     if (wide_m) dq_note += ", 128-query blocks";

@@ -224,6 +224,17 @@ inline int flat_atomic_chunks_rule(int kernel_dim) {
   return kernel_dim == 128 ? 0 : chunks;
 }
 
+// The split-query d 256 step (params.hpp's d256_split_queries; docs/hopper_backward_d256.md):
+// each consumer warpgroup computes S^T / dP^T for its own 32 of a step's 64 queries. Its P^T
+// tiles live in the dQ staging buffer, so only where both dQ chunks of a warpgroup go by
+// float4 atomics (flat_atomic_chunks 2, not deterministic). Measured on an H200 (eleventh
+// session, bench/env_ab.py, every d 256 shape): 1.055-1.143x, geometric mean 1.088. On by
+// default there; FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES=0 keeps the step of both warpgroups
+// computing all 64 queries.
+inline bool d256_split_queries_rule(int kernel_dim, int flat_atomic_chunks) {
+  return kernel_dim == 256 && flat_atomic_chunks == 2 && !env_is("FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES", "0");
+}
+
 // The dense, non-deterministic backward's grid: heads first (x walks the KV heads, y the key
 // blocks; params.hpp's heads_first_grid) for causal calls at d 128 and 256 up to 8192 keys.
 // Measured on an H200 (tenth session, bench/env_ab.py, two runs): causal S 512 - 8k 1.00-1.06x
