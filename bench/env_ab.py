@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
-"""flash4's backward under environment settings, in one process, on the same tensors.
+"""flash4's backward (or forward) under environment settings, in one process, on the same tensors.
 
-For A/B runs of kernel switches read at each call (FLASH4_HOPPER_*): per shape of
+For A/B runs of kernel switches read at each call (FLASH4_HOPPER_*), or of two builds (a
+setting's lib=PATH: that setting calls that libflash4.so, e.g. the baseline of a kernel
+change built from the previous commit): per shape of
 bench/peers.py (bf16, BSHD, 16384 tokens, hidden 2048, S 512 .. 16k, causal or not) the
-backward's median time under setting A (--a; default: none) and under each setting B (--b,
+backward's (--pass fwd: the forward's) time under setting A (--a; default: none) and under each setting B (--b,
 repeatable), their ratio (A / B: above 1, B is faster), the largest difference between the
-runs' dq / dk / dv (relative to the largest magnitude of A's), and, up to S 2048, each run's
+runs' dq / dk / dv (forward: out) (relative to the largest magnitude of A's), and, up to S 2048, each run's
 largest error against torch's math attention in float32 with autograd (an independent
-reference; relative the same way). A setting is NAME=value[,NAME=value...]. flash4 through
+reference; relative the same way). A time is the best of --rounds medians of --repeats calls,
+the settings' order reversed each round. A setting is NAME=value[,NAME=value...]. flash4 through
 its C ABI by ctypes (bench/peers.py's wrapper). Exit status 1 when a B gradient differs from
 the reference by more than --tolerance, or is not finite (a switch that breaks the backward
 fails the run).
 
     python3 bench/env_ab.py --lib build-gpu/libflash4.so --b FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=1 \\
         [--b FLASH4_HOPPER_FLAT_ATOMIC_CHUNKS=2 ...] [--a NAME=value,...] [--dims 64,128,256] [--repeats 10]
+    python3 bench/env_ab.py --lib build-gpu/libflash4.so --a lib=/tmp/baseline/libflash4.so --b '' --pass fwd
 """
 import argparse
 import os
@@ -52,6 +56,15 @@ def restore(old):
             os.environ[name] = value
 
 
+def under(env, fn):
+    """fn() with env's variables set (its "lib" is not one), restored after."""
+    old = apply({n: x for n, x in env.items() if n != "lib"})
+    try:
+        return fn()
+    finally:
+        restore(old)
+
+
 def rel_max(x, ref):
     return ((x.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-30)).item()
 
@@ -62,13 +75,25 @@ def main():
     ap.add_argument("--a", default="", help="setting A: NAME=value[,NAME=value...] (default: none)")
     ap.add_argument("--b", action="append", required=True, help="a setting B (repeatable)")
     ap.add_argument("--dims", default="256", help="head dims, comma-separated")
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=10, help="timed calls a round (their median)")
+    ap.add_argument("--rounds", type=int, default=4, help="timing rounds, the order reversed each; the best kept")
     ap.add_argument("--tolerance", type=float, default=2e-2, help="largest relative error of B against the reference")
     ap.add_argument("--seed", type=int, default=20261202)
+    ap.add_argument("--pass", dest="which", choices=("bwd", "fwd"), default="bwd", help="the pass timed")
     args = ap.parse_args()
     env_a = setting(args.a)
     settings = [("A", env_a)] + [(f"B{i + 1}", setting(b)) for i, b in enumerate(args.b)]
-    f4 = Flash4(args.lib)
+    libs = {}  # path -> Flash4; a setting's "lib" picks one, the others are environment variables
+
+    def flash4_of(env):
+        path = env.get("lib", args.lib)
+        if path not in libs:
+            libs[path] = Flash4(path)
+        return libs[path]
+
+    f4 = flash4_of({})
+    for _, env in settings:
+        flash4_of(env)
     print(f"seed {args.seed}; {torch.cuda.get_device_name()}")
     for name, env in settings:
         print(f"  {name}: {env or '(defaults)'}")
@@ -86,25 +111,37 @@ def main():
                 out = torch.empty_like(q)
                 lse = torch.empty(B, H, S, device="cuda", dtype=torch.float32)
                 f4.forward(q, k, v, out, lse, causal)
-                grads, times = {}, {}
+                grads, runs = {}, {}
                 for name, env in settings:
-                    old = apply(env)
-                    try:
-                        # Poisoned first: a gradient the backward does not write shows as NaN.
+                    lib = flash4_of(env)
+                    # Poisoned first: a result the pass does not write shows as NaN.
+                    if args.which == "bwd":
                         g = tuple(torch.full_like(x, float("nan")) for x in (q, k, v))
-                        f4.backward(q, k, v, out, dout, lse, *g, causal)
-                        torch.cuda.synchronize()
-                        grads[name] = g
-                        times[name] = median_ms(lambda: f4.backward(q, k, v, out, dout, lse, *g, causal), 3,
-                                                args.repeats)
-                    finally:
-                        restore(old)
+                        run = (lambda lib, g: lambda: lib.backward(q, k, v, out, dout, lse, *g, causal))(lib, g)
+                    else:
+                        g = (torch.full_like(q, float("nan")), torch.full_like(lse, float("nan")))
+                        run = (lambda lib, g: lambda: lib.forward(q, k, v, *g, causal))(lib, g)
+                    runs[name] = run
+                    grads[name] = g[:1] if args.which == "fwd" else g
+                    under(env, run)
+                torch.cuda.synchronize()
+                # Rounds with the settings' order reversed each time, each setting's best round:
+                # timed once each, always second, B read up to 7% slower on long shapes whose
+                # kernels were identical to A's (H200, 2026-12-03).
+                times = {name: float("inf") for name, _ in settings}
+                for r in range(args.rounds):
+                    for name, env in (settings if r % 2 == 0 else settings[::-1]):
+                        ms = under(env, lambda: median_ms(runs[name], 2, args.repeats))
+                        times[name] = min(times[name], ms)
                 ref_err = {name: float("nan") for name, _ in settings}
                 if S <= 2048:
                     qf, kf, vf = (x.float().transpose(1, 2).requires_grad_() for x in (q, k, v))
                     o = F.scaled_dot_product_attention(qf, kf, vf, is_causal=causal)
-                    ref = torch.autograd.grad(o, (qf, kf, vf), dout.float().transpose(1, 2))
-                    ref = tuple(r.transpose(1, 2) for r in ref)
+                    if args.which == "bwd":
+                        ref = torch.autograd.grad(o, (qf, kf, vf), dout.float().transpose(1, 2))
+                        ref = tuple(r.transpose(1, 2) for r in ref)
+                    else:
+                        ref = (o.detach().transpose(1, 2),)
                     for name, _ in settings:
                         ref_err[name] = max(rel_max(x, r) for x, r in zip(grads[name], ref))
                     del qf, kf, vf, o, ref
