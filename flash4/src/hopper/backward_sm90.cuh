@@ -142,6 +142,7 @@
 #include "hopper/backward_sm90.hpp"
 #include "hopper/blocks.cuh"
 #include "hopper/forward_sm90.cuh"  // scores_to_a: accumulator -> A fragment, as in P V
+#include "hopper/mask_bounds.hpp"
 #include "hopper/ptx_sm90.cuh"
 #include "hopper/ptx_sm90_wgmma_split.cuh"
 #include "hopper/varlen_tiles.hpp"
@@ -445,29 +446,12 @@ __device__ __forceinline__ void probabilities_to_ds(float (&s)[NQ / 2], float (&
   }
 }
 
-// The queries that see key row j, [begin, end) clamped into [0, sq] (none past the keys:
-// the K / Q rows past the ends are TMA zeros or the next sequence's rows, whose P = 2^(-lse2)
-// is not 0). From visible_keys (sequence.cuh): query i sees key j when
-// i + shift - left <= j <= i + shift + right, i.e. j - shift - right <= i <= j - shift + left
-// (has_right / has_left: that side is bounded). Solved once per CTA for the thread's two key
-// rows, in 64-bit (a window of any size), so the per-step mask is 32-bit compares only.
-struct VisibleQueries {
-  int begin, end;
-};
-
-__device__ __forceinline__ VisibleQueries queries_seeing_key(int j, int sq, int sk, bool has_right, int64_t right,
-                                                             bool has_left, int64_t left) {
-  const int64_t shift = int64_t(sk) - sq;
-  const int64_t begin = has_right ? int64_t(j) - shift - right : 0;
-  const int64_t end = j >= sk ? 0 : has_left ? int64_t(j) - shift + left + 1 : int64_t(sq);
-  return {int(max(int64_t(0), min(begin, int64_t(sq)))), int(max(int64_t(0), min(end, int64_t(sq))))};
-}
-
 // P = dS = 0 for the elements whose query does not see their key (rows: the thread's key rows
-// g and g + 8, queries_seeing_key), q0 = the query of column 0. Element (i, e) holds query
-// q0 + 2t + c with c = 8i + (e & 1), a constant of the unrolled loop: with the bounds moved to
-// c's side once per step, two compares with immediates and two selects an element (the
-// 64-bit form before was ~13 instructions an element, SASS of the d 128 kernel).
+// g and g + 8, queries_seeing_key in mask_bounds.hpp), q0 = the query of column 0. Element
+// (i, e) holds query q0 + 2t + c with c = 8i + (e & 1), a constant of the unrolled loop: with
+// the bounds moved to c's side once per step (column_outside), two compares with immediates
+// and two selects an element (the 64-bit form before was ~13 instructions an element, SASS of
+// the d 128 kernel).
 template <int NQ>
 __device__ __forceinline__ void mask_outside_visible(float (&s)[NQ / 2], float (&dp)[NQ / 2],
                                                      const VisibleQueries (&rows)[2], int q0, int t) {
@@ -476,10 +460,8 @@ __device__ __forceinline__ void mask_outside_visible(float (&s)[NQ / 2], float (
 #pragma unroll
   for (int i = 0; i < NQ / 8; ++i)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int c = 8 * i + (e & 1);
-      if (c < lo[e >> 1] || c >= hi[e >> 1]) s[4 * i + e] = dp[4 * i + e] = 0.0f;
-    }
+    for (int e = 0; e < 4; ++e)
+      if (column_outside(8 * i + (e & 1), lo[e >> 1], hi[e >> 1])) s[4 * i + e] = dp[4 * i + e] = 0.0f;
 }
 
 // First dQ column of warpgroup w's accumulator: d = 128 splits the columns (64 each),
