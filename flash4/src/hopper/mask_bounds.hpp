@@ -15,20 +15,13 @@
 
 namespace flash4::hopper {
 
-// 64-bit min / max: CUDA's own in device code (std::min compiles to other SASS there, for
-// the same arithmetic), the standard library's on the host.
-FLASH4_MASK_HD int64_t min64(int64_t a, int64_t b) {
+// max(lo, min(x, hi)) in 64 bits: CUDA's min / max in device code (std::min compiles to other
+// SASS there, for the same arithmetic), the standard library's on the host.
+FLASH4_MASK_HD int64_t clamp64(int64_t x, int64_t lo, int64_t hi) {
 #ifdef __CUDA_ARCH__
-  return ::min(a, b);
+  return ::max(lo, ::min(x, hi));
 #else
-  return std::min(a, b);
-#endif
-}
-FLASH4_MASK_HD int64_t max64(int64_t a, int64_t b) {
-#ifdef __CUDA_ARCH__
-  return ::max(a, b);
-#else
-  return std::max(a, b);
+  return std::max(lo, std::min(x, hi));
 #endif
 }
 
@@ -47,7 +40,7 @@ FLASH4_MASK_HD VisibleQueries queries_seeing_key(int j, int sq, int sk, bool has
   const int64_t shift = int64_t(sk) - sq;
   const int64_t begin = has_right ? int64_t(j) - shift - right : 0;
   const int64_t end = j >= sk ? 0 : has_left ? int64_t(j) - shift + left + 1 : int64_t(sq);
-  return {int(max64(0, min64(begin, sq))), int(max64(0, min64(end, sq)))};
+  return {int(clamp64(begin, 0, sq)), int(clamp64(end, 0, sq))};
 }
 
 // Whether the element of column c (query q0 + 2t + c) lies outside its key row's visible
