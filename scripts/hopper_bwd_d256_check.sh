@@ -58,8 +58,7 @@ if [ "$BENCH" = 1 ]; then
   note "geomean hopper / portable: $(bwd_ab_geomean)"
   # The peers at d 256 with the kernel on (cuDNN and FA2 through SDPA, one process): the ratio
   # the issue's goal names.
-  if g++ -shared -o "$B/libflash4.so" -Wl,--whole-archive "$B/flash4/libflash4.a" -Wl,--no-whole-archive \
-      -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -lgomp >>"$LOG" 2>&1; then
+  if shared_lib "$B" "$B/libflash4.so"; then
     FLASH4_HOPPER_BWD_D256=1 timeout "$(budget 60)" python3 bench/peers.py --ctypes --lib "$B/libflash4.so" --dims 256 \
       --no-fa4 --repeats 10 --markdown "$OUT/peers_d256.md" >"$OUT/peers_d256.txt" 2>&1
     note "peers d 256 (FLASH4_HOPPER_BWD_D256=1), rc $?: $(awk -F'|' '$2 + 0 == 256 {split($9, c, "/"); s += log(c[2]); n++}

@@ -44,8 +44,7 @@ note "d 256 worst vs float64: bf16 dq $(worst_error d256 dq bf16) dk $(worst_err
 
 # ---- 4. bench -------------------------------------------------------------------------
 if [ "$BENCH" = 1 ]; then
-  if g++ -shared -o "$OUT/libflash4.so" -Wl,--whole-archive $B/flash4/libflash4.a -Wl,--no-whole-archive \
-      -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -lgomp >>"$LOG" 2>&1; then
+  if shared_lib "$B" "$OUT/libflash4.so"; then
     say "env_ab d 256: default vs FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES=1"
     timeout "$(budget 150)" python3 bench/env_ab.py --lib "$OUT/libflash4.so" \
       --b FLASH4_HOPPER_BWD_D256_SPLIT_QUERIES=1 --dims 256 > "$OUT/env_ab_d256.txt" 2>&1

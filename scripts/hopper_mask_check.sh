@@ -30,12 +30,6 @@ DIMS=${DIMS:-64,128,256}
 FILTER=${FILTER:-'*Hopper*'}
 SHARDS=${SHARDS:-8}
 
-# libflash4.so from a build dir's static library (bench/env_ab.py loads it by ctypes).
-shared_lib() {
-  g++ -shared -o "$2" -Wl,--whole-archive "$1"/flash4/libflash4.a -Wl,--no-whole-archive \
-    -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -lgomp >>"$LOG" 2>&1
-}
-
 # ---- 1. build -------------------------------------------------------------------------
 build_flash4
 build_baseline "$PATCH" &
@@ -47,11 +41,11 @@ note "registers: fwd d 64 $(registers forward_sm90_hdim64)| bwd d 128 $(register
 wait "$baseline_pid"
 
 # ---- 2. bench -------------------------------------------------------------------------
-if [ "$BENCH" = 1 ] && shared_lib $B /tmp/libflash4_change.so && shared_lib /tmp/baseline/$B /tmp/libflash4_base.so; then
+if [ "$BENCH" = 1 ] && shared_lib "$B" /tmp/libflash4_change.so && shared_lib "/tmp/baseline/$B" /tmp/libflash4_base.so; then
   for pass in ${PASSES:-fwd bwd}; do
     say "env_ab $pass: baseline (A) vs change (B), dims $DIMS"
     timeout "$(budget 150)" python3 bench/env_ab.py --lib /tmp/libflash4_change.so --a lib=/tmp/libflash4_base.so \
-      --b lib=/tmp/libflash4_change.so --pass $pass --dims "$DIMS" > "$OUT/env_ab_$pass.txt" 2>&1
+      --b lib=/tmp/libflash4_change.so --pass "$pass" --dims "$DIMS" > "$OUT/env_ab_$pass.txt" 2>&1
     note "env_ab $pass rc $?: $(grep -iE 'geometric|tolerance|FAILED' "$OUT/env_ab_$pass.txt" | tr '\n' ' ')"
   done
 else

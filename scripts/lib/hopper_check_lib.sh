@@ -192,6 +192,13 @@ build_baseline() {
   say "baseline built ($1 reversed)"
 }
 
+# shared_lib BUILD SO: libflash4.so (SO) from BUILD's static library, cudart linked in, for the
+# ctypes callers (bench/peers.py --ctypes, bench/env_ab.py); the linker's output to the log.
+shared_lib() {
+  g++ -shared -o "$2" -Wl,--whole-archive "$1"/flash4/libflash4.a -Wl,--no-whole-archive \
+    -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -lgomp >>"$LOG" 2>&1
+}
+
 # peers_with FILE LIMIT ENV... -- PEERS_ARGS...: bench/peers.py through the C ABI (a libflash4.so
 # linked from $B's libflash4.a, removed after) under ENV (NAME=value words, may be none), no
 # FA4, 10 repeats, PEERS_ARGS added, into $OUT/FILE within LIMIT seconds cut to the budget; the
@@ -201,8 +208,7 @@ peers_with() {
   shift 2
   while [ $# -gt 0 ] && [ "$1" != -- ]; do envs+=("$1"); shift; done
   [ "${1:-}" = -- ] && shift
-  if g++ -shared -o "$OUT/libflash4.so" -Wl,--whole-archive $B/flash4/libflash4.a -Wl,--no-whole-archive \
-      -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -lgomp >>"$LOG" 2>&1; then
+  if shared_lib "$B" "$OUT/libflash4.so"; then
     env ${envs[@]+"${envs[@]}"} timeout "$(budget "$limit")" python3 bench/peers.py --ctypes --lib "$OUT/libflash4.so" --no-fa4 \
       --repeats 10 "$@" > "$OUT/$file" 2>&1
     note "peers: $(grep -c '^ *[0-9]' "$OUT/$file") rows in $file"
