@@ -15,11 +15,14 @@
 #   4. peers   (PEERS=1) bench/peers.py with this tree, d 64 / 128 / 256 (peers.txt);
 #   5. check   (SANITIZE=1) compute-sanitizer memcheck and racecheck of small causal and
 #              window cases, forward and backward.
+# A change that adds a switch: AB_ENV="NAME=value[,NAME=value] ..." times each setting against
+# the change's default in one more env_ab process (env_ab_switch_PASS.txt); TEST_ENV="NAME=value
+# ..." is exported for the tests and sanitizers (the switch's kernels are the ones tested).
 # Every stage's timeout is cut to the time left of BUDGET seconds (default 560). Outputs go to
 # $OUT (default ./hopper-mask-out), packed into results.tar.gz.
 #
 #   PATCH=change.patch [DIMS=64,128,256] [PASSES="fwd bwd"] [FILTER=...] [SHARDS=8] [PEERS=1] [SANITIZE=1] \
-#     bash scripts/hopper_mask_check.sh
+#     [AB_ENV="..."] [TEST_ENV="..."] bash scripts/hopper_mask_check.sh
 set -uo pipefail
 # shellcheck source=scripts/lib/hopper_check_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
@@ -47,12 +50,24 @@ if [ "$BENCH" = 1 ] && shared_lib "$B" /tmp/libflash4_change.so && shared_lib "/
     timeout "$(budget 150)" python3 bench/env_ab.py --lib /tmp/libflash4_change.so --a lib=/tmp/libflash4_base.so \
       --b lib=/tmp/libflash4_change.so --pass "$pass" --dims "$DIMS" > "$OUT/env_ab_$pass.txt" 2>&1
     note "env_ab $pass rc $?: $(grep -iE 'geometric|tolerance|FAILED' "$OUT/env_ab_$pass.txt" | tr '\n' ' ')"
+    if [ -n "${AB_ENV:-}" ]; then
+      switches=()
+      for setting in $AB_ENV; do switches+=(--b "$setting"); done
+      say "env_ab $pass: the change's default (A) vs $AB_ENV"
+      timeout "$(budget 150)" python3 bench/env_ab.py --lib /tmp/libflash4_change.so --a '' "${switches[@]}" \
+        --pass "$pass" --dims "$DIMS" > "$OUT/env_ab_switch_$pass.txt" 2>&1
+      note "env_ab switch $pass rc $?: $(grep -iE 'geometric|tolerance|FAILED' "$OUT/env_ab_switch_$pass.txt" | tr '\n' ' ')"
+    fi
   done
 else
   note "no bench (--no-bench, or a library did not build: see log)"
 fi
 
 # ---- 3. tests -------------------------------------------------------------------------
+if [ -n "${TEST_ENV:-}" ]; then
+  for setting in $TEST_ENV; do export "${setting?}"; done
+  note "tests and sanitizers under $TEST_ENV"
+fi
 if [ "$FILTER" != none ]; then
   run_suite hopper "$FILTER" 600
   note "worst vs float64: bf16 out $(worst_error hopper out bf16) dq $(worst_error hopper dq bf16) dk $(worst_error hopper dk bf16) fp16 dq $(worst_error hopper dq fp16)"
@@ -69,7 +84,7 @@ if [ "${SANITIZE:-0}" = 1 ]; then
   sanitize_stage racecheck "$SMALL" 90
 fi
 
-for pass in fwd bwd; do [ -f "$OUT/env_ab_$pass.txt" ] && cat "$OUT/env_ab_$pass.txt"; done
+for f in env_ab_fwd env_ab_switch_fwd env_ab_bwd env_ab_switch_bwd; do [ -f "$OUT/$f.txt" ] && cat "$OUT/$f.txt"; done
 [ -f "$OUT/peers.txt" ] && cat "$OUT/peers.txt"
 pack_results
 finish

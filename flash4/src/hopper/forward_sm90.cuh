@@ -173,15 +173,6 @@ struct Softcap {
   float log2_c = 0, inv_scale = 0;  // c log2 e, scale / c
 };
 
-// Independent chains of each row's max and sum in softmax_block, joined by a tree (1: one
-// dependent FMNMX / FADD chain a row, as measured everywhere so far). ncu of the forward at
-// d 64 S 512 causal (H200, 2026-12-03) puts 33% of its stalls on fixed-latency waits, twice
-// cuDNN's a instruction, and a chain of 32 dependent FADDs a row a block is one source; 4
-// breaks them (ptxas: no new spills) but is not yet run on a GPU. Its A/B: this constant set
-// to 4 (sed, then `git diff > chains.patch`) as the PATCH of scripts/hopper_mask_check.sh
-// with PASSES=fwd and FILTER='*Hopper*-*Backward*'.
-inline constexpr int kSoftmaxChains = 1;
-
 // One block of scores (m64nN accumulators, raw Q.K) -> unnormalised P = 2^(x - m) in
 // place, with x = s * scale_log2, or with SOFTCAP x = c log2(e) tanh(s * scale / c) (the cap
 // comes first: max, conditional rescaling and exp2 all see capped logits); masked elements
@@ -221,33 +212,17 @@ __device__ __forceinline__ void softmax_block(float (&s)[N / 2], bool masked, bo
           if (8 * i + (e & 1) >= hi[e >> 1]) s[4 * i + e] = -__builtin_huge_valf();
     }
   }
-  static_assert(kSoftmaxChains == 1 || kSoftmaxChains == 2 || kSoftmaxChains == 4, "chains: 1, 2 or 4");
-  constexpr int kChains = kSoftmaxChains;
   float offset[2];
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    float chain_max[kChains];
+    float block_max = -__builtin_huge_valf();
 #pragma unroll
-    for (int i = 0; i < N / 8; ++i) {
-      const float pair = fmaxf(s[4 * i + 2 * half], s[4 * i + 2 * half + 1]);
-      // A chain starts at its first element (with 1 chain: at -inf, as before).
-      if (kChains == 1 && i == 0)
-        chain_max[0] = fmaxf(-__builtin_huge_valf(), pair);
-      else
-        chain_max[i % kChains] = i < kChains ? pair : fmaxf(chain_max[i % kChains], pair);
-    }
-#pragma unroll
-    for (int width = kChains / 2; width > 0; width /= 2)
-#pragma unroll
-      for (int c = 0; c < width; ++c) chain_max[c] = fmaxf(chain_max[c], chain_max[c + width]);
-    float block_max = quad_max(chain_max[0]) * scale_log2;
+    for (int i = 0; i < N / 8; ++i) block_max = fmaxf(block_max, fmaxf(s[4 * i + 2 * half], s[4 * i + 2 * half + 1]));
+    block_max = quad_max(block_max) * scale_log2;
     factor[half] = rows.max[half].update(block_max, tau);
     rows.sum[half] *= factor[half];
     offset[half] = rows.max[half].offset();
   }
-  // One chain: straight into the running sum (the order of every measurement so far);
-  // more: chain c of a row takes its elements 2i + (e & 1) = c mod kChains, summed last.
-  float chain_sum[2][kChains];
 #pragma unroll
   for (int i = 0; i < N / 8; ++i)
 #pragma unroll
@@ -257,22 +232,8 @@ __device__ __forceinline__ void softmax_block(float (&s)[N / 2], bool masked, bo
       // MUFU and the FMA units work side by side (FA4's split).
       const float y = (EMULATE && (i & 3) == 3) ? cuda::exp2_emulated<3>(x) : cuda::exp2_hardware(x);
       s[4 * i + e] = y;
-      const int k = 2 * i + (e & 1);  // the element's index in its row
-      if constexpr (kChains == 1)
-        rows.sum[e >> 1] += y;
-      else
-        chain_sum[e >> 1][k % kChains] = k < kChains ? y : chain_sum[e >> 1][k % kChains] + y;
+      rows.sum[e >> 1] += y;
     }
-  if constexpr (kChains > 1) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-#pragma unroll
-      for (int width = kChains / 2; width > 0; width /= 2)
-#pragma unroll
-        for (int c = 0; c < width; ++c) chain_sum[half][c] += chain_sum[half][c + width];
-      rows.sum[half] += chain_sum[half][0];
-    }
-  }
 }
 
 // P (fp32 accumulator layout) -> 16-bit A fragments of the P V wgmma, k16 slice by slice.

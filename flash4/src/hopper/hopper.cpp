@@ -328,7 +328,8 @@ bool hopper_forward(const flash4_forward_args& a, flash4_status* status, std::st
   // Split-KV partials: O [splits][B][Hq][Sq][d_v] and LSE [splits][B][Hq][Sq], fp32.
   const int64_t split_rows = p.num_splits > 1 ? int64_t(p.num_splits) * shape.batch * shape.heads_q * shape.seqlen_q : 0;
   const int emulation = a.tuning.exp2_emulation;
-  p.emulate_exp2 = emulation == 2 || (emulation == 0 && kEmulateExp2ByDefault);
+  // FLASH4_HOPPER_EMULATE_EXP2=1 stands in for the default (0) too, for A/B runs.
+  p.emulate_exp2 = emulation == 2 || (emulation == 0 && (kEmulateExp2ByDefault || env_is("FLASH4_HOPPER_EMULATE_EXP2", "1")));
   p.rescale_tau = cuda::effective_rescale_threshold(a.tuning.rescale_threshold);
 
   cudaStream_t stream = static_cast<cudaStream_t>(a.stream);
