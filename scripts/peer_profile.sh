@@ -14,7 +14,9 @@
 # CAUSAL from the environment, default bwd / 128 / 4096 / 0) twice under ncu, taking only the
 # kernels inside its NVTX "pass" ranges: first a listing of every kernel of the pass (name,
 # time, grid, block, registers, shared memory: $OUT/IMPL.kernels.txt), then `--set full` of
-# the longest one ($OUT/IMPL.ncu-rep, IMPL.raw.csv, IMPL.details.txt, IMPL.stalls.txt). `compare` prints
+# the longest one ($OUT/IMPL.ncu-rep, IMPL.raw.csv, IMPL.details.txt, IMPL.sass.csv: the
+# per-instruction page, IMPL.stalls.txt: stall reasons, top instructions, opcodes, and the
+# code by execution count, scripts/lib/ncu_stalls.py). `compare` prints
 # scripts/lib/ncu_compare.py's table of the reports in $OUT (default ./peer-profile-out).
 # The device tool brings back only a few files: `pack` leaves $OUT/peer-profile.tar.xz of
 # everything but the .ncu-rep reports (KEEP_REPORTS=1 keeps those too).
@@ -59,8 +61,13 @@ profile() { # IMPL
   ncu -i "$OUT/$impl.ncu-rep" --page raw --csv > "$OUT/$impl.raw.csv" 2>/dev/null
   ncu -i "$OUT/$impl.ncu-rep" --print-summary none --page details --print-details all > "$OUT/$impl.details.txt" 2>&1
   python3 scripts/lib/ncu_stalls.py reasons < "$OUT/$impl.raw.csv" > "$OUT/$impl.stalls.txt"
-  ncu -i "$OUT/$impl.ncu-rep" --page source --print-source sass --csv 2>/dev/null |
-    python3 scripts/lib/ncu_stalls.py sass >> "$OUT/$impl.stalls.txt"
+  # The whole per-instruction page is kept ($OUT/IMPL.sass.csv, a few MB) for a second look
+  # without the GPU (scripts/lib/ncu_stalls.py sass / opcodes / levels read it).
+  ncu -i "$OUT/$impl.ncu-rep" --page source --print-source sass --csv > "$OUT/$impl.sass.csv" 2>/dev/null
+  local mode
+  for mode in sass opcodes levels; do
+    python3 scripts/lib/ncu_stalls.py "$mode" < "$OUT/$impl.sass.csv" >> "$OUT/$impl.stalls.txt"
+  done
   echo "-- $impl stalls"; head -25 "$OUT/$impl.stalls.txt"
 }
 
