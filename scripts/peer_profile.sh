@@ -7,6 +7,11 @@
 #                                           (carry .device-carry/, or only its deps.tar.xz)
 #   bash scripts/peer_profile.sh IMPL...    IMPL: flash4 cudnn fa2 fa4 (fa4: flash_attn.cute
 #                                           importable; bench/fa4_wheels.sh carries it)
+#   PATCH=F bash scripts/peer_profile.sh build flash4 patched compare
+#                                           patched: flash4 again, built from a copy of this
+#                                           tree with the patch F applied (git diff output, or
+#                                           docs/experiments/*.patch), as "flash4-patched":
+#                                           a kernel change against its baseline, same shape
 #   bash scripts/peer_profile.sh compare    the reports so far, side by side
 #   bash scripts/peer_profile.sh pack       $OUT's files in one archive (below)
 #
@@ -29,6 +34,13 @@ D=${D:-128}
 S=${S:-4096}
 CAUSAL=${CAUSAL:-0}
 LIB=$PWD/$B/libflash4.so
+PATCHED_LIB=/tmp/patched/$B/libflash4.so
+
+# link_shared BUILD SO: libflash4.so from BUILD's static library (cudart linked in).
+link_shared() {
+  g++ -shared -o "$2" -Wl,--whole-archive "$1"/flash4/libflash4.a -Wl,--no-whole-archive \
+    -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -lgomp
+}
 
 build() {
   if [ ! -f .device-carry/deps.tar ] && [ -f .device-carry/deps.tar.xz ]; then
@@ -38,14 +50,33 @@ build() {
   cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" \
     > "$OUT/cfg.txt" 2>&1
   ninja -C $B -j16 flash4 > "$OUT/build.txt" 2>&1 || { tail -20 "$OUT/build.txt"; return 1; }
-  g++ -shared -o "$LIB" -Wl,--whole-archive $B/flash4/libflash4.a -Wl,--no-whole-archive \
-    -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -lgomp || return 1
+  if [ -n "${PATCH:-}" ]; then
+    # The patched copy beside it (sources only), built the same way.
+    rm -rf /tmp/patched && mkdir -p /tmp/patched
+    tar --exclude='./build*' --exclude=./.device-carry -cf - . | tar -xf - -C /tmp/patched
+    local patch_file
+    patch_file=$(realpath "$PATCH") || return 1
+    if ! (cd /tmp/patched && patch -p1 -s < "$patch_file") > "$OUT/patch.txt" 2>&1; then
+      echo "$PATCH does not apply"
+      return 1
+    fi
+    cmake -S /tmp/patched -B /tmp/patched/$B -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" > "$OUT/cfg_patched.txt" 2>&1
+    ninja -C /tmp/patched/$B -j16 flash4 > "$OUT/build_patched.txt" 2>&1 || { tail -20 "$OUT/build_patched.txt"; return 1; }
+    link_shared /tmp/patched/$B "$PATCHED_LIB" || return 1
+    echo "built $PATCHED_LIB ($PATCH applied)"
+  fi
+  link_shared $B "$LIB" || return 1
   echo "built $LIB"
 }
 
-profile() { # IMPL
-  local impl=$1 name
-  local run=(python3 bench/peer_once.py --impl "$impl" --lib "$LIB" --pass "$PASS" --d "$D" --seqlen "$S"
+profile() { # IMPL (patched: flash4 of the PATCH build, reported as flash4-patched)
+  local impl=$1 name lib=$LIB
+  if [ "$impl" = patched ]; then
+    impl=flash4-patched
+    lib=$PATCHED_LIB
+  fi
+  local run=(python3 bench/peer_once.py --impl "${impl%-patched}" --lib "$lib" --pass "$PASS" --d "$D" --seqlen "$S"
              --causal "$CAUSAL" --iters 1)
   timeout 300 ncu --nvtx --nvtx-include "pass" --csv --page raw --log-file "$OUT/$impl.list.csv" \
     --metrics gpu__time_duration.sum,launch__grid_size,launch__block_size,launch__registers_per_thread,launch__shared_mem_per_block_dynamic \
@@ -94,7 +125,7 @@ for arg in "$@"; do
     build) build || status=1 ;;
     compare) compare || status=1 ;;
     pack) pack || status=1 ;;
-    flash4 | cudnn | fa2 | fa4) profile "$arg" || status=1 ;;
+    flash4 | cudnn | fa2 | fa4 | patched) profile "$arg" || status=1 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
