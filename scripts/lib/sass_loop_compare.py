@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""The hot loop of one kernel in two SASS dumps, side by side (no GPU needed).
+
+A kernel change aimed at the code around a loop (a tile's set-up or epilogue) can still
+reschedule the loop itself, and a loop that runs 128 times a tile outweighs it: the
+thirteenth session's early-S forward had the same opcodes in its key-block loop but a
+different order (SequenceMatcher ratio 0.48) and ran 5% slower at S 16k. Compare before
+spending device time:
+
+    cuobjdump -sass build/.../forward_sm90_hdim64.cu.o > new.sass     # and old.sass, before
+    python3 scripts/lib/sass_loop_compare.py old.sass new.sass KERNEL_KEY
+
+KERNEL_KEY: a substring of the mangled kernel name (e.g. ILi64E13__nv_bfloat16Lb0ELi2ELb0ELb0E,
+the d 64 bf16 two-warpgroup forward). The loop: the innermost backward branch around the first
+HGMMA batch that mixes two shapes (S = Q K^T and O += P V), from the branch's target to the
+branch. Prints each loop's length, the opcodes whose counts differ, how alike the two
+instruction sequences are with registers and addresses masked (1.0: the same schedule), and
+the S2UR count (a re-read special register in a loop: uniform registers ran short).
+Exit status 0 always (a report, not a test).
+"""
+import collections
+import difflib
+import re
+import sys
+
+ADDRESS = re.compile(r"/\*([0-9a-f]{4,})\*/")
+
+
+def kernel_ops(path, key):
+    """[(address, instruction)] of the first function whose name contains key."""
+    text = open(path, encoding="utf-8", errors="replace").read()
+    for function in re.split(r"\n\s*Function : ", text)[1:]:
+        if key not in function.split("\n", 1)[0]:
+            continue
+        ops = []
+        for line in function.split("\n"):
+            m = ADDRESS.search(line)
+            if m and line.strip().startswith("/*"):
+                body = line[m.end():].split(";")[0].strip()
+                if body:
+                    ops.append((int(m.group(1), 16), body))
+        return ops
+    return None
+
+
+def opcode(instruction):
+    words = instruction.split()
+    if words and words[0].startswith("@"):
+        words = words[1:]
+    return words[0] if words else "?"
+
+
+def hot_loop(ops):
+    """The loop around the first batch mixing two HGMMA shapes, or None."""
+    at = {address: i for i, (address, _) in enumerate(ops)}
+    for i, (_, ins) in enumerate(ops):
+        if not ins.startswith("HGMMA") or "RZ, !UPT" not in ins:
+            continue
+        shapes = {opcode(x) for _, x in ops[i:i + 80] if x.startswith("HGMMA")}
+        if len(shapes) < 2:
+            continue
+        for j in range(i, len(ops)):
+            m = re.search(r"\bBRA (0x[0-9a-f]+)", ops[j][1])
+            if m and int(m.group(1), 16) < ops[i][0] and int(m.group(1), 16) in at:
+                return [x for _, x in ops[at[int(m.group(1), 16)]:j + 1]]
+    return None
+
+
+def masked(instruction):
+    text = " ".join(instruction.split())
+    text = re.sub(r"0x[0-9a-f]+", "X", text)
+    return re.sub(r"\bU?R\d+\b|\bU?P\d\b", "R", text)
+
+
+def main():
+    if len(sys.argv) != 4:
+        print(__doc__)
+        return
+    old_path, new_path, key = sys.argv[1:]
+    loops = []
+    for path in (old_path, new_path):
+        ops = kernel_ops(path, key)
+        if ops is None:
+            print(f"{path}: no kernel matching {key}")
+            return
+        loop = hot_loop(ops)
+        if loop is None:
+            print(f"{path}: no loop around a mixed HGMMA batch in {key}")
+            return
+        loops.append(loop)
+        print(f"{path}: kernel {len(ops)} instructions, hot loop {len(loop)}, "
+              f"S2UR in it {sum(opcode(x) == 'S2UR' for x in loop)}")
+    old, new = (collections.Counter(opcode(x) for x in loop) for loop in loops)
+    changed = {op: (old[op], new[op]) for op in old.keys() | new.keys() if old[op] != new[op]}
+    print("opcode counts that differ (old -> new):",
+          ", ".join(f"{op} {a}->{b}" for op, (a, b) in sorted(changed.items())) or "none")
+    ratio = difflib.SequenceMatcher(None, [masked(x) for x in loops[0]], [masked(x) for x in loops[1]],
+                                    autojunk=False).ratio()
+    print(f"sequence likeness (registers and addresses masked): {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
