@@ -11,9 +11,8 @@ spending device time:
     python3 scripts/lib/sass_loop_compare.py old.sass new.sass KERNEL_KEY
 
 KERNEL_KEY: a substring of the mangled kernel name (e.g. ILi64E13__nv_bfloat16Lb0ELi2ELb0ELb0E,
-the d 64 bf16 two-warpgroup forward). The loop: the innermost backward branch around the first
-HGMMA batch that mixes two shapes (S = Q K^T and O += P V), from the branch's target to the
-branch. Prints each loop's length, the opcodes whose counts differ, how alike the two
+the d 64 bf16 two-warpgroup forward). The loop: the innermost backward branch whose range holds
+HGMMAs of two shapes (S = Q K^T and O += P V), from the branch's target to the branch. Prints each loop's length, the opcodes whose counts differ, how alike the two
 instruction sequences are with registers and addresses masked (1.0: the same schedule), and
 the S2UR count (a re-read special register in a loop: uniform registers ran short).
 Exit status 0 always (a report, not a test).
@@ -51,19 +50,18 @@ def opcode(instruction):
 
 
 def hot_loop(ops):
-    """The loop around the first batch mixing two HGMMA shapes, or None."""
+    """The innermost loop (backward branch to its target) holding two HGMMA shapes, or None."""
     at = {address: i for i, (address, _) in enumerate(ops)}
-    for i, (_, ins) in enumerate(ops):
-        if not ins.startswith("HGMMA") or "RZ, !UPT" not in ins:
+    best = None
+    for j, (address, ins) in enumerate(ops):
+        m = re.search(r"\bBRA (0x[0-9a-f]+)", ins)
+        if not m or int(m.group(1), 16) >= address or int(m.group(1), 16) not in at:
             continue
-        shapes = {opcode(x) for _, x in ops[i:i + 80] if x.startswith("HGMMA")}
-        if len(shapes) < 2:
-            continue
-        for j in range(i, len(ops)):
-            m = re.search(r"\bBRA (0x[0-9a-f]+)", ops[j][1])
-            if m and int(m.group(1), 16) < ops[i][0] and int(m.group(1), 16) in at:
-                return [x for _, x in ops[at[int(m.group(1), 16)]:j + 1]]
-    return None
+        k = at[int(m.group(1), 16)]
+        shapes = {opcode(x) for _, x in ops[k:j + 1] if x.startswith("HGMMA")}
+        if len(shapes) >= 2 and (best is None or j - k < best[1] - best[0]):
+            best = (k, j)
+    return None if best is None else [x for _, x in ops[best[0]:best[1] + 1]]
 
 
 def masked(instruction):
