@@ -19,8 +19,12 @@ Exit status 0 always (a report, not a test).
 """
 import collections
 import difflib
+import os
 import re
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ncu_stalls import opcode  # noqa: E402  (an instruction's opcode, its predicate skipped)
 
 ADDRESS = re.compile(r"/\*([0-9a-f]{4,})\*/")
 
@@ -40,13 +44,6 @@ def kernel_ops(path, key):
                     ops.append((int(m.group(1), 16), body))
         return ops
     return None
-
-
-def opcode(instruction):
-    words = instruction.split()
-    if words and words[0].startswith("@"):
-        words = words[1:]
-    return words[0] if words else "?"
 
 
 def hot_loop(ops):
