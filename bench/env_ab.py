@@ -20,6 +20,7 @@ fails the run).
     python3 bench/env_ab.py --lib build-gpu/libflash4.so --a lib=/tmp/baseline/libflash4.so --b '' --pass fwd
 """
 import argparse
+import functools
 import os
 import sys
 
@@ -117,10 +118,10 @@ def main():
                     # Poisoned first: a result the pass does not write shows as NaN.
                     if args.which == "bwd":
                         g = tuple(torch.full_like(x, float("nan")) for x in (q, k, v))
-                        run = (lambda lib, g: lambda: lib.backward(q, k, v, out, dout, lse, *g, causal))(lib, g)
+                        run = functools.partial(lib.backward, q, k, v, out, dout, lse, *g, causal)
                     else:
                         g = (torch.full_like(q, float("nan")), torch.full_like(lse, float("nan")))
-                        run = (lambda lib, g: lambda: lib.forward(q, k, v, *g, causal))(lib, g)
+                        run = functools.partial(lib.forward, q, k, v, *g, causal)
                     runs[name] = run
                     grads[name] = g[:1] if args.which == "fwd" else g
                     under(env, run)

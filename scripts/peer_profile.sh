@@ -26,8 +26,11 @@
 # The device tool brings back only a few files: `pack` leaves $OUT/peer-profile.tar.xz of
 # everything but the .ncu-rep reports (KEEP_REPORTS=1 keeps those too).
 set -uo pipefail
+# shellcheck source=scripts/lib/hopper_check_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"  # copy_sources, shared_lib
 OUT=${OUT:-$PWD/peer-profile-out}
 mkdir -p "$OUT"
+LOG=$OUT/link.txt  # shared_lib's linker output
 B=build-ncu
 PASS=${PASS:-bwd}
 D=${D:-128}
@@ -35,12 +38,6 @@ S=${S:-4096}
 CAUSAL=${CAUSAL:-0}
 LIB=$PWD/$B/libflash4.so
 PATCHED_LIB=/tmp/patched/$B/libflash4.so
-
-# link_shared BUILD SO: libflash4.so from BUILD's static library (cudart linked in).
-link_shared() {
-  g++ -shared -o "$2" -Wl,--whole-archive "$1"/flash4/libflash4.a -Wl,--no-whole-archive \
-    -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread -lgomp
-}
 
 build() {
   if [ ! -f .device-carry/deps.tar ] && [ -f .device-carry/deps.tar.xz ]; then
@@ -52,8 +49,7 @@ build() {
   ninja -C $B -j16 flash4 > "$OUT/build.txt" 2>&1 || { tail -20 "$OUT/build.txt"; return 1; }
   if [ -n "${PATCH:-}" ]; then
     # The patched copy beside it (sources only), built the same way.
-    rm -rf /tmp/patched && mkdir -p /tmp/patched
-    tar --exclude='./build*' --exclude=./.device-carry -cf - . | tar -xf - -C /tmp/patched
+    copy_sources /tmp/patched
     local patch_file
     patch_file=$(realpath "$PATCH") || return 1
     if ! (cd /tmp/patched && patch -p1 -s < "$patch_file") > "$OUT/patch.txt" 2>&1; then
@@ -63,10 +59,10 @@ build() {
     cmake -S /tmp/patched -B /tmp/patched/$B -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" > "$OUT/cfg_patched.txt" 2>&1
     ninja -C /tmp/patched/$B -j16 flash4 > "$OUT/build_patched.txt" 2>&1 || { tail -20 "$OUT/build_patched.txt"; return 1; }
-    link_shared /tmp/patched/$B "$PATCHED_LIB" || return 1
+    shared_lib /tmp/patched/$B "$PATCHED_LIB" || { tail -5 "$LOG"; return 1; }
     echo "built $PATCHED_LIB ($PATCH applied)"
   fi
-  link_shared $B "$LIB" || return 1
+  shared_lib $B "$LIB" || { tail -5 "$LOG"; return 1; }
   echo "built $LIB"
 }
 

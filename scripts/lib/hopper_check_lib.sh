@@ -180,13 +180,19 @@ bwd_ab_geomean() {
       (k ? exp(f / k) : 0), n}' "$OUT/bench_table.md"
 }
 
+# copy_sources DIR: DIR emptied and filled with this tree's sources (no build folders, no carried
+# dependencies), for a second build beside this one.
+copy_sources() {
+  rm -rf "$1" && mkdir -p "$1"
+  tar --exclude='./build*' --exclude=./.device-carry -cf - . | tar -xf - -C "$1"
+}
+
 # build_baseline PATCH: flash4-bench of this tree with PATCH reversed (the change under test
 # undone; PATCH made here by `git diff > PATCH`, untracked so that it travels), built at
 # /tmp/baseline/$B/bin/flash4-bench (absent when the patch or the build failed; run it in the
 # background beside the tests, then look for that file).
 build_baseline() {
-  rm -rf /tmp/baseline && mkdir -p /tmp/baseline
-  tar --exclude='./build*' --exclude=./.device-carry -cf - . | tar -xf - -C /tmp/baseline
+  copy_sources /tmp/baseline
   (cd /tmp/baseline && patch -R -p1 -s <"$OLDPWD/$1" >>"$LOG" 2>&1) || { say "baseline: $1 does not reverse"; return; }
   (cd /tmp/baseline && build_flash4 && compile_bench) || { say "baseline build failed"; return; }
   say "baseline built ($1 reversed)"
