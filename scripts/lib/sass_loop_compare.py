@@ -12,7 +12,7 @@ spending device time:
 
 KERNEL_KEY: a substring of the mangled kernel name (e.g. ILi64E13__nv_bfloat16Lb0ELi2ELb0ELb0E,
 the d 64 bf16 two-warpgroup forward). The loop: the innermost backward branch whose range holds
-HGMMAs of two shapes (S = Q K^T and O += P V), from the branch's target to the branch. Prints each loop's length, the opcodes whose counts differ, how alike the two
+both kinds of HGMMA (S = Q K^T, A in shared memory, and O += P V, A in registers), from the branch's target to the branch. Prints each loop's length, the opcodes whose counts differ, how alike the two
 instruction sequences are with registers and addresses masked (1.0: the same schedule), and
 the S2UR count (a re-read special register in a loop: uniform registers ran short).
 Exit status 0 always (a report, not a test).
@@ -46,8 +46,16 @@ def kernel_ops(path, key):
     return None
 
 
+def wgmma_kind(instruction):
+    """An HGMMA's shape and where its A operand lives: at d 128 S = Q K^T and O += P V are both
+    64x128x16, told apart by A (shared memory for S, registers for P V)."""
+    a_in_registers = re.match(r"HGMMA\S* R\d+, R\d+,", instruction) is not None
+    return opcode(instruction) + (" A in registers" if a_in_registers else " A in shared memory")
+
+
 def hot_loop(ops):
-    """The innermost loop (backward branch to its target) holding two HGMMA shapes, or None."""
+    """The innermost loop (backward branch to its target) holding two kinds of HGMMA (wgmma_kind),
+    or None."""
     at = {address: i for i, (address, _) in enumerate(ops)}
     best = None
     for j, (address, ins) in enumerate(ops):
@@ -55,7 +63,7 @@ def hot_loop(ops):
         if not m or int(m.group(1), 16) >= address or int(m.group(1), 16) not in at:
             continue
         k = at[int(m.group(1), 16)]
-        shapes = {opcode(x) for _, x in ops[k:j + 1] if x.startswith("HGMMA")}
+        shapes = {wgmma_kind(x) for _, x in ops[k:j + 1] if x.startswith("HGMMA")}
         if len(shapes) >= 2 and (best is None or j - k < best[1] - best[0]):
             best = (k, j)
     return None if best is None else [x for _, x in ops[best[0]:best[1] + 1]]

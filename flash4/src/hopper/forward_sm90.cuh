@@ -88,9 +88,9 @@ using cuda::AttentionParams;
 // BN x D x 2 each, two stages of each.
 //   d 128: 2 Q buffers 64 KB + 4 x 32 KB = 192 KB.
 //   d 256: Q 128 x 256 x 2 = 64 KB, one buffer only (a second would not fit); K / V stages
-//          80 x 256 x 2 = 40 KB, 4 of them = 160 KB; 224 KB + 1 KB alignment slack + 80 bytes
-//          of barriers + 4 of tile slot = 230484 bytes. BN = 96 would need 192 KB of stages:
-//          too much.
+//          80 x 256 x 2 = 40 KB, 4 of them = 160 KB; 224 KB + 1 KB alignment slack + 88 bytes
+//          of barriers, 16 of tile slot and store coordinates, 8 of padding, 48 of decoded tile
+//          = 230560 bytes. BN = 96 would need 192 KB of stages: too much.
 // Swizzle: each 64-column (128-byte) block of a tile ("chunk", ptx_sm90.cuh) is rows x 128
 // bytes: 80 x 128 = 10240 is a multiple of the 1024-byte swizzle atom, so every chunk and
 // stage stays 1024-aligned and the descriptors keep base offset 0.
@@ -113,11 +113,14 @@ struct ForwardSm90Config {
   static constexpr uint32_t kQChunkBytes = kBlockM * 128, kKVChunkBytes = kBlockN * 128;
   static constexpr int kQStages = D <= 128 ? 2 : 1;  // 2: the next tile's Q loads during this tile
   static constexpr int kBarriers = 3 * kQStages + 4 * kStages;  // q full / empty, K / V, o full
-  // 1024 bytes of slack to align the tiles to the swizzle atom.
   // After the barriers: the tile index of each Q buffer (the dynamic schedule's handoff), then
-  // each Q buffer's O store coordinates (the store warp's handoff: q row, head, batch).
-  static constexpr size_t kSmemBytes =
-      1024 + kQStages * kQBytes + 2 * kStages * kKVBytes + 8 * kBarriers + 16 * kQStages;
+  // each Q buffer's O store coordinates (the store warp's handoff: q row, head, batch), then,
+  // 16-aligned, each Q buffer's decoded Tile (the producer's handoff to the consumers).
+  static constexpr uint32_t kBarrierOffset = kQStages * kQBytes + 2 * kStages * kKVBytes;
+  static constexpr uint32_t kTileInfoOffset = kBarrierOffset + (8 * kBarriers + 16 * kQStages + 15) / 16 * 16;
+  static constexpr uint32_t kTileInfoBytes = 48;  // TileHandoff::kBytes, checked in the kernel
+  // 1024 bytes of slack to align the tiles to the swizzle atom.
+  static constexpr size_t kSmemBytes = 1024 + kTileInfoOffset + kQStages * kTileInfoBytes;
   // Registers per thread after setmaxnreg: 128 * 24 + 256 * 240 <= 64K (3 warpgroups: 160).
   static constexpr int kProducerRegs = 24, kConsumerRegs = kWarpgroups == 2 ? 240 : 160;
   static_assert(D == 64 || D == 128 || D == 256, "d = 64, 128 or 256");
@@ -293,6 +296,27 @@ struct Tile {
   int split;  // split-KV: which run of the key blocks (0 without)
   int q_row, k_row, tma_b;  // row of query m0, row of key 0, and the batch coordinate (dense: b; packed: 0)
   cuda::Sequence seq;
+};
+
+// What the consumers use of a Tile, as the producer hands it over in shared memory: three
+// 16-byte words at a 32-bit shared address (the dropped fields, and a 32-bit q_start, spare
+// the producer's 24 registers: the whole Tile spilled there).
+struct TileHandoff {
+  static constexpr uint32_t kBytes = 48;
+
+  __device__ __forceinline__ static void store(uint32_t addr, const Tile& w) {
+    st_shared_v4(addr, make_int4(w.m0, w.h, w.b, w.split));
+    st_shared_v4(addr + 16, make_int4(w.kb_begin, w.kb_end, w.q_row, w.tma_b));
+    st_shared_v4(addr + 32, make_int4(w.seq.sq, w.seq.sk, int(w.seq.q_start), 0));
+  }
+  __device__ __forceinline__ static Tile load(uint32_t addr) {
+    const int4 a = ld_shared_v4(addr), b = ld_shared_v4(addr + 16), c = ld_shared_v4(addr + 32);
+    Tile w{};
+    w.m0 = a.x, w.h = a.y, w.b = a.z, w.split = a.w;
+    w.kb_begin = b.x, w.kb_end = b.y, w.q_row = b.z, w.tma_b = b.w;
+    w.seq.sq = c.x, w.seq.sk = c.y, w.seq.q_start = c.z;
+    return w;
+  }
 };
 
 // Tiles in launch order. Dense, causal: the heaviest (last) query blocks of every head first,
@@ -473,6 +497,17 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
   uint64_t* o_full = k_full + 4 * kStages;  // [q stage]: the consumers' O rows are in (store warp)
   const uint32_t tile_slot = smem_u32(bars + C::kBarriers);  // int [q stage], dynamic schedule
   const uint32_t o_coords = tile_slot + 4 * kQStages;         // int [q stage][3], store warp
+  // [q stage]: the tile the producer decoded for that Q buffer (TileHandoff). The consumers
+  // read it instead of decoding it in every warp (tile_at's integer divisions, the sequence's
+  // bounds: ~370 instructions a warp and tile before, ncu 2026-12-03, most of them a dependent
+  // chain in front of the tile's first wgmma; cuDNN reads its tile from shared memory too). It
+  // shares the Q buffer's life, as tile_slot does. Its address is tile_slot's plus a constant:
+  // a pointer of its own, live across the key-block loop, cost the loop a uniform register
+  // (ptxas then recomputed the K / V base every iteration and rescheduled the loop).
+  static_assert(C::kTileInfoBytes == TileHandoff::kBytes, "ForwardSm90Config::kTileInfoBytes");
+  auto tile_info = [&](int qs) {
+    return tile_slot + (C::kTileInfoOffset - C::kBarrierOffset - 8 * C::kBarriers) + qs * TileHandoff::kBytes;
+  };
   const bool dynamic = tile_counter != nullptr;
 
   // Query blocks per head (dense only) and tiles, computed by each role after its setmaxnreg;
@@ -529,6 +564,8 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         // load_key_block's two coordinates (paged: the sequence and its key count).
         const int key0 = kPaged ? w.b : w.k_row, key_batch = kPaged ? w.seq.sk : w.tma_b;
         if (!dynamic && tile_count >= kQStages) mbarrier_wait(&q_empty[qs], ((tile_count / kQStages) & 1) ^ 1);
+        // The decoded tile for the consumers (published by the q_full arrival below).
+        TileHandoff::store(tile_info(qs), w);
         mbarrier_arrive_expect_tx(&q_full[qs], C::kQBytes);
 #pragma unroll
         for (int c = 0; c < C::kChunks; ++c)
@@ -643,9 +680,9 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
     int consumed = 0;  // K / V blocks consumed so far (all tiles)
     int index = blockIdx.x;
     for (int tile_count = 0;; ++tile_count, index += gridDim.x) {
+      const int qs = tile_count % kQStages;
       if (dynamic) {
-        // The tile of Q buffer tile_count % kQStages (the wait below then returns at once).
-        const int qs = tile_count % kQStages;
+        // The tile of Q buffer qs.
         mbarrier_wait(&q_full[qs], (tile_count / kQStages) & 1);
         index = __shfl_sync(0xffffffffu, lane == 0 ? ld_shared_b32(tile_slot + 4 * qs) : 0, 0);
       }
@@ -654,7 +691,6 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
           // The end mark for the store warp, in the Q buffer it looks at next, once it is done
           // with that buffer's last tile (without a schedule to wait on, the static consumers
           // could otherwise complete o_full's next phase before it saw the last one).
-          const int qs = tile_count % kQStages;
           if (tile_count >= kQStages) mbarrier_wait(&q_empty[qs], ((tile_count / kQStages) & 1) ^ 1);
           if (threadIdx.x == 128) st_shared_b32(o_coords + 12 * qs, -1);
           __syncwarp();
@@ -662,7 +698,11 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
         }
         break;
       }
-      const Tile w = tile_at<kPackGqa>(p, list, index, m_blocks, BM, BN);
+      // The producer's decoded tile, once its Q buffer is full (the static schedule waits here,
+      // the dynamic one waited above). Every lane reads it at once; the warp's lane 0
+      // releases the buffer (q_empty) only after the tile's last S, past these reads' uses.
+      if (!dynamic) mbarrier_wait(&q_full[qs], (tile_count / kQStages) & 1);
+      const Tile w = TileHandoff::load(tile_info(qs));
       const int wg_row0 = w.m0 + 64 * cw;
       // This thread's two rows: their queries (packed GQA: token row / q_pack of head
       // w.h + row % q_pack; otherwise the row itself, of head w.h).
@@ -694,9 +734,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
           softmax_block<false, SOFTCAP, BN>(s, masked, mask_lo, n0, t, key_lo, key_end, scale_log2, cap, tau, rows, factor);
       };
 
-      const int qs = tile_count % kQStages;
       q_addr = q_base + qs * C::kQBytes;
-      mbarrier_wait(&q_full[qs], (tile_count / kQStages) & 1);
       if (n_blocks > 0) {
         // Block it = 0 (key block kb_end - 1): S, softmax, P.
         float factor[2];
