@@ -831,7 +831,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
             const int i = row[half];
             if (i < w.seq.sq) {
               const int64_t slot = (int64_t(w.split) * p.batch + w.b) * p.heads_q + h;
-              const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+              const float inv = l > 0.0f ? __fdividef(1.0f, l) : 0.0f;  // as below
               float* dst = p.o_partial + (slot * p.seqlen_q + i) * p.d_v;
 #pragma unroll
               for (int n = 0; n < D / 8; ++n)
@@ -850,7 +850,10 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
           l = l * f + cuda::exp2_hardware(sink_log2 - m_new);
           m = m_new;
         }
-        const float inv = l > 0.0f ? f / l : 0.0f;
+        // MUFU.RCP and a multiply (2 ulp; O is stored in 16 bits): `/` is IEEE division, a
+        // branch to a slow-path subroutine and its convergence barrier in every tile's epilogue.
+        // l <= the number of keys, far below where __fdividef returns 0 (2^126).
+        const float inv = l > 0.0f ? __fdividef(f, l) : 0.0f;
         const int i = row[half];
         const bool keep = i < w.seq.sq;  // the whole quad agrees (one row); store_o_row shuffles
         uint32_t packed[D / 8];
