@@ -79,13 +79,6 @@ __device__ __forceinline__ int ld_shared_b32(uint32_t addr) {
   asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
   return v;
 }
-// threadIdx.x read where it is called: asm volatile, so the compiler neither hoists what is
-// computed from it out of loops nor keeps it live across them.
-__device__ __forceinline__ uint32_t thread_index_volatile() {
-  uint32_t v;
-  asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(v));
-  return v;
-}
 // 16 bytes, addr 16-aligned.
 __device__ __forceinline__ void st_shared_v4(uint32_t addr, int4 v) {
   asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
