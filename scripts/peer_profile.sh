@@ -27,7 +27,7 @@
 # everything but the .ncu-rep reports (KEEP_REPORTS=1 keeps those too).
 set -uo pipefail
 # shellcheck source=scripts/lib/hopper_check_lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"  # copy_sources, shared_lib
+. "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"  # unpack_device_deps, copy_sources, shared_lib
 OUT=${OUT:-$PWD/peer-profile-out}
 mkdir -p "$OUT"
 LOG=$OUT/link.txt  # shared_lib's linker output
@@ -39,14 +39,17 @@ CAUSAL=${CAUSAL:-0}
 LIB=$PWD/$B/libflash4.so
 PATCHED_LIB=/tmp/patched/$B/libflash4.so
 
+# build_flash4_at SRC SUFFIX: flash4 for sm_90a in SRC/$B (configure / build logs
+# $OUT/cfgSUFFIX.txt, $OUT/buildSUFFIX.txt).
+build_flash4_at() {
+  cmake -S "$1" -B "$1/$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" \
+    > "$OUT/cfg$2.txt" 2>&1
+  ninja -C "$1/$B" -j16 flash4 > "$OUT/build$2.txt" 2>&1 || { tail -20 "$OUT/build$2.txt"; return 1; }
+}
+
 build() {
-  if [ ! -f .device-carry/deps.tar ] && [ -f .device-carry/deps.tar.xz ]; then
-    xz -dc .device-carry/deps.tar.xz > .device-carry/deps.tar
-  fi
-  tar xf .device-carry/deps.tar -C / --skip-old-files 2>/dev/null
-  cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" \
-    > "$OUT/cfg.txt" 2>&1
-  ninja -C $B -j16 flash4 > "$OUT/build.txt" 2>&1 || { tail -20 "$OUT/build.txt"; return 1; }
+  unpack_device_deps
+  build_flash4_at . "" || return 1
   if [ -n "${PATCH:-}" ]; then
     # The patched copy beside it (sources only), built the same way.
     copy_sources /tmp/patched
@@ -56,9 +59,7 @@ build() {
       echo "$PATCH does not apply"
       return 1
     fi
-    cmake -S /tmp/patched -B /tmp/patched/$B -G Ninja -DCMAKE_BUILD_TYPE=Release \
-      -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" > "$OUT/cfg_patched.txt" 2>&1
-    ninja -C /tmp/patched/$B -j16 flash4 > "$OUT/build_patched.txt" 2>&1 || { tail -20 "$OUT/build_patched.txt"; return 1; }
+    build_flash4_at /tmp/patched _patched || return 1
     shared_lib /tmp/patched/$B "$PATCHED_LIB" || { tail -5 "$LOG"; return 1; }
     echo "built $PATCHED_LIB ($PATCH applied)"
   fi

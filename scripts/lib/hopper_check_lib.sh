@@ -69,14 +69,21 @@ finish() {
 NV=(nvcc -std=c++20 -O2 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Itests -Iflash4/include
     -Iflash4/src)
 
-# build_flash4: the carried build dependencies unpacked (deps.tar, or deps.tar.xz when only that
-# was carried), GPU and nvcc versions logged, $B configured for sm_90a only and flash4 built with
-# ninja -j16 (its time noted); exits on a failure.
-build_flash4() {
+# unpack_device_deps: the carried Debian packages (.device-carry/deps.tar.xz, from
+# scripts/make_device_carry.sh) unpacked over / once, when carried.
+unpack_device_deps() {
   if [ ! -f .device-carry/deps.tar ] && [ -f .device-carry/deps.tar.xz ]; then
     xz -dc .device-carry/deps.tar.xz > .device-carry/deps.tar
   fi
   [ -f .device-carry/deps.tar ] && tar xf .device-carry/deps.tar -C / --skip-old-files 2>/dev/null
+  return 0
+}
+
+# build_flash4: the carried build dependencies unpacked (deps.tar, or deps.tar.xz when only that
+# was carried), GPU and nvcc versions logged, $B configured for sm_90a only and flash4 built with
+# ninja -j16 (its time noted); exits on a failure.
+build_flash4() {
+  unpack_device_deps
   say "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null); $(nvcc --version | tail -1)"
   cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" \
     >>"$LOG" 2>&1 || { say "configure failed"; tail -30 "$LOG"; exit 1; }

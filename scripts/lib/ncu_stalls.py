@@ -57,31 +57,24 @@ def reasons(rows):
 
 
 def sass(rows):
-    start = next((i for i, r in enumerate(rows) if "Source" in r and any("Stall Sampling" in c for c in r)), None)
-    if start is None:
-        print("ncu_stalls: no 'Source' / 'Warp Stall Sampling' columns on the source page")
+    table = source_table(rows, "Stall Sampling")
+    if not table:
         return
-    header = rows[start]
-    src = header.index("Source")
-    samples = next(i for i, c in enumerate(header) if "Stall Sampling (All" in c or "Stall Sampling" in c)
-    items = []
-    for row in rows[start + 1:]:
-        if len(row) <= max(src, samples):
-            continue
-        try:
-            items.append((float(row[samples].replace(",", "")), row[src].strip()))
-        except ValueError:
-            pass
+    header = list(table[0])
+    samples = next((c for c in header if "Stall Sampling (All" in c), None) or next(
+        c for c in header if "Stall Sampling" in c)
+    items = [(number(r[samples]), r["Source"].strip()) for r in table]
     total = sum(v for v, _ in items) or 1.0
     for v, text in sorted(items, reverse=True)[:25]:
         print(f"{100 * v / total:5.1f}%  {text}")
 
 
-def source_table(rows):
-    """The source page's header and rows as dicts, or None (a note printed)."""
-    start = next((i for i, r in enumerate(rows) if "Source" in r and "Instructions Executed" in r), None)
+def source_table(rows, column="Instructions Executed"):
+    """The source page's rows as dicts (header: the first row with "Source" and a column whose
+    name holds `column`), or None (a note printed)."""
+    start = next((i for i, r in enumerate(rows) if "Source" in r and any(column in c for c in r)), None)
     if start is None:
-        print("ncu_stalls: no 'Source' / 'Instructions Executed' columns on the source page")
+        print(f"ncu_stalls: no 'Source' / '{column}' columns on the source page")
         return None
     header = rows[start]
     return [dict(zip(header, r)) for r in rows[start + 1:] if len(r) == len(header)]

@@ -98,6 +98,10 @@ using cuda::AttentionParams;
 // (FlashAttention-3's 192 x 128 tile there: 50% more warps to hide the softmax, which at
 // d = 64 costs as much as the wgmmas; chosen by forward_warpgroups in hopper.cpp). Three
 // warpgroups get 160 registers each (128 * 24 + 384 * 160 <= 64K): O 32 + S 64 + P 32 fit.
+// The producer's handoff of a decoded tile to the consumers, a Q buffer's worth: three 16-byte
+// words (TileHandoff, after Tile below).
+inline constexpr uint32_t kTileHandoffBytes = 48;
+
 template <int D, int kWarpgroups = 2>
 struct ForwardSm90Config {
   static_assert(kWarpgroups == 2 || (kWarpgroups == 3 && D == 64), "three consumer warpgroups at d = 64 only");
@@ -116,11 +120,10 @@ struct ForwardSm90Config {
   // After the barriers: the tile index of each Q buffer (the dynamic schedule's handoff), then
   // each Q buffer's O store coordinates (the store warp's handoff: q row, head, batch), then,
   // 16-aligned, each Q buffer's decoded Tile (the producer's handoff to the consumers).
-  static constexpr uint32_t kBarrierOffset = kQStages * kQBytes + 2 * kStages * kKVBytes;
-  static constexpr uint32_t kTileInfoOffset = kBarrierOffset + (8 * kBarriers + 16 * kQStages + 15) / 16 * 16;
-  static constexpr uint32_t kTileInfoBytes = 48;  // TileHandoff::kBytes, checked in the kernel
+  static constexpr uint32_t kTileSlotOffset = kQStages * kQBytes + 2 * kStages * kKVBytes + 8 * kBarriers;
+  static constexpr uint32_t kTileInfoOffset = (kTileSlotOffset + 16 * kQStages + 15) / 16 * 16;
   // 1024 bytes of slack to align the tiles to the swizzle atom.
-  static constexpr size_t kSmemBytes = 1024 + kTileInfoOffset + kQStages * kTileInfoBytes;
+  static constexpr size_t kSmemBytes = 1024 + kTileInfoOffset + kQStages * kTileHandoffBytes;
   // Registers per thread after setmaxnreg: 128 * 24 + 256 * 240 <= 64K (3 warpgroups: 160).
   static constexpr int kProducerRegs = 24, kConsumerRegs = kWarpgroups == 2 ? 240 : 160;
   static_assert(D == 64 || D == 128 || D == 256, "d = 64, 128 or 256");
@@ -302,8 +305,6 @@ struct Tile {
 // 16-byte words at a 32-bit shared address (the dropped fields, and a 32-bit q_start, spare
 // the producer's 24 registers: the whole Tile spilled there).
 struct TileHandoff {
-  static constexpr uint32_t kBytes = 48;
-
   __device__ __forceinline__ static void store(uint32_t addr, const Tile& w) {
     st_shared_v4(addr, make_int4(w.m0, w.h, w.b, w.split));
     st_shared_v4(addr + 16, make_int4(w.kb_begin, w.kb_end, w.q_row, w.tma_b));
@@ -504,10 +505,7 @@ __global__ void __launch_bounds__(ForwardSm90Config<D, kWarpgroups>::kThreads, 1
   // shares the Q buffer's life, as tile_slot does. Its address is tile_slot's plus a constant:
   // a pointer of its own, live across the key-block loop, cost the loop a uniform register
   // (ptxas then recomputed the K / V base every iteration and rescheduled the loop).
-  static_assert(C::kTileInfoBytes == TileHandoff::kBytes, "ForwardSm90Config::kTileInfoBytes");
-  auto tile_info = [&](int qs) {
-    return tile_slot + (C::kTileInfoOffset - C::kBarrierOffset - 8 * C::kBarriers) + qs * TileHandoff::kBytes;
-  };
+  auto tile_info = [&](int qs) { return tile_slot + (C::kTileInfoOffset - C::kTileSlotOffset) + qs * kTileHandoffBytes; };
   const bool dynamic = tile_counter != nullptr;
 
   // Query blocks per head (dense only) and tiles, computed by each role after its setmaxnreg;
