@@ -122,8 +122,10 @@
 // passed scripts/hopper_bwd_wide_check.sh on an H200 (2026-12-01; 1.04 - 1.20x BM = 64), the
 // default at d = 64 but for varlen without determinism (FLASH4_HOPPER_BWD_BM=64 | 128
 // forces). Missing (follow-ups): overlap of one query block's S / dP with the previous one's
-// gradients (a d = 64 try in pairs of steps was 13% slower), persistent scheduling,
-// native (unpadded) d 96 tiles. d over 128 (padded to 256): the
+// gradients (a d = 64 try in pairs of steps was 13% slower), persistent scheduling (tried on
+// an H200, 2026-12-03: docs/experiments/2026-12-03-hopper-bwd-persistent.patch, 1.04 / 1.02 /
+// 1.03x one CTA a tile of the same kernel, but 1.00 / 1.00 / 0.99x this kernel: the tile loop
+// moved the consumers' step loops), native (unpadded) d 96 tiles. d over 128 (padded to 256): the
 // kSplitHeadDim kernel (BackwardSm90Config; docs/hopper_backward_d256.md), the default since
 // scripts/hopper_bwd_d256_check.sh passed on an H200 (2026-12-02: 1.28x the portable backward)
 // but for deterministic calls over short sequences (host.hpp's backward_kernel_dim).
