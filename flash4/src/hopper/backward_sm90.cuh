@@ -1009,9 +1009,17 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
     setmaxnreg_inc<C::kConsumerRegs>();
     const int cw = warpgroup_index_uniform() - 1, wq = warp % 4, g = lane / 4, t = lane % 4;
     const float scale_log2 = p.scale_log2;
+#if defined(FLASH4_SASS_HOT_PATH)
+    // Diagnostic build only (scripts/sass_hot_path.py, never linked into a library): the
+    // branches a dense step without softcap or mask never takes are compiled out, so that the
+    // step loop's SASS is its hot path (softcap, varlen and masked steps compute garbage).
+    constexpr bool kColdPaths = false;
+#else
+    constexpr bool kColdPaths = true;
+#endif
     // Uniform: one branch per step, outside the element loops. BM = 128: never (its registers
     // do not hold the tanh beside 128 scores; the host keeps softcap on BM = 64).
-    const bool softcap = !kWideM && p.softcap > 0;
+    const bool softcap = kColdPaths && !kWideM && p.softcap > 0;
     const uint32_t k_addr = smem_u32(smem + C::kOffK), v_addr = smem_u32(smem + C::kOffV);
     const uint32_t q_addr0 = smem_u32(smem + C::kOffQ), o_addr0 = smem_u32(smem + C::kOffO);
     const uint32_t ds_addr0 = smem_u32(smem + C::kOffDs);
@@ -1098,7 +1106,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
       // and dV multiply them by dS = P = 0). Both warpgroups read every row: split the
       // stores, fence, barrier 5 (256). No one reads this stage before: it was refilled
       // after both warpgroups released it.
-      if (packed && m0 + BM > seq.sq) {
+      if (kColdPaths && packed && m0 + BM > seq.sq) {
         const int first = seq.sq - m0, thread = threadIdx.x - 128;
         zero_tile_rows(smem + C::kOffQ + stage * C::kQBytes, C::kQChunkBytes, C::kChunks, first, BM, thread, 256);
         zero_tile_rows(smem + C::kOffO + stage * C::kQBytes, C::kQChunkBytes, C::kChunks, first, BM, thread, 256);
@@ -1131,7 +1139,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
 #pragma unroll
         for (int i = 0; i < 16; ++i) fence_operand(dp[i]);
         probabilities_to_ds<32>(s, dp, lse2, drow, t, p, softcap);
-        const bool masked = edge_keys || m0 < unmasked_lo || m0 > unmasked_hi;
+        const bool masked = kColdPaths && (edge_keys || m0 < unmasked_lo || m0 > unmasked_hi);
         if (masked)
           mask_step(s, dp, m0 + q_first);
         uint32_t pa_half[2][4], dsa_half[2][4];
@@ -1204,7 +1212,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
       // n0 + BN - 1 > m0 + shift + right, or has_left and n0 < m0 + BM - 1 + shift - left; see
       // unmasked_lo / unmasked_hi).
       const int sq = seq.sq;
-      const bool masked = edge_keys || m0 < unmasked_lo || m0 > unmasked_hi;
+      const bool masked = kColdPaths && (edge_keys || m0 < unmasked_lo || m0 > unmasked_hi);
       if (masked) mask_step(s, dp, m0);
 
       // P^T and dS^T as 16-bit A fragments (k16 slices along the queries).
