@@ -73,17 +73,18 @@ def cuobjdump():
 
 
 def instruction_class(op):
-    if op.startswith("HGMMA"):
+    base = op.split(".")[0]
+    if base == "HGMMA":
         return "wgmma"
     if op.startswith("U") or op in ("R2UR", "S2UR", "VOTEU.ALL"):
         return "uniform"
-    if op.split(".")[0] in ("LDS", "STS", "STSM", "LDSM", "LDGSTS"):
+    if base in ("LDS", "STS", "STSM", "LDSM", "LDGSTS"):
         return "shared memory"
-    if op.split(".")[0] in ("FFMA", "FMUL", "FADD", "FMNMX", "MUFU", "F2FP", "FSEL", "FSETP", "HFMA2", "HMUL2"):
+    if base in ("FFMA", "FMUL", "FADD", "FMNMX", "MUFU", "F2FP", "FSEL", "FSETP", "HFMA2", "HMUL2"):
         return "float math"
-    if op.split(".")[0] in ("BAR", "SYNCS", "WARPGROUP", "MEMBAR", "FENCE", "DEPBAR", "WARPSYNC", "NOP"):
+    if base in ("BAR", "SYNCS", "WARPGROUP", "MEMBAR", "FENCE", "DEPBAR", "WARPSYNC", "NOP"):
         return "sync"
-    if op.split(".")[0] in ("LDG", "STG", "REDG", "RED", "ATOMG", "LDL", "STL", "LDC"):
+    if base in ("LDG", "STG", "REDG", "RED", "ATOMG", "LDL", "STL", "LDC"):
         return "global / local / constant"
     return "integer / control"
 
