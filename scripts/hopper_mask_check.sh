@@ -22,7 +22,8 @@
 # $OUT (default ./hopper-mask-out), packed into results.tar.gz.
 #
 #   PATCH=change.patch [DIMS=64,128,256] [PASSES="fwd bwd"] [FILTER=...] [SHARDS=8] [PEERS=1] [SANITIZE=1] \
-#     [AB_ENV="..."] [TEST_ENV="..."] bash scripts/hopper_mask_check.sh
+#     [AB_ENV="..."] [TEST_ENV="..."] [AB_ARGS="--rounds 8 --repeats 20"] bash scripts/hopper_mask_check.sh
+# AB_ARGS is added to every env_ab call (more rounds when the change is expected to be worth ~1%).
 set -uo pipefail
 # shellcheck source=scripts/lib/hopper_check_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
@@ -48,14 +49,14 @@ if [ "$BENCH" = 1 ] && shared_lib "$B" /tmp/libflash4_change.so && shared_lib "/
   for pass in ${PASSES:-fwd bwd}; do
     say "env_ab $pass: baseline (A) vs change (B), dims $DIMS"
     timeout "$(budget 150)" python3 bench/env_ab.py --lib /tmp/libflash4_change.so --a lib=/tmp/libflash4_base.so \
-      --b lib=/tmp/libflash4_change.so --pass "$pass" --dims "$DIMS" > "$OUT/env_ab_$pass.txt" 2>&1
+      --b lib=/tmp/libflash4_change.so --pass "$pass" --dims "$DIMS" ${AB_ARGS:-} > "$OUT/env_ab_$pass.txt" 2>&1
     note "env_ab $pass rc $?: $(grep -iE 'geometric|tolerance|FAILED' "$OUT/env_ab_$pass.txt" | tr '\n' ' ')"
     if [ -n "${AB_ENV:-}" ]; then
       switches=()
       for setting in $AB_ENV; do switches+=(--b "$setting"); done
       say "env_ab $pass: the change's default (A) vs $AB_ENV"
       timeout "$(budget 150)" python3 bench/env_ab.py --lib /tmp/libflash4_change.so --a '' "${switches[@]}" \
-        --pass "$pass" --dims "$DIMS" > "$OUT/env_ab_switch_$pass.txt" 2>&1
+        --pass "$pass" --dims "$DIMS" ${AB_ARGS:-} > "$OUT/env_ab_switch_$pass.txt" 2>&1
       note "env_ab switch $pass rc $?: $(grep -iE 'geometric|tolerance|FAILED' "$OUT/env_ab_switch_$pass.txt" | tr '\n' ' ')"
     fi
   done
