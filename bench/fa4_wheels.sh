@@ -31,7 +31,8 @@ dl() {
 }
 rm -rf .whl/all .whl/part1 .whl/part2
 mkdir -p .whl/all .whl/part1 .whl/part2
-dl --pre "flash-attn-4==4.0.0b36"
+# FA4_VERSION: the flash-attn-4 pre-release (4.0.0b36 until the sixteenth session).
+dl --pre "flash-attn-4==${FA4_VERSION:-4.0.0b40}"
 dl "nvidia-cutlass-dsl==4.8.1" "nvidia-cutlass-dsl-libs-base==4.8.1" "nvidia-cutlass-dsl-libs-core==4.8.1" \
   "nvidia-cutlass-dsl-libs-cu13==4.8.1" "cuda-bindings==13.5.0" "cuda-pathfinder==1.9.1" "protobuf==7.36.2" \
   "apache-tvm-ffi==0.1.15.post2" "torch-c-dlpack-ext==0.1.5" "quack-kernels==0.6.5" "einops==0.8.1"
