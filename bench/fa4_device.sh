@@ -8,11 +8,22 @@
 #   here:   bash bench/fa4_wheels.sh
 #   call 1: carry [".device-carry/deps.tar.xz", ".whl/part1"]: bash bench/fa4_device.sh 1
 #   call 2: carry [".whl/part2"]:                               bash bench/fa4_device.sh 2
-# Outputs under $OUT (peers_bf16.txt / .md, peers_fp16.txt / .md, log).
+# Outputs under $OUT (peers_bf16.txt / .md, peers_fp16.txt / .md, log). Either stage takes a
+# command after `--`, run last (stage 2: instead of peers.py, with FA4 importable), e.g. the
+# per-kernel profiles of flash4 and FA4 on one shape:
+#   call 1: bash bench/fa4_device.sh 1 -- bash scripts/peer_profile.sh build
+#   call 2: bash bench/fa4_device.sh 2 -- env PASS=bwd D=128 S=8192 bash scripts/peer_profile.sh flash4 fa4 compare pack
 set -uo pipefail
 # shellcheck source=scripts/lib/hopper_check_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/hopper_check_lib.sh"
 stage=${1:?stage 1 or 2}
+shift
+extra=()
+if [ "${1:-}" = -- ]; then
+  shift
+  extra=("$@")
+fi
+set --
 OUT=${OUT:-$PWD/fa4-out}
 check_start fa4-out "${BUDGET:-540}"
 
@@ -23,6 +34,10 @@ if [ "$stage" = 1 ]; then
     exit 1
   fi
   mkdir -p /tmp/whl && cp .whl/part1/* /tmp/whl/ && note "wheels part 1 kept in /tmp/whl"
+  if [ ${#extra[@]} -gt 0 ]; then
+    timeout "$(time_left)" "${extra[@]}"
+    note "${extra[*]}: rc $?"
+  fi
   finish
   exit 0
 fi
@@ -42,6 +57,12 @@ cp .whl/part2/* /tmp/whl/
 ) >>"$LOG" 2>&1 || { note "wheel install failed (log)"; finish; exit 1; }
 # pip --target does not run the CuTe DSL's .pth file: its packages go on PYTHONPATH by hand.
 export PYTHONPATH=/tmp/site3:/tmp/site3/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
+if [ ${#extra[@]} -gt 0 ]; then
+  timeout "$(time_left)" "${extra[@]}"
+  note "${extra[*]}: rc $?"
+  finish
+  exit 0
+fi
 for dtype in bf16 fp16; do
   left=$(time_left)
   [ "$left" -lt 120 ] && { note "no time left for $dtype"; break; }
