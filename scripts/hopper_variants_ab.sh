@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Several kernel changes timed against this tree and against each other in one device call
+# (one env_ab process: the same tensors, rounds in alternating order), then one of them tested:
+# more answers per device call than scripts/hopper_mask_check.sh, which times one patch. From
+# the repository root on an H100 / H200 (carry .device-carry/deps.tar.xz):
+#
+#   VARIANTS="NAME=PATCH[+PATCH...] ..." [PASSES="bwd"] [DIMS=64,128,256] [AB_ARGS="--rounds 8"] \
+#     [TEST_VARIANT=NAME] [FILTER='*Backward*:*VarlenFused*'] [SHARDS=8] [SANITIZE=1] [BUDGET=560] \
+#     bash scripts/hopper_variants_ab.sh
+#
+#   1. build   this tree (the baseline, A) in $B, and each variant -- a copy of the sources with
+#              its patches applied in order (`patch -p1`; e.g. docs/experiments/*.patch, which
+#              travel with the tree) -- in /tmp/variant_NAME; a libflash4.so of each;
+#   2. bench   bench/env_ab.py per pass: A = the baseline, B1, B2, ... = the variants in
+#              VARIANTS' order (env_ab_PASS.txt; geometric means in the summary);
+#   3. test    TEST_VARIANT's GPU tests (default: the last variant; TEST_VARIANT=none skips),
+#              FILTER's suites in SHARDS gtest shards;
+#   4. check   (SANITIZE=1) memcheck and racecheck of TEST_VARIANT, as hopper_mask_check.sh.
+# Every stage's timeout is cut to the time left of BUDGET. Outputs in $OUT (default
+# ./hopper-variants-out), packed into results.tar.gz.
+set -uo pipefail
+# shellcheck source=scripts/lib/hopper_check_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/hopper_check_lib.sh"
+
+check_start hopper-variants-out 560 "$@"
+VARIANTS=${VARIANTS:?VARIANTS="NAME=PATCH[+PATCH...] ...": the changes to time}
+FILTER=${FILTER:-'*Backward*:*VarlenFused*'}
+SHARDS=${SHARDS:-8}
+DIMS=${DIMS:-64,128,256}
+ROOT=$PWD
+
+# ---- 1. build ---------------------------------------------------------------------------
+build_flash4
+shared_lib "$B" /tmp/libflash4_base.so || { note "baseline libflash4.so did not link (log)"; finish; exit 1; }
+names=()
+libs=()
+for variant in $VARIANTS; do
+  name=${variant%%=*}
+  patches=${variant#*=}
+  dir=/tmp/variant_$name
+  copy_sources "$dir"
+  applied=1
+  for patch_file in ${patches//+/ }; do
+    if ! (cd "$dir" && patch -p1 -s < "$ROOT/$patch_file") >>"$LOG" 2>&1; then
+      note "$name: $patch_file does not apply"
+      applied=0
+      break
+    fi
+  done
+  [ "$applied" = 1 ] || continue
+  if (cd "$dir" && build_flash4) && shared_lib "$dir/$B" "/tmp/libflash4_$name.so"; then
+    names+=("$name")
+    libs+=("/tmp/libflash4_$name.so")
+    note "$name built ($patches; registers: bwd d 128 $(cd "$dir" && registers backward_sm90_hdim128)| bwd d 256 $(cd "$dir" && registers backward_sm90_hdim256))"
+  else
+    note "$name: build failed (log)"
+  fi
+done
+[ ${#names[@]} -gt 0 ] || { note "no variant built"; finish; exit 1; }
+
+# ---- 2. bench ---------------------------------------------------------------------------
+settings=()
+for i in "${!libs[@]}"; do
+  settings+=(--b "lib=${libs[$i]}")
+  note "B$((i + 1)) = ${names[$i]}"
+done
+for pass in ${PASSES:-bwd}; do
+  say "env_ab $pass: baseline (A) vs ${names[*]}"
+  # shellcheck disable=SC2086  # AB_ARGS: several words
+  timeout "$(budget 240)" python3 bench/env_ab.py --lib /tmp/libflash4_base.so --a lib=/tmp/libflash4_base.so \
+    "${settings[@]}" --pass "$pass" --dims "$DIMS" ${AB_ARGS:-} > "$OUT/env_ab_$pass.txt" 2>&1
+  note "env_ab $pass rc $?: $(grep -iE 'geometric|tolerance|FAILED' "$OUT/env_ab_$pass.txt" | tr '\n' ' ')"
+done
+
+# ---- 3. tests, 4. sanitizers --------------------------------------------------------------
+tested=${TEST_VARIANT:-${names[-1]}}
+if [ "$tested" != none ] && [ -d "/tmp/variant_$tested/$B" ]; then
+  cd "/tmp/variant_$tested" || exit 1
+  compile_tests_in_background
+  wait_for_compiles "a test compile failed ($tested)"
+  link_tests
+  [ "$FILTER" != none ] && run_suite "$tested" "$FILTER" 600
+  note "worst vs float64 ($tested): bf16 dq $(worst_error "$tested" dq bf16) dk $(worst_error "$tested" dk bf16) fp16 dq $(worst_error "$tested" dq fp16)"
+  if [ "${SANITIZE:-0}" = 1 ]; then
+    SMALL='Window/Flash4HopperBackward.*/0_*:Window/Flash4HopperBackward.*/1_*:Window/Flash4HopperBackward.*/2_*'
+    SMALL+=':D256/Flash4HopperBackwardD256FlatDq.WithQueriesSplit*/1_*'
+    sanitize_stage memcheck "$SMALL" 90
+    sanitize_stage racecheck "$SMALL" 90
+  fi
+  cd "$ROOT" || exit 1
+fi
+
+for pass in ${PASSES:-bwd}; do [ -f "$OUT/env_ab_$pass.txt" ] && cat "$OUT/env_ab_$pass.txt"; done
+pack_results
+finish
