@@ -10,9 +10,11 @@
 #   call 2: carry [".whl/part2"]:                               bash bench/fa4_device.sh 2
 # Outputs under $OUT (peers_bf16.txt / .md, peers_fp16.txt / .md, log). Either stage takes a
 # command after `--`, run last (stage 2: instead of peers.py, with FA4 importable), e.g. the
-# per-kernel profiles of flash4 and FA4 on one shape:
-#   call 1: bash bench/fa4_device.sh 1 -- bash scripts/peer_profile.sh build
-#   call 2: bash bench/fa4_device.sh 2 -- env PASS=bwd D=128 S=8192 bash scripts/peer_profile.sh flash4 fa4 compare pack
+# per-kernel profiles of flash4 and FA4 on one shape (their reports under $OUT/p, so that the
+# device tool brings them back; as run in the sixteenth session):
+#   call 1: OUT=$OUT/s1 bash bench/fa4_device.sh 1 -- env OUT=$OUT/p bash scripts/peer_profile.sh build
+#   call 2: OUT=$OUT/s2 bash bench/fa4_device.sh 2 -- env OUT=$OUT/p PASS=bwd D=128 S=8192 CAUSAL=1 \
+#             bash scripts/peer_profile.sh flash4 fa4 compare pack
 set -uo pipefail
 # shellcheck source=scripts/lib/hopper_check_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/hopper_check_lib.sh"
