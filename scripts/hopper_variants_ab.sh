@@ -8,9 +8,10 @@
 #     [TEST_VARIANT=NAME] [FILTER='*Backward*:*VarlenFused*'] [SHARDS=8] [SANITIZE=1] [BUDGET=560] \
 #     bash scripts/hopper_variants_ab.sh
 #
-#   1. build   this tree (the baseline, A) in $B, and each variant -- a copy of the sources with
-#              its patches applied in order (`patch -p1`; e.g. docs/experiments/*.patch, which
-#              travel with the tree) -- in /tmp/variant_NAME; a libflash4.so of each;
+#   1. build   this tree (the baseline, A) and each variant -- a copy of the sources with its
+#              patches applied in order (`patch -p1`; e.g. docs/experiments/*.patch, which
+#              travel with the tree) -- in /tmp/variant_NAME, all side by side; a
+#              libflash4.so of each;
 #   2. bench   bench/env_ab.py per pass: A = the baseline, B1, B2, ... = the variants in
 #              VARIANTS' order (env_ab_PASS.txt; geometric means in the summary);
 #   3. test    TEST_VARIANT's GPU tests (default: the last variant; TEST_VARIANT=none skips),
@@ -30,10 +31,20 @@ DIMS=${DIMS:-64,128,256}
 ROOT=$PWD
 
 # ---- 1. build ---------------------------------------------------------------------------
-build_flash4
-shared_lib "$B" /tmp/libflash4_base.so || { note "baseline libflash4.so did not link (log)"; finish; exit 1; }
+# The baseline and every variant build side by side (each is bound by its longest object, so
+# one after another left most of the cores idle), 32 compile jobs in all (nvcc's heavy objects
+# take GBs each: not 16 a build).
+unpack_device_deps
+n_builds=$((1 + $(wc -w <<< "$VARIANTS")))
+export NINJA_JOBS=$(((32 + n_builds - 1) / n_builds))
+build_one() {  # DIR SO: flash4 of DIR and its libflash4.so, logged to DIR/build.log
+  # shellcheck disable=SC2030  # LOG: this build's own, in the subshell only
+  (cd "$1" && LOG=$1/build.log && build_flash4 && shared_lib "$B" "$2") > "$1/build.out" 2>&1
+}
+copy_sources /tmp/variant_baseline
+build_one /tmp/variant_baseline /tmp/libflash4_base.so &
+build_pids=($!)
 names=()
-libs=()
 for variant in $VARIANTS; do
   name=${variant%%=*}
   patches=${variant#*=}
@@ -41,6 +52,7 @@ for variant in $VARIANTS; do
   copy_sources "$dir"
   applied=1
   for patch_file in ${patches//+/ }; do
+    # shellcheck disable=SC2031  # the check's LOG (build_one's is its subshell's)
     if ! (cd "$dir" && patch -p1 -s < "$ROOT/$patch_file") >>"$LOG" 2>&1; then
       note "$name: $patch_file does not apply"
       applied=0
@@ -48,14 +60,26 @@ for variant in $VARIANTS; do
     fi
   done
   [ "$applied" = 1 ] || continue
-  if (cd "$dir" && build_flash4) && shared_lib "$dir/$B" "/tmp/libflash4_$name.so"; then
-    names+=("$name")
+  names+=("$name")
+  build_one "$dir" "/tmp/libflash4_$name.so" &
+  build_pids+=($!)
+done
+for pid in "${build_pids[@]}"; do wait "$pid"; done
+[ -f /tmp/libflash4_base.so ] || { note "baseline build failed: $(tail -5 /tmp/variant_baseline/build.out)"; finish; exit 1; }
+note "built in $(($(date +%s) - START)) s"
+built=()
+libs=()
+for name in "${names[@]}"; do
+  dir=/tmp/variant_$name
+  if [ -f "/tmp/libflash4_$name.so" ]; then
+    built+=("$name")
     libs+=("/tmp/libflash4_$name.so")
-    note "$name built ($patches; registers: bwd d 128 $(cd "$dir" && registers backward_sm90_hdim128)| bwd d 256 $(cd "$dir" && registers backward_sm90_hdim256))"
+    note "$name built (registers: bwd d 128 $(cd "$dir" && registers backward_sm90_hdim128)| bwd d 256 $(cd "$dir" && registers backward_sm90_hdim256))"
   else
-    note "$name: build failed (log)"
+    note "$name: build failed: $(grep -m3 -A3 error "$dir/build.log" "$dir/build.out" | head -8 | tr '\n' ' ')"
   fi
 done
+names=("${built[@]}")
 [ ${#names[@]} -gt 0 ] || { note "no variant built"; finish; exit 1; }
 
 # ---- 2. bench ---------------------------------------------------------------------------

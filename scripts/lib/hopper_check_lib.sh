@@ -81,15 +81,15 @@ unpack_device_deps() {
 
 # build_flash4: the carried build dependencies unpacked (deps.tar, or deps.tar.xz when only that
 # was carried), GPU and nvcc versions logged, $B configured for sm_90a only and flash4 built with
-# ninja -j16 (its time noted); exits on a failure.
+# ninja -j$NINJA_JOBS (default 16; its time noted); exits on a failure.
 build_flash4() {
   unpack_device_deps
   say "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null); $(nvcc --version | tail -1)"
   cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release -DADEPT_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" \
     >>"$LOG" 2>&1 || { say "configure failed"; tail -30 "$LOG"; exit 1; }
   local t0=$(date +%s%N)
-  ninja -C $B -j16 flash4 >>"$LOG" 2>&1 || { say "flash4 build failed"; grep -A12 -m3 "error" "$LOG"; exit 1; }
-  note "flash4 built in $(( ($(date +%s%N) - t0) / 1000000 )) ms (-j16)"
+  ninja -C $B -j"${NINJA_JOBS:-16}" flash4 >>"$LOG" 2>&1 || { say "flash4 build failed"; grep -A12 -m3 "error" "$LOG"; exit 1; }
+  note "flash4 built in $(( ($(date +%s%N) - t0) / 1000000 )) ms (-j${NINJA_JOBS:-16})"
 }
 
 # up_to_date OBJECT SOURCE: OBJECT is newer than SOURCE and than every header it may include
