@@ -28,6 +28,12 @@ fi
 set --
 OUT=${OUT:-$PWD/fa4-out}
 check_start fa4-out "${BUDGET:-540}"
+# run_extra: the command given after `--` (if any) within the time left, its status noted.
+run_extra() {
+  [ ${#extra[@]} -gt 0 ] || return 0
+  timeout "$(time_left)" "${extra[@]}"
+  note "${extra[*]}: rc $?"
+}
 
 if [ "$stage" = 1 ]; then
   build_flash4
@@ -36,10 +42,7 @@ if [ "$stage" = 1 ]; then
     exit 1
   fi
   mkdir -p /tmp/whl && cp .whl/part1/* /tmp/whl/ && note "wheels part 1 kept in /tmp/whl"
-  if [ ${#extra[@]} -gt 0 ]; then
-    timeout "$(time_left)" "${extra[@]}"
-    note "${extra[*]}: rc $?"
-  fi
+  run_extra
   finish
   exit 0
 fi
@@ -60,8 +63,7 @@ cp .whl/part2/* /tmp/whl/
 # pip --target does not run the CuTe DSL's .pth file: its packages go on PYTHONPATH by hand.
 export PYTHONPATH=/tmp/site3:/tmp/site3/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
 if [ ${#extra[@]} -gt 0 ]; then
-  timeout "$(time_left)" "${extra[@]}"
-  note "${extra[*]}: rc $?"
+  run_extra
   finish
   exit 0
 fi

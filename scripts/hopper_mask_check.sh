@@ -48,6 +48,7 @@ wait "$baseline_pid"
 if [ "$BENCH" = 1 ] && shared_lib "$B" /tmp/libflash4_change.so && shared_lib "/tmp/baseline/$B" /tmp/libflash4_base.so; then
   for pass in ${PASSES:-fwd bwd}; do
     say "env_ab $pass: baseline (A) vs change (B), dims $DIMS"
+    # shellcheck disable=SC2086  # AB_ARGS: several words
     timeout "$(budget 150)" python3 bench/env_ab.py --lib /tmp/libflash4_change.so --a lib=/tmp/libflash4_base.so \
       --b lib=/tmp/libflash4_change.so --pass "$pass" --dims "$DIMS" ${AB_ARGS:-} > "$OUT/env_ab_$pass.txt" 2>&1
     note "env_ab $pass rc $?: $(grep -iE 'geometric|tolerance|FAILED' "$OUT/env_ab_$pass.txt" | tr '\n' ' ')"
@@ -55,6 +56,7 @@ if [ "$BENCH" = 1 ] && shared_lib "$B" /tmp/libflash4_change.so && shared_lib "/
       switches=()
       for setting in $AB_ENV; do switches+=(--b "$setting"); done
       say "env_ab $pass: the change's default (A) vs $AB_ENV"
+      # shellcheck disable=SC2086
       timeout "$(budget 150)" python3 bench/env_ab.py --lib /tmp/libflash4_change.so --a '' "${switches[@]}" \
         --pass "$pass" --dims "$DIMS" ${AB_ARGS:-} > "$OUT/env_ab_switch_$pass.txt" 2>&1
       note "env_ab switch $pass rc $?: $(grep -iE 'geometric|tolerance|FAILED' "$OUT/env_ab_switch_$pass.txt" | tr '\n' ' ')"
@@ -78,12 +80,7 @@ fi
 [ "${PEERS:-0}" = 1 ] && peers_with peers.txt 200 --
 
 # ---- 5. sanitizers --------------------------------------------------------------------
-if [ "${SANITIZE:-0}" = 1 ]; then
-  SMALL='Window/Flash4HopperBackward.*/0_*:Window/Flash4HopperBackward.*/1_*:Window/Flash4HopperBackward.*/2_*'
-  SMALL+=':Window/Flash4Hopper.*/0_*:Window/Flash4Hopper.*/4_*:D256/Flash4HopperBackwardD256FlatDq.WithQueriesSplit*/1_*'
-  sanitize_stage memcheck "$SMALL" 90
-  sanitize_stage racecheck "$SMALL" 90
-fi
+[ "${SANITIZE:-0}" = 1 ] && sanitize_checks "$SANITIZE_BWD_CASES:$SANITIZE_FWD_CASES"
 
 for f in env_ab_fwd env_ab_switch_fwd env_ab_bwd env_ab_switch_bwd; do [ -f "$OUT/$f.txt" ] && cat "$OUT/$f.txt"; done
 [ -f "$OUT/peers.txt" ] && cat "$OUT/peers.txt"

@@ -105,12 +105,7 @@ if [ "$tested" != none ] && [ -d "/tmp/variant_$tested/$B" ]; then
   link_tests
   [ "$FILTER" != none ] && run_suite "$tested" "$FILTER" 600
   note "worst vs float64 ($tested): bf16 dq $(worst_error "$tested" dq bf16) dk $(worst_error "$tested" dk bf16) fp16 dq $(worst_error "$tested" dq fp16)"
-  if [ "${SANITIZE:-0}" = 1 ]; then
-    SMALL='Window/Flash4HopperBackward.*/0_*:Window/Flash4HopperBackward.*/1_*:Window/Flash4HopperBackward.*/2_*'
-    SMALL+=':D256/Flash4HopperBackwardD256FlatDq.WithQueriesSplit*/1_*'
-    sanitize_stage memcheck "$SMALL" 90
-    sanitize_stage racecheck "$SMALL" 90
-  fi
+  [ "${SANITIZE:-0}" = 1 ] && sanitize_checks "$SANITIZE_BWD_CASES"
   cd "$ROOT" || exit 1
 fi
 

@@ -343,6 +343,18 @@ sanitize() {
   timeout "$3" compute-sanitizer --tool $1 --error-exitcode 9 $T --gtest_filter="$2" > "$OUT/$1.txt" 2>&1
 }
 
+# The small cases the one-call checks run under compute-sanitizer: causal / window backward
+# at d 64 / 128 / 256 (the split-query d 256 step among them), and two forward window cases.
+SANITIZE_BWD_CASES='Window/Flash4HopperBackward.*/0_*:Window/Flash4HopperBackward.*/1_*:Window/Flash4HopperBackward.*/2_*'
+SANITIZE_BWD_CASES+=':D256/Flash4HopperBackwardD256FlatDq.WithQueriesSplit*/1_*'
+SANITIZE_FWD_CASES='Window/Flash4Hopper.*/0_*:Window/Flash4Hopper.*/4_*'
+
+# sanitize_checks FILTER: memcheck, then racecheck, of FILTER's tests (90 s each at most).
+sanitize_checks() {
+  sanitize_stage memcheck "$1" 90
+  sanitize_stage racecheck "$1" 90
+}
+
 # sanitize_stage TOOL FILTER LIMIT: sanitize under LIMIT seconds cut to the budget; its status,
 # time and ERROR SUMMARY noted.
 sanitize_stage() {
