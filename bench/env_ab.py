@@ -9,7 +9,8 @@ backward's (--pass fwd: the forward's) time under setting A (--a; default: none)
 repeatable), their ratio (A / B: above 1, B is faster), the largest difference between the
 runs' dq / dk / dv (forward: out) (relative to the largest magnitude of A's), and, up to S 2048, each run's
 largest error against torch's math attention in float32 with autograd (an independent
-reference; relative the same way). A time is the best of --rounds medians of --repeats calls,
+reference; relative the same way; with --softcap written out: softmax(softcap * tanh(s / softcap))).
+A time is the best of --rounds medians of --repeats calls,
 the settings' order reversed each round. A setting is NAME=value[,NAME=value...]. flash4 through
 its C ABI by ctypes (bench/peers.py's wrapper). Exit status 1 when a B gradient differs from
 the reference by more than --tolerance, or is not finite (a switch that breaks the backward
@@ -66,6 +67,19 @@ def under(env, fn):
         restore(old)
 
 
+def reference(q, k, v, causal, softcap):
+    """Attention in float32 by torch (B, H, S, d), differentiable: SDPA's math, or, with a softcap,
+    the scores capped as flash4.h defines (s = softcap * tanh(scale * q.k / softcap))."""
+    if not softcap:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    s = softcap * torch.tanh(s / softcap)
+    if causal:
+        S = s.shape[-1]
+        s = s.masked_fill(torch.ones(S, S, dtype=torch.bool, device=s.device).triu(1), float("-inf"))
+    return s.softmax(-1) @ v
+
+
 def rel_max(x, ref):
     return ((x.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-30)).item()
 
@@ -80,6 +94,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=4, help="timing rounds, the order reversed each; the best kept")
     ap.add_argument("--tolerance", type=float, default=2e-2, help="largest relative error of B against the reference")
     ap.add_argument("--seed", type=int, default=20261202)
+    ap.add_argument("--softcap", type=float, default=0.0, help="the scores' softcap (0: off)")
     ap.add_argument("--pass", dest="which", choices=("bwd", "fwd"), default="bwd", help="the pass timed")
     args = ap.parse_args()
     env_a = setting(args.a)
@@ -95,7 +110,7 @@ def main():
     f4 = flash4_of({})
     for _, env in settings:
         flash4_of(env)
-    print(f"seed {args.seed}; {torch.cuda.get_device_name()}")
+    print(f"seed {args.seed}; {torch.cuda.get_device_name()}; softcap {args.softcap}")
     for name, env in settings:
         print(f"  {name}: {env or '(defaults)'}")
     print(f"{'d':>4} {'S':>6} {'causal':>6} {'B':>3} | {'A ms':>8} {'B ms':>8} {'A/B':>6} | {'max|B-A|':>9} | "
@@ -111,17 +126,17 @@ def main():
                 q, k, v, dout = mk(), mk(), mk(), mk()
                 out = torch.empty_like(q)
                 lse = torch.empty(B, H, S, device="cuda", dtype=torch.float32)
-                f4.forward(q, k, v, out, lse, causal)
+                f4.forward(q, k, v, out, lse, causal, args.softcap)
                 grads, runs = {}, {}
                 for name, env in settings:
                     lib = flash4_of(env)
                     # Poisoned first: a result the pass does not write shows as NaN.
                     if args.which == "bwd":
                         g = tuple(torch.full_like(x, float("nan")) for x in (q, k, v))
-                        run = functools.partial(lib.backward, q, k, v, out, dout, lse, *g, causal)
+                        run = functools.partial(lib.backward, q, k, v, out, dout, lse, *g, causal, args.softcap)
                     else:
                         g = (torch.full_like(q, float("nan")), torch.full_like(lse, float("nan")))
-                        run = functools.partial(lib.forward, q, k, v, *g, causal)
+                        run = functools.partial(lib.forward, q, k, v, *g, causal, args.softcap)
                     runs[name] = run
                     grads[name] = g[:1] if args.which == "fwd" else g
                     under(env, run)
@@ -137,7 +152,7 @@ def main():
                 ref_err = {name: float("nan") for name, _ in settings}
                 if S <= 2048:
                     qf, kf, vf = (x.float().transpose(1, 2).requires_grad_() for x in (q, k, v))
-                    o = F.scaled_dot_product_attention(qf, kf, vf, is_causal=causal)
+                    o = reference(qf, kf, vf, causal, args.softcap)
                     if args.which == "bwd":
                         ref = torch.autograd.grad(o, (qf, kf, vf), dout.float().transpose(1, 2))
                         ref = tuple(r.transpose(1, 2) for r in ref)

@@ -97,16 +97,17 @@ class Flash4:
         if status != 0:
             raise RuntimeError(f"{what}: status {status}: {self.lib.flash4_last_error().decode()}")
 
-    def forward(self, q, k, v, out, lse, causal):
+    def forward(self, q, k, v, out, lse, causal, softcap=0.0):
         a = ForwardArgs()
         self.lib.flash4_forward_args_init(ctypes.byref(a))
         a.device = FLASH4_CUDA
         a.stream = torch.cuda.current_stream().cuda_stream
         a.q, a.k, a.v, a.out, a.lse = view(q), view(k), view(v), view(out), view(lse)
         a.options.causal = int(causal)
+        a.options.softcap = softcap
         self._check(self.lib.flash4_forward(ctypes.byref(a)), "flash4_forward")
 
-    def backward(self, q, k, v, out, dout, lse, dq, dk, dv, causal):
+    def backward(self, q, k, v, out, dout, lse, dq, dk, dv, causal, softcap=0.0):
         a = BackwardArgs()
         self.lib.flash4_backward_args_init(ctypes.byref(a))
         a.device = FLASH4_CUDA
@@ -114,6 +115,7 @@ class Flash4:
         a.q, a.k, a.v, a.out, a.dout, a.lse = view(q), view(k), view(v), view(out), view(dout), view(lse)
         a.dq, a.dk, a.dv = view(dq), view(dk), view(dv)
         a.options.causal = int(causal)
+        a.options.softcap = softcap
         self._check(self.lib.flash4_backward(ctypes.byref(a)), "flash4_backward")
 
 

@@ -4,7 +4,7 @@
 # more answers per device call than scripts/hopper_mask_check.sh, which times one patch. From
 # the repository root on an H100 / H200 (carry .device-carry/deps.tar.xz):
 #
-#   VARIANTS="NAME=PATCH[+PATCH...] ..." [PASSES="bwd"] [DIMS=64,128,256] [AB_ARGS="--rounds 8"] \
+#   VARIANTS="NAME=PATCH[+PATCH...] ..." [PASSES="bwd fwd bwd-softcap30"] [DIMS=64,128,256] [AB_ARGS="--rounds 8"] \
 #     [TEST_VARIANT=NAME] [FILTER='*Backward*:*VarlenFused*'] [SHARDS=8] [SANITIZE=1] [BUDGET=560] \
 #     bash scripts/hopper_variants_ab.sh
 #
@@ -89,10 +89,14 @@ for i in "${!libs[@]}"; do
   note "B$((i + 1)) = ${names[$i]}"
 done
 for pass in ${PASSES:-bwd}; do
+  # A pass is bwd or fwd, with -softcapVALUE for scores capped at VALUE (bwd-softcap30).
+  softcap=0
+  case $pass in *-softcap*) softcap=${pass##*-softcap} ;; esac
   say "env_ab $pass: baseline (A) vs ${names[*]}"
   # shellcheck disable=SC2086  # AB_ARGS: several words
   timeout "$(budget 240)" python3 bench/env_ab.py --lib /tmp/libflash4_base.so --a lib=/tmp/libflash4_base.so \
-    "${settings[@]}" --pass "$pass" --dims "$DIMS" ${AB_ARGS:-} > "$OUT/env_ab_$pass.txt" 2>&1
+    "${settings[@]}" --pass "${pass%%-*}" --softcap "$softcap" --dims "$DIMS" ${AB_ARGS:-} \
+    > "$OUT/env_ab_$pass.txt" 2>&1
   note "env_ab $pass rc $?: $(grep -iE 'geometric|tolerance|FAILED' "$OUT/env_ab_$pass.txt" | tr '\n' ' ')"
 done
 

@@ -360,7 +360,7 @@ sanitize_checks() {
 sanitize_stage() {
   local t=$(date +%s)
   sanitize "$1" "$2" "$(budget "$3")"
-  note "$1 rc $? in $(($(date +%s) - t)) s ($(grep -E 'ERROR SUMMARY' "$OUT/$1.txt" | tail -1))"
+  note "$1 rc $? in $(($(date +%s) - t)) s ($(grep -E '(ERROR|RACECHECK) SUMMARY' "$OUT/$1.txt" | tail -1))"
 }
 
 # kernel_counts NAME ERE...: per kernel of NAME's SASS dump (dump_sass first), a line

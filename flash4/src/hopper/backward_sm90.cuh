@@ -674,7 +674,10 @@ __device__ __forceinline__ void flat_atomic_add_dq(float* dq_accum, int64_t slot
 
 // tma_dq: the dq_accum map (DqAdd::bulk; unused by the atomic kernels), last so that the
 // other parameters keep their offsets.
-template <int D, typename T, bool kDeterministic, DqAdd kDqAdd, int kBM = 64>
+// kSoftcap: the kernel for calls with softcap (BM = 64 only), whose tanh path would otherwise
+// sit inside every step loop (d 128: 1529 instructions; 741 without it, zero_tile_rows rolled),
+// as the forward has SOFTCAP.
+template <int D, typename T, bool kDeterministic, DqAdd kDqAdd, int kBM = 64, bool kSoftcap = false>
 __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
     attention_backward_sm90_kernel(const __grid_constant__ CUtensorMap tma_q, const __grid_constant__ CUtensorMap tma_k,
                                    const __grid_constant__ CUtensorMap tma_v, const __grid_constant__ CUtensorMap tma_do,
@@ -1017,9 +1020,12 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
 #else
     constexpr bool kColdPaths = true;
 #endif
-    // Uniform: one branch per step, outside the element loops. BM = 128: never (its registers
-    // do not hold the tanh beside 128 scores; the host keeps softcap on BM = 64).
-    const bool softcap = kColdPaths && !kWideM && p.softcap > 0;
+    // Compiled in only for the softcap kernels (kSoftcap). BM = 128: never (its registers do
+    // not hold the tanh beside 128 scores; the host keeps softcap on BM = 64). At d 128 / 256
+    // those kernels still branch on p.softcap at run time: made constant, ptxas spilled 8
+    // bytes there (H200, 2026-12-03: d 256 softcap 3% slower); at d 64 constant, 3.6% faster.
+    static_assert(!(kSoftcap && kWideM), "softcap at BM = 64 only");
+    const bool softcap = kSoftcap && kColdPaths && (D == 64 || p.softcap > 0);
     const uint32_t k_addr = smem_u32(smem + C::kOffK), v_addr = smem_u32(smem + C::kOffV);
     const uint32_t q_addr0 = smem_u32(smem + C::kOffQ), o_addr0 = smem_u32(smem + C::kOffO);
     const uint32_t ds_addr0 = smem_u32(smem + C::kOffDs);
@@ -1508,68 +1514,67 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
     FLASH4_CUDA_CHECK_LAUNCH("attention_backward_sm90_kernel");
   };
   const bool bf16 = p.dtype == cuda::DType::bf16;
-  constexpr DqAdd kAtomics = DqAdd::atomics, kBulk = DqAdd::bulk;
+  // The kernel of D, dQ add and BM for this call's dtype and softcap (BM = 128: never softcap).
+  auto kernel_for = [&](auto deterministic, auto add, auto bm) {
+    constexpr bool kDet = decltype(deterministic)::value;
+    constexpr DqAdd kAdd = decltype(add)::value;
+    constexpr int kBMv = decltype(bm)::value;
+    using Kernel = decltype(&attention_backward_sm90_kernel<D, __nv_bfloat16, kDet, kAdd, kBMv>);
+    Kernel plain = bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, kDet, kAdd, kBMv>
+                        : attention_backward_sm90_kernel<D, __half, kDet, kAdd, kBMv>;
+    if constexpr (kBMv == 64) {
+      if (p.softcap > 0)
+        return Kernel(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, kDet, kAdd, kBMv, true>
+                           : attention_backward_sm90_kernel<D, __half, kDet, kAdd, kBMv, true>);
+    }
+    return plain;
+  };
+  using Det = std::true_type;
+  using NotDet = std::false_type;
+  using BM64 = std::integral_constant<int, 64>;
+  using BM128 = std::integral_constant<int, 128>;
+  using Atomics = std::integral_constant<DqAdd, DqAdd::atomics>;
+  using Bulk = std::integral_constant<DqAdd, DqAdd::bulk>;
+  using Flat = std::integral_constant<DqAdd, DqAdd::flat>;
+  using PerWarpgroup = std::integral_constant<DqAdd, DqAdd::bulk_per_warpgroup>;
   auto launch_atomics = [&] {
     if (order != nullptr)
-      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, true, kAtomics>
-                  : attention_backward_sm90_kernel<D, __half, true, kAtomics>,
-             C::kSmemBytesDeterministic);
+      launch(kernel_for(Det{}, Atomics{}, BM64{}), C::kSmemBytesDeterministic);
     else
-      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kAtomics>
-                  : attention_backward_sm90_kernel<D, __half, false, kAtomics>,
-             C::kSmemBytes);
+      launch(kernel_for(NotDet{}, Atomics{}, BM64{}), C::kSmemBytes);
   };
   if constexpr (C::kSplitHeadDim) {
     // The flat layout's one-buffer hand-over (not deterministic), else float2 atomics.
-    if (dq_add == DqAdd::flat && order == nullptr) {
-      constexpr DqAdd kFlat = DqAdd::flat;
-      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kFlat>
-                  : attention_backward_sm90_kernel<D, __half, false, kFlat>,
-             C::kSmemBytesBulk);
-    } else {
+    if (dq_add == DqAdd::flat && order == nullptr)
+      launch(kernel_for(NotDet{}, Flat{}, BM64{}), C::kSmemBytesBulk);
+    else
       launch_atomics();
-    }
   } else {
     if constexpr (D == 64) {
       if (wide_m) {  // the host asks only with the lock-step hand-over: bulk, or into the flat layout
         using W = BackwardSm90Config<64, 128>;
         auto launch_wide = [&](auto add) {
-          constexpr DqAdd kAdd = decltype(add)::value;
           if (order != nullptr)
-            launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, true, kAdd, 128>
-                        : attention_backward_sm90_kernel<64, __half, true, kAdd, 128>,
-                   W::kSmemBytesDeterministicBulk);
+            launch(kernel_for(Det{}, add, BM128{}), W::kSmemBytesDeterministicBulk);
           else
-            launch(bf16 ? attention_backward_sm90_kernel<64, __nv_bfloat16, false, kAdd, 128>
-                        : attention_backward_sm90_kernel<64, __half, false, kAdd, 128>,
-                   W::kSmemBytesBulk);
+            launch(kernel_for(NotDet{}, add, BM128{}), W::kSmemBytesBulk);
         };
         if (dq_add == DqAdd::flat)
-          launch_wide(std::integral_constant<DqAdd, DqAdd::flat>{});
+          launch_wide(Flat{});
         else
-          launch_wide(std::integral_constant<DqAdd, kBulk>{});
+          launch_wide(Bulk{});
         return;
       }
     }
     if (dq_add == DqAdd::flat && order == nullptr) {
-      constexpr DqAdd kFlat = DqAdd::flat;
-      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kFlat>
-                  : attention_backward_sm90_kernel<D, __half, false, kFlat>,
-             C::kSmemBytesBulk);
+      launch(kernel_for(NotDet{}, Flat{}, BM64{}), C::kSmemBytesBulk);
     } else if (dq_add == DqAdd::bulk_per_warpgroup && order == nullptr) {
-      constexpr DqAdd kPerWarpgroup = DqAdd::bulk_per_warpgroup;
-      launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kPerWarpgroup>
-                  : attention_backward_sm90_kernel<D, __half, false, kPerWarpgroup>,
-             C::kSmemBytesBulk);
+      launch(kernel_for(NotDet{}, PerWarpgroup{}, BM64{}), C::kSmemBytesBulk);
     } else if (dq_add != DqAdd::atomics) {
       if (order != nullptr)
-        launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, true, kBulk>
-                    : attention_backward_sm90_kernel<D, __half, true, kBulk>,
-               C::kSmemBytesDeterministicBulk);
+        launch(kernel_for(Det{}, Bulk{}, BM64{}), C::kSmemBytesDeterministicBulk);
       else
-        launch(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, false, kBulk>
-                    : attention_backward_sm90_kernel<D, __half, false, kBulk>,
-               C::kSmemBytesBulk);
+        launch(kernel_for(NotDet{}, Bulk{}, BM64{}), C::kSmemBytesBulk);
     } else {
       launch_atomics();
     }

@@ -62,6 +62,7 @@ __device__ __forceinline__ void zero_tile_rows(unsigned char* tile, uint32_t chu
                                                int row_end, int thread, int threads) {
   const int per_chunk = (row_end - row_begin) * 8;  // 16-byte pieces
   if (per_chunk <= 0) return;
+#pragma unroll 1
   for (int i = thread; i < chunks * per_chunk; i += threads) {
     const int c = i / per_chunk, piece = i % per_chunk;
     *reinterpret_cast<uint4*>(tile + c * chunk_bytes + row_begin * 128 + piece * 16) = make_uint4(0, 0, 0, 0);
