@@ -109,7 +109,7 @@ if [ "$tested" != none ] && [ -d "/tmp/variant_$tested/$B" ]; then
   link_tests
   [ "$FILTER" != none ] && run_suite "$tested" "$FILTER" 600
   note "worst vs float64 ($tested): bf16 dq $(worst_error "$tested" dq bf16) dk $(worst_error "$tested" dk bf16) fp16 dq $(worst_error "$tested" dq fp16)"
-  [ "${SANITIZE:-0}" = 1 ] && sanitize_checks "$SANITIZE_BWD_CASES"
+  [ "${SANITIZE:-0}" = 1 ] && sanitize_checks "$SANITIZE_BWD_CASES:$SANITIZE_FWD_CASES"
   cd "$ROOT" || exit 1
 fi
 
