@@ -56,7 +56,7 @@ if [ "$BENCH" = 1 ] && shared_lib "$B" /tmp/libflash4_change.so && shared_lib "/
       switches=()
       for setting in $AB_ENV; do switches+=(--b "$setting"); done
       say "env_ab $pass: the change's default (A) vs $AB_ENV"
-      # shellcheck disable=SC2086
+      # shellcheck disable=SC2086  # AB_ARGS: several words
       timeout "$(budget 150)" python3 bench/env_ab.py --lib /tmp/libflash4_change.so --a '' "${switches[@]}" \
         --pass "$pass" --dims "$DIMS" ${AB_ARGS:-} > "$OUT/env_ab_switch_$pass.txt" 2>&1
       note "env_ab switch $pass rc $?: $(grep -iE 'geometric|tolerance|FAILED' "$OUT/env_ab_switch_$pass.txt" | tr '\n' ' ')"

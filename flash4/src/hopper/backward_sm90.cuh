@@ -1519,15 +1519,15 @@ void backward_sm90(const BackwardTensorMaps& maps, const cuda::AttentionParams& 
     constexpr bool kDet = decltype(deterministic)::value;
     constexpr DqAdd kAdd = decltype(add)::value;
     constexpr int kBMv = decltype(bm)::value;
-    using Kernel = decltype(&attention_backward_sm90_kernel<D, __nv_bfloat16, kDet, kAdd, kBMv>);
-    Kernel plain = bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, kDet, kAdd, kBMv>
-                        : attention_backward_sm90_kernel<D, __half, kDet, kAdd, kBMv>;
+    auto of_dtype = [&](auto softcap) {
+      constexpr bool kSc = decltype(softcap)::value;
+      return bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, kDet, kAdd, kBMv, kSc>
+                  : attention_backward_sm90_kernel<D, __half, kDet, kAdd, kBMv, kSc>;
+    };
     if constexpr (kBMv == 64) {
-      if (p.softcap > 0)
-        return Kernel(bf16 ? attention_backward_sm90_kernel<D, __nv_bfloat16, kDet, kAdd, kBMv, true>
-                           : attention_backward_sm90_kernel<D, __half, kDet, kAdd, kBMv, true>);
+      if (p.softcap > 0) return of_dtype(std::true_type{});
     }
-    return plain;
+    return of_dtype(std::false_type{});
   };
   using Det = std::true_type;
   using NotDet = std::false_type;
