@@ -11,7 +11,9 @@
 #   1. build   this tree (the baseline, A) and each variant -- a copy of the sources with its
 #              patches applied in order (`patch -p1`; e.g. docs/experiments/*.patch, which
 #              travel with the tree) -- in /tmp/variant_NAME, all side by side; a
-#              libflash4.so of each;
+#              libflash4.so of each. `NAME=` (no patch) is an unchanged copy, a control: A
+#              read 1-2% apart from identical kernels (H200, 2026-12-03), so compare the
+#              variants with it rather than with A alone;
 #   2. bench   bench/env_ab.py per pass: A = the baseline, B1, B2, ... = the variants in
 #              VARIANTS' order (env_ab_PASS.txt; geometric means in the summary);
 #   3. test    TEST_VARIANT's GPU tests (default: the last variant; TEST_VARIANT=none skips),

@@ -1102,7 +1102,15 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
         ++step_h;
       }
     };
-    for (int step = 0; step < steps.steps; ++step, next_block()) {
+    // One step (query block step_mb of head step_h). Two copies of it: with the mask code
+    // (mask_code true: the steps that need the per-element mask, and the varlen zeroing,
+    // whose steps are masked too: m0 + BM > sq) and without, so that the common step is one
+    // branch-free stretch that ptxas schedules as a whole (d 128: ~494 SASS instructions, the
+    // one-copy loop 741): 1.017 / 1.012 / 0.994 at d 64 / 128 / 256, softcap 1.049 / 1.035 /
+    // 1.002 (H200, 2026-12-03, against an unchanged copy). d 256 and softcap keep it too: the
+    // lambda called once, as one copy, spilled 8-16 bytes there.
+    auto run_step = [&](const int step, auto mask_code) {
+      constexpr bool kMaskCode = decltype(mask_code)::value;
       float dq[32];
       uint32_t pa[BM / 16][4], dsa[BM / 16][4];
       const int stage = step % kStages, h = step_h, m0 = step_mb * BM;
@@ -1112,7 +1120,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
       // and dV multiply them by dS = P = 0). Both warpgroups read every row: split the
       // stores, fence, barrier 5 (256). No one reads this stage before: it was refilled
       // after both warpgroups released it.
-      if (kColdPaths && packed && m0 + BM > seq.sq) {
+      if (kMaskCode && packed && m0 + BM > seq.sq) {
         const int first = seq.sq - m0, thread = threadIdx.x - 128;
         zero_tile_rows(smem + C::kOffQ + stage * C::kQBytes, C::kQChunkBytes, C::kChunks, first, BM, thread, 256);
         zero_tile_rows(smem + C::kOffO + stage * C::kQBytes, C::kQChunkBytes, C::kChunks, first, BM, thread, 256);
@@ -1145,9 +1153,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
 #pragma unroll
         for (int i = 0; i < 16; ++i) fence_operand(dp[i]);
         probabilities_to_ds<32>(s, dp, lse2, drow, t, p, softcap);
-        const bool masked = kColdPaths && (edge_keys || m0 < unmasked_lo || m0 > unmasked_hi);
-        if (masked)
-          mask_step(s, dp, m0 + q_first);
+        if constexpr (kMaskCode) mask_step(s, dp, m0 + q_first);
         uint32_t pa_half[2][4], dsa_half[2][4];
         scores_to_a<T, 32>(pa_half, s);
         scores_to_a<T, 32>(dsa_half, dp);
@@ -1187,7 +1193,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
 #pragma unroll
         for (int i = 0; i < 32; ++i) fence_operand(dq_next[i]);
         flat_atomic_add_dq(p.dq_accum, order.slots, D / 64, h, slot, 2 * cw + 1, dq_next);
-        continue;
+        return;
       }
 
       // S^T = K_w Q^T and dP^T = V_w dO^T (M = this warpgroup's 64 keys, N = the 64
@@ -1217,9 +1223,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
       // end of the keys or of the queries (masked: m0 + BM > sq, n0 + BN > sk, or has_right and
       // n0 + BN - 1 > m0 + shift + right, or has_left and n0 < m0 + BM - 1 + shift - left; see
       // unmasked_lo / unmasked_hi).
-      const int sq = seq.sq;
-      const bool masked = kColdPaths && (edge_keys || m0 < unmasked_lo || m0 > unmasked_hi);
-      if (masked) mask_step(s, dp, m0);
+      if constexpr (kMaskCode) mask_step(s, dp, m0);
 
       // P^T and dS^T as 16-bit A fragments (k16 slices along the queries).
       scores_to_a<T, BM>(pa, s);
@@ -1368,13 +1372,13 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
           else
             dq_combine_halves<4>(dq, swap, cw, threadIdx.x % 128);
         }
-        constexpr int kTiles = kCombine ? 4 : 8;
+        [[maybe_unused]] constexpr int kTiles = kCombine ? 4 : 8;
         if (flat_atomics) {
           // The flat layout by float4 atomics (p.flat_atomic_chunks): into part cw (d 128) or
           // 0 of the block's slot; BM = 128: warpgroup w's rows are the slot of row m0 + 64 w,
           // skipped past the sequence (that slot may be the next sequence's first).
           const int row0 = m0 + (kWideM ? 64 * cw : 0);
-          if (row0 < sq)
+          if (row0 < seq.sq)
             flat_atomic_add_dq(p.dq_accum, order.slots, D / 64, h, dq_slot(seq.q_token, row0, b), D == 128 ? cw : 0,
                                dq);
         } else if constexpr (kBulk) {
@@ -1397,7 +1401,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
             for (int n = 0; n < 8; ++n)
               part[n * 128 + tid] = make_float4(dq[4 * n], dq[4 * n + 1], dq[4 * n + 2], dq[4 * n + 3]);
           } else {
-            const int valid_rows = sq - m0 - (kWideM ? 64 * cw : 0);
+            const int valid_rows = seq.sq - m0 - (kWideM ? 64 * cw : 0);
             if (valid_rows >= 64)
               dq_stage_tile<kTiles, true>(stage_tile, dq, wq, g, t, valid_rows);
             else
@@ -1420,6 +1424,13 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
           release_stage();
         }
       }
+    };
+    for (int step = 0; step < steps.steps; ++step, next_block()) {
+      const int m0 = step_mb * BM;
+      if (kColdPaths && (edge_keys || m0 < unmasked_lo || m0 > unmasked_hi))
+        run_step(step, std::true_type{});
+      else
+        run_step(step, std::false_type{});
     }
 
     // dK = scale dS^T Q, dV = P^T dO for this thread's key rows (rows past Sk are not
