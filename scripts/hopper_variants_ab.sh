@@ -15,7 +15,9 @@
 #              read 1-2% apart from identical kernels (H200, 2026-12-03), so compare the
 #              variants with it rather than with A alone;
 #   2. bench   bench/env_ab.py per pass: A = the baseline, B1, B2, ... = the variants in
-#              VARIANTS' order (env_ab_PASS.txt; geometric means in the summary);
+#              VARIANTS' order (env_ab_PASS.txt; geometric means in the summary); with a
+#              variant named ctl, each variant against it too (bench/ab_vs_control.py:
+#              vs_control_PASS.txt, and its means in the summary);
 #   3. test    TEST_VARIANT's GPU tests (default: the last variant; TEST_VARIANT=none skips),
 #              FILTER's suites in SHARDS gtest shards;
 #   4. check   (SANITIZE=1) memcheck and racecheck of TEST_VARIANT, as hopper_mask_check.sh.
@@ -86,9 +88,11 @@ names=("${built[@]}")
 
 # ---- 2. bench ---------------------------------------------------------------------------
 settings=()
+control=""  # the setting of the variant named ctl, when there is one
 for i in "${!libs[@]}"; do
   settings+=(--b "lib=${libs[$i]}")
   note "B$((i + 1)) = ${names[$i]}"
+  [ "${names[$i]}" = ctl ] && control=B$((i + 1))
 done
 for pass in ${PASSES:-bwd}; do
   # A pass is bwd or fwd, with -softcapVALUE for scores capped at VALUE (bwd-softcap30).
@@ -100,6 +104,9 @@ for pass in ${PASSES:-bwd}; do
     "${settings[@]}" --pass "${pass%%-*}" --softcap "$softcap" --dims "$DIMS" ${AB_ARGS:-} \
     > "$OUT/env_ab_$pass.txt" 2>&1
   note "env_ab $pass rc $?: $(grep -iE 'geometric|tolerance|FAILED' "$OUT/env_ab_$pass.txt" | tr '\n' ' ')"
+  # Against the control (ctl=): the numbers to read.
+  [ -n "$control" ] && python3 bench/ab_vs_control.py "$OUT/env_ab_$pass.txt" "$control" --markdown \
+    > "$OUT/vs_control_$pass.txt" 2>&1 && note "$pass against ctl: $(grep -v '^|' "$OUT/vs_control_$pass.txt" | tr '\n' ' ')"
 done
 
 # ---- 3. tests, 4. sanitizers --------------------------------------------------------------

@@ -1106,7 +1106,7 @@ __global__ void __launch_bounds__(BackwardSm90Config<D, kBM>::kThreads, 1)
     // (mask_code true: the steps that need the per-element mask, and the varlen zeroing,
     // whose steps are masked too: m0 + BM > sq) and without, so that the common step is one
     // branch-free stretch that ptxas schedules as a whole (d 128: ~494 SASS instructions, the
-    // one-copy loop 741): 1.017 / 1.012 / 0.994 at d 64 / 128 / 256, softcap 1.049 / 1.035 /
+    // one-copy loop 741): 1.018 / 1.013 / 0.994 at d 64 / 128 / 256, softcap 1.049 / 1.035 /
     // 1.002 (H200, 2026-12-03, against an unchanged copy). d 256 and softcap keep it too: the
     // lambda called once, as one copy, spilled 8-16 bytes there.
     auto run_step = [&](const int step, auto mask_code) {
