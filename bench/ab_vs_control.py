@@ -52,10 +52,17 @@ def against_control(times, control):
         ratios = {key: base[key] / ms for key, ms in shapes.items() if key in base and ms > 0}
         means = {}
         for d in sorted({key[0] for key in ratios}):
-            of = lambda causal: [r for (dd, _, c), r in ratios.items() if dd == d and c in causal]
-            means[d] = (geometric_mean(of((0, 1))), geometric_mean(of((0,))), geometric_mean(of((1,))))
+            of_d = [(c, r) for (dd, _, c), r in ratios.items() if dd == d]
+            means[d] = (geometric_mean([r for _, r in of_d]), geometric_mean([r for c, r in of_d if not c]),
+                        geometric_mean([r for c, r in of_d if c]))
         out[name] = {"shapes": ratios, "means": means}
     return out
+
+
+def shape_label(seqlen, causal):
+    """A column of the per-shape table, as bench/RESULTS.md heads them: 512, 1k c, 16k."""
+    size = f"{seqlen // 1024}k" if seqlen >= 1024 else str(seqlen)
+    return size + (" c" if causal else "")
 
 
 def report(result, control, markdown):
@@ -67,8 +74,7 @@ def report(result, control, markdown):
         if markdown:
             shapes = sorted(r["shapes"])
             columns = sorted({(s, c) for _, s, c in shapes})
-            head = " | ".join(f"{s // 1024}k{' c' if c else ''}" if s >= 1024 else f"{s}{' c' if c else ''}"
-                              for s, c in columns)
+            head = " | ".join(shape_label(s, c) for s, c in columns)
             lines.append(f"| d | {head} |")
             lines.append("|---" * (len(columns) + 1) + "|")
             for d in r["means"]:
